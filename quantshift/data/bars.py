@@ -149,9 +149,7 @@ class Bars:
                 )
             symbol = self.symbols[0]
         c = self.column(symbol)
-        frame = pd.DataFrame(
-            {name: getattr(self, name)[:, c] for name in FIELDS}, index=self.index
-        )
+        frame = pd.DataFrame({name: getattr(self, name)[:, c] for name in FIELDS}, index=self.index)
         return frame[~np.isnan(frame["close"].to_numpy())]
 
     @classmethod

@@ -1,0 +1,268 @@
+"""Public backtest: one strategy, one parameter set, one or more symbols (each with its own cash).
+
+Returns metrics, a trades table and an equity curve; pandas appears only here, at the edge.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from quantshift.data.bars import Bars
+from quantshift.engine.arrays import PackedBars, pack
+from quantshift.engine.config import SimConfig
+from quantshift.engine.fused import kernels_for
+from quantshift.engine.metrics import METRICS
+from quantshift.engine.simulate import (
+    EXIT_REASONS,
+    TR_DIRECTION,
+    TR_ENTRY_BAR,
+    TR_ENTRY_FEES,
+    TR_ENTRY_PRICE,
+    TR_EXIT_BAR,
+    TR_EXIT_FEES,
+    TR_EXIT_PRICE,
+    TR_EXIT_REASON,
+    TR_PNL,
+    TR_RETURN_PCT,
+    TR_UNITS,
+)
+from quantshift.errors import ConfigError, DataError
+from quantshift.strategies import Strategy, get_strategy
+
+TRADE_COLUMNS = (
+    "symbol",
+    "direction",
+    "entry_time",
+    "exit_time",
+    "entry_price",
+    "exit_price",
+    "units",
+    "entry_fees",
+    "exit_fees",
+    "pnl",
+    "return_pct",
+    "exit_reason",
+    "bars_held",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class BacktestResult:
+    """What a backtest produced.
+
+    Attributes
+    ----------
+    stats : DataFrame
+        One row per symbol, one column per metric (see ``quantshift.engine.metrics.METRICS``).
+    trades : DataFrame
+        One row per trade; a position still open at the end has ``exit_reason == "open"`` and is
+        marked at the last close.
+    equity, positions : DataFrame
+        Per-bar equity (currency) and signed units per symbol on the bars' time axis; a symbol's
+        missing bars carry its last value.
+    """
+
+    strategy: str
+    params: dict[str, float]
+    config: SimConfig
+    symbols: tuple[str, ...]
+    stats: pd.DataFrame
+    trades: pd.DataFrame
+    equity: pd.DataFrame
+    positions: pd.DataFrame
+    data_fingerprint: str
+    data_source: str
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Metrics of a single-symbol backtest as a dict (use ``stats`` for several symbols)."""
+        if len(self.symbols) != 1:
+            raise ConfigError(
+                f"backtest has {len(self.symbols)} symbols; use .stats, or .metrics_for(symbol)"
+            )
+        return self.metrics_for(self.symbols[0])
+
+    def metrics_for(self, symbol: str) -> dict[str, float]:
+        row = self.stats.loc[symbol]
+        return {k: (int(row[k]) if k == "trades" else float(row[k])) for k in METRICS}
+
+    def drawdown_pct(self) -> pd.DataFrame:
+        """Per-bar drawdown from the running equity peak (%), per symbol."""
+        peak = np.maximum(self.equity.cummax(), self.config.cash)
+        return 100.0 * (1.0 - self.equity / peak)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready summary: settings, per-symbol metrics and trades."""
+        per_symbol = {s: _json_numbers(self.metrics_for(s)) for s in self.symbols}
+        trades = self.trades.assign(
+            entry_time=self.trades["entry_time"].map(_iso),
+            exit_time=self.trades["exit_time"].map(_iso),
+        )
+        out: dict[str, Any] = {
+            "strategy": self.strategy,
+            "params": self.params,
+            "config": self.config.to_dict(),
+            "data": {"source": self.data_source, "fingerprint": self.data_fingerprint},
+            "symbols": list(self.symbols),
+        }
+        if len(self.symbols) == 1:
+            out.update(per_symbol[self.symbols[0]])
+        else:
+            out["per_symbol"] = per_symbol
+        out["trade_list"] = [_json_numbers(r) for r in trades.to_dict(orient="records")]
+        return out
+
+    def plot(self, path=None, symbol: str | None = None):
+        """Plot equity and drawdown (one symbol); save to ``path`` if given; return the figure."""
+        from quantshift.engine.plotting import plot_equity
+
+        return plot_equity(self, symbol=symbol, path=path)
+
+
+def backtest(
+    strategy: str | Strategy,
+    bars: Bars | str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    symbol: str | Sequence[str] | None = None,
+    config: SimConfig | None = None,
+    **settings: Any,
+) -> BacktestResult:
+    """Backtest one parameter set of a strategy.
+
+    Parameters
+    ----------
+    strategy : str or Strategy
+        A registered strategy name (``quantshift strategies list``) or a Strategy object.
+    bars : Bars or str
+        Bars, or a data spec for :func:`quantshift.load_bars` (e.g. ``"builtin:sp500"``).
+    params : mapping, optional
+        Parameter values by name; the rest keep their defaults.
+    symbol : str or sequence of str, optional
+        Restrict to these symbols. Each symbol is simulated independently with ``cash``.
+    config : SimConfig, optional
+        Simulation settings; ``settings`` keywords (``cash``, ``fees_bps``, ``fill`` ...)
+        override single fields.
+
+    Returns
+    -------
+    BacktestResult
+    """
+    strat, data, cfg = prepare(strategy, bars, symbol, config, settings)
+    vector = strat.vector(params)
+    packed = pack(data, cfg)
+    equity, position, trades, n_trades, metrics = kernels_for(strat).backtest(
+        *packed.kernel_args(), vector, cfg.to_vector()
+    )
+    index = data.index
+    return BacktestResult(
+        strategy=strat.name,
+        params=dict(zip(strat.param_names, vector.tolist(), strict=True)),
+        config=cfg,
+        symbols=data.symbols,
+        stats=pd.DataFrame(
+            metrics, index=pd.Index(data.symbols, name="symbol"), columns=list(METRICS)
+        ),
+        trades=_trades_frame(data, packed, trades, n_trades),
+        equity=_unpack_series(packed, equity, index, data.symbols, fill_start=cfg.cash),
+        positions=_unpack_series(packed, position, index, data.symbols, fill_start=0.0),
+        data_fingerprint=data.fingerprint(),
+        data_source=data.source,
+    )
+
+
+def prepare(strategy, bars, symbol, config, settings):
+    """Resolve the common inputs of backtest and sweep: strategy, bars and settings."""
+    strat = get_strategy(strategy)
+    data = bars
+    if isinstance(bars, str):
+        from quantshift.data import load_bars
+
+        data = load_bars(bars)
+    if not isinstance(data, Bars):
+        raise DataError(f"bars must be a Bars object or a data spec string, got {type(bars)}")
+    if symbol is not None:
+        data = data.select(symbol)
+    if data.n_bars == 0 or data.n_symbols == 0:
+        raise DataError(f"{data.source}: no bars to backtest")
+    cfg = SimConfig.build(config, **settings)
+    if cfg.sizing == "risk" and not strat.uses_stops:
+        raise ConfigError(
+            f"sizing='risk' needs stop distances, and strategy '{strat.name}' sets none; "
+            "use sizing='fraction' or 'kelly'"
+        )
+    return strat, data, cfg
+
+
+def _unpack_series(packed: PackedBars, values, index, symbols, fill_start: float) -> pd.DataFrame:
+    out = np.full((index.shape[0], len(symbols)), np.nan)
+    for s, rows in enumerate(packed.rows):
+        out[rows, s] = values[s, : rows.shape[0]]
+    frame = pd.DataFrame(out, index=index, columns=pd.Index(symbols, name="symbol"))
+    return frame.ffill().fillna(fill_start)
+
+
+def _trades_frame(data: Bars, packed: PackedBars, trades, n_trades) -> pd.DataFrame:
+    parts = []
+    for s, rows in enumerate(packed.rows):
+        rec = trades[s, : n_trades[s]]
+        if rec.shape[0] == 0:
+            continue
+        entry_rows = rows[rec[:, TR_ENTRY_BAR].astype(np.int64)]
+        exit_rows = rows[rec[:, TR_EXIT_BAR].astype(np.int64)]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "symbol": data.symbols[s],
+                    "direction": np.where(rec[:, TR_DIRECTION] > 0, "long", "short"),
+                    "entry_time": pd.to_datetime(data.ts_ns[entry_rows], unit="ns", utc=True),
+                    "exit_time": pd.to_datetime(data.ts_ns[exit_rows], unit="ns", utc=True),
+                    "entry_price": rec[:, TR_ENTRY_PRICE],
+                    "exit_price": rec[:, TR_EXIT_PRICE],
+                    "units": rec[:, TR_UNITS],
+                    "entry_fees": rec[:, TR_ENTRY_FEES],
+                    "exit_fees": rec[:, TR_EXIT_FEES],
+                    "pnl": rec[:, TR_PNL],
+                    "return_pct": rec[:, TR_RETURN_PCT],
+                    "exit_reason": [EXIT_REASONS[int(r)] for r in rec[:, TR_EXIT_REASON]],
+                    "bars_held": (rec[:, TR_EXIT_BAR] - rec[:, TR_ENTRY_BAR]).astype(np.int64),
+                }
+            )
+        )
+    if not parts:
+        return pd.DataFrame(
+            {c: pd.Series(dtype=_TRADE_DTYPES.get(c, "float64")) for c in TRADE_COLUMNS}
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+_TRADE_DTYPES = {
+    "symbol": "object",
+    "direction": "object",
+    "exit_reason": "object",
+    "bars_held": "int64",
+    "entry_time": "datetime64[ns, UTC]",
+    "exit_time": "datetime64[ns, UTC]",
+}
+
+
+def _iso(ts) -> str:
+    return pd.Timestamp(ts).isoformat()
+
+
+def _json_numbers(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Make a row JSON-safe: numpy scalars to Python, non-finite floats to None."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out[k] = v
+    return out

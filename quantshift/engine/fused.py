@@ -1,0 +1,180 @@
+"""Per-strategy kernels (signals, backtest, fused parallel sweep), compiled once and cached.
+
+The templates below call a module-global ``signal_nb``. :func:`kernels_for` re-creates each
+template with that name bound to one strategy's signal function and a qualified name carrying a
+digest of the sources, so numba caches one kernel per strategy (no function passes through a
+cached kernel's arguments) and never reuses machine code compiled from older sources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+import sys
+import types
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+from quantshift.engine.config import CFG_CASH
+from quantshift.engine.metrics import N_METRICS, metrics_nb
+from quantshift.engine.simulate import ST_LEN, TR_LEN, simulate_nb
+
+# Bound per strategy by kernels_for(); the templates below are never compiled with this value.
+signal_nb: Any = None
+
+
+@njit
+def signal_buffers_nb(n):
+    """Return (entries, exits, stop, take-profit, trail) buffers pre-filled per the contract."""
+    return (
+        np.zeros(n, np.bool_),
+        np.zeros(n, np.bool_),
+        np.full(n, np.nan),
+        np.full(n, np.nan),
+        np.full(n, np.nan),
+    )
+
+
+def signals_template(open_, high, low, close, volume, params):
+    entries, exits, stop, take_profit, trail = signal_buffers_nb(close.shape[0])
+    signal_nb(open_, high, low, close, volume, params, entries, exits, stop, take_profit, trail)
+    return entries, exits, stop, take_profit, trail
+
+
+def backtest_template(open_, high, low, close, volume, lengths, periods_per_year, params, cfg):
+    n_symbols, n_max = close.shape
+    equity = np.full((n_symbols, n_max), np.nan)
+    position = np.zeros((n_symbols, n_max))
+    trades = np.zeros((n_symbols, max(n_max, 1), TR_LEN))
+    n_trades = np.zeros(n_symbols, np.int64)
+    metrics = np.empty((n_symbols, N_METRICS))
+    for s in prange(n_symbols):
+        n = lengths[s]
+        o, h, lo, c, v = open_[s, :n], high[s, :n], low[s, :n], close[s, :n], volume[s, :n]
+        entries, exits, stop, take_profit, trail = signal_buffers_nb(n)
+        signal_nb(o, h, lo, c, v, params, entries, exits, stop, take_profit, trail)
+        stats = np.zeros(ST_LEN)
+        n_trades[s] = simulate_nb(
+            o,
+            h,
+            lo,
+            c,
+            entries,
+            exits,
+            stop,
+            take_profit,
+            trail,
+            cfg,
+            equity[s, :n],
+            position[s, :n],
+            trades[s],
+            stats,
+        )
+        metrics_nb(equity[s, :n], cfg[CFG_CASH], stats, periods_per_year[s], metrics[s])
+    return equity, position, trades, n_trades, metrics
+
+
+def sweep_template(open_, high, low, close, volume, lengths, periods_per_year, param_sets, cfg):
+    n_symbols = close.shape[0]
+    n_jobs = param_sets.shape[0] * n_symbols
+    out = np.empty((n_jobs, N_METRICS))
+    no_records = np.zeros((0, TR_LEN))
+    for job in prange(n_jobs):
+        k = job // n_symbols
+        s = job - k * n_symbols
+        n = lengths[s]
+        o, h, lo, c, v = open_[s, :n], high[s, :n], low[s, :n], close[s, :n], volume[s, :n]
+        entries, exits, stop, take_profit, trail = signal_buffers_nb(n)
+        signal_nb(o, h, lo, c, v, param_sets[k], entries, exits, stop, take_profit, trail)
+        equity = np.empty(n)
+        position = np.empty(n)
+        stats = np.zeros(ST_LEN)
+        simulate_nb(
+            o,
+            h,
+            lo,
+            c,
+            entries,
+            exits,
+            stop,
+            take_profit,
+            trail,
+            cfg,
+            equity,
+            position,
+            no_records,
+            stats,
+        )
+        metrics_nb(equity, cfg[CFG_CASH], stats, periods_per_year[s], out[job])
+    return out
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The compiled kernels of one strategy."""
+
+    signals: Any
+    backtest: Any
+    sweep: Any
+
+
+_TEMPLATES = (
+    ("signals", signals_template, False),
+    ("backtest", backtest_template, True),
+    ("sweep", sweep_template, True),
+)
+_BUILT: dict[int, Kernels] = {}
+
+
+def kernels_for(strategy) -> Kernels:
+    """Return the kernels of ``strategy`` (a :class:`~quantshift.strategies.Strategy`)."""
+    key = id(strategy.signal_nb)
+    built = _BUILT.get(key)
+    if built is None:
+        namespace = dict(globals())
+        namespace["signal_nb"] = strategy.signal_nb
+        tag = re.sub(r"\W", "_", strategy.name)
+        digest = _digest(_source_file(strategy.signal_nb))
+        compiled = {}
+        for kind, template, parallel in _TEMPLATES:
+            name = f"{kind}__{tag}__{digest}"
+            fn = types.FunctionType(template.__code__, namespace, name)
+            fn.__qualname__ = name
+            compiled[kind] = njit(cache=True, parallel=parallel)(fn)
+        built = _BUILT[key] = Kernels(**compiled)
+    return built
+
+
+@cache
+def _package_digest() -> bytes:
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.digest()
+
+
+def _digest(strategy_file: str | None) -> str:
+    h = hashlib.sha256(_package_digest())
+    if strategy_file is not None:
+        h.update(Path(strategy_file).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _source_file(signal) -> str | None:
+    func = getattr(signal, "py_func", signal)
+    try:
+        path = inspect.getsourcefile(func)
+    except TypeError:
+        path = None
+    if path is None:
+        module = sys.modules.get(getattr(func, "__module__", ""), None)
+        path = getattr(module, "__file__", None)
+    return path if path and Path(path).is_file() else None

@@ -1,0 +1,151 @@
+"""Performance metrics computed inside the kernels from an equity curve and trade statistics.
+
+Conventions (checked against empyrical): simple per-bar returns starting from the initial cash,
+risk-free rate 0, sample standard deviation for Sharpe, downside deviation over all bars for
+Sortino, CAGR over ``n_bars / periods_per_year`` years.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from quantshift.engine.simulate import (
+    ST_BARS_IN_MARKET,
+    ST_CLOSED,
+    ST_GROSS_LOSS,
+    ST_GROSS_WIN,
+    ST_LARGEST_LOSS,
+    ST_LARGEST_WIN,
+    ST_WINS,
+)
+
+METRICS = (
+    "final_equity",
+    "total_return_pct",
+    "cagr_pct",
+    "sharpe",
+    "sortino",
+    "volatility_pct",
+    "max_drawdown_pct",
+    "trades",
+    "win_rate_pct",
+    "profit_factor",
+    "avg_win",
+    "avg_loss",
+    "largest_win",
+    "largest_loss",
+    "exposure_pct",
+)
+"""Metric names, in the column order of every metrics matrix."""
+
+METRIC_DESCRIPTIONS = {
+    "final_equity": "equity at the last bar, open position marked at the close (currency)",
+    "total_return_pct": "final equity over initial cash minus one (%)",
+    "cagr_pct": "compound annual growth rate (%)",
+    "sharpe": "annualised Sharpe ratio of per-bar returns, risk-free rate 0",
+    "sortino": "annualised Sortino ratio of per-bar returns, target 0",
+    "volatility_pct": "annualised standard deviation of per-bar returns (%)",
+    "max_drawdown_pct": "largest fall from a running equity peak (%)",
+    "trades": "number of closed trades",
+    "win_rate_pct": "closed trades with positive net P&L (%)",
+    "profit_factor": "gross profit over gross loss of closed trades",
+    "avg_win": "mean net P&L of winning trades (currency)",
+    "avg_loss": "mean net P&L of losing trades, negative (currency)",
+    "largest_win": "largest net P&L of a closed trade (currency)",
+    "largest_loss": "most negative net P&L of a closed trade (currency)",
+    "exposure_pct": "bars closing with an open position (%)",
+}
+
+N_METRICS = len(METRICS)
+M_FINAL_EQUITY = 0
+M_TOTAL_RETURN = 1
+M_CAGR = 2
+M_SHARPE = 3
+M_SORTINO = 4
+M_VOLATILITY = 5
+M_MAX_DRAWDOWN = 6
+M_TRADES = 7
+M_WIN_RATE = 8
+M_PROFIT_FACTOR = 9
+M_AVG_WIN = 10
+M_AVG_LOSS = 11
+M_LARGEST_WIN = 12
+M_LARGEST_LOSS = 13
+M_EXPOSURE = 14
+
+
+@njit
+def metrics_nb(equity, initial_cash, stats, periods_per_year, out):
+    """Fill ``out`` (length N_METRICS) from one symbol's equity curve and trade statistics."""
+    n = equity.shape[0]
+    out[:] = math.nan
+    if n == 0:
+        return
+    # One pass: Welford mean/variance of returns, downside sum of squares, running peak.
+    previous = initial_cash
+    peak = initial_cash
+    max_dd = 0.0
+    mean = 0.0
+    m2 = 0.0
+    downside = 0.0
+    for t in range(n):
+        value = equity[t]
+        r = value / previous - 1.0 if previous != 0.0 else 0.0
+        previous = value
+        delta = r - mean
+        mean += delta / (t + 1)
+        m2 += delta * (r - mean)
+        if r < 0.0:
+            downside += r * r
+        if value > peak:
+            peak = value
+        elif peak > 0.0:
+            max_dd = max(max_dd, 1.0 - value / peak)
+    final = equity[n - 1]
+    out[M_FINAL_EQUITY] = final
+    out[M_TOTAL_RETURN] = 100.0 * (final / initial_cash - 1.0)
+    years = n / periods_per_year
+    growth = final / initial_cash
+    out[M_CAGR] = 100.0 * (growth ** (1.0 / years) - 1.0) if growth > 0.0 else -100.0
+    root = math.sqrt(periods_per_year)
+    if n > 1:
+        std = math.sqrt(m2 / (n - 1))
+        out[M_VOLATILITY] = 100.0 * std * root
+        if std > 0.0:
+            out[M_SHARPE] = mean / std * root
+    down = math.sqrt(downside / n)
+    if down > 0.0:
+        out[M_SORTINO] = mean / down * root
+    elif mean > 0.0:
+        out[M_SORTINO] = math.inf
+    out[M_MAX_DRAWDOWN] = 100.0 * max_dd
+    closed = stats[ST_CLOSED]
+    wins = stats[ST_WINS]
+    losses = closed - wins
+    out[M_TRADES] = closed
+    if closed > 0:
+        out[M_WIN_RATE] = 100.0 * wins / closed
+        out[M_LARGEST_WIN] = stats[ST_LARGEST_WIN] if wins > 0 else math.nan
+        out[M_LARGEST_LOSS] = stats[ST_LARGEST_LOSS] if losses > 0 else math.nan
+        if wins > 0:
+            out[M_AVG_WIN] = stats[ST_GROSS_WIN] / wins
+        if losses > 0:
+            out[M_AVG_LOSS] = -stats[ST_GROSS_LOSS] / losses
+        if stats[ST_GROSS_LOSS] > 0.0:
+            out[M_PROFIT_FACTOR] = stats[ST_GROSS_WIN] / stats[ST_GROSS_LOSS]
+        elif stats[ST_GROSS_WIN] > 0.0:
+            out[M_PROFIT_FACTOR] = math.inf
+    out[M_EXPOSURE] = 100.0 * stats[ST_BARS_IN_MARKET] / n
+
+
+def infer_periods_per_year(ts_ns: np.ndarray) -> float:
+    """Return bars per year implied by a symbol's own timestamps (252-ish daily, 365 crypto)."""
+    if ts_ns.shape[0] < 2:
+        return 252.0
+    years = (float(ts_ns[-1]) - float(ts_ns[0])) / (365.25 * 86400e9)
+    if years <= 0.0:
+        return 252.0
+    return (ts_ns.shape[0] - 1) / years

@@ -1,0 +1,400 @@
+"""The fill model: one symbol's signals in, fills, trade records and an equity curve out.
+
+Shared by backtests, sweeps and the paper broker. Plain ``njit`` (no cache): it is inlined into
+the cached per-strategy kernels of ``quantshift.engine.fused``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from quantshift.engine.config import (
+    CFG_CASH,
+    CFG_DIRECTION,
+    CFG_FEE_RATE,
+    CFG_FILL,
+    CFG_KELLY_FRACTION,
+    CFG_KELLY_MIN_TRADES,
+    CFG_MAX_LEVERAGE,
+    CFG_RISK,
+    CFG_SIZE,
+    CFG_SIZING,
+    CFG_SLIPPAGE_RATE,
+    CFG_USE_STOPS,
+    CFG_WHOLE_UNITS,
+    DIRECTION_BOTH,
+    DIRECTION_LONG,
+    DIRECTION_SHORT,
+    FILL_NEXT_OPEN,
+    SIZING_KELLY,
+    SIZING_RISK,
+)
+
+# Trade record columns (float64 matrix, one row per trade).
+TR_ENTRY_BAR = 0
+TR_EXIT_BAR = 1
+TR_DIRECTION = 2
+TR_UNITS = 3
+TR_ENTRY_PRICE = 4
+TR_EXIT_PRICE = 5
+TR_ENTRY_FEES = 6
+TR_EXIT_FEES = 7
+TR_PNL = 8
+TR_RETURN_PCT = 9
+TR_EXIT_REASON = 10
+TR_LEN = 11
+
+EXIT_REASONS = ("signal", "stop_loss", "take_profit", "trailing_stop", "reverse", "open")
+REASON_SIGNAL = 0
+REASON_STOP = 1
+REASON_TAKE_PROFIT = 2
+REASON_TRAILING = 3
+REASON_REVERSE = 4
+REASON_OPEN = 5
+
+# Trade statistics accumulated by the simulation (closed trades only).
+ST_CLOSED = 0
+ST_WINS = 1
+ST_GROSS_WIN = 2
+ST_GROSS_LOSS = 3
+ST_LARGEST_WIN = 4
+ST_LARGEST_LOSS = 5
+ST_WIN_RETURN_SUM = 6
+ST_LOSS_RETURN_SUM = 7
+ST_BARS_IN_MARKET = 8
+ST_LEN = 9
+
+ACT_NONE = 0
+ACT_EXIT = 1
+ACT_LONG = 2
+ACT_SHORT = 3
+
+
+@njit
+def decide_nb(entry, exit_, position, direction):
+    """Return the action a bar's signals ask for, given the open position (signed units)."""
+    if entry and exit_:
+        return ACT_NONE
+    if direction == DIRECTION_LONG:
+        if entry and position == 0.0:
+            return ACT_LONG
+        if exit_ and position > 0.0:
+            return ACT_EXIT
+    elif direction == DIRECTION_SHORT:
+        if entry and position == 0.0:
+            return ACT_SHORT
+        if exit_ and position < 0.0:
+            return ACT_EXIT
+    elif direction == DIRECTION_BOTH:
+        if entry and position <= 0.0:
+            return ACT_LONG
+        if exit_ and position >= 0.0:
+            return ACT_SHORT
+    return ACT_NONE
+
+
+@njit
+def entry_fraction_nb(cfg, stats):
+    """Return the equity fraction an entry commits under fraction or Kelly sizing."""
+    if cfg[CFG_SIZING] == SIZING_KELLY and stats[ST_CLOSED] >= cfg[CFG_KELLY_MIN_TRADES]:
+        wins = stats[ST_WINS]
+        losses = stats[ST_CLOSED] - wins
+        if wins == 0.0:
+            return 0.0
+        if losses == 0.0:
+            return cfg[CFG_MAX_LEVERAGE]
+        win_rate = wins / stats[ST_CLOSED]
+        payoff = (stats[ST_WIN_RETURN_SUM] / wins) / (-stats[ST_LOSS_RETURN_SUM] / losses)
+        kelly = win_rate - (1.0 - win_rate) / payoff
+        return min(max(cfg[CFG_KELLY_FRACTION] * kelly, 0.0), cfg[CFG_MAX_LEVERAGE])
+    return cfg[CFG_SIZE]
+
+
+# Position state of one symbol (float64 vector, so helpers can update it in place).
+S_CASH = 0
+S_POSITION = 1
+S_ENTRY_BAR = 2
+S_ENTRY_PRICE = 3
+S_ENTRY_FEES = 4
+S_STOP = 5
+S_TAKE_PROFIT = 6
+S_TRAIL = 7
+S_BEST = 8
+S_LEN = 9
+
+
+@njit
+def simulate_nb(
+    open_,
+    high,
+    low,
+    close,
+    entries,
+    exits,
+    stop_dist,
+    tp_dist,
+    trail_dist,
+    cfg,
+    equity_out,
+    position_out,
+    trades_out,
+    stats_out,
+):
+    """Simulate one symbol bar by bar; return the number of trade rows written.
+
+    Rules (DESIGN.md layer 4): a signal on bar t fills at bar t+1's open ("next-open") or at bar
+    t's close ("close"). A position's stop-loss, take-profit and trailing stop are checked from
+    the bar it was entered on (after the entry fill): first a gap through a level fills at the
+    open, then the bar's low/high are compared with the levels and a bar touching both the stop
+    and the target fills at the stop (the worse one). The trailing level follows the best price
+    seen since entry (the entry fill, then each bar's open and, after the check, its high/low).
+    Levels are distances from the entry fill price read at the signal bar. Fees and slippage
+    apply to every fill. ``trades_out`` may have zero rows (sweeps): then only ``stats_out``,
+    ``equity_out`` and ``position_out`` are filled. An open position at the end is reported as
+    a trade with reason "open", marked at the last close, and is not in the closed-trade stats.
+    """
+    n = close.shape[0]
+    direction = int(cfg[CFG_DIRECTION])
+    next_open = cfg[CFG_FILL] == FILL_NEXT_OPEN
+    use_stops = cfg[CFG_USE_STOPS] != 0.0
+    stats_out[:] = 0.0
+    state = np.zeros(S_LEN)
+    state[S_CASH] = cfg[CFG_CASH]
+    pending = ACT_NONE
+    pending_bar = -1
+    n_trades = 0
+
+    for t in range(n):
+        # 1. Orders decided on the previous close fill at this open.
+        if pending != ACT_NONE:
+            n_trades = _execute_nb(
+                state,
+                pending,
+                open_[t],
+                t,
+                pending_bar,
+                cfg,
+                stop_dist,
+                tp_dist,
+                trail_dist,
+                trades_out,
+                n_trades,
+                stats_out,
+            )
+            pending = ACT_NONE
+        # 2. Protective levels, checked on the bar's range.
+        if use_stops and state[S_POSITION] != 0.0:
+            n_trades = _check_levels_nb(
+                state, open_[t], high[t], low[t], t, cfg, trades_out, n_trades, stats_out
+            )
+        # 3. This bar's signals, decided on its close.
+        act = decide_nb(entries[t], exits[t], state[S_POSITION], direction)
+        if act != ACT_NONE:
+            if not next_open:
+                n_trades = _execute_nb(
+                    state,
+                    act,
+                    close[t],
+                    t,
+                    t,
+                    cfg,
+                    stop_dist,
+                    tp_dist,
+                    trail_dist,
+                    trades_out,
+                    n_trades,
+                    stats_out,
+                )
+            elif t + 1 < n:
+                pending = act
+                pending_bar = t
+        position = state[S_POSITION]
+        equity_out[t] = state[S_CASH] + position * close[t]
+        position_out[t] = position
+        if position != 0.0:
+            stats_out[ST_BARS_IN_MARKET] += 1.0
+
+    position = state[S_POSITION]
+    if position != 0.0 and trades_out.shape[0] > 0:
+        side = 1.0 if position > 0.0 else -1.0
+        units = abs(position)
+        entry_price = state[S_ENTRY_PRICE]
+        pnl = side * (close[n - 1] - entry_price) * units - state[S_ENTRY_FEES]
+        _write_trade_nb(trades_out[n_trades], state, n - 1, close[n - 1], 0.0, pnl, REASON_OPEN)
+        n_trades += 1
+    return n_trades
+
+
+@njit
+def _execute_nb(
+    state,
+    act,
+    price,
+    bar,
+    signal_bar,
+    cfg,
+    stop_dist,
+    tp_dist,
+    trail_dist,
+    trades_out,
+    n_trades,
+    stats,
+):
+    """Fill a signal action at ``price``: close (or reverse) the position, then maybe enter."""
+    position = state[S_POSITION]
+    if position != 0.0 and (act == ACT_EXIT or (act == ACT_LONG) == (position < 0.0)):
+        reason = REASON_SIGNAL if act == ACT_EXIT else REASON_REVERSE
+        n_trades = _exit_nb(state, price, bar, reason, cfg, trades_out, n_trades, stats)
+    if act == ACT_EXIT or state[S_POSITION] != 0.0:
+        return n_trades
+    side = 1.0 if act == ACT_LONG else -1.0
+    fee_rate = cfg[CFG_FEE_RATE]
+    exec_price = price * (1.0 + cfg[CFG_SLIPPAGE_RATE] * side)
+    units = _entry_units_nb(cfg, stats, state[S_CASH], exec_price, stop_dist[signal_bar])
+    if units > 0.0:
+        fees = units * exec_price * fee_rate
+        state[S_CASH] -= side * units * exec_price + fees
+        state[S_POSITION] = side * units
+        state[S_ENTRY_BAR] = bar
+        state[S_ENTRY_PRICE] = exec_price
+        state[S_ENTRY_FEES] = fees
+        _set_levels_nb(
+            state,
+            cfg[CFG_USE_STOPS] != 0.0,
+            side,
+            exec_price,
+            stop_dist[signal_bar],
+            tp_dist[signal_bar],
+            trail_dist[signal_bar],
+        )
+    return n_trades
+
+
+@njit
+def _check_levels_nb(state, open_, high, low, bar, cfg, trades_out, n_trades, stats):
+    """Exit at a stop, trailing stop or take-profit touched on this bar; update the trail."""
+    side = 1.0 if state[S_POSITION] > 0.0 else -1.0
+    tp_level = state[S_TAKE_PROFIT]
+    stop_now = _stop_level_nb(state, side)
+    if not math.isnan(stop_now) and side * (open_ - stop_now) <= 0.0:
+        return _exit_nb(
+            state, open_, bar, _stop_reason_nb(state, side), cfg, trades_out, n_trades, stats
+        )
+    if not math.isnan(tp_level) and side * (open_ - tp_level) >= 0.0:
+        return _exit_nb(state, open_, bar, REASON_TAKE_PROFIT, cfg, trades_out, n_trades, stats)
+    trailing = not math.isnan(state[S_TRAIL])
+    if trailing and side * (open_ - state[S_BEST]) > 0.0:
+        state[S_BEST] = open_
+    stop_now = _stop_level_nb(state, side)
+    adverse = low if side > 0.0 else high
+    favourable = high if side > 0.0 else low
+    if not math.isnan(stop_now) and side * (adverse - stop_now) <= 0.0:
+        return _exit_nb(
+            state, stop_now, bar, _stop_reason_nb(state, side), cfg, trades_out, n_trades, stats
+        )
+    if not math.isnan(tp_level) and side * (favourable - tp_level) >= 0.0:
+        return _exit_nb(state, tp_level, bar, REASON_TAKE_PROFIT, cfg, trades_out, n_trades, stats)
+    if trailing and side * (favourable - state[S_BEST]) > 0.0:
+        state[S_BEST] = favourable
+    return n_trades
+
+
+@njit
+def _exit_nb(state, price, bar, reason, cfg, trades_out, n_trades, stats):
+    """Close the whole position at ``price`` (before slippage); book the trade."""
+    position = state[S_POSITION]
+    side = 1.0 if position > 0.0 else -1.0
+    units = abs(position)
+    exec_price = price * (1.0 - cfg[CFG_SLIPPAGE_RATE] * side)
+    fees = units * exec_price * cfg[CFG_FEE_RATE]
+    state[S_CASH] += position * exec_price - fees
+    entry_price = state[S_ENTRY_PRICE]
+    pnl = side * (exec_price - entry_price) * units - state[S_ENTRY_FEES] - fees
+    ret = pnl / (entry_price * units + state[S_ENTRY_FEES])
+    stats[ST_CLOSED] += 1.0
+    if pnl > 0.0:
+        stats[ST_WINS] += 1.0
+        stats[ST_GROSS_WIN] += pnl
+        stats[ST_WIN_RETURN_SUM] += ret
+        stats[ST_LARGEST_WIN] = max(stats[ST_LARGEST_WIN], pnl)
+    else:
+        stats[ST_GROSS_LOSS] -= pnl
+        stats[ST_LOSS_RETURN_SUM] += ret
+        stats[ST_LARGEST_LOSS] = min(stats[ST_LARGEST_LOSS], pnl)
+    if trades_out.shape[0] > 0:
+        _write_trade_nb(trades_out[n_trades], state, bar, exec_price, fees, pnl, reason)
+        n_trades += 1
+    state[S_POSITION] = 0.0
+    return n_trades
+
+
+@njit
+def _write_trade_nb(row, state, exit_bar, exit_price, exit_fees, pnl, reason):
+    position = state[S_POSITION]
+    units = abs(position)
+    row[TR_ENTRY_BAR] = state[S_ENTRY_BAR]
+    row[TR_EXIT_BAR] = exit_bar
+    row[TR_DIRECTION] = 1.0 if position > 0.0 else -1.0
+    row[TR_UNITS] = units
+    row[TR_ENTRY_PRICE] = state[S_ENTRY_PRICE]
+    row[TR_EXIT_PRICE] = exit_price
+    row[TR_ENTRY_FEES] = state[S_ENTRY_FEES]
+    row[TR_EXIT_FEES] = exit_fees
+    row[TR_PNL] = pnl
+    row[TR_RETURN_PCT] = 100.0 * pnl / (state[S_ENTRY_PRICE] * units + state[S_ENTRY_FEES])
+    row[TR_EXIT_REASON] = reason
+
+
+@njit
+def _entry_units_nb(cfg, stats, equity, exec_price, stop_distance):
+    """Units to buy or sell short at ``exec_price`` with ``equity`` (the position is flat)."""
+    if equity <= 0.0 or not exec_price > 0.0:
+        return 0.0
+    cost_per_unit = exec_price * (1.0 + cfg[CFG_FEE_RATE])
+    max_units = cfg[CFG_MAX_LEVERAGE] * equity / cost_per_unit
+    if cfg[CFG_SIZING] == SIZING_RISK:
+        if not stop_distance > 0.0:
+            return 0.0
+        units = min(cfg[CFG_RISK] * equity / stop_distance, max_units)
+    else:
+        units = min(entry_fraction_nb(cfg, stats) * equity / cost_per_unit, max_units)
+    if cfg[CFG_WHOLE_UNITS] != 0.0:
+        # The epsilon keeps 10.0 from flooring to 9 when division leaves 9.999999999999998.
+        units = math.floor(units + 1e-9)
+    return units
+
+
+@njit
+def _set_levels_nb(state, use_stops, side, entry_price, stop_distance, tp_distance, trail_distance):
+    """Set the protective levels of a new position from the signal bar's distances."""
+    nan = math.nan
+    on = use_stops
+    state[S_STOP] = entry_price - side * stop_distance if on and stop_distance > 0.0 else nan
+    state[S_TAKE_PROFIT] = entry_price + side * tp_distance if on and tp_distance > 0.0 else nan
+    state[S_TRAIL] = trail_distance if on and trail_distance > 0.0 else nan
+    state[S_BEST] = entry_price
+
+
+@njit
+def _stop_level_nb(state, side):
+    """Return the binding protective level: the tighter of the fixed and the trailing stop."""
+    stop_level = state[S_STOP]
+    if math.isnan(state[S_TRAIL]):
+        return stop_level
+    trailing = state[S_BEST] - side * state[S_TRAIL]
+    if math.isnan(stop_level):
+        return trailing
+    return max(stop_level, trailing) if side > 0.0 else min(stop_level, trailing)
+
+
+@njit
+def _stop_reason_nb(state, side):
+    if math.isnan(state[S_TRAIL]):
+        return REASON_STOP
+    trailing = state[S_BEST] - side * state[S_TRAIL]
+    if math.isnan(state[S_STOP]) or side * (trailing - state[S_STOP]) > 0.0:
+        return REASON_TRAILING
+    return REASON_STOP

@@ -1,0 +1,156 @@
+"""Public parameter sweep: many parameter sets x symbols in one parallel fused numba kernel.
+
+Signals, fills and metrics run per (parameter set, symbol) in O(bars) memory per worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from quantshift.data.bars import Bars
+from quantshift.engine.arrays import pack
+from quantshift.engine.backtest import prepare
+from quantshift.engine.config import SimConfig
+from quantshift.engine.fused import kernels_for
+from quantshift.engine.metrics import METRICS
+from quantshift.errors import ConfigError
+from quantshift.strategies import Strategy
+
+ParamSets = Mapping[str, Any] | Sequence[Mapping[str, Any]] | np.ndarray | None
+
+
+def sweep(
+    strategy: str | Strategy,
+    bars: Bars | str,
+    params: ParamSets = None,
+    *,
+    symbol: str | Sequence[str] | None = None,
+    config: SimConfig | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+    **settings: Any,
+) -> pd.DataFrame:
+    """Evaluate many parameter sets of a strategy on every symbol.
+
+    Parameters
+    ----------
+    strategy : str or Strategy
+        A registered strategy name or a Strategy object.
+    bars : Bars or str
+        Bars, or a data spec for :func:`quantshift.load_bars`.
+    params : mapping, sequence of mappings or ndarray, optional
+        A grid ``{name: values}`` (Cartesian product; a scalar fixes a parameter; sets that
+        violate a constraint such as fast < slow are dropped), a list of parameter dicts, or an
+        (n_sets, n_params) matrix in declaration order. Default: the default parameters.
+    symbol : str or sequence of str, optional
+        Restrict to these symbols.
+    config : SimConfig, optional
+        Simulation settings; ``settings`` keywords override single fields.
+    progress : bool or callable
+        True shows a progress bar on stderr; a callable gets ``(sets_done, sets_total)``.
+
+    Returns
+    -------
+    DataFrame
+        One row per (parameter set, symbol), in parameter-set order: the parameters, ``symbol``
+        and every metric of ``quantshift.engine.metrics.METRICS``.
+    """
+    strat, data, cfg = prepare(strategy, bars, symbol, config, settings)
+    matrix = parameter_matrix(strat, params)
+    packed = pack(data, cfg)
+    kernel = kernels_for(strat).sweep
+    cfg_vector = cfg.to_vector()
+    args = packed.kernel_args()
+    n_sets = matrix.shape[0]
+    chunks = _chunks(n_sets, data.n_symbols) if progress else [(0, n_sets)]
+    parts = []
+    with _Progress(progress, n_sets, f"sweep {strat.name}") as report:
+        for lo, hi in chunks:
+            parts.append(kernel(*args, np.ascontiguousarray(matrix[lo:hi]), cfg_vector))
+            report(hi)
+    metrics = np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    m = data.n_symbols
+    table = pd.DataFrame(np.repeat(matrix, m, axis=0), columns=list(strat.param_names))
+    for p in strat.params:
+        if p.integer:
+            table[p.name] = table[p.name].astype(np.int64)
+    table["symbol"] = np.tile(np.array(data.symbols, dtype=object), n_sets)
+    return pd.concat([table, pd.DataFrame(metrics, columns=list(METRICS))], axis=1)
+
+
+def parameter_matrix(strategy: Strategy, params: ParamSets) -> np.ndarray:
+    """Return the validated (n_sets, n_params) matrix for any accepted ``params`` form."""
+    if params is None:
+        return strategy.vector().reshape(1, -1)
+    if isinstance(params, np.ndarray):
+        return strategy.check_matrix(params)
+    if isinstance(params, Mapping):
+        axes = {k: _as_values(v) for k, v in params.items()}
+        return strategy.grid(axes)
+    if isinstance(params, Sequence) and not isinstance(params, str):
+        if not params:
+            raise ConfigError(f"strategy '{strategy.name}': the list of parameter sets is empty")
+        return np.stack([strategy.vector(p) for p in params])
+    raise ConfigError(
+        f"params must be a grid dict, a list of dicts or an array, got {type(params).__name__}"
+    )
+
+
+def _as_values(value: Any) -> list[float]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        return [value]
+    return list(value)
+
+
+def _chunks(n_sets: int, n_symbols: int) -> list[tuple[int, int]]:
+    # About 50 updates, but never chunks so small that thread start-up dominates.
+    size = max(1, -(-n_sets // 50), -(-64 // max(n_symbols, 1)))
+    return [(lo, min(lo + size, n_sets)) for lo in range(0, n_sets, size)]
+
+
+class _Progress:
+    """A rich progress bar, a user callback, or nothing."""
+
+    def __init__(self, progress, total: int, label: str) -> None:
+        self._progress = progress
+        self._total = total
+        self._label = label
+        self._bar = None
+
+    def __enter__(self):
+        if self._progress is True:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self._label, total=self._total)
+        return self._report
+
+    def _report(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done)
+        elif callable(self._progress):
+            self._progress(done, self._total)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
