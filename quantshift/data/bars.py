@@ -75,12 +75,15 @@ class Bars:
         return self.n_bars
 
     def __repr__(self) -> str:
+        shown = ", ".join(self.symbols[:5]) + (
+            f", ... ({self.n_symbols} symbols)" if self.n_symbols > 5 else ""
+        )
         if self.n_bars == 0:
-            return f"Bars(0 bars, symbols={list(self.symbols)}, source={self.source!r})"
+            return f"Bars(0 bars, symbols=[{shown}], source={self.source!r})"
         first, last = self.index[0], self.index[-1]
         return (
             f"Bars({self.n_bars} bars {first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M} UTC, "
-            f"symbols={list(self.symbols)}, source={self.source!r})"
+            f"symbols=[{shown}], source={self.source!r})"
         )
 
     @property
@@ -144,9 +147,8 @@ class Bars:
         """Return one symbol's bars as a DataFrame (open, high, low, close, volume) without gaps."""
         if symbol is None:
             if self.n_symbols != 1:
-                raise DataError(
-                    f"{self.source}: {self.n_symbols} symbols; name one of {', '.join(self.symbols)}"
-                )
+                names = ", ".join(self.symbols)
+                raise DataError(f"{self.source}: {self.n_symbols} symbols; name one of {names}")
             symbol = self.symbols[0]
         c = self.column(symbol)
         frame = pd.DataFrame({name: getattr(self, name)[:, c] for name in FIELDS}, index=self.index)
@@ -167,7 +169,13 @@ class Bars:
             missing = [f for f in FIELDS if f not in df.columns]
             if missing:
                 raise DataError(f"{source}: symbol '{sym}' lacks column(s) {missing}")
-            indexes.append(_utc(df.index))
+            index = _utc(df.index)
+            if index.has_duplicates:
+                dup = index[index.duplicated()][0]
+                raise DataError(
+                    f"{source}: symbol '{sym}' has duplicate timestamp {dup.isoformat()}"
+                )
+            indexes.append(index)
         union = indexes[0]
         for idx in indexes[1:]:
             union = union.union(idx)

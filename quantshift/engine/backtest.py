@@ -115,6 +115,8 @@ class BacktestResult:
             out.update(per_symbol[self.symbols[0]])
         else:
             out["per_symbol"] = per_symbol
+            out["trades"] = int(self.stats["trades"].sum())
+            out["final_equity"] = float(self.stats["final_equity"].sum())
         out["trade_list"] = [_json_numbers(r) for r in trades.to_dict(orient="records")]
         return out
 

@@ -1,0 +1,422 @@
+"""The ``quantshift`` command: backtest, sweep, data, strategies and demo.
+
+Human output by default, ``--json`` for scripts; errors name what is wrong and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from quantshift.errors import ConfigError, QuantShiftError
+
+app = typer.Typer(
+    help="QuantShift: backtest, sweep and inspect causal numba trading strategies.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="List, inspect, validate and import market data.", no_args_is_help=True)
+strategies_app = typer.Typer(
+    help="List strategies and their parameter spaces.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+app.add_typer(strategies_app, name="strategies")
+
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Data spec: builtin:sp500, "
+        "synthetic:symbols=2,bars=1000,seed=1, or a CSV/Parquet path.",
+    ),
+]
+SymbolOpt = Annotated[
+    list[str] | None, typer.Option("--symbol", "-s", help="Symbol(s) to use; repeatable.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+CashOpt = Annotated[float, typer.Option(help="Starting cash per symbol.")]
+SizeOpt = Annotated[float, typer.Option(help="Fraction of equity per entry (1.0 = all in).")]
+FeesOpt = Annotated[float, typer.Option("--fees-bps", help="Commission, basis points of notional.")]
+SlipOpt = Annotated[float, typer.Option("--slippage-bps", help="Slippage, basis points per fill.")]
+FillOpt = Annotated[str, typer.Option(help="next-open (default) or close.")]
+DirectionOpt = Annotated[str, typer.Option(help="long, short or both.")]
+SizingOpt = Annotated[str, typer.Option(help="fraction, risk (per-trade risk vs stop) or kelly.")]
+RiskOpt = Annotated[
+    float, typer.Option("--risk", help="Equity fraction at risk per trade (sizing=risk).")
+]
+StopsOpt = Annotated[bool, typer.Option("--stops/--no-stops", help="Apply the strategy's stops.")]
+WholeOpt = Annotated[
+    bool, typer.Option("--whole-units/--fractional-units", help="Trade whole units only.")
+]
+
+
+def main() -> None:
+    """Run the CLI, turning QuantShift errors into one clear line and exit code 2."""
+    try:
+        app()
+    except QuantShiftError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _settings(cash, size, fees_bps, slippage_bps, fill, direction, sizing, risk, stops, whole):
+    return dict(
+        cash=cash,
+        size=size,
+        fees_bps=fees_bps,
+        slippage_bps=slippage_bps,
+        fill=fill,
+        direction=direction,
+        sizing=sizing,
+        risk_per_trade=risk,
+        use_stops=stops,
+        whole_units=whole,
+    )
+
+
+def parse_assignments(items: list[str], what: str) -> dict[str, str]:
+    """Split ``NAME=VALUE`` items; raise ConfigError naming a malformed one."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ConfigError(f"{what} '{item}' is not NAME=VALUE")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def parse_grid_axis(strategy, name: str, text: str) -> list[float]:
+    """Parse ``START:STOP[:STEP]`` (inclusive) or ``A,B,C`` for one parameter."""
+    param = next((p for p in strategy.params if p.name == name), None)
+    if param is None:
+        strategy.resolve({name: 0})  # raises UnknownNameError listing the parameters
+    try:
+        if ":" not in text:
+            return [float(v) for v in text.split(",")]
+        parts = [float(v) for v in text.split(":")]
+    except ValueError:
+        raise ConfigError(f"grid '{name}={text}': expected START:STOP[:STEP] or A,B,C") from None
+    if len(parts) not in (2, 3):
+        raise ConfigError(f"grid '{name}={text}': expected START:STOP[:STEP]")
+    start, stop = parts[0], parts[1]
+    if len(parts) == 3:
+        step = parts[2]
+    elif param.integer:
+        step = 1.0
+    else:
+        raise ConfigError(f"grid '{name}={text}': '{name}' is not an integer, give a STEP")
+    if step <= 0 or stop < start:
+        raise ConfigError(f"grid '{name}={text}': need START <= STOP and STEP > 0")
+    count = int((stop - start) / step + 1e-9) + 1
+    return [start + i * step for i in range(count)]
+
+
+@app.command()
+def backtest(
+    strategy: Annotated[
+        str, typer.Argument(help="Strategy name (see `quantshift strategies list`).")
+    ],
+    data: DataOpt = "builtin:sp500",
+    symbol: SymbolOpt = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE; repeatable.")
+    ] = None,
+    cash: CashOpt = 100_000.0,
+    size: SizeOpt = 1.0,
+    fees_bps: FeesOpt = 0.0,
+    slippage_bps: SlipOpt = 0.0,
+    fill: FillOpt = "next-open",
+    direction: DirectionOpt = "long",
+    sizing: SizingOpt = "fraction",
+    risk: RiskOpt = 0.01,
+    stops: StopsOpt = True,
+    whole_units: WholeOpt = False,
+    plot: Annotated[Path | None, typer.Option(help="Write an equity/drawdown plot (PNG).")] = None,
+    trades: Annotated[int, typer.Option(help="How many recent trades to list.")] = 10,
+    json_out: JsonOpt = False,
+) -> None:
+    """Backtest one parameter set and print its metrics and recent trades."""
+    import quantshift as qs
+
+    result = qs.backtest(
+        strategy,
+        data,
+        parse_assignments(param or [], "parameter"),
+        symbol=symbol,
+        **_settings(
+            cash, size, fees_bps, slippage_bps, fill, direction, sizing, risk, stops, whole_units
+        ),
+    )
+    if plot is not None:
+        for sym in result.symbols:
+            target = plot if len(result.symbols) == 1 else plot.with_stem(f"{plot.stem}_{sym}")
+            result.plot(target, symbol=sym)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), default=str))
+        return
+    from quantshift.report import backtest_table, console, trades_table
+
+    out = console()
+    for sym in result.symbols:
+        out.print(backtest_table(result, sym))
+    if len(result.trades) and trades > 0:
+        out.print(trades_table(result.trades, trades))
+    if plot is not None:
+        out.print(f"plot written to {plot}")
+
+
+@app.command()
+def sweep(
+    strategy: Annotated[str, typer.Argument(help="Strategy name.")],
+    grid: Annotated[
+        list[str],
+        typer.Option(
+            "--grid", "-g", help="NAME=START:STOP[:STEP] (inclusive) or NAME=A,B,C; repeatable."
+        ),
+    ],
+    data: DataOpt = "builtin:sp500",
+    symbol: SymbolOpt = None,
+    top: Annotated[int, typer.Option(help="Rows to show, best first.")] = 10,
+    rank_by: Annotated[str, typer.Option(help="Metric to rank by (descending).")] = "sharpe",
+    cash: CashOpt = 100_000.0,
+    size: SizeOpt = 1.0,
+    fees_bps: FeesOpt = 0.0,
+    slippage_bps: SlipOpt = 0.0,
+    fill: FillOpt = "next-open",
+    direction: DirectionOpt = "long",
+    sizing: SizingOpt = "fraction",
+    risk: RiskOpt = 0.01,
+    stops: StopsOpt = True,
+    whole_units: WholeOpt = False,
+    csv: Annotated[Path | None, typer.Option(help="Write the full table to this CSV.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Evaluate a parameter grid in one parallel pass and rank the results."""
+    import quantshift as qs
+    from quantshift.engine.metrics import METRICS
+
+    if rank_by not in METRICS:
+        raise ConfigError(f"--rank-by {rank_by!r} is not a metric; metrics: {', '.join(METRICS)}")
+    strat = qs.get_strategy(strategy)
+    axes = {
+        name: parse_grid_axis(strat, name, text)
+        for name, text in parse_assignments(grid, "grid").items()
+    }
+    table = qs.sweep(
+        strat,
+        data,
+        axes,
+        symbol=symbol,
+        progress=not json_out,
+        **_settings(
+            cash, size, fees_bps, slippage_bps, fill, direction, sizing, risk, stops, whole_units
+        ),
+    )
+    if csv is not None:
+        table.to_csv(csv, index=False)
+    ranked = table.sort_values(rank_by, ascending=False, na_position="last")
+    if json_out:
+        rows = json.loads(ranked.head(top).to_json(orient="records"))
+        typer.echo(
+            json.dumps(
+                {"strategy": strat.name, "evaluated": len(table), "rank_by": rank_by, "top": rows}
+            )
+        )
+        return
+    from quantshift.report import console, frame_table
+
+    columns = [
+        *strat.param_names,
+        "symbol",
+        "sharpe",
+        "total_return_pct",
+        "cagr_pct",
+        "max_drawdown_pct",
+        "trades",
+        "win_rate_pct",
+        "profit_factor",
+    ]
+    out = console()
+    out.print(
+        frame_table(
+            ranked.head(top),
+            f"{strat.name}: top {min(top, len(table))} of {len(table)} by {rank_by} (in-sample)",
+            columns,
+        )
+    )
+    if csv is not None:
+        out.print(f"full table written to {csv}")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write plots.")] = Path(
+        "out/demo"
+    ),
+    data: DataOpt = "builtin:sp500",
+    json_out: JsonOpt = False,
+) -> None:
+    """Run the seed strategies and a parameter sweep on real S&P 500 data; write plots."""
+    from quantshift.demo import run_demo
+
+    summary = run_demo(data=data, out_dir=out_dir, quiet=json_out)
+    if json_out:
+        typer.echo(json.dumps(summary, default=str))
+
+
+@strategies_app.command("list")
+def strategies_list(json_out: JsonOpt = False) -> None:
+    """List registered strategies."""
+    import quantshift as qs
+
+    rows = [
+        {
+            "name": s.name,
+            "description": s.description,
+            "parameters": list(s.param_names),
+            "uses_stops": s.uses_stops,
+        }
+        for s in qs.list_strategies()
+    ]
+    if json_out:
+        typer.echo(json.dumps(rows))
+        return
+    from rich.table import Table
+
+    from quantshift.report import console
+
+    table = Table(title="strategies", title_justify="left")
+    for col in ("name", "parameters", "stops", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"],
+            ", ".join(r["parameters"]),
+            "yes" if r["uses_stops"] else "no",
+            r["description"],
+        )
+    console().print(table)
+
+
+@strategies_app.command("show")
+def strategies_show(name: str, json_out: JsonOpt = False) -> None:
+    """Show a strategy's parameter space: defaults, ranges and constraints."""
+    import quantshift as qs
+
+    s = qs.get_strategy(name)
+    params = [
+        {
+            "name": p.name,
+            "default": p.default,
+            "low": p.low,
+            "high": p.high,
+            "integer": p.integer,
+            "description": p.description,
+        }
+        for p in s.params
+    ]
+    info = {
+        "name": s.name,
+        "description": s.description,
+        "parameters": params,
+        "constraints": [str(c) for c in s.constraints],
+        "uses_stops": s.uses_stops,
+        "warmup_bars_at_defaults": s.warmup_bars(),
+    }
+    if json_out:
+        typer.echo(json.dumps(info))
+        return
+    from rich.table import Table
+
+    from quantshift.report import console
+
+    table = Table(title=f"{s.name}: {s.description}", title_justify="left")
+    for col in ("parameter", "default", "range", "type", "meaning"):
+        table.add_column(col)
+    for p in params:
+        table.add_row(
+            p["name"],
+            f"{p['default']:g}",
+            f"{p['low']:g} .. {p['high']:g}",
+            "int" if p["integer"] else "float",
+            p["description"],
+        )
+    out = console()
+    out.print(table)
+    out.print(
+        f"constraints: {', '.join(info['constraints']) or 'none'}; warm-up at defaults: "
+        f"{info['warmup_bars_at_defaults']} bars; stops: {'yes' if s.uses_stops else 'no'}"
+    )
+
+
+@data_app.command("list")
+def data_list(json_out: JsonOpt = False) -> None:
+    """List built-in data sets and files in the data folder."""
+    from quantshift.data import list_sources
+
+    sources = list_sources()
+    if json_out:
+        typer.echo(json.dumps(sources, default=str))
+        return
+    import pandas as pd
+
+    from quantshift.report import console, frame_table
+
+    console().print(frame_table(pd.DataFrame(sources), "data sources"))
+
+
+@data_app.command("show")
+def data_show(spec: str, symbol: SymbolOpt = None, json_out: JsonOpt = False) -> None:
+    """Describe a data set: per symbol its time range, bars, missing bars and prices."""
+    from quantshift.data import describe, load_bars
+
+    info = describe(load_bars(spec, symbols=symbol))
+    _print_records(info, f"data {spec}", json_out)
+
+
+@data_app.command("validate")
+def data_validate(spec: str, json_out: JsonOpt = False) -> None:
+    """Load and validate a data set; exit 2 with the first problem found."""
+    from quantshift.data import load_bars
+
+    bars = load_bars(spec, cache=False)
+    result = {"spec": spec, "valid": True, "bars": bars.n_bars, "symbols": list(bars.symbols)}
+    if json_out:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(
+            f"ok: {spec}: {bars.n_bars} bars, {bars.n_symbols} symbol(s) "
+            f"({', '.join(bars.symbols[:10])}{' ...' if bars.n_symbols > 10 else ''})"
+        )
+
+
+@data_app.command("import")
+def data_import(
+    path: Path,
+    name: Annotated[str | None, typer.Option(help="Name in the data folder.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing data set.")] = False,
+) -> None:
+    """Validate a CSV/Parquet file and store it as Parquet in the data folder."""
+    from quantshift.data import import_file
+
+    target = import_file(path, name=name, overwrite=overwrite)
+    typer.echo(f"imported {path} -> {target}")
+
+
+def _print_records(info, title: str, json_out: bool) -> None:
+    if json_out:
+        typer.echo(json.dumps(info, default=str))
+        return
+    import pandas as pd
+
+    from quantshift.report import console, frame_table
+
+    records = info if isinstance(info, list) else info.get("symbols", info)
+    frame = pd.DataFrame(records if isinstance(records, list) else [records])
+    console().print(frame_table(frame, title))

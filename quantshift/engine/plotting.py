@@ -1,0 +1,114 @@
+"""Plots of backtest results: equity with trades marked, and drawdown underneath.
+
+matplotlib is imported lazily, with the non-interactive Agg backend when no display is set.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_equity(result, symbol: str | None = None, path: str | Path | None = None):
+    """Plot one symbol's equity curve (entries and exits marked) over its drawdown.
+
+    Parameters
+    ----------
+    result : BacktestResult
+    symbol : str, optional
+        Which symbol; required when the backtest has several.
+    path : str or Path, optional
+        Save the figure there (format from the suffix, e.g. ``.png``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if symbol is None:
+        if len(result.symbols) != 1:
+            raise ValueError(f"name one symbol to plot: {', '.join(result.symbols)}")
+        symbol = result.symbols[0]
+    plt = _pyplot()
+    equity = result.equity[symbol]
+    drawdown = result.drawdown_pct()[symbol]
+    trades = result.trades[result.trades["symbol"] == symbol]
+    fig, (ax_eq, ax_dd) = plt.subplots(
+        2, 1, figsize=(11, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax_eq.plot(equity.index, equity.to_numpy(), lw=1.2, color="#1f4e79", label="equity")
+    ax_eq.axhline(result.config.cash, color="grey", lw=0.8, ls="--", label="initial cash")
+    closed = trades[trades["exit_reason"] != "open"]
+    if len(trades):
+        ax_eq.scatter(
+            trades["entry_time"],
+            equity.reindex(trades["entry_time"]).to_numpy(),
+            marker="^",
+            color="#2ca02c",
+            s=18,
+            label="entry",
+            zorder=3,
+        )
+    if len(closed):
+        ax_eq.scatter(
+            closed["exit_time"],
+            equity.reindex(closed["exit_time"]).to_numpy(),
+            marker="v",
+            color="#d62728",
+            s=18,
+            label="exit",
+            zorder=3,
+        )
+    m = result.metrics_for(symbol)
+    params = ", ".join(f"{k}={v:g}" for k, v in result.params.items())
+    ax_eq.set_title(
+        f"{result.strategy} ({params}) on {symbol}: return {m['total_return_pct']:.1f}%, "
+        f"Sharpe {m['sharpe']:.2f}, max drawdown {m['max_drawdown_pct']:.1f}%, "
+        f"{m['trades']} trades",
+        fontsize=10,
+    )
+    ax_eq.set_ylabel("equity")
+    ax_eq.legend(loc="upper left", fontsize=8)
+    ax_eq.grid(alpha=0.3)
+    ax_dd.fill_between(drawdown.index, -drawdown.to_numpy(), 0.0, color="#d62728", alpha=0.4)
+    ax_dd.set_ylabel("drawdown %")
+    ax_dd.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_sweep_heatmap(
+    table, x: str, y: str, metric: str = "sharpe", path: str | Path | None = None
+):
+    """Plot a sweep metric over two parameters as a heatmap (mean over other parameters)."""
+    plt = _pyplot()
+    grid = table.pivot_table(index=y, columns=x, values=metric, aggfunc="mean")
+    fig, ax = plt.subplots(figsize=(9, 6))
+    image = ax.imshow(
+        grid.to_numpy(),
+        origin="lower",
+        aspect="auto",
+        cmap="RdYlGn",
+        extent=(grid.columns.min(), grid.columns.max(), grid.index.min(), grid.index.max()),
+    )
+    fig.colorbar(image, ax=ax, label=metric)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(f"{metric} by {x} and {y}")
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig

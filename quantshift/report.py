@@ -1,0 +1,102 @@
+"""Readable terminal reports of backtests and sweeps (rich tables), shared by the CLI and demo.
+
+Numbers carry their units in the column names; nothing here computes a metric.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from quantshift.engine.metrics import METRIC_DESCRIPTIONS
+
+_FORMATS = {
+    "final_equity": "{:,.2f}",
+    "trades": "{:,.0f}",
+    "avg_win": "{:,.2f}",
+    "avg_loss": "{:,.2f}",
+    "largest_win": "{:,.2f}",
+    "largest_loss": "{:,.2f}",
+}
+
+
+def fmt(name: str, value) -> str:
+    """Format a metric value for display (NaN as '-', infinities as 'inf')."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, int | float):
+        return _FORMATS.get(name, "{:,.2f}" if name.endswith("_pct") else "{:.3f}").format(value)
+    return str(value)
+
+
+def backtest_table(result, symbol: str) -> Table:
+    """Return a two-column table of one symbol's metrics with their meaning."""
+    params = ", ".join(f"{k}={v:g}" for k, v in result.params.items())
+    table = Table(title=f"{result.strategy} ({params}) on {symbol}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("meaning", style="dim")
+    for name, value in result.metrics_for(symbol).items():
+        table.add_row(name, fmt(name, value), METRIC_DESCRIPTIONS[name])
+    return table
+
+
+def trades_table(trades: pd.DataFrame, last: int) -> Table:
+    """Return a table of the last ``last`` trades."""
+    shown = trades.tail(last)
+    table = Table(title=f"last {len(shown)} of {len(trades)} trades", title_justify="left")
+    for col in (
+        "symbol",
+        "direction",
+        "entry_time",
+        "exit_time",
+        "entry_price",
+        "exit_price",
+        "units",
+        "pnl",
+        "return_pct",
+        "exit_reason",
+    ):
+        table.add_column(col, justify="right" if col not in ("symbol", "exit_reason") else "left")
+    for row in shown.itertuples(index=False):
+        table.add_row(
+            row.symbol,
+            row.direction,
+            f"{row.entry_time:%Y-%m-%d %H:%M}",
+            f"{row.exit_time:%Y-%m-%d %H:%M}",
+            f"{row.entry_price:,.4f}",
+            f"{row.exit_price:,.4f}",
+            f"{row.units:,.4f}",
+            f"{row.pnl:,.2f}",
+            f"{row.return_pct:,.2f}",
+            row.exit_reason,
+        )
+    return table
+
+
+def frame_table(frame: pd.DataFrame, title: str, columns: list[str] | None = None) -> Table:
+    """Return a table of a DataFrame's rows (e.g. the top rows of a sweep)."""
+    columns = columns or list(frame.columns)
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, justify="left" if frame[col].dtype == object else "right")
+    for _, row in frame[columns].iterrows():
+        table.add_row(
+            *[fmt(c, row[c]) if c in METRIC_DESCRIPTIONS else _plain(row[c]) for c in columns]
+        )
+    return table
+
+
+def _plain(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False)
