@@ -6,6 +6,7 @@ Numbers carry their units in the column names; nothing here computes a metric.
 from __future__ import annotations
 
 import math
+import os
 
 import pandas as pd
 from rich.console import Console
@@ -79,12 +80,32 @@ def trades_table(trades: pd.DataFrame, last: int) -> Table:
     return table
 
 
+# Short headers that keep their units, so wide tables fit a terminal.
+HEADERS = {
+    "final_equity": "final equity",
+    "total_return_pct": "return %",
+    "cagr_pct": "CAGR %",
+    "sharpe": "Sharpe",
+    "sortino": "Sortino",
+    "volatility_pct": "vol %",
+    "max_drawdown_pct": "max DD %",
+    "win_rate_pct": "win %",
+    "profit_factor": "PF",
+    "avg_win": "avg win",
+    "avg_loss": "avg loss",
+    "largest_win": "best",
+    "largest_loss": "worst",
+    "exposure_pct": "exposure %",
+}
+
+
 def frame_table(frame: pd.DataFrame, title: str, columns: list[str] | None = None) -> Table:
     """Return a table of a DataFrame's rows (e.g. the top rows of a sweep)."""
     columns = columns or list(frame.columns)
     table = Table(title=title, title_justify="left")
     for col in columns:
-        table.add_column(col, justify="left" if frame[col].dtype == object else "right")
+        text = frame[col].dtype == object
+        table.add_column(HEADERS.get(col, col), justify="left" if text else "right", no_wrap=text)
     for _, row in frame[columns].iterrows():
         table.add_row(
             *[fmt(c, row[c]) if c in METRIC_DESCRIPTIONS else _plain(row[c]) for c in columns]
@@ -99,4 +120,8 @@ def _plain(value) -> str:
 
 
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False)
+    """Return a console; output to a pipe or file is not squeezed into 80 columns."""
+    out = Console(stderr=stderr, highlight=False)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out = Console(stderr=stderr, highlight=False, width=160)
+    return out

@@ -71,9 +71,10 @@ def plot_equity(result, symbol: str | None = None, path: str | Path | None = Non
     m = result.metrics_for(symbol)
     params = ", ".join(f"{k}={v:g}" for k, v in result.params.items())
     ax_eq.set_title(
-        f"{result.strategy} ({params}) on {symbol}: return {m['total_return_pct']:.1f}%, "
+        f"{result.strategy} on {symbol} ({params})\n"
+        f"return {m['total_return_pct']:.1f}%, CAGR {m['cagr_pct']:.2f}%, "
         f"Sharpe {m['sharpe']:.2f}, max drawdown {m['max_drawdown_pct']:.1f}%, "
-        f"{m['trades']} trades",
+        f"{m['trades']} closed trades",
         fontsize=10,
     )
     ax_eq.set_ylabel("equity")

@@ -53,7 +53,8 @@ class Param:
             raise ConfigError(f"strategy '{strategy}': parameter '{self.name}' is {value!r}")
         if self.integer and number != int(number):
             raise ConfigError(
-                f"strategy '{strategy}': parameter '{self.name}' must be a whole number, got {value!r}"
+                f"strategy '{strategy}': parameter '{self.name}' must be a whole number, "
+                f"got {value!r}"
             )
         if not self.low <= number <= self.high:
             raise ConfigError(
@@ -131,7 +132,10 @@ class Strategy:
         return {p.name: p.default for p in self.params}
 
     def resolve(self, overrides: Mapping[str, Any] | None = None) -> dict[str, float]:
-        """Return defaults updated with ``overrides``, validated (names, types, ranges, constraints)."""
+        """Return defaults updated with ``overrides``, validated.
+
+        Checks names, types, ranges and constraints; raises a ConfigError naming the problem.
+        """
         values = self.defaults()
         for key, value in (overrides or {}).items():
             if key not in values:
@@ -153,7 +157,7 @@ class Strategy:
         return np.array([values[n] for n in self._names], dtype=np.float64)
 
     def warmup_bars(self, overrides: Mapping[str, Any] | None = None) -> int:
-        """Return how many bars the signals need before they can fire."""
+        """Return the index of the first bar at which an entry or exit can fire."""
         return int(self.warmup(self.resolve(overrides)))
 
     def grid(self, axes: Mapping[str, Iterable[float]]) -> np.ndarray:

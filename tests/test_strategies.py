@@ -1,0 +1,298 @@
+"""Strategy registry, parameter validation, causality of every registered strategy, warm-up.
+
+Causality is property-based: signals on any prefix of the bars equal the full-history signals.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import arch.data.sp500
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from quantshift.errors import ConfigError, UnknownNameError
+from quantshift.strategies import Param, Strategy, get_strategy, list_strategies, ma_crossover
+
+SEEDS = ("bollinger_bounce", "breakout_momentum", "ma_crossover", "rsi_reversion")
+OUTPUTS = ("entries", "exits", "stop_dist", "take_profit_dist", "trail_dist")
+FIELDS = ("open", "high", "low", "close", "volume")
+
+
+@functools.cache
+def sp500_bars(start: int = 0, stop: int | None = None) -> tuple[np.ndarray, ...]:
+    """Return S&P 500 daily OHLCV bars [start:stop] as contiguous float64 arrays."""
+    frame = arch.data.sp500.load().iloc[start:stop]
+    columns = ("Open", "High", "Low", "Close", "Volume")
+    return tuple(np.ascontiguousarray(frame[c].to_numpy(np.float64)) for c in columns)
+
+
+@functools.cache
+def synthetic_bars(n_bars: int = 600, seed: int = 11) -> tuple[np.ndarray, ...]:
+    """Return seeded bars with volatility regimes, opening gaps and volume bursts."""
+    rng = np.random.default_rng(seed)
+    volatility = np.where(np.sin(np.arange(n_bars) / 40.0) > 0, 0.006, 0.025)
+    close = 50.0 * np.exp(np.cumsum(rng.normal(0.0, volatility)))
+    gaps = rng.normal(0.0, 0.01, n_bars) * (rng.random(n_bars) < 0.05)
+    open_ = np.r_[close[0], close[:-1]] * np.exp(gaps)
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0.0, volatility / 2)))
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0.0, volatility / 2)))
+    volume = rng.lognormal(12.0, 0.4, n_bars) * np.where(rng.random(n_bars) < 0.05, 4.0, 1.0)
+    return open_, high, low, close, volume
+
+
+DATASETS = {"sp500": lambda: sp500_bars(3000, 3600), "synthetic": synthetic_bars}
+
+
+def run_signals(strategy: Strategy, bars, params: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Call the strategy's signal function on fresh output buffers; return the five outputs."""
+    n = bars[0].shape[0]
+    outputs = (
+        np.zeros(n, np.bool_),
+        np.zeros(n, np.bool_),
+        *(np.full(n, np.nan) for _ in range(3)),
+    )
+    strategy.signal_nb(*bars, params, *outputs)
+    return outputs
+
+
+def assert_causal(strategy: Strategy, bars, params: np.ndarray, cut: int) -> None:
+    """Assert that the signals computed on bars[:cut] equal the full-history signals on [:cut]."""
+    full = run_signals(strategy, bars, params)
+    prefix = run_signals(strategy, tuple(a[:cut] for a in bars), params)
+    for name, whole, part in zip(OUTPUTS, full, prefix, strict=True):
+        np.testing.assert_array_equal(
+            part, whole[:cut], err_msg=f"{strategy.name}: {name} on bars[:{cut}] looks ahead"
+        )
+
+
+@st.composite
+def param_vectors(draw, strategy: Strategy) -> np.ndarray:
+    """Draw a valid parameter vector: each value in range, integers where declared."""
+    values = {}
+    for p in strategy.params:
+        if p.integer:
+            values[p.name] = float(draw(st.integers(int(p.low), int(p.high))))
+        else:
+            values[p.name] = draw(st.floats(p.low, p.high, allow_nan=False))
+    assume(all(c.holds(values) for c in strategy.constraints))
+    return strategy.vector(values)
+
+
+# Registry and parameter validation -------------------------------------------------------
+
+
+def test_seed_strategies_are_registered():
+    names = [s.name for s in list_strategies()]
+    assert set(SEEDS) <= set(names)
+    assert names == sorted(names)
+    assert get_strategy("ma_crossover") is ma_crossover.STRATEGY
+    assert get_strategy(ma_crossover.STRATEGY) is ma_crossover.STRATEGY
+
+
+def test_unknown_strategy_lists_the_available_ones():
+    with pytest.raises(UnknownNameError) as caught:
+        get_strategy("ma_crosover")
+    message = str(caught.value)
+    assert "unknown strategy 'ma_crosover'" in message
+    for name in SEEDS:
+        assert name in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "expected"),
+    [
+        ({"fastt": 3}, UnknownNameError, "has no parameter 'fastt'; parameters: fast, slow"),
+        ({"fast": 1}, ConfigError, "'fast'=1 outside the allowed range [2, 100]"),
+        ({"slow": 500}, ConfigError, "'slow'=500 outside the allowed range [5, 400]"),
+        ({"fast": 5.5}, ConfigError, "'fast' must be a whole number, got 5.5"),
+        ({"fast": "five"}, ConfigError, "'fast' must be a number, got 'five'"),
+        (
+            {"fast": 30, "slow": 20},
+            ConfigError,
+            "constraint fast < slow violated (fast=30, slow=20)",
+        ),
+        (
+            {"fast": 20, "slow": 20},
+            ConfigError,
+            "constraint fast < slow violated (fast=20, slow=20)",
+        ),
+    ],
+)
+def test_invalid_parameters_are_rejected_with_a_clear_message(overrides, error, expected):
+    with pytest.raises(error) as caught:
+        ma_crossover.STRATEGY.resolve(overrides)
+    assert expected in str(caught.value)
+    assert "strategy 'ma_crossover'" in str(caught.value)
+
+
+def test_valid_parameters_resolve_in_declaration_order():
+    strategy = get_strategy("rsi_reversion")
+    vector = strategy.vector({"exit_above": 70, "rsi_window": 10})
+    np.testing.assert_array_equal(vector, [10, 35, 70, 14, 2.0, 3.0])
+    assert strategy.warmup_bars({"rsi_window": 10, "atr_window": 20}) == 20
+
+
+def test_grid_drops_combinations_violating_the_constraint():
+    grid = ma_crossover.STRATEGY.grid({"fast": range(2, 51), "slow": range(10, 201, 2)})
+    assert grid.shape == (4263, 2)
+    assert (grid[:, 0] < grid[:, 1]).all()
+    assert len({tuple(row) for row in grid}) == 4263
+
+
+@pytest.mark.parametrize("strategy", list_strategies(), ids=lambda s: s.name)
+def test_declaration_is_complete(strategy):
+    assert strategy.description
+    defaults = strategy.resolve()
+    assert strategy.warmup_bars() >= 1
+    for p in strategy.params:
+        assert p.low < p.high, p.name
+        if p.name.endswith("_window") or p.name in ("fast", "slow"):
+            assert p.integer, f"{p.name} is a window and must be declared integer"
+        assert defaults[p.name] == p.default
+
+
+# Causality ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("strategy", list_strategies(), ids=lambda s: s.name)
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_signals_are_causal(strategy, dataset, data):
+    bars = DATASETS[dataset]()
+    params = data.draw(param_vectors(strategy), label="params")
+    cuts = data.draw(st.lists(st.integers(1, bars[0].shape[0]), min_size=1, max_size=4))
+    for cut in cuts:
+        assert_causal(strategy, bars, params, cut)
+    warmup = int(strategy.warmup(dict(zip(strategy.param_names, params, strict=True))))
+    entries, exits, *_ = run_signals(strategy, bars, params)
+    assert not entries[:warmup].any() and not exits[:warmup].any()
+
+
+@pytest.mark.parametrize("strategy", list_strategies(), ids=lambda s: s.name)
+def test_default_signals_are_causal_at_every_cut(strategy):
+    bars = sp500_bars(3000, 3600)
+    for cut in range(1, bars[0].shape[0] + 1):
+        assert_causal(strategy, bars, strategy.vector(), cut)
+
+
+@njit
+def _peek_next_close_nb(open_, high, low, close, volume, params, entries, exits, stop, tp, trail):
+    for t in range(close.shape[0] - 1):
+        entries[t] = close[t + 1] > close[t]
+        exits[t] = close[t + 1] < close[t]
+
+
+@njit
+def _peek_full_history_mean_nb(
+    open_, high, low, close, volume, params, entries, exits, stop, tp, trail
+):
+    # The classic lookahead bug: normalising with a statistic of the whole history.
+    level = close.mean()
+    for t in range(close.shape[0]):
+        entries[t] = close[t] < level
+
+
+def _peeking(signal_nb) -> Strategy:
+    return Strategy(
+        name="peeking",
+        description="looks ahead",
+        params=(),
+        signal_nb=signal_nb,
+        warmup=lambda v: 0,
+    )
+
+
+@pytest.mark.parametrize("signal_nb", [_peek_next_close_nb, _peek_full_history_mean_nb])
+def test_causality_check_catches_lookahead(signal_nb):
+    strategy = _peeking(signal_nb)
+    bars = sp500_bars(3000, 3600)
+    caught = 0
+    for cut in range(2, bars[0].shape[0], 7):
+        try:
+            assert_causal(strategy, bars, np.empty(0), cut)
+        except AssertionError as error:
+            assert "looks ahead" in str(error)
+            caught += 1
+    assert caught > 10
+
+
+def test_peeking_at_the_next_close_fails_before_a_rise():
+    bars = sp500_bars(3000, 3600)
+    close = bars[3]
+    rising = int(np.flatnonzero(close[1:] > close[:-1])[0]) + 1
+    with pytest.raises(AssertionError, match=rf"entries on bars\[:{rising}\] looks ahead"):
+        assert_causal(_peeking(_peek_next_close_nb), bars, np.empty(0), rising)
+
+
+def test_causal_toy_strategy_passes_the_check():
+    strategy = Strategy(
+        name="toy",
+        description="enters on an up close",
+        params=(Param(name="unused", default=1, low=0, high=2),),
+        signal_nb=_up_close_nb,
+        warmup=lambda v: 1,
+    )
+    bars = sp500_bars(3000, 3600)
+    for cut in range(1, 600, 13):
+        assert_causal(strategy, bars, strategy.vector(), cut)
+
+
+@njit
+def _up_close_nb(open_, high, low, close, volume, params, entries, exits, stop, tp, trail):
+    for t in range(1, close.shape[0]):
+        entries[t] = close[t] > close[t - 1]
+
+
+# Behaviour on real data and warm-up --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SEEDS)
+def test_defaults_trade_on_the_sp500(name):
+    strategy = get_strategy(name)
+    entries, exits, stop, take_profit, trail = run_signals(
+        strategy, sp500_bars(), strategy.vector()
+    )
+    assert entries.sum() >= 5
+    assert exits.sum() >= 5
+    distances = np.column_stack([stop, take_profit, trail])[entries]
+    if strategy.uses_stops:
+        # Every entry carries at least one protective distance, in price units (> 0).
+        assert (np.nan_to_num(distances, nan=0.0) > 0).any(axis=1).all()
+    else:
+        assert np.isnan(distances).all()
+
+
+def _earliest_entry_bars(name: str, n_bars: int) -> tuple[np.ndarray, ...]:
+    """Return bars on which the named seed strategy's entry condition holds on the last bar."""
+    t = np.arange(n_bars, dtype=np.float64)
+    volume = np.ones(n_bars)
+    if name == "ma_crossover":
+        # Flat, then one higher close: the averages are equal until it, then the fast one leads.
+        close = np.full(n_bars, 100.0)
+        close[-1] = 110.0
+        return close, close, close, close, volume
+    if name == "breakout_momentum":
+        # Every close is a new high; the volume burst comes on the last bar.
+        close = 100.0 + t
+        volume[-1] = 10.0
+        return close, close, close, close, volume
+    # Falling closes (RSI 0) whose lows reach far under any lower band.
+    close = 1000.0 - t
+    return close, close, close / 2.0, close, volume
+
+
+@pytest.mark.parametrize("name", SEEDS)
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_warmup_is_exact(name, data):
+    strategy = get_strategy(name)
+    params = data.draw(param_vectors(strategy), label="params")
+    warmup = int(strategy.warmup(dict(zip(strategy.param_names, params, strict=True))))
+    entries, exits, *_ = run_signals(strategy, _earliest_entry_bars(name, warmup + 1), params)
+    assert not entries[:warmup].any() and not exits[:warmup].any()
+    assert entries[warmup], f"{name} could enter at bar {warmup} but did not"
