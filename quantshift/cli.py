@@ -358,7 +358,7 @@ def strategies_show(name: str, json_out: JsonOpt = False) -> None:
 @data_app.command("list")
 def data_list(json_out: JsonOpt = False) -> None:
     """List built-in data sets and files in the data folder."""
-    from quantshift.data import list_sources
+    from quantshift.data import data_dir, list_sources
 
     sources = list_sources()
     if json_out:
@@ -368,7 +368,12 @@ def data_list(json_out: JsonOpt = False) -> None:
 
     from quantshift.report import console, frame_table
 
-    console().print(frame_table(pd.DataFrame(sources), "data sources"))
+    frame = pd.DataFrame(sources)
+    for col in ("start", "end"):
+        frame[col] = frame[col].map(lambda v: v[:10] if isinstance(v, str) else "-")
+    frame["symbols"] = frame["symbols"].map(lambda v: ", ".join(v or [])[:40])
+    columns = ["name", "kind", "symbols", "start", "end", "bars", "description"]
+    console().print(frame_table(frame, f"data sources (data folder: {data_dir()})", columns))
 
 
 @data_app.command("show")

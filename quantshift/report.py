@@ -104,7 +104,7 @@ def frame_table(frame: pd.DataFrame, title: str, columns: list[str] | None = Non
     columns = columns or list(frame.columns)
     table = Table(title=title, title_justify="left")
     for col in columns:
-        text = frame[col].dtype == object
+        text = not pd.api.types.is_numeric_dtype(frame[col])
         table.add_column(HEADERS.get(col, col), justify="left" if text else "right", no_wrap=text)
     for _, row in frame[columns].iterrows():
         table.add_row(
@@ -114,6 +114,8 @@ def frame_table(frame: pd.DataFrame, title: str, columns: list[str] | None = Non
 
 
 def _plain(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

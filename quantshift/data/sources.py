@@ -182,7 +182,15 @@ def _split_spec(text: str) -> tuple[str, str]:
     kind = data_file_kind(text)
     if kind is not None:
         return kind[0], text
-    raise UnknownNameError(f"data source '{text}' not understood; use {_SPEC_FORMS}")
+    # A bare name is a data set in the data folder (what `quantshift data import` writes).
+    for suffix, fmt in FILE_SUFFIXES.items():
+        candidate = data_dir() / f"{text}{suffix}"
+        if candidate.is_file():
+            return fmt, str(candidate)
+    raise UnknownNameError(
+        f"data source '{text}' not understood (and no {text}.parquet or {text}.csv in "
+        f"{data_dir()}); use {_SPEC_FORMS}"
+    )
 
 
 def _load_builtin(names: str, spec: str) -> Bars:

@@ -1,0 +1,172 @@
+"""The ``quantshift`` command: JSON contracts scripts rely on, readable output, clear errors.
+
+Most calls run in-process (fast); one runs the installed console script end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import quantshift as qs
+from quantshift.cli import app
+
+SYN = "synthetic:symbols=2,bars=600,seed=5"
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    # main() maps QuantShiftError to exit 2; the runner calls the app, so mirror that here.
+    from quantshift.errors import QuantShiftError
+
+    result = runner.invoke(app, list(args))
+    if isinstance(result.exception, QuantShiftError):
+        return 2, f"error: {result.exception}"
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+def test_backtest_json_has_the_documented_keys_and_matches_python():
+    code, out = invoke(
+        "backtest",
+        "ma_crossover",
+        "--data",
+        "builtin:sp500",
+        "--param",
+        "fast=10",
+        "--param",
+        "slow=50",
+        "--fees-bps",
+        "1",
+        "--json",
+    )
+    assert code == 0, out
+    payload = json.loads(out)
+    for key in (
+        "trades",
+        "final_equity",
+        "total_return_pct",
+        "sharpe",
+        "max_drawdown_pct",
+        "win_rate_pct",
+    ):
+        assert key in payload
+    expected = qs.backtest(
+        "ma_crossover", "builtin:sp500", {"fast": 10, "slow": 50}, fees_bps=1
+    ).metrics
+    assert payload["final_equity"] == pytest.approx(expected["final_equity"], rel=1e-12)
+    assert payload["trades"] == expected["trades"] > 0
+    assert payload["config"]["cash"] == 100_000 and payload["config"]["fill"] == "next-open"
+
+
+def test_backtest_human_output_and_plot(tmp_path):
+    target = tmp_path / "eq.png"
+    code, out = invoke(
+        "backtest", "rsi_reversion", "--data", SYN, "--symbol", "SYN001", "--plot", str(target)
+    )
+    assert code == 0, out
+    assert "sharpe" in out and "SYN001" in out and "last" in out
+    assert target.stat().st_size > 10_000
+
+
+def test_sweep_json_ranks_and_counts(tmp_path):
+    csv = tmp_path / "grid.csv"
+    code, out = invoke(
+        "sweep",
+        "ma_crossover",
+        "--data",
+        SYN,
+        "--grid",
+        "fast=2:10:2",
+        "--grid",
+        "slow=12:30:6",
+        "--top",
+        "3",
+        "--csv",
+        str(csv),
+        "--json",
+    )
+    assert code == 0, out
+    payload = json.loads(out)
+    assert payload["evaluated"] == 5 * 4 * 2  # 5 fast x 4 slow, all fast < slow, 2 symbols
+    sharpes = [row["sharpe"] for row in payload["top"]]
+    assert sharpes == sorted(sharpes, reverse=True) and len(sharpes) == 3
+    assert csv.read_text().count("\n") == 41
+
+
+def test_sweep_human_output():
+    code, out = invoke(
+        "sweep", "ma_crossover", "--data", SYN, "--grid", "fast=3,5", "--grid", "slow=20"
+    )
+    assert code == 0, out
+    assert "top 4 of 4" in out
+
+
+def test_strategies_and_data_commands(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANTSHIFT_DATA_DIR", str(tmp_path))
+    code, out = invoke("strategies", "list", "--json")
+    names = {row["name"] for row in json.loads(out)}
+    assert {"ma_crossover", "rsi_reversion", "bollinger_bounce", "breakout_momentum"} <= names
+    code, out = invoke("strategies", "show", "ma_crossover")
+    assert code == 0 and "fast < slow" in out
+    code, out = invoke("data", "validate", SYN)
+    assert code == 0 and "ok:" in out
+    code, out = invoke("data", "show", "builtin:sp500", "--json")
+    assert code == 0 and "SP500" in out
+    csv = tmp_path / "mine.csv"
+    qs.load_bars(SYN).to_frame("SYN000").rename_axis("date").to_csv(csv)
+    code, out = invoke("data", "import", str(csv), "--name", "mine")
+    assert code == 0, out
+    code, out = invoke("backtest", "ma_crossover", "--data", "mine", "--json")
+    assert code == 0 and json.loads(out)["symbols"] == ["mine"]
+    code, out = invoke("data", "list")
+    assert code == 0 and "mine" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["backtest", "nope"], "unknown strategy 'nope'"),
+        (["backtest", "ma_crossover", "--param", "fast"], "not NAME=VALUE"),
+        (["backtest", "ma_crossover", "--param", "speed=3"], "no parameter 'speed'"),
+        (["backtest", "ma_crossover", "--param", "fast=30"], "fast < slow"),
+        (["backtest", "ma_crossover", "--data", "builtin:dax"], "dax"),
+        (["backtest", "ma_crossover", "--data", "missing.csv"], "missing.csv"),
+        (["backtest", "ma_crossover", "--fill", "vwap"], "fill='vwap'"),
+        (["backtest", "ma_crossover", "--sizing", "risk"], "needs stop distances"),
+        (["backtest", "ma_crossover", "--symbol", "AAPL"], "unknown symbol 'AAPL'"),
+        (["sweep", "ma_crossover", "--grid", "fast=a:b"], "START:STOP"),
+        (["sweep", "rsi_reversion", "--grid", "stop_atr=1:3"], "give a STEP"),
+        (["sweep", "ma_crossover", "--grid", "fast=3:5", "--rank-by", "luck"], "not a metric"),
+    ],
+)
+def test_errors_are_one_clear_line(args, message):
+    code, out = invoke(*args)
+    assert code == 2, out
+    assert message in out
+
+
+def test_console_script_end_to_end():
+    exe = shutil.which("quantshift", path=str(Path(sys.executable).parent))
+    assert exe, "the quantshift console script is not installed"
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run(
+        [exe, "backtest", "breakout_momentum", "--data", SYN, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["strategy"] == "breakout_momentum"
+    bad = subprocess.run(
+        [exe, "backtest", "nope"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown strategy")
