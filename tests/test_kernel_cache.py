@@ -5,6 +5,7 @@ Also: the cache key follows the sources, so an edited strategy never runs stale 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -54,10 +55,23 @@ def test_second_process_loads_kernels_from_cache(tmp_path):
     print(f"cold {cold['seconds']:.1f} s, warm {warm['seconds']:.1f} s")
 
 
-def test_cache_key_follows_strategy_source(tmp_path):
-    source = tmp_path / "my_strategy.py"
-    source.write_text("x = 1\n")
-    before = _digest(str(source))
-    assert _digest(str(source)) == before
-    source.write_text("x = 2\n")
-    assert _digest(str(source)) != before
+def test_cache_key_follows_strategy_source(tmp_path, monkeypatch):
+    source = tmp_path / "my_signals.py"
+    source.write_text("def signal(x):\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("my_signals")
+    before = _digest(module.signal)
+    assert _digest(module.signal) == before
+    source.write_text("def signal(x):\n    return x + 2\n")
+    module = importlib.reload(module)
+    assert _digest(module.signal) != before
+
+
+def test_cache_key_differs_for_two_functions_of_one_file():
+    def first(x):
+        return x + 1
+
+    def second(x):
+        return x - 1
+
+    assert _digest(first) != _digest(second)

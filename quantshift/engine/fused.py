@@ -129,18 +129,19 @@ _TEMPLATES = (
     ("backtest", backtest_template, True),
     ("sweep", sweep_template, True),
 )
-_BUILT: dict[int, Kernels] = {}
+# Keyed by the signal function itself (not its id, which a new function could reuse).
+_BUILT: dict[Any, Kernels] = {}
 
 
 def kernels_for(strategy) -> Kernels:
     """Return the kernels of ``strategy`` (a :class:`~quantshift.strategies.Strategy`)."""
-    key = id(strategy.signal_nb)
+    key = strategy.signal_nb
     built = _BUILT.get(key)
     if built is None:
         namespace = dict(globals())
         namespace["signal_nb"] = strategy.signal_nb
         tag = re.sub(r"\W", "_", strategy.name)
-        digest = _digest(_source_file(strategy.signal_nb))
+        digest = _digest(strategy.signal_nb)
         compiled = {}
         for kind, template, parallel in _TEMPLATES:
             name = f"{kind}__{tag}__{digest}"
@@ -161,15 +162,29 @@ def _package_digest() -> bytes:
     return h.digest()
 
 
-def _digest(strategy_file: str | None) -> str:
+def _digest(signal) -> str:
+    """Digest of everything a kernel is compiled from: the package, the signal function's
+    identity and bytecode, and its source file (numba's own cache only sees the template)."""
+    func = getattr(signal, "py_func", signal)
     h = hashlib.sha256(_package_digest())
-    if strategy_file is not None:
-        h.update(Path(strategy_file).read_bytes())
+    h.update(f"{func.__module__}.{func.__qualname__}".encode())
+    h.update(_code_bytes(func.__code__))
+    path = _source_file(func)
+    if path is not None:
+        h.update(Path(path).read_bytes())
     return h.hexdigest()[:12]
 
 
-def _source_file(signal) -> str | None:
-    func = getattr(signal, "py_func", signal)
+def _code_bytes(code: types.CodeType) -> bytes:
+    parts = [code.co_code, repr(code.co_names).encode()]
+    for const in code.co_consts:
+        parts.append(
+            _code_bytes(const) if isinstance(const, types.CodeType) else repr(const).encode()
+        )
+    return b"\x1f".join(parts)
+
+
+def _source_file(func) -> str | None:
     try:
         path = inspect.getsourcefile(func)
     except TypeError:
