@@ -164,15 +164,29 @@ def _package_digest() -> bytes:
 
 def _digest(signal) -> str:
     """Digest of everything a kernel is compiled from: the package, the signal function's
-    identity and bytecode, and its source file (numba's own cache only sees the template)."""
+    identity and bytecode and those of the numba functions it calls, and its source file
+    (numba's own cache only sees the template)."""
     func = getattr(signal, "py_func", signal)
     h = hashlib.sha256(_package_digest())
-    h.update(f"{func.__module__}.{func.__qualname__}".encode())
-    h.update(_code_bytes(func.__code__))
+    h.update(_function_bytes(func, set()))
     path = _source_file(func)
     if path is not None:
         h.update(Path(path).read_bytes())
     return h.hexdigest()[:12]
+
+
+def _function_bytes(func, seen: set[int]) -> bytes:
+    """Name and code of ``func`` and of the numba functions it calls (a helper defined without
+    a file, as in a notebook cell, changes no file digest)."""
+    if id(func) in seen:
+        return b""
+    seen.add(id(func))
+    parts = [f"{func.__module__}.{func.__qualname__}".encode(), _code_bytes(func.__code__)]
+    for name in func.__code__.co_names:
+        called = getattr(func.__globals__.get(name), "py_func", None)
+        if called is not None:
+            parts.append(_function_bytes(called, seen))
+    return b"\x1f".join(parts)
 
 
 def _code_bytes(code: types.CodeType) -> bytes:
