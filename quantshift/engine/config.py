@@ -64,7 +64,8 @@ class SimConfig:
     sizing : {"fraction", "risk", "kelly"}
         Units per entry: ``size`` of equity; ``risk_per_trade`` of equity lost at the stop
         distance; or ``kelly_fraction`` of the Kelly fraction estimated from the trades closed
-        so far (``size`` until ``kelly_min_trades`` have closed).
+        so far (``size`` until ``kelly_min_trades`` have closed). Kelly sizing follows its own
+        advice: once the estimate is <= 0 no further entry is taken, so it stays frozen there.
     size : float
         Fraction of equity committed per entry (fees included) for "fraction" sizing.
     risk_per_trade : float
