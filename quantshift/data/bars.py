@@ -194,13 +194,21 @@ class Bars:
 
     # ----------------------------------------------------------------- identity
     def fingerprint(self) -> str:
-        """Return a SHA-256 hex digest of timestamps, symbols and all fields."""
+        """Return a SHA-256 hex digest of timestamps, symbols and all fields.
+
+        Computed once per object: Bars are immutable, so do not write into their arrays.
+        """
+        cached = self.__dict__.get("_fingerprint")
+        if cached is not None:
+            return cached
         h = hashlib.sha256()
         h.update(self.ts_ns.tobytes())
         h.update("\x1f".join(self.symbols).encode())
         for name in FIELDS:
             h.update(getattr(self, name).tobytes())
-        return h.hexdigest()
+        digest = h.hexdigest()
+        object.__setattr__(self, "_fingerprint", digest)
+        return digest
 
 
 def _index_ns(index: pd.DatetimeIndex) -> np.ndarray:

@@ -159,7 +159,9 @@ def backtest(
     strat, data, cfg = prepare(strategy, bars, symbol, config, settings)
     vector = strat.vector(params)
     packed = pack(data, cfg)
-    equity, position, trades, n_trades, metrics = kernels_for(strat).backtest(
+    kernels = kernels_for(strat)
+    kernel = kernels.backtest_serial if data.n_symbols == 1 else kernels.backtest
+    equity, position, trades, n_trades, metrics = kernel(
         *packed.kernel_args(), vector, cfg.to_vector()
     )
     index = data.index
@@ -203,55 +205,50 @@ def prepare(strategy, bars, symbol, config, settings):
 
 
 def _unpack_series(packed: PackedBars, values, index, symbols, fill_start: float) -> pd.DataFrame:
+    """Map packed per-symbol series back onto the time axis; missing bars carry the last value."""
+    columns = pd.Index(symbols, name="symbol")
+    if all(rows.shape[0] == index.shape[0] for rows in packed.rows):
+        return pd.DataFrame(values.T, index=index, columns=columns)
     out = np.full((index.shape[0], len(symbols)), np.nan)
     for s, rows in enumerate(packed.rows):
         out[rows, s] = values[s, : rows.shape[0]]
-    frame = pd.DataFrame(out, index=index, columns=pd.Index(symbols, name="symbol"))
-    return frame.ffill().fillna(fill_start)
+    return pd.DataFrame(out, index=index, columns=columns).ffill().fillna(fill_start)
 
 
 def _trades_frame(data: Bars, packed: PackedBars, trades, n_trades) -> pd.DataFrame:
-    parts = []
-    for s, rows in enumerate(packed.rows):
-        rec = trades[s, : n_trades[s]]
-        if rec.shape[0] == 0:
-            continue
-        entry_rows = rows[rec[:, TR_ENTRY_BAR].astype(np.int64)]
-        exit_rows = rows[rec[:, TR_EXIT_BAR].astype(np.int64)]
-        parts.append(
-            pd.DataFrame(
-                {
-                    "symbol": data.symbols[s],
-                    "direction": np.where(rec[:, TR_DIRECTION] > 0, "long", "short"),
-                    "entry_time": pd.to_datetime(data.ts_ns[entry_rows], unit="ns", utc=True),
-                    "exit_time": pd.to_datetime(data.ts_ns[exit_rows], unit="ns", utc=True),
-                    "entry_price": rec[:, TR_ENTRY_PRICE],
-                    "exit_price": rec[:, TR_EXIT_PRICE],
-                    "units": rec[:, TR_UNITS],
-                    "entry_fees": rec[:, TR_ENTRY_FEES],
-                    "exit_fees": rec[:, TR_EXIT_FEES],
-                    "pnl": rec[:, TR_PNL],
-                    "return_pct": rec[:, TR_RETURN_PCT],
-                    "exit_reason": [EXIT_REASONS[int(r)] for r in rec[:, TR_EXIT_REASON]],
-                    "bars_held": (rec[:, TR_EXIT_BAR] - rec[:, TR_ENTRY_BAR]).astype(np.int64),
-                }
-            )
-        )
-    if not parts:
-        return pd.DataFrame(
-            {c: pd.Series(dtype=_TRADE_DTYPES.get(c, "float64")) for c in TRADE_COLUMNS}
-        )
-    return pd.concat(parts, ignore_index=True)
-
-
-_TRADE_DTYPES = {
-    "symbol": "object",
-    "direction": "object",
-    "exit_reason": "object",
-    "bars_held": "int64",
-    "entry_time": "datetime64[ns, UTC]",
-    "exit_time": "datetime64[ns, UTC]",
-}
+    """One frame of every symbol's trade records, in symbol order then time."""
+    kept = np.arange(trades.shape[1])[None, :] < n_trades[:, None]
+    rec = trades[kept]
+    symbol = np.repeat(np.arange(data.n_symbols), n_trades)
+    # Packed bar positions -> rows of the shared time axis.
+    flat_rows = np.concatenate(packed.rows)
+    offsets = np.concatenate(([0], np.cumsum(packed.lengths)[:-1]))
+    entry_bar = rec[:, TR_ENTRY_BAR].astype(np.int64)
+    exit_bar = rec[:, TR_EXIT_BAR].astype(np.int64)
+    entry_rows = flat_rows[offsets[symbol] + entry_bar]
+    exit_rows = flat_rows[offsets[symbol] + exit_bar]
+    return pd.DataFrame(
+        {
+            "symbol": pd.Categorical.from_codes(symbol, categories=list(data.symbols)),
+            "direction": pd.Categorical.from_codes(
+                (rec[:, TR_DIRECTION] < 0).astype(np.int8), categories=["long", "short"]
+            ),
+            "entry_time": pd.to_datetime(data.ts_ns[entry_rows], unit="ns", utc=True),
+            "exit_time": pd.to_datetime(data.ts_ns[exit_rows], unit="ns", utc=True),
+            "entry_price": rec[:, TR_ENTRY_PRICE],
+            "exit_price": rec[:, TR_EXIT_PRICE],
+            "units": rec[:, TR_UNITS],
+            "entry_fees": rec[:, TR_ENTRY_FEES],
+            "exit_fees": rec[:, TR_EXIT_FEES],
+            "pnl": rec[:, TR_PNL],
+            "return_pct": rec[:, TR_RETURN_PCT],
+            "exit_reason": pd.Categorical.from_codes(
+                rec[:, TR_EXIT_REASON].astype(np.int8), categories=list(EXIT_REASONS)
+            ),
+            "bars_held": exit_bar - entry_bar,
+        },
+        columns=list(TRADE_COLUMNS),
+    )
 
 
 def _iso(ts) -> str:

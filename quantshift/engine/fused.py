@@ -22,8 +22,8 @@ import numpy as np
 from numba import njit, prange
 
 from quantshift.engine.config import CFG_CASH
-from quantshift.engine.metrics import N_METRICS, metrics_nb
-from quantshift.engine.simulate import ST_LEN, TR_LEN, simulate_nb
+from quantshift.engine.metrics import N_METRICS, ST_LEN, metrics_nb
+from quantshift.engine.simulate import TR_LEN, simulate_nb
 
 # Bound per strategy by kernels_for(); the templates below are never compiled with this value.
 signal_nb: Any = None
@@ -51,7 +51,7 @@ def backtest_template(open_, high, low, close, volume, lengths, periods_per_year
     n_symbols, n_max = close.shape
     equity = np.full((n_symbols, n_max), np.nan)
     position = np.zeros((n_symbols, n_max))
-    trades = np.zeros((n_symbols, max(n_max, 1), TR_LEN))
+    trades = np.empty((n_symbols, max(n_max, 1), TR_LEN))  # rows past n_trades[s] are unused
     n_trades = np.zeros(n_symbols, np.int64)
     metrics = np.empty((n_symbols, N_METRICS))
     for s in prange(n_symbols):
@@ -76,7 +76,7 @@ def backtest_template(open_, high, low, close, volume, lengths, periods_per_year
             trades[s],
             stats,
         )
-        metrics_nb(equity[s, :n], cfg[CFG_CASH], stats, periods_per_year[s], metrics[s])
+        metrics_nb(stats, cfg[CFG_CASH], periods_per_year[s], metrics[s])
     return equity, position, trades, n_trades, metrics
 
 
@@ -85,6 +85,7 @@ def sweep_template(open_, high, low, close, volume, lengths, periods_per_year, p
     n_jobs = param_sets.shape[0] * n_symbols
     out = np.empty((n_jobs, N_METRICS))
     no_records = np.zeros((0, TR_LEN))
+    no_series = np.zeros(0)
     for job in prange(n_jobs):
         k = job // n_symbols
         s = job - k * n_symbols
@@ -92,8 +93,6 @@ def sweep_template(open_, high, low, close, volume, lengths, periods_per_year, p
         o, h, lo, c, v = open_[s, :n], high[s, :n], low[s, :n], close[s, :n], volume[s, :n]
         entries, exits, stop, take_profit, trail = signal_buffers_nb(n)
         signal_nb(o, h, lo, c, v, param_sets[k], entries, exits, stop, take_profit, trail)
-        equity = np.empty(n)
-        position = np.empty(n)
         stats = np.zeros(ST_LEN)
         simulate_nb(
             o,
@@ -106,12 +105,12 @@ def sweep_template(open_, high, low, close, volume, lengths, periods_per_year, p
             take_profit,
             trail,
             cfg,
-            equity,
-            position,
+            no_series,
+            no_series,
             no_records,
             stats,
         )
-        metrics_nb(equity, cfg[CFG_CASH], stats, periods_per_year[s], out[job])
+        metrics_nb(stats, cfg[CFG_CASH], periods_per_year[s], out[job])
     return out
 
 
@@ -121,12 +120,16 @@ class Kernels:
 
     signals: Any
     backtest: Any
+    backtest_serial: Any
     sweep: Any
 
 
 _TEMPLATES = (
     ("signals", signals_template, False),
     ("backtest", backtest_template, True),
+    # One symbol gains nothing from threads, and idle OpenMP workers spinning on a busy
+    # machine made a 2 ms backtest take 30-60 ms.
+    ("backtest_serial", backtest_template, False),
     ("sweep", sweep_template, True),
 )
 # Keyed by the signal function itself (not its id, which a new function could reuse).

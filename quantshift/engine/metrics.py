@@ -1,4 +1,4 @@
-"""Performance metrics computed inside the kernels from an equity curve and trade statistics.
+"""Performance metrics accumulated inside the fill loop, from the equity path and closed trades.
 
 Conventions (checked against empyrical): simple per-bar returns starting from the initial cash,
 risk-free rate 0, sample standard deviation for Sharpe, downside deviation over all bars for
@@ -12,15 +12,26 @@ import math
 import numpy as np
 from numba import njit
 
-from quantshift.engine.simulate import (
-    ST_BARS_IN_MARKET,
-    ST_CLOSED,
-    ST_GROSS_LOSS,
-    ST_GROSS_WIN,
-    ST_LARGEST_LOSS,
-    ST_LARGEST_WIN,
-    ST_WINS,
-)
+# Running statistics of one simulation (float64 vector): closed trades and the equity path,
+# accumulated bar by bar inside the fill loop so metrics need no second pass over the bars.
+ST_CLOSED = 0
+ST_WINS = 1
+ST_GROSS_WIN = 2
+ST_GROSS_LOSS = 3
+ST_LARGEST_WIN = 4
+ST_LARGEST_LOSS = 5
+ST_WIN_RETURN_SUM = 6
+ST_LOSS_RETURN_SUM = 7
+ST_BARS_IN_MARKET = 8
+ST_BARS = 9
+ST_LAST_EQUITY = 10
+ST_PEAK_EQUITY = 11
+ST_MAX_DRAWDOWN = 12
+ST_RETURN_MEAN = 13
+ST_RETURN_M2 = 14
+ST_DOWNSIDE_SQ = 15
+ST_LEN = 16
+
 
 METRICS = (
     "final_equity",
@@ -78,33 +89,59 @@ M_EXPOSURE = 14
 
 
 @njit
-def metrics_nb(equity, initial_cash, stats, periods_per_year, out):
-    """Fill ``out`` (length N_METRICS) from one symbol's equity curve and trade statistics."""
-    n = equity.shape[0]
+def start_stats_nb(stats, initial_cash):
+    """Reset ``stats`` for a simulation starting with ``initial_cash``."""
+    stats[:] = 0.0
+    stats[ST_LAST_EQUITY] = initial_cash
+    stats[ST_PEAK_EQUITY] = initial_cash
+
+
+@njit
+def track_equity_nb(stats, equity, in_market):
+    """Add one bar's closing equity: Welford mean/variance of returns, downside, drawdown."""
+    previous = stats[ST_LAST_EQUITY]
+    r = equity / previous - 1.0 if previous != 0.0 else 0.0
+    stats[ST_LAST_EQUITY] = equity
+    n = stats[ST_BARS] + 1.0
+    stats[ST_BARS] = n
+    delta = r - stats[ST_RETURN_MEAN]
+    stats[ST_RETURN_MEAN] += delta / n
+    stats[ST_RETURN_M2] += delta * (r - stats[ST_RETURN_MEAN])
+    if r < 0.0:
+        stats[ST_DOWNSIDE_SQ] += r * r
+    peak = stats[ST_PEAK_EQUITY]
+    if equity > peak:
+        stats[ST_PEAK_EQUITY] = equity
+    elif peak > 0.0:
+        stats[ST_MAX_DRAWDOWN] = max(stats[ST_MAX_DRAWDOWN], 1.0 - equity / peak)
+    if in_market:
+        stats[ST_BARS_IN_MARKET] += 1.0
+
+
+@njit
+def record_trade_nb(stats, pnl, ret):
+    """Add one closed trade's net P&L (currency) and return (fraction of capital committed)."""
+    stats[ST_CLOSED] += 1.0
+    if pnl > 0.0:
+        stats[ST_WINS] += 1.0
+        stats[ST_GROSS_WIN] += pnl
+        stats[ST_WIN_RETURN_SUM] += ret
+        stats[ST_LARGEST_WIN] = max(stats[ST_LARGEST_WIN], pnl)
+    else:
+        stats[ST_GROSS_LOSS] -= pnl
+        stats[ST_LOSS_RETURN_SUM] += ret
+        stats[ST_LARGEST_LOSS] = min(stats[ST_LARGEST_LOSS], pnl)
+
+
+@njit
+def metrics_nb(stats, initial_cash, periods_per_year, out):
+    """Fill ``out`` (length N_METRICS) from the statistics of a finished simulation."""
+    n = stats[ST_BARS]
     out[:] = math.nan
     if n == 0:
         return
-    # One pass: Welford mean/variance of returns, downside sum of squares, running peak.
-    previous = initial_cash
-    peak = initial_cash
-    max_dd = 0.0
-    mean = 0.0
-    m2 = 0.0
-    downside = 0.0
-    for t in range(n):
-        value = equity[t]
-        r = value / previous - 1.0 if previous != 0.0 else 0.0
-        previous = value
-        delta = r - mean
-        mean += delta / (t + 1)
-        m2 += delta * (r - mean)
-        if r < 0.0:
-            downside += r * r
-        if value > peak:
-            peak = value
-        elif peak > 0.0:
-            max_dd = max(max_dd, 1.0 - value / peak)
-    final = equity[n - 1]
+    final = stats[ST_LAST_EQUITY]
+    mean = stats[ST_RETURN_MEAN]
     out[M_FINAL_EQUITY] = final
     out[M_TOTAL_RETURN] = 100.0 * (final / initial_cash - 1.0)
     years = n / periods_per_year
@@ -112,16 +149,16 @@ def metrics_nb(equity, initial_cash, stats, periods_per_year, out):
     out[M_CAGR] = 100.0 * (growth ** (1.0 / years) - 1.0) if growth > 0.0 else -100.0
     root = math.sqrt(periods_per_year)
     if n > 1:
-        std = math.sqrt(m2 / (n - 1))
+        std = math.sqrt(stats[ST_RETURN_M2] / (n - 1))
         out[M_VOLATILITY] = 100.0 * std * root
         if std > 0.0:
             out[M_SHARPE] = mean / std * root
-    down = math.sqrt(downside / n)
+    down = math.sqrt(stats[ST_DOWNSIDE_SQ] / n)
     if down > 0.0:
         out[M_SORTINO] = mean / down * root
     elif mean > 0.0:
         out[M_SORTINO] = math.inf
-    out[M_MAX_DRAWDOWN] = 100.0 * max_dd
+    out[M_MAX_DRAWDOWN] = 100.0 * stats[ST_MAX_DRAWDOWN]
     closed = stats[ST_CLOSED]
     wins = stats[ST_WINS]
     losses = closed - wins

@@ -32,6 +32,15 @@ from quantshift.engine.config import (
     SIZING_KELLY,
     SIZING_RISK,
 )
+from quantshift.engine.metrics import (
+    ST_CLOSED,
+    ST_LOSS_RETURN_SUM,
+    ST_WIN_RETURN_SUM,
+    ST_WINS,
+    record_trade_nb,
+    start_stats_nb,
+    track_equity_nb,
+)
 
 # Trade record columns (float64 matrix, one row per trade).
 TR_ENTRY_BAR = 0
@@ -54,18 +63,6 @@ REASON_TAKE_PROFIT = 2
 REASON_TRAILING = 3
 REASON_REVERSE = 4
 REASON_OPEN = 5
-
-# Trade statistics accumulated by the simulation (closed trades only).
-ST_CLOSED = 0
-ST_WINS = 1
-ST_GROSS_WIN = 2
-ST_GROSS_LOSS = 3
-ST_LARGEST_WIN = 4
-ST_LARGEST_LOSS = 5
-ST_WIN_RETURN_SUM = 6
-ST_LOSS_RETURN_SUM = 7
-ST_BARS_IN_MARKET = 8
-ST_LEN = 9
 
 ACT_NONE = 0
 ACT_EXIT = 1
@@ -123,7 +120,8 @@ S_STOP = 5
 S_TAKE_PROFIT = 6
 S_TRAIL = 7
 S_BEST = 8
-S_LEN = 9
+S_HAS_LEVELS = 9
+S_LEN = 10
 
 
 @njit
@@ -152,15 +150,16 @@ def simulate_nb(
     and the target fills at the stop (the worse one). The trailing level follows the best price
     seen since entry (the entry fill, then each bar's open and, after the check, its high/low).
     Levels are distances from the entry fill price read at the signal bar. Fees and slippage
-    apply to every fill. ``trades_out`` may have zero rows (sweeps): then only ``stats_out``,
-    ``equity_out`` and ``position_out`` are filled. An open position at the end is reported as
-    a trade with reason "open", marked at the last close, and is not in the closed-trade stats.
+    apply to every fill. Statistics for the metrics accumulate in ``stats_out`` as the bars
+    pass. ``trades_out`` may have zero rows (sweeps): then nothing else is recorded and
+    ``equity_out``/``position_out`` may be empty. An open position at the end is reported as a
+    trade with reason "open", marked at the last close, and is not in the closed-trade stats.
     """
     n = close.shape[0]
     direction = int(cfg[CFG_DIRECTION])
     next_open = cfg[CFG_FILL] == FILL_NEXT_OPEN
-    use_stops = cfg[CFG_USE_STOPS] != 0.0
-    stats_out[:] = 0.0
+    record = trades_out.shape[0] > 0
+    start_stats_nb(stats_out, cfg[CFG_CASH])
     state = np.zeros(S_LEN)
     state[S_CASH] = cfg[CFG_CASH]
     pending = ACT_NONE
@@ -186,7 +185,7 @@ def simulate_nb(
             )
             pending = ACT_NONE
         # 2. Protective levels, checked on the bar's range.
-        if use_stops and state[S_POSITION] != 0.0:
+        if state[S_POSITION] != 0.0 and state[S_HAS_LEVELS] != 0.0:
             n_trades = _check_levels_nb(
                 state, open_[t], high[t], low[t], t, cfg, trades_out, n_trades, stats_out
             )
@@ -212,13 +211,14 @@ def simulate_nb(
                 pending = act
                 pending_bar = t
         position = state[S_POSITION]
-        equity_out[t] = state[S_CASH] + position * close[t]
-        position_out[t] = position
-        if position != 0.0:
-            stats_out[ST_BARS_IN_MARKET] += 1.0
+        equity = state[S_CASH] + position * close[t]
+        track_equity_nb(stats_out, equity, position != 0.0)
+        if record:
+            equity_out[t] = equity
+            position_out[t] = position
 
     position = state[S_POSITION]
-    if position != 0.0 and trades_out.shape[0] > 0:
+    if position != 0.0 and record:
         side = 1.0 if position > 0.0 else -1.0
         units = abs(position)
         entry_price = state[S_ENTRY_PRICE]
@@ -314,16 +314,7 @@ def _exit_nb(state, price, bar, reason, cfg, trades_out, n_trades, stats):
     entry_price = state[S_ENTRY_PRICE]
     pnl = side * (exec_price - entry_price) * units - state[S_ENTRY_FEES] - fees
     ret = pnl / (entry_price * units + state[S_ENTRY_FEES])
-    stats[ST_CLOSED] += 1.0
-    if pnl > 0.0:
-        stats[ST_WINS] += 1.0
-        stats[ST_GROSS_WIN] += pnl
-        stats[ST_WIN_RETURN_SUM] += ret
-        stats[ST_LARGEST_WIN] = max(stats[ST_LARGEST_WIN], pnl)
-    else:
-        stats[ST_GROSS_LOSS] -= pnl
-        stats[ST_LOSS_RETURN_SUM] += ret
-        stats[ST_LARGEST_LOSS] = min(stats[ST_LARGEST_LOSS], pnl)
+    record_trade_nb(stats, pnl, ret)
     if trades_out.shape[0] > 0:
         _write_trade_nb(trades_out[n_trades], state, bar, exec_price, fees, pnl, reason)
         n_trades += 1
@@ -371,11 +362,14 @@ def _entry_units_nb(cfg, stats, equity, exec_price, stop_distance):
 def _set_levels_nb(state, use_stops, side, entry_price, stop_distance, tp_distance, trail_distance):
     """Set the protective levels of a new position from the signal bar's distances."""
     nan = math.nan
-    on = use_stops
-    state[S_STOP] = entry_price - side * stop_distance if on and stop_distance > 0.0 else nan
-    state[S_TAKE_PROFIT] = entry_price + side * tp_distance if on and tp_distance > 0.0 else nan
-    state[S_TRAIL] = trail_distance if on and trail_distance > 0.0 else nan
+    has_stop = use_stops and stop_distance > 0.0
+    has_target = use_stops and tp_distance > 0.0
+    has_trail = use_stops and trail_distance > 0.0
+    state[S_STOP] = entry_price - side * stop_distance if has_stop else nan
+    state[S_TAKE_PROFIT] = entry_price + side * tp_distance if has_target else nan
+    state[S_TRAIL] = trail_distance if has_trail else nan
     state[S_BEST] = entry_price
+    state[S_HAS_LEVELS] = 1.0 if has_stop or has_target or has_trail else 0.0
 
 
 @njit
