@@ -524,3 +524,10 @@ def test_describe_counts_bars_and_gaps():
     assert (first["bars"], first["missing_bars"]) == (8, 1)
     assert first["min_close"] == np.nanmin(arrays["close"][:, 0])
     assert first["mean_volume"] == pytest.approx(np.nanmean(arrays["volume"][:, 0]))
+
+
+def test_regression_synthetic_past_year_2262_is_a_clear_error():
+    # 100,000 daily bars from 2000 used to fail deep inside pandas (OutOfBoundsDatetime).
+    with pytest.raises(DataError, match="run past 2262"):
+        load_bars("synthetic:symbols=1,bars=100000,seed=1")
+    assert load_bars("synthetic:symbols=1,bars=100000,seed=1,freq=1h").n_bars == 100_000

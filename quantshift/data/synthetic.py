@@ -189,6 +189,15 @@ def _timestamps(start: str, freq: str, n_bars: int) -> tuple[np.ndarray, float]:
         raise ConfigError(f"start {start!r} is not a date; expected e.g. 2000-01-03")
     first = first.tz_localize("UTC") if first.tz is None else first.tz_convert("UTC")
     unit = match.group(2)
+    # Business days cover 7/5 of calendar time; timestamps must stay within int64 ns (2262).
+    bar_ns = 86_400 * 10**9 * 7 / 5 if unit == "d" else _UNIT_NS[unit]
+    span_ns = n_bars * step * bar_ns
+    if first.as_unit("ns").value + span_ns >= pd.Timestamp.max.value:
+        raise ConfigError(
+            f"{n_bars} bars of {freq} from {first:%Y-%m-%d} run past "
+            f"{pd.Timestamp.max:%Y-%m-%d}, the last time int64 nanoseconds can hold; use a "
+            "shorter freq (e.g. 1h), an earlier start or fewer bars"
+        )
     if unit == "d":
         index = pd.bdate_range(start=first, periods=n_bars, freq=f"{step}B")
         return index.as_unit("ns").asi8.astype(np.int64), _TRADING_DAYS / step
