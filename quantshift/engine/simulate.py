@@ -33,13 +33,20 @@ from quantshift.engine.config import (
     SIZING_RISK,
 )
 from quantshift.engine.metrics import (
+    ST_BARS,
+    ST_BARS_IN_MARKET,
     ST_CLOSED,
+    ST_DOWNSIDE_SQ,
+    ST_LAST_EQUITY,
     ST_LOSS_RETURN_SUM,
+    ST_MAX_DRAWDOWN,
+    ST_PEAK_EQUITY,
+    ST_RETURN_SQ_SUM,
+    ST_RETURN_SUM,
     ST_WIN_RETURN_SUM,
     ST_WINS,
+    equity_step_nb,
     record_trade_nb,
-    start_stats_nb,
-    track_equity_nb,
 )
 
 # Trade record columns (float64 matrix, one row per trade).
@@ -159,12 +166,15 @@ def simulate_nb(
     direction = int(cfg[CFG_DIRECTION])
     next_open = cfg[CFG_FILL] == FILL_NEXT_OPEN
     record = trades_out.shape[0] > 0
-    start_stats_nb(stats_out, cfg[CFG_CASH])
+    stats_out[:] = 0.0
     state = np.zeros(S_LEN)
     state[S_CASH] = cfg[CFG_CASH]
     pending = ACT_NONE
     pending_bar = -1
     n_trades = 0
+    last_equity = peak = cfg[CFG_CASH]
+    return_sum = return_sq_sum = downside_sq = max_drawdown = 0.0
+    bars_in_market = 0
 
     for t in range(n):
         # 1. Orders decided on the previous close fill at this open.
@@ -212,11 +222,24 @@ def simulate_nb(
                 pending_bar = t
         position = state[S_POSITION]
         equity = state[S_CASH] + position * close[t]
-        track_equity_nb(stats_out, equity, position != 0.0)
+        return_sum, return_sq_sum, downside_sq, peak, max_drawdown = equity_step_nb(
+            equity, last_equity, return_sum, return_sq_sum, downside_sq, peak, max_drawdown
+        )
+        last_equity = equity
+        if position != 0.0:
+            bars_in_market += 1
         if record:
             equity_out[t] = equity
             position_out[t] = position
 
+    stats_out[ST_BARS] = n
+    stats_out[ST_BARS_IN_MARKET] = bars_in_market
+    stats_out[ST_LAST_EQUITY] = last_equity
+    stats_out[ST_PEAK_EQUITY] = peak
+    stats_out[ST_MAX_DRAWDOWN] = max_drawdown
+    stats_out[ST_RETURN_SUM] = return_sum
+    stats_out[ST_RETURN_SQ_SUM] = return_sq_sum
+    stats_out[ST_DOWNSIDE_SQ] = downside_sq
     position = state[S_POSITION]
     if position != 0.0 and record:
         side = 1.0 if position > 0.0 else -1.0
