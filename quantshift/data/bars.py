@@ -88,8 +88,12 @@ class Bars:
 
     @property
     def index(self) -> pd.DatetimeIndex:
-        """Timestamps as a UTC pandas index."""
-        return pd.DatetimeIndex(pd.to_datetime(self.ts_ns, unit="ns", utc=True), name="time")
+        """Timestamps as a UTC pandas index (built once per object)."""
+        cached = self.__dict__.get("_index")
+        if cached is None:
+            cached = pd.DatetimeIndex(pd.to_datetime(self.ts_ns, unit="ns", utc=True), name="time")
+            object.__setattr__(self, "_index", cached)
+        return cached
 
     @property
     def valid(self) -> np.ndarray:

@@ -52,7 +52,7 @@ def pack(bars: Bars, config: SimConfig) -> PackedBars:
     for name in FIELDS:
         source = getattr(bars, name)
         if n_max == bars.n_bars and bool(valid.all()):
-            packed[name] = np.array(source.T, order="C")  # always a fresh, writable copy
+            packed[name] = np.ascontiguousarray(source.T)  # no copy for a single symbol
             continue
         out = np.full((bars.n_symbols, n_max), np.nan)
         for s, r in enumerate(rows):
