@@ -229,19 +229,9 @@ def sweep(
             )
         )
         return
-    from quantshift.report import console, frame_table
+    from quantshift.report import SWEEP_COLUMNS, console, frame_table
 
-    columns = [
-        *strat.param_names,
-        "symbol",
-        "sharpe",
-        "total_return_pct",
-        "cagr_pct",
-        "max_drawdown_pct",
-        "trades",
-        "win_rate_pct",
-        "profit_factor",
-    ]
+    columns = [*strat.param_names, "symbol", *SWEEP_COLUMNS]
     out = console()
     out.print(
         frame_table(

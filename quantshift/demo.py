@@ -14,7 +14,7 @@ import numpy as np
 from quantshift.data import load_bars
 from quantshift.engine import backtest, sweep
 from quantshift.engine.plotting import plot_sweep_heatmap
-from quantshift.report import console, frame_table
+from quantshift.report import SWEEP_COLUMNS, console, frame_table
 from quantshift.strategies import list_strategies
 
 DEMO_COSTS = {"fees_bps": 1.0, "slippage_bps": 2.0}
@@ -94,16 +94,7 @@ def run_demo(
             ranked.head(10),
             f"ma_crossover sweep: top 10 of {len(grid):,} parameter "
             f"sets by Sharpe ({sweep_seconds:.2f} s)",
-            [
-                "fast",
-                "slow",
-                "sharpe",
-                "total_return_pct",
-                "cagr_pct",
-                "max_drawdown_pct",
-                "trades",
-                "win_rate_pct",
-            ],
+            ["fast", "slow", *SWEEP_COLUMNS],
         )
     )
     best = ranked.iloc[0]

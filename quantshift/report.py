@@ -80,6 +80,17 @@ def trades_table(trades: pd.DataFrame, last: int) -> Table:
     return table
 
 
+# The metrics a ranked sweep table shows after the parameters.
+SWEEP_COLUMNS = [
+    "sharpe",
+    "total_return_pct",
+    "cagr_pct",
+    "max_drawdown_pct",
+    "trades",
+    "win_rate_pct",
+    "profit_factor",
+]
+
 # Short headers that keep their units, so wide tables fit a terminal.
 HEADERS = {
     "final_equity": "final equity",
