@@ -1,0 +1,34 @@
+"""The benchmark script still runs and its contenders still agree (slow: run with -m slow).
+
+Speed goals live in the benchmark's own report, never in a timed test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_benchmark_quick_run_agrees(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_engine.py"),
+            "--quick",
+            "--json",
+            str(tmp_path / "bench.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "WARNING" not in done.stdout, done.stdout
+    assert done.stdout.count("all contenders match limit") == 3, done.stdout
