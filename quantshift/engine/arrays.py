@@ -18,7 +18,8 @@ from quantshift.engine.metrics import infer_periods_per_year
 class PackedBars:
     """Symbol-major (n_symbols, n_max) arrays of each symbol's valid bars, left-aligned.
 
-    ``rows[s]`` maps symbol s's packed positions back to rows of the original time axis.
+    ``rows[s]`` maps symbol s's packed positions back to rows of the original time axis;
+    ``gap_free`` says every symbol has every bar (then the packed arrays are the bars, transposed).
     """
 
     open: np.ndarray
@@ -29,6 +30,7 @@ class PackedBars:
     lengths: np.ndarray
     rows: tuple[np.ndarray, ...]
     periods_per_year: np.ndarray
+    gap_free: bool
 
     def kernel_args(self) -> tuple:
         return (
@@ -45,13 +47,14 @@ class PackedBars:
 def pack(bars: Bars, config: SimConfig) -> PackedBars:
     """Pack ``bars`` for the kernels; periods per year come from ``config`` or the timestamps."""
     valid = bars.valid
+    gap_free = bool(valid.all())
     rows = tuple(np.flatnonzero(valid[:, s]) for s in range(bars.n_symbols))
     lengths = np.array([r.shape[0] for r in rows], dtype=np.int64)
     n_max = int(lengths.max()) if lengths.size else 0
     packed = {}
     for name in FIELDS:
         source = getattr(bars, name)
-        if n_max == bars.n_bars and bool(valid.all()):
+        if gap_free:
             packed[name] = np.ascontiguousarray(source.T)  # no copy for a single symbol
             continue
         out = np.full((bars.n_symbols, n_max), np.nan)
@@ -62,4 +65,4 @@ def pack(bars: Bars, config: SimConfig) -> PackedBars:
         ppy = np.full(bars.n_symbols, float(config.periods_per_year))
     else:
         ppy = np.array([infer_periods_per_year(bars.ts_ns[r]) for r in rows], dtype=np.float64)
-    return PackedBars(lengths=lengths, rows=rows, periods_per_year=ppy, **packed)
+    return PackedBars(lengths=lengths, rows=rows, periods_per_year=ppy, gap_free=gap_free, **packed)

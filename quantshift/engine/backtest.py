@@ -207,7 +207,7 @@ def prepare(strategy, bars, symbol, config, settings):
 def _unpack_series(packed: PackedBars, values, index, symbols, fill_start: float) -> pd.DataFrame:
     """Map packed per-symbol series back onto the time axis; missing bars carry the last value."""
     columns = pd.Index(symbols, name="symbol")
-    if all(rows.shape[0] == index.shape[0] for rows in packed.rows):
+    if packed.gap_free:
         return pd.DataFrame(values.T, index=index, columns=columns)
     out = np.full((index.shape[0], len(symbols)), np.nan)
     for s, rows in enumerate(packed.rows):
