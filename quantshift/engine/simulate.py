@@ -40,7 +40,6 @@ from quantshift.engine.metrics import (
     ST_LAST_EQUITY,
     ST_LOSS_RETURN_SUM,
     ST_MAX_DRAWDOWN,
-    ST_PEAK_EQUITY,
     ST_RETURN_SQ_SUM,
     ST_RETURN_SUM,
     ST_WIN_RETURN_SUM,
@@ -235,18 +234,17 @@ def simulate_nb(
     stats_out[ST_BARS] = n
     stats_out[ST_BARS_IN_MARKET] = bars_in_market
     stats_out[ST_LAST_EQUITY] = last_equity
-    stats_out[ST_PEAK_EQUITY] = peak
     stats_out[ST_MAX_DRAWDOWN] = max_drawdown
     stats_out[ST_RETURN_SUM] = return_sum
     stats_out[ST_RETURN_SQ_SUM] = return_sq_sum
     stats_out[ST_DOWNSIDE_SQ] = downside_sq
     position = state[S_POSITION]
     if position != 0.0 and record:
-        side = 1.0 if position > 0.0 else -1.0
-        units = abs(position)
-        entry_price = state[S_ENTRY_PRICE]
-        pnl = side * (close[n - 1] - entry_price) * units - state[S_ENTRY_FEES]
-        _write_trade_nb(trades_out[n_trades], state, n - 1, close[n - 1], 0.0, pnl, REASON_OPEN)
+        # Marked at the last close, with no exit fees: what the equity curve already counts.
+        pnl, ret = _pnl_nb(state, close[n - 1], 0.0)
+        _write_trade_nb(
+            trades_out[n_trades], state, n - 1, close[n - 1], 0.0, pnl, ret, REASON_OPEN
+        )
         n_trades += 1
     return n_trades
 
@@ -334,19 +332,29 @@ def _exit_nb(state, price, bar, reason, cfg, trades_out, n_trades, stats):
     exec_price = price * (1.0 - cfg[CFG_SLIPPAGE_RATE] * side)
     fees = units * exec_price * cfg[CFG_FEE_RATE]
     state[S_CASH] += position * exec_price - fees
-    entry_price = state[S_ENTRY_PRICE]
-    pnl = side * (exec_price - entry_price) * units - state[S_ENTRY_FEES] - fees
-    ret = pnl / (entry_price * units + state[S_ENTRY_FEES])
+    pnl, ret = _pnl_nb(state, exec_price, fees)
     record_trade_nb(stats, pnl, ret)
     if trades_out.shape[0] > 0:
-        _write_trade_nb(trades_out[n_trades], state, bar, exec_price, fees, pnl, reason)
+        _write_trade_nb(trades_out[n_trades], state, bar, exec_price, fees, pnl, ret, reason)
         n_trades += 1
     state[S_POSITION] = 0.0
     return n_trades
 
 
 @njit
-def _write_trade_nb(row, state, exit_bar, exit_price, exit_fees, pnl, reason):
+def _pnl_nb(state, exit_price, exit_fees):
+    """Net P&L (currency) and return (fraction of entry notional plus entry fees) of closing
+    the open position at ``exit_price`` (after slippage) with ``exit_fees``."""
+    position = state[S_POSITION]
+    units = abs(position)
+    side = 1.0 if position > 0.0 else -1.0
+    entry_price = state[S_ENTRY_PRICE]
+    pnl = side * (exit_price - entry_price) * units - state[S_ENTRY_FEES] - exit_fees
+    return pnl, pnl / (entry_price * units + state[S_ENTRY_FEES])
+
+
+@njit
+def _write_trade_nb(row, state, exit_bar, exit_price, exit_fees, pnl, ret, reason):
     position = state[S_POSITION]
     units = abs(position)
     row[TR_ENTRY_BAR] = state[S_ENTRY_BAR]
@@ -358,7 +366,7 @@ def _write_trade_nb(row, state, exit_bar, exit_price, exit_fees, pnl, reason):
     row[TR_ENTRY_FEES] = state[S_ENTRY_FEES]
     row[TR_EXIT_FEES] = exit_fees
     row[TR_PNL] = pnl
-    row[TR_RETURN_PCT] = 100.0 * pnl / (state[S_ENTRY_PRICE] * units + state[S_ENTRY_FEES])
+    row[TR_RETURN_PCT] = 100.0 * ret
     row[TR_EXIT_REASON] = reason
 
 
