@@ -372,7 +372,15 @@ def data_show(spec: str, symbol: SymbolOpt = None, json_out: JsonOpt = False) ->
     from quantshift.data import describe, load_bars
 
     info = describe(load_bars(spec, symbols=symbol))
-    _print_records(info, f"data {spec}", json_out)
+    if json_out:
+        typer.echo(json.dumps(info))
+        return
+    import pandas as pd
+
+    from quantshift.report import console, frame_table
+
+    title = f"{info['source']}: {info['n_bars']} bars, {info['start']} .. {info['end']}"
+    console().print(frame_table(pd.DataFrame(info["symbols"]), title))
 
 
 @data_app.command("validate")
@@ -402,16 +410,3 @@ def data_import(
 
     target = import_file(path, name=name, overwrite=overwrite)
     typer.echo(f"imported {path} -> {target}")
-
-
-def _print_records(info, title: str, json_out: bool) -> None:
-    if json_out:
-        typer.echo(json.dumps(info, default=str))
-        return
-    import pandas as pd
-
-    from quantshift.report import console, frame_table
-
-    records = info if isinstance(info, list) else info.get("symbols", info)
-    frame = pd.DataFrame(records if isinstance(records, list) else [records])
-    console().print(frame_table(frame, title))
