@@ -6,9 +6,6 @@ TA-Lib is the oracle for values and NaN warm-up; exact sliding-window sums check
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -20,6 +17,7 @@ import talib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
+from probe import run_python
 
 from quantshift import indicators as ind
 
@@ -335,12 +333,5 @@ _PLAIN_PYTHON_CHECK = textwrap.dedent(
 
 
 def test_kernels_run_as_plain_python():
-    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", _PLAIN_PYTHON_CHECK],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_python(_PLAIN_PYTHON_CHECK, timeout=120, NUMBA_DISABLE_JIT="1")
     assert result.returncode == 0, result.stderr

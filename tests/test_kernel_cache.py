@@ -6,10 +6,8 @@ Also: the cache key follows the sources, so an edited strategy never runs stale 
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import subprocess
-import sys
+
+from probe import run_json
 
 from quantshift.engine.fused import _digest
 
@@ -32,17 +30,7 @@ print(json.dumps({
 
 
 def _run_probe(cache_dir) -> dict:
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
-    env.pop("NUMBA_DISABLE_JIT", None)
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json(PROBE, NUMBA_CACHE_DIR=str(cache_dir), NUMBA_DISABLE_JIT=None)
 
 
 def test_second_process_loads_kernels_from_cache(tmp_path):

@@ -5,12 +5,8 @@ That path is how a kernel is debugged with pdb or coverage, so it must keep work
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
+from probe import run_json
 
 PROBE = """
 import json
@@ -27,18 +23,7 @@ print(json.dumps(out))
 
 
 def _run(disable_jit: bool) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_JIT"}
-    if disable_jit:
-        env["NUMBA_DISABLE_JIT"] = "1"
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json(PROBE, NUMBA_DISABLE_JIT="1" if disable_jit else None)
 
 
 def test_plain_python_path_matches_compiled():
