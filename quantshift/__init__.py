@@ -18,6 +18,8 @@ _EXPORTS = {
     "SimConfig": "quantshift.engine",
     "backtest": "quantshift.engine",
     "sweep": "quantshift.engine",
+    "sweep_equity": "quantshift.engine",
+    "code_fingerprint": "quantshift.provenance",
     "ConfigError": "quantshift.errors",
     "DataError": "quantshift.errors",
     "QuantShiftError": "quantshift.errors",
@@ -43,10 +45,12 @@ __all__ = [
     "UnknownNameError",
     "__version__",
     "backtest",
+    "code_fingerprint",
     "get_strategy",
     "list_strategies",
     "load_bars",
     "sweep",
+    "sweep_equity",
 ]
 
 
@@ -65,6 +69,14 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from quantshift.data import Bars, load_bars
-    from quantshift.engine import METRICS, BacktestResult, SimConfig, backtest, sweep
+    from quantshift.engine import (
+        METRICS,
+        BacktestResult,
+        SimConfig,
+        backtest,
+        sweep,
+        sweep_equity,
+    )
     from quantshift.errors import ConfigError, DataError, QuantShiftError, UnknownNameError
+    from quantshift.provenance import code_fingerprint
     from quantshift.strategies import Constraint, Param, Strategy, get_strategy, list_strategies

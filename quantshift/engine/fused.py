@@ -114,6 +114,42 @@ def sweep_template(open_, high, low, close, volume, lengths, periods_per_year, p
     return out
 
 
+def equity_sweep_template(
+    open_, high, low, close, volume, lengths, periods_per_year, param_sets, cfg
+):
+    n_symbols, n_max = close.shape
+    n_jobs = param_sets.shape[0] * n_symbols
+    equity = np.full((n_jobs, n_max), np.nan)
+    metrics = np.empty((n_jobs, N_METRICS))
+    for job in prange(n_jobs):
+        k = job // n_symbols
+        s = job - k * n_symbols
+        n = lengths[s]
+        o, h, lo, c, v = open_[s, :n], high[s, :n], low[s, :n], close[s, :n], volume[s, :n]
+        entries, exits, stop, take_profit, trail = signal_buffers_nb(n)
+        signal_nb(o, h, lo, c, v, param_sets[k], entries, exits, stop, take_profit, trail)
+        stats = np.zeros(ST_LEN)
+        # Equity is only written when trades are recorded; the buffers live for one job.
+        simulate_nb(
+            o,
+            h,
+            lo,
+            c,
+            entries,
+            exits,
+            stop,
+            take_profit,
+            trail,
+            cfg,
+            equity[job, :n],
+            np.empty(n),
+            np.empty((max(n, 1), TR_LEN)),
+            stats,
+        )
+        metrics_nb(stats, cfg[CFG_CASH], periods_per_year[s], metrics[job])
+    return equity, metrics
+
+
 @dataclass(frozen=True)
 class Kernels:
     """The compiled kernels of one strategy."""
@@ -122,6 +158,7 @@ class Kernels:
     backtest: Any
     backtest_serial: Any
     sweep: Any
+    equity_sweep: Any
 
 
 _TEMPLATES = (
@@ -131,6 +168,7 @@ _TEMPLATES = (
     # machine made a 2 ms backtest take 30-60 ms.
     ("backtest_serial", backtest_template, False),
     ("sweep", sweep_template, True),
+    ("equity_sweep", equity_sweep_template, True),
 )
 # Keyed by the signal function itself (not its id, which a new function could reuse).
 _BUILT: dict[Any, Kernels] = {}

@@ -73,7 +73,55 @@ def sweep(
             report(hi)
     metrics = np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    m = data.n_symbols
+    return _table(strat, data, matrix, metrics)
+
+
+def sweep_equity(
+    strategy: str | Strategy,
+    bars: Bars | str,
+    params: ParamSets = None,
+    *,
+    symbol: str | Sequence[str] | None = None,
+    config: SimConfig | None = None,
+    **settings: Any,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Evaluate many parameter sets and keep each one's equity curve (for PBO, Monte Carlo).
+
+    Unlike :func:`sweep` this materialises an (n_sets, n_symbols, n_bars) float64 array, so
+    memory grows with parameter sets x symbols x bars; use it for the hundreds or thousands of
+    sets a PBO study needs, not for million-set sweeps.
+
+    Returns
+    -------
+    table : DataFrame
+        As :func:`sweep`: one row per (parameter set, symbol), parameters and metrics.
+    equity : ndarray
+        ``equity[k, s, t]``: equity of parameter set k on symbol s at bar t of the bars' time
+        axis; a symbol's missing bars carry its last value, and bars before its first carry the
+        initial cash.
+    """
+    strat, data, cfg = prepare(strategy, bars, symbol, config, settings)
+    matrix = parameter_matrix(strat, params)
+    packed = pack(data, cfg)
+    packed_equity, metrics = kernels_for(strat).equity_sweep(
+        *packed.kernel_args(), matrix, cfg.to_vector()
+    )
+    n_sets, m = matrix.shape[0], data.n_symbols
+    packed_equity = packed_equity.reshape(n_sets, m, -1)
+    if packed.gap_free:
+        equity = packed_equity
+    else:
+        equity = np.full((n_sets, m, data.n_bars), np.nan)
+        for s, rows in enumerate(packed.rows):
+            equity[:, s, rows] = packed_equity[:, s, : rows.shape[0]]
+        equity = pd.DataFrame(equity.reshape(-1, data.n_bars).T).ffill().fillna(cfg.cash)
+        equity = equity.to_numpy().T.reshape(n_sets, m, data.n_bars)
+    return _table(strat, data, matrix, metrics), np.ascontiguousarray(equity)
+
+
+def _table(strat: Strategy, data: Bars, matrix: np.ndarray, metrics: np.ndarray) -> pd.DataFrame:
+    """One row per (parameter set, symbol): the parameters, the symbol and every metric."""
+    n_sets, m = matrix.shape[0], data.n_symbols
     table = pd.DataFrame(np.repeat(matrix, m, axis=0), columns=list(strat.param_names))
     for p in strat.params:
         if p.integer:
