@@ -43,3 +43,16 @@ def test_code_fingerprint_changes_with_the_strategy_and_names_the_commit():
         assert len(a["git_commit"]) == 40 and isinstance(a["git_dirty"], bool)
     else:
         assert a["git_commit"] is None and a["git_dirty"] is None
+
+
+@pytest.mark.parametrize("strategy", ["ma_crossover", "rsi_reversion", "breakout_momentum"])
+def test_equity_metrics_match_the_kernel(strategy):
+    from quantshift.engine.metrics import EQUITY_METRICS, equity_metrics
+
+    bars = qs.load_bars("builtin:sp500").between("2010-01-01", "2014-01-01")
+    result = qs.backtest(strategy, bars, fees_bps=2)
+    ppy = 252.0
+    got = equity_metrics(result.equity.iloc[:, 0].to_numpy(), result.config.cash, ppy)
+    want = qs.backtest(strategy, bars, fees_bps=2, periods_per_year=ppy).metrics
+    for name in EQUITY_METRICS:
+        assert got[name] == pytest.approx(want[name], rel=1e-9, abs=1e-12), name

@@ -174,3 +174,53 @@ def infer_periods_per_year(ts_ns: np.ndarray) -> float:
     if years <= 0.0:
         return 252.0
     return (ts_ns.shape[0] - 1) / years
+
+
+EQUITY_METRICS = (
+    "final_equity",
+    "total_return_pct",
+    "cagr_pct",
+    "sharpe",
+    "sortino",
+    "volatility_pct",
+    "max_drawdown_pct",
+)
+"""The metrics that follow from an equity curve alone (no trade list needed)."""
+
+
+def equity_metrics(equity: np.ndarray, initial: float, periods_per_year: float) -> dict:
+    """Return :data:`EQUITY_METRICS` of a per-bar equity curve, by the kernel's conventions.
+
+    The same definitions as :func:`metrics_nb` (returns from ``initial``, sample standard
+    deviation, downside deviation over all bars, CAGR over ``len(equity) / periods_per_year``
+    years, the initial capital as the first peak), for curves the kernel did not produce: a
+    stitched walk-forward, a portfolio of several symbols.
+    """
+    equity = np.asarray(equity, dtype=np.float64)
+    out = dict.fromkeys(EQUITY_METRICS, math.nan)
+    n = equity.shape[0]
+    if n == 0:
+        return out
+    previous = np.concatenate(([initial], equity[:-1]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        returns = np.where(previous != 0.0, equity / previous - 1.0, 0.0)
+    final = float(equity[-1])
+    growth = final / initial
+    root = math.sqrt(periods_per_year)
+    mean = float(returns.mean())
+    out["final_equity"] = final
+    out["total_return_pct"] = 100.0 * (growth - 1.0)
+    out["cagr_pct"] = 100.0 * (growth ** (periods_per_year / n) - 1.0) if growth > 0.0 else -100.0
+    if n > 1:
+        std = float(returns.std(ddof=1))
+        out["volatility_pct"] = 100.0 * std * root
+        if std > 0.0:
+            out["sharpe"] = mean / std * root
+    down = math.sqrt(float(np.sum(np.minimum(returns, 0.0) ** 2)) / n)
+    if down > 0.0:
+        out["sortino"] = mean / down * root
+    elif mean > 0.0:
+        out["sortino"] = math.inf
+    peak = np.maximum.accumulate(np.concatenate(([initial], equity)))[1:]
+    out["max_drawdown_pct"] = 100.0 * float(np.max(1.0 - equity / peak))
+    return out
