@@ -1,6 +1,8 @@
 """The ``quantshift`` command: backtest, sweep, data, strategies and demo.
 
 Human output by default, ``--json`` for scripts; errors name what is wrong and exit with code 2.
+Other packages add command groups through the ``quantshift.commands`` entry point group (the
+``research`` group comes that way, so the core never imports the drivers built on it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,22 @@ strategies_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(strategies_app, name="strategies")
+
+
+def _add_plugin_commands() -> None:
+    """Add the command groups installed packages register under ``quantshift.commands``."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="quantshift.commands"):
+        try:
+            group = entry.load()
+        except ImportError as exc:
+            print(f"warning: command group '{entry.name}' unavailable: {exc}", file=sys.stderr)
+            continue
+        app.add_typer(group, name=entry.name)
+
+
+_add_plugin_commands()
 
 DataOpt = Annotated[
     str,

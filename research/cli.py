@@ -1,0 +1,242 @@
+"""`quantshift research ...`: run experiment specs, join distributed studies, open the MLflow UI.
+
+Registered as a quantshift command plugin (entry point group ``quantshift.commands``); imports
+Optuna and MLflow only inside commands so the rest of the CLI stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="Research: optimise, walk forward, Monte Carlo and overfitting reports from a spec.",
+    no_args_is_help=True,
+)
+
+SpecArg = Annotated[Path, typer.Argument(help="Experiment spec (experiments/*.toml).")]
+SeedOpt = Annotated[int | None, typer.Option(help="Override the spec's seed.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+TrackOpt = Annotated[
+    bool, typer.Option("--track/--no-track", help="Log the run to MLflow (default: yes).")
+]
+UriOpt = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow tracking URI (default: the spec's, or local)."),
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Also write the plots here (PNG).")]
+
+
+def _run(command: str, spec_path: Path, seed, json_out, track, tracking_uri, out) -> None:
+    from research.spec import load_spec
+    from research.study import json_summary, run
+
+    spec = load_spec(spec_path)
+    if seed is not None:
+        spec = spec.with_seed(seed)
+    tracker = None
+    if track:
+        from research.tracking import Tracker
+
+        tracker = Tracker(tracking_uri or spec.tracking_uri, experiment=spec.experiment)
+    report = run(spec, command, tracker=tracker, track=track, progress=not json_out)
+    written = report.save_figures(out) if out is not None else []
+    report.close_figures()
+    summary = json_summary(report)
+    if json_out:
+        typer.echo(json.dumps(summary, default=str))
+        return
+    _print_summary(command, summary, report, tracker, written)
+
+
+@app.command()
+def optimize(
+    spec: SpecArg,
+    seed: SeedOpt = None,
+    json_out: JsonOpt = False,
+    track: TrackOpt = True,
+    tracking_uri: UriOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """Search the parameters (grid or Optuna), then DSR, PBO and Monte Carlo of the winner."""
+    _run("optimize", spec, seed, json_out, track, tracking_uri, out)
+
+
+@app.command("walk-forward")
+def walk_forward(
+    spec: SpecArg,
+    seed: SeedOpt = None,
+    json_out: JsonOpt = False,
+    track: TrackOpt = True,
+    tracking_uri: UriOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """Optimise in each training window, trade the choice out of sample, stitch the results."""
+    _run("walk-forward", spec, seed, json_out, track, tracking_uri, out)
+
+
+@app.command()
+def montecarlo(
+    spec: SpecArg,
+    seed: SeedOpt = None,
+    json_out: JsonOpt = False,
+    track: TrackOpt = True,
+    tracking_uri: UriOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """Monte Carlo of the spec's fixed parameters: drawdown, CAGR and Sharpe distributions."""
+    _run("montecarlo", spec, seed, json_out, track, tracking_uri, out)
+
+
+@app.command()
+def report(
+    spec: SpecArg,
+    seed: SeedOpt = None,
+    json_out: JsonOpt = False,
+    track: TrackOpt = True,
+    tracking_uri: UriOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """Everything the spec configures: search + DSR/PBO, walk-forward and Monte Carlo."""
+    _run("report", spec, seed, json_out, track, tracking_uri, out)
+
+
+@app.command()
+def worker(
+    spec: SpecArg,
+    trials: Annotated[
+        int | None, typer.Option(help="Raise the study's trial budget to this many.")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Trials per batch.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Join the spec's shared Optuna study and evaluate trials until its budget is spent.
+
+    The spec's search storage must be a database every worker reaches (PostgreSQL for
+    several machines); the study is created by `quantshift research optimize` or by the first
+    worker to arrive.
+    """
+    from quantshift.errors import ConfigError
+    from research.optimize import optimize as run_optimize
+    from research.spec import load_spec
+    from research.study import load_experiment_bars
+
+    loaded = load_spec(spec)
+    search = loaded.search
+    if search.method != "optuna" or search.storage is None:
+        raise ConfigError(
+            f'{spec}: a worker needs [search] method = "optuna" and a shared storage '
+            '(e.g. storage = "postgresql://user@dbhost/quantshift")'
+        )
+    result = run_optimize(
+        loaded.strategy,
+        load_experiment_bars(loaded),
+        objectives=search.objectives,
+        sampler=search.sampler,
+        n_trials=trials or search.trials,
+        batch_size=batch_size or search.batch_size,
+        seed=loaded.seed,
+        storage=search.storage,
+        study_name=search.study_name or loaded.name,
+        search_space=dict(search.space),
+        config=loaded.costs,
+        progress=not json_out,
+    )
+    summary = result.summary()
+    if json_out:
+        typer.echo(json.dumps(summary, default=str))
+        return
+    typer.echo(
+        f"worker done: evaluated {result.n_trials} trials of study '{result.study_name}' "
+        f"({result.trials_per_second:.1f} trials/s) in {result.storage}"
+    )
+
+
+@app.command()
+def ui(
+    tracking_uri: UriOpt = None,
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the command instead of running it.")
+    ] = False,
+) -> None:
+    """Open the MLflow UI on the tracking store (the local one under experiments/ by default)."""
+    from research.tracking import ui_command
+
+    command = ui_command(tracking_uri)
+    if print_only:
+        typer.echo(command)
+        return
+    import shlex
+
+    argv = shlex.split(command)
+    if argv[:2] == ["uv", "run"]:
+        argv = argv[2:]
+    typer.echo(f"running: {command}", err=True)
+    os.execvp(argv[0], argv)
+
+
+_HEADLINE = (
+    ("best_params", "best parameters"),
+    ("trials", "trials (all states, feed the DSR)"),
+    ("is_sharpe", "in-sample Sharpe"),
+    ("is_cagr_pct", "in-sample CAGR %"),
+    ("is_max_drawdown_pct", "in-sample max drawdown %"),
+    ("is_trades", "in-sample trades"),
+    ("psr", "PSR (vs Sharpe 0)"),
+    ("dsr", "deflated Sharpe ratio"),
+    ("pbo", "PBO"),
+    ("pbo_prob_oos_loss", "PBO: P(OOS loss)"),
+    ("bt_sharpe", "Sharpe"),
+    ("bt_cagr_pct", "CAGR %"),
+    ("bt_max_drawdown_pct", "max drawdown %"),
+    ("wf_folds", "walk-forward folds"),
+    ("oos_sharpe", "out-of-sample Sharpe"),
+    ("oos_cagr_pct", "out-of-sample CAGR %"),
+    ("oos_max_drawdown_pct", "out-of-sample max drawdown %"),
+    ("oos_trades", "out-of-sample trades"),
+    ("oos_psr", "out-of-sample PSR (vs 0)"),
+    ("walk_forward_efficiency", "walk-forward efficiency"),
+    ("mc_max_drawdown_pct_p95", "Monte Carlo max drawdown % p95"),
+    ("mc_cagr_pct_low", "Monte Carlo CAGR % low"),
+    ("mc_prob_ruin", "Monte Carlo P(ruin)"),
+    ("oos_mc_max_drawdown_pct_p95", "OOS Monte Carlo max drawdown % p95"),
+    ("oos_mc_prob_ruin", "OOS Monte Carlo P(ruin)"),
+    ("elapsed_s", "wall time s"),
+)
+
+
+def _print_summary(command, summary: dict[str, Any], report, tracker, written) -> None:
+    from rich.table import Table
+
+    from quantshift.report import console
+
+    table = Table(title=f"{report.spec.name}: research {command}", title_justify="left")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key, label in _HEADLINE:
+        if key not in summary:
+            continue
+        table.add_row(label, _shown(summary[key]))
+    out = console()
+    out.print(table)
+    for path in written:
+        out.print(f"plot written to {path}")
+    if report.run_id is not None:
+        from research.tracking import ui_command
+
+        out.print(f"MLflow run {report.run_id} in {tracker!r}")
+        out.print(f"open the UI: {ui_command(report.tracking_uri)}")
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_shown(v)}" for k, v in value.items())
+    return str(value)

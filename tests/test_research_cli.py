@@ -1,0 +1,105 @@
+"""`quantshift research ...`: found by entry point, runs specs, fails with one clear line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from quantshift.cli import app
+from quantshift.errors import QuantShiftError
+
+runner = CliRunner()
+
+SPEC = """
+[experiment]
+name = "cli-test"
+strategy = "ma_crossover"
+seed = 1
+
+[data]
+source = "builtin:sp500"
+start = "2012-01-01"
+end = "2016-01-01"
+
+[params]
+fast = 10
+slow = 40
+
+[search]
+method = "grid"
+min_trades = 2
+
+[search.space]
+fast = { low = 4, high = 12, step = 4 }
+slow = { low = 20, high = 50, step = 15 }
+
+[monte_carlo]
+paths = 300
+"""
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    if isinstance(result.exception, QuantShiftError):
+        return 2, f"error: {result.exception}"
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def spec(tmp_path) -> Path:
+    path = tmp_path / "cli.toml"
+    path.write_text(SPEC)
+    return path
+
+
+def test_optimize_json_without_tracking(spec):
+    code, out = invoke("research", "optimize", str(spec), "--no-track", "--json")
+    assert code == 0, out
+    summary = json.loads(out)
+    assert summary["trials"] == 9 and set(summary["best_params"]) == {"fast", "slow"}
+    assert 0.0 <= summary["dsr"] <= 1.0
+    assert "mc_max_drawdown_pct_p95" in summary and "run_id" not in summary
+
+
+def test_tracked_run_prints_a_summary_with_the_run_id(spec, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    code, out = invoke(
+        "research", "montecarlo", str(spec), "--tracking-uri", uri, "--out", str(tmp_path / "p")
+    )
+    assert code == 0, out
+    assert "MLflow run" in out and "Monte Carlo max drawdown % p95" in out
+    assert "mlflow" in out.split("open the UI:")[1]
+    assert (tmp_path / "p" / "mc_fan.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["research", "optimize", "missing.toml", "--no-track"], "missing.toml: experiment spec"),
+        (["research", "walk-forward", "{spec}", "--no-track"], r"needs a [walk_forward] section"),
+        (["research", "worker", "{spec}"], "a worker needs"),
+    ],
+)
+def test_errors_are_one_line(spec, args, message):
+    code, out = invoke(*[a.replace("{spec}", str(spec)) for a in args])
+    assert code == 2 and out.startswith("error: ") and message in out
+
+
+@pytest.mark.skipif(shutil.which("quantshift") is None, reason="console script not installed")
+def test_installed_console_script_lists_the_research_group():
+    out = subprocess.run(
+        ["quantshift", "research", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0
+    for command in ("optimize", "walk-forward", "montecarlo", "report", "worker", "ui"):
+        assert command in out.stdout
+    ui = subprocess.run(
+        ["quantshift", "research", "ui", "--print"], capture_output=True, text=True, timeout=120
+    )
+    assert ui.returncode == 0 and "mlflow" in ui.stdout

@@ -1,0 +1,114 @@
+"""A spec run end to end: the numbers are repeatable, honest about every trial, and in MLflow."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from research.spec import parse_spec
+from research.stats import deflated_sharpe_ratio
+from research.study import json_summary, run
+from research.tracking import Tracker
+
+RAW = {
+    "experiment": {"name": "study-test", "strategy": "ma_crossover", "seed": 3},
+    "data": {"source": "builtin:sp500", "start": "2009-01-01", "end": "2016-01-01"},
+    "costs": {"fees_bps": 1.0},
+    "params": {"fast": 10, "slow": 40},
+    "search": {
+        "method": "grid",
+        "min_trades": 3,
+        "space": {
+            "fast": {"low": 3, "high": 15, "step": 3},
+            "slow": {"low": 20, "high": 60, "step": 10},
+        },
+    },
+    "walk_forward": {"train": 504, "test": 252},
+    "monte_carlo": {"paths": 500},
+    "pbo": {"splits": 8},
+}
+
+
+def _spec(**search):
+    raw = {k: dict(v) for k, v in RAW.items()}
+    raw["search"].update(search)
+    return parse_spec(raw, source="study-test.toml")
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    tracker = Tracker(f"sqlite:///{root}/mlflow.db", experiment="study-test")
+    yield tracker
+    tracker.close()
+
+
+@pytest.fixture(scope="module")
+def report(tracker):
+    return run(_spec(), "report", tracker=tracker)
+
+
+def test_report_covers_search_walk_forward_pbo_and_monte_carlo(report):
+    s = report.summary
+    assert s["trials"] == 25 and s["trial_states"]["complete"] == 25
+    for key in ("dsr", "psr", "pbo", "oos_sharpe", "walk_forward_efficiency", "mc_prob_ruin"):
+        assert key in s and s[key] is not None, key
+    assert 0.0 <= s["dsr"] <= s["psr"] <= 1.0  # deflating by 25 trials can only lower it
+    assert 0.0 <= s["pbo"] <= 1.0 and s["pbo_trials"] == 25
+    assert s["wf_folds"] == 4 and s["wf_trials"] == 4 * 25
+
+
+def test_dsr_is_recomputable_from_the_logged_ledger(report, tracker):
+    ledger = tracker.load_frame(report.child_runs["optimize"], "ledger")
+    sharpes = ledger.loc[ledger["state"] == "complete", "sharpe_per_period"].to_numpy()
+    s = report.summary
+    n_returns = len(report.parts["best"].equity)
+    dsr = deflated_sharpe_ratio(
+        s["is_sharpe_per_period"],
+        sharpes,
+        n_returns,
+        s["return_skew"],
+        s["return_kurtosis"],
+    )
+    assert s["dsr"] == pytest.approx(dsr, rel=1e-12)
+
+
+def test_mlflow_run_has_children_metrics_plots_and_fingerprints(report, tracker):
+    parent = tracker.get_run(report.run_id)
+    assert parent.status == "FINISHED"
+    assert parent.tags["quantshift.kind"] == "report"
+    assert len(parent.tags["quantshift.data_fingerprint"]) == 64
+    assert len(parent.tags["quantshift.code.strategy_hash"]) == 64
+    assert parent.metrics["dsr"] == pytest.approx(report.summary["dsr"])
+    assert parent.params["strategy"] == "ma_crossover"
+    children = tracker.find_runs(parent=report.run_id)
+    kinds = sorted(c.tags["quantshift.kind"] for c in children)
+    assert kinds == ["optimize", "walk-forward"]
+    optimize = next(c for c in children if c.tags["quantshift.kind"] == "optimize")
+    assert {"ledger.parquet", "plots/pbo.png", "plots/mc_fan.png"} <= set(optimize.artifacts)
+    top = tracker.find_runs(parent=optimize.run_id)
+    assert len(top) == 5  # the best trials as children, not one run per trial
+
+
+def test_same_seed_same_numbers_and_optuna_is_seeded():
+    a = run(_spec(method="optuna", trials=24, batch_size=8, sampler="tpe"), "optimize", track=False)
+    b = run(_spec(method="optuna", trials=24, batch_size=8, sampler="tpe"), "optimize", track=False)
+    drop = ("elapsed_s",)
+    sa = {k: v for k, v in json_summary(a).items() if k not in drop}
+    sb = {k: v for k, v in json_summary(b).items() if k not in drop}
+    assert sa == sb
+    ledger = a.parts["ledger"].frame
+    assert len(ledger) == 24
+    other = run(
+        _spec(method="optuna", trials=24, batch_size=8).with_seed(4), "optimize", track=False
+    )
+    assert not np.array_equal(ledger["fast"], other.parts["ledger"].frame["fast"])
+
+
+def test_montecarlo_command_uses_the_fixed_params():
+    rep = run(_spec(), "montecarlo", track=False)
+    assert rep.summary["params"] == {"fast": 10.0, "slow": 40.0}
+    assert math.isfinite(rep.summary["mc_max_drawdown_pct_p95"])
+    assert rep.summary["mc_max_drawdown_pct_p95"] >= rep.summary["mc_max_drawdown_pct_p50"]
