@@ -111,7 +111,9 @@ class OptimizeResult:
             raise ConfigError("plot shows one objective's history or a two-objective front")
         plt = _pyplot()
         frame = self.ledger.frame
-        done = frame[frame["state"] == "complete"].sort_values("trial")
+        # A shared ledger may hold other studies (walk-forward folds): plot this one only.
+        done = frame[(frame["state"] == "complete") & (frame["study"] == self.study_name)]
+        done = done.sort_values("trial")
         fig, ax = plt.subplots(figsize=(9, 5.5))
         if len(self.objectives) == 1:
             values = done["value_0"].to_numpy()
@@ -161,6 +163,7 @@ def optimize(
     worker: str | None = None,
     ledger: TrialLedger | None = None,
     stage: str = "optimize",
+    **settings: Any,
 ) -> OptimizeResult:
     """Search a strategy's parameters with Optuna, evaluating trials in batches.
 
@@ -220,6 +223,8 @@ def optimize(
         Record into this ledger (e.g. one shared by walk-forward stages) instead of a new one.
     stage : str
         The ledger stage of these trials.
+    settings
+        Simulation settings (``fees_bps=1`` ...) overriding single fields of ``config``.
 
     Returns
     -------
@@ -235,7 +240,7 @@ def optimize(
     user attributes, so :meth:`TrialLedger.from_study` rebuilds the ledger from storage.
     """
     started = time.perf_counter()
-    strat, data, cfg = prepare(strategy, bars, symbol, config, {})
+    strat, data, cfg = prepare(strategy, bars, symbol, config, settings)
     objectives = _objectives(objectives)
     directions = _directions(objectives, directions)
     sampler_name = sampler or ("tpe" if len(objectives) == 1 else "nsga2")
@@ -785,7 +790,9 @@ def _best(study, strat: Strategy, space: _Space, objectives: tuple[str, ...]):
         for t in study.best_trials
     ]
     columns = ["trial", *strat.param_names, *objectives]
-    return None, None, pd.DataFrame(rows, columns=columns).sort_values("trial", ignore_index=True)
+    front = pd.DataFrame(rows, columns=columns).sort_values("trial", ignore_index=True)
+    # NSGA-II proposes some sets again; the front lists each set once (its first trial).
+    return None, None, front.drop_duplicates(list(strat.param_names), ignore_index=True)
 
 
 def _objectives(objectives: Sequence[str]) -> tuple[str, ...]:

@@ -460,6 +460,9 @@ def _combined(result: BacktestResult) -> dict[str, float]:
 
 
 def _returns(result: BacktestResult) -> np.ndarray:
+    """Per-bar returns of all symbols' sleeves together (one symbol: its own returns)."""
+    if len(result.symbols) == 1:
+        return result.returns().iloc[:, 0].to_numpy()
     equity = result.equity.sum(axis=1).to_numpy()
     initial = result.config.cash * len(result.symbols)
     return equity / np.concatenate(([initial], equity[:-1])) - 1.0

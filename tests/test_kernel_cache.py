@@ -63,3 +63,38 @@ def test_cache_key_differs_for_two_functions_of_one_file():
         return x - 1
 
     assert _digest(first) != _digest(second)
+
+
+EXEC_PROBE = '''
+import json
+import quantshift as qs
+from numba import njit
+from quantshift.indicators import sma_nb
+code = """
+@njit
+def signal_nb(open_, high, low, close, volume, params, entries, exits, stop, take_profit, trail):
+    fast = sma_nb(close, int(params[0]))
+    for t in range(1, close.shape[0]):
+        entries[t] = close[t] > fast[t] and close[t - 1] <= fast[t - 1]
+        exits[t] = close[t] < fast[t]
+"""
+namespace = {"__name__": "not_importable", "njit": njit, "sma_nb": sma_nb}
+exec(compile(code, "<cell>", "exec"), namespace)
+strategy = qs.Strategy(
+    name="exec_defined",
+    description="defined by exec, as in a notebook cell",
+    params=(qs.Param(name="n", default=10, low=2, high=50, integer=True),),
+    signal_nb=namespace["signal_nb"],
+    warmup=lambda p: int(p["n"]),
+)
+result = qs.backtest(strategy, "synthetic:symbols=1,bars=300,seed=4")
+print(json.dumps({"trades": result.metrics["trades"]}))
+'''
+
+
+def test_regression_exec_defined_strategy_runs_in_a_second_process(tmp_path):
+    """A kernel inlining a signal function from a non-importable module used to be cached and
+    then fail to load in the next process ("No module named '<dynamic>'")."""
+    first = run_json(EXEC_PROBE, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_DISABLE_JIT=None)
+    second = run_json(EXEC_PROBE, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_DISABLE_JIT=None)
+    assert first == second and first["trades"] > 0

@@ -56,3 +56,11 @@ def test_equity_metrics_match_the_kernel(strategy):
     want = qs.backtest(strategy, bars, fees_bps=2, periods_per_year=ppy).metrics
     for name in EQUITY_METRICS:
         assert got[name] == pytest.approx(want[name], rel=1e-9, abs=1e-12), name
+
+
+def test_backtest_returns_give_the_kernel_sharpe():
+    result = qs.backtest("rsi_reversion", "builtin:sp500", fees_bps=2, periods_per_year=252)
+    returns = result.returns().iloc[:, 0].to_numpy()
+    assert returns.shape == (len(result.equity),)
+    sharpe = returns.mean() / returns.std(ddof=1) * np.sqrt(252)
+    assert sharpe == pytest.approx(result.metrics["sharpe"], rel=1e-9)

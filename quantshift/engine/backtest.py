@@ -92,6 +92,12 @@ class BacktestResult:
         row = self.stats.loc[symbol]
         return {k: (int(row[k]) if k == "trades" else float(row[k])) for k in METRICS}
 
+    def returns(self) -> pd.DataFrame:
+        """Per-bar simple returns of equity per symbol (the first from the initial cash)."""
+        previous = self.equity.shift(1)
+        previous.iloc[0] = self.config.cash
+        return self.equity / previous - 1.0
+
     def drawdown_pct(self) -> pd.DataFrame:
         """Per-bar drawdown from the running equity peak (%), per symbol."""
         peak = np.maximum(self.equity.cummax(), self.config.cash)

@@ -183,14 +183,24 @@ def kernels_for(strategy) -> Kernels:
         namespace["signal_nb"] = strategy.signal_nb
         tag = re.sub(r"\W", "_", strategy.name)
         digest = _digest(strategy.signal_nb)
+        # A signal function whose module cannot be imported (exec'd code, a notebook cell)
+        # compiles in numba's "<dynamic>" module; a cached kernel calling it fails to load in
+        # the next process, so such kernels are compiled per process instead.
+        cache = _importable(getattr(strategy.signal_nb, "py_func", strategy.signal_nb))
         compiled = {}
         for kind, template, parallel in _TEMPLATES:
             name = f"{kind}__{tag}__{digest}"
             fn = types.FunctionType(template.__code__, namespace, name)
             fn.__qualname__ = name
-            compiled[kind] = njit(cache=True, parallel=parallel)(fn)
+            compiled[kind] = njit(cache=cache, parallel=parallel)(fn)
         built = _BUILT[key] = Kernels(**compiled)
     return built
+
+
+def _importable(func) -> bool:
+    """True if numba can find the module ``func`` lives in (what its cache needs)."""
+    module = inspect.getmodule(func)
+    return module is not None and getattr(module, "__name__", "") in sys.modules
 
 
 @cache
