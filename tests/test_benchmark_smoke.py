@@ -5,6 +5,7 @@ Speed goals live in the benchmark's own report, never in a timed test.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +33,25 @@ def test_benchmark_quick_run_agrees(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "WARNING" not in done.stdout, done.stdout
     assert done.stdout.count("all contenders match limit") == 3, done.stdout
+
+
+@pytest.mark.slow
+def test_research_benchmark_quick_run(tmp_path):
+    target = tmp_path / "research.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_research.py"),
+            "--quick",
+            "--json",
+            target,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(target.read_text())
+    assert set(report) == {"quick", "optuna", "walk_forward", "monte_carlo"}
+    assert report["walk_forward"]["folds"] == 2 and report["monte_carlo"]["reshuffle_s"] > 0

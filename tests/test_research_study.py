@@ -37,6 +37,15 @@ def _spec(**search):
     return parse_spec(raw, source="study-test.toml")
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Each run draws its report figures; release them so pyplot does not pile them up."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 @pytest.fixture(scope="module")
 def tracker(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
