@@ -1,0 +1,181 @@
+"""Runner metrics scraped over HTTP and read by prometheus_client's own parser.
+
+Checks values after runner calls, the localhost binding, separate registries and bounded labels.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+
+import prometheus_client
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from live.metrics import HALT_REASONS, ORDER_OUTCOMES, LiveMetrics
+from quantshift.errors import ConfigError
+
+NS = "quantshift_live"
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.status == 200
+        return response.read().decode()
+
+
+def _value(samples, name: str, **labels) -> float | None:
+    return samples.get((f"{NS}_{name}", frozenset(labels.items())))
+
+
+def test_values_after_runner_calls_scraped_over_http():
+    metrics = LiveMetrics(strategies=["ma", "rsi"])
+    metrics.heartbeat(1_700_000_000.5)
+    with metrics.cycle():
+        time.sleep(0.03)
+    metrics.cycle_started()
+    metrics.cycle_finished()
+    metrics.record_signal("ma")
+    metrics.record_signal("ma", count=2)
+    metrics.record_order("ma", "submitted", count=2)
+    metrics.record_order("ma", "filled")
+    metrics.record_order("rsi", "blocked_by_guard")
+    metrics.set_leader(True, 7)
+    metrics.set_portfolio(101_250.5, -312.25, 3)
+    metrics.set_halt(True, "orders_per_minute")
+    metrics.set_halt(True, "orders_per_minute")  # still the same HALT: counted once
+    metrics.set_promoted("ma", "rec-2024-001")
+    with metrics.serve(port=0) as server:
+        text = _scrape(server.url)
+    samples = _samples(text)
+    assert _value(samples, "heartbeat_timestamp_seconds") == 1_700_000_000.5
+    assert _value(samples, "cycle_duration_seconds_count") == 2
+    assert _value(samples, "cycle_duration_seconds_sum") >= 0.03
+    assert _value(samples, "cycle_duration_seconds_bucket", le="0.02") == 1  # the empty cycle
+    assert _value(samples, "cycle_duration_seconds_bucket", le="0.05") == 2
+    assert _value(samples, "signals_total", strategy="ma") == 3
+    assert _value(samples, "signals_total", strategy="rsi") == 0  # series exist from the start
+    assert _value(samples, "orders_total", strategy="ma", outcome="submitted") == 2
+    assert _value(samples, "orders_total", strategy="ma", outcome="filled") == 1
+    assert _value(samples, "orders_total", strategy="rsi", outcome="blocked_by_guard") == 1
+    assert _value(samples, "orders_total", strategy="rsi", outcome="rejected") == 0
+    assert _value(samples, "leader") == 1 and _value(samples, "epoch") == 7
+    assert _value(samples, "portfolio_value") == 101_250.5
+    assert _value(samples, "daily_pnl") == -312.25
+    assert _value(samples, "open_positions") == 3
+    assert _value(samples, "halt_active") == 1
+    assert _value(samples, "halts_total", reason="orders_per_minute") == 1
+    assert _value(samples, "halts_total", reason="manual") == 0
+    assert _value(samples, "promoted_record_info", strategy="ma", record_id="rec-2024-001") == 1
+    # render() gives what a scrape gets (apart from the clock-driven _created values).
+    rendered = {k: v for k, v in _samples(metrics.render()).items() if "_created" not in k[0]}
+    assert rendered == {k: v for k, v in samples.items() if "_created" not in k[0]}
+
+
+def test_state_changes_replace_earlier_values():
+    metrics = LiveMetrics()
+    metrics.set_leader(True, 3)
+    metrics.set_leader(False, None)  # lost: the epoch of the last term stays visible
+    metrics.set_halt(True, "manual")
+    metrics.set_halt(False)
+    metrics.set_halt(True, "daily_loss_limit")
+    metrics.set_promoted("ma", "rec-1")
+    metrics.set_promoted("ma", "rec-2")
+    metrics.set_promoted("rsi", "rec-9")
+    metrics.set_promoted("rsi", None)
+    samples = _samples(metrics.render())
+    assert _value(samples, "leader") == 0 and _value(samples, "epoch") == 3
+    assert _value(samples, "halt_active") == 1
+    assert _value(samples, "halts_total", reason="manual") == 1
+    assert _value(samples, "halts_total", reason="daily_loss_limit") == 1
+    promoted = {k for k in samples if k[0] == f"{NS}_promoted_record_info"}
+    assert promoted == {
+        (f"{NS}_promoted_record_info", frozenset({"strategy": "ma", "record_id": "rec-2"}.items()))
+    }
+
+
+def test_cycle_is_timed_when_it_raises():
+    metrics = LiveMetrics()
+    with pytest.raises(RuntimeError), metrics.cycle():
+        raise RuntimeError("broker down")
+    assert _value(_samples(metrics.render()), "cycle_duration_seconds_count") == 1
+    with pytest.raises(ConfigError, match="without cycle_started"):
+        metrics.cycle_finished()
+
+
+def test_bound_to_localhost_by_default():
+    metrics = LiveMetrics()
+    with metrics.serve(port=0) as server:
+        assert server.host == "127.0.0.1"
+        port_hex = f"{server.port:04X}"
+        with open("/proc/net/tcp") as f:  # the kernel's table of listening sockets
+            listening = [line.split()[1] for line in f if line.split()[1].endswith(f":{port_hex}")]
+        assert listening == [f"0100007F:{port_hex}"]  # 127.0.0.1, not 0.0.0.0
+        other_ip = _non_loopback_ip()
+        if other_ip is not None:
+            with pytest.raises(OSError):
+                socket.create_connection((other_ip, server.port), timeout=1).close()
+        assert _scrape(server.url)
+    with pytest.raises(OSError):  # closed: the port is free again
+        socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+
+
+def _non_loopback_ip() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # UDP connect sends nothing; it picks the route's address
+        except OSError:
+            return None
+        ip = s.getsockname()[0]
+    return None if ip.startswith("127.") else ip
+
+
+def test_two_runners_in_one_process_do_not_share_values():
+    first, second = LiveMetrics(), LiveMetrics()
+    first.record_signal("ma", count=5)
+    first.set_leader(True, 4)
+    second.record_signal("ma")
+    with first.serve(port=0) as one, second.serve(port=0) as two:
+        a, b = _samples(_scrape(one.url)), _samples(_scrape(two.url))
+    assert _value(a, "signals_total", strategy="ma") == 5
+    assert _value(b, "signals_total", strategy="ma") == 1
+    assert _value(a, "epoch") == 4 and _value(b, "epoch") == 0
+    assert prometheus_client.REGISTRY.get_sample_value(f"{NS}_epoch") is None  # not global
+
+
+def test_label_values_are_bounded():
+    metrics = LiveMetrics(strategies=["ma"])
+    with pytest.raises(ConfigError, match=r"unknown order outcome 'partial'.*blocked_by_guard"):
+        metrics.record_order("ma", "partial")
+    with pytest.raises(ConfigError, match="unknown strategy 'rsi'"):
+        metrics.record_signal("rsi")
+    with pytest.raises(ConfigError, match="unknown HALT reason"):
+        metrics.set_halt(True, "guard orders_per_minute: 31 orders in the last minute")
+    with pytest.raises(ConfigError, match="unknown HALT reason None"):
+        metrics.set_halt(True)
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        metrics.set_promoted("rsi", "rec-1")
+    samples = _samples(metrics.render())
+    orders = {k for k in samples if k[0] == f"{NS}_orders_total"}
+    halts = {k for k in samples if k[0] == f"{NS}_halts_total"}
+    assert len(orders) == len(ORDER_OUTCOMES) and len(halts) == len(HALT_REASONS)
+    assert all(v == 0 for k, v in samples.items() if k in orders | halts)
+
+
+def test_port_errors_name_the_address():
+    metrics = LiveMetrics()
+    with metrics.serve(port=0) as server:
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{server.port}"):
+            metrics.serve(port=server.port)
+    for bad in (-1, 70000, "9200", True):
+        with pytest.raises(ConfigError, match="metrics port"):
+            metrics.serve(port=bad)
