@@ -1,0 +1,76 @@
+"""The live config file: the shipped example loads; mistakes are refused at start, by name."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from live.config import load_config, parse_config
+from quantshift.errors import ConfigError
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "live" / "examples").glob("*.toml"))
+BASE = tomllib.loads(EXAMPLES[0].read_text())
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_shipped_examples_load(path):
+    config = load_config(path)
+    assert config.mode == "paper" and config.broker.kind == "paper"
+    assert config.portfolio.sleeves and config.bar_interval_s == 86_400
+
+
+def _changed(section, key, value):
+    raw = copy.deepcopy(BASE)
+    if value is None:
+        raw[section].pop(key)
+    else:
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({**BASE, "brokr": {}}, r"brokr: unknown section"),
+        (_changed("runner", "name", None), r"\[runner\] name: is required"),
+        (_changed("runner", "bar_interval", "2d"), r"bar_interval: must be one of"),
+        (_changed("broker", "mode", "live"), r"live and paper must agree"),
+        (_changed("broker", "api_key", "x"), r"\[broker\] api_key: unknown key"),
+        (_changed("store", "url", "mysql://x"), r"\[store\] url: must be sqlite"),
+        (_changed("lease", "redis_url", "http://x"), r"redis_url: must be redis://"),
+        (_changed("lease", "renew_interval_ms", 5000), r"renew_interval_ms < deadline_ms"),
+        (_changed("guards", "price_collar", 3), r"\[guards\]: unknown key"),
+        (_changed("metrics", "port", 70000), r"\[metrics\] port: must be 0-65535"),
+        (_changed("risk", "max_drawdown_pct", -1), r"limits.max_drawdown_pct=-1"),
+        (_changed("costs", "fees", 1), r"sim: unknown simulation setting"),
+        (_changed("feed", "speed", -2), r"\[feed\] speed"),
+        ({**BASE, "sleeves": []}, r"\[\[sleeves\]\] must list"),
+    ],
+)
+def test_mistakes_are_refused_by_name(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw, source="live.toml")
+
+
+def test_unknown_strategy_and_parameter_and_allocations():
+    raw = copy.deepcopy(BASE)
+    raw["sleeves"][0]["strategy"] = "nope"
+    with pytest.raises(ConfigError, match=r"sleeves\[0\].*nope"):
+        parse_config(raw, source="live.toml")
+    raw = copy.deepcopy(BASE)
+    raw["sleeves"][0]["params"] = {"speed": 3}
+    with pytest.raises(ConfigError, match="speed"):
+        parse_config(raw, source="live.toml")
+    raw = copy.deepcopy(BASE)
+    raw["sleeves"][0]["allocation"] = 0.9
+    with pytest.raises(ConfigError, match="sum to"):
+        parse_config(raw, source="live.toml")
+
+
+def test_redis_password_stays_out_of_the_repr():
+    raw = _changed("lease", "redis_url", "redis://:hunter2@127.0.0.1:6379/0")
+    config = parse_config(raw, source="live.toml")
+    assert config.lease.redis_url.endswith("/0") and "hunter2" not in repr(config)
