@@ -1,0 +1,165 @@
+"""The ``live`` command: run the runner, show its status, halt and resume trading, reconcile.
+
+Every command reads the same config file; errors print one line naming what is wrong (exit 2).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from quantshift.errors import QuantShiftError
+
+app = typer.Typer(
+    help="QuantShift live runner: paper and live trading with the code research validated.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The runner's config (TOML).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+ByOpt = Annotated[str | None, typer.Option("--by", help="Who (default: user@host).")]
+
+
+def main() -> None:
+    """Run the CLI, turning QuantShift errors into one clear line and exit code 2."""
+    try:
+        app()
+    except QuantShiftError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _who(by: str | None) -> str:
+    return by or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _open_store(config_path: Path):
+    from live.config import load_config
+    from live.store import Store
+
+    config = load_config(config_path)
+    return config, Store.open(config.store_url)
+
+
+@app.command()
+def status(config: ConfigOpt, json_out: JsonOpt = False) -> None:
+    """Show the leader, its epoch and last heartbeat, positions, P&L and any HALT."""
+    cfg, store = _open_store(config)
+    with store:
+        info = store.status().to_dict()
+    info["runner"] = cfg.name
+    if cfg.lease.redis_url is not None:
+        info["lease"] = _lease_info(cfg)
+    if json_out:
+        typer.echo(json.dumps(info, default=str))
+        return
+    _print_status(info)
+
+
+@app.command()
+def halt(
+    config: ConfigOpt,
+    reason: Annotated[str, typer.Option(help="Why (kept in the store's history).")] = "manual",
+    flatten: Annotated[
+        bool, typer.Option("--flatten", help="Also close every position at the next cycle.")
+    ] = False,
+    by: ByOpt = None,
+) -> None:
+    """Stop new orders at once (the kill switch); with --flatten, close positions too."""
+    _, store = _open_store(config)
+    with store:
+        text = f"{reason} (flatten)" if flatten else reason
+        active = store.halt(text, by=_who(by))
+    typer.echo(
+        f"HALT active since {_iso(active.ts_created_ns)}: {active.reason} (by {active.created_by})"
+    )
+
+
+@app.command()
+def resume(config: ConfigOpt, by: ByOpt = None) -> None:
+    """Clear the HALT (a person's decision); the runner trades again at its next cycle."""
+    _, store = _open_store(config)
+    with store:
+        cleared = store.resume(by=_who(by))
+    if cleared is None:
+        typer.echo("nothing to resume: no HALT is active")
+    else:
+        typer.echo(f"resumed: cleared HALT '{cleared.reason}' (by {_who(by)})")
+
+
+def _lease_info(cfg) -> dict[str, Any]:
+    from live.lease import LeaseUnavailableError, RedisLease
+
+    lease = RedisLease(cfg.lease.redis_url, cfg.lease.name, ttl_ms=cfg.lease.ttl_ms)
+    try:
+        holder = lease.current_holder()
+    except LeaseUnavailableError as exc:
+        return {"error": str(exc)}
+    finally:
+        lease.close()
+    return {
+        "held": holder.held,
+        "epoch": holder.epoch,
+        "ttl_left_ms": holder.ttl_left_ms,
+        "last_epoch": holder.last_epoch,
+    }
+
+
+def _iso(ts_ns: int | None) -> str:
+    if ts_ns is None:
+        return "-"
+    import pandas as pd
+
+    return pd.Timestamp(ts_ns, unit="ns", tz="UTC").isoformat()
+
+
+def _print_status(info: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from quantshift.report import console
+
+    out = console()
+    leader = info.get("leader") or {}
+    out.print(
+        f"runner {info['runner']}: store {info['store']} (schema v{info['schema_version']}), "
+        f"fence epoch {info['fence_epoch']}"
+    )
+    if leader:
+        out.print(
+            f"leader {leader.get('host')} epoch {leader.get('epoch')}, last heartbeat "
+            f"{_iso(info.get('last_heartbeat_ns'))}"
+        )
+    else:
+        out.print("no leader heartbeat yet")
+    if "lease" in info:
+        out.print(f"lease: {info['lease']}")
+    halt_info = info.get("halt")
+    if halt_info:
+        out.print(
+            f"[bold red]HALT[/] since {_iso(halt_info.get('ts_created_ns'))}: "
+            f"{halt_info.get('reason')} (by {halt_info.get('created_by')}); "
+            "clear with `live resume`"
+        )
+    equity = info.get("equity") or {}
+    out.print(
+        f"equity {equity.get('equity', '-')}, realized P&L {info.get('realized_pnl')}, "
+        f"day P&L {info.get('day_pnl')}, open orders {info.get('open_orders')}"
+    )
+    positions = info.get("positions") or []
+    if positions:
+        table = Table(title="positions", title_justify="left")
+        for col in ("strategy", "symbol", "qty", "avg_price"):
+            table.add_column(col)
+        for p in positions:
+            price = p.get("avg_price")
+            shown = "-" if price is None else f"{price:.4f}"
+            table.add_row(p["strategy"], p["symbol"], f"{p['qty']:g}", shown)
+        out.print(table)
