@@ -195,7 +195,7 @@ def simulate_nb(
             pending = ACT_NONE
         # 2. Protective levels, checked on the bar's range.
         if state[S_POSITION] != 0.0 and state[S_HAS_LEVELS] != 0.0:
-            n_trades = _check_levels_nb(
+            n_trades = check_levels_nb(
                 state, open_[t], high[t], low[t], t, cfg, trades_out, n_trades, stats_out
             )
         # 3. This bar's signals, decided on its close.
@@ -240,13 +240,17 @@ def simulate_nb(
     stats_out[ST_DOWNSIDE_SQ] = downside_sq
     position = state[S_POSITION]
     if position != 0.0 and record:
-        # Marked at the last close, with no exit fees: what the equity curve already counts.
-        pnl, ret = _pnl_nb(state, close[n - 1], 0.0)
-        _write_trade_nb(
-            trades_out[n_trades], state, n - 1, close[n - 1], 0.0, pnl, ret, REASON_OPEN
-        )
+        write_open_trade_nb(trades_out[n_trades], state, n - 1, close[n - 1])
         n_trades += 1
     return n_trades
+
+
+@njit
+def write_open_trade_nb(row, state, bar, price):
+    """Write the open position as a trade with reason "open" into ``row``, marked at ``price``
+    with no exit fees: what the equity curve already counts."""
+    pnl, ret = _pnl_nb(state, price, 0.0)
+    _write_trade_nb(row, state, bar, price, 0.0, pnl, ret, REASON_OPEN)
 
 
 @njit
@@ -268,15 +272,50 @@ def _execute_nb(
     position = state[S_POSITION]
     if position != 0.0 and (act == ACT_EXIT or (act == ACT_LONG) == (position < 0.0)):
         reason = REASON_SIGNAL if act == ACT_EXIT else REASON_REVERSE
-        n_trades = _exit_nb(state, price, bar, reason, cfg, trades_out, n_trades, stats)
+        n_trades = exit_nb(state, price, bar, reason, cfg, trades_out, n_trades, stats)
     if act == ACT_EXIT or state[S_POSITION] != 0.0:
         return n_trades
-    side = 1.0 if act == ACT_LONG else -1.0
-    fee_rate = cfg[CFG_FEE_RATE]
+    enter_nb(
+        state,
+        1.0 if act == ACT_LONG else -1.0,
+        price,
+        bar,
+        state[S_CASH],
+        math.inf,
+        cfg,
+        stats,
+        stop_dist[signal_bar],
+        tp_dist[signal_bar],
+        trail_dist[signal_bar],
+    )
+    return n_trades
+
+
+@njit
+def enter_nb(
+    state,
+    side,
+    price,
+    bar,
+    equity,
+    max_units,
+    cfg,
+    stats,
+    stop_distance,
+    tp_distance,
+    trail_distance,
+):
+    """Open a ``side`` (+1 long, -1 short) position on the flat ``state`` at ``price`` (before
+    slippage), sized against ``equity`` and at most ``max_units``; return the units (0: none).
+
+    Cash comes out of ``state[S_CASH]``; the levels are distances from the entry fill price.
+    The portfolio layer passes a sleeve's equity and its risk limits' cap; a single-symbol
+    simulation passes its cash and no cap.
+    """
     exec_price = price * (1.0 + cfg[CFG_SLIPPAGE_RATE] * side)
-    units = _entry_units_nb(cfg, stats, state[S_CASH], exec_price, stop_dist[signal_bar])
+    units = min(_entry_units_nb(cfg, stats, equity, exec_price, stop_distance), max_units)
     if units > 0.0:
-        fees = units * exec_price * fee_rate
+        fees = units * exec_price * cfg[CFG_FEE_RATE]
         state[S_CASH] -= side * units * exec_price + fees
         state[S_POSITION] = side * units
         state[S_ENTRY_BAR] = bar
@@ -287,44 +326,44 @@ def _execute_nb(
             cfg[CFG_USE_STOPS] != 0.0,
             side,
             exec_price,
-            stop_dist[signal_bar],
-            tp_dist[signal_bar],
-            trail_dist[signal_bar],
+            stop_distance,
+            tp_distance,
+            trail_distance,
         )
-    return n_trades
+    return units
 
 
 @njit
-def _check_levels_nb(state, open_, high, low, bar, cfg, trades_out, n_trades, stats):
+def check_levels_nb(state, open_, high, low, bar, cfg, trades_out, n_trades, stats):
     """Exit at a stop, trailing stop or take-profit touched on this bar; update the trail."""
     side = 1.0 if state[S_POSITION] > 0.0 else -1.0
     tp_level = state[S_TAKE_PROFIT]
-    stop_now = _stop_level_nb(state, side)
+    stop_now = stop_level_nb(state, side)
     if not math.isnan(stop_now) and side * (open_ - stop_now) <= 0.0:
-        return _exit_nb(
+        return exit_nb(
             state, open_, bar, _stop_reason_nb(state, side), cfg, trades_out, n_trades, stats
         )
     if not math.isnan(tp_level) and side * (open_ - tp_level) >= 0.0:
-        return _exit_nb(state, open_, bar, REASON_TAKE_PROFIT, cfg, trades_out, n_trades, stats)
+        return exit_nb(state, open_, bar, REASON_TAKE_PROFIT, cfg, trades_out, n_trades, stats)
     trailing = not math.isnan(state[S_TRAIL])
     if trailing and side * (open_ - state[S_BEST]) > 0.0:
         state[S_BEST] = open_
-    stop_now = _stop_level_nb(state, side)
+    stop_now = stop_level_nb(state, side)
     adverse = low if side > 0.0 else high
     favourable = high if side > 0.0 else low
     if not math.isnan(stop_now) and side * (adverse - stop_now) <= 0.0:
-        return _exit_nb(
+        return exit_nb(
             state, stop_now, bar, _stop_reason_nb(state, side), cfg, trades_out, n_trades, stats
         )
     if not math.isnan(tp_level) and side * (favourable - tp_level) >= 0.0:
-        return _exit_nb(state, tp_level, bar, REASON_TAKE_PROFIT, cfg, trades_out, n_trades, stats)
+        return exit_nb(state, tp_level, bar, REASON_TAKE_PROFIT, cfg, trades_out, n_trades, stats)
     if trailing and side * (favourable - state[S_BEST]) > 0.0:
         state[S_BEST] = favourable
     return n_trades
 
 
 @njit
-def _exit_nb(state, price, bar, reason, cfg, trades_out, n_trades, stats):
+def exit_nb(state, price, bar, reason, cfg, trades_out, n_trades, stats):
     """Close the whole position at ``price`` (before slippage); book the trade."""
     position = state[S_POSITION]
     side = 1.0 if position > 0.0 else -1.0
@@ -404,7 +443,7 @@ def _set_levels_nb(state, use_stops, side, entry_price, stop_distance, tp_distan
 
 
 @njit
-def _stop_level_nb(state, side):
+def stop_level_nb(state, side):
     """Return the binding protective level: the tighter of the fixed and the trailing stop."""
     stop_level = state[S_STOP]
     if math.isnan(state[S_TRAIL]):

@@ -1,0 +1,45 @@
+"""The decision layer: allocation, conflicts, sizing and risk limits over several strategies.
+
+``decide`` is one pure function shared by the portfolio backtest and the live runner.
+"""
+
+from quantshift.portfolio.backtest import PortfolioResult, portfolio_backtest
+from quantshift.portfolio.config import SLEEVE_SETTINGS, PortfolioConfig, RiskLimits, Sleeve
+from quantshift.portfolio.decide import (
+    ClosedTrade,
+    Decision,
+    Fill,
+    FillResult,
+    TargetOrder,
+    Veto,
+    check_stops,
+    decide,
+    fill_orders,
+    flatten_orders,
+)
+from quantshift.portfolio.signals import BarSignals, SignalHistory, compute_signals
+from quantshift.portfolio.state import PortfolioState, Position
+
+__all__ = [
+    "SLEEVE_SETTINGS",
+    "BarSignals",
+    "ClosedTrade",
+    "Decision",
+    "Fill",
+    "FillResult",
+    "PortfolioConfig",
+    "PortfolioResult",
+    "PortfolioState",
+    "Position",
+    "RiskLimits",
+    "SignalHistory",
+    "Sleeve",
+    "TargetOrder",
+    "Veto",
+    "check_stops",
+    "compute_signals",
+    "decide",
+    "fill_orders",
+    "flatten_orders",
+    "portfolio_backtest",
+]

@@ -1,0 +1,412 @@
+"""Portfolio settings: sleeves (strategy, parameters, symbols, capital), risk limits, policy.
+
+Frozen, keyword-only and validated at construction; ``PortfolioConfig.from_dict`` reads a file's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from quantshift.engine.config import CFG_LEN, SimConfig
+from quantshift.errors import ConfigError, QuantShiftError
+from quantshift.portfolio.rows import (
+    L_DAILY_LOSS,
+    L_DRAWDOWN,
+    L_GROSS,
+    L_HEAT,
+    L_LEN,
+    L_POLICY,
+    L_POSITION,
+    POLICIES,
+)
+from quantshift.strategies import Strategy, get_strategy
+
+SLEEVE_SETTINGS = (
+    "direction",
+    "sizing",
+    "size",
+    "risk_per_trade",
+    "kelly_fraction",
+    "kelly_min_trades",
+    "max_leverage",
+    "use_stops",
+)
+"""SimConfig fields a sleeve may set for itself; the rest (cash, costs, fill) are portfolio-wide."""
+
+_ALLOCATION_SLACK = 1e-9  # 0.33 + 0.33 + 0.34 is 1.0000000000000002 in floating point
+
+
+@dataclass(frozen=True, kw_only=True)
+class RiskLimits:
+    """Portfolio risk limits, in percent of portfolio equity; ``math.inf`` (or None) disables one.
+
+    Parameters
+    ----------
+    max_heat_pct : float
+        Cap on portfolio heat: the sum over open positions of units times the distance from the
+        price to the position's binding stop (its whole price when it has none). An entry that
+        would exceed it is reduced to fit, and skipped when nothing fits.
+    max_position_pct : float
+        Cap on one symbol's notional, summed over the sleeves holding it.
+    max_gross_exposure_pct : float
+        Cap on the sum of all positions' notional (100 = no leverage).
+    daily_loss_limit_pct : float
+        Halt new entries once equity falls this far below the day's start (the equity at the
+        last decision of the previous UTC day).
+    max_drawdown_pct : float
+        Halt new entries once equity falls this far below its peak (the circuit breaker).
+
+    A halt stays until :meth:`PortfolioState.resumed` clears it (a person does, live); exits
+    and protective stops go on while halted. Entries are capped in sleeve then symbol order.
+    """
+
+    max_heat_pct: float = 10.0
+    max_position_pct: float = 20.0
+    max_gross_exposure_pct: float = 100.0
+    daily_loss_limit_pct: float = 5.0
+    max_drawdown_pct: float = 15.0
+
+    def __post_init__(self) -> None:
+        bounds = {
+            "max_heat_pct": 100.0,
+            "max_position_pct": 10_000.0,
+            "max_gross_exposure_pct": 10_000.0,
+            "daily_loss_limit_pct": 100.0,
+            "max_drawdown_pct": 100.0,
+        }
+        for name, high in bounds.items():
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, math.inf)
+                continue
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (ok and (0.0 < value <= high or value == math.inf)):
+                raise ConfigError(
+                    f"limits.{name}={value!r} must be a number in (0, {high:g}], "
+                    "or inf/None for no limit"
+                )
+
+    @classmethod
+    def none(cls) -> RiskLimits:
+        """Return limits that never bind: the portfolio then trades exactly as its sleeves would
+        alone (the single-strategy backtest, for one sleeve on one symbol)."""
+        return cls(**{f.name: math.inf for f in dataclasses.fields(cls)})
+
+    def to_vector(self, conflict: str) -> np.ndarray:
+        """Return the kernels' limit vector: fractions of equity and the conflict policy code."""
+        v = np.zeros(L_LEN)
+        v[L_HEAT] = self.max_heat_pct / 100.0
+        v[L_POSITION] = self.max_position_pct / 100.0
+        v[L_GROSS] = self.max_gross_exposure_pct / 100.0
+        v[L_DAILY_LOSS] = self.daily_loss_limit_pct / 100.0
+        v[L_DRAWDOWN] = self.max_drawdown_pct / 100.0
+        v[L_POLICY] = POLICIES.index(conflict)
+        return v
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sleeve:
+    """One strategy with its parameters, symbols and share of the portfolio's capital.
+
+    Parameters
+    ----------
+    strategy : str or Strategy
+        A registered strategy name, or a Strategy object.
+    symbols : sequence of str
+        Symbols the sleeve trades; each (sleeve, symbol) position is tracked on its own.
+    allocation : float
+        Fraction of the portfolio's starting cash given to the sleeve, in (0, 1]. The sleeve
+        then keeps its own cash: its fills and fees never touch another sleeve's capital.
+    name : str
+        Unique name (defaults to the strategy's).
+    params : mapping
+        Parameter values by name; the rest keep their defaults.
+    settings : mapping
+        The sleeve's own sizing and direction (:data:`SLEEVE_SETTINGS`, see SimConfig). Sizes
+        are fractions of the sleeve's equity: its cash plus its positions at the last close.
+    stop_atr : float or None
+        Stop distance in ATRs (over ``atr_window`` bars) for entries whose strategy sets no stop:
+        it sizes risk-sized entries, counts toward heat and is placed as a protective stop.
+    atr_window : int
+        Bars of the ATR behind ``stop_atr``.
+    """
+
+    strategy: str | Strategy
+    symbols: tuple[str, ...]
+    allocation: float
+    name: str = ""
+    params: Mapping[str, float] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    stop_atr: float | None = None
+    atr_window: int = 14
+
+    def __post_init__(self) -> None:
+        where = f"sleeve '{self.name or getattr(self.strategy, 'name', self.strategy)}'"
+        try:
+            strat = get_strategy(self.strategy)
+        except QuantShiftError as e:
+            raise ConfigError(f"{where}: strategy: {e}") from None
+        if not self.name:
+            object.__setattr__(self, "name", strat.name)
+        symbols = (self.symbols,) if isinstance(self.symbols, str) else tuple(self.symbols)
+        if not symbols or not all(isinstance(s, str) and s for s in symbols):
+            raise ConfigError(f"{where}: symbols must be a non-empty list of names")
+        if len(set(symbols)) != len(symbols):
+            raise ConfigError(f"{where}: symbols lists a symbol twice: {list(symbols)}")
+        object.__setattr__(self, "symbols", symbols)
+        a = self.allocation
+        if isinstance(a, bool) or not isinstance(a, int | float) or not 0.0 < a <= 1.0:
+            raise ConfigError(f"{where}: allocation={a!r} must be in (0, 1]")
+        try:
+            object.__setattr__(self, "params", strat.resolve(self.params))
+        except QuantShiftError as e:
+            raise ConfigError(f"{where}: params: {e}") from None
+        unknown = sorted(set(self.settings) - set(SLEEVE_SETTINGS))
+        if unknown:
+            raise ConfigError(
+                f"{where}: settings: unknown key(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(SLEEVE_SETTINGS)}"
+            )
+        object.__setattr__(self, "settings", dict(self.settings))
+        if self.stop_atr is not None and not (
+            isinstance(self.stop_atr, int | float) and 0.0 < self.stop_atr < math.inf
+        ):
+            raise ConfigError(f"{where}: stop_atr={self.stop_atr!r} must be a positive number")
+        if isinstance(self.atr_window, bool) or self.atr_window not in range(1, 1001):
+            raise ConfigError(f"{where}: atr_window={self.atr_window!r} must be 1..1000")
+
+    @property
+    def strategy_object(self) -> Strategy:
+        return get_strategy(self.strategy)
+
+    @property
+    def strategy_name(self) -> str:
+        return self.strategy_object.name
+
+    def sim_config(self, base: SimConfig) -> SimConfig:
+        """Return the portfolio's SimConfig with this sleeve's settings applied."""
+        try:
+            cfg = SimConfig.build(base, **self.settings)
+        except ConfigError as e:
+            raise ConfigError(f"sleeve '{self.name}': settings: {e}") from None
+        if cfg.sizing == "risk" and not self.strategy_object.uses_stops and self.stop_atr is None:
+            raise ConfigError(
+                f"sleeve '{self.name}': sizing='risk' needs stop distances and strategy "
+                f"'{self.strategy_name}' sets none; set stop_atr (e.g. 2.0) or another sizing"
+            )
+        return cfg
+
+    def warmup_bars(self) -> int:
+        """Return bars of history the sleeve's signals need before they can fire."""
+        warmup = self.strategy_object.warmup_bars(self.params)
+        return max(warmup, self.atr_window) if self.stop_atr is not None else warmup
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "name": self.name,
+            "strategy": self.strategy_name,
+            "symbols": list(self.symbols),
+            "allocation": self.allocation,
+            "params": dict(self.params),
+            "settings": dict(self.settings),
+            "atr_window": self.atr_window,
+        }
+        if self.stop_atr is not None:
+            out["stop_atr"] = self.stop_atr
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class PortfolioConfig:
+    """Everything the decision layer needs: sleeves, fill settings, risk limits, policy.
+
+    Parameters
+    ----------
+    sleeves : sequence of Sleeve
+        At least one; allocations must sum to at most 1 (the rest stays in cash).
+    sim : SimConfig
+        Fill model and costs shared by all sleeves (``cash`` is the portfolio's starting
+        capital), and the default sizing and direction each sleeve may override.
+    limits : RiskLimits
+        Portfolio risk limits; ``RiskLimits.none()`` turns them all off.
+    conflict : {"net", "priority", "flat"}
+        What happens when sleeves want opposite sides of a symbol. "net" (default): each sleeve
+        keeps its own position and the broker holds their net, so every sleeve earns what it
+        would alone. "priority": the first sleeve in ``sleeves`` order that is long or short
+        decides; a sleeve on the other side has its entry skipped and its position closed
+        (exit reason "conflict"). "flat": no sleeve holds the symbol while they disagree.
+    """
+
+    sleeves: tuple[Sleeve, ...]
+    sim: SimConfig = field(default_factory=SimConfig)
+    limits: RiskLimits = field(default_factory=RiskLimits)
+    conflict: Literal["net", "priority", "flat"] = "net"
+
+    def __post_init__(self) -> None:
+        sleeves = tuple(self.sleeves)
+        if not sleeves or not all(isinstance(s, Sleeve) for s in sleeves):
+            raise ConfigError("sleeves must be a non-empty list of Sleeve")
+        object.__setattr__(self, "sleeves", sleeves)
+        names = [s.name for s in sleeves]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise ConfigError(f"sleeves: name '{duplicate}' is used twice; give each a name")
+        total = math.fsum(s.allocation for s in sleeves)
+        if total > 1.0 + _ALLOCATION_SLACK:
+            raise ConfigError(
+                f"sleeves: allocation values sum to {total:g}, more than 1 "
+                f"({', '.join(f'{s.name}={s.allocation:g}' for s in sleeves)})"
+            )
+        if not isinstance(self.sim, SimConfig):
+            raise ConfigError(f"sim must be a SimConfig, got {type(self.sim).__name__}")
+        if not isinstance(self.limits, RiskLimits):
+            raise ConfigError(f"limits must be RiskLimits, got {type(self.limits).__name__}")
+        if self.conflict not in POLICIES:
+            raise ConfigError(
+                f"conflict={self.conflict!r} is not allowed; choose one of {', '.join(POLICIES)}"
+            )
+        for sleeve in sleeves:
+            sleeve.sim_config(self.sim)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def sleeve_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.sleeves)
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """Every sleeve's symbols, in order of first appearance."""
+        return tuple(dict.fromkeys(sym for s in self.sleeves for sym in s.symbols))
+
+    def warmup_bars(self) -> int:
+        """Return the history (bars) the slowest sleeve needs before its signals can fire."""
+        return max(s.warmup_bars() for s in self.sleeves)
+
+    def layout(self) -> Layout:
+        """Return the kernels' arrays for this configuration (built once)."""
+        cached = self.__dict__.get("_layout")
+        if cached is None:
+            cached = Layout.build(self)
+            object.__setattr__(self, "_layout", cached)
+        return cached
+
+    # ------------------------------------------------------------------ plain dicts
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any], source: str = "<dict>") -> PortfolioConfig:
+        """Build a config from plain data (a parsed TOML/YAML file); errors name ``source``
+        and the key.
+
+        Keys: ``sleeves`` (list of tables with the Sleeve fields), ``sim`` (SimConfig
+        fields), ``limits`` (RiskLimits fields), ``conflict``. Unknown keys are refused.
+        """
+        try:
+            return _from_dict(cls, mapping)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return plain data that :meth:`from_dict` turns back into an equal config."""
+        return {
+            "sleeves": [s.to_dict() for s in self.sleeves],
+            "sim": self.sim.to_dict(),
+            "limits": {
+                k: (None if v == math.inf else v)
+                for k, v in dataclasses.asdict(self.limits).items()
+            },
+            "conflict": self.conflict,
+        }
+
+
+def _from_dict(cls, mapping: Mapping[str, Any]) -> PortfolioConfig:
+    _check_keys(mapping, {"sleeves", "sim", "limits", "conflict"}, "")
+    raw_sleeves = mapping.get("sleeves")
+    if not isinstance(raw_sleeves, Sequence) or isinstance(raw_sleeves, str) or not raw_sleeves:
+        raise ConfigError("sleeves: must be a non-empty list of tables")
+    sleeve_keys = {f.name for f in dataclasses.fields(Sleeve)}
+    sleeves = []
+    for i, raw in enumerate(raw_sleeves):
+        where = f"sleeves[{i}]"
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: must be a table of {', '.join(sorted(sleeve_keys))}")
+        _check_keys(raw, sleeve_keys, where + ".")
+        missing = [k for k in ("strategy", "symbols", "allocation") if k not in raw]
+        if missing:
+            raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
+        try:
+            sleeves.append(Sleeve(**raw))
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        except TypeError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    sim_raw = mapping.get("sim", {})
+    limits_raw = mapping.get("limits", {})
+    for key, raw in (("sim", sim_raw), ("limits", limits_raw)):
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{key}: must be a table")
+    try:
+        sim = SimConfig.build(None, **sim_raw)
+    except ConfigError as e:
+        raise ConfigError(f"sim: {e}") from None
+    _check_keys(limits_raw, {f.name for f in dataclasses.fields(RiskLimits)}, "limits.")
+    return cls(
+        sleeves=tuple(sleeves),
+        sim=sim,
+        limits=RiskLimits(**limits_raw),
+        conflict=mapping.get("conflict", "net"),
+    )
+
+
+def _check_keys(mapping: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """A configuration as the kernels read it: sleeves on axis 0, symbols on axis 1."""
+
+    sleeves: tuple[str, ...]
+    symbols: tuple[str, ...]
+    strategies: tuple[str, ...]
+    member: np.ndarray  # bool (n_sleeves, n_symbols): the sleeve trades the symbol
+    sleeve_cfg: np.ndarray  # (n_sleeves, CFG_LEN): each sleeve's SimConfig vector
+    allocation: np.ndarray
+    limits: np.ndarray
+    params: tuple[np.ndarray, ...]
+    whole_units: bool
+    fill_close: bool
+    cash: float
+
+    @classmethod
+    def build(cls, config: PortfolioConfig) -> Layout:
+        symbols = config.symbols
+        member = np.zeros((len(config.sleeves), len(symbols)), dtype=np.bool_)
+        sleeve_cfg = np.zeros((len(config.sleeves), CFG_LEN))
+        for s, sleeve in enumerate(config.sleeves):
+            member[s, [symbols.index(x) for x in sleeve.symbols]] = True
+            sleeve_cfg[s] = sleeve.sim_config(config.sim).to_vector()
+        for array in (member, sleeve_cfg):
+            array.flags.writeable = False
+        return cls(
+            sleeves=config.sleeve_names,
+            symbols=symbols,
+            strategies=tuple(s.strategy_name for s in config.sleeves),
+            member=member,
+            sleeve_cfg=sleeve_cfg,
+            allocation=np.array([s.allocation for s in config.sleeves]),
+            limits=config.limits.to_vector(config.conflict),
+            params=tuple(s.strategy_object.vector(s.params) for s in config.sleeves),
+            whole_units=config.sim.whole_units,
+            fill_close=config.sim.fill == "close",
+            cash=config.sim.cash,
+        )
