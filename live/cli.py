@@ -9,6 +9,7 @@ import getpass
 import json
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,6 +48,61 @@ def _open_store(config_path: Path):
 
     config = load_config(config_path)
     return config, Store.open(config.store_url)
+
+
+@app.command()
+def run(
+    config: ConfigOpt,
+    max_bars: Annotated[
+        int | None, typer.Option(help="Stop after this many bars (default: the whole replay).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run the runner: standby until it holds the lease, then one cycle per closed bar."""
+    import logging
+
+    from live.config import load_config
+    from live.runner import Runner
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    cfg = load_config(config)
+    started = time.perf_counter()
+    summary = Runner(cfg, max_bars=max_bars).run()
+    elapsed = time.perf_counter() - started
+    info = {
+        "runner": cfg.name,
+        "bars": summary.bars,
+        "orders": summary.orders,
+        "trades": summary.trades,
+        "epochs": summary.epochs,
+        "ended": summary.ended,
+        "elapsed_s": round(elapsed, 3),
+        "bars_per_s": round(summary.bars / elapsed, 1) if elapsed > 0 else None,
+    }
+    if json_out:
+        typer.echo(json.dumps(info))
+    else:
+        typer.echo(
+            f"{cfg.name}: {summary.bars} bars, {summary.orders} orders, {summary.trades} trades "
+            f"in {elapsed:.1f} s ({info['bars_per_s']} bars/s); {summary.ended}"
+        )
+
+
+@app.command()
+def reconcile(config: ConfigOpt, json_out: JsonOpt = False) -> None:
+    """Compare the broker's positions and orders with the store; exit 1 on a mismatch."""
+    from live.reconcile import reconcile as check
+
+    cfg, store = _open_store(config)
+    with store:
+        report = check(cfg, store)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict()))
+    else:
+        for line in report.lines():
+            typer.echo(line)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -31,24 +31,27 @@ def test_python_example_runs(code, tmp_path, monkeypatch):
         assert result.metrics["trades"] > 0
 
 
-def _cli_examples() -> list[list[str]]:
+def _cli_examples(program: str = "quantshift") -> list[list[str]]:
     commands = []
     for lang, code in BLOCKS:
         if lang != "bash":
             continue
         for line in code.replace("\\\n", " ").splitlines():
             line = line.split("#")[0].strip()
-            if line.startswith("uv run quantshift"):
+            if line.startswith(f"uv run {program} "):
                 commands.append(shlex.split(line)[3:])
     return commands
 
 
-def test_cli_examples_parse():
-    group = get_command(app)
-    examples = _cli_examples()
-    assert len(examples) >= 8
+@pytest.mark.parametrize(("program", "at_least"), [("quantshift", 8), ("live", 5)])
+def test_cli_examples_parse(program, at_least):
+    from live.cli import app as live_app
+
+    group = get_command(app if program == "quantshift" else live_app)
+    examples = _cli_examples(program)
+    assert len(examples) >= at_least
     for args in examples:
-        ctx = group.make_context("quantshift", list(args), resilient_parsing=True)
+        ctx = group.make_context(program, list(args), resilient_parsing=True)
         name, sub, rest = group.resolve_command(ctx, args)
         assert sub is not None, args
         if hasattr(sub, "resolve_command"):

@@ -39,6 +39,50 @@ class Operations:
     _db: Database
     _schema_version: int
 
+    # ------------------------------------------------------------------ runner state
+    def save_runner_state(
+        self,
+        runner: str,
+        *,
+        bar_ts_ns: int,
+        epoch: int | None,
+        state: Mapping[str, Any],
+        pending: list[Mapping[str, Any]],
+    ) -> bool:
+        """Save where ``runner`` resumes: its decision state after the bar ``bar_ts_ns`` and the
+        orders waiting to fill. Fenced, and forward only: an older bar is ignored (False)."""
+        epoch = checks.epoch_of(epoch)
+        values = (
+            checks.text("runner", runner), checks.integer("bar_ts_ns", bar_ts_ns), epoch,
+            json.dumps(state, allow_nan=True), json.dumps(list(pending), allow_nan=True),
+            time.time_ns(),
+        )  # fmt: skip
+        with self._db.write(f"runner state {runner}", epoch) as tx:
+            return bool(
+                tx.run(
+                    "INSERT INTO runner_state (runner, bar_ts_ns, epoch, state, pending, "
+                    "ts_updated_ns) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (runner) DO UPDATE "
+                    "SET bar_ts_ns = excluded.bar_ts_ns, epoch = excluded.epoch, "
+                    "state = excluded.state, pending = excluded.pending, "
+                    "ts_updated_ns = excluded.ts_updated_ns "
+                    "WHERE runner_state.bar_ts_ns <= excluded.bar_ts_ns RETURNING runner",
+                    values,
+                )
+            )
+
+    def load_runner_state(self, runner: str) -> dict[str, Any] | None:
+        """Return ``{bar_ts_ns, epoch, state, pending}`` saved for ``runner``, or None."""
+        with self._db.read("read runner state") as tx:
+            row = tx.one("SELECT * FROM runner_state WHERE runner = ?", (runner,))
+        if row is None:
+            return None
+        return {
+            "bar_ts_ns": int(row["bar_ts_ns"]),
+            "epoch": int(row["epoch"]),
+            "state": json.loads(row["state"]),
+            "pending": json.loads(row["pending"]),
+        }
+
     # ------------------------------------------------------------------ halts
     def halt(
         self, reason: str, by: str, epoch: int | None = None, ts_ns: int | None = None

@@ -1,0 +1,37 @@
+"""Failpoints: named places in the cycle where a test can make the process die on purpose.
+
+``QUANTSHIFT_FAILPOINTS="after_intent=3,after_submit=1"`` kills the process with SIGKILL on the
+3rd pass through ``after_intent`` (and the 1st through ``after_submit``); unset, a failpoint
+costs one dictionary lookup. The failover tests use them to crash between intent and submit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "QUANTSHIFT_FAILPOINTS"
+NAMES = ("after_intent", "after_submit", "after_fill", "after_state")
+
+
+def _parse(text: str) -> dict[str, int]:
+    plan = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, count = item.partition("=")
+        if name not in NAMES or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"{ENV}: {item!r} is not NAME=N with NAME in {', '.join(NAMES)}")
+        plan[name] = int(count)
+    return plan
+
+
+_PLAN = _parse(os.environ.get(ENV, ""))
+_SEEN: dict[str, int] = {}
+
+
+def failpoint(name: str) -> None:
+    """Pass through failpoint ``name``; die here (SIGKILL) if the plan says so."""
+    if not _PLAN:
+        return
+    _SEEN[name] = _SEEN.get(name, 0) + 1
+    if _PLAN.get(name) == _SEEN[name]:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,487 @@
+"""The live runner: one cycle per closed bar, driving the shared decision layer with a broker.
+
+Per bar: fill the orders decided on the previous close, apply protective stops, decide on this
+close, guard, persist, export. Every write of a cycle is idempotent, so a standby that takes over
+redoes the unfinished bar and arrives at the same orders, fills and trades.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from live.config import LiveConfig
+from live.failpoints import failpoint
+from live.guards import OrderGuards
+from live.lease import NotLeaderError, open_lease
+from live.metrics import LiveMetrics
+from live.paper import VENUE, PaperVenue
+from live.store import Store, client_order_id
+from live.store.errors import StaleEpochError
+from quantshift.data import Bars, load_bars
+from quantshift.portfolio import (
+    PortfolioState,
+    TargetOrder,
+    check_stops,
+    compute_signals,
+    decide,
+    fill_orders,
+    flatten_orders,
+)
+
+log = logging.getLogger("quantshift.live")
+
+FLATTEN_MARK = "(flatten)"
+
+
+@dataclass
+class RunSummary:
+    """What a ``run`` did: bars processed, orders sent, trades closed, how it ended."""
+
+    bars: int = 0
+    orders: int = 0
+    trades: int = 0
+    epochs: list[int] = field(default_factory=list)
+    ended: str = ""
+
+
+class Runner:
+    """Drive the decision layer bar by bar against the paper broker on a replayed data set.
+
+    Parameters
+    ----------
+    config : LiveConfig
+    host : str, optional
+        This process's name in heartbeats (default ``hostname:pid``).
+    max_bars : int, optional
+        Stop after this many cycles (tests; None runs to the end of the replay).
+    """
+
+    def __init__(self, config: LiveConfig, *, host: str | None = None, max_bars=None) -> None:
+        self.config = config
+        self.host = host or f"{socket.gethostname()}:{_pid()}"
+        self.max_bars = max_bars
+        self.stop_event = threading.Event()
+        self._lost = threading.Event()
+
+    # ------------------------------------------------------------------ setup
+    def _open(self) -> None:
+        cfg = self.config
+        self.portfolio = cfg.portfolio
+        self.store = Store.open(cfg.store_url)
+        self.venue = PaperVenue(cfg.store_url)
+        self.lease = open_lease(
+            cfg.lease.redis_url,
+            cfg.lease.name,
+            **(
+                {}
+                if cfg.lease.redis_url is None
+                else {
+                    "ttl_ms": cfg.lease.ttl_ms,
+                    "renew_interval_ms": cfg.lease.renew_interval_ms,
+                    "deadline_ms": cfg.lease.deadline_ms,
+                }
+            ),
+        )
+        self.metrics = LiveMetrics(strategies=list(cfg.portfolio.sleeve_names))
+        self.server = (
+            self.metrics.serve(cfg.metrics.port, cfg.metrics.host) if cfg.metrics.enabled else None
+        )
+        self.guards = OrderGuards(cfg.guards)
+        bars = load_bars(
+            cfg.feed.source,
+            symbols=list(self.portfolio.symbols),
+            start=cfg.feed.start,
+            end=cfg.feed.end,
+        )
+        self.bars: Bars = bars
+        self.interval_ns = cfg.bar_interval_s * 1_000_000_000
+
+    def _close(self) -> None:
+        if getattr(self, "server", None) is not None:
+            self.server.close()
+        for name in ("lease", "venue", "store"):
+            part = getattr(self, name, None)
+            if part is not None:
+                part.close() if name != "lease" else part.release()
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> RunSummary:
+        """Run until the replay ends, ``max_bars`` cycles, or SIGTERM (the cycle in flight is
+        finished first; nothing of it is lost either way)."""
+        summary = RunSummary()
+        self._open()
+        previous = signal.getsignal(signal.SIGTERM)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        lock = self.store.single_runner_lock() if self.config.lease.redis_url is None else None
+        try:
+            if lock is not None:
+                lock.__enter__()
+            self._loop(summary)
+        finally:
+            if lock is not None:
+                lock.__exit__(None, None, None)
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, previous)
+            self._close()
+        return summary
+
+    def _loop(self, summary: RunSummary) -> None:
+        keep_alive = None
+        while not self.stop_event.is_set():
+            if keep_alive is None:
+                self._heartbeat("standby", None)
+                self.metrics.set_leader(False, 0)
+                term = self.lease.acquire(
+                    poll_interval_ms=250,
+                    stop=self.stop_event,
+                    above_epoch=self.store.fence_epoch(),
+                )
+                if term is None:
+                    break
+                self._lost.clear()
+                epoch = self.lease.epoch
+                if epoch:
+                    self.store.claim_epoch(epoch)
+                keep_alive = self.lease.keep_alive(on_lost=lambda _e: self._lost.set())
+                summary.epochs.append(epoch)
+                self.metrics.set_leader(True, epoch)
+                log.info("leader with epoch %s", epoch, extra={"epoch": epoch})
+                self._load()
+            t = self._next_bar()
+            if t is None:
+                summary.ended = "replay finished"
+                break
+            if self.max_bars is not None and summary.bars >= self.max_bars:
+                summary.ended = "max_bars"
+                break
+            try:
+                self._cycle(t, summary)
+            except (NotLeaderError, StaleEpochError) as exc:
+                log.warning("lost leadership: %s", exc)
+                keep_alive.stop()
+                keep_alive = None
+                continue
+            summary.bars += 1
+            if self._lost.is_set():
+                keep_alive.stop()
+                keep_alive = None
+            if self.config.feed.speed > 0:
+                self.stop_event.wait(1.0 / self.config.feed.speed)
+        if keep_alive is not None:
+            keep_alive.stop()
+        summary.ended = summary.ended or "stopped"
+
+    def _load(self) -> None:
+        """Load where the last leader left off: state after its last bar and pending orders."""
+        saved = self.store.load_runner_state(self.config.name)
+        if saved is None:
+            self.state = PortfolioState.initial(self.portfolio)
+            self.pending: list[tuple[TargetOrder, int | None]] = []
+            self.last_ts_ns = None
+        else:
+            self.state = PortfolioState.from_dict(saved["state"], self.portfolio)
+            self.pending = [(_order(p["order"]), p["halt_exempt"]) for p in saved["pending"]]
+            self.last_ts_ns = saved["bar_ts_ns"]
+
+    def _next_bar(self) -> int | None:
+        ts = self.bars.ts_ns
+        t = 0 if self.last_ts_ns is None else int(np.searchsorted(ts, self.last_ts_ns, "right"))
+        return t if t < ts.shape[0] else None
+
+    # ------------------------------------------------------------------ one cycle
+    def _cycle(self, t: int, summary: RunSummary) -> None:
+        cfg, bars, portfolio = self.config, self.bars, self.portfolio
+        epoch = self.lease.assert_leader()
+        ts = int(bars.ts_ns[t])
+        with self.metrics.cycle():
+            state = self.state
+            halt = self.store.active_halt()
+            if halt is None and state.halted:
+                state = state.resumed()  # a person cleared the HALT with `live resume`
+            # 1. Orders decided on the previous close fill at this open (shared fill model).
+            # Orders accepted in the cycle whose own guard or breaker wrote the active HALT were
+            # already in flight; a HALT a person wrote since cancels whatever has not filled.
+            due = [
+                order for order, exempt in self.pending if halt is None or halt.halt_id == exempt
+            ]
+            filled = fill_orders(state, due, bars.open[t], ts, portfolio, bar=t)
+            for fill in filled.fills:
+                self._execute(fill.order, fill.units, fill.price, fill.fees, ts, epoch, halt)
+                summary.orders += 1
+            summary.trades += self._record_trades(filled.trades, epoch)
+            exempt = {id(o): e for o, e in self.pending}
+            state = filled.state
+            pending = [(o, exempt.get(id(o))) for o in filled.pending]
+            # 2. Protective stops on this bar's range.
+            stopped = check_stops(state, bars.open[t], bars.high[t], bars.low[t], ts, portfolio, t)
+            for trade in stopped.trades:
+                order = _stop_order(trade, ts)
+                # A protective stop rests at the venue: it fills even during a HALT.
+                self._execute(
+                    order, trade.units, trade.exit_price, trade.exit_fees, ts, epoch, halt, True
+                )
+                summary.orders += 1
+            summary.trades += self._record_trades(stopped.trades, epoch)
+            state = stopped.state
+            # 3. Decide on this close, from signals on the history so far.
+            history = compute_signals(portfolio, self._window(t))
+            decision = decide(state, history.at(-1), portfolio)
+            state = decision.state
+            for order in decision.orders:
+                self.metrics.record_signal(order.sleeve)
+            own_halt = None
+            if decision.halted_now:
+                own_halt = self.store.halt(
+                    decision.halt_reason, by=f"runner {self.host}", epoch=epoch
+                ).halt_id
+            halt = self.store.active_halt()
+            if halt is not None and halt.halt_id != own_halt:
+                orders = (
+                    list(flatten_orders(state, ts, portfolio))
+                    if halt.reason.endswith(FLATTEN_MARK) and state.positions()
+                    else []
+                )
+                if orders:
+                    own_halt = halt.halt_id  # flatten orders go out despite the HALT
+                self.metrics.set_halt(True, "manual")
+            else:
+                orders = list(decision.orders)
+                self.metrics.set_halt(False)
+            # 4. Guards: a tripped guard blocks the order and halts.
+            verdict = self.guards.check(
+                [_Guarded.of(o) for o in orders],
+                last_close=_last_close(bars, t),
+                positions=_net_units(state),
+                now_ns=ts + self.interval_ns // 2,
+                bar_interval_ns=self.interval_ns,
+            )
+            for blocked in verdict.blocked:
+                self.metrics.record_order(blocked.order.strategy, "blocked_by_guard")
+            if verdict.halt_reason is not None:
+                tripped = self.store.halt(
+                    verdict.halt_reason, by=f"runner {self.host}", epoch=epoch
+                )
+                own_halt = own_halt if own_halt is not None else tripped.halt_id
+                self.metrics.set_halt(True, verdict.blocked[0].guard)
+            accepted = [g.order for g in verdict.accepted]
+            if cfg.portfolio.sim.fill == "close":
+                active = self.store.active_halt()
+                done = fill_orders(state, accepted, bars.close[t], ts, portfolio, bar=t)
+                for fill in done.fills:
+                    self._execute(fill.order, fill.units, fill.price, fill.fees, ts, epoch, active)
+                    summary.orders += 1
+                summary.trades += self._record_trades(done.trades, epoch)
+                state, accepted = done.state, list(done.pending)
+            pending.extend((order, own_halt) for order in accepted)
+            # 5. Persist: positions, equity, where to resume; then tell the world.
+            self._record_book(state, ts, epoch)
+            self.lease.assert_leader()
+            self.store.save_runner_state(
+                cfg.name,
+                bar_ts_ns=ts,
+                epoch=epoch,
+                state=state.to_dict(),
+                pending=[{"order": o.to_dict(), "halt_exempt": e} for o, e in pending],
+            )
+            failpoint("after_state")
+            self.state, self.pending, self.last_ts_ns = state, pending, ts
+            self._heartbeat("leader", epoch)
+            self.metrics.set_portfolio(
+                state.equity_usd, state.equity_usd - state.day_start_equity, len(state.positions())
+            )
+
+    def _window(self, t: int) -> Bars:
+        """The bars the signals see: the whole replay so far (a live venue would keep a window
+        of ``warmup_bars``; recursive indicators depend on where it starts)."""
+        warmup = self.config.warmup_bars
+        lo = 0 if warmup is None else max(0, t + 1 - warmup)
+        return self.bars[lo : t + 1]
+
+    def _execute(
+        self, order, units, price, fee, ts_fill_ns, epoch, halt=None, protective=False
+    ) -> None:
+        """Intent first (committed), then the venue, then the fill: each step idempotent.
+
+        Called only for orders allowed to go out: during a HALT those are the ones already in
+        flight when it was written, flatten orders and protective stops."""
+        cid = order_id(order)
+        self.lease.assert_leader()
+        intent = self.store.record_intent(
+            strategy=order.sleeve,
+            symbol=order.symbol,
+            side=order.side,
+            qty=units,
+            bar_ts_ns=order.ts_ns,
+            venue=VENUE,
+            epoch=epoch,
+            client_order_id=cid,
+            details={"action": order.action, "reason": order.reason},
+        )
+        failpoint("after_intent")
+        if intent.state == "NEW":
+            self.store.transition(
+                cid,
+                "SUBMITTING",
+                epoch=epoch,
+                expected_state="NEW",
+                during_halt=halt is not None or protective,
+            )
+        self.lease.assert_leader()
+        executed = self.venue.submit(
+            client_order_id=cid,
+            symbol=order.symbol,
+            side=order.side,
+            qty=units,
+            price=price,
+            fee=fee,
+            ts_fill_ns=ts_fill_ns,
+        )
+        failpoint("after_submit")
+        self.store.record_fill(
+            venue=VENUE,
+            fill_id=cid,
+            client_order_id=cid,
+            qty=executed.qty,
+            price=executed.price,
+            fee=executed.fee,
+            ts_fill_ns=executed.ts_fill_ns,
+            epoch=epoch,
+        )
+        failpoint("after_fill")
+        self.metrics.record_order(order.sleeve, "filled")
+
+    def _record_trades(self, trades, epoch) -> int:
+        for trade in trades:
+            self.store.record_trade(
+                trade_id=trade_id(trade),
+                strategy=trade.sleeve,
+                symbol=trade.symbol,
+                direction=trade.direction,
+                qty=trade.units,
+                entry_ts_ns=trade.entry_ts_ns,
+                exit_ts_ns=trade.exit_ts_ns,
+                entry_price=trade.entry_price,
+                exit_price=trade.exit_price,
+                pnl=trade.pnl,
+                epoch=epoch,
+                fees=trade.entry_fees + trade.exit_fees,
+                exit_reason=trade.exit_reason,
+            )
+        return len(trades)
+
+    def _record_book(self, state: PortfolioState, ts: int, epoch: int) -> None:
+        now = {(p.sleeve, p.symbol): p for p in state.positions()}
+        before = {(p.sleeve, p.symbol): p for p in self.state.positions()}
+        for key in before.keys() - now.keys():
+            self.store.upsert_position(
+                strategy=key[0], symbol=key[1], qty=0.0, avg_price=None, ts_ns=ts, epoch=epoch
+            )
+        for key, p in now.items():
+            if key not in before or before[key].to_dict() != p.to_dict():
+                self.store.upsert_position(
+                    strategy=p.sleeve,
+                    symbol=p.symbol,
+                    qty=p.units,
+                    avg_price=p.entry_price,
+                    ts_ns=ts,
+                    epoch=epoch,
+                    details=p.to_dict(),
+                )
+        self.store.record_equity(ts_ns=ts, equity=state.equity_usd, epoch=epoch)
+
+    def _heartbeat(self, role: str, epoch: int | None) -> None:
+        self.store.heartbeat(self.host, role, epoch, time.time_ns())
+        self.metrics.heartbeat()
+
+
+@dataclass(frozen=True)
+class _Guarded:
+    """The fields of a decision's order that the guards read."""
+
+    order: TargetOrder
+    strategy: str
+    symbol: str
+    side: str
+    units: float
+    price: float
+    ts_ns: int
+    is_entry: bool
+
+    @classmethod
+    def of(cls, order: TargetOrder) -> _Guarded:
+        return cls(
+            order=order,
+            strategy=order.sleeve,
+            symbol=order.symbol,
+            side=order.side,
+            units=order.units,
+            price=order.reference_price,
+            ts_ns=order.ts_ns,
+            is_entry=order.action == "entry",
+        )
+
+
+def order_id(order: TargetOrder) -> str:
+    """The client order id of a decision: (sleeve and action, symbol, bar time, side)."""
+    return client_order_id(f"{order.sleeve}/{order.action}", order.symbol, order.ts_ns, order.side)
+
+
+def trade_id(trade) -> str:
+    """A closed trade's id: sleeve, symbol, entry and exit time (the same after a redo)."""
+    key = f"{trade.sleeve}|{trade.symbol}|{trade.entry_ts_ns}|{trade.exit_ts_ns}"
+    return "t" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _stop_order(trade, ts_ns: int) -> TargetOrder:
+    """The exit a protective stop made, as an order (the venue's stop order that filled)."""
+    return TargetOrder(
+        sleeve=trade.sleeve,
+        strategy=trade.strategy,
+        symbol=trade.symbol,
+        action="exit",
+        side="sell" if trade.direction == "long" else "buy",
+        units=trade.units,
+        reason=trade.exit_reason,
+        ts_ns=ts_ns,
+        reference_price=trade.exit_price,
+    )
+
+
+def _order(data: dict[str, Any]) -> TargetOrder:
+    values = {k: (math.nan if v is None and k.endswith("distance") else v) for k, v in data.items()}
+    if values.get("max_units") is None:
+        values["max_units"] = math.inf
+    return TargetOrder(**values)
+
+
+def _last_close(bars: Bars, t: int) -> dict[str, float]:
+    out = {}
+    for k, symbol in enumerate(bars.symbols):
+        column = bars.close[: t + 1, k]
+        valid = column[~np.isnan(column)]
+        out[symbol] = float(valid[-1]) if valid.size else math.nan
+    return out
+
+
+def _net_units(state: PortfolioState) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for p in state.positions():
+        out[p.symbol] = out.get(p.symbol, 0.0) + p.units
+    return out
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()

@@ -1,0 +1,177 @@
+"""The live runner on the paper broker: the trades of the portfolio backtest, exactly; idempotent
+resumption; guards and halts that bound the damage."""
+
+from __future__ import annotations
+
+import copy
+import math
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import live.runner as runner_module
+from live.config import parse_config
+from live.paper import PaperVenue
+from live.reconcile import reconcile
+from live.runner import Runner
+from live.store import Store
+from live.store.errors import RunnerLockedError
+from quantshift.data import load_bars
+from quantshift.portfolio import portfolio_backtest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "live" / "examples" / "paper_sp500.toml"
+RAW = tomllib.loads(EXAMPLE.read_text())
+
+
+def _config(tmp_path, **changes):
+    raw = copy.deepcopy(RAW)
+    raw["store"]["url"] = f"sqlite:///{tmp_path}/state.db"
+    raw["metrics"]["enabled"] = False
+    raw["feed"].update(start="2015-01-01", end="2017-01-01")
+    for section, values in changes.items():
+        raw.setdefault(section, {}).update(values)
+    return parse_config(raw, source="test.toml")
+
+
+def _store_trades(config):
+    with Store.open(config.store_url) as store:
+        return sorted(
+            (t.strategy, t.symbol, t.direction, t.entry_ts_ns, t.exit_ts_ns, t.entry_price,
+             t.exit_price, t.qty, t.pnl, t.exit_reason)
+            for t in store.trades()
+        )  # fmt: skip
+
+
+def _backtest_trades(config):
+    bars = load_bars(
+        config.feed.source,
+        symbols=list(config.portfolio.symbols),
+        start=config.feed.start,
+        end=config.feed.end,
+    )
+    result = portfolio_backtest(config.portfolio, bars)
+    closed = result.trades[result.trades["exit_reason"] != "open"]
+    return sorted(
+        (r.sleeve, r.symbol, r.direction, r.entry_time.value, r.exit_time.value, r.entry_price,
+         r.exit_price, r.units, r.pnl, r.exit_reason)
+        for r in closed.itertuples()
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory):
+    config = _config(tmp_path_factory.mktemp("parity"))
+    summary = Runner(config).run()
+    return config, summary
+
+
+def test_parity_replay_equals_the_portfolio_backtest_trade_for_trade(replayed):
+    config, summary = replayed
+    assert summary.ended == "replay finished" and summary.bars > 400
+    live_trades = _store_trades(config)
+    assert len(live_trades) >= 10
+    assert live_trades == _backtest_trades(config)  # exact floats: the same fill model
+
+
+def test_every_order_reached_the_venue_once_and_the_books_agree(replayed):
+    config, summary = replayed
+    venue = PaperVenue(config.store_url)
+    orders = venue.orders()
+    venue.close()
+    assert len(orders) == summary.orders and all(o.submits == 1 for o in orders)
+    with Store.open(config.store_url) as store:
+        assert reconcile(config, store).ok
+        assert all(i.state == "FILLED" for i in store.intents())
+        assert store.status().leader.epoch == 0
+
+
+def test_a_second_run_resumes_and_redoes_nothing(tmp_path):
+    config = _config(tmp_path)
+    first = Runner(config, max_bars=200).run()
+    assert first.ended == "max_bars" and first.bars == 200
+    second = Runner(config).run()
+    assert second.ended == "replay finished" and second.bars > 200
+    assert _store_trades(config) == _backtest_trades(config)
+    venue = PaperVenue(config.store_url)
+    assert all(o.submits == 1 for o in venue.orders())
+    venue.close()
+
+
+def test_a_second_runner_on_the_same_store_is_refused(tmp_path):
+    config = _config(tmp_path)
+    with Store.open(config.store_url) as store, store.single_runner_lock():
+        with pytest.raises(RunnerLockedError):
+            Runner(config, max_bars=1).run()
+
+
+def test_a_strategy_repeating_an_order_500_times_ends_with_one_order_and_a_halt(
+    tmp_path, monkeypatch
+):
+    real_decide = runner_module.decide
+
+    def buggy(state, signals, config):
+        decision = real_decide(state, signals, config)
+        entries = [o for o in decision.orders if o.action == "entry"]
+        if not entries:
+            return decision
+        import dataclasses
+
+        return dataclasses.replace(decision, orders=tuple(entries[:1] * 500))
+
+    monkeypatch.setattr(runner_module, "decide", buggy)
+    config = _config(tmp_path)
+    summary = Runner(config, max_bars=300).run()
+    venue = PaperVenue(config.store_url)
+    orders = venue.orders()
+    venue.close()
+    assert all(o.submits == 1 for o in orders)
+    with Store.open(config.store_url) as store:
+        halt = store.active_halt()
+        assert halt is not None and halt.reason.startswith("guard orders_per_decision")
+        actions = [(i.details["action"], i.details["reason"]) for i in store.intents()]
+    # One entry went out; the only other order is that position's protective stop, which
+    # keeps working during a HALT.
+    assert actions[0] == ("entry", "entry")
+    assert all(reason.endswith("stop") for _, reason in actions[1:]) and len(actions) <= 2
+    assert len(orders) == len(actions)
+    assert summary.bars == 300
+
+
+def test_halt_stops_new_orders_and_flatten_closes_positions(tmp_path):
+    config = _config(tmp_path)
+    Runner(config, max_bars=200).run()
+    for _ in range(30):  # run on until positions are open
+        with Store.open(config.store_url) as store:
+            if len([p for p in store.positions() if p.qty != 0]) >= 2:
+                break
+        Runner(config, max_bars=5).run()
+
+    def entries(store):
+        return [i for i in store.intents() if i.details["action"] == "entry"]
+
+    with Store.open(config.store_url) as store:
+        assert [p for p in store.positions() if p.qty != 0], "the scenario needs positions"
+        n_entries = len(entries(store))
+        store.halt("test", by="pytest")
+    Runner(config, max_bars=50).run()
+    with Store.open(config.store_url) as store:
+        assert len(entries(store)) == n_entries  # no new entry while halted
+        store.resume(by="pytest")
+        store.halt("test (flatten)", by="pytest")
+    Runner(config, max_bars=3).run()
+    with Store.open(config.store_url) as store:
+        assert not [p for p in store.positions() if p.qty != 0]
+        assert any(i.details["reason"] == "flatten" for i in store.intents())
+        assert reconcile(config, store).ok
+
+
+def test_replay_speed_paces_the_cycles(tmp_path):
+    config = _config(tmp_path, feed={"speed": 20.0})
+    import time
+
+    started = time.perf_counter()
+    Runner(config, max_bars=10).run()
+    assert time.perf_counter() - started >= 9 / 20.0
+    assert not math.isnan(np.float64(1.0))
