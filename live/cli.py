@@ -59,12 +59,11 @@ def run(
     json_out: JsonOpt = False,
 ) -> None:
     """Run the runner: standby until it holds the lease, then one cycle per closed bar."""
-    import logging
-
     from live.config import load_config
+    from live.logs import configure
     from live.runner import Runner
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    configure()
     cfg = load_config(config)
     started = time.perf_counter()
     summary = Runner(cfg, max_bars=max_bars).run()

@@ -156,7 +156,7 @@ class Runner:
                 keep_alive = self.lease.keep_alive(on_lost=lambda _e: self._lost.set())
                 summary.epochs.append(epoch)
                 self.metrics.set_leader(True, epoch)
-                log.info("leader with epoch %s", epoch, extra={"epoch": epoch})
+                log.info("leader with epoch %s", epoch, extra={"epoch": epoch, "host": self.host})
                 self._load()
             t = self._next_bar()
             if t is None:
@@ -168,7 +168,7 @@ class Runner:
             try:
                 self._cycle(t, summary)
             except (NotLeaderError, StaleEpochError) as exc:
-                log.warning("lost leadership: %s", exc)
+                log.warning("lost leadership: %s", exc, extra={"host": self.host})
                 keep_alive.stop()
                 keep_alive = None
                 continue
@@ -269,6 +269,7 @@ class Runner:
             for blocked in verdict.blocked:
                 self.metrics.record_order(blocked.order.strategy, "blocked_by_guard")
             if verdict.halt_reason is not None:
+                log.error("HALT: %s", verdict.halt_reason, extra={"cycle": ts, "epoch": epoch})
                 tripped = self.store.halt(
                     verdict.halt_reason, by=f"runner {self.host}", epoch=epoch
                 )
@@ -360,6 +361,22 @@ class Runner:
         )
         failpoint("after_fill")
         self.metrics.record_order(order.sleeve, "filled")
+        log.info(
+            "%s %s %s %.6g @ %.6g (%s)",
+            order.action,
+            order.side,
+            order.symbol,
+            executed.qty,
+            executed.price,
+            order.reason,
+            extra={
+                "cycle": ts_fill_ns,
+                "epoch": epoch,
+                "client_order_id": cid,
+                "sleeve": order.sleeve,
+                "symbol": order.symbol,
+            },
+        )
 
     def _record_trades(self, trades, epoch) -> int:
         for trade in trades:

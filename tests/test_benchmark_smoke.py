@@ -55,3 +55,18 @@ def test_research_benchmark_quick_run(tmp_path):
     report = json.loads(target.read_text())
     assert set(report) == {"quick", "optuna", "walk_forward", "monte_carlo"}
     assert report["walk_forward"]["folds"] == 2 and report["monte_carlo"]["reshuffle_s"] > 0
+
+
+@pytest.mark.slow
+def test_live_benchmark_quick_run(tmp_path):
+    target = tmp_path / "live.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_live.py"), "--quick", "--json", target],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(target.read_text())
+    assert report["latency"]["p50_ms"] > 0 and report["replay"]["bars"] == 100

@@ -1,0 +1,154 @@
+"""Live benchmarks: decision latency per cycle (bar in -> orders out) and replay speed.
+
+Latency: 100 symbols x 3 strategies, signals on the warm-up window + the decision + the order
+guards, per bar, against the issue's 20 ms goal. Replay: `live run` on the paper broker with
+the SQLite store, against the portfolio backtest of the same configuration in the same run.
+Run ``uv run python benchmarks/bench_live.py`` (``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+GOAL_MS = 20.0
+
+
+def bench_decision_latency(n_symbols: int = 100, cycles: int = 200) -> dict[str, Any]:
+    """Per-bar latency of signals (warm-up window) + decide + guards for n_symbols x 3 sleeves."""
+    import quantshift as qs
+    from live.guards import GuardLimits, OrderGuards
+    from live.runner import _Guarded
+    from quantshift.portfolio import (
+        PortfolioConfig,
+        PortfolioState,
+        RiskLimits,
+        Sleeve,
+        compute_signals,
+        decide,
+    )
+
+    bars = qs.load_bars(f"synthetic:symbols={n_symbols},bars={cycles + 400},seed=11")
+    symbols = list(bars.symbols)
+    config = PortfolioConfig(
+        sleeves=(
+            Sleeve(strategy="ma_crossover", symbols=symbols, allocation=0.33),
+            Sleeve(strategy="rsi_reversion", symbols=symbols, allocation=0.33, stop_atr=3.0),
+            Sleeve(strategy="breakout_momentum", symbols=symbols, allocation=0.34),
+        ),
+        limits=RiskLimits(max_position_pct=100.0),
+    )
+    window = max(config.warmup_bars() + 1, 300)
+    guards = OrderGuards(GuardLimits(max_orders_per_minute=None, price_collar_pct=None))
+    state = PortfolioState.initial(config)
+    last_close = dict.fromkeys(symbols, 1.0)
+    compute_signals(config, bars[:window])  # compile / load kernels
+    times, n_orders = [], 0
+    for t in range(window, window + cycles):
+        started = time.perf_counter()
+        signals = compute_signals(config, bars[t + 1 - window : t + 1]).at(-1)
+        decision = decide(state, signals, config)
+        for k, s in enumerate(symbols):
+            last_close[s] = float(signals.close[k])
+        verdict = guards.check(
+            [_Guarded.of(o) for o in decision.orders],
+            last_close=last_close,
+            positions={},
+            now_ns=signals.ts_ns,
+            bar_interval_ns=86_400 * 10**9,
+        )
+        times.append(time.perf_counter() - started)
+        n_orders += len(verdict.accepted)
+        state = decision.state
+    ms = np.array(times) * 1e3
+    out = {
+        "symbols": n_symbols,
+        "sleeves": 3,
+        "window_bars": window,
+        "cycles": cycles,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "orders": n_orders,
+    }
+    print(
+        f"decision latency, {n_symbols} symbols x 3 strategies, window {window} bars: "
+        f"p50 {out['p50_ms']:.2f} ms, p99 {out['p99_ms']:.2f} ms over {cycles} cycles "
+        f"(goal {GOAL_MS:g} ms: p50 is {GOAL_MS / out['p50_ms']:.1f}x under it)"
+    )
+    return out
+
+
+def bench_replay(repeat: int = 3, max_bars: int | None = None) -> dict[str, Any]:
+    """`live run` on the shipped example (paper broker, SQLite store) vs the portfolio backtest."""
+    from live.config import parse_config
+    from live.runner import Runner
+    from quantshift.data import load_bars
+    from quantshift.portfolio import portfolio_backtest
+
+    raw = tomllib.loads((ROOT / "live" / "examples" / "paper_sp500.toml").read_text())
+    rates, bars_done = [], 0
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            run_raw = copy.deepcopy(raw)
+            run_raw["store"]["url"] = f"sqlite:///{tmp}/state.db"
+            run_raw["metrics"]["enabled"] = False
+            config = parse_config(run_raw, source="bench")
+            started = time.perf_counter()
+            summary = Runner(config, max_bars=max_bars).run()
+            rates.append(summary.bars / (time.perf_counter() - started))
+            bars_done = summary.bars
+    bars = load_bars(
+        config.feed.source, symbols=list(config.portfolio.symbols), start=config.feed.start
+    )
+    portfolio_backtest(config.portfolio, bars)
+    peer = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        portfolio_backtest(config.portfolio, bars)
+        peer.append(bars.n_bars / (time.perf_counter() - started))
+    ours, theirs = statistics.median(rates), statistics.median(peer)
+    print(
+        f"replay of {bars_done} bars (3 sleeves x 2 symbols), paper broker + SQLite store: "
+        f"{ours:,.0f} bars/s (runs {', '.join(f'{r:,.0f}' for r in rates)}); the portfolio "
+        f"backtest of the same config: {theirs:,.0f} bars/s ({theirs / ours:,.0f}x: the "
+        "runner's cost is its durable writes, several commits per bar)"
+    )
+    return {"bars": bars_done, "bars_per_s": ours, "backtest_bars_per_s": theirs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer cycles and bars")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write results as JSON")
+    args = parser.parse_args(argv)
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores at start\n")
+    report: dict[str, Any] = {"quick": args.quick}
+    if args.quick:
+        report["latency"] = bench_decision_latency(n_symbols=20, cycles=30)
+        report["replay"] = bench_replay(repeat=1, max_bars=100)
+    else:
+        report["latency"] = bench_decision_latency()
+        report["replay"] = bench_replay()
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Runner logs are JSON lines with cycle, epoch and client order id, and never hold a secret."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from live.logs import JsonFormatter, configure, mask
+
+
+def test_json_lines_carry_the_runner_fields_and_mask_passwords():
+    stream = io.StringIO()
+    configure(stream=stream)
+    log = logging.getLogger("quantshift.live")
+    log.info(
+        "store postgresql://quant:hunter2@db/live ready",
+        extra={"cycle": 5, "epoch": 3, "client_order_id": "qsabc"},
+    )
+    record = json.loads(stream.getvalue().strip())
+    assert record["level"] == "info" and record["epoch"] == 3 and record["cycle"] == 5
+    assert record["client_order_id"] == "qsabc"
+    assert "hunter2" not in stream.getvalue() and "quant:***@db" in record["message"]
+
+
+def test_mask_leaves_urls_without_passwords_alone():
+    assert mask("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert mask("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert isinstance(JsonFormatter(), logging.Formatter)
