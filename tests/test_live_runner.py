@@ -175,3 +175,36 @@ def test_replay_speed_paces_the_cycles(tmp_path):
     Runner(config, max_bars=10).run()
     assert time.perf_counter() - started >= 9 / 20.0
     assert not math.isnan(np.float64(1.0))
+
+
+def test_sigterm_finishes_the_cycle_and_a_restart_completes_the_replay(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = _config(tmp_path, feed={"speed": 50.0})
+    text = EXAMPLE.read_text()
+    for old, new in (
+        ('url = "sqlite:///data/live/paper-sp500.db"', f'url = "{config.store_url}"'),
+        ("enabled = true", "enabled = false"),
+        ('start = "2015-01-01"', 'start = "2015-01-01"\nend = "2017-01-01"'),
+        ("speed = 0 ", "speed = 50 "),
+    ):
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "live.toml"
+    path.write_text(text)
+    command = [sys.executable, "-c", "from live.cli import main; main()", "run", "-c", str(path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4.0)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err[-2000:]
+    assert "stopped" in out
+    with Store.open(config.store_url) as store:
+        saved = store.load_runner_state(config.name)
+        assert saved is not None and reconcile(config, store).ok
+    fast = _config(tmp_path)
+    assert Runner(fast).run().ended == "replay finished"
+    assert _store_trades(fast) == _backtest_trades(fast)
