@@ -105,6 +105,13 @@ class Runner:
         )
         self.bars: Bars = bars
         self.interval_ns = cfg.bar_interval_s * 1_000_000_000
+        # Daily equity bars trade ~252 days a year; intraday and crypto bars every interval.
+        seconds_per_year = 252 * 86_400 if cfg.market == "equities" else 365 * 86_400
+        self._periods_per_year = (
+            252.0
+            if cfg.bar_interval_s >= 86_400 and cfg.market == "equities"
+            else seconds_per_year / cfg.bar_interval_s
+        )
 
     def _close(self) -> None:
         if getattr(self, "server", None) is not None:
@@ -379,6 +386,7 @@ class Runner:
         )
 
     def _record_trades(self, trades, epoch) -> int:
+        """Record closed trades and refresh the performance of the sleeves they belong to."""
         for trade in trades:
             self.store.record_trade(
                 trade_id=trade_id(trade),
@@ -395,6 +403,8 @@ class Runner:
                 fees=trade.entry_fees + trade.exit_fees,
                 exit_reason=trade.exit_reason,
             )
+        for sleeve in dict.fromkeys(t.sleeve for t in trades):
+            self.store.update_performance(sleeve, periods_per_year=self._periods_per_year)
         return len(trades)
 
     def _record_book(self, state: PortfolioState, ts: int, epoch: int) -> None:
@@ -415,7 +425,11 @@ class Runner:
                     epoch=epoch,
                     details=p.to_dict(),
                 )
-        self.store.record_equity(ts_ns=ts, equity=state.equity_usd, epoch=epoch)
+        cash = state.sleeve_cash()
+        snapshots = {"*": (state.equity_usd, None, None, None)}
+        for sleeve, equity in state.sleeve_equity().items():
+            snapshots[sleeve] = (equity, cash[sleeve], None, None)
+        self.store.record_equities(ts_ns=ts, epoch=epoch, snapshots=snapshots)
 
     def _heartbeat(self, role: str, epoch: int | None) -> None:
         self.store.heartbeat(self.host, role, epoch, time.time_ns())

@@ -498,22 +498,42 @@ class Store(Operations):
     ) -> None:
         """Record the equity of a strategy (default: the portfolio, ``"*"``) at a bar; the
         same (strategy, ts_ns) again replaces the snapshot."""
+        self.record_equities(
+            ts_ns=ts_ns,
+            epoch=epoch,
+            snapshots={strategy: (equity, cash, realized_pnl, unrealized_pnl)},
+        )
+
+    def record_equities(
+        self,
+        *,
+        ts_ns: int,
+        epoch: int | None,
+        snapshots: Mapping[str, tuple[float, float | None, float | None, float | None]],
+    ) -> None:
+        """Record several strategies' equity at one bar in one transaction (one commit per
+        bar instead of one per strategy): ``{strategy: (equity, cash, realized_pnl,
+        unrealized_pnl)}``, the last three optional (None)."""
         epoch = checks.epoch_of(epoch)
-        values = (
-            checks.text("strategy", strategy), checks.integer("ts_ns", ts_ns),
-            checks.finite("equity", equity), checks.finite("cash", cash, optional=True),
-            checks.finite("realized_pnl", realized_pnl, optional=True),
-            checks.finite("unrealized_pnl", unrealized_pnl, optional=True), epoch,
-        )  # fmt: skip
-        with self._db.write(f"equity snapshot {strategy}", epoch) as tx:
-            tx.run(
-                "INSERT INTO equity_snapshots (strategy, ts_ns, equity, cash, realized_pnl, "
-                "unrealized_pnl, epoch) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (strategy, ts_ns) "
-                "DO UPDATE SET equity = excluded.equity, cash = excluded.cash, realized_pnl = "
-                "excluded.realized_pnl, unrealized_pnl = excluded.unrealized_pnl, "
-                "epoch = excluded.epoch",
-                values,
-            )
+        ts_ns = checks.integer("ts_ns", ts_ns)
+        rows = []
+        for strategy, (equity, cash, realized, unrealized) in snapshots.items():
+            rows.append((
+                checks.text("strategy", strategy), ts_ns, checks.finite("equity", equity),
+                checks.finite("cash", cash, optional=True),
+                checks.finite("realized_pnl", realized, optional=True),
+                checks.finite("unrealized_pnl", unrealized, optional=True), epoch,
+            ))  # fmt: skip
+        with self._db.write(f"equity snapshots at {ts_ns}", epoch) as tx:
+            for values in rows:
+                tx.run(
+                    "INSERT INTO equity_snapshots (strategy, ts_ns, equity, cash, realized_pnl, "
+                    "unrealized_pnl, epoch) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+                    "(strategy, ts_ns) DO UPDATE SET equity = excluded.equity, cash = "
+                    "excluded.cash, realized_pnl = excluded.realized_pnl, unrealized_pnl = "
+                    "excluded.unrealized_pnl, epoch = excluded.epoch",
+                    values,
+                )
 
     def equity_curve(self, strategy: str = PORTFOLIO) -> list[EquitySnapshot]:
         """Return a strategy's (default: the portfolio's) equity snapshots in time order."""

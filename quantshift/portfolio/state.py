@@ -197,6 +197,13 @@ class PortfolioState:
     def sleeve_cash(self) -> dict[str, float]:
         return dict(zip(self.sleeves, self.cash.tolist(), strict=True))
 
+    def sleeve_equity(self) -> dict[str, float]:
+        """Each sleeve's equity: its cash plus its positions at the last closes."""
+        units = self.slots[:, :, S_POSITION]
+        held = units != 0.0
+        value = np.where(held, units * np.where(held, self.marks, 0.0), 0.0).sum(axis=1)
+        return dict(zip(self.sleeves, (self.cash + value).tolist(), strict=True))
+
     def positions(self) -> list[Position]:
         """Return the open positions, in sleeve then symbol order."""
         out = []
