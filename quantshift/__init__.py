@@ -20,6 +20,10 @@ _EXPORTS = {
     "sweep": "quantshift.engine",
     "sweep_equity": "quantshift.engine",
     "code_fingerprint": "quantshift.provenance",
+    "PortfolioConfig": "quantshift.portfolio",
+    "RiskLimits": "quantshift.portfolio",
+    "Sleeve": "quantshift.portfolio",
+    "portfolio_backtest": "quantshift.portfolio",
     "ConfigError": "quantshift.errors",
     "DataError": "quantshift.errors",
     "QuantShiftError": "quantshift.errors",
@@ -39,8 +43,11 @@ __all__ = [
     "Constraint",
     "DataError",
     "Param",
+    "PortfolioConfig",
     "QuantShiftError",
+    "RiskLimits",
     "SimConfig",
+    "Sleeve",
     "Strategy",
     "UnknownNameError",
     "__version__",
@@ -49,6 +56,7 @@ __all__ = [
     "get_strategy",
     "list_strategies",
     "load_bars",
+    "portfolio_backtest",
     "sweep",
     "sweep_equity",
 ]
@@ -78,5 +86,6 @@ if TYPE_CHECKING:
         sweep_equity,
     )
     from quantshift.errors import ConfigError, DataError, QuantShiftError, UnknownNameError
+    from quantshift.portfolio import PortfolioConfig, RiskLimits, Sleeve, portfolio_backtest
     from quantshift.provenance import code_fingerprint
     from quantshift.strategies import Constraint, Param, Strategy, get_strategy, list_strategies
