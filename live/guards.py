@@ -129,6 +129,7 @@ class OrderGuards:
     """
 
     limits: GuardLimits = field(default_factory=GuardLimits)
+    clock: Any = None  # a live.clock.MarketClock: staleness in traded intervals, not wall time
     _sent_ns: deque = field(default_factory=deque, init=False, repr=False)
 
     def check(
@@ -221,7 +222,11 @@ class OrderGuards:
                     f"{anchor:g} (collar {limits.price_collar_pct:g}%)",
                 )
         if order.is_entry and limits.stale_after_intervals:
-            age = (now_ns - int(order.ts_ns)) / interval_ns
+            age = (
+                self.clock.intervals_between(int(order.ts_ns), now_ns)
+                if self.clock is not None
+                else (now_ns - int(order.ts_ns)) / interval_ns
+            )
             if age > limits.stale_after_intervals:
                 return (
                     "stale_data",

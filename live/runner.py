@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from live.clock import MarketClock
 from live.config import LiveConfig
 from live.failpoints import failpoint
 from live.guards import OrderGuards
@@ -96,7 +97,7 @@ class Runner:
         self.server = (
             self.metrics.serve(cfg.metrics.port, cfg.metrics.host) if cfg.metrics.enabled else None
         )
-        self.guards = OrderGuards(cfg.guards)
+        self.guards = OrderGuards(cfg.guards, clock=MarketClock(cfg.market, cfg.bar_interval_s))
         bars = load_bars(
             cfg.feed.source,
             symbols=list(self.portfolio.symbols),
