@@ -27,7 +27,7 @@ from live.lease import NotLeaderError, open_lease
 from live.metrics import LiveMetrics
 from live.paper import VENUE, PaperVenue
 from live.store import Store, client_order_id
-from live.store.errors import StaleEpochError
+from live.store.errors import StaleEpochError, StoreUnavailableError
 from quantshift.data import Bars, load_bars
 from quantshift.portfolio import (
     PortfolioState,
@@ -42,6 +42,7 @@ from quantshift.portfolio import (
 log = logging.getLogger("quantshift.live")
 
 FLATTEN_MARK = "(flatten)"
+STORE_RETRY_S = 1.0  # pause before standing by again after losing the lease or the store
 
 
 @dataclass
@@ -147,38 +148,29 @@ class Runner:
     def _loop(self, summary: RunSummary) -> None:
         keep_alive = None
         while not self.stop_event.is_set():
-            if keep_alive is None:
-                self._heartbeat("standby", None)
-                self.metrics.set_leader(False, 0)
-                term = self.lease.acquire(
-                    poll_interval_ms=250,
-                    stop=self.stop_event,
-                    above_epoch=self.store.fence_epoch(),
-                )
-                if term is None:
-                    break
-                self._lost.clear()
-                epoch = self.lease.epoch
-                if epoch:
-                    self.store.claim_epoch(epoch)
-                keep_alive = self.lease.keep_alive(on_lost=lambda _e: self._lost.set())
-                summary.epochs.append(epoch)
-                self.metrics.set_leader(True, epoch)
-                log.info("leader with epoch %s", epoch, extra={"epoch": epoch, "host": self.host})
-                self._load()
-            t = self._next_bar()
-            if t is None:
-                summary.ended = "replay finished"
-                break
-            if self.max_bars is not None and summary.bars >= self.max_bars:
-                summary.ended = "max_bars"
-                break
             try:
+                if keep_alive is None:
+                    keep_alive = self._become_leader(summary)
+                    if keep_alive is None:
+                        continue  # still standby (or stopping): wait again
+                t = self._next_bar()
+                if t is None:
+                    summary.ended = "replay finished"
+                    break
+                if self.max_bars is not None and summary.bars >= self.max_bars:
+                    summary.ended = "max_bars"
+                    break
                 self._cycle(t, summary)
-            except (NotLeaderError, StaleEpochError) as exc:
-                log.warning("lost leadership: %s", exc, extra={"host": self.host})
-                keep_alive.stop()
-                keep_alive = None
+            except (NotLeaderError, StaleEpochError, StoreUnavailableError) as exc:
+                # Lost the lease, fenced out, or the store went away mid-cycle: whatever the
+                # cycle wrote is idempotent, so stand by and let the next leader (maybe us,
+                # once the store is back) redo the bar.
+                log.warning("standing by: %s", exc, extra={"host": self.host})
+                if keep_alive is not None:
+                    keep_alive.stop()
+                    keep_alive = None
+                    self.lease.release()
+                self.stop_event.wait(STORE_RETRY_S)
                 continue
             summary.bars += 1
             if self._lost.is_set():
@@ -189,6 +181,32 @@ class Runner:
         if keep_alive is not None:
             keep_alive.stop()
         summary.ended = summary.ended or "stopped"
+
+    def _become_leader(self, summary: RunSummary):
+        """Wait (a second at a time) for the lease; on winning it, fence the store with the new
+        epoch and load the state the last leader saved. Return the keep-alive, or None."""
+        self._heartbeat("standby", None)
+        self.metrics.set_leader(False, 0)
+        # The floor is re-read every second: if Redis lost its epoch counter while we waited,
+        # a new term must still start above everything the store has seen.
+        term = self.lease.acquire(
+            poll_interval_ms=250,
+            timeout_s=1.0,
+            stop=self.stop_event,
+            above_epoch=self.store.fence_epoch(),
+        )
+        if term is None:
+            return None
+        self._lost.clear()
+        epoch = self.lease.epoch
+        if epoch:
+            self.store.claim_epoch(epoch)
+        keep_alive = self.lease.keep_alive(on_lost=lambda _e: self._lost.set())
+        summary.epochs.append(epoch)
+        self.metrics.set_leader(True, epoch)
+        log.info("leader with epoch %s", epoch, extra={"epoch": epoch, "host": self.host})
+        self._load()
+        return keep_alive
 
     def _load(self) -> None:
         """Load where the last leader left off: state after its last bar and pending orders."""
