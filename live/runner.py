@@ -183,15 +183,15 @@ class Runner:
         summary.ended = summary.ended or "stopped"
 
     def _become_leader(self, summary: RunSummary):
-        """Wait (a second at a time) for the lease; on winning it, fence the store with the new
-        epoch and load the state the last leader saved. Return the keep-alive, or None."""
+        """Poll once for the lease; on winning it, fence the store with the new epoch and load
+        the state the last leader saved. Return the keep-alive, or None (still standby)."""
         self._heartbeat("standby", None)
         self.metrics.set_leader(False, 0)
-        # The floor is re-read every second: if Redis lost its epoch counter while we waited,
+        # The floor is re-read at every poll: if Redis lost its epoch counter while we waited,
         # a new term must still start above everything the store has seen.
         term = self.lease.acquire(
             poll_interval_ms=250,
-            timeout_s=1.0,
+            timeout_s=0.25,
             stop=self.stop_event,
             above_epoch=self.store.fence_epoch(),
         )
@@ -199,13 +199,22 @@ class Runner:
             return None
         self._lost.clear()
         epoch = self.lease.epoch
-        if epoch:
-            self.store.claim_epoch(epoch)
-        keep_alive = self.lease.keep_alive(on_lost=lambda _e: self._lost.set())
+        keep_alive = None
+        try:
+            if epoch:
+                self.store.claim_epoch(epoch)
+            keep_alive = self.lease.keep_alive(on_lost=lambda _e: self._lost.set())
+            self._load()
+        except BaseException:
+            # Never keep a term we cannot use: a held lease would be renewed by our next
+            # acquire and no other runner could ever lead.
+            if keep_alive is not None:
+                keep_alive.stop()
+            self.lease.release()
+            raise
         summary.epochs.append(epoch)
         self.metrics.set_leader(True, epoch)
         log.info("leader with epoch %s", epoch, extra={"epoch": epoch, "host": self.host})
-        self._load()
         return keep_alive
 
     def _load(self) -> None:
