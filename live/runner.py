@@ -296,7 +296,8 @@ class Runner:
             # 4. Guards: a tripped guard blocks the order and halts.
             verdict = self.guards.check(
                 [_Guarded.of(o) for o in orders],
-                last_close=_last_close(bars, t),
+                # The decision marked each symbol at its last close (what the collar anchors to).
+                last_close=dict(zip(state.symbols, state.marks.tolist(), strict=True)),
                 positions=_net_units(state),
                 now_ns=ts + self.interval_ns // 2,
                 bar_interval_ns=self.interval_ns,
@@ -522,15 +523,6 @@ def _order(data: dict[str, Any]) -> TargetOrder:
     if values.get("max_units") is None:
         values["max_units"] = math.inf
     return TargetOrder(**values)
-
-
-def _last_close(bars: Bars, t: int) -> dict[str, float]:
-    out = {}
-    for k, symbol in enumerate(bars.symbols):
-        column = bars.close[: t + 1, k]
-        valid = column[~np.isnan(column)]
-        out[symbol] = float(valid[-1]) if valid.size else math.nan
-    return out
 
 
 def _net_units(state: PortfolioState) -> dict[str, float]:

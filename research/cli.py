@@ -53,56 +53,37 @@ def _run(command: str, spec_path: Path, seed, json_out, track, tracking_uri, out
     _print_summary(command, summary, report, tracker, written)
 
 
-@app.command()
-def optimize(
-    spec: SpecArg,
-    seed: SeedOpt = None,
-    json_out: JsonOpt = False,
-    track: TrackOpt = True,
-    tracking_uri: UriOpt = None,
-    out: OutOpt = None,
-) -> None:
-    """Search the parameters (grid or Optuna), then DSR, PBO and Monte Carlo of the winner."""
-    _run("optimize", spec, seed, json_out, track, tracking_uri, out)
+def _spec_command(command: str, help_text: str) -> None:
+    """Register ``research COMMAND SPEC``: the four spec commands share their options."""
+
+    def run_command(
+        spec: SpecArg,
+        seed: SeedOpt = None,
+        json_out: JsonOpt = False,
+        track: TrackOpt = True,
+        tracking_uri: UriOpt = None,
+        out: OutOpt = None,
+    ) -> None:
+        _run(command, spec, seed, json_out, track, tracking_uri, out)
+
+    app.command(command, help=help_text)(run_command)
 
 
-@app.command("walk-forward")
-def walk_forward(
-    spec: SpecArg,
-    seed: SeedOpt = None,
-    json_out: JsonOpt = False,
-    track: TrackOpt = True,
-    tracking_uri: UriOpt = None,
-    out: OutOpt = None,
-) -> None:
-    """Optimise in each training window, trade the choice out of sample, stitch the results."""
-    _run("walk-forward", spec, seed, json_out, track, tracking_uri, out)
-
-
-@app.command()
-def montecarlo(
-    spec: SpecArg,
-    seed: SeedOpt = None,
-    json_out: JsonOpt = False,
-    track: TrackOpt = True,
-    tracking_uri: UriOpt = None,
-    out: OutOpt = None,
-) -> None:
-    """Monte Carlo of the spec's fixed parameters: drawdown, CAGR and Sharpe distributions."""
-    _run("montecarlo", spec, seed, json_out, track, tracking_uri, out)
-
-
-@app.command()
-def report(
-    spec: SpecArg,
-    seed: SeedOpt = None,
-    json_out: JsonOpt = False,
-    track: TrackOpt = True,
-    tracking_uri: UriOpt = None,
-    out: OutOpt = None,
-) -> None:
-    """Everything the spec configures: search + DSR/PBO, walk-forward and Monte Carlo."""
-    _run("report", spec, seed, json_out, track, tracking_uri, out)
+_spec_command(
+    "optimize",
+    "Search the parameters (grid or Optuna), then DSR, PBO and Monte Carlo of the winner.",
+)
+_spec_command(
+    "walk-forward",
+    "Optimise in each training window, trade the choice out of sample, stitch the results.",
+)
+_spec_command(
+    "montecarlo",
+    "Monte Carlo of the spec's fixed parameters: drawdown, CAGR and Sharpe distributions.",
+)
+_spec_command(
+    "report", "Everything the spec configures: search + DSR/PBO, walk-forward and Monte Carlo."
+)
 
 
 @app.command()
@@ -121,9 +102,8 @@ def worker(
     worker to arrive.
     """
     from quantshift.errors import ConfigError
-    from research.optimize import optimize as run_optimize
     from research.spec import load_spec
-    from research.study import load_experiment_bars
+    from research.study import load_experiment_bars, optimize_spec
 
     loaded = load_spec(spec)
     search = loaded.search
@@ -132,18 +112,11 @@ def worker(
             f'{spec}: a worker needs [search] method = "optuna" and a shared storage '
             '(e.g. storage = "postgresql://user@dbhost/quantshift")'
         )
-    result = run_optimize(
-        loaded.strategy,
+    result = optimize_spec(
+        loaded,
         load_experiment_bars(loaded),
-        objectives=search.objectives,
-        sampler=search.sampler,
-        n_trials=trials or search.trials,
-        batch_size=batch_size or search.batch_size,
-        seed=loaded.seed,
-        storage=search.storage,
-        study_name=search.study_name or loaded.name,
-        search_space=dict(search.space),
-        config=loaded.costs,
+        n_trials=trials,
+        batch_size=batch_size,
         progress=not json_out,
     )
     summary = result.summary()

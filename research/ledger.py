@@ -434,11 +434,14 @@ class FoldEvaluation:
         self._ppy = np.full((k, n), np.nan)
         self._seconds = np.zeros(n)
 
-    def run(self, fold: int, rows: np.ndarray) -> np.ndarray:
-        """Evaluate sets ``rows`` on fold ``fold`` in ONE sweep; return their (rows, METRICS)."""
+    def run(self, fold: int, rows: np.ndarray, progress=False) -> np.ndarray:
+        """Evaluate sets ``rows`` on fold ``fold`` in ONE sweep; return their (rows, METRICS).
+        ``progress`` is passed to the sweep (a progress bar, or a callback)."""
         part = self.folds[fold]
         tick = time.perf_counter()
-        table = qs.sweep(self.strategy, part.bars, self.matrix[rows], config=self.config)
+        table = qs.sweep(
+            self.strategy, part.bars, self.matrix[rows], config=self.config, progress=progress
+        )
         self._seconds[rows] += (time.perf_counter() - tick) / rows.size
         raw = table[list(METRICS)].to_numpy(dtype=np.float64)
         raw = raw.reshape(rows.size, part.bars.n_symbols, len(METRICS))
@@ -459,6 +462,38 @@ class FoldEvaluation:
             "periods_per_year": mean_defined(self._ppy, axis=0),
             "seconds": self._seconds,
         }
+
+
+def record_grid(
+    ledger: TrialLedger,
+    strategy,
+    bars: Bars,
+    matrix: np.ndarray,
+    config: SimConfig,
+    *,
+    objective: str,
+    study: str,
+    stage: str,
+    progress=False,
+) -> np.ndarray:
+    """Evaluate every row of ``matrix`` on all of ``bars`` in one sweep and record each as a
+    trial (complete, or fail where ``objective`` is undefined); return the (rows, METRICS)
+    metrics, the mean over symbols as for Optuna trials."""
+    n = matrix.shape[0]
+    evaluation = FoldEvaluation(strategy, matrix, make_folds(bars, config, None), config)
+    metrics = evaluation.run(0, np.arange(n), progress=progress)
+    values = metrics[:, METRICS.index(objective)]
+    ok = np.isfinite(values)
+    ledger.record(
+        study=study,
+        stage=stage,
+        trials=np.arange(n),
+        states=np.where(ok, "complete", "fail"),
+        params=matrix,
+        values=np.where(ok, values, np.nan),
+        **evaluation.columns(),
+    )
+    return metrics
 
 
 def mean_defined(values: np.ndarray, axis: int) -> np.ndarray:

@@ -19,10 +19,10 @@ import pandas as pd
 from quantshift.data import Bars, load_bars
 from quantshift.engine.backtest import BacktestResult, backtest
 from quantshift.engine.metrics import METRICS
-from quantshift.engine.sweep import sweep, sweep_equity
+from quantshift.engine.sweep import sweep_equity
 from quantshift.errors import ConfigError
 from quantshift.provenance import code_fingerprint
-from research.ledger import TrialLedger, default_direction
+from research.ledger import TrialLedger, default_direction, record_grid
 from research.spec import ExperimentSpec, grid_values
 from research.stats import (
     deflated_sharpe_ratio,
@@ -162,23 +162,7 @@ def _optimize(spec, bars, report, run, progress) -> None:
     if search.method == "grid":
         best_params = _grid_search(spec, bars, ledger, progress)
     else:
-        from research.optimize import optimize
-
-        result = optimize(
-            strat,
-            bars,
-            objectives=search.objectives,
-            sampler=search.sampler,
-            n_trials=search.trials,
-            batch_size=search.batch_size,
-            seed=spec.seed,
-            storage=search.storage,
-            study_name=search.study_name or spec.name,
-            search_space=dict(search.space),
-            config=spec.costs,
-            progress=progress,
-            ledger=ledger,
-        )
+        result = optimize_spec(spec, bars, progress=progress, ledger=ledger)
         if search.storage is not None:
             from research.optimize import load_ledger
 
@@ -227,30 +211,43 @@ def _optimize(spec, bars, report, run, progress) -> None:
         _log_figures(run, report.figures)
 
 
+def optimize_spec(spec: ExperimentSpec, bars: Bars, *, n_trials=None, batch_size=None, **options):
+    """Run (or join) the spec's Optuna study on ``bars``; ``n_trials`` and ``batch_size``
+    override the spec's, ``options`` go to :func:`research.optimize.optimize`."""
+    from research.optimize import optimize
+
+    search = spec.search
+    return optimize(
+        spec.strategy,
+        bars,
+        objectives=search.objectives,
+        sampler=search.sampler,
+        n_trials=n_trials or search.trials,
+        batch_size=batch_size or search.batch_size,
+        seed=spec.seed,
+        storage=search.storage,
+        study_name=search.study_name or spec.name,
+        search_space=dict(search.space),
+        config=spec.costs,
+        **options,
+    )
+
+
 def _grid_search(spec, bars, ledger, progress):
     strat = spec.get_strategy()
     axes = {name: grid_values(entry) for name, entry in spec.search.space.items()}
     matrix = strat.grid(axes) if axes else strat.vector().reshape(1, -1)
-    started = time.perf_counter()
-    table = sweep(strat, bars, matrix, config=spec.costs, progress=progress)
-    seconds = (time.perf_counter() - started) / matrix.shape[0]
-    per_set = table.groupby(np.repeat(np.arange(matrix.shape[0]), bars.n_symbols))[
-        list(METRICS)
-    ].mean()
     objective = spec.search.objectives[0]
-    values = per_set[objective].to_numpy()
-    ok = np.isfinite(values)
-    ledger.record(
+    record_grid(
+        ledger,
+        strat,
+        bars,
+        matrix,
+        spec.costs,
+        objective=objective,
         study=spec.name,
         stage="optimize",
-        trials=np.arange(matrix.shape[0]),
-        states=np.where(ok, "complete", "fail"),
-        params=matrix,
-        metrics=per_set.to_numpy(),
-        n_bars=bars.n_bars,
-        periods_per_year=_ppy(bars, spec),
-        values=values,
-        seconds=seconds,
+        progress=progress,
     )
     return _best_by(ledger, objective, spec.search.min_trades)
 
@@ -484,14 +481,6 @@ def _ppy_of(result: BacktestResult) -> float:
     if result.config.periods_per_year is not None:
         return float(result.config.periods_per_year)
     return infer_periods_per_year(result.equity.index.asi8)
-
-
-def _ppy(bars: Bars, spec: ExperimentSpec) -> float:
-    from quantshift.engine.metrics import infer_periods_per_year
-
-    if spec.costs.periods_per_year is not None:
-        return float(spec.costs.periods_per_year)
-    return infer_periods_per_year(bars.ts_ns)
 
 
 def _curve_figure(result: BacktestResult, title: str):

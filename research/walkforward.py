@@ -19,10 +19,10 @@ from quantshift.data.bars import Bars
 from quantshift.engine.backtest import backtest, prepare
 from quantshift.engine.config import SimConfig
 from quantshift.engine.metrics import METRICS, equity_metrics, infer_periods_per_year
-from quantshift.engine.sweep import parameter_matrix, sweep
+from quantshift.engine.sweep import parameter_matrix
 from quantshift.errors import ConfigError
 from quantshift.strategies import Strategy
-from research.ledger import TrialLedger, default_direction
+from research.ledger import TrialLedger, default_direction, record_grid
 from research.montecarlo import trade_equity_returns
 from research.splitters import WalkForward
 
@@ -302,32 +302,14 @@ def parameter_stability(folds: pd.DataFrame, names) -> pd.DataFrame:
 
 def _select_grid(strat, train, matrix, cfg, objective, direction, min_trades, ledger, study, stage):
     """Evaluate every grid set in one sweep; record them; return the best selectable set."""
-    t0 = time.perf_counter()
-    table = sweep(strat, train, matrix, config=cfg)
-    seconds = (time.perf_counter() - t0) / matrix.shape[0]
-    per_set = table.groupby(np.repeat(np.arange(matrix.shape[0]), train.n_symbols))[
-        list(METRICS)
-    ].mean()
-    metrics = per_set.to_numpy()
-    ppy = _periods_per_year(train, cfg)
-    values = per_set[objective].to_numpy()
-    ok = np.isfinite(values)
-    ledger.record(
-        study=study,
-        stage=stage,
-        trials=np.arange(matrix.shape[0]),
-        states=np.where(ok, "complete", "fail"),
-        params=matrix,
-        metrics=metrics,
-        n_bars=train.n_bars,
-        periods_per_year=ppy,
-        values=np.where(ok, values, np.nan),
-        seconds=seconds,
+    metrics = record_grid(
+        ledger, strat, train, matrix, cfg, objective=objective, study=study, stage=stage
     )
-    selectable = ok & (per_set["trades"].to_numpy() >= min_trades)
+    values = metrics[:, METRICS.index(objective)]
+    selectable = np.isfinite(values) & (metrics[:, METRICS.index("trades")] >= min_trades)
     best = _best_index(values, selectable, direction, stage)
     chosen = dict(zip(strat.param_names, matrix[best].tolist(), strict=True))
-    return chosen, dict(per_set.iloc[best]), int(matrix.shape[0])
+    return chosen, dict(zip(METRICS, metrics[best].tolist(), strict=True)), int(matrix.shape[0])
 
 
 def _select_optuna(
@@ -398,12 +380,6 @@ def _stitch(segments: list[np.ndarray], initial: float) -> np.ndarray:
     """Chain each fold's returns (each fold starts from the initial capital) into one curve."""
     returns = [seg / np.concatenate(([initial], seg[:-1])) - 1.0 for seg in segments]
     return initial * np.cumprod(1.0 + np.concatenate(returns))
-
-
-def _periods_per_year(bars: Bars, cfg: SimConfig) -> float:
-    if cfg.periods_per_year is not None:
-        return float(cfg.periods_per_year)
-    return infer_periods_per_year(bars.ts_ns)
 
 
 def _ratio(numerator: float, denominator: float) -> float:

@@ -181,10 +181,7 @@ class PortfolioState:
     def equity_usd(self) -> float:
         """Portfolio equity with positions at the last closes (the decision's own figure is
         ``Decision.equity_usd``)."""
-        units = self.slots[:, :, S_POSITION]
-        held = units != 0.0
-        value = np.where(held, units * np.where(held, self.marks, 0.0), 0.0).sum(axis=1)
-        return float(self.book[B_RESERVE] + (self.cash + value).sum())
+        return float(self.book[B_RESERVE] + self._sleeve_equity().sum())
 
     @property
     def peak_equity(self) -> float:
@@ -199,10 +196,13 @@ class PortfolioState:
 
     def sleeve_equity(self) -> dict[str, float]:
         """Each sleeve's equity: its cash plus its positions at the last closes."""
+        return dict(zip(self.sleeves, self._sleeve_equity().tolist(), strict=True))
+
+    def _sleeve_equity(self) -> np.ndarray:
         units = self.slots[:, :, S_POSITION]
-        held = units != 0.0
+        held = units != 0.0  # a symbol never marked (NaN) holds nothing yet
         value = np.where(held, units * np.where(held, self.marks, 0.0), 0.0).sum(axis=1)
-        return dict(zip(self.sleeves, (self.cash + value).tolist(), strict=True))
+        return self.cash + value
 
     def positions(self) -> list[Position]:
         """Return the open positions, in sleeve then symbol order."""
