@@ -5,6 +5,7 @@ The CLI and notebooks call these functions; each returns a report whose summary 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -167,6 +168,8 @@ def _optimize(spec, bars, report, run, progress) -> None:
             from research.optimize import load_ledger
 
             ledger = load_ledger(search.storage, search.study_name or spec.name, wait_s=600.0)
+            # The history to plot is the whole study's, whichever worker evaluated it.
+            result = dataclasses.replace(result, ledger=ledger)
         best_params = _best_by(ledger, objective, search.min_trades)
         report.figures["optimization"] = result.plot()
         if result.pareto is not None:

@@ -103,3 +103,24 @@ def test_installed_console_script_lists_the_research_group():
         ["quantshift", "research", "ui", "--print"], capture_output=True, text=True, timeout=120
     )
     assert ui.returncode == 0 and "mlflow" in ui.stdout
+
+
+def test_regression_optimize_reports_a_study_its_workers_already_finished(spec, tmp_path):
+    """`research optimize` joining a shared study whose budget a worker already spent
+    evaluated nothing itself and failed plotting its own empty ledger."""
+    shared = spec.read_text().replace(
+        'method = "grid"', f'method = "optuna"\ntrials = 12\nstorage = "sqlite:///{tmp_path}/o.db"'
+    )
+    shared = shared.replace(
+        "fast = { low = 4, high = 12, step = 4 }", "fast = { low = 4, high = 12 }"
+    )
+    shared = shared.replace(
+        "slow = { low = 20, high = 50, step = 15 }", "slow = { low = 20, high = 50 }"
+    )
+    spec.write_text(shared)
+    code, out = invoke("research", "worker", str(spec), "--json")
+    assert code == 0, out
+    assert json.loads(out)["n_trials"] == 12
+    code, out = invoke("research", "optimize", str(spec), "--no-track", "--json")
+    assert code == 0, out
+    assert json.loads(out)["trials"] == 12
