@@ -100,6 +100,15 @@ def decide_nb(entry, exit_, position, direction):
 
 
 @njit
+def closing_reason_nb(act, position):
+    """Return why ``act`` closes the open ``position`` (signed units): REASON_SIGNAL for an
+    exit, REASON_REVERSE for an entry against it; -1 when it leaves the position open."""
+    if position != 0.0 and (act == ACT_EXIT or (act == ACT_LONG) == (position < 0.0)):
+        return REASON_SIGNAL if act == ACT_EXIT else REASON_REVERSE
+    return -1
+
+
+@njit
 def entry_fraction_nb(cfg, stats):
     """Return the equity fraction an entry commits under fraction or Kelly sizing."""
     if cfg[CFG_SIZING] == SIZING_KELLY and stats[ST_CLOSED] >= cfg[CFG_KELLY_MIN_TRADES]:
@@ -269,9 +278,8 @@ def _execute_nb(
     stats,
 ):
     """Fill a signal action at ``price``: close (or reverse) the position, then maybe enter."""
-    position = state[S_POSITION]
-    if position != 0.0 and (act == ACT_EXIT or (act == ACT_LONG) == (position < 0.0)):
-        reason = REASON_SIGNAL if act == ACT_EXIT else REASON_REVERSE
+    reason = closing_reason_nb(act, state[S_POSITION])
+    if reason >= 0:
         n_trades = exit_nb(state, price, bar, reason, cfg, trades_out, n_trades, stats)
     if act == ACT_EXIT or state[S_POSITION] != 0.0:
         return n_trades

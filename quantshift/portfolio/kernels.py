@@ -12,12 +12,9 @@ from numba import njit
 
 from quantshift.engine.config import CFG_DIRECTION, CFG_SLIPPAGE_RATE, CFG_USE_STOPS
 from quantshift.engine.simulate import (
-    ACT_EXIT,
     ACT_LONG,
     ACT_NONE,
     ACT_SHORT,
-    REASON_REVERSE,
-    REASON_SIGNAL,
     S_CASH,
     S_ENTRY_FEES,
     S_ENTRY_PRICE,
@@ -28,6 +25,7 @@ from quantshift.engine.simulate import (
     TR_EXIT_PRICE,
     TR_UNITS,
     check_levels_nb,
+    closing_reason_nb,
     enter_nb,
     exit_nb,
     stop_level_nb,
@@ -302,8 +300,7 @@ def _signal_actions_nb(close, entries, exits, member, sleeve_cfg, slots):
             if act == ACT_NONE:
                 continue
             # An exit, or an entry against the position, closes it first.
-            if units != 0.0 and (act == ACT_EXIT or (act == ACT_LONG) == (units < 0.0)):
-                exit_reason[s, k] = REASON_SIGNAL if act == ACT_EXIT else REASON_REVERSE
+            exit_reason[s, k] = closing_reason_nb(act, units)
             if act == ACT_LONG:
                 enter_side[s, k] = 1.0
             elif act == ACT_SHORT:
