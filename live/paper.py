@@ -8,8 +8,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from live.broker import (
+    Account,
+    Broker,
+    BrokerFill,
+    BrokerOrder,
+    BrokerRejectedError,
+    OrderRequest,
+    OrderStatus,
+)
 from live.store.db import Database, parse_url
 from live.store.migrate import migrate
 
@@ -104,4 +114,114 @@ def _order(row) -> VenueOrder:
         fee=float(row["fee"]),
         ts_fill_ns=int(row["ts_fill_ns"]),
         submits=int(row["submits"]),
+    )
+
+
+class PaperBroker(Broker):
+    """The paper venue behind the broker contract: market orders fill at once at ``quote`` of
+    the symbol (moved by ``slippage_rate`` against the order) with a ``fee_rate`` commission.
+
+    The runner's replay prices each fill with the shared fill model and calls the venue
+    directly; this adapter is how the paper venue passes the same contract suite as Alpaca
+    and Coinbase, and how a wall-clock paper runner would be driven.
+    """
+
+    venue = VENUE
+    capabilities = frozenset({"market"})
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        quote: Callable[[str], float],
+        cash: float,
+        fee_rate: float = 0.0,
+        slippage_rate: float = 0.0,
+    ) -> None:
+        self._venue = PaperVenue(url)
+        self._quote = quote
+        self._cash = float(cash)
+        self._fee_rate = float(fee_rate)
+        self._slippage_rate = float(slippage_rate)
+
+    def close(self) -> None:
+        self._venue.close()
+
+    def connect(self) -> Account:
+        return self.account()
+
+    def account(self) -> Account:
+        cash = self._cash
+        for o in self._venue.orders():
+            cash -= (o.qty if o.side == "buy" else -o.qty) * o.price + o.fee
+        value = sum(units * self._quote(s) for s, units in self.positions().items())
+        return Account(cash=cash, equity=cash + value, buying_power=max(cash, 0.0))
+
+    def positions(self) -> dict[str, float]:
+        return {s: u for s, u in self._venue.positions().items() if abs(u) > 1e-12}
+
+    def submit(self, request: OrderRequest) -> BrokerOrder:
+        if request.order_type != "market" or request.take_profit_price or request.stop_loss_price:
+            raise BrokerRejectedError(
+                VENUE, f"order {request.client_order_id}: only market orders are supported"
+            )
+        known = self._venue.order(request.client_order_id)
+        if known is not None:
+            return _broker_order(known)
+        price = float(self._quote(request.symbol))
+        if not (math.isfinite(price) and price > 0):
+            raise BrokerRejectedError(VENUE, f"no price for {request.symbol!r}")
+        sign = 1.0 if request.side == "buy" else -1.0
+        fill_price = price * (1.0 + sign * self._slippage_rate)
+        executed = self._venue.submit(
+            client_order_id=request.client_order_id,
+            symbol=request.symbol,
+            side=request.side,
+            qty=float(request.qty),
+            price=fill_price,
+            fee=float(request.qty) * fill_price * self._fee_rate,
+            ts_fill_ns=time.time_ns(),
+        )
+        return _broker_order(executed)
+
+    def order(self, client_order_id: str) -> BrokerOrder | None:
+        found = self._venue.order(client_order_id)
+        return None if found is None else _broker_order(found)
+
+    def cancel(self, client_order_id: str) -> BrokerOrder | None:
+        return self.order(client_order_id)  # market orders are final the moment they exist
+
+    def open_orders(self) -> list[BrokerOrder]:
+        return []
+
+    def fills(self, since_ns: int = 0) -> list[BrokerFill]:
+        return [
+            BrokerFill(
+                fill_id=o.client_order_id,
+                client_order_id=o.client_order_id,
+                symbol=o.symbol,
+                side=o.side,
+                qty=o.qty,
+                price=o.price,
+                fee=o.fee,
+                ts_fill_ns=o.ts_fill_ns,
+            )
+            for o in self._venue.orders()
+            if o.ts_fill_ns >= since_ns
+        ]
+
+
+def _broker_order(order: VenueOrder) -> BrokerOrder:
+    return BrokerOrder(
+        client_order_id=order.client_order_id,
+        venue_order_id=order.client_order_id,
+        symbol=order.symbol,
+        side=order.side,
+        qty=order.qty,
+        order_type="market",
+        status=OrderStatus.FILLED,
+        filled_qty=order.qty,
+        avg_fill_price=order.price,
+        fees=order.fee,
+        ts_updated_ns=order.ts_fill_ns,
     )

@@ -1,0 +1,216 @@
+"""The broker contract every venue adapter implements (paper, Alpaca, Coinbase Advanced).
+
+Domain objects only cross it: order requests keyed by our deterministic client order id, the
+venue's orders and fills normalised to one vocabulary, and errors that say what the runner does
+next (stop at start, resolve by lookup, back off, or record a rejection).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from quantshift.errors import QuantShiftError
+
+SIDES = ("buy", "sell")
+ORDER_TYPES = ("market", "limit", "stop")
+TIME_IN_FORCE = ("day", "gtc", "ioc")
+
+
+class OrderStatus:
+    """Normalised order status (the venues' own names are mapped in each ``parse`` module)."""
+
+    OPEN = "open"
+    """Accepted by the venue, nothing filled yet."""
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    """Cancelled or expired with ``filled_qty`` possibly above zero."""
+    REJECTED = "rejected"
+
+    FINAL: ClassVar[frozenset[str]] = frozenset({FILLED, CANCELLED, REJECTED})
+    ALL: ClassVar[tuple[str, ...]] = (OPEN, PARTIALLY_FILLED, FILLED, CANCELLED, REJECTED)
+
+
+# ----------------------------------------------------------------------------- errors
+class BrokerError(QuantShiftError):
+    """A venue call failed; the subclass says what the caller does next."""
+
+    def __init__(self, venue: str, message: str) -> None:
+        super().__init__(f"{venue}: {message}")
+        self.venue = venue
+
+
+class BrokerAuthError(BrokerError):
+    """401/403: wrong, missing or unauthorised keys. Fail fast at start, never retry."""
+
+
+class BrokerRejectedError(BrokerError):
+    """The venue answered definitely that it will not take the order (the intent is REJECTED)."""
+
+
+class BrokerAmbiguousError(BrokerError):
+    """No definite answer (timeout, connection reset, 5xx): the order may or may not exist. The
+    intent goes to UNKNOWN and is resolved by looking it up by client order id, never by
+    sending it again."""
+
+
+class BrokerRateLimitedError(BrokerError):
+    """429 and the backoff the venue asked for ran out of attempts."""
+
+    def __init__(self, venue: str, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(venue, message)
+        self.retry_after_s = retry_after_s
+
+
+class BrokerUnavailableError(BrokerError):
+    """A read failed for a reason that is neither auth nor rate limit (network, 5xx)."""
+
+
+# ----------------------------------------------------------------------------- domain objects
+@dataclass(frozen=True, kw_only=True)
+class Account:
+    """Cash and equity in the account currency (USD for both venues here)."""
+
+    cash: float
+    equity: float
+    buying_power: float
+    currency: str = "USD"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrderRequest:
+    """One order to send. ``client_order_id`` is never empty (Coinbase's SDK silently replaces
+    an empty id with a random one, which would break idempotency).
+
+    Bracket legs (``take_profit_price``, ``stop_loss_price``) go with a market or limit entry
+    where the venue supports them (``Broker.capabilities`` has ``"bracket"``).
+    """
+
+    client_order_id: str
+    symbol: str
+    side: str
+    qty: float
+    order_type: str = "market"
+    limit_price: float | None = None
+    stop_price: float | None = None
+    take_profit_price: float | None = None
+    stop_loss_price: float | None = None
+    time_in_force: str = "day"
+
+    def __post_init__(self) -> None:
+        where = f"order {self.client_order_id!r}"
+        if not isinstance(self.client_order_id, str) or not self.client_order_id.strip():
+            raise ValueError("order request: client_order_id must be a non-empty string")
+        if not isinstance(self.symbol, str) or not self.symbol:
+            raise ValueError(f"{where}: symbol must be a non-empty string")
+        if self.side not in SIDES:
+            raise ValueError(f"{where}: side must be one of {SIDES}, got {self.side!r}")
+        if self.order_type not in ORDER_TYPES:
+            raise ValueError(f"{where}: order_type must be one of {ORDER_TYPES}")
+        if self.time_in_force not in TIME_IN_FORCE:
+            raise ValueError(f"{where}: time_in_force must be one of {TIME_IN_FORCE}")
+        if not (isinstance(self.qty, int | float) and math.isfinite(self.qty) and self.qty > 0):
+            raise ValueError(f"{where}: qty must be a positive finite number, got {self.qty!r}")
+        needs = {"limit": "limit_price", "stop": "stop_price"}.get(self.order_type)
+        if needs is not None and getattr(self, needs) is None:
+            raise ValueError(f"{where}: a {self.order_type} order needs {needs}")
+        for name in ("limit_price", "stop_price", "take_profit_price", "stop_loss_price"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{where}: {name} must be a positive price, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerOrder:
+    """An order as the venue reports it, in our vocabulary."""
+
+    client_order_id: str
+    venue_order_id: str
+    symbol: str
+    side: str
+    qty: float
+    order_type: str
+    status: str
+    filled_qty: float = 0.0
+    avg_fill_price: float | None = None
+    fees: float = 0.0
+    ts_updated_ns: int = 0
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in OrderStatus.FINAL
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerFill:
+    """One execution. ``fill_id`` is the venue's id, unique per execution, so a fill seen twice
+    (a replayed stream event, a backfill after reconnect) is recorded once."""
+
+    fill_id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    qty: float
+    price: float
+    fee: float
+    ts_fill_ns: int
+
+
+# ----------------------------------------------------------------------------- the contract
+class Broker(ABC):
+    """A venue. Implementations are thin: SDK calls in a client, JSON shapes in a ``parse``
+    module, and errors mapped to the ``Broker*Error`` classes above.
+
+    Every method that sends something is idempotent by client order id: ``submit`` of an id
+    the venue already has returns that order (Alpaca's 422 "client_order_id must be unique" is
+    an adoption, not a rejection).
+    """
+
+    venue: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]] = frozenset({"market"})
+    """Order kinds supported: ``market``, ``limit``, ``stop``, ``bracket``, ``stream``."""
+
+    @abstractmethod
+    def connect(self) -> Account:
+        """Check the keys and the mode (paper vs live) against the venue; return the account.
+        Raise ``BrokerAuthError`` on 401/403 and ``ConfigError`` on a mode mismatch."""
+
+    @abstractmethod
+    def account(self) -> Account: ...
+
+    @abstractmethod
+    def positions(self) -> dict[str, float]:
+        """Net units per symbol (signed; crypto balances count as long positions)."""
+
+    @abstractmethod
+    def submit(self, request: OrderRequest) -> BrokerOrder:
+        """Send ``request``; an id the venue already knows returns the existing order."""
+
+    @abstractmethod
+    def order(self, client_order_id: str) -> BrokerOrder | None:
+        """Look an order up by client order id; None if the venue never received it."""
+
+    @abstractmethod
+    def cancel(self, client_order_id: str) -> BrokerOrder | None:
+        """Cancel what is left of an order; return it as it ends (None if unknown). Cancelling
+        a final order is not an error: its final state is returned."""
+
+    @abstractmethod
+    def open_orders(self) -> list[BrokerOrder]: ...
+
+    @abstractmethod
+    def fills(self, since_ns: int = 0) -> list[BrokerFill]:
+        """Executions at or after ``since_ns``, oldest first (the backfill after a reconnect)."""
+
+    def stream_fills(self, on_fill: Callable[[BrokerFill], None]) -> Callable[[], None]:
+        """Call ``on_fill`` for each execution as the venue pushes it, until the returned stop
+        function is called; reconnects and backfills with ``fills`` after silence. Venues
+        without a stream (``"stream"`` not in capabilities) are polled by the caller."""
+        raise NotImplementedError(f"{self.venue}: no fill stream; poll fills() instead")
+
+    def close(self) -> None:  # noqa: B027 - optional hook; most adapters hold nothing to close
+        """Release connections."""

@@ -1,0 +1,88 @@
+"""Secrets for venue adapters: read from an environment variable or a secrets file, held in a
+wrapper that never prints its value (repr, str, logs, exceptions, MLflow all see a mask).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from pathlib import Path
+
+from quantshift.errors import ConfigError
+
+
+class Secret:
+    """A secret value; ``reveal()`` is the only way to read it."""
+
+    __slots__ = ("_source", "_value")
+
+    def __init__(self, value: str, source: str) -> None:
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"secret from {source} is empty")
+        self._value = value.strip()
+        self._source = source
+
+    def reveal(self) -> str:
+        return self._value
+
+    @property
+    def source(self) -> str:
+        """Where it came from (an environment variable or file name), safe to print."""
+        return self._source
+
+    def __repr__(self) -> str:
+        return f"Secret(from {self._source}, ****)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self):
+        raise TypeError("a Secret cannot be pickled")
+
+
+def load_secret(
+    name: str,
+    *,
+    env: str | None = None,
+    secrets_file: str | os.PathLike | None = None,
+    where: str = "broker",
+) -> Secret:
+    """Return secret ``name`` from the environment variable ``env`` or, failing that, from key
+    ``name`` of the TOML ``secrets_file``.
+
+    Raises
+    ------
+    ConfigError
+        Naming the variable and the file that were tried (never a value), or a secrets file that
+        other users can read.
+    """
+    if env and os.environ.get(env, "").strip():
+        return Secret(os.environ[env], f"${env}")
+    tried = [f"environment variable {env}"] if env else []
+    if secrets_file is not None:
+        path = Path(secrets_file).expanduser()
+        tried.append(f"key {name!r} of {path}")
+        if path.exists():
+            if os.name == "posix" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ConfigError(
+                    f"{where}: secrets file {path} is readable by other users; "
+                    f"run `chmod 600 {path}`"
+                )
+            try:
+                data = tomllib.loads(path.read_text())
+            except tomllib.TOMLDecodeError as exc:
+                # The parser's message quotes the line, which may hold a secret: keep position.
+                raise ConfigError(
+                    f"{where}: secrets file {path} is not valid TOML (line {exc.lineno})"
+                ) from None
+            value = data.get(name)
+            if isinstance(value, str) and value.strip():
+                return Secret(value, f"{path}:{name}")
+    tried_text = " and ".join(tried) or "nothing"
+    raise ConfigError(f"{where}: secret {name!r} not found; tried {tried_text}")

@@ -1,0 +1,150 @@
+"""The broker contract suite: every venue adapter (paper, Alpaca, Coinbase) runs these tests.
+
+A test module subclasses ``BrokerContract`` and provides a ``harness`` fixture (a
+``VenueHarness``): the adapter wired to its venue (a local fake server for the real SDKs) and a
+way to set the market price the venue fills at.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from live.broker import Broker, BrokerAuthError, BrokerOrder, OrderRequest, OrderStatus
+
+
+@dataclass
+class VenueHarness:
+    """What the contract suite needs from a venue under test."""
+
+    broker: Broker
+    symbol: str
+    qty: float
+    set_price: Callable[[str, float], None]
+    bad_keys_broker: Callable[[], Broker] | None = None
+    """Build the adapter with wrong keys (None for a venue without keys, like paper)."""
+    secret: str | None = None
+    """A secret the adapter was given; it must never appear in an error message."""
+
+
+def wait_final(broker: Broker, client_order_id: str, timeout_s: float = 5.0) -> BrokerOrder:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        order = broker.order(client_order_id)
+        if order is not None and order.is_final:
+            return order
+        if time.monotonic() > deadline:
+            raise AssertionError(f"order {client_order_id} not final after {timeout_s}s: {order}")
+        time.sleep(0.02)
+
+
+class BrokerContract:
+    """The behaviour the runner relies on, asserted against one venue."""
+
+    def _cid(self, name: str) -> str:
+        return f"qs{name}{time.time_ns()}"
+
+    def test_connect_returns_the_account(self, harness: VenueHarness) -> None:
+        account = harness.broker.connect()
+        assert account.cash > 0 and account.equity > 0 and account.currency == "USD"
+
+    def test_market_buy_fills_and_is_found_by_client_order_id(self, harness) -> None:
+        broker, symbol = harness.broker, harness.symbol
+        harness.set_price(symbol, 100.0)
+        before = broker.positions().get(symbol, 0.0)
+        cid = self._cid("buy")
+        broker.submit(OrderRequest(client_order_id=cid, symbol=symbol, side="buy", qty=harness.qty))
+        done = wait_final(broker, cid)
+        assert done.status == OrderStatus.FILLED
+        assert done.client_order_id == cid and done.symbol == symbol and done.side == "buy"
+        assert done.filled_qty == pytest.approx(harness.qty)
+        assert done.avg_fill_price == pytest.approx(100.0, rel=0.01)
+        assert broker.positions().get(symbol, 0.0) == pytest.approx(before + harness.qty)
+
+    def test_resubmitting_a_client_order_id_adopts_the_first_order(self, harness) -> None:
+        broker, symbol = harness.broker, harness.symbol
+        harness.set_price(symbol, 50.0)
+        before = broker.positions().get(symbol, 0.0)
+        request = OrderRequest(
+            client_order_id=self._cid("dup"), symbol=symbol, side="buy", qty=harness.qty
+        )
+        first = broker.submit(request)
+        wait_final(broker, request.client_order_id)
+        again = broker.submit(request)
+        assert again.venue_order_id == first.venue_order_id
+        assert broker.positions().get(symbol, 0.0) == pytest.approx(before + harness.qty)
+
+    def test_an_unknown_client_order_id_is_none(self, harness) -> None:
+        assert harness.broker.order(self._cid("never")) is None
+
+    def test_fills_report_each_execution_once(self, harness) -> None:
+        broker, symbol = harness.broker, harness.symbol
+        harness.set_price(symbol, 20.0)
+        since = time.time_ns() - 1_000_000_000
+        cid = self._cid("fills")
+        broker.submit(OrderRequest(client_order_id=cid, symbol=symbol, side="buy", qty=harness.qty))
+        wait_final(broker, cid)
+        mine = [f for f in broker.fills(since) if f.client_order_id == cid]
+        assert mine, "the fill is missing from fills()"
+        assert len({f.fill_id for f in mine}) == len(mine)
+        assert sum(f.qty for f in mine) == pytest.approx(harness.qty)
+        assert all(f.price == pytest.approx(20.0, rel=0.01) and f.fee >= 0 for f in mine)
+
+    def test_a_sell_reduces_the_position(self, harness) -> None:
+        broker, symbol = harness.broker, harness.symbol
+        harness.set_price(symbol, 10.0)
+        buy = self._cid("b")
+        broker.submit(OrderRequest(client_order_id=buy, symbol=symbol, side="buy", qty=harness.qty))
+        wait_final(broker, buy)
+        held = broker.positions().get(symbol, 0.0)
+        sell = self._cid("s")
+        broker.submit(
+            OrderRequest(client_order_id=sell, symbol=symbol, side="sell", qty=harness.qty)
+        )
+        assert wait_final(broker, sell).status == OrderStatus.FILLED
+        assert broker.positions().get(symbol, 0.0) == pytest.approx(held - harness.qty)
+
+    def test_a_resting_limit_order_is_open_until_cancelled(self, harness) -> None:
+        broker, symbol = harness.broker, harness.symbol
+        if "limit" not in broker.capabilities:
+            assert broker.open_orders() == []  # market-only venues never rest an order
+            return
+        harness.set_price(symbol, 100.0)
+        cid = self._cid("limit")
+        broker.submit(
+            OrderRequest(
+                client_order_id=cid,
+                symbol=symbol,
+                side="buy",
+                qty=harness.qty,
+                order_type="limit",
+                limit_price=50.0,
+                time_in_force="gtc",
+            )
+        )
+        assert broker.order(cid).status == OrderStatus.OPEN
+        assert cid in {o.client_order_id for o in broker.open_orders()}
+        assert broker.cancel(cid).status == OrderStatus.CANCELLED
+        assert cid not in {o.client_order_id for o in broker.open_orders()}
+        assert broker.cancel(cid).status == OrderStatus.CANCELLED  # cancelling twice is fine
+
+    def test_wrong_keys_fail_fast_without_printing_the_secret(self, harness) -> None:
+        if harness.bad_keys_broker is None:
+            assert harness.broker.connect().cash > 0  # no keys: nothing can be wrong
+            return
+        with pytest.raises(BrokerAuthError) as caught:
+            harness.bad_keys_broker().connect()
+        if harness.secret:
+            assert harness.secret not in str(caught.value)
+
+    def test_malformed_requests_fail_before_the_venue(self, harness) -> None:
+        for bad in (
+            {"client_order_id": "", "qty": 1.0},
+            {"client_order_id": "qsx", "qty": 0.0},
+            {"client_order_id": "qsx", "qty": float("nan")},
+        ):
+            with pytest.raises(ValueError):
+                OrderRequest(symbol=harness.symbol, side="buy", **bad)

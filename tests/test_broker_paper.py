@@ -1,0 +1,27 @@
+"""The paper broker passes the broker contract suite."""
+
+from __future__ import annotations
+
+import pytest
+
+from live.paper import PaperBroker
+from tests.broker_contract import BrokerContract, VenueHarness
+
+
+@pytest.fixture
+def harness(tmp_path):
+    prices: dict[str, float] = {}
+    broker = PaperBroker(
+        f"sqlite:///{tmp_path / 'paper.db'}",
+        quote=lambda symbol: prices[symbol],
+        cash=100_000.0,
+        fee_rate=0.001,
+    )
+    yield VenueHarness(
+        broker=broker, symbol="SPY", qty=3.0, set_price=lambda s, p: prices.__setitem__(s, p)
+    )
+    broker.close()
+
+
+class TestPaperBroker(BrokerContract):
+    pass
