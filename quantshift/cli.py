@@ -31,7 +31,8 @@ app.add_typer(strategies_app, name="strategies")
 
 
 def _add_plugin_commands() -> None:
-    """Add the command groups installed packages register under ``quantshift.commands``."""
+    """Add the command groups (a Typer app) and single commands (a function) installed packages
+    register under the ``quantshift.commands`` entry point group."""
     from importlib.metadata import entry_points
 
     for entry in entry_points(group="quantshift.commands"):
@@ -40,7 +41,10 @@ def _add_plugin_commands() -> None:
         except ImportError as exc:
             print(f"warning: command group '{entry.name}' unavailable: {exc}", file=sys.stderr)
             continue
-        app.add_typer(group, name=entry.name)
+        if isinstance(group, typer.Typer):
+            app.add_typer(group, name=entry.name)
+        else:  # a single command (a function), e.g. `quantshift promote`
+            app.command(entry.name)(group)
 
 
 _add_plugin_commands()

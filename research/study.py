@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from quantshift.data import Bars, load_bars
+from quantshift.data.validate import iso_utc
 from quantshift.engine.backtest import BacktestResult, backtest
 from quantshift.engine.metrics import METRICS
 from quantshift.engine.sweep import sweep_equity
@@ -134,6 +135,12 @@ def run(
             _PARTS[part](spec, bars, report, target, progress)
         report.summary["elapsed_s"] = round(time.perf_counter() - started, 3)
         report.summary["data_fingerprint"] = bars.fingerprint()
+        # What a promotion record pins: the universe and the bars actually used.
+        report.summary["symbols"] = list(bars.symbols)
+        report.summary["data_source"] = spec.data.source
+        report.summary["data_first_bar"] = iso_utc(int(bars.ts_ns[0]))
+        report.summary["data_last_bar"] = iso_utc(int(bars.ts_ns[-1]))
+        report.summary["data_bars"] = int(bars.n_bars)
         if handle is not None:
             handle.log_metrics(_numbers(report.summary))
             handle.log_dict(_json_safe(report.summary), "summary.json")

@@ -56,6 +56,11 @@ _MLFLOW = None  # the mlflow module once imported
 
 
 # --------------------------------------------------------------------------- secrets
+def registered_model_name(name: str) -> str:
+    """The MLflow registered model holding the promotion records of ``name``."""
+    return f"quantshift.{name}"
+
+
 def mask_secrets(text: str) -> str:
     """Return ``text`` with passwords in URIs (``scheme://user:pw@host``) and secret query
     parameters (``?password=...``) replaced by ``***``."""
@@ -644,8 +649,10 @@ class Tracker:
         kind: str | None = None,
         parent: RunHandle | str | None = None,
         max_results: int = 1000,
+        experiment_id: str | None = None,
     ) -> list[RunRecord]:
-        """Return runs of this tracker's experiment, newest first, filtered by kind/parent."""
+        """Return runs of this tracker's experiment (or ``experiment_id``), newest first,
+        filtered by kind/parent."""
         clauses = []
         if kind is not None:
             if not _KIND_PATTERN.match(kind):
@@ -654,7 +661,7 @@ class Tracker:
         if parent is not None:
             clauses.append(f"tags.`{PARENT_TAG}` = '{_run_id_of(parent)}'")
         runs = self._client.search_runs(
-            [self._experiment()],
+            [experiment_id or self._experiment()],
             filter_string=" and ".join(clauses),
             max_results=max_results,
             order_by=["attributes.start_time DESC"],
@@ -689,6 +696,56 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             path = self._download(run_id, _with_suffix(artifact_file, ".json"), tmp)
             return json.loads(path.read_text())
+
+    # ------------------------------------------------------------------ model registry
+    def register_promotion(
+        self, name: str, stage: str, run_id: str, record: Mapping[str, Any]
+    ) -> str:
+        """Register a promotion record in the MLflow Model Registry: the record as an artifact
+        of its run, a version of model ``quantshift.<name>`` pointing at it, and the alias
+        ``stage`` on that version (the UI then shows which run trades). Return the version."""
+        record_id = str(record["record_id"])
+        folder = f"promotion/{stage}/{record_id}"
+        self._call(self._client.log_dict, run_id, dict(record), f"{folder}/record.json")
+        self._call(self._client.set_tag, run_id, f"quantshift.promotion.{stage}", record_id)
+        model = registered_model_name(name)
+        mlflow = _mlflow()
+        try:
+            self._client.create_registered_model(
+                model, description=f"QuantShift promotion records of {name!r}"
+            )
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise ConfigError(f"MLflow registry {self._where}: {exc.message}") from None
+        version = self._client.create_model_version(
+            model,
+            source=f"runs:/{run_id}/{folder}",
+            run_id=run_id,
+            tags={"record_id": record_id, "stage": stage},
+            description=f"{stage} record {record_id}",
+        )
+        self._client.set_registered_model_alias(model, stage, version.version)
+        return str(version.version)
+
+    def set_promotion_alias(self, name: str, stage: str, record_id: str) -> str | None:
+        """Point alias ``stage`` of ``quantshift.<name>`` at the version holding ``record_id``
+        (a rollback); return that version, or None if no version holds it."""
+        model = registered_model_name(name)
+        versions = self._client.search_model_versions(f"name = '{model}'")
+        for version in versions:
+            if version.tags.get("record_id") == record_id:
+                self._client.set_registered_model_alias(model, stage, version.version)
+                return str(version.version)
+        return None
+
+    def promotion_alias(self, name: str, stage: str) -> tuple[str, str] | None:
+        """Return (version, record_id) behind alias ``stage`` of ``quantshift.<name>``."""
+        mlflow = _mlflow()
+        try:
+            version = self._client.get_model_version_by_alias(registered_model_name(name), stage)
+        except mlflow.exceptions.MlflowException:
+            return None
+        return str(version.version), version.tags.get("record_id", "")
 
     def ui_url(self, run_id: str, experiment_id: str | None = None) -> str:
         """Return the run's page on the MLflow server of an http store, else on the UI that

@@ -17,6 +17,7 @@ from live.store.ids import client_order_id as make_client_order_id
 from live.store.locks import RunnerLock
 from live.store.migrate import migrate
 from live.store.operations import Operations
+from live.store.promotions import PromotionBook
 from live.store.records import (
     PORTFOLIO,
     TRANSITIONS,
@@ -38,7 +39,7 @@ _FILLED_TOLERANCE = 1e-9  # relative: float sums of partial fills may miss the t
 _OPEN_STATES = tuple(s.value for s in OrderState if TRANSITIONS[s])
 
 
-class Store(Operations):
+class Store(Operations, PromotionBook):
     """Persistent state of the live runner on SQLite or PostgreSQL, one schema for both.
 
     Open with :meth:`Store.open`. Writes that cause or record trading (intents, transitions,

@@ -1,0 +1,271 @@
+"""The promotion gate: thresholds a careful quant would choose, and the checks against them.
+
+Research evidence (out-of-sample, DSR over every trial, PBO, Monte Carlo) opens the way to
+paper; a paper-trading record of the exact record opens the way to live.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantshift.errors import ConfigError
+from quantshift.promotion.record import GateCheck, GateResult
+
+NS_PER_DAY = 86_400 * 1_000_000_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class PaperGate:
+    """Thresholds to promote research results to paper trading."""
+
+    require_out_of_sample: bool = True
+    min_dsr: float = 0.95
+    max_pbo: float = 0.2
+    max_mc_drawdown_pct_p95: float = 25.0
+    min_oos_trades: int = 20
+    require_committed_code: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiveGate:
+    """Thresholds to promote a paper-trading record to live."""
+
+    min_trades: int = 10
+    min_days: float = 30.0
+    min_win_rate_pct: float = 45.0
+    max_drawdown_pct: float = 20.0
+    allow_halts: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class GateConfig:
+    """Both gates; ``GateConfig()`` is the default, ``load_gate_config`` reads a TOML file with
+    ``[paper]`` and ``[live]`` tables overriding some thresholds."""
+
+    paper: PaperGate = PaperGate()
+    live: LiveGate = LiveGate()
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "<gate config>") -> GateConfig:
+        unknown = sorted(set(raw) - {"paper", "live"})
+        if unknown:
+            raise ConfigError(f"{source}: unknown table(s) {unknown}; allowed: ['live', 'paper']")
+        parts = {}
+        for name, kind in (("paper", PaperGate), ("live", LiveGate)):
+            table = raw.get(name, {})
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"{source}: [{name}] must be a table")
+            allowed = {f.name: f.type for f in fields(kind)}
+            for key, value in table.items():
+                if key not in allowed:
+                    raise ConfigError(
+                        f"{source}: [{name}] {key}: unknown threshold; allowed: {sorted(allowed)}"
+                    )
+                want = allowed[key]
+                ok = (
+                    isinstance(value, bool)
+                    if want == "bool"
+                    else isinstance(value, int | float) and not isinstance(value, bool)
+                )
+                if not ok or (want != "bool" and (not math.isfinite(value) or value < 0)):
+                    raise ConfigError(
+                        f"{source}: [{name}] {key} = {value!r} must be "
+                        + ("true or false" if want == "bool" else "a number >= 0")
+                    )
+            parts[name] = kind(**table)
+        return cls(**parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            name: {f.name: getattr(getattr(self, name), f.name) for f in fields(kind)}
+            for name, kind in (("paper", PaperGate), ("live", LiveGate))
+        }
+
+
+def load_gate_config(path: str | Path | None) -> GateConfig:
+    """Read a gate TOML file (None: the defaults)."""
+    if path is None:
+        return GateConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: gate config not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return GateConfig.from_dict(raw, source=str(path))
+
+
+# ----------------------------------------------------------------------------- evidence
+@dataclass(frozen=True, kw_only=True)
+class ResearchEvidence:
+    """What a study showed, as the paper gate reads it (None: not measured)."""
+
+    oos_method: str | None
+    oos_folds: int
+    oos_trades: int | None
+    dsr: float | None
+    n_trials: int
+    pbo: float | None
+    mc_max_drawdown_pct_p95: float | None
+    mc_source: str | None
+    code_dirty: bool | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PaperEvidence:
+    """A paper-trading record of one promotion record, as the live gate reads it."""
+
+    trades: int
+    days: float
+    win_rate_pct: float | None
+    max_drawdown_pct: float | None
+    total_pnl: float
+    halts: int
+    first_ts_ns: int | None
+    last_ts_ns: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def paper_evidence(
+    trade_pnls: Sequence[float],
+    equity: Sequence[float],
+    *,
+    first_ts_ns: int | None,
+    last_ts_ns: int | None,
+    halts: int,
+) -> PaperEvidence:
+    """Summarise a paper-trading record: closed trades' P&L, the sleeve's equity snapshots over
+    the period (for the drawdown), the period's bounds and the HALTs written in it."""
+    pnl = np.asarray(trade_pnls, dtype=float)
+    curve = np.asarray(equity, dtype=float)
+    curve = curve[np.isfinite(curve)]
+    drawdown = None
+    if curve.size:
+        peak = np.maximum.accumulate(curve)
+        drawdown = float(np.max((peak - curve) / peak) * 100.0)
+    days = 0.0
+    if first_ts_ns is not None and last_ts_ns is not None:
+        days = max(0.0, (last_ts_ns - first_ts_ns) / NS_PER_DAY)
+    return PaperEvidence(
+        trades=int(pnl.size),
+        days=days,
+        win_rate_pct=float(np.mean(pnl > 0) * 100.0) if pnl.size else None,
+        max_drawdown_pct=drawdown,
+        total_pnl=float(pnl.sum()),
+        halts=int(halts),
+        first_ts_ns=first_ts_ns,
+        last_ts_ns=last_ts_ns,
+    )
+
+
+# ----------------------------------------------------------------------------- the gates
+def evaluate_paper_gate(
+    evidence: ResearchEvidence, gate: PaperGate, *, force: bool = False
+) -> GateResult:
+    """Check research evidence against the paper thresholds (every check, pass or fail)."""
+    checks = []
+    if gate.require_out_of_sample:
+        checks.append(
+            GateCheck(
+                name="out-of-sample folds",
+                value=evidence.oos_folds,
+                op=">=",
+                threshold=1,
+                passed=evidence.oos_folds >= 1,
+                note=evidence.oos_method or "no walk-forward or CPCV in the run",
+            )
+        )
+    checks.append(
+        _at_least(
+            "out-of-sample trades",
+            evidence.oos_trades,
+            gate.min_oos_trades,
+            "" if evidence.oos_trades is not None else "no out-of-sample trades recorded",
+        )
+    )
+    checks.append(
+        _at_least(
+            "deflated Sharpe ratio", evidence.dsr, gate.min_dsr, f"{evidence.n_trials} trials"
+        )
+    )
+    if evidence.pbo is not None:
+        checks.append(_at_most("PBO", evidence.pbo, gate.max_pbo, "probability of overfitting"))
+    checks.append(
+        _at_most(
+            "Monte Carlo max drawdown p95 (%)",
+            evidence.mc_max_drawdown_pct_p95,
+            gate.max_mc_drawdown_pct_p95,
+            evidence.mc_source or "no Monte Carlo in the run",
+        )
+    )
+    if gate.require_committed_code:
+        checks.append(
+            GateCheck(
+                name="code committed (git clean)",
+                value=None if evidence.code_dirty is None else not evidence.code_dirty,
+                op="==",
+                threshold=True,
+                passed=evidence.code_dirty is False,
+                note="the run's git commit pins its code only if the tree was clean",
+            )
+        )
+    return GateResult(stage="paper", checks=tuple(checks), forced=force)
+
+
+def evaluate_live_gate(evidence: PaperEvidence, gate: LiveGate, *, force: bool = False):
+    """Check a paper-trading record against the live thresholds (every check, pass or fail)."""
+    checks = [
+        _at_least("paper trades", evidence.trades, gate.min_trades),
+        _at_least("paper days", evidence.days, gate.min_days),
+        _at_least("paper win rate (%)", evidence.win_rate_pct, gate.min_win_rate_pct),
+        _below("paper max drawdown (%)", evidence.max_drawdown_pct, gate.max_drawdown_pct),
+    ]
+    if not gate.allow_halts:
+        checks.append(
+            GateCheck(
+                name="HALTs during paper trading",
+                value=evidence.halts,
+                op="==",
+                threshold=0,
+                passed=evidence.halts == 0,
+            )
+        )
+    return GateResult(stage="live", checks=tuple(checks), forced=force)
+
+
+def _defined(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _at_least(name, value, threshold, note="") -> GateCheck:
+    ok = _defined(value) and value >= threshold
+    return GateCheck(
+        name=name, value=value if _defined(value) else None, op=">=", threshold=threshold,
+        passed=bool(ok), note=note,
+    )  # fmt: skip
+
+
+def _at_most(name, value, threshold, note="") -> GateCheck:
+    ok = _defined(value) and value <= threshold
+    return GateCheck(
+        name=name, value=value if _defined(value) else None, op="<=", threshold=threshold,
+        passed=bool(ok), note=note,
+    )  # fmt: skip
+
+
+def _below(name, value, threshold, note="") -> GateCheck:
+    ok = _defined(value) and value < threshold
+    return GateCheck(
+        name=name, value=value if _defined(value) else None, op="<", threshold=threshold,
+        passed=bool(ok), note=note,
+    )  # fmt: skip

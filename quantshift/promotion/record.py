@@ -1,0 +1,294 @@
+"""The promotion record: which parameters trade, at which stage, on what evidence, pinned to code.
+
+Shared by research (which writes it) and live (which adopts it); versioned and validated on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from quantshift.errors import ConfigError
+
+FORMAT_VERSION = 1
+STAGES = ("paper", "live")
+CODE_KEYS = ("version", "strategy_hash", "git_commit", "git_dirty")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GateCheck:
+    """One gate check: ``value`` compared with ``threshold`` by ``op`` (``>=``, ``<=``, ``<``,
+    ``==``); ``passed`` False when the value is missing (None/NaN) as well."""
+
+    name: str
+    value: float | bool | None
+    op: str
+    threshold: float | bool
+    passed: bool
+    note: str = ""
+
+    def line(self) -> str:
+        mark = "PASS" if self.passed else "FAIL"
+        value = "missing" if self.value is None else _fmt(self.value)
+        text = f"{mark}  {self.name}: {value} {self.op} {_fmt(self.threshold)}"
+        return f"{text}  ({self.note})" if self.note else text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "op": self.op,
+            "threshold": self.threshold,
+            "passed": self.passed,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class GateResult:
+    """Every check of one gate (``stage``), whether all passed, and whether it was forced."""
+
+    stage: str
+    checks: tuple[GateCheck, ...]
+    forced: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failed(self) -> tuple[GateCheck, ...]:
+        return tuple(c for c in self.checks if not c.passed)
+
+    def lines(self) -> list[str]:
+        head = f"gate to {self.stage}: " + ("PASSED" if self.passed else "FAILED")
+        if self.forced and not self.passed:
+            head += " -- FORCED through by a person"
+        return [head, *("  " + c.line() for c in self.checks)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "passed": self.passed,
+            "forced": self.forced,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "gate") -> GateResult:
+        _require(data, ("stage", "passed", "forced", "checks"), where)
+        checks = tuple(
+            GateCheck(**{k: c.get(k, "") if k == "note" else c[k] for k in _CHECK_KEYS})
+            for c in _list(data["checks"], f"{where}.checks")
+        )
+        result = cls(stage=data["stage"], checks=checks, forced=bool(data["forced"]))
+        if result.passed != bool(data["passed"]):
+            raise ConfigError(f"{where}: 'passed' disagrees with its checks")
+        return result
+
+
+_CHECK_KEYS = ("name", "value", "op", "threshold", "passed", "note")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromotionRecord:
+    """A parameter set promoted to ``stage``, with the evidence and the code it is pinned to.
+
+    ``name`` is what a live sleeve refers to (``promotion = "<name>"``); ``record_id`` is a
+    content hash, so the same record has the same id everywhere.
+    """
+
+    name: str
+    stage: str
+    strategy: str
+    params: Mapping[str, float]
+    symbols: tuple[str, ...]
+    allocation: float
+    code: Mapping[str, Any]
+    data: Mapping[str, Any]
+    in_sample: Mapping[str, float]
+    out_of_sample: Mapping[str, float]
+    statistics: Mapping[str, float]
+    monte_carlo: Mapping[str, float]
+    gates: tuple[GateResult, ...]
+    mlflow_run_id: str
+    created_by: str
+    created_at: str
+    paper_record: Mapping[str, Any] = field(default_factory=dict)
+    parent_record_id: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        where = f"promotion record {self.name!r}"
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError("promotion record: name must be a non-empty string")
+        if self.format_version != FORMAT_VERSION:
+            raise ConfigError(
+                f"{where}: format_version {self.format_version!r} is not supported "
+                f"(this code reads version {FORMAT_VERSION})"
+            )
+        if self.stage not in STAGES:
+            raise ConfigError(f"{where}: stage must be one of {STAGES}, got {self.stage!r}")
+        if not isinstance(self.strategy, str) or not self.strategy:
+            raise ConfigError(f"{where}: strategy must be a non-empty string")
+        if not isinstance(self.params, Mapping) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in self.params.values()
+        ):
+            raise ConfigError(f"{where}: params must map names to finite numbers")
+        symbols = tuple(self.symbols) if not isinstance(self.symbols, str) else ()
+        if not symbols or not all(isinstance(s, str) and s for s in symbols):
+            raise ConfigError(f"{where}: symbols must be a non-empty list of names")
+        object.__setattr__(self, "symbols", symbols)
+        allocation = self.allocation
+        if isinstance(allocation, bool) or not isinstance(allocation, int | float):
+            raise ConfigError(f"{where}: allocation must be a number in (0, 1]")
+        if not 0.0 < allocation <= 1.0:
+            raise ConfigError(f"{where}: allocation must be in (0, 1], got {allocation!r}")
+        missing = [k for k in CODE_KEYS if k not in self.code]
+        if missing:
+            raise ConfigError(f"{where}: code fingerprint lacks {missing}")
+        if not isinstance(self.mlflow_run_id, str) or not self.mlflow_run_id:
+            raise ConfigError(f"{where}: mlflow_run_id must be a non-empty string")
+        if not self.gates or any(not isinstance(g, GateResult) for g in self.gates):
+            raise ConfigError(f"{where}: gates must list at least one gate result")
+        if self.gates[-1].stage != self.stage:
+            raise ConfigError(f"{where}: the last gate is to {self.gates[-1].stage!r}")
+
+    @property
+    def record_id(self) -> str:
+        """``pr`` + 24 hex digits of a SHA-256 over the canonical JSON of the record."""
+        text = json.dumps(self._body(), sort_keys=True, separators=(",", ":"), default=_plain)
+        return "pr" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    @property
+    def forced(self) -> bool:
+        return any(g.forced and not g.passed for g in self.gates)
+
+    def _body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "gates":
+                value = [g.to_dict() for g in value]
+            elif f.name == "symbols":
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data, with ``record_id`` (checked again on load)."""
+        return {"record_id": self.record_id, **self._body()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, default=_plain)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "promotion record") -> PromotionRecord:
+        """Validate and load; unknown keys, a wrong version or an altered body are errors."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where}: must be a JSON object")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ConfigError(
+                f"{where}: format_version {version!r} is not supported "
+                f"(this code reads version {FORMAT_VERSION})"
+            )
+        known = {f.name for f in fields(cls)} | {"record_id"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        required = [
+            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        ]
+        _require(data, required, where)
+        values = {k: v for k, v in data.items() if k != "record_id"}
+        values["gates"] = tuple(
+            GateResult.from_dict(g, f"{where}.gates[{i}]")
+            for i, g in enumerate(_list(data["gates"], f"{where}.gates"))
+        )
+        values["symbols"] = tuple(_list(data["symbols"], f"{where}.symbols"))
+        try:
+            record = cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        stated = data.get("record_id")
+        if stated is not None and stated != record.record_id:
+            raise ConfigError(
+                f"{where}: record_id {stated} does not match its content ({record.record_id}); "
+                "the record was altered after it was written"
+            )
+        return record
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "promotion record") -> PromotionRecord:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where}: not valid JSON ({exc.msg} at {exc.pos})") from None
+        return cls.from_dict(data, where)
+
+    def summary_lines(self) -> list[str]:
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in self.params.items())
+        code = self.code
+        commit = (code.get("git_commit") or "no git")[:12]
+        return [
+            f"{self.record_id}  {self.name} -> {self.stage}"
+            + ("  (FORCED)" if self.forced else ""),
+            f"  strategy {self.strategy}({params}) on {', '.join(self.symbols)}, "
+            f"allocation {self.allocation:g}",
+            f"  code {code.get('version')} @ {commit}"
+            + (" (dirty)" if code.get("git_dirty") else "")
+            + f", strategy hash {str(code.get('strategy_hash'))[:12]}",
+            f"  from MLflow run {self.mlflow_run_id}, by {self.created_by} at {self.created_at}",
+        ]
+
+
+def fingerprint_mismatch(record_code: Mapping[str, Any], running: Mapping[str, Any]) -> list[str]:
+    """Return how the record's code fingerprint differs from the running code's (empty: same).
+
+    The package version and the strategy hash must be equal; the git commit too when both sides
+    know theirs (a runner outside a git checkout is pinned by version and strategy hash alone).
+    """
+    out = []
+    for key in ("version", "strategy_hash"):
+        if record_code.get(key) != running.get(key):
+            out.append(f"{key}: record {record_code.get(key)!r}, running {running.get(key)!r}")
+    ours, theirs = running.get("git_commit"), record_code.get("git_commit")
+    if ours and theirs and ours != theirs:
+        out.append(f"git_commit: record {theirs[:12]}, running {ours[:12]}")
+    return out
+
+
+def _require(data: Mapping[str, Any], keys, where: str) -> None:
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {missing}")
+
+
+def _list(value: Any, where: str) -> list:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: must be a list")
+    return list(value)
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
