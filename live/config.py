@@ -79,6 +79,8 @@ class LiveConfig:
     portfolio: PortfolioConfig
     feed: FeedConfig
     broker: BrokerConfig
+    promotions: Mapping[str, str]
+    """Sleeve name -> promotion record name, for sleeves whose parameters come from records."""
     store_url: str
     lease: LeaseConfig
     guards: GuardLimits
@@ -132,6 +134,19 @@ def parse_config(
     sleeves = raw.get("sleeves")
     if not isinstance(sleeves, list) or not sleeves:
         raise ConfigError(f"{source}: [[sleeves]] must list at least one strategy")
+    # `promotion = "<name>"`: the sleeve trades the active promotion record of that name for
+    # this mode's stage; the runner adopts records at cycle boundaries.
+    promotion_names = []
+    for i, sleeve in enumerate(sleeves):
+        if not isinstance(sleeve, Mapping):
+            raise ConfigError(f"{source}: [[sleeves]] #{i + 1} must be a table")
+        promoted = sleeve.get("promotion")
+        if promoted is not None and (not isinstance(promoted, str) or not promoted.strip()):
+            raise ConfigError(
+                f"{source}: [[sleeves]] #{i + 1} promotion must be a record name, got {promoted!r}"
+            )
+        promotion_names.append(promoted)
+    sleeves = [{k: v for k, v in s.items() if k != "promotion"} for s in sleeves]
     risk = _table(source, raw, "risk")
     conflict = risk.pop("conflict", "net")
     portfolio = PortfolioConfig.from_dict(
@@ -225,6 +240,11 @@ def parse_config(
         portfolio=portfolio,
         feed=feed,
         broker=BrokerConfig(kind=kind, mode=broker_mode, options=options),
+        promotions={
+            sleeve.name: promoted
+            for sleeve, promoted in zip(portfolio.sleeves, promotion_names, strict=True)
+            if promoted is not None
+        },
         store_url=store_url,
         lease=lease,
         guards=guards,

@@ -7,6 +7,7 @@ redoes the unfinished bar and arrives at the same orders, fills and trades.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -29,6 +30,7 @@ from live.paper import VENUE, PaperVenue
 from live.store import Store, client_order_id
 from live.store.errors import StaleEpochError, StoreUnavailableError
 from quantshift.data import Bars, load_bars
+from quantshift.errors import ConfigError
 from quantshift.portfolio import (
     PortfolioState,
     TargetOrder,
@@ -38,6 +40,8 @@ from quantshift.portfolio import (
     fill_orders,
     flatten_orders,
 )
+from quantshift.promotion import PromotionRecord, fingerprint_mismatch
+from quantshift.provenance import code_fingerprint
 
 log = logging.getLogger("quantshift.live")
 
@@ -106,6 +110,13 @@ class Runner:
             end=cfg.feed.end,
         )
         self.bars: Bars = bars
+        self._adopted: dict[str, int] = {}  # sleeve -> promotion id it trades
+        self._refused: set[int] = set()
+        self._running_code = {
+            sleeve.strategy_name: code_fingerprint(sleeve.strategy_name)
+            for sleeve in self.portfolio.sleeves
+            if sleeve.name in cfg.promotions
+        }
         self.interval_ns = cfg.bar_interval_s * 1_000_000_000
         # Daily equity bars trade ~252 days a year; intraday and crypto bars every interval.
         seconds_per_year = 252 * 86_400 if cfg.market == "equities" else 365 * 86_400
@@ -218,7 +229,16 @@ class Runner:
         return keep_alive
 
     def _load(self) -> None:
-        """Load where the last leader left off: state after its last bar and pending orders."""
+        """Load where the last leader left off: state after its last bar and pending orders,
+        and the promotion record each promoted sleeve was trading."""
+        self._adopted = {}
+        for adoption in self.store.adoptions():
+            if adoption.runner == self.config.name:
+                self._adopted[adoption.sleeve] = adoption.promotion_id
+        for sleeve, promotion_id in list(self._adopted.items()):
+            row = self._promotion_row(self.config.promotions.get(sleeve), promotion_id)
+            if row is not None:
+                self.portfolio = _with_params(self.portfolio, sleeve, row)
         saved = self.store.load_runner_state(self.config.name)
         if saved is None:
             self.state = PortfolioState.initial(self.portfolio)
@@ -240,6 +260,8 @@ class Runner:
         epoch = self.lease.assert_leader()
         ts = int(bars.ts_ns[t])
         with self.metrics.cycle():
+            self._adopt_promotions(ts, epoch)
+            portfolio = self.portfolio
             state = self.state
             halt = self.store.active_halt()
             if halt is None and state.halted:
@@ -337,6 +359,90 @@ class Runner:
             self.metrics.set_portfolio(
                 state.equity_usd, state.equity_usd - state.day_start_equity, len(state.positions())
             )
+
+    # ------------------------------------------------------------------ promotion records
+    def _adopt_promotions(self, ts: int, epoch: int) -> None:
+        """At a cycle boundary, switch each promoted sleeve to its active record (stage = the
+        runner's mode). A record that fails validation is refused, logged and recorded, and the
+        sleeve keeps trading the record it had; with none to keep, the runner stops."""
+        stage = self.config.mode
+        for sleeve, name in self.config.promotions.items():
+            active = self.store.active_promotion(name, stage)
+            current = self._adopted.get(sleeve)
+            if active is not None and active.promotion_id == current:
+                continue
+            problem = (
+                f"no active {stage} record named {name!r} (run `quantshift promote`)"
+                if active is None
+                else self._refusal(sleeve, active)
+            )
+            if problem is None:
+                record = PromotionRecord.from_json(active.record)
+                self.portfolio = _with_params(self.portfolio, sleeve, active)
+                self._adopted[sleeve] = active.promotion_id
+                self.store.record_adoption(
+                    runner=self.config.name,
+                    sleeve=sleeve,
+                    promotion_id=active.promotion_id,
+                    record_id=record.record_id,
+                    bar_ts_ns=ts,
+                    epoch=epoch,
+                )
+                self.metrics.set_promoted(sleeve, record.record_id)
+                log.info(
+                    "sleeve %s adopts %s record %s (%s)",
+                    sleeve,
+                    stage,
+                    record.record_id,
+                    ", ".join(f"{k}={v:g}" for k, v in record.params.items()),
+                    extra={"cycle": ts, "epoch": epoch, "sleeve": sleeve},
+                )
+                continue
+            if current is None:
+                raise ConfigError(f"sleeve {sleeve!r} cannot trade: {problem}")
+            if active is not None and active.promotion_id not in self._refused:
+                self._refused.add(active.promotion_id)
+                self.store.record_promotion_event(
+                    active.promotion_id, "refuse", by=f"runner {self.host}", reason=problem
+                )
+                log.error(
+                    "sleeve %s refuses record %s and keeps trading promotion %s: %s",
+                    sleeve,
+                    active.promotion_id,
+                    current,
+                    problem,
+                    extra={"cycle": ts, "epoch": epoch, "sleeve": sleeve},
+                )
+
+    def _refusal(self, sleeve_name: str, row) -> str | None:
+        """Why the stored record ``row`` cannot drive sleeve ``sleeve_name`` (None: it can)."""
+        try:
+            record = PromotionRecord.from_json(row.record, f"promotion {row.promotion_id}")
+        except ConfigError as exc:
+            return str(exc)
+        sleeve = next(s for s in self.portfolio.sleeves if s.name == sleeve_name)
+        if record.strategy != sleeve.strategy_name:
+            return (
+                f"record is for strategy {record.strategy!r}, sleeve runs {sleeve.strategy_name!r}"
+            )
+        if sorted(record.symbols) != sorted(sleeve.symbols):
+            return f"record trades {list(record.symbols)}, sleeve trades {list(sleeve.symbols)}"
+        if abs(record.allocation - sleeve.allocation) > 1e-9:
+            return (
+                f"record allocation {record.allocation:g} differs from the sleeve's "
+                f"{sleeve.allocation:g} in the config"
+            )
+        differs = fingerprint_mismatch(record.code, self._running_code[sleeve.strategy_name])
+        if differs:
+            return "code fingerprint does not match the running code: " + "; ".join(differs)
+        return None
+
+    def _promotion_row(self, name: str | None, promotion_id: int):
+        if name is None:
+            return None
+        return next(
+            (p for p in self.store.promotions(name) if p.promotion_id == promotion_id), None
+        )
 
     def _window(self, t: int) -> Bars:
         """The bars the signals see: the whole replay so far (a live venue would keep a window
@@ -523,6 +629,16 @@ def _order(data: dict[str, Any]) -> TargetOrder:
     if values.get("max_units") is None:
         values["max_units"] = math.inf
     return TargetOrder(**values)
+
+
+def _with_params(portfolio, sleeve_name: str, row):
+    """The portfolio with sleeve ``sleeve_name`` on the parameters of stored record ``row``."""
+    params = PromotionRecord.from_json(row.record).params
+    sleeves = tuple(
+        dataclasses.replace(s, params=dict(params)) if s.name == sleeve_name else s
+        for s in portfolio.sleeves
+    )
+    return dataclasses.replace(portfolio, sleeves=sleeves)
 
 
 def _net_units(state: PortfolioState) -> dict[str, float]:

@@ -224,6 +224,13 @@ def promote(
             )
         forced_note = " FORCED past a failed gate" if record.forced else ""
         outcome.record = record
+        active = store.active(record.name, stage)
+        if active is not None and active.record.record_id == record.record_id:
+            # The same record again (same evidence, same second): already published.
+            outcome.stored = active
+            alias = tracker.promotion_alias(record.name, stage)
+            outcome.registry_version = None if alias is None else alias[0]
+            return outcome
         outcome.stored = store.add(record, by=by, reason=(reason or f"promote{forced_note}"))
         outcome.registry_version = tracker.register_promotion(
             record.name, stage, run_id, record.to_dict()

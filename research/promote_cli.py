@@ -59,7 +59,8 @@ def promote_command(
         float | None, typer.Option(help="Capital fraction in (0, 1] (default 1, or the paper's).")
     ] = None,
     gate: Annotated[
-        Path | None, typer.Option(help="Gate thresholds TOML (paper and live tables); default built in.")
+        Path | None,
+        typer.Option(help="Gate thresholds TOML (paper and live tables); default built in."),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Publish despite a failed gate (loud, recorded).")

@@ -195,7 +195,7 @@ def evaluate_paper_gate(
     )
     checks.append(
         _at_least(
-            "deflated Sharpe ratio", evidence.dsr, gate.min_dsr, f"{evidence.n_trials} trials"
+            "deflated Sharpe ratio", evidence.dsr, gate.min_dsr, f"over {evidence.n_trials} trials"
         )
     )
     if evidence.pbo is not None:

@@ -1,0 +1,198 @@
+"""The promotion record format and the gate: validation on load, every check with its threshold."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from quantshift.errors import ConfigError
+from quantshift.promotion import (
+    FORMAT_VERSION,
+    GateConfig,
+    LiveGate,
+    PaperEvidence,
+    PaperGate,
+    PromotionRecord,
+    ResearchEvidence,
+    evaluate_live_gate,
+    evaluate_paper_gate,
+    fingerprint_mismatch,
+    load_gate_config,
+    paper_evidence,
+)
+
+CODE = {"version": "0.1.0", "strategy_hash": "ab" * 32, "git_commit": "c" * 40, "git_dirty": False}
+GOOD = ResearchEvidence(
+    oos_method="walk-forward",
+    oos_folds=10,
+    oos_trades=40,
+    dsr=0.97,
+    n_trials=300,
+    pbo=0.1,
+    mc_max_drawdown_pct_p95=18.0,
+    mc_source="out-of-sample returns",
+    code_dirty=False,
+)
+
+
+def record(**changes) -> PromotionRecord:
+    values = {
+        "name": "trend",
+        "stage": "paper",
+        "strategy": "ma_crossover",
+        "params": {"fast": 10.0, "slow": 50.0},
+        "symbols": ("SP500",),
+        "allocation": 0.5,
+        "code": CODE,
+        "data": {"source": "builtin:sp500", "fingerprint": "f" * 64},
+        "in_sample": {"sharpe": 0.7},
+        "out_of_sample": {"sharpe": 0.4, "trades": 40},
+        "statistics": {"dsr": 0.97, "n_trials": 300, "pbo": 0.1},
+        "monte_carlo": {"max_drawdown_pct_p95": 18.0},
+        "gates": (evaluate_paper_gate(GOOD, PaperGate()),),
+        "mlflow_run_id": "0123abcd",
+        "created_by": "quant@desk",
+        "created_at": "2026-11-22T10:00:00+00:00",
+    }
+    values.update(changes)
+    return PromotionRecord(**values)
+
+
+def test_a_record_round_trips_through_json_with_a_stable_content_id():
+    r = record()
+    back = PromotionRecord.from_json(r.to_json())
+    assert back == r and back.record_id == r.record_id and r.record_id.startswith("pr")
+    assert record(params={"fast": 11.0, "slow": 50.0}).record_id != r.record_id
+    assert json.loads(r.to_json())["format_version"] == FORMAT_VERSION
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda d: d.update(format_version=99), "format_version 99 is not supported"),
+        (lambda d: d.update(surprise=1), r"unknown key\(s\) \['surprise'\]"),
+        (lambda d: d.pop("code"), r"missing key\(s\) \['code'\]"),
+        (lambda d: d.update(stage="prod"), "stage must be one of"),
+        (lambda d: d.update(allocation=1.5), r"allocation must be in \(0, 1\]"),
+        (lambda d: d.update(symbols=[]), "symbols must be a non-empty list"),
+        (lambda d: d.update(params={"fast": "ten"}), "params must map names to finite numbers"),
+        (lambda d: d["params"].update(fast=12.0), "was altered after it was written"),
+        (lambda d: d.update(code={"version": "0.1.0"}), "code fingerprint lacks"),
+        (lambda d: d["gates"][0].update(passed=False), "'passed' disagrees with its checks"),
+    ],
+)
+def test_a_bad_record_is_refused_on_load_naming_what_is_wrong(change, match):
+    data = json.loads(record().to_json())
+    change(data)
+    with pytest.raises(ConfigError, match=match):
+        PromotionRecord.from_dict(data, "promotion 7")
+
+
+def test_not_json_is_a_clear_error():
+    with pytest.raises(ConfigError, match="promotion 3: not valid JSON"):
+        PromotionRecord.from_json("{oops", "promotion 3")
+
+
+def test_the_paper_gate_passes_good_evidence_and_names_each_failing_check():
+    assert evaluate_paper_gate(GOOD, PaperGate()).passed
+    bad = ResearchEvidence(
+        oos_method=None, oos_folds=0, oos_trades=5, dsr=0.80, n_trials=300, pbo=0.45,
+        mc_max_drawdown_pct_p95=31.0, mc_source="in-sample returns", code_dirty=True,
+    )  # fmt: skip
+    result = evaluate_paper_gate(bad, PaperGate())
+    assert not result.passed
+    failed = {c.name: (c.value, c.threshold) for c in result.failed}
+    assert failed == {
+        "out-of-sample folds": (0, 1),
+        "out-of-sample trades": (5, 20),
+        "deflated Sharpe ratio": (0.80, 0.95),
+        "PBO": (0.45, 0.2),
+        "Monte Carlo max drawdown p95 (%)": (31.0, 25.0),
+        "code committed (git clean)": (False, True),
+    }
+    text = "\n".join(result.lines())
+    assert "FAIL  deflated Sharpe ratio: 0.8 >= 0.95  (over 300 trials)" in text
+
+
+def test_missing_evidence_fails_its_check_and_no_pbo_means_no_pbo_check():
+    missing = ResearchEvidence(
+        oos_method="walk-forward", oos_folds=3, oos_trades=None, dsr=math.nan, n_trials=1,
+        pbo=None, mc_max_drawdown_pct_p95=None, mc_source=None, code_dirty=None,
+    )  # fmt: skip
+    result = evaluate_paper_gate(missing, PaperGate())
+    names = [c.name for c in result.checks]
+    assert "PBO" not in names
+    assert {c.name for c in result.failed} == {
+        "out-of-sample trades",
+        "deflated Sharpe ratio",
+        "Monte Carlo max drawdown p95 (%)",
+        "code committed (git clean)",
+    }
+    assert all(c.value is None for c in result.failed if c.name != "code committed (git clean)")
+
+
+def test_the_live_gate_reads_the_paper_record():
+    good = PaperEvidence(
+        trades=12, days=45.0, win_rate_pct=50.0, max_drawdown_pct=8.0, total_pnl=900.0,
+        halts=0, first_ts_ns=0, last_ts_ns=1,
+    )  # fmt: skip
+    assert evaluate_live_gate(good, LiveGate()).passed
+    legacy = PaperEvidence(
+        trades=0, days=30.0, win_rate_pct=None, max_drawdown_pct=None, total_pnl=0.0,
+        halts=1, first_ts_ns=0, last_ts_ns=1,
+    )  # fmt: skip
+    result = evaluate_live_gate(legacy, LiveGate())
+    # "zero meaningful trades" never promotes, whatever else is true
+    assert {c.name for c in result.failed} == {
+        "paper trades",
+        "paper win rate (%)",
+        "paper max drawdown (%)",
+        "HALTs during paper trading",
+    }
+    forced = evaluate_live_gate(legacy, LiveGate(), force=True)
+    assert not forced.passed and forced.forced and "FORCED" in forced.lines()[0]
+
+
+def test_paper_evidence_matches_a_plain_computation():
+    rng = np.random.default_rng(5)
+    equity = 100_000 * np.cumprod(1 + rng.normal(0, 0.01, 200))
+    pnls = rng.normal(10, 100, 25)
+    ev = paper_evidence(pnls, equity, first_ts_ns=0, last_ts_ns=45 * 86_400 * 10**9, halts=0)
+    peak = pd_peak = equity[0]
+    worst = 0.0
+    for value in equity:
+        pd_peak = max(pd_peak, value)
+        worst = max(worst, (pd_peak - value) / pd_peak)
+    assert peak > 0 and ev.max_drawdown_pct == pytest.approx(worst * 100, rel=1e-12)
+    assert ev.win_rate_pct == pytest.approx(100 * np.mean(pnls > 0))
+    assert ev.trades == 25 and ev.days == 45.0 and ev.total_pnl == pytest.approx(pnls.sum())
+
+
+def test_gate_thresholds_come_from_toml_and_unknown_keys_are_refused(tmp_path):
+    path = tmp_path / "gate.toml"
+    path.write_text("[paper]\nmin_dsr = 0.9\n\n[live]\nmin_trades = 25\nallow_halts = true\n")
+    gate = load_gate_config(path)
+    assert gate.paper.min_dsr == 0.9 and gate.paper.max_pbo == 0.2
+    assert gate.live.min_trades == 25 and gate.live.allow_halts is True
+    assert load_gate_config(None) == GateConfig()
+    for text, match in [
+        ("[paper]\nmin_dsr_pct = 1\n", r"\[paper\] min_dsr_pct: unknown threshold"),
+        ("[paper]\nmin_dsr = 'high'\n", r"\[paper\] min_dsr = 'high' must be a number"),
+        ("[live]\nallow_halts = 1\n", "must be true or false"),
+        ("[prod]\n", r"unknown table\(s\) \['prod'\]"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load_gate_config(path)
+
+
+def test_fingerprints_must_agree_on_version_strategy_and_commit():
+    assert fingerprint_mismatch(CODE, dict(CODE)) == []
+    edited = {**CODE, "strategy_hash": "cd" * 32}
+    assert fingerprint_mismatch(CODE, edited)[0].startswith("strategy_hash")
+    assert fingerprint_mismatch(CODE, {**CODE, "git_commit": "d" * 40})[0].startswith("git_commit")
+    # A runner outside git is pinned by version and strategy hash alone.
+    assert fingerprint_mismatch(CODE, {**CODE, "git_commit": None}) == []
