@@ -1,0 +1,472 @@
+"""The Alpaca equities broker: alpaca-py's TradingClient and StockHistoricalDataClient behind
+the broker contract, with our retry policy, error mapping and a deduplicating fill stream.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pandas as pd
+import requests
+from alpaca.common.exceptions import APIError
+from alpaca.data.enums import DataFeed
+from alpaca.data.historical import StockHistoricalDataClient
+from alpaca.data.requests import StockLatestBarRequest
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import QueryOrderStatus
+from alpaca.trading.requests import GetOrdersRequest
+from websockets.exceptions import WebSocketException
+from websockets.sync.client import connect as ws_connect
+
+from live.alpaca.config import KEY_ID_NAME, SECRET_KEY_NAME, AlpacaConfig
+from live.alpaca.parse import (
+    VENUE,
+    MarketClock,
+    account_from_model,
+    bars_frame,
+    clock_from_model,
+    fill_from_activity,
+    fill_from_trade_update,
+    is_paper_account,
+    order_from_model,
+    order_request_to_sdk,
+    positions_from_models,
+    to_datetime,
+)
+from live.broker import (
+    Account,
+    Broker,
+    BrokerAmbiguousError,
+    BrokerAuthError,
+    BrokerError,
+    BrokerFill,
+    BrokerOrder,
+    BrokerRateLimitedError,
+    BrokerRejectedError,
+    BrokerUnavailableError,
+    OrderRequest,
+)
+from live.secrets import load_secret
+from quantshift.errors import ConfigError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DUPLICATE_CLIENT_ORDER_ID = "client_order_id must be unique"
+ACTIVITIES_PAGE_SIZE = 100
+
+
+class _TimeoutSession(requests.Session):
+    """A session with a default timeout: alpaca-py's ``RESTClient`` (common/rest.py) calls
+    ``Session.request`` without one, so a hung venue would block forever."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__()
+        self.timeout_s = timeout_s
+
+    def request(self, method, url, **kwargs):  # type: ignore[override]
+        kwargs.setdefault("timeout", self.timeout_s)
+        return super().request(method, url, **kwargs)
+
+
+def _our_policy(client: Any, timeout_s: float) -> Any:
+    """Turn off alpaca-py's own retries so ours are in charge. The SDK retries 429 and 504 three
+    times with 3 s waits (common/constants.py) and offers no way to turn that off:
+    ``TradingClient`` does not pass ``retry_attempts`` on, ``RESTClient`` ignores 0 and an empty
+    code list, and no environment variable is read. A retried 504 on ``POST /orders`` would
+    come back as 422 "client_order_id must be unique"; we handle that too (adoption)."""
+    client._retry = 0  # one attempt: _one_request raises RetryException only if retry > 0
+    client._session = _TimeoutSession(timeout_s)
+    return client
+
+
+def _venue_message(exc: APIError) -> str:
+    try:
+        body = json.loads(str(exc))
+        return str(body.get("message", body)) if isinstance(body, dict) else str(body)
+    except (ValueError, TypeError):
+        return str(exc)[:200]
+
+
+class AlpacaBroker(Broker):
+    """Alpaca (equities) through alpaca-py.
+
+    Parameters
+    ----------
+    config : AlpacaConfig
+        Mode, secret sources, endpoints, timeouts and backoff.
+    sleep : callable
+        How to wait between retries (tests pass a recorder).
+
+    Raises
+    ------
+    ConfigError
+        If a key cannot be found (naming the variable and file tried, never a value).
+    """
+
+    venue = VENUE
+    capabilities = frozenset({"market", "limit", "stop", "bracket", "stream"})
+
+    def __init__(self, config: AlpacaConfig, *, sleep: Callable[[float], None] = time.sleep):
+        self.config = config
+        self._sleep = sleep
+        where = f"alpaca broker ({config.mode})"
+        self._key_id = load_secret(
+            KEY_ID_NAME, env=config.key_id_env, secrets_file=config.secrets_file, where=where
+        )
+        self._secret = load_secret(
+            SECRET_KEY_NAME,
+            env=config.secret_key_env,
+            secrets_file=config.secrets_file,
+            where=where,
+        )
+        self._trading = self._trading_client()
+        self._data = _our_policy(
+            StockHistoricalDataClient(
+                api_key=self._key_id.reveal(),
+                secret_key=self._secret.reveal(),
+                url_override=config.data_url,
+            ),
+            config.timeout_s,
+        )
+        self._cid_by_order_id: dict[str, str] = {}
+        self._streams: list[_FillStream] = []
+
+    def __repr__(self) -> str:
+        return f"AlpacaBroker(mode={self.config.mode!r}, key from {self._key_id.source})"
+
+    def _trading_client(self) -> TradingClient:
+        return _our_policy(
+            TradingClient(
+                api_key=self._key_id.reveal(),
+                secret_key=self._secret.reveal(),
+                paper=self.config.paper,  # explicit: the SDK defaults to paper=True
+                url_override=self.config.trading_url,
+            ),
+            self.config.timeout_s,
+        )
+
+    # ------------------------------------------------------------------ policy
+    def _call(self, what: str, fn: Callable[[], T], *, submit: bool = False) -> T:
+        """Run one SDK call under our policy: back off on 429 per the venue's headers, retry
+        reads on 5xx / network errors, map auth errors; other ``APIError`` go to the caller.
+        On ``submit`` a 5xx or lost answer is ambiguous and never retried."""
+        limited = failed = 0
+        while True:
+            try:
+                return fn()
+            except APIError as exc:
+                status = exc.status_code
+                if status == 429:
+                    limited += 1
+                    wait = self._rate_limit_wait(exc.response, limited)
+                    if limited >= self.config.rate_limit_attempts:
+                        raise BrokerRateLimitedError(
+                            VENUE, f"{what}: rate limited {limited} times in a row", wait
+                        ) from None
+                    log.warning("alpaca %s: rate limited, retrying in %.3fs", what, wait)
+                    self._sleep(wait)
+                    continue
+                if status == 401 or (status == 403 and not submit):
+                    raise self._auth_error(what, status, _venue_message(exc)) from None
+                if status is not None and status < 500:
+                    raise
+                problem = f"HTTP {status} {_venue_message(exc)}"
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                problem = f"no answer ({type(exc).__name__})"
+            if submit:
+                raise BrokerAmbiguousError(
+                    VENUE, f"{what}: {problem}; the order may exist, look it up by client order id"
+                )
+            failed += 1
+            if failed >= self.config.read_attempts:
+                raise BrokerUnavailableError(VENUE, f"{what}: {problem} ({failed} attempts)")
+            self._sleep(
+                min(self.config.retry_base_s * 2 ** (failed - 1), self.config.max_backoff_s)
+            )
+
+    def _rate_limit_wait(self, response: requests.Response | None, attempt: int) -> float:
+        """Seconds to wait after a 429: ``Retry-After`` (seconds or HTTP date), else Alpaca's
+        ``X-RateLimit-Reset`` (epoch seconds), else exponential; capped at ``max_backoff_s``."""
+        wait = self.config.retry_base_s * 2 ** (attempt - 1)
+        headers = response.headers if response is not None else {}
+        retry_after, reset = headers.get("Retry-After"), headers.get("X-RateLimit-Reset")
+        try:
+            if retry_after is not None:
+                if retry_after.strip().isdigit():
+                    wait = float(retry_after)
+                else:
+                    wait = email.utils.parsedate_to_datetime(retry_after).timestamp() - time.time()
+            elif reset is not None:
+                wait = float(reset) - time.time()
+        except (TypeError, ValueError):
+            pass  # a malformed header: keep the exponential wait
+        return min(max(wait, 0.0), self.config.max_backoff_s)
+
+    def _auth_error(self, what: str, status: int, message: str) -> BrokerAuthError:
+        return BrokerAuthError(
+            VENUE,
+            f"{what}: HTTP {status} {message}; check the {self.config.mode} key id from "
+            f"{self._key_id.source} and secret key from {self._secret.source}",
+        )
+
+    # ------------------------------------------------------------------ the contract
+    def connect(self) -> Account:
+        """Check the keys, and that the SDK client and the account agree with ``mode``."""
+        if self._trading._sandbox != self.config.paper:
+            raise ConfigError(
+                f"alpaca broker: SDK paper flag disagrees with mode {self.config.mode!r}"
+            )
+        account = self._call("connect", self._trading.get_account)
+        if is_paper_account(account) != self.config.paper:
+            kind = "paper" if is_paper_account(account) else "live"
+            raise ConfigError(
+                f"alpaca broker: mode is {self.config.mode!r} but account "
+                f"{account.account_number} is a {kind} account; fix [broker] mode or the keys"
+            )
+        if account.trading_blocked or account.account_blocked:
+            raise BrokerAuthError(
+                VENUE, f"account {account.account_number} is blocked from trading"
+            )
+        return account_from_model(account)
+
+    def account(self) -> Account:
+        return account_from_model(self._call("account", self._trading.get_account))
+
+    def positions(self) -> dict[str, float]:
+        return positions_from_models(self._call("positions", self._trading.get_all_positions))
+
+    def market_clock(self) -> MarketClock:
+        """Whether the US equity market is open now, and its next open and close (UTC)."""
+        return clock_from_model(self._call("clock", self._trading.get_clock))
+
+    def submit(self, request: OrderRequest) -> BrokerOrder:
+        """Send ``request``; a client order id Alpaca already has is adopted, not rejected.
+
+        Raises
+        ------
+        BrokerAmbiguousError
+            On a timeout, lost connection or 5xx: resolve with ``order(client_order_id)``.
+        BrokerRejectedError
+            On a definite refusal (422, 403 such as insufficient buying power, other 4xx).
+        """
+        cid = request.client_order_id
+        try:
+            sdk_request = order_request_to_sdk(request)
+        except ValueError as exc:
+            raise BrokerRejectedError(VENUE, f"order {cid}: {exc}") from None
+        try:
+            placed = self._call(
+                f"submit {cid}", lambda: self._trading.submit_order(sdk_request), submit=True
+            )
+        except APIError as exc:
+            message = _venue_message(exc)
+            if exc.status_code == 422 and DUPLICATE_CLIENT_ORDER_ID in message:
+                existing = self.order(cid)
+                if existing is None:
+                    raise BrokerAmbiguousError(
+                        VENUE, f"order {cid}: venue reports a duplicate it cannot find yet"
+                    ) from None
+                log.info("alpaca: adopted existing order %s", cid)
+                return existing
+            raise BrokerRejectedError(
+                VENUE, f"order {cid}: HTTP {exc.status_code} {message}"
+            ) from None
+        return order_from_model(placed)
+
+    def order(self, client_order_id: str) -> BrokerOrder | None:
+        try:
+            found = self._call(
+                f"order {client_order_id}",
+                lambda: self._trading.get_order_by_client_id(client_order_id),
+            )
+        except APIError as exc:
+            if exc.status_code == 404:
+                return None
+            raise BrokerUnavailableError(
+                VENUE, f"order {client_order_id}: HTTP {exc.status_code} {_venue_message(exc)}"
+            ) from None
+        return order_from_model(found)
+
+    def cancel(self, client_order_id: str) -> BrokerOrder | None:
+        """Cancel and wait (up to ``timeout_s``) for Alpaca's asynchronous cancel to land."""
+        current = self.order(client_order_id)
+        if current is None or current.is_final:
+            return current
+        try:
+            self._call(
+                f"cancel {client_order_id}",
+                lambda: self._trading.cancel_order_by_id(current.venue_order_id),
+            )
+        except APIError as exc:
+            if exc.status_code not in (404, 422):  # 422: already final (filled meanwhile)
+                raise BrokerUnavailableError(
+                    VENUE, f"cancel {client_order_id}: HTTP {exc.status_code} {_venue_message(exc)}"
+                ) from None
+        deadline = time.monotonic() + self.config.timeout_s
+        while True:
+            current = self.order(client_order_id)
+            if current is None or current.is_final or time.monotonic() > deadline:
+                return current
+            time.sleep(0.02)
+
+    def open_orders(self) -> list[BrokerOrder]:
+        query = GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500, nested=False)
+        found = self._call("open orders", lambda: self._trading.get_orders(query))
+        return [o for o in map(order_from_model, found) if not o.is_final]
+
+    def fills(self, since_ns: int = 0) -> list[BrokerFill]:
+        """FILL account activities at or after ``since_ns``, oldest first. alpaca-py 0.44 does
+        not wrap ``/v2/account/activities``; its ``RESTClient.get`` keeps auth the SDK's."""
+        return self._fills(self._trading, since_ns)
+
+    def _fills(self, client: TradingClient, since_ns: int) -> list[BrokerFill]:
+        params: dict[str, Any] = {
+            "after": to_datetime(max(since_ns - 1000, 0)).isoformat(),
+            "direction": "asc",
+            "page_size": ACTIVITIES_PAGE_SIZE,
+        }
+        rows: list[dict] = []
+        while True:
+            query = dict(params)
+            page = self._call("fills", lambda q=query: client.get("/account/activities/FILL", q))
+            rows.extend(page or [])
+            if not page or len(page) < ACTIVITIES_PAGE_SIZE:
+                break
+            params["page_token"] = page[-1]["id"]
+        out = [fill_from_activity(a, self._client_order_id(client, a["order_id"])) for a in rows]
+        return sorted((f for f in out if f.ts_fill_ns >= since_ns), key=lambda f: f.ts_fill_ns)
+
+    def _client_order_id(self, client: TradingClient, venue_order_id: str) -> str:
+        """Activities name the venue's order id only; look the client id up once per order."""
+        known = self._cid_by_order_id.get(venue_order_id)
+        if known is None:
+            order = self._call(
+                f"order id {venue_order_id}", lambda: client.get_order_by_id(venue_order_id)
+            )
+            known = self._cid_by_order_id[venue_order_id] = order.client_order_id
+        return known
+
+    def latest_bar(self, symbol: str) -> pd.DataFrame:
+        """The latest minute bar of ``symbol`` (one row of the ``bar_pages`` columns)."""
+        query = StockLatestBarRequest(
+            symbol_or_symbols=symbol, feed=DataFeed(self.config.data_feed)
+        )
+        found = self._call(f"latest bar {symbol}", lambda: self._data.get_stock_latest_bar(query))
+        rows = [
+            {"t": b.timestamp, "o": b.open, "h": b.high, "l": b.low, "c": b.close, "v": b.volume}
+            for b in (found.get(symbol),)
+            if b is not None
+        ]
+        return bars_frame(rows)
+
+    def stream_fills(self, on_fill: Callable[[BrokerFill], None]) -> Callable[[], None]:
+        """Deliver each execution once from the ``trade_updates`` WebSocket (reconnecting and
+        backfilling from ``fills`` after silence or a drop); return the stop function."""
+        stream = _FillStream(self, on_fill)
+        self._streams.append(stream)
+        stream.start()
+        return stream.stop
+
+    def close(self) -> None:
+        for stream in self._streams:
+            stream.stop()
+        self._streams.clear()
+        for client in (self._trading, self._data):
+            client._session.close()
+
+
+class _FillStream:
+    """The trade_updates stream as a thread. alpaca-py's ``TradingStream`` is not used: it has
+    no silence detection, waits up to 5 s to notice a stop (trading/stream.py ``_consume``),
+    and retries a refused login forever, logging each failure. The wire protocol is the same."""
+
+    def __init__(self, broker: AlpacaBroker, on_fill: Callable[[BrokerFill], None]) -> None:
+        self._broker = broker
+        self._config = broker.config
+        self._on_fill = on_fill
+        self._rest = broker._trading_client()  # the thread's own session for backfills
+        self._seen: set[str] = set()
+        self._stop = threading.Event()
+        self._healthy_ns = time.time_ns()
+        self._thread = threading.Thread(target=self._run, name="alpaca-fills", daemon=True)
+        self.connects = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self._config.timeout_s + 1.0)
+
+    def _deliver(self, fill: BrokerFill) -> None:
+        if fill.fill_id in self._seen:
+            return
+        self._seen.add(fill.fill_id)
+        try:
+            self._on_fill(fill)
+        except Exception:
+            log.exception("alpaca fill stream: on_fill failed for fill %s", fill.fill_id)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with ws_connect(
+                    self._config.resolved_stream_url,
+                    open_timeout=self._config.timeout_s,
+                    close_timeout=1.0,
+                ) as ws:
+                    self._login(ws)
+                    self.connects += 1
+                    # Listening already: what fills from now on arrives on the socket, what
+                    # filled while we were away comes from the activities endpoint.
+                    listening_ns = time.time_ns()
+                    since = self._healthy_ns - int(self._config.backfill_overlap_s * 1e9)
+                    for fill in self._broker._fills(self._rest, since):
+                        self._deliver(fill)
+                    self._healthy_ns = max(self._healthy_ns, listening_ns)
+                    self._listen(ws)
+            except (OSError, TimeoutError, WebSocketException, BrokerError, ValueError) as exc:
+                text = str(exc) if isinstance(exc, BrokerError) else type(exc).__name__
+                log.warning("alpaca fill stream: %s; reconnecting", text)
+            except Exception as exc:  # the thread must survive anything one message does
+                log.error("alpaca fill stream: unexpected %s; reconnecting", type(exc).__name__)
+            self._stop.wait(self._config.stream_reconnect_s)
+        self._rest._session.close()
+
+    def _login(self, ws) -> None:
+        auth = {
+            "key_id": self._broker._key_id.reveal(),
+            "secret_key": self._broker._secret.reveal(),
+        }
+        ws.send(json.dumps({"action": "authenticate", "data": auth}))
+        reply = json.loads(ws.recv(timeout=self._config.timeout_s))
+        if reply.get("data", {}).get("status") != "authorized":
+            raise self._broker._auth_error("fill stream login", 401, "unauthorized")
+        ws.send(json.dumps({"action": "listen", "data": {"streams": ["trade_updates"]}}))
+
+    def _listen(self, ws) -> None:
+        """Read until stopped, dropped, or silent for ``stream_silence_s`` (then reconnect)."""
+        last = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                raw = ws.recv(timeout=min(0.1, self._config.stream_silence_s))
+            except TimeoutError:
+                if time.monotonic() - last > self._config.stream_silence_s:
+                    log.warning("alpaca fill stream: silent, reconnecting")
+                    return
+                continue
+            last = time.monotonic()
+            self._healthy_ns = time.time_ns()
+            message = json.loads(raw)
+            if message.get("stream") == "trade_updates":
+                fill = fill_from_trade_update(message.get("data", {}))
+                if fill is not None:
+                    self._deliver(fill)

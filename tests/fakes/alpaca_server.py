@@ -1,0 +1,576 @@
+"""A fake Alpaca venue on 127.0.0.1 for alpaca-py: trading REST (/v2/...), market data bars and
+the trade_updates WebSocket, with a small matching engine and knobs for the faults we test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import serve
+
+TIMEFRAMES = ("1Min", "5Min", "15Min", "1Hour", "1Day")
+_FINAL = ("filled", "canceled", "expired", "rejected", "replaced")
+
+
+def iso(ns: int) -> str:
+    """RFC 3339 with nine fraction digits, the way Alpaca writes order timestamps."""
+    whole = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC)
+    return f"{whole:%Y-%m-%dT%H:%M:%S}.{ns % 1_000_000_000:09d}Z"
+
+
+def _num(x: float | None) -> str | None:
+    return None if x is None else f"{x:.10g}"
+
+
+@dataclass
+class Fault:
+    """The next ``count`` requests matching ``method`` and ``path`` answer ``status`` (0: the
+    real answer) after ``delay_s``; with ``land`` the request is carried out first (the answer
+    is lost, the effect is not)."""
+
+    method: str
+    path: str
+    status: int
+    count: int = 1
+    land: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+@dataclass
+class _Conn:
+    ws: Any
+    queue: queue.Queue = field(default_factory=queue.Queue)
+    muted: bool = False
+    drop: bool = False
+
+
+class FakeAlpaca:
+    """The venue. ``url`` is the trading and data base URL, ``stream_url`` the WebSocket."""
+
+    def __init__(
+        self,
+        *,
+        key_id: str = "PKFAKEKEY0001",
+        secret_key: str = "fake-secret-0123456789abcdef",
+        account_number: str = "PA3FAKE00001",
+        cash: float = 100_000.0,
+    ) -> None:
+        self.key_id, self.secret_key = key_id, secret_key
+        self.account_number = account_number
+        self.cash = cash
+        self.lock = threading.RLock()
+        self.prices: dict[str, float] = {}
+        self.orders: dict[str, dict] = {}
+        self.by_cid: dict[str, str] = {}
+        self.activities: list[dict] = []
+        self.positions: dict[str, float] = {}
+        self.bars: dict[str, list[dict]] = {}
+        self.clock = {"is_open": True, "next_open": "2024-01-03T09:30:00-05:00"}
+        self.clock["next_close"] = "2024-01-02T16:00:00-05:00"
+        self.faults: list[Fault] = []
+        self.requests: list[tuple[str, str, Any]] = []
+        """(method, path, query or JSON body) of every request, in order."""
+        self.forbid = False
+        self.fill_parts = 1
+        self.partial_qty: float | None = None
+        self.duplicate_events = 1
+        self.hold_events = False
+        self.held: list[bytes] = []
+        self.conns: list[_Conn] = []
+        self.stream_connects = 0
+        self._http: ThreadingHTTPServer | None = None
+        self._ws = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> FakeAlpaca:
+        fake = self
+
+        class Handler(_Handler):
+            venue = fake
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._http.daemon_threads = True
+        self._ws = serve(self._stream, "127.0.0.1", 0)
+        http = threading.Thread(target=self._http.serve_forever, args=(0.02,), daemon=True)
+        http.start()
+        threading.Thread(target=self._ws.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.drop_stream()
+        self._http.shutdown()
+        self._http.server_close()
+        self._ws.shutdown()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._http.server_address[1]}"
+
+    @property
+    def stream_url(self) -> str:
+        return f"ws://127.0.0.1:{self._ws.socket.getsockname()[1]}/stream"
+
+    # ------------------------------------------------------------------ knobs
+    def fail(self, method: str, path: str, status: int, **kwargs: Any) -> Fault:
+        fault = Fault(method, path, status, **kwargs)
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
+    def rate_limit(self, method: str, path: str, count: int, reset_in_s: int = 1) -> Fault:
+        headers = {
+            "X-RateLimit-Limit": "200",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(int(time.time()) + reset_in_s),
+        }
+        return self.fail(method, path, 429, count=count, headers=headers)
+
+    def set_price(self, symbol: str, price: float) -> None:
+        with self.lock:
+            self.prices[symbol] = price
+            for order in list(self.orders.values()):
+                if order["symbol"] == symbol and order["status"] not in _FINAL:
+                    self._try_fill(order)
+
+    def calls(self, method: str, path: str) -> int:
+        with self.lock:
+            return sum(1 for m, p, _ in self.requests if m == method and p == path)
+
+    def mute_stream(self) -> None:
+        """Keep current stream connections open but send nothing more on them."""
+        with self.lock:
+            for conn in self.conns:
+                conn.muted = True
+
+    def drop_stream(self) -> None:
+        with self.lock:
+            for conn in self.conns:
+                conn.drop = True
+
+    def release_events(self, *, reverse: bool = False) -> None:
+        with self.lock:
+            held, self.held, self.hold_events = self.held, [], False
+            for message in reversed(held) if reverse else held:
+                self._broadcast(message)
+
+    # ------------------------------------------------------------------ REST
+    def handle(self, method: str, path: str, query: dict, headers, body: Any):
+        with self.lock:
+            self.requests.append((method, path, body if method == "POST" else query))
+            if (
+                headers.get("APCA-API-KEY-ID") != self.key_id
+                or headers.get("APCA-API-SECRET-KEY") != self.secret_key
+            ):
+                return 401, {}, {"code": 40110000, "message": "request is not authorized"}
+            if self.forbid:
+                return 403, {}, {"code": 40310000, "message": "access to this API is forbidden"}
+            fault = next(
+                (f for f in self.faults if f.count > 0 and (f.method, f.path) == (method, path)),
+                None,
+            )
+            if fault is not None:
+                fault.count -= 1
+        answer = None
+        if fault is None or fault.land or not fault.status:
+            with self.lock:
+                answer = self._route(method, path, query, body)
+        if fault is not None and fault.delay_s:
+            time.sleep(fault.delay_s)  # the client times out; the effect (if landed) stays
+        if fault is not None and fault.status:
+            return fault.status, fault.headers, {"code": fault.status, "message": "fault"}
+        return answer
+
+    def _route(self, method: str, path: str, query: dict, body: Any):
+        one = {k: v[-1] for k, v in query.items()}
+        if (method, path) == ("GET", "/v2/account"):
+            return 200, {}, self._account()
+        if (method, path) == ("GET", "/v2/positions"):
+            return 200, {}, [self._position(s, q) for s, q in self.positions.items() if q]
+        if (method, path) == ("GET", "/v2/clock"):
+            return 200, {}, {"timestamp": iso(time.time_ns()), **self.clock}
+        if (method, path) == ("POST", "/v2/orders"):
+            return self._submit(body)
+        if (method, path) == ("GET", "/v2/orders"):
+            status = one.get("status", "open")
+            found = [
+                self._json(o)
+                for o in self.orders.values()
+                if o["parent"] is None
+                and (status == "all" or (o["status"] in _FINAL) == (status == "closed"))
+            ]
+            return 200, {}, found[: int(one.get("limit", 50))]
+        if (method, path) == ("GET", "/v2/orders:by_client_order_id"):
+            oid = self.by_cid.get(one.get("client_order_id", ""))
+            return self._found(oid)
+        if method == "GET" and path.startswith("/v2/orders/"):
+            return self._found(path.rsplit("/", 1)[1])
+        if method == "DELETE" and path.startswith("/v2/orders/"):
+            return self._cancel(path.rsplit("/", 1)[1])
+        if (method, path) == ("GET", "/v2/account/activities/FILL"):
+            return 200, {}, self._activities(one)
+        if (method, path) == ("GET", "/v2/stocks/bars"):
+            return self._bars(one)
+        if (method, path) == ("GET", "/v2/stocks/bars/latest"):
+            symbol = one["symbols"]
+            return (
+                200,
+                {},
+                {"bars": {symbol: self.bars[symbol][-1]} if self.bars.get(symbol) else {}},
+            )
+        return 404, {}, {"code": 40410000, "message": "endpoint not found"}
+
+    def _found(self, oid: str | None):
+        if oid is None or oid not in self.orders:
+            return 404, {}, {"code": 40410000, "message": "order not found"}
+        return 200, {}, self._json(self.orders[oid])
+
+    def _account(self) -> dict:
+        value = sum(q * self.prices.get(s, 0.0) for s, q in self.positions.items())
+        return {
+            "id": "c8f1ef5d-edc0-4f23-9ee4-378f19cb92a4",
+            "account_number": self.account_number,
+            "status": "ACTIVE",
+            "currency": "USD",
+            "cash": _num(self.cash),
+            "buying_power": _num(max(self.cash, 0.0)),
+            "equity": _num(self.cash + value),
+            "portfolio_value": _num(self.cash + value),
+            "trading_blocked": False,
+            "account_blocked": False,
+            "created_at": "2024-01-02T15:00:00.000000Z",
+        }
+
+    def _position(self, symbol: str, qty: float) -> dict:
+        price = self.prices.get(symbol, 0.0)
+        return {
+            "asset_id": "b0b6dd9d-8b9b-48a9-ba46-b9d54906e415",
+            "symbol": symbol,
+            "exchange": "NASDAQ",
+            "asset_class": "us_equity",
+            "avg_entry_price": _num(price),
+            "qty": _num(qty),
+            "side": "long" if qty > 0 else "short",
+            "market_value": _num(qty * price),
+            "cost_basis": _num(qty * price),
+            "current_price": _num(price),
+        }
+
+    def _submit(self, body: dict):
+        cid = body.get("client_order_id") or str(uuid.uuid4())
+        if cid in self.by_cid:
+            return 422, {}, {"code": 40010001, "message": "client_order_id must be unique"}
+        kind = body.get("type")
+        qty = float(body.get("qty") or 0)
+        if (
+            kind not in ("market", "limit", "stop")
+            or qty <= 0
+            or body.get("side")
+            not in (
+                "buy",
+                "sell",
+            )
+        ):
+            return 422, {}, {"code": 40010001, "message": "invalid order request"}
+        if kind in ("limit", "stop") and body.get(f"{kind}_price") is None:
+            return 422, {}, {"code": 40010001, "message": f"{kind}_price is required"}
+        price = self.prices.get(body["symbol"], 0.0)
+        if body["side"] == "buy" and qty * price > self.cash:
+            return 403, {}, {"code": 40310000, "message": "insufficient buying power"}
+        order = self._new_order(body, cid, qty, parent=None)
+        snapshot = self._json(order)
+        self._try_fill(order)
+        return 200, {}, snapshot
+
+    def _new_order(self, body: dict, cid: str, qty: float, parent: str | None) -> dict:
+        now = time.time_ns()
+        order = {
+            "id": str(uuid.uuid4()),
+            "client_order_id": cid,
+            "symbol": body["symbol"],
+            "side": body["side"],
+            "type": body["type"],
+            "qty": qty,
+            "filled_qty": 0.0,
+            "notional_filled": 0.0,
+            "limit_price": body.get("limit_price"),
+            "stop_price": body.get("stop_price"),
+            "time_in_force": body.get("time_in_force", "day"),
+            "order_class": body.get("order_class") or "",
+            "take_profit": body.get("take_profit"),
+            "stop_loss": body.get("stop_loss"),
+            "status": "accepted",
+            "created_ns": now,
+            "updated_ns": now,
+            "filled_ns": None,
+            "parent": parent,
+            "legs": [],
+            "stuck": False,
+        }
+        self.orders[order["id"]] = order
+        self.by_cid[cid] = order["id"]
+        return order
+
+    def _try_fill(self, order: dict) -> None:
+        price = self.prices.get(order["symbol"])
+        if price is None or order["stuck"] or order["status"] in (*_FINAL, "held"):
+            return
+        kind, buy = order["type"], order["side"] == "buy"
+        limit, stop = order["limit_price"], order["stop_price"]
+        if kind == "limit" and (price > limit if buy else price < limit):
+            order["status"] = "new"
+            return
+        if kind == "stop" and (price < stop if buy else price > stop):
+            order["status"] = "new"
+            return
+        left = order["qty"] - order["filled_qty"]
+        if self.partial_qty is not None and order["parent"] is None:
+            left, order["stuck"], self.partial_qty = min(self.partial_qty, left), True, None
+        parts = max(1, self.fill_parts)
+        for i in range(parts):
+            self._execute(order, left / parts if i < parts - 1 else left - left / parts * i, price)
+        if order["status"] == "filled":
+            self._after_fill(order)
+
+    def _execute(self, order: dict, qty: float, price: float) -> None:
+        now = time.time_ns()
+        order["filled_qty"] += qty
+        order["notional_filled"] += qty * price
+        done = order["filled_qty"] >= order["qty"] - 1e-12
+        order["status"] = "filled" if done else "partially_filled"
+        order["updated_ns"], order["filled_ns"] = now, now
+        sign = 1.0 if order["side"] == "buy" else -1.0
+        self.positions[order["symbol"]] = self.positions.get(order["symbol"], 0.0) + sign * qty
+        self.cash -= sign * qty * price
+        ms = datetime.fromtimestamp(now / 1e9, tz=UTC).strftime("%Y%m%d%H%M%S%f")[:17]
+        event = "fill" if done else "partial_fill"
+        self.activities.append(
+            {
+                "id": f"{ms}::{uuid.uuid4()}",
+                "activity_type": "FILL",
+                "transaction_time": iso(now),
+                "type": event,
+                "price": _num(price),
+                "qty": _num(qty),
+                "side": order["side"],
+                "symbol": order["symbol"],
+                "leaves_qty": _num(order["qty"] - order["filled_qty"]),
+                "order_id": order["id"],
+                "cum_qty": _num(order["filled_qty"]),
+                "order_status": order["status"],
+            }
+        )
+        message = {
+            "stream": "trade_updates",
+            "data": {
+                "event": event,
+                "execution_id": str(uuid.uuid4()),
+                "order": self._json(order),
+                "timestamp": iso(now),
+                "position_qty": _num(self.positions[order["symbol"]]),
+                "price": _num(price),
+                "qty": _num(qty),
+            },
+        }
+        encoded = json.dumps(message).encode()
+        if self.hold_events:
+            self.held.append(encoded)
+        else:
+            self._broadcast(encoded)
+
+    def _after_fill(self, order: dict) -> None:
+        """Bracket / OTO legs start working once the entry fills; OCO legs cancel each other."""
+        if order["parent"] is None and (order["take_profit"] or order["stop_loss"]):
+            exit_side = "sell" if order["side"] == "buy" else "buy"
+            legs = []
+            if order["take_profit"]:
+                tp = {"type": "limit", "limit_price": order["take_profit"]["limit_price"]}
+                legs.append(tp)
+            if order["stop_loss"]:
+                legs.append({"type": "stop", "stop_price": order["stop_loss"]["stop_price"]})
+            for spec in legs:
+                body = {"symbol": order["symbol"], "side": exit_side, **spec}
+                leg = self._new_order(body, str(uuid.uuid4()), order["qty"], order["id"])
+                order["legs"].append(leg["id"])
+            for leg_id in order["legs"]:
+                self._try_fill(self.orders[leg_id])
+        elif order["parent"] is not None:
+            for sibling in self.orders[order["parent"]]["legs"]:
+                if self.orders[sibling]["status"] not in _FINAL:
+                    self.orders[sibling]["status"] = "canceled"
+
+    def _cancel(self, oid: str):
+        order = self.orders.get(oid)
+        if order is None:
+            return 404, {}, {"code": 40410000, "message": "order not found"}
+        if order["status"] in _FINAL:
+            return 422, {}, {"code": 42210000, "message": f"order is already in {order['status']}"}
+        order["status"], order["updated_ns"] = "canceled", time.time_ns()
+        for leg in order["legs"]:
+            if self.orders[leg]["status"] not in _FINAL:
+                self.orders[leg]["status"] = "canceled"
+        return 204, {}, None
+
+    def _json(self, order: dict) -> dict:
+        filled = order["filled_qty"]
+        avg = order["notional_filled"] / filled if filled else None
+        return {
+            "id": order["id"],
+            "client_order_id": order["client_order_id"],
+            "created_at": iso(order["created_ns"]),
+            "updated_at": iso(order["updated_ns"]),
+            "submitted_at": iso(order["created_ns"]),
+            "filled_at": iso(order["filled_ns"]) if order["status"] == "filled" else None,
+            "expired_at": None,
+            "canceled_at": iso(order["updated_ns"]) if order["status"] == "canceled" else None,
+            "failed_at": None,
+            "replaced_at": None,
+            "replaced_by": None,
+            "replaces": None,
+            "asset_id": "b0b6dd9d-8b9b-48a9-ba46-b9d54906e415",
+            "symbol": order["symbol"],
+            "asset_class": "us_equity",
+            "notional": None,
+            "qty": _num(order["qty"]),
+            "filled_qty": _num(filled),
+            "filled_avg_price": _num(avg),
+            "order_class": order["order_class"],
+            "order_type": order["type"],
+            "type": order["type"],
+            "side": order["side"],
+            "time_in_force": order["time_in_force"],
+            "limit_price": _num(order["limit_price"]),
+            "stop_price": _num(order["stop_price"]),
+            "status": order["status"],
+            "extended_hours": False,
+            "legs": [self._json(self.orders[leg]) for leg in order["legs"]] or None,
+            "trail_percent": None,
+            "trail_price": None,
+            "hwm": None,
+        }
+
+    def _activities(self, q: dict) -> list[dict]:
+        rows = sorted(self.activities, key=lambda a: a["id"], reverse=q.get("direction") != "asc")
+        if "after" in q:
+            after = datetime.fromisoformat(q["after"].replace("Z", "+00:00")).timestamp()
+            rows = [a for a in rows if _epoch(a["transaction_time"]) > after]
+        if "page_token" in q:
+            token = q["page_token"]
+            asc = q.get("direction") == "asc"
+            rows = [a for a in rows if (a["id"] > token if asc else a["id"] < token)]
+        return rows[: int(q.get("page_size", 100))]
+
+    def _bars(self, q: dict):
+        if q.get("timeframe") not in TIMEFRAMES:
+            return 400, {}, {"code": 40010001, "message": "invalid timeframe"}
+        symbol = q["symbols"]
+        start, end = _epoch(q["start"]), _epoch(q["end"])
+        rows = [b for b in self.bars.get(symbol, []) if start <= _epoch(b["t"]) <= end]
+        offset = int(base64.b64decode(q["page_token"]).decode()) if q.get("page_token") else 0
+        limit = int(q.get("limit") or 10_000)
+        page = rows[offset : offset + limit]
+        more = offset + limit < len(rows)
+        token = base64.b64encode(str(offset + limit).encode()).decode() if more else None
+        return 200, {}, {"bars": {symbol: page} if page else {}, "next_page_token": token}
+
+    # ------------------------------------------------------------------ stream
+    def _broadcast(self, message: bytes) -> None:
+        for conn in self.conns:
+            if not conn.muted:
+                for _ in range(self.duplicate_events):
+                    conn.queue.put(message)
+
+    def _stream(self, ws) -> None:
+        try:
+            hello = json.loads(ws.recv(timeout=5))
+            data = hello.get("data", {})
+            ok = hello.get("action") == "authenticate" and (
+                data.get("key_id"),
+                data.get("secret_key"),
+            ) == (self.key_id, self.secret_key)
+            status = "authorized" if ok else "unauthorized"
+            reply = {
+                "stream": "authorization",
+                "data": {"action": "authenticate", "status": status},
+            }
+            ws.send(json.dumps(reply).encode())
+            if not ok:
+                return
+            listen = json.loads(ws.recv(timeout=5))
+            streams = listen.get("data", {}).get("streams", [])
+            ws.send(json.dumps({"stream": "listening", "data": {"streams": streams}}).encode())
+            conn = _Conn(ws)
+            with self.lock:
+                self.conns.append(conn)
+                self.stream_connects += 1
+            try:
+                self._pump(conn)
+            finally:
+                with self.lock:
+                    self.conns.remove(conn)
+        except (ConnectionClosed, TimeoutError):
+            return
+
+    def _pump(self, conn: _Conn) -> None:
+        while not conn.drop:
+            try:
+                conn.ws.recv(timeout=0.01)
+            except TimeoutError:
+                pass
+            while not conn.queue.empty():
+                message = conn.queue.get_nowait()
+                if not conn.muted:
+                    conn.ws.send(message)
+        conn.ws.close()
+
+
+def _epoch(text: str) -> float:
+    text = text.replace("Z", "+00:00")
+    if "." in text:
+        main, rest = text.split(".", 1)
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = main + "." + rest[: min(digits, 6)] + rest[digits:]
+    return datetime.fromisoformat(text).timestamp()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    venue: FakeAlpaca
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _serve(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        status, headers, payload = self.venue.handle(
+            method, parts.path, parse_qs(parts.query), self.headers, body
+        )
+        data = b"" if payload is None else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")

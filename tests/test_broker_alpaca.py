@@ -1,0 +1,513 @@
+"""The Alpaca adapter against a local fake venue through the real alpaca-py clients: the broker
+contract suite, fault scenarios, the fill stream, config and secrets, and bar pages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from live.alpaca import AlpacaBroker, AlpacaConfig, bar_pages
+from live.broker import (
+    BrokerAmbiguousError,
+    BrokerAuthError,
+    BrokerRateLimitedError,
+    BrokerRejectedError,
+    BrokerUnavailableError,
+    OrderRequest,
+    OrderStatus,
+)
+from quantshift.errors import ConfigError
+from tests.broker_contract import BrokerContract, VenueHarness, wait_final
+from tests.fakes.alpaca_server import FakeAlpaca
+
+KEY_ENV, SECRET_ENV = "QS_TEST_ALPACA_KEY_ID", "QS_TEST_ALPACA_SECRET"
+WRONG_SECRET = "wrong-secret-must-never-be-printed"
+SYMBOL = "AAPL"
+
+
+def config_for(fake: FakeAlpaca, **overrides) -> AlpacaConfig:
+    settings = {
+        "mode": "paper",
+        "key_id_env": KEY_ENV,
+        "secret_key_env": SECRET_ENV,
+        "trading_url": fake.url,
+        "data_url": fake.url,
+        "stream_url": fake.stream_url,
+        "timeout_s": 2.0,
+        "retry_base_s": 0.001,
+        "max_backoff_s": 0.01,
+        "stream_silence_s": 0.4,
+        "stream_reconnect_s": 0.05,
+        "backfill_overlap_s": 2.0,
+    }
+    settings.update(overrides)
+    return AlpacaConfig(**settings)
+
+
+def until(check, timeout_s: float = 5.0):
+    deadline = time.monotonic() + timeout_s
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        time.sleep(0.01)
+    return result
+
+
+def buy(cid: str, qty: float = 3.0, **kwargs) -> OrderRequest:
+    return OrderRequest(client_order_id=cid, symbol=SYMBOL, side="buy", qty=qty, **kwargs)
+
+
+@pytest.fixture
+def fake():
+    venue = FakeAlpaca().start()
+    yield venue
+    venue.stop()
+
+
+@pytest.fixture
+def keys(fake, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, fake.key_id)
+    monkeypatch.setenv(SECRET_ENV, fake.secret_key)
+
+
+@pytest.fixture
+def waits():
+    return []
+
+
+@pytest.fixture
+def make(fake, keys, waits):
+    made: list[AlpacaBroker] = []
+
+    def build(**overrides) -> AlpacaBroker:
+        broker = AlpacaBroker(config_for(fake, **overrides), sleep=waits.append)
+        made.append(broker)
+        return broker
+
+    yield build
+    for broker in made:
+        broker.close()
+
+
+@pytest.fixture
+def broker(make):
+    return make()
+
+
+# ----------------------------------------------------------------------------- contract
+@pytest.fixture
+def harness(fake, broker, monkeypatch):
+    def bad_keys_broker() -> AlpacaBroker:
+        monkeypatch.setenv(SECRET_ENV, WRONG_SECRET)
+        return AlpacaBroker(config_for(fake))
+
+    return VenueHarness(
+        broker=broker,
+        symbol=SYMBOL,
+        qty=3.0,
+        set_price=fake.set_price,
+        bad_keys_broker=bad_keys_broker,
+        secret=WRONG_SECRET,
+    )
+
+
+class TestAlpacaBroker(BrokerContract):
+    pass
+
+
+# ----------------------------------------------------------------------------- ambiguity
+def test_504_after_the_order_landed_is_ambiguous_and_resolved_by_lookup(fake, broker):
+    fake.set_price(SYMBOL, 100.0)
+    fake.fail("POST", "/v2/orders", 504, land=True)
+    with pytest.raises(BrokerAmbiguousError, match="look it up"):
+        broker.submit(buy("qs504"))
+    assert fake.calls("POST", "/v2/orders") == 1  # neither the SDK nor we resent it
+    found = broker.order("qs504")
+    assert found.status == OrderStatus.FILLED and found.filled_qty == 3.0
+    again = broker.submit(buy("qs504"))  # the runner may resubmit: 422 duplicate -> adopted
+    assert again.venue_order_id == found.venue_order_id
+    assert broker.positions() == {SYMBOL: 3.0}
+
+
+def test_the_sdks_own_retry_of_a_landed_504_is_adopted_not_rejected(fake, broker):
+    # alpaca-py's default policy: resend POST /orders after a 504; Alpaca answers 422.
+    broker._trading._retry, broker._trading._retry_codes, broker._trading._retry_wait = 1, [504], 0
+    fake.set_price(SYMBOL, 100.0)
+    fake.fail("POST", "/v2/orders", 504, land=True)
+    order = broker.submit(buy("qssdkretry"))
+    assert order.client_order_id == "qssdkretry" and order.status == OrderStatus.FILLED
+    assert fake.calls("POST", "/v2/orders") == 2
+    assert broker.positions() == {SYMBOL: 3.0}
+
+
+def test_a_500_on_submit_is_ambiguous_and_lookup_says_it_never_arrived(fake, broker):
+    fake.set_price(SYMBOL, 100.0)
+    fake.fail("POST", "/v2/orders", 500)
+    with pytest.raises(BrokerAmbiguousError, match="HTTP 500"):
+        broker.submit(buy("qs500"))
+    assert broker.order("qs500") is None
+    assert broker.submit(buy("qs500")).client_order_id == "qs500"
+    assert wait_final(broker, "qs500").status == OrderStatus.FILLED
+
+
+def test_a_timeout_on_submit_is_ambiguous(fake, make):
+    broker = make(timeout_s=0.2)
+    fake.set_price(SYMBOL, 100.0)
+    fake.fail("POST", "/v2/orders", 0, land=True, delay_s=0.5)
+    with pytest.raises(BrokerAmbiguousError, match="no answer"):
+        broker.submit(buy("qstimeout"))
+    assert wait_final(broker, "qstimeout").status == OrderStatus.FILLED
+
+
+# ----------------------------------------------------------------------------- 429 / 5xx
+def test_a_429_burst_backs_off_per_the_reset_header_then_succeeds(fake, make, waits):
+    broker = make(max_backoff_s=5.0)  # waits are recorded, not slept
+    fake.rate_limit("GET", "/v2/account", count=3, reset_in_s=2)
+    assert broker.account().cash == 100_000.0
+    assert fake.calls("GET", "/v2/account") == 4
+    assert len(waits) == 3 and all(0.5 < w <= 2.0 for w in waits)
+
+
+def test_retry_after_wins_and_every_wait_is_capped(fake, make, waits):
+    broker = make(max_backoff_s=1.5)
+    fake.fail("GET", "/v2/positions", 429, headers={"Retry-After": "1"})
+    fake.fail("GET", "/v2/positions", 429, headers={"Retry-After": "60"})
+    assert broker.positions() == {}
+    assert waits == [1.0, 1.5]
+
+
+def test_a_429_that_does_not_end_raises_rate_limited(fake, make):
+    broker = make(rate_limit_attempts=3)
+    fake.rate_limit("GET", "/v2/account", count=10)
+    with pytest.raises(BrokerRateLimitedError, match="3 times") as caught:
+        broker.account()
+    assert caught.value.retry_after_s is not None
+    assert fake.calls("GET", "/v2/account") == 3
+
+
+def test_a_429_on_submit_is_retried_because_nothing_landed(fake, broker):
+    fake.set_price(SYMBOL, 100.0)
+    fake.rate_limit("POST", "/v2/orders", count=2)
+    broker.submit(buy("qs429"))
+    assert wait_final(broker, "qs429").status == OrderStatus.FILLED
+    assert broker.positions() == {SYMBOL: 3.0}
+
+
+def test_reads_retry_5xx_then_report_unavailable(fake, make):
+    broker = make(read_attempts=2)
+    fake.fail("GET", "/v2/positions", 503)
+    assert broker.positions() == {}
+    fake.fail("GET", "/v2/account", 504, count=5)
+    with pytest.raises(BrokerUnavailableError, match="HTTP 504"):
+        broker.account()
+    assert fake.calls("GET", "/v2/account") == 2  # the SDK's own 504 retry is off
+
+
+# ----------------------------------------------------------------------------- orders
+def test_partial_fill_then_cancel_keeps_the_filled_part(fake, broker):
+    fake.set_price(SYMBOL, 100.0)
+    fake.partial_qty = 1.0
+    broker.submit(buy("qspartial"))
+    assert broker.order("qspartial").status == OrderStatus.PARTIALLY_FILLED
+    assert "qspartial" in {o.client_order_id for o in broker.open_orders()}
+    done = broker.cancel("qspartial")
+    assert done.status == OrderStatus.CANCELLED and done.filled_qty == 1.0
+    assert done.avg_fill_price == pytest.approx(100.0)
+    assert [f.qty for f in broker.fills() if f.client_order_id == "qspartial"] == [1.0]
+    assert broker.positions() == {SYMBOL: 1.0}
+
+
+def test_a_bracket_order_sends_both_legs_and_exits_at_take_profit(fake, broker):
+    fake.set_price(SYMBOL, 100.0)
+    entry = buy("qsbracket", take_profit_price=110.0, stop_loss_price=90.0)
+    broker.submit(entry)
+    body = [b for m, p, b in fake.requests if (m, p) == ("POST", "/v2/orders")][-1]
+    assert body["order_class"] == "bracket"
+    assert body["take_profit"] == {"limit_price": 110.0} and body["stop_loss"]["stop_price"] == 90.0
+    assert broker.positions() == {SYMBOL: 3.0}
+    fake.set_price(SYMBOL, 111.0)
+    assert broker.positions() == {}
+    legs = [o for o in fake.orders.values() if o["parent"]]
+    assert sorted(o["status"] for o in legs) == ["canceled", "filled"]
+
+
+def test_a_single_exit_leg_is_an_oto_order(fake, broker):
+    fake.set_price(SYMBOL, 100.0)
+    broker.submit(buy("qsoto", stop_loss_price=95.0))
+    body = [b for m, p, b in fake.requests if (m, p) == ("POST", "/v2/orders")][-1]
+    assert body["order_class"] == "oto" and "take_profit" not in body
+
+
+def test_a_stop_order_rests_until_triggered(fake, broker):
+    fake.set_price(SYMBOL, 100.0)
+    broker.submit(buy("qsentry"))
+    wait_final(broker, "qsentry")
+    stop = OrderRequest(
+        client_order_id="qsstop",
+        symbol=SYMBOL,
+        side="sell",
+        qty=3.0,
+        order_type="stop",
+        stop_price=95.0,
+        time_in_force="gtc",
+    )
+    assert broker.submit(stop).order_type == "stop"
+    assert broker.order("qsstop").status == OrderStatus.OPEN
+    fake.set_price(SYMBOL, 94.0)
+    assert broker.order("qsstop").status == OrderStatus.FILLED
+    assert broker.positions() == {}
+
+
+def test_a_definite_refusal_is_a_rejection(fake, broker):
+    fake.set_price(SYMBOL, 1_000_000.0)
+    with pytest.raises(BrokerRejectedError, match="insufficient buying power"):
+        broker.submit(buy("qspoor"))  # Alpaca answers 403 here: not an auth error
+    assert broker.order("qspoor") is None
+
+
+def test_fills_follow_the_activities_pages(fake, broker):
+    fake.set_price(SYMBOL, 10.0)
+    fake.fill_parts = 120  # more than one page of 100 activities
+    broker.submit(buy("qsmany", qty=120.0))
+    fills = broker.fills()
+    assert len(fills) == 120 and len({f.fill_id for f in fills}) == 120
+    assert sum(f.qty for f in fills) == pytest.approx(120.0)
+    assert [f.ts_fill_ns for f in fills] == sorted(f.ts_fill_ns for f in fills)
+    pages = [q for m, p, q in fake.requests if p == "/v2/account/activities/FILL"]
+    assert len(pages) == 2 and "page_token" in pages[1]
+    assert fake.calls("GET", f"/v2/orders/{fake.by_cid['qsmany']}") == 1  # id cached
+
+
+def test_market_clock_and_latest_bar(fake, broker):
+    clock = broker.market_clock()
+    assert clock.is_open is True and clock.next_close.tzinfo is not None
+    assert clock.next_open > clock.next_close
+    fake.bars[SYMBOL] = _bars(1)
+    latest = broker.latest_bar(SYMBOL)
+    assert latest["ts_ns"].tolist() == [1704205800_000_000_000]
+    assert latest["close"].tolist() == [10.5]
+
+
+# ----------------------------------------------------------------------------- auth / mode
+def test_403_at_connect_is_an_auth_error_naming_the_key_source(fake, broker, caplog):
+    fake.forbid = True
+    with caplog.at_level(logging.DEBUG), pytest.raises(BrokerAuthError) as caught:
+        broker.connect()
+    message = str(caught.value)
+    assert "403" in message and f"${KEY_ENV}" in message and f"${SECRET_ENV}" in message
+    assert fake.secret_key not in message and fake.secret_key not in caplog.text
+
+
+def test_401_at_connect_never_shows_the_secret(fake, make, monkeypatch, caplog):
+    monkeypatch.setenv(SECRET_ENV, WRONG_SECRET)
+    broker = make()
+    with caplog.at_level(logging.DEBUG), pytest.raises(BrokerAuthError, match="401") as caught:
+        broker.connect()
+    assert fake.calls("GET", "/v2/account") == 1  # fail fast, no retry
+    for text in (str(caught.value), repr(caught.value), repr(broker), caplog.text):
+        assert WRONG_SECRET not in text
+
+
+def test_a_live_config_against_a_paper_account_is_refused(fake, make):
+    live = make(mode="live")
+    assert live._trading._sandbox is False  # paper=False went to the SDK explicitly
+    with pytest.raises(ConfigError, match="mode is 'live' but account PA3FAKE00001 is a paper"):
+        live.connect()
+
+
+def test_a_paper_config_against_a_live_account_is_refused(fake, broker):
+    fake.account_number = "611428730"
+    with pytest.raises(ConfigError, match="is a live account"):
+        broker.connect()
+
+
+@pytest.mark.parametrize(
+    ("mode", "key", "url"),
+    [
+        ("paper", "trading_url", "https://api.alpaca.markets"),
+        ("live", "trading_url", "https://paper-api.alpaca.markets"),
+        ("live", "stream_url", "wss://paper-api.alpaca.markets/stream"),
+        ("paper", "trading_url", "https://proxy.example.com"),
+    ],
+)
+def test_an_override_contradicting_the_mode_is_refused(mode, key, url):
+    with pytest.raises(ConfigError, match=f"{key}=.*does not match mode '{mode}'"):
+        AlpacaConfig(mode=mode, **{key: url})
+
+
+def test_venue_urls_matching_the_mode_and_loopback_urls_are_accepted():
+    AlpacaConfig(mode="live", trading_url="https://api.alpaca.markets")
+    AlpacaConfig(mode="paper", trading_url="https://paper-api.alpaca.markets/")
+    AlpacaConfig(mode="live", trading_url="http://[::1]:8080", stream_url="ws://localhost:1/s")
+
+
+# ----------------------------------------------------------------------------- config / secrets
+def test_from_options_builds_the_config_and_names_unknown_keys():
+    config = AlpacaConfig.from_options(
+        {"secrets_file": "~/.qs/alpaca.toml", "data_feed": "sip", "timeout_s": 3}, "live.toml"
+    )
+    assert config.mode == "paper" and config.paper and config.data_feed == "sip"
+    with pytest.raises(ConfigError, match=r"live.toml: \[broker\] api_key: unknown key.*timeout_s"):
+        AlpacaConfig.from_options({"api_key": "x"}, "live.toml", mode="live")
+    with pytest.raises(ConfigError, match=r"live.toml: \[broker\].*data_feed"):
+        AlpacaConfig.from_options({"data_feed": "otc"}, "live.toml")
+    with pytest.raises(ConfigError, match="rate_limit_attempts"):
+        AlpacaConfig.from_options({"rate_limit_attempts": 0}, "live.toml")
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        AlpacaConfig(mode="real")
+
+
+def test_keys_come_from_a_secrets_file_when_the_environment_has_none(fake, tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    path = tmp_path / "alpaca.toml"
+    path.write_text(f'alpaca_key_id = "{fake.key_id}"\nalpaca_secret_key = "{fake.secret_key}"\n')
+    path.chmod(0o600)
+    broker = AlpacaBroker(config_for(fake, secrets_file=str(path)))
+    try:
+        assert broker.connect().cash > 0
+        assert fake.secret_key not in repr(broker) and str(path) in repr(broker)
+    finally:
+        broker.close()
+
+
+def test_missing_keys_name_what_was_tried(fake, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(ConfigError, match=f"environment variable {KEY_ENV}"):
+        AlpacaBroker(config_for(fake))
+
+
+def test_a_whole_session_never_logs_the_secret(fake, make, caplog):
+    with caplog.at_level(logging.DEBUG):
+        broker = make()
+        fake.set_price(SYMBOL, 100.0)
+        broker.connect()
+        fake.rate_limit("POST", "/v2/orders", count=1)
+        broker.submit(buy("qslog"))
+        got = []
+        stop = broker.stream_fills(got.append)
+        until(lambda: fake.stream_connects)
+        fake.drop_stream()
+        until(lambda: fake.stream_connects >= 2)
+        stop()
+    assert "rate limited" in caplog.text and "reconnecting" in caplog.text
+    assert fake.secret_key not in caplog.text and fake.key_id not in caplog.text
+
+
+# ----------------------------------------------------------------------------- stream
+def test_the_stream_delivers_each_fill_once_despite_duplicates_and_reordering(fake, broker):
+    got = []
+    stop = broker.stream_fills(got.append)
+    try:
+        until(lambda: fake.stream_connects)
+        fake.set_price(SYMBOL, 100.0)
+        fake.duplicate_events, fake.hold_events, fake.fill_parts = 2, True, 3
+        broker.submit(buy("qsstream"))
+        fake.release_events(reverse=True)  # six messages: three fills, each twice, backwards
+        until(lambda: len(got) == 3)
+        time.sleep(0.1)
+        assert len(got) == 3 and len({f.fill_id for f in got}) == 3
+        assert sum(f.qty for f in got) == pytest.approx(3.0)
+        assert {f.client_order_id for f in got} == {"qsstream"}
+        assert {f.fill_id for f in got} == {f.fill_id for f in broker.fills()}  # same ids
+    finally:
+        stop()
+
+
+def test_stream_silence_reconnects_and_backfills(fake, broker):
+    got = []
+    stop = broker.stream_fills(got.append)
+    try:
+        until(lambda: fake.stream_connects)
+        fake.mute_stream()
+        fake.set_price(SYMBOL, 100.0)
+        broker.submit(buy("qssilent"))
+        until(lambda: got, timeout_s=3.0)
+        assert fake.stream_connects == 2  # reconnected after stream_silence_s, then backfilled
+        assert [f.client_order_id for f in got] == ["qssilent"]
+    finally:
+        stop()
+
+
+def test_a_dropped_stream_reconnects_and_backfills_what_it_missed(fake, make):
+    broker = make(stream_reconnect_s=0.3)
+    got = []
+    stop = broker.stream_fills(got.append)
+    try:
+        until(lambda: fake.stream_connects)
+        fake.drop_stream()
+        until(lambda: not fake.conns)
+        fake.set_price(SYMBOL, 100.0)
+        broker.submit(buy("qsdropped"))  # fills while nobody listens
+        until(lambda: got, timeout_s=3.0)
+        assert [f.client_order_id for f in got] == ["qsdropped"]
+        time.sleep(0.1)
+        assert len(got) == 1
+    finally:
+        started = time.monotonic()
+        stop()
+        assert time.monotonic() - started < 1.0
+
+
+def test_a_refused_stream_login_is_logged_without_the_secret(fake, make, monkeypatch, caplog):
+    broker = make()
+    broker._secret = type(broker._secret)(WRONG_SECRET, f"${SECRET_ENV}")
+    with caplog.at_level(logging.WARNING):
+        stop = broker.stream_fills(lambda fill: None)
+        until(lambda: "fill stream login" in caplog.text)
+        stop()
+    assert fake.stream_connects == 0 and WRONG_SECRET not in caplog.text
+
+
+# ----------------------------------------------------------------------------- bar pages
+def _bars(n: int, start: str = "2024-01-02T14:30:00Z", step: str = "1min") -> list[dict]:
+    times = pd.date_range(start, periods=n, freq=step)
+    return [
+        {"t": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "o": 10 + i, "h": 11 + i, "l": 9 + i}
+        | {"c": 10.5 + i, "v": 100 * (i + 1), "n": 5, "vw": 10.2 + i}
+        for i, t in enumerate(times)
+    ]
+
+
+def _ns(text: str) -> int:
+    return pd.Timestamp(text).value
+
+
+def test_bar_pages_follow_the_page_token_through_a_429(fake, make, waits):
+    broker = make(bars_page_limit=10)
+    fake.bars[SYMBOL] = _bars(25)
+    start, end = _ns("2024-01-02T14:30:00Z"), _ns("2024-01-02T15:00:00Z")
+    pages = bar_pages(broker, SYMBOL, start, end, "1m")
+    first = next(pages)
+    fake.rate_limit("GET", "/v2/stocks/bars", count=1)
+    rest = list(pages)
+    assert [len(p) for p in [first, *rest]] == [10, 10, 5] and len(waits) == 1
+    frame = pd.concat([first, *rest], ignore_index=True)
+    assert list(frame.columns) == ["ts_ns", "open", "high", "low", "close", "volume"]
+    assert frame["ts_ns"].dtype == np.int64 and frame["close"].dtype == np.float64
+    assert np.all(np.diff(frame["ts_ns"].to_numpy()) == 60_000_000_000)
+    assert frame["ts_ns"].iloc[0] == start and frame["volume"].iloc[-1] == 2500.0
+    queries = [q for m, p, q in fake.requests if p == "/v2/stocks/bars"]
+    assert queries[0]["timeframe"] == ["1Min"] and queries[0]["feed"] == ["iex"]
+    assert "page_token" not in queries[0] and "page_token" in queries[-1]
+
+
+def test_bar_pages_window_is_half_open_and_built_from_a_config(fake, keys):
+    fake.bars[SYMBOL] = _bars(5, step="1D")
+    config = config_for(fake)
+    start, end = _ns("2024-01-02T14:30:00Z"), _ns("2024-01-05T14:30:00Z")
+    frames = list(bar_pages(config, SYMBOL, start, end, "1d"))
+    assert [len(f) for f in frames] == [3]  # the bar opening at end_ns is excluded
+    assert list(bar_pages(config, "MSFT", start, end, "1d")) == []
+
+
+def test_bar_pages_reject_unknown_timeframes_and_empty_windows(broker):
+    with pytest.raises(ConfigError, match=r"timeframe '2h'.*1m, 5m, 15m, 1h, 1d"):
+        next(bar_pages(broker, SYMBOL, 0, 10, "2h"))
+    with pytest.raises(ConfigError, match="end_ns"):
+        next(bar_pages(broker, SYMBOL, 10, 10, "1d"))
