@@ -1,0 +1,498 @@
+"""The Coinbase Advanced Trade adapter: the broker contract over coinbase-advanced-py's RESTClient
+(balances, orders, fills, candles), with errors mapped to what the runner does next.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import requests
+from coinbase.rest import RESTClient
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from requests.exceptions import HTTPError
+
+from live.broker import (
+    Account,
+    Broker,
+    BrokerAmbiguousError,
+    BrokerAuthError,
+    BrokerError,
+    BrokerFill,
+    BrokerOrder,
+    BrokerRateLimitedError,
+    BrokerRejectedError,
+    BrokerUnavailableError,
+    OrderRequest,
+    OrderStatus,
+)
+from live.coinbase import parse
+from live.coinbase.config import API_KEY_NAME, API_SECRET_NAME, CoinbaseConfig
+from live.coinbase.stream import FillStream
+from live.secrets import Secret, load_secret
+
+VENUE = "coinbase"
+PAGE_LIMIT = 250
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class OrderNotFoundError(BrokerError):
+    """404 for an order id (the venue does not know it)."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The CDP key name and its private key, as ``Secret``s that never print."""
+
+    key_name: Secret
+    private_key: Secret
+
+    @property
+    def hint(self) -> str:
+        """Where the keys came from (safe to print), for auth error messages."""
+        return f"key name from {self.key_name.source}, private key from {self.private_key.source}"
+
+
+def load_credentials(config: CoinbaseConfig) -> Credentials:
+    """Read the key name and private key from the environment or the secrets file.
+
+    Raises
+    ------
+    ConfigError
+        When either is missing (naming the variable and file tried).
+    BrokerAuthError
+        When the private key is not a PEM EC or Ed25519 key (naming its source, never its value).
+    """
+    where = "coinbase broker"
+    key = load_secret(
+        API_KEY_NAME, env=config.api_key_env, secrets_file=config.secrets_file, where=where
+    )
+    secret = load_secret(
+        API_SECRET_NAME, env=config.api_secret_env, secrets_file=config.secrets_file, where=where
+    )
+    credentials = Credentials(key, secret)
+    # The SDK turns "\n" escapes into newlines before signing; do the same to check the key.
+    pem = secret.reveal().encode().decode("unicode_escape")
+    try:
+        private = serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError, UnicodeError):
+        private = None
+    if not isinstance(private, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+        raise BrokerAuthError(
+            VENUE,
+            f"the private key from {secret.source} is not a PEM EC (ES256) or Ed25519 key; "
+            "create a CDP API key for Advanced Trade",
+        )
+    return credentials
+
+
+class _CABundleSession(requests.Session):
+    """A session that verifies TLS against one CA bundle. ``Session.verify`` alone is silently
+    overridden by ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` (requests' merge of environment
+    settings), so the bundle is applied after that merge."""
+
+    def __init__(self, ca_file: str) -> None:
+        super().__init__()
+        self.verify = ca_file
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        settings["verify"] = self.verify
+        return settings
+
+
+def rest_client(config: CoinbaseConfig, credentials: Credentials | None) -> RESTClient:
+    """Build the SDK client (public endpoints only without ``credentials``). Keys are passed
+    explicitly: the SDK's defaults read the environment once, at import time."""
+    client = RESTClient(
+        api_key=credentials.key_name.reveal() if credentials else None,
+        api_secret=credentials.private_key.reveal() if credentials else None,
+        base_url=config.base_url,
+        timeout=config.timeout_s,
+    )
+    if config.ca_file is not None:
+        client.session = _CABundleSession(config.ca_file)
+    return client
+
+
+# ----------------------------------------------------------------------------- error mapping
+def retry_wait_s(headers: Any, attempt: int, config: CoinbaseConfig) -> float:
+    """Seconds to wait before retry ``attempt`` (1-based) of a call answered 429: the venue's
+    ``Retry-After`` or ``x-ratelimit-reset``, else exponential backoff; capped."""
+    for name in ("Retry-After", "x-ratelimit-reset"):
+        value = headers.get(name) if headers is not None else None
+        if not value:
+            continue
+        try:
+            wait = float(value)
+        except ValueError:
+            try:
+                wait = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError):
+                continue
+        if wait > 1e9:  # an epoch second, not a delay
+            wait -= time.time()
+        return min(max(wait, 0.0), config.max_backoff_s)
+    return min(config.retry_base_s * 2 ** (attempt - 1), config.max_backoff_s)
+
+
+def _body(response: requests.Response | None) -> str:
+    text = (response.text if response is not None else "") or ""
+    return " ".join(text.split())[:300]
+
+
+def call_venue(
+    config: CoinbaseConfig,
+    what: str,
+    call: Callable[[], T],
+    *,
+    sends: bool = False,
+    auth_hint: str = "",
+) -> T:
+    """Run one SDK call, backing off on 429, and map failures to ``Broker*Error``.
+
+    Parameters
+    ----------
+    what : str
+        Names the call in error messages (``"create order qs..."``).
+    sends : bool
+        True for a call that may have changed something at the venue (create): a timeout or
+        5xx is then ``BrokerAmbiguousError`` and a 4xx ``BrokerRejectedError``.
+    auth_hint : str
+        Where the keys came from, for a 401/403 message (never the keys).
+    """
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except HTTPError as exc:
+            response = exc.response
+            status = response.status_code if response is not None else 0
+            if status in (401, 403):
+                raise BrokerAuthError(
+                    VENUE, f"{what}: HTTP {status} {_body(response)}; {auth_hint}".rstrip("; ")
+                ) from None
+            if status == 429:
+                attempt += 1
+                wait = retry_wait_s(response.headers, attempt, config)
+                if attempt >= config.rate_limit_attempts:
+                    raise BrokerRateLimitedError(
+                        VENUE, f"{what}: still HTTP 429 after {attempt} tries", retry_after_s=wait
+                    ) from None
+                logger.warning("coinbase %s: HTTP 429, retrying in %.3fs", what, wait)
+                time.sleep(wait)
+                continue
+            message = f"{what}: HTTP {status} {_body(response)}"
+            if status == 404:
+                raise OrderNotFoundError(VENUE, message) from None
+            if status >= 500 or status == 0:
+                kind = BrokerAmbiguousError if sends else BrokerUnavailableError
+                raise kind(VENUE, message) from None
+            raise (BrokerRejectedError if sends else BrokerError)(VENUE, message) from None
+        except requests.RequestException as exc:  # timeout, reset, TLS: no answer at all
+            kind = BrokerAmbiguousError if sends else BrokerUnavailableError
+            raise kind(VENUE, f"{what}: no answer ({type(exc).__name__}: {exc})") from exc
+
+
+# ----------------------------------------------------------------------------- the broker
+class CoinbaseBroker(Broker):
+    """Coinbase Advanced Trade (spot) behind the broker contract.
+
+    Client order ids: every create sends the request's id, never an empty one (the SDK would
+    replace it with a random UUID, and a resubmission would then trade twice). Coinbase cannot
+    look an order up by client order id, so the adapter keeps a map client id -> order id from
+    its own creates, the user channel and every order list it reads; an id it has not seen is
+    searched in ``list_orders`` (``lookup_window_s``, ``lookup_max_pages``). After an ambiguous
+    create that search finds the order if it landed, and ``None`` means it never did.
+
+    Parameters
+    ----------
+    config : CoinbaseConfig
+        Mode, endpoints, key sources, timeouts and backoff. Nothing is read or sent until
+        ``connect`` (or the first call).
+    """
+
+    venue = VENUE
+    capabilities = frozenset({"market", "limit", "stop", "stream"})
+
+    def __init__(self, config: CoinbaseConfig) -> None:
+        self.config = config
+        self._credentials: Credentials | None = None
+        self._rest: RESTClient | None = None
+        self._lock = threading.Lock()
+        self._order_ids: dict[str, str] = {}
+        self._client_ids: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"CoinbaseBroker(mode={self.config.mode!r}, base_url={self.config.base_url!r})"
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def credentials(self) -> Credentials:
+        if self._credentials is None:
+            self._credentials = load_credentials(self.config)
+        return self._credentials
+
+    @property
+    def rest(self) -> RESTClient:
+        """The SDK client (built on first use)."""
+        if self._rest is None:
+            self._rest = rest_client(self.config, self.credentials)
+        return self._rest
+
+    def _call(self, what: str, call: Callable[[], T], *, sends: bool = False) -> T:
+        return call_venue(self.config, what, call, sends=sends, auth_hint=self.credentials.hint)
+
+    def remember(self, client_order_id: str, venue_order_id: str) -> None:
+        """Record which venue order carries ``client_order_id`` (for lookups and fills)."""
+        if not venue_order_id:
+            return
+        with self._lock:
+            # An order placed elsewhere (web UI) has no client id: remember that too, so its
+            # fills are not looked up again on every backfill.
+            self._client_ids[venue_order_id] = client_order_id
+            if client_order_id:
+                self._order_ids[client_order_id] = venue_order_id
+
+    def _pages(self, what: str, call: Callable[[str | None], Any], key: str, max_pages: int):
+        cursor = None
+        for _ in range(max_pages):
+            page = self._call(what, lambda c=cursor: call(c)).to_dict()
+            yield from page.get(key) or []
+            cursor = page.get("cursor")
+            if not cursor or page.get("has_next") is False:
+                return
+
+    # ------------------------------------------------------------------ account
+    def connect(self) -> Account:
+        """Check the keys (401/403 -> ``BrokerAuthError``) and their trade permission, then
+        return the account. The mode was checked against the host by the config."""
+        permissions = self._call("key permissions", self.rest.get_api_key_permissions).to_dict()
+        if permissions.get("can_trade") is False:
+            raise BrokerAuthError(
+                VENUE, f"the API key cannot trade ({self.credentials.hint}); grant it 'trade'"
+            )
+        return self.account()
+
+    def _balances(self) -> parse.Balances:
+        accounts = self._pages(
+            "list accounts",
+            lambda c: self.rest.get_accounts(limit=PAGE_LIMIT, cursor=c),
+            "accounts",
+            self.config.lookup_max_pages,
+        )
+        return parse.balances(accounts, self.config.quote_currency)
+
+    def account(self) -> Account:
+        balances = self._balances()
+        value = 0.0
+        if balances.units:
+            products = self._call(
+                "list products",
+                lambda: self.rest.get_products(product_ids=sorted(balances.units)),
+            ).to_dict()
+            prices = {p["product_id"]: float(p.get("price") or 0.0) for p in products["products"]}
+            value = sum(units * prices.get(s, 0.0) for s, units in balances.units.items())
+        return Account(
+            cash=balances.cash,
+            equity=balances.cash + value,
+            buying_power=balances.available_cash,
+            currency=self.config.quote_currency,
+        )
+
+    def positions(self) -> dict[str, float]:
+        """Units owned per product (``BTC`` -> ``"BTC-USD"``), available plus held."""
+        return dict(self._balances().units)
+
+    def products(self) -> dict[str, dict[str, Any]]:
+        """Tradable spot products by id, with the venue's increments and minimum sizes."""
+        answer = self._call("list products", lambda: self.rest.get_products(product_type="SPOT"))
+        return {p["product_id"]: p for p in answer.to_dict().get("products") or []}
+
+    # ------------------------------------------------------------------ orders
+    def submit(self, request: OrderRequest) -> BrokerOrder:
+        """Create the order under ``request.client_order_id``; an id seen before is adopted.
+
+        Raises
+        ------
+        ValueError
+            An empty client order id (never sent: the SDK would replace it with a random one).
+        BrokerRejectedError
+            The venue answered ``success: false`` (other than a duplicate id) or the request
+            cannot be expressed on Coinbase.
+        BrokerAmbiguousError
+            Timeout, connection loss or 5xx: resolve with ``order(client_order_id)``.
+        """
+        cid = request.client_order_id
+        if not isinstance(cid, str) or not cid.strip():
+            raise ValueError(
+                "coinbase: refusing an order without client_order_id (the SDK would send a "
+                "random one and a resubmission could not be recognised)"
+            )
+        known = self._order_ids.get(cid)
+        if known is not None:
+            return self._get(known)
+        try:
+            configuration = parse.order_configuration(request)
+        except ValueError as exc:
+            raise BrokerRejectedError(VENUE, str(exc).removeprefix("coinbase: ")) from None
+        what = f"create order {cid}"
+        answer = self._call(
+            what,
+            lambda: self.rest.create_order(
+                client_order_id=cid,
+                product_id=request.symbol,
+                side=parse.VENUE_SIDES[request.side],
+                order_configuration=configuration,
+            ),
+            sends=True,
+        )
+        result = parse.create_result(answer.to_dict())
+        if result.success:
+            self.remember(cid, result.order_id)
+            try:
+                return self._get(result.order_id)
+            except BrokerError as exc:  # it exists; report it as accepted, details later
+                logger.warning("coinbase %s: accepted, but reading it back failed: %s", what, exc)
+                return _accepted(request, result.order_id)
+        # A duplicate id means the order exists: adopt it. Any other failure is still checked
+        # against the venue, so a retried create whose first attempt landed is never rejected.
+        existing = self.order(cid)
+        if existing is not None and existing.status != OrderStatus.REJECTED:
+            if not result.duplicate:
+                logger.warning("coinbase %s: %s; the order exists: adopted", what, result.reason)
+            return existing
+        raise BrokerRejectedError(VENUE, f"{what}: {result.reason}")
+
+    def _get(self, venue_order_id: str) -> BrokerOrder:
+        answer = self._call(
+            f"get order {venue_order_id}", lambda: self.rest.get_order(venue_order_id)
+        )
+        order = parse.order_from_venue(answer.to_dict()["order"])
+        self.remember(order.client_order_id, order.venue_order_id)
+        return order
+
+    def order(self, client_order_id: str) -> BrokerOrder | None:
+        """Look an order up by client order id: the known order id, else a search of
+        ``list_orders`` newest first. None if the venue never received it."""
+        venue_order_id = self._order_ids.get(client_order_id)
+        if venue_order_id is not None:
+            try:
+                return self._get(venue_order_id)
+            except OrderNotFoundError:
+                return None
+        start = time.time_ns() - int(self.config.lookup_window_s * 1e9)
+        for raw in self._pages(
+            f"find order {client_order_id}",
+            lambda c: self.rest.list_orders(
+                limit=PAGE_LIMIT, start_date=parse.ns_to_rfc3339(start), cursor=c
+            ),
+            "orders",
+            self.config.lookup_max_pages,
+        ):
+            self.remember(raw.get("client_order_id") or "", raw["order_id"])
+            if raw.get("client_order_id") == client_order_id:
+                return parse.order_from_venue(raw)
+        return None
+
+    def open_orders(self) -> list[BrokerOrder]:
+        orders = [
+            parse.order_from_venue(raw)
+            for raw in self._pages(
+                "list open orders",
+                lambda c: self.rest.list_orders(order_status=["OPEN"], limit=PAGE_LIMIT, cursor=c),
+                "orders",
+                self.config.lookup_max_pages,
+            )
+        ]
+        for o in orders:
+            self.remember(o.client_order_id, o.venue_order_id)
+        return [o for o in orders if not o.is_final]
+
+    def cancel(self, client_order_id: str) -> BrokerOrder | None:
+        """Cancel the rest of an order and return it once final (or as it stands after
+        ``cancel_wait_s``); a final order is returned as it is."""
+        current = self.order(client_order_id)
+        if current is None or current.is_final:
+            return current
+        oid = current.venue_order_id
+        answer = self._call(
+            f"cancel order {client_order_id}", lambda: self.rest.cancel_orders(order_ids=[oid])
+        )
+        ok, reason = parse.cancel_result(answer.to_dict(), oid)
+        deadline = time.monotonic() + self.config.cancel_wait_s
+        while True:
+            latest = self._get(oid)
+            if latest.is_final or time.monotonic() >= deadline:
+                break
+            time.sleep(self.config.poll_interval_s)
+        if not ok and not latest.is_final:
+            raise BrokerRejectedError(VENUE, f"cancel order {client_order_id}: {reason}")
+        return latest
+
+    # ------------------------------------------------------------------ fills
+    def _client_id_of(self, venue_order_id: str) -> str:
+        cid = self._client_ids.get(venue_order_id)
+        if cid is None:
+            cid = self._get(venue_order_id).client_order_id
+        return cid
+
+    def fills(self, since_ns: int = 0) -> list[BrokerFill]:
+        since = parse.ns_to_rfc3339(max(since_ns, 0))
+        raw = list(
+            self._pages(
+                "list fills",
+                lambda c: self.rest.get_fills(
+                    start_sequence_timestamp=since, limit=PAGE_LIMIT, cursor=c
+                ),
+                "fills",
+                self.config.lookup_max_pages,
+            )
+        )
+        out = [parse.fill_from_venue(f, self._client_id_of(f["order_id"])) for f in raw]
+        return sorted((f for f in out if f.ts_fill_ns >= since_ns), key=_fill_order)
+
+    def order_fills(self, venue_order_id: str, client_order_id: str = "") -> list[BrokerFill]:
+        """Every execution of one venue order, oldest first."""
+        raw = self._pages(
+            f"list fills of {venue_order_id}",
+            lambda c: self.rest.get_fills(order_ids=[venue_order_id], limit=PAGE_LIMIT, cursor=c),
+            "fills",
+            self.config.lookup_max_pages,
+        )
+        cid = client_order_id or self._client_id_of(venue_order_id)
+        return sorted((parse.fill_from_venue(f, cid) for f in raw), key=_fill_order)
+
+    def stream_fills(self, on_fill: Callable[[BrokerFill], None]) -> Callable[[], None]:
+        """Follow the user channel; each order update with new fills fetches that order's
+        fills, and every (re)connect backfills with ``fills``. Each ``fill_id`` is delivered
+        once, in time order within a batch. Returns the stop function."""
+        return FillStream(self, on_fill).start()
+
+    def close(self) -> None:
+        if self._rest is not None:
+            self._rest.session.close()
+
+
+def _fill_order(fill: BrokerFill) -> tuple[int, str]:
+    return fill.ts_fill_ns, fill.fill_id
+
+
+def _accepted(request: OrderRequest, venue_order_id: str) -> BrokerOrder:
+    return BrokerOrder(
+        client_order_id=request.client_order_id,
+        venue_order_id=venue_order_id,
+        symbol=request.symbol,
+        side=request.side,
+        qty=float(request.qty),
+        order_type=request.order_type,
+        status=OrderStatus.OPEN,
+        ts_updated_ns=time.time_ns(),
+    )
