@@ -49,6 +49,24 @@ def _add_plugin_commands() -> None:
 
 _add_plugin_commands()
 
+
+def _add_data_commands() -> None:
+    """Add ``quantshift data`` commands other packages register under
+    ``quantshift.data_commands`` (``data fetch`` comes from the live package's broker clients,
+    so the core never touches the network)."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="quantshift.data_commands"):
+        try:
+            command = entry.load()
+        except ImportError as exc:
+            print(f"warning: data command '{entry.name}' unavailable: {exc}", file=sys.stderr)
+            continue
+        data_app.command(entry.name)(command)
+
+
+_add_data_commands()
+
 DataOpt = Annotated[
     str,
     typer.Option(

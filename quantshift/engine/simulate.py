@@ -324,21 +324,33 @@ def enter_nb(
     units = min(_entry_units_nb(cfg, stats, equity, exec_price, stop_distance), max_units)
     if units > 0.0:
         fees = units * exec_price * cfg[CFG_FEE_RATE]
-        state[S_CASH] -= side * units * exec_price + fees
-        state[S_POSITION] = side * units
-        state[S_ENTRY_BAR] = bar
-        state[S_ENTRY_PRICE] = exec_price
-        state[S_ENTRY_FEES] = fees
-        _set_levels_nb(
-            state,
-            cfg[CFG_USE_STOPS] != 0.0,
-            side,
-            exec_price,
-            stop_distance,
-            tp_distance,
+        open_position_nb(
+            state, side, exec_price, units, fees, bar, cfg, stop_distance, tp_distance,
             trail_distance,
-        )
+        )  # fmt: skip
     return units
+
+
+@njit
+def open_position_nb(
+    state, side, exec_price, units, fees, bar, cfg, stop_distance, tp_distance, trail_distance
+):
+    """Open ``units`` on the flat ``state`` at ``exec_price`` (after slippage) paying ``fees``:
+    what the fill model decided, or what a broker reported it executed."""
+    state[S_CASH] -= side * units * exec_price + fees
+    state[S_POSITION] = side * units
+    state[S_ENTRY_BAR] = bar
+    state[S_ENTRY_PRICE] = exec_price
+    state[S_ENTRY_FEES] = fees
+    _set_levels_nb(
+        state,
+        cfg[CFG_USE_STOPS] != 0.0,
+        side,
+        exec_price,
+        stop_distance,
+        tp_distance,
+        trail_distance,
+    )
 
 
 @njit
@@ -375,9 +387,16 @@ def exit_nb(state, price, bar, reason, cfg, trades_out, n_trades, stats):
     """Close the whole position at ``price`` (before slippage); book the trade."""
     position = state[S_POSITION]
     side = 1.0 if position > 0.0 else -1.0
-    units = abs(position)
     exec_price = price * (1.0 - cfg[CFG_SLIPPAGE_RATE] * side)
-    fees = units * exec_price * cfg[CFG_FEE_RATE]
+    fees = abs(position) * exec_price * cfg[CFG_FEE_RATE]
+    return close_position_nb(state, exec_price, fees, bar, reason, trades_out, n_trades, stats)
+
+
+@njit
+def close_position_nb(state, exec_price, fees, bar, reason, trades_out, n_trades, stats):
+    """Close the whole position at ``exec_price`` (after slippage) paying ``fees``; book the
+    trade: what the fill model decided, or what a broker reported it executed."""
+    position = state[S_POSITION]
     state[S_CASH] += position * exec_price - fees
     pnl, ret = _pnl_nb(state, exec_price, fees)
     record_trade_nb(stats, pnl, ret)

@@ -247,6 +247,41 @@ def fill_orders(
     An order whose symbol's price is NaN stays pending. ``bar`` is recorded as the entry row
     of new positions (backtests use the row number; live may leave it).
     """
+    return _fill(state, orders, prices, ts_ns, config, bar, None)
+
+
+def apply_executions(
+    state: PortfolioState,
+    executions: Sequence[tuple[TargetOrder, float, float, float]],
+    ts_ns: int,
+    config: PortfolioConfig,
+) -> FillResult:
+    """Apply what a broker reported it executed: ``(order, units, price, fees)`` each, the
+    price after slippage, nothing re-sized or re-priced.
+
+    An entry opens exactly ``units`` (0: nothing); an exit closes the whole position, so its
+    ``units`` must be the position's (accumulate partial exit fills before applying them).
+    """
+    layout = config.layout()
+    held = {(p.sleeve, p.symbol): abs(p.units) for p in state.positions()}
+    rows = []
+    for order, units, price, fees in executions:
+        values = np.array([units, price, fees], dtype=float)
+        if not np.all(np.isfinite(values)) or units < 0 or price <= 0 or fees < 0:
+            raise ValueError(f"execution of {order.key}: bad units/price/fees {values.tolist()}")
+        position = held.get((order.sleeve, order.symbol), 0.0)
+        if order.action == "exit" and position and not math.isclose(units, position, rel_tol=1e-9):
+            raise ValueError(
+                f"execution of {order.key}: an exit must close the whole position of "
+                f"{position:g} units, got {units:g}"
+            )
+        rows.append(values)
+    executed = np.array(rows, dtype=float).reshape(len(rows), 3)
+    prices = np.full(len(layout.symbols), np.nan)
+    return _fill(state, [e[0] for e in executions], prices, ts_ns, config, -1, executed)
+
+
+def _fill(state, orders, prices, ts_ns, config, bar, executed) -> FillResult:
     state.check(config)
     layout = config.layout()
     arrays = state.arrays()
@@ -262,6 +297,7 @@ def fill_orders(
         arrays["cash"],
         arrays["stats"],
         arrays["marks"],
+        np.zeros((0, 3)) if executed is None else executed,
     )
     done = tuple(
         Fill(

@@ -25,9 +25,11 @@ from quantshift.engine.simulate import (
     TR_EXIT_PRICE,
     TR_UNITS,
     check_levels_nb,
+    close_position_nb,
     closing_reason_nb,
     enter_nb,
     exit_nb,
+    open_position_nb,
     stop_level_nb,
 )
 from quantshift.engine.simulate import decide_nb as signal_action_nb
@@ -453,6 +455,7 @@ def fill_nb(
     cash,
     stats,
     marks,
+    executed,
     fills_out,
     trades_out,
     trade_ids_out,
@@ -465,14 +468,18 @@ def fill_nb(
     sleeve's cash: an exit closes the whole position; an entry into a flat position is sized at
     its fill price against the sleeve's equity (its cash after this bar's earlier fills plus its
     other positions at ``marks``), at most the order's ``max_units``.
+
+    With rows in ``executed`` (units, price after slippage, fees per order) a broker's reported
+    executions are applied as they are instead: no sizing, no slippage, no fee model.
     """
+    reported = executed.shape[0] > 0
     for i in range(n_orders):
         order = orders[i]
         s = int(order[O_SLEEVE])
         k = int(order[O_SYMBOL])
         fill = fills_out[i]
         fill[:] = 0.0
-        price = prices[k]
+        price = executed[i, 1] if reported else prices[k]
         if math.isnan(price):
             fill[F_STATUS] = FILL_PENDING
             continue
@@ -483,16 +490,15 @@ def fill_nb(
         if order[O_ACTION] == ACTION_EXIT:
             if slot[S_POSITION] != 0.0:
                 opened_ns = entry_ts[s, k]
-                n_new = exit_nb(
-                    slot,
-                    price,
-                    bar,
-                    int(order[O_REASON]),
-                    sleeve_cfg[s],
-                    trades_out,
-                    n_trades,
-                    stats[s],
-                )
+                reason = int(order[O_REASON])
+                if reported:
+                    n_new = close_position_nb(
+                        slot, price, executed[i, 2], bar, reason, trades_out, n_trades, stats[s]
+                    )
+                else:
+                    n_new = exit_nb(
+                        slot, price, bar, reason, sleeve_cfg[s], trades_out, n_trades, stats[s]
+                    )
                 row = trades_out[n_trades]
                 fill[F_STATUS] = FILL_DONE
                 fill[F_UNITS] = row[TR_UNITS]
@@ -501,21 +507,29 @@ def fill_nb(
                 trade_id_nb(trade_ids_out[n_trades], s, k, opened_ns, ts_ns)
                 n_trades = n_new
         elif slot[S_POSITION] == 0.0:
-            # The flat slot adds nothing: this is the cash plus the sleeve's other positions.
-            equity = cash[s] + positions_value_nb(s, slots, marks)
-            units = enter_nb(
-                slot,
-                order[O_SIDE],
-                price,
-                bar,
-                equity,
-                order[O_MAX_UNITS],
-                sleeve_cfg[s],
-                stats[s],
-                order[O_STOP],
-                order[O_TAKE_PROFIT],
-                order[O_TRAIL],
-            )
+            if reported:
+                units = executed[i, 0]
+                if units > 0.0:
+                    open_position_nb(
+                        slot, order[O_SIDE], price, units, executed[i, 2], bar, sleeve_cfg[s],
+                        order[O_STOP], order[O_TAKE_PROFIT], order[O_TRAIL],
+                    )  # fmt: skip
+            else:
+                # The flat slot adds nothing: this is the cash plus the sleeve's other positions.
+                equity = cash[s] + positions_value_nb(s, slots, marks)
+                units = enter_nb(
+                    slot,
+                    order[O_SIDE],
+                    price,
+                    bar,
+                    equity,
+                    order[O_MAX_UNITS],
+                    sleeve_cfg[s],
+                    stats[s],
+                    order[O_STOP],
+                    order[O_TAKE_PROFIT],
+                    order[O_TRAIL],
+                )
             if units > 0.0:
                 entry_ts[s, k] = ts_ns
                 fill[F_STATUS] = FILL_DONE

@@ -87,7 +87,9 @@ def decide_template(
     return orders[:n_orders], vetoes[:n_vetoes]
 
 
-def fill_template(orders, prices, bar, ts_ns, sleeve_cfg, slots, entry_ts, cash, stats, marks):
+def fill_template(
+    orders, prices, bar, ts_ns, sleeve_cfg, slots, entry_ts, cash, stats, marks, executed
+):
     n = orders.shape[0]
     fills = np.zeros((n, F_LEN))
     trades = np.zeros((max(n, 1), TR_LEN))
@@ -104,6 +106,7 @@ def fill_template(orders, prices, bar, ts_ns, sleeve_cfg, slots, entry_ts, cash,
         cash,
         stats,
         marks,
+        executed,
         fills,
         trades,
         trade_ids,
@@ -180,6 +183,7 @@ def backtest_template(
     bar_orders = np.zeros((2 * n_slots, O_LEN))
     bar_vetoes = np.zeros((n_slots, V_LEN))
     bar_fills = np.zeros((2 * n_slots, F_LEN))
+    model_fills = np.zeros((0, 3))  # no broker executions: the fill model prices every fill
 
     for t in range(n_bars):
         trades = _room_nb(trades, n_trades + 3 * n_slots)
@@ -201,6 +205,7 @@ def backtest_template(
                 cash,
                 stats,
                 marks,
+                model_fills,
                 filled,
                 trades,
                 trade_ids,
@@ -280,6 +285,7 @@ def backtest_template(
                 cash,
                 stats,
                 marks,
+                model_fills,
                 bar_fills,
                 trades,
                 trade_ids,
