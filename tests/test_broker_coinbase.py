@@ -11,13 +11,16 @@ import time
 
 import pytest
 import requests
+import trustme
 from coinbase.rest import RESTClient
+from coinbase.websocket.websocket_base import WSBase
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from live.broker import (
     BrokerAmbiguousError,
     BrokerAuthError,
+    BrokerError,
     BrokerFill,
     BrokerRateLimitedError,
     BrokerRejectedError,
@@ -26,6 +29,7 @@ from live.broker import (
     OrderStatus,
 )
 from live.coinbase import CoinbaseBroker, CoinbaseConfig, bar_pages
+from live.coinbase import stream as coinbase_stream
 from quantshift.errors import ConfigError
 from tests.broker_contract import BrokerContract, VenueHarness
 from tests.fakes.coinbase_server import FakeCoinbase
@@ -380,6 +384,9 @@ def test_paper_mode_needs_the_sandbox_or_a_loopback_venue():
         CoinbaseConfig(mode="live", base_url="api-sandbox.coinbase.com")
     assert CoinbaseConfig(mode="live").base_url == "api.coinbase.com"
     assert CoinbaseConfig(mode="paper", base_url="127.0.0.1:8443", ws_url="wss://[::1]:9").mode
+    with pytest.raises(ConfigError, match="ws:// is for loopback"):
+        CoinbaseConfig(mode="live", ws_url="ws://advanced-trade-ws-user.coinbase.com")
+    assert CoinbaseConfig(mode="paper", base_url="127.0.0.1:8443", ws_url="ws://127.0.0.1:9").mode
 
 
 def test_config_rejects_bad_values_naming_the_key():
@@ -486,6 +493,97 @@ def test_a_dropped_connection_reconnects_and_backfills(fake, broker, streaming):
     time.sleep(0.1)
     assert [f.client_order_id for f in collector.fills] == ["qsdrop", "qsafter"]
     assert len({f.fill_id for f in fills}) == 2
+
+
+# ----------------------------------------------------------------------------- stream TLS
+def tls_failures(caplog) -> list[str]:
+    """Stream log lines of a user-channel connect refused by certificate verification."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "live.coinbase.stream"
+        and "cannot connect" in r.getMessage()
+        and "CERTIFICATE_VERIFY_FAILED" in r.getMessage()
+    ]
+
+
+def test_the_stream_connects_to_a_venue_whose_certificate_ca_file_trusts(fake, broker, caplog):
+    collector = Collector()
+    stop = broker.stream_fills(collector)
+    try:
+        wait_until(lambda: fake.stream_connections == 1)
+        broker.submit(market("qstls"))
+        assert collector.wait_for(1)[0].client_order_id == "qstls"
+        assert stop.__self__.connections == 1
+    finally:
+        stop()
+    assert tls_failures(caplog) == []
+
+
+@pytest.mark.parametrize("untrusted", ["system store", "another CA", "another host name"])
+def test_sdk_unverified_wss_context_regression_an_untrusted_venue_gets_no_connection(
+    fake, pem, tmp_path, caplog, untrusted
+):
+    # coinbase-advanced-py 1.8.4 opens wss:// with ssl.SSLContext(): no certificate or host-name
+    # check, so the subscribe JWT would go to anyone in the middle. Here it must not connect.
+    venue, ca_file = fake, None  # "system store": the fake's trustme CA is not in it
+    if untrusted == "another CA":
+        ca_file = str(tmp_path / "other-ca.pem")
+        trustme.CA().cert_pem.write_to_path(ca_file)
+    elif untrusted == "another host name":  # a trusted CA, a certificate for another host
+        venue = FakeCoinbase(cert_hosts=("venue.example",)).start()
+        venue.add_key(KEY_NAME, serialization.load_pem_private_key(pem.encode(), None).public_key())
+        ca_file = venue.ca_file
+    caplog.set_level(logging.WARNING, logger="live.coinbase.stream")
+    config = config_for(venue, ca_file=ca_file)
+    stop = CoinbaseBroker(config).stream_fills(Collector())
+    stream = stop.__self__
+    try:
+        wait_until(lambda: tls_failures(caplog) or stream.connections > 0)
+    finally:
+        stop()
+        if venue is not fake:
+            venue.stop()
+    assert stream.connections == 0 and venue.subscriptions == []
+    reason = "mismatch" if untrusted == "another host name" else "unable to get local issuer"
+    assert f"cannot connect to {config.ws_url}" in tls_failures(caplog)[0]
+    assert reason in tls_failures(caplog)[0]
+    assert pem_body(pem) not in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore:ssl.*deprecated:DeprecationWarning")  # the SDK's context
+def test_a_connection_the_sdk_opened_unverified_is_never_subscribed(fake, broker, caplog):
+    # The backstop for an SDK that would bypass our open_async: no JWT over such a socket.
+    caplog.set_level(logging.WARNING, logger="live.coinbase.stream")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(coinbase_stream._VerifiedUserClient, "open_async", WSBase.open_async)
+        stop = broker.stream_fills(Collector())
+        try:
+            wait_until(lambda: "without certificate and host-name verification" in caplog.text)
+        finally:
+            stop()
+    assert stop.__self__.connections == 0 and fake.subscriptions == []
+
+
+@pytest.mark.parametrize(
+    ("name", "replacement", "problem"),
+    [
+        ("open", lambda self: None, "WSUserClient.open no longer calls open_async"),
+        ("_set_headers", None, "_set_headers is gone"),
+    ],
+)
+def test_a_changed_sdk_shape_refuses_to_stream_at_start(
+    broker, monkeypatch, name, replacement, problem
+):
+    monkeypatch.setattr(WSBase, name, replacement)
+    with pytest.raises(BrokerError, match=f"{problem}.*live/coinbase/stream.py"):
+        broker.stream_fills(Collector())
+
+
+def test_an_unreadable_ca_file_fails_at_stream_start(fake, pem, tmp_path):
+    adapter = CoinbaseBroker(config_for(fake, ca_file=str(tmp_path / "missing.pem")))
+    with pytest.raises(ConfigError, match=r"ca_file=.*missing\.pem.*cannot be read"):
+        adapter.stream_fills(Collector())
 
 
 # ----------------------------------------------------------------------------- candles

@@ -64,10 +64,11 @@ class CoinbaseConfig:
         REST host and optional port, without a scheme: the SDK always builds
         ``https://{base_url}`` and signs ``"{METHOD} {base_url}{path}"``.
     ws_url : str
-        The user-channel WebSocket URL (``wss://...``).
+        The user-channel WebSocket URL (``wss://...``; ``ws://`` only for a loopback venue).
     ca_file : str or None
-        A CA bundle the REST client trusts instead of the system store (a local test venue's
-        certificate). Verification stays on; the file wins over ``REQUESTS_CA_BUNDLE``.
+        A CA bundle the REST client and the user channel trust instead of the system store (a
+        local test venue's certificate). Verification stays on; the file wins over
+        ``REQUESTS_CA_BUNDLE``.
     quote_currency : str
         The cash currency: its balance is cash, every other balance is a long position in
         ``"{CURRENCY}-{quote_currency}"``.
@@ -209,6 +210,9 @@ def _check_ws_url(ws_url: str, mode: str) -> None:
     parts = urlsplit(ws_url) if isinstance(ws_url, str) else None
     if parts is None or parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ConfigError(f"{where} must be a ws:// or wss:// URL, got {ws_url!r}")
+    if parts.scheme == "ws" and not is_loopback_host(parts.hostname):
+        # Without TLS the JWT sent on subscribe would cross the network in clear text.
+        raise ConfigError(f"{where}={ws_url!r}: ws:// is for loopback test venues only; use wss://")
     if mode == "paper" and not (
         is_loopback_host(parts.hostname) or "sandbox" in parts.hostname.split(".")[0]
     ):

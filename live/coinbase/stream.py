@@ -4,18 +4,23 @@ fill fetch, silence or a drop triggers reconnect plus backfill, and each fill ar
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
+import websockets
+from coinbase.constants import USER_AGENT
 from coinbase.websocket import WSClientException, WSUserClient
 
 from live.broker import BrokerError, BrokerFill
 from live.coinbase import parse
 from live.coinbase.config import CoinbaseConfig
+from quantshift.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +44,20 @@ class FillStream:
     late or out-of-order event is harmless. The SDK's own reconnect (waits of 5 s and more,
     no backfill) is off; this thread reconnects after ``stream_silence_s`` without a message
     (heartbeats come every second) or a drop, then backfills with ``fills``.
+
+    Raises
+    ------
+    BrokerError
+        When the installed SDK no longer has the shape ``_VerifiedUserClient`` relies on.
+    ConfigError
+        When ``ca_file`` cannot be read as a CA bundle.
     """
 
     def __init__(self, venue: _Venue, on_fill: Callable[[BrokerFill], None]) -> None:
+        _check_sdk_shape()
         self._venue = venue
         self._config = venue.config
+        self._tls = _tls_context(self._config)
         self._on_fill = on_fill
         self._messages: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
@@ -102,7 +116,8 @@ class FillStream:
 
     def _open(self) -> WSUserClient | None:
         credentials = self._venue.credentials
-        client = WSUserClient(
+        client = _VerifiedUserClient(
+            ssl_context=self._tls,
             api_key=credentials.key_name.reveal(),
             api_secret=credentials.private_key.reveal(),
             base_url=self._config.ws_url,
@@ -112,6 +127,7 @@ class FillStream:
         )
         try:
             client.open()
+            _check_verified(client)  # before subscribing sends the JWT
             self.connections += 1
             client.user(list(self._config.products))
             client.heartbeats()
@@ -150,6 +166,91 @@ class FillStream:
                 self._on_fill(fill)
             except Exception:  # the caller's bug must not stop the feed
                 logger.exception("coinbase on_fill failed for fill %s", fill.fill_id)
+
+
+# ----------------------------------------------------------------------------- TLS
+def _tls_context(config: CoinbaseConfig) -> ssl.SSLContext:
+    """The TLS context of the user channel: certificate and host name verified against the
+    system trust store, or against ``config.ca_file`` alone when it is set (as for REST)."""
+    try:
+        return ssl.create_default_context(cafile=config.ca_file)
+    except OSError as exc:  # ssl.SSLError included
+        raise ConfigError(
+            f"coinbase config: ca_file={config.ca_file!r} cannot be read as a CA bundle: {exc}"
+        ) from None
+
+
+class _VerifiedUserClient(WSUserClient):
+    """The SDK's user-channel client, connecting with a TLS context that verifies the venue.
+
+    coinbase-advanced-py 1.8.4 opens every ``wss://`` URL with ``ssl=ssl.SSLContext()``
+    (``WSBase.open_async``, coinbase/websocket/websocket_base.py line 150): no certificate or
+    host-name check and no parameter to pass another context, so a man in the middle would
+    receive the JWT sent on subscribe. This is that method with ``ssl_context`` in its place
+    (the SDK's debug logging left out); everything else is the SDK's. ``_check_sdk_shape``
+    refuses to stream if an SDK upgrade moves what it relies on.
+    """
+
+    def __init__(self, *, ssl_context: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ssl_context = ssl_context
+
+    async def open_async(self) -> None:
+        self._ensure_websocket_not_open()
+        try:
+            self.websocket = await websockets.connect(
+                self.base_url,
+                open_timeout=self.timeout,
+                max_size=self.max_size,
+                user_agent_header=USER_AGENT,
+                extra_headers=self._set_headers(),
+                ssl=self.ssl_context if self.base_url.startswith("wss://") else None,
+            )
+        except (TimeoutError, websockets.exceptions.WebSocketException, OSError) as exc:
+            self.websocket = None
+            raise WSClientException(f"{type(exc).__name__}: {exc}") from exc
+        if self.on_open:
+            self.on_open()
+        if not self._retrying:
+            self._task = asyncio.create_task(self._message_handler())
+
+
+_SDK_METHODS = ("_ensure_websocket_not_open", "_set_headers", "_message_handler")
+_SDK_ATTRIBUTES = ("base_url", "timeout", "max_size", "on_open", "websocket", "_retrying")
+
+
+def _check_sdk_shape() -> None:
+    """Raise ``BrokerError`` unless the SDK still opens through ``open_async`` and has what
+    ``_VerifiedUserClient.open_async`` uses: otherwise the SDK's unverified connect could run
+    instead of ours, or ours would break at every connect."""
+    problems = []
+    code = getattr(WSUserClient.open, "__code__", None)
+    if code is None or "open_async" not in code.co_names:
+        problems.append("WSUserClient.open no longer calls open_async")
+    probe = WSUserClient(api_key=None, api_secret=None, on_message=lambda _: None, retry=False)
+    problems += [f"{n} is gone" for n in _SDK_METHODS if not callable(getattr(probe, n, None))]
+    problems += [f"{n} is gone" for n in _SDK_ATTRIBUTES if not hasattr(probe, n)]
+    if problems:
+        raise BrokerError(
+            "coinbase",
+            f"the installed {USER_AGENT} changed shape ({'; '.join(problems)}), so the "
+            "TLS-verifying user-channel client in live/coinbase/stream.py would not apply; "
+            "refusing to stream fills until _VerifiedUserClient is updated",
+        )
+
+
+def _check_verified(client: WSUserClient) -> None:
+    """Raise ``WSClientException`` if a ``wss://`` connection was opened without certificate
+    and host-name verification (the SDK's own connect ran after all)."""
+    if not client.base_url.startswith("wss://"):
+        return
+    tls = client.websocket.transport.get_extra_info("ssl_object")
+    context = getattr(tls, "context", None)
+    if context is None or context.verify_mode != ssl.CERT_REQUIRED or not context.check_hostname:
+        raise WSClientException(
+            f"{client.base_url} was opened without certificate and host-name verification "
+            "(the installed SDK bypassed _VerifiedUserClient.open_async); not subscribing"
+        )
 
 
 def _alive(client: WSUserClient | None) -> bool:

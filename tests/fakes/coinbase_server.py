@@ -176,6 +176,8 @@ class FakeCoinbase:
     duplicate_mode : {"error", "existing"}
         Answer to a create with a known client order id: ``success: false`` naming a duplicate
         (``error``), or ``success: true`` with the existing order (``existing``).
+    cert_hosts : tuple of str
+        Host names in the server certificate; without 127.0.0.1 a client's host-name check fails.
     """
 
     def __init__(
@@ -185,7 +187,9 @@ class FakeCoinbase:
         fee_rate: float = 0.001,
         heartbeat_s: float = 0.05,
         duplicate_mode: str = "error",
+        cert_hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
     ) -> None:
+        self.cert_hosts = cert_hosts
         self.fee_rate = Decimal(str(fee_rate))
         self.heartbeat_s = heartbeat_s
         self.duplicate_mode = duplicate_mode
@@ -200,6 +204,8 @@ class FakeCoinbase:
         self.create_bodies: list[dict[str, Any]] = []
         self.candle_gaps: set[int] = set()
         self.duplicate_events = False
+        self.subscriptions: list[str] = []
+        """Channels of every subscribe request received, in order (the JWT went with each)."""
         self._held: list[dict] | None = None
         self._pending: list[dict] = []
         self._partial_next: Decimal | None = None
@@ -214,7 +220,7 @@ class FakeCoinbase:
         ca = trustme.CA()
         ca.cert_pem.write_to_path(self.ca_file)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+        ca.issue_cert(*self.cert_hosts).configure_cert(context)
         fake = self
 
         class Handler(_Handler):
@@ -605,6 +611,7 @@ class FakeCoinbase:
                 if request.get("type") != "subscribe":
                     continue
                 channel = request.get("channel")
+                self.subscriptions.append(channel)
                 if channel == "user":
                     if self._verify(request.get("jwt") or "") is None:
                         conn.queue.put({"type": "error", "message": "authentication failure"})
