@@ -18,7 +18,7 @@ from live.lease import lease_timing
 from quantshift.errors import ConfigError
 from quantshift.portfolio import PortfolioConfig
 
-BROKERS = ("paper",)
+BROKERS = ("paper", "alpaca", "coinbase")
 FEEDS = ("replay",)
 MODES = ("paper", "live")
 MARKETS = ("equities", "crypto")

@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from live.brokers import build_broker, is_test_venue
 from live.clock import MarketClock
 from live.config import LiveConfig
+from live.execution import VenueExecution, WorkingOrder, net_positions, positions_differ
 from live.failpoints import failpoint
 from live.guards import OrderGuards
 from live.lease import NotLeaderError, open_lease
@@ -46,6 +48,7 @@ from quantshift.provenance import code_fingerprint
 log = logging.getLogger("quantshift.live")
 
 FLATTEN_MARK = "(flatten)"
+PROTECTIVE = -1  # halt_exempt of a venue exit a stop level triggered: it goes out during a HALT
 STORE_RETRY_S = 1.0  # pause before standing by again after losing the lease or the store
 
 
@@ -84,7 +87,11 @@ class Runner:
         cfg = self.config
         self.portfolio = cfg.portfolio
         self.store = Store.open(cfg.store_url)
-        self.venue = PaperVenue(cfg.store_url)
+        self.broker = self.execution = self.venue = None
+        if cfg.broker.kind == "paper":
+            self.venue = PaperVenue(cfg.store_url)
+        else:
+            self._open_broker()
         self.lease = open_lease(
             cfg.lease.redis_url,
             cfg.lease.name,
@@ -126,9 +133,36 @@ class Runner:
             else seconds_per_year / cfg.bar_interval_s
         )
 
+    def _open_broker(self) -> None:
+        """Connect to the venue (wrong keys fail here, before anything else happens)."""
+        cfg = self.config
+        self.broker = build_broker(cfg)
+        if cfg.feed.kind == "replay" and not is_test_venue(self.broker):
+            raise ConfigError(
+                f"{cfg.path or cfg.name}: a replayed feed would send orders for past bars to "
+                f"the real {cfg.broker.kind} venue; replays run on the paper broker (or a local "
+                "test venue)"
+            )
+        if cfg.portfolio.sim.fill == "close":
+            raise ConfigError(
+                f"{cfg.path or cfg.name}: [costs] fill = 'close' is a backtest assumption; a "
+                "venue fills market orders after the decision"
+            )
+        account = self.broker.connect()
+        log.info(
+            "connected to %s (%s): equity %.2f %s",
+            self.broker.venue,
+            cfg.broker.mode,
+            account.equity,
+            account.currency,
+        )
+        self.execution = VenueExecution(self.broker, self.store)
+
     def _close(self) -> None:
         if getattr(self, "server", None) is not None:
             self.server.close()
+        if getattr(self, "broker", None) is not None:
+            self.broker.close()
         for name in ("lease", "venue", "store"):
             part = getattr(self, name, None)
             if part is not None:
@@ -240,14 +274,24 @@ class Runner:
             if row is not None:
                 self.portfolio = _with_params(self.portfolio, sleeve, row)
         saved = self.store.load_runner_state(self.config.name)
+        self.working: list[WorkingOrder] = []
         if saved is None:
             self.state = PortfolioState.initial(self.portfolio)
             self.pending: list[tuple[TargetOrder, int | None]] = []
             self.last_ts_ns = None
         else:
             self.state = PortfolioState.from_dict(saved["state"], self.portfolio)
-            self.pending = [(_order(p["order"]), p["halt_exempt"]) for p in saved["pending"]]
+            self.pending = [
+                (_order(p["order"]), p["halt_exempt"]) for p in saved["pending"] if "venue" not in p
+            ]
+            self.working = [
+                WorkingOrder.from_dict(p, _order(p["order"]))
+                for p in saved["pending"]
+                if "venue" in p
+            ]
             self.last_ts_ns = saved["bar_ts_ns"]
+        if self.broker is not None:
+            self._reconcile_venue(None)
 
     def _next_bar(self) -> int | None:
         ts = self.bars.ts_ns
@@ -266,31 +310,36 @@ class Runner:
             halt = self.store.active_halt()
             if halt is None and state.halted:
                 state = state.resumed()  # a person cleared the HALT with `live resume`
-            # 1. Orders decided on the previous close fill at this open (shared fill model).
-            # Orders accepted in the cycle whose own guard or breaker wrote the active HALT were
-            # already in flight; a HALT a person wrote since cancels whatever has not filled.
-            due = [
-                order for order, exempt in self.pending if halt is None or halt.halt_id == exempt
-            ]
-            filled = fill_orders(state, due, bars.open[t], ts, portfolio, bar=t)
-            for fill in filled.fills:
-                self._execute(fill.order, fill.units, fill.price, fill.fees, ts, epoch, halt)
-                summary.orders += 1
-            summary.trades += self._record_trades(filled.trades, epoch)
-            exempt = {id(o): e for o, e in self.pending}
-            state = filled.state
-            pending = [(o, exempt.get(id(o))) for o in filled.pending]
+            # 1. Orders decided on the previous close fill at this open (shared fill model), or
+            # whatever the venue executed of them. Orders accepted in the cycle whose own guard
+            # or breaker wrote the active HALT were already in flight; a HALT a person wrote
+            # since cancels whatever has not filled.
+            if self.broker is None:
+                state, pending = self._fill_paper(t, state, halt, epoch, summary)
+            else:
+                state = self._settle_venue(ts, state, halt, epoch, summary)
+                pending = []
             # 2. Protective stops on this bar's range.
             stopped = check_stops(state, bars.open[t], bars.high[t], bars.low[t], ts, portfolio, t)
-            for trade in stopped.trades:
-                order = _stop_order(trade, ts)
-                # A protective stop rests at the venue: it fills even during a HALT.
-                self._execute(
-                    order, trade.units, trade.exit_price, trade.exit_fees, ts, epoch, halt, True
-                )
-                summary.orders += 1
-            summary.trades += self._record_trades(stopped.trades, epoch)
-            state = stopped.state
+            if self.broker is None:
+                for trade in stopped.trades:
+                    order = _stop_order(trade, ts)
+                    # A protective stop rests at the venue: it fills even during a HALT.
+                    self._execute(
+                        order, trade.units, trade.exit_price, trade.exit_fees, ts, epoch, halt, True
+                    )
+                    summary.orders += 1
+                summary.trades += self._record_trades(stopped.trades, epoch)
+                state = stopped.state
+            elif stopped.trades:
+                # The runner watches the levels; the venue executes a market exit, and the
+                # position closes when its fills are reported (at their price, not the level).
+                busy = {(w.order.sleeve, w.order.symbol) for w in self.working}
+                for trade in stopped.trades:
+                    if (trade.sleeve, trade.symbol) not in busy:
+                        self._send(_stop_order(trade, ts), trade.units, epoch, PROTECTIVE, True)
+            else:
+                state = stopped.state
             # 3. Decide on this close, from signals on the history so far.
             history = compute_signals(portfolio, self._window(t))
             decision = decide(state, history.at(-1), portfolio)
@@ -334,7 +383,10 @@ class Runner:
                 own_halt = own_halt if own_halt is not None else tripped.halt_id
                 self.metrics.set_halt(True, verdict.blocked[0].guard)
             accepted = [g.order for g in verdict.accepted]
-            if cfg.portfolio.sim.fill == "close":
+            if self.broker is not None:
+                self._send_decisions(accepted, state, own_halt, epoch)
+                accepted = []
+            elif cfg.portfolio.sim.fill == "close":
                 active = self.store.active_halt()
                 done = fill_orders(state, accepted, bars.close[t], ts, portfolio, bar=t)
                 for fill in done.fills:
@@ -351,7 +403,8 @@ class Runner:
                 bar_ts_ns=ts,
                 epoch=epoch,
                 state=state.to_dict(),
-                pending=[{"order": o.to_dict(), "halt_exempt": e} for o, e in pending],
+                pending=[{"order": o.to_dict(), "halt_exempt": e} for o, e in pending]
+                + [w.to_dict() for w in self.working],
             )
             failpoint("after_state")
             self.state, self.pending, self.last_ts_ns = state, pending, ts
@@ -359,6 +412,90 @@ class Runner:
             self.metrics.set_portfolio(
                 state.equity_usd, state.equity_usd - state.day_start_equity, len(state.positions())
             )
+
+    # ------------------------------------------------------------------ paper and venue fills
+    def _fill_paper(self, t, state, halt, epoch, summary):
+        """Fill the pending orders at this bar's open with the shared fill model."""
+        ts = int(self.bars.ts_ns[t])
+        due = [order for order, exempt in self.pending if halt is None or halt.halt_id == exempt]
+        filled = fill_orders(state, due, self.bars.open[t], ts, self.portfolio, bar=t)
+        for fill in filled.fills:
+            self._execute(fill.order, fill.units, fill.price, fill.fees, ts, epoch, halt)
+            summary.orders += 1
+        summary.trades += self._record_trades(filled.trades, epoch)
+        exempt = {id(o): e for o, e in self.pending}
+        return filled.state, [(o, exempt.get(id(o))) for o in filled.pending]
+
+    def _settle_venue(self, ts, state, halt, epoch, summary) -> PortfolioState:
+        """Apply what the venue executed of the working orders; a HALT a person wrote cancels
+        what is still working (protective exits and the HALT's own orders excepted)."""
+        if halt is not None:
+            for item in self.working:
+                if item.halt_exempt not in (halt.halt_id, PROTECTIVE):
+                    self.broker.cancel(item.client_order_ids[-1])
+        settled = self.execution.settle(
+            self.working, state, ts, epoch, self.portfolio,
+            during_halt=halt is not None, resend_exits=halt is None,
+        )  # fmt: skip
+        for fill in settled.result.fills:
+            self.metrics.record_order(fill.order.sleeve, "filled")
+            log.info(
+                "%s %s %s %.6g @ %.6g (%s, %s)",
+                fill.order.action, fill.order.side, fill.order.symbol, fill.units, fill.price,
+                fill.order.reason, self.broker.venue,
+                extra={"cycle": ts, "epoch": epoch, "sleeve": fill.order.sleeve,
+                       "symbol": fill.order.symbol},
+            )  # fmt: skip
+        summary.orders += settled.finished
+        summary.trades += self._record_trades(settled.result.trades, epoch)
+        self.working = settled.working
+        if not self.working:
+            self._reconcile_venue(epoch, settled.result.state)
+        return settled.result.state
+
+    def _send_decisions(self, orders, state, own_halt, epoch) -> None:
+        """Send the accepted decisions to the venue; a position with an order still working
+        gets no new one until that order is done."""
+        busy = {(w.order.sleeve, w.order.symbol) for w in self.working}
+        held = {(p.sleeve, p.symbol): abs(p.units) for p in state.positions()}
+        during_halt = self.store.active_halt() is not None
+        for order in orders:
+            key = (order.sleeve, order.symbol)
+            if key in busy:
+                log.warning("%s: an order is still working at the venue; skipped", order.key)
+                continue
+            units = order.units if order.action == "entry" else held.get(key, 0.0)
+            if units > 0:
+                self._send(order, units, epoch, own_halt, during_halt)
+
+    def _send(self, order, units, epoch, halt_exempt, during_halt) -> None:
+        self.lease.assert_leader()
+        working = self.execution.send(
+            order, units, epoch, halt_exempt=halt_exempt, during_halt=during_halt
+        )
+        outcome = "submitted" if working is not None else "rejected"
+        self.metrics.record_order(order.sleeve, outcome)
+        if working is not None:
+            self.working.append(working)
+
+    def _reconcile_venue(self, epoch, state: PortfolioState | None = None) -> None:
+        """Compare the venue's positions with ours (at start-up, on takeover, and after every
+        settlement with nothing working); a mismatch HALTs, it is never fixed silently."""
+        if self.store.active_halt() is not None:
+            return  # already stopped; a person looks at `live reconcile` before resuming
+        newest = self.store.latest_intent_bar()
+        if newest is not None and self.last_ts_ns is not None and newest > self.last_ts_ns:
+            # Orders of a bar a crashed leader did not finish are at the venue but not yet in
+            # our state; the redo settles them, and the next settlement compares.
+            return
+        ours = net_positions((state or self.state).positions())
+        differs = positions_differ(self.broker.positions(), ours)
+        if not differs:
+            return
+        detail = "; ".join(f"{s} venue {a:g} vs ours {b:g}" for s, (a, b) in differs.items())
+        log.error("reconcile: positions differ: %s", detail)
+        self.store.halt(f"reconcile: {detail}"[:500], by=f"runner {self.host}", epoch=epoch)
+        self.metrics.set_halt(True, "runner_error")
 
     # ------------------------------------------------------------------ promotion records
     def _adopt_promotions(self, ts: int, epoch: int) -> None:

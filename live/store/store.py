@@ -284,6 +284,12 @@ class Store(Operations, PromotionBook):
                 )
             return Intent.from_row(_intent_row(tx, client_order_id))
 
+    def latest_intent_bar(self) -> int | None:
+        """The bar time of the newest decision with an intent (None: no intents yet)."""
+        with self._db.read("read latest intent") as tx:
+            row = tx.one("SELECT MAX(bar_ts_ns) AS ts FROM order_intents")
+        return None if row is None or row["ts"] is None else int(row["ts"])
+
     def intent(self, client_order_id: str) -> Intent | None:
         """Return the intent with this id, or None."""
         with self._db.read("read intent") as tx:

@@ -1,0 +1,261 @@
+"""Orders through a real venue: send decisions as market orders, apply what the venue executed.
+
+Intent first (committed), then the venue; an ambiguous answer leaves the intent UNKNOWN until a
+lookup by client order id resolves it. Fills are applied as reported, never re-priced.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from live.broker import (
+    Broker,
+    BrokerAmbiguousError,
+    BrokerOrder,
+    BrokerRateLimitedError,
+    BrokerRejectedError,
+    OrderRequest,
+    OrderStatus,
+)
+from live.failpoints import failpoint
+from live.store import Store, client_order_id
+from live.store.records import TERMINAL_STATES, OrderState
+from quantshift.portfolio import FillResult, PortfolioState, TargetOrder, apply_executions
+
+log = logging.getLogger("quantshift.live")
+
+_TOLERANCE = 1e-9
+UNITS_TOLERANCE = 1e-6
+"""Units below which a position difference is rounding (venues keep fractional shares and
+coins to 6-9 decimals, and quantities travel as decimal text)."""
+
+
+@dataclass
+class WorkingOrder:
+    """A decision at the venue until it is done: the client order ids sent for it (a follow-up
+    id carries what a venue cancelled of an exit), and what the finished ones executed."""
+
+    order: TargetOrder
+    halt_exempt: int | None
+    units: float
+    client_order_ids: list[str] = field(default_factory=list)
+    filled: float = 0.0
+    notional: float = 0.0
+    fees: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "order": self.order.to_dict(),
+            "halt_exempt": self.halt_exempt,
+            "venue": {
+                "units": self.units,
+                "client_order_ids": list(self.client_order_ids),
+                "filled": self.filled,
+                "notional": self.notional,
+                "fees": self.fees,
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], order: TargetOrder) -> WorkingOrder:
+        venue = data["venue"]
+        return cls(
+            order=order,
+            halt_exempt=data["halt_exempt"],
+            units=float(venue["units"]),
+            client_order_ids=list(venue["client_order_ids"]),
+            filled=float(venue["filled"]),
+            notional=float(venue["notional"]),
+            fees=float(venue["fees"]),
+        )
+
+
+@dataclass
+class Settled:
+    """What a settlement did: the state after the executions, the trades they closed, the
+    orders still at the venue, and how many orders finished."""
+
+    result: FillResult
+    working: list[WorkingOrder]
+    finished: int
+
+
+class VenueExecution:
+    """Send decisions to ``broker`` and settle them into the portfolio state."""
+
+    def __init__(self, broker: Broker, store: Store, *, time_in_force: str = "day") -> None:
+        self.broker = broker
+        self.store = store
+        self.time_in_force = time_in_force
+
+    # ------------------------------------------------------------------ sending
+    def send(
+        self, order: TargetOrder, units: float, epoch: int, *, halt_exempt, during_halt: bool
+    ) -> WorkingOrder | None:
+        """Send ``units`` of ``order`` as a market order; None if the venue refused it."""
+        working = WorkingOrder(order=order, halt_exempt=halt_exempt, units=float(units))
+        cid = self._send(working, float(units), order.ts_ns, epoch, during_halt)
+        return None if cid is None else working
+
+    def _send(self, working, units, bar_ts_ns, epoch, during_halt, attempt=0) -> str | None:
+        order = working.order
+        action = order.action if attempt == 0 else f"{order.action}-rest{attempt}"
+        cid = client_order_id(f"{order.sleeve}/{action}", order.symbol, bar_ts_ns, order.side)
+        intent = self.store.record_intent(
+            strategy=order.sleeve,
+            symbol=order.symbol,
+            side=order.side,
+            qty=units,
+            bar_ts_ns=bar_ts_ns,
+            venue=self.broker.venue,
+            epoch=epoch,
+            client_order_id=cid,
+            details={"action": order.action, "reason": order.reason, "attempt": attempt},
+        )
+        working.client_order_ids.append(cid)
+        failpoint("after_intent")
+        if intent.state == OrderState.NEW:
+            self.store.transition(
+                cid, "SUBMITTING", epoch=epoch, expected_state="NEW", during_halt=during_halt
+            )
+        elif intent.state != OrderState.SUBMITTING:
+            # A redo of a bar already sent: settle() looks it up. SUBMITTING (a crash between
+            # the commit and the answer) is sent again: the venue adopts a known id.
+            return cid
+        request = OrderRequest(
+            client_order_id=cid,
+            symbol=order.symbol,
+            side=order.side,
+            qty=units,
+            time_in_force=self.time_in_force,
+        )
+        try:
+            answer = self.broker.submit(request)
+        except BrokerAmbiguousError as exc:
+            log.warning("order %s: no definite answer (%s); resolving by lookup", cid, exc)
+            self.store.transition(cid, "UNKNOWN", epoch=epoch, reason=str(exc)[:200])
+            return cid
+        except (BrokerRejectedError, BrokerRateLimitedError) as exc:
+            log.error("order %s refused: %s", cid, exc, extra={"client_order_id": cid})
+            self.store.transition(cid, "REJECTED", epoch=epoch, reason=str(exc)[:200])
+            working.client_order_ids.pop()
+            return None
+        failpoint("after_submit")
+        self._acknowledge(cid, answer, epoch)
+        return cid
+
+    def _acknowledge(self, cid: str, answer: BrokerOrder, epoch: int) -> None:
+        intent = self.store.intent(cid)
+        if intent.state in (OrderState.SUBMITTING, OrderState.UNKNOWN):
+            self.store.transition(
+                cid,
+                "ACKED",
+                epoch=epoch,
+                broker_order_id=answer.venue_order_id,
+                broker_status=answer.status,
+            )
+
+    # ------------------------------------------------------------------ settling
+    def settle(
+        self,
+        working: list[WorkingOrder],
+        state: PortfolioState,
+        ts_ns: int,
+        epoch: int,
+        portfolio,
+        *,
+        during_halt: bool,
+        resend_exits: bool = True,
+    ) -> Settled:
+        """Look every working order up, record its fills, and apply the finished ones. An exit
+        the venue cancelled in part is sent again for the rest (unless ``resend_exits`` is
+        False: a person's HALT cancelled it)."""
+        if not working:
+            return Settled(apply_executions(state, [], ts_ns, portfolio), [], 0)
+        since = min(o.order.ts_ns for o in working) - 86_400 * 10**9
+        by_cid = {}
+        for fill in self.broker.fills(since):
+            by_cid.setdefault(fill.client_order_id, []).append(fill)
+        done, still = [], []
+        held = {(p.sleeve, p.symbol): abs(p.units) for p in state.positions()}
+        for item in working:
+            cid = item.client_order_ids[-1]
+            for fill in by_cid.get(cid, []):
+                self.store.record_fill(
+                    venue=self.broker.venue, fill_id=fill.fill_id, client_order_id=cid,
+                    qty=fill.qty, price=fill.price, fee=fill.fee, ts_fill_ns=fill.ts_fill_ns,
+                    epoch=epoch,
+                )  # fmt: skip
+            found = self.broker.order(cid)
+            if found is None:
+                self._lost(cid, epoch)
+            elif not found.is_final:
+                if found.status != OrderStatus.OPEN or self.store.intent(cid).state in (
+                    OrderState.UNKNOWN,
+                    OrderState.SUBMITTING,
+                ):
+                    self._acknowledge(cid, found, epoch)
+                still.append(item)
+                continue
+            else:
+                self._finish(cid, found, epoch)
+                item.filled += found.filled_qty
+                item.notional += found.filled_qty * (found.avg_fill_price or 0.0)
+                item.fees += found.fees
+            if item.order.action == "exit" and resend_exits:
+                rest = held.get((item.order.sleeve, item.order.symbol), 0.0) - item.filled
+                if rest > _TOLERANCE * max(1.0, item.units):
+                    # The venue cancelled part of an exit (or never got it): send the rest.
+                    attempt = len(item.client_order_ids)
+                    if self._send(item, rest, ts_ns, epoch, during_halt, attempt) is not None:
+                        still.append(item)
+                        continue
+                    log.error("exit %s: %g units still held after a refusal", cid, rest)
+                    continue
+            if item.filled > _TOLERANCE:
+                done.append(item)
+        executions = [
+            (i.order, i.filled, i.notional / i.filled, i.fees) for i in done if i.filled > 0
+        ]
+        return Settled(apply_executions(state, executions, ts_ns, portfolio), still, len(done))
+
+    def _finish(self, cid: str, found: BrokerOrder, epoch: int) -> None:
+        intent = self.store.intent(cid)
+        if intent.state in TERMINAL_STATES:
+            return
+        if found.status == OrderStatus.FILLED:
+            if intent.state != OrderState.FILLED:
+                log.warning("order %s is filled at the venue but its fills are missing", cid)
+            return
+        to = "REJECTED" if found.status == OrderStatus.REJECTED else "CANCELLED"
+        self.store.transition(cid, to, epoch=epoch, reason=f"venue: {found.status}")
+
+    def _lost(self, cid: str, epoch: int) -> None:
+        """The venue has no order with this id: it never arrived (an ambiguous answer was a
+        refusal after all). Record that; the caller decides what the decision still needs."""
+        intent = self.store.intent(cid)
+        if intent.state not in TERMINAL_STATES:
+            log.warning("order %s never reached the venue", cid, extra={"client_order_id": cid})
+            self.store.transition(cid, "CANCELLED", epoch=epoch, reason="not at the venue")
+
+
+def net_positions(positions) -> dict[str, float]:
+    """Net units per symbol of the store's or the state's positions."""
+    out: dict[str, float] = {}
+    for p in positions:
+        units = getattr(p, "units", None)
+        out[p.symbol] = out.get(p.symbol, 0.0) + (p.qty if units is None else units)
+    return {k: v for k, v in out.items() if abs(v) > UNITS_TOLERANCE}
+
+
+def positions_differ(broker: dict[str, float], ours: dict[str, float]) -> dict[str, tuple]:
+    """Symbols whose units differ between the venue and us: {symbol: (venue, ours)}."""
+    out = {}
+    for symbol in sorted(broker.keys() | ours.keys()):
+        a, b = broker.get(symbol, 0.0), ours.get(symbol, 0.0)
+        if not math.isclose(a, b, rel_tol=1e-9, abs_tol=UNITS_TOLERANCE):
+            out[symbol] = (a, b)
+    return out

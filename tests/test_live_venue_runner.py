@@ -1,0 +1,227 @@
+"""The live runner trading through the real SDKs against local fake venues: every decision is
+an intent before it is an order, fills are applied as the venue reports them, a crash or an
+ambiguous answer never duplicates an order, and the venue and the store always agree."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from test_broker_alpaca import KEY_ENV, SECRET_ENV
+from test_broker_coinbase import KEY_ENV as CB_KEY_ENV
+from test_broker_coinbase import KEY_NAME, new_key
+from test_broker_coinbase import SECRET_ENV as CB_SECRET_ENV
+
+from live.broker import BrokerAuthError
+from live.config import parse_config
+from live.runner import Runner
+from live.store import Store
+from quantshift.data import write_parquet
+from quantshift.data.synthetic import synthetic_bars
+from quantshift.errors import ConfigError
+from tests.fakes.alpaca_server import FakeAlpaca
+from tests.fakes.coinbase_server import FakeCoinbase
+
+PRICES = {"SP500": 2000.0, "NASDAQ": 4500.0}
+
+
+@pytest.fixture
+def alpaca(monkeypatch):
+    venue = FakeAlpaca().start()
+    for symbol, price in PRICES.items():
+        venue.set_price(symbol, price)
+    monkeypatch.setenv(KEY_ENV, venue.key_id)
+    monkeypatch.setenv(SECRET_ENV, venue.secret_key)
+    yield venue
+    venue.stop()
+
+
+def alpaca_raw(venue: FakeAlpaca, tmp_path, **broker) -> dict:
+    return {
+        "runner": {"name": "venue-test", "market": "equities", "mode": "paper"},
+        "sleeves": [
+            {"name": "trend", "strategy": "ma_crossover", "params": {"fast": 5, "slow": 20},
+             "symbols": ["SP500", "NASDAQ"], "allocation": 0.5},
+            {"name": "reversion", "strategy": "rsi_reversion", "symbols": ["SP500"],
+             "allocation": 0.5, "stop_atr": 2.0},
+        ],
+        "risk": {"max_position_pct": 60.0, "max_heat_pct": 50.0},
+        "costs": {"cash": 100_000.0},
+        "feed": {"source": "builtin:sp500,nasdaq", "start": "2015-01-01", "end": "2015-09-01"},
+        "broker": {
+            "kind": "alpaca", "mode": "paper", "key_id_env": KEY_ENV, "secret_key_env": SECRET_ENV,
+            "trading_url": venue.url, "data_url": venue.url, "stream_url": venue.stream_url,
+            "timeout_s": 2.0, "retry_base_s": 0.001, "max_backoff_s": 0.01, **broker,
+        },
+        "store": {"url": f"sqlite:///{tmp_path}/venue.db"},
+        "guards": {"max_orders_per_decision": 5, "price_collar_pct": 100.0},
+        "metrics": {"enabled": False},
+    }  # fmt: skip
+
+
+def alpaca_config(venue: FakeAlpaca, tmp_path, **broker):
+    return parse_config(alpaca_raw(venue, tmp_path, **broker), source="venue-test.toml")
+
+
+def venue_orders(venue: FakeAlpaca) -> dict[str, dict]:
+    with venue.lock:
+        return {o["client_order_id"]: dict(o) for o in venue.orders.values()}
+
+
+def assert_store_matches_venue(config, venue: FakeAlpaca) -> None:
+    with Store.open(config.store_url) as store:
+        intents = {i.client_order_id: i for i in store.intents()}
+        state = store.load_runner_state(config.name)
+        assert store.active_halt() is None, store.active_halt()
+    at_venue = venue_orders(venue)
+    # Every venue order is one of our intents, once; every filled intent is at the venue.
+    assert set(at_venue) <= set(intents)
+    assert {c for c, i in intents.items() if i.state == "FILLED"} <= set(at_venue)
+    for cid, order in at_venue.items():
+        assert intents[cid].filled_qty == pytest.approx(float(order["filled_qty"]))
+    assert state is not None
+    with venue.lock:
+        venue_positions = {s: q for s, q in venue.positions.items() if abs(q) > 1e-6}
+    ours: dict[str, float] = {}
+    with Store.open(config.store_url) as store:
+        for p in store.positions():
+            ours[p.symbol] = ours.get(p.symbol, 0.0) + p.qty
+    ours = {s: q for s, q in ours.items() if abs(q) > 1e-6}
+    assert venue_positions == pytest.approx(ours)
+
+
+def test_the_runner_trades_through_alpaca_and_the_venue_agrees_with_the_store(alpaca, tmp_path):
+    config = alpaca_config(alpaca, tmp_path)
+    summary = Runner(config).run()
+    assert summary.ended == "replay finished" and summary.trades >= 5
+    assert_store_matches_venue(config, alpaca)
+    with Store.open(config.store_url) as store:
+        trades = store.trades()
+        fills = store.fills()
+    # Closed trades carry the venue's execution prices (the fake fills at its set price).
+    exits = [t.exit_price for t in trades if t.symbol == "SP500"]
+    assert exits and exits == pytest.approx([PRICES["SP500"]] * len(exits), rel=1e-12)
+    assert all(f.venue == "alpaca" for f in fills)
+    assert alpaca.calls("POST", "/v2/orders") == len(venue_orders(alpaca))
+
+
+CHILD = """
+import json, sys
+from live.config import parse_config
+from live.runner import Runner
+Runner(parse_config(json.loads(sys.argv[1]), source="child.toml")).run()
+"""
+
+
+def test_a_crash_after_the_submit_never_duplicates_an_order(alpaca, tmp_path):
+    raw = alpaca_raw(alpaca, tmp_path)
+    env = {**os.environ, "QUANTSHIFT_FAILPOINTS": "after_submit=3"}
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(raw)], env=env, capture_output=True, timeout=120
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    with Store.open(raw["store"]["url"]) as store:
+        unfinished = [i for i in store.intents() if i.state == "SUBMITTING"]
+    assert len(unfinished) == 1  # died between the venue's answer and our record of it
+    posts = alpaca.calls("POST", "/v2/orders")
+    config = parse_config(raw, source="venue-test.toml")
+    Runner(config).run()
+    assert_store_matches_venue(config, alpaca)
+    cids = [o["client_order_id"] for o in venue_orders(alpaca).values()]
+    assert len(cids) == len(set(cids)) and unfinished[0].client_order_id in cids
+    assert alpaca.calls("POST", "/v2/orders") > posts
+
+
+def test_an_ambiguous_504_is_resolved_by_lookup_at_the_next_bar(alpaca, tmp_path):
+    config = alpaca_config(alpaca, tmp_path)
+    alpaca.fail("POST", "/v2/orders", 504, land=True)
+    Runner(config).run()
+    assert_store_matches_venue(config, alpaca)
+    with Store.open(config.store_url) as store:
+        events = [e for i in store.intents() for e in store.order_events(i.client_order_id)]
+    assert any(e.to_state == "UNKNOWN" for e in events)
+    assert all(i.state != "UNKNOWN" for i in Store.open(config.store_url).intents())
+
+
+def test_a_position_the_store_does_not_know_halts_at_start(alpaca, tmp_path):
+    with alpaca.lock:
+        alpaca.positions["SP500"] = 7.0
+    config = alpaca_config(alpaca, tmp_path)
+    Runner(config, max_bars=3).run()
+    with Store.open(config.store_url) as store:
+        halt = store.active_halt()
+        assert halt is not None and "reconcile: SP500 venue 7 vs ours 0" in halt.reason
+        assert store.intents() == []  # nothing was sent while the books disagree
+
+
+def test_wrong_keys_stop_the_runner_before_anything_happens(alpaca, tmp_path, monkeypatch):
+    monkeypatch.setenv(SECRET_ENV, "not-the-secret")
+    config = alpaca_config(alpaca, tmp_path)
+    with pytest.raises(BrokerAuthError) as caught:
+        Runner(config).run()
+    assert "not-the-secret" not in str(caught.value) and SECRET_ENV in str(caught.value)
+    assert alpaca.calls("POST", "/v2/orders") == 0
+
+
+def test_a_replay_is_never_sent_to_a_real_venue(alpaca, tmp_path):
+    config = alpaca_config(alpaca, tmp_path)
+    real = dataclasses.replace(
+        config,
+        broker=dataclasses.replace(
+            config.broker,
+            options={k: v for k, v in config.broker.options.items() if not k.endswith("_url")},
+        ),
+    )
+    with pytest.raises(ConfigError, match="replayed feed would send orders for past bars"):
+        Runner(real).run()
+
+
+def test_the_runner_trades_crypto_through_coinbase(tmp_path, monkeypatch):
+    bars = synthetic_bars(n_symbols=1, n_bars=400, seed=4, freq="1h")
+    bars = dataclasses.replace(bars, symbols=("BTC-USD",))
+    path = write_parquet(bars, tmp_path / "btc.parquet")
+    venue = FakeCoinbase().start()
+    try:
+        venue.set_price("BTC-USD", float(bars.close[-1, 0]))
+        pem, public = new_key()
+        venue.add_key(KEY_NAME, public)
+        monkeypatch.setenv(CB_KEY_ENV, KEY_NAME)
+        monkeypatch.setenv(CB_SECRET_ENV, pem)
+        raw = {
+            "runner": {"name": "crypto", "market": "crypto", "mode": "paper",
+                       "bar_interval": "1h"},
+            "sleeves": [{"name": "trend", "strategy": "ma_crossover",
+                         "params": {"fast": 5, "slow": 20}, "symbols": ["BTC-USD"],
+                         "allocation": 1.0}],
+            # The fake fills at one fixed price while the replay marks at its closes: the
+            # loss limits would read that gap as losses.
+            "risk": {"max_position_pct": 50.0, "max_heat_pct": 50.0,
+                     "daily_loss_limit_pct": 100.0, "max_drawdown_pct": 100.0},
+            "costs": {"cash": 100_000.0},
+            "feed": {"source": str(path)},
+            "broker": {"kind": "coinbase", "mode": "paper", "api_key_env": CB_KEY_ENV,
+                       "api_secret_env": CB_SECRET_ENV, "base_url": venue.base_url,
+                       "ws_url": venue.ws_url, "ca_file": venue.ca_file, "timeout_s": 2.0,
+                       "retry_base_s": 0.001, "max_backoff_s": 0.05},
+            "store": {"url": f"sqlite:///{tmp_path}/crypto.db"},
+            "guards": {"price_collar_pct": 100.0, "stale_after_intervals": 1e9},
+            "metrics": {"enabled": False},
+        }  # fmt: skip
+        config = parse_config(raw, source="crypto-test.toml")
+        summary = Runner(config).run()
+        assert summary.ended == "replay finished" and summary.trades >= 3
+        with Store.open(config.store_url) as store:
+            assert store.active_halt() is None
+            intents = store.intents()
+            ours = sum(p.qty for p in store.positions() if p.symbol == "BTC-USD")
+        assert intents and all(i.state in ("FILLED", "CANCELLED", "REJECTED") for i in intents)
+        with venue._lock:
+            held = float(venue.balances.get("BTC", 0))
+        assert held == pytest.approx(ours)
+    finally:
+        venue.stop()
