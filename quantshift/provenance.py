@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from quantshift.engine.fused import _function_bytes, _source_file
+from quantshift.engine.fused import _function_bytes, _package_digest, _source_file
 from quantshift.strategies import Strategy, get_strategy
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +58,11 @@ def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
     -------
     dict
         ``version`` (quantshift package version), ``strategy_hash`` (see :func:`strategy_hash`),
-        ``git_commit`` and ``git_dirty`` (None when the code is not in a git checkout; dirty
-        means tracked files differ from the commit, so the commit alone does not pin the code).
+        ``core_hash`` (SHA-256 over every source file of the ``quantshift`` package: the
+        engine, the decision layer and the strategies, so a commit that changes only docs or
+        drivers leaves it alone), ``git_commit`` and ``git_dirty`` (None when the code is not in
+        a git checkout; dirty means tracked files differ from the commit, so the commit alone
+        does not pin the code).
     """
     from quantshift import __version__
 
@@ -67,6 +70,7 @@ def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
     return {
         "version": __version__,
         "strategy_hash": strategy_hash(strategy),
+        "core_hash": _package_digest().hex(),
         "git_commit": commit,
         "git_dirty": dirty,
     }

@@ -26,7 +26,7 @@ from quantshift.promotion import (
     evaluate_paper_gate,
     open_promotion_store,
 )
-from research.tracking import PARENT_TAG, Tracker
+from research.tracking import PARENT_TAG, Tracker, registered_model_name
 
 CODE_TAG = "quantshift.code."
 
@@ -55,7 +55,8 @@ class PromotionOutcome:
             out += self.record.summary_lines()
             out.append(
                 f"  active for stage {self.stage} in the live store (promotion id "
-                f"{self.stored.promotion_id}); MLflow model {self.record.name!r} version "
+                f"{self.stored.promotion_id}); MLflow model "
+                f"{registered_model_name(self.record.name)!r} version "
                 f"{self.registry_version}, alias {self.stage!r}"
             )
         return out
@@ -110,6 +111,7 @@ def research_evidence(tracker: Tracker, run_id: str) -> tuple[ResearchEvidence, 
     code = {
         "version": code.get("version"),
         "strategy_hash": code.get("strategy_hash"),
+        "core_hash": code.get("core_hash"),
         "git_commit": code.get("git_commit"),
         "git_dirty": {"true": True, "false": False}.get(code.get("git_dirty", "")),
     }
@@ -125,6 +127,7 @@ def research_evidence(tracker: Tracker, run_id: str) -> tuple[ResearchEvidence, 
         oos_method="walk-forward" if folds else None,
         oos_folds=folds,
         oos_trades=None if "oos_trades" not in summary else int(summary["oos_trades"]),
+        oos_sharpe=_number(summary.get("oos_sharpe")),
         dsr=_number(summary.get("dsr")),
         n_trials=int(summary["trials"]),
         pbo=pbo,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -29,6 +30,7 @@ GOOD = ResearchEvidence(
     oos_method="walk-forward",
     oos_folds=10,
     oos_trades=40,
+    oos_sharpe=0.6,
     dsr=0.97,
     n_trials=300,
     pbo=0.1,
@@ -99,7 +101,8 @@ def test_not_json_is_a_clear_error():
 def test_the_paper_gate_passes_good_evidence_and_names_each_failing_check():
     assert evaluate_paper_gate(GOOD, PaperGate()).passed
     bad = ResearchEvidence(
-        oos_method=None, oos_folds=0, oos_trades=5, dsr=0.80, n_trials=300, pbo=0.45,
+        oos_method=None, oos_folds=0, oos_trades=5, oos_sharpe=-0.2, dsr=0.80, n_trials=300,
+        pbo=0.45,
         mc_max_drawdown_pct_p95=31.0, mc_source="in-sample returns", code_dirty=True,
     )  # fmt: skip
     result = evaluate_paper_gate(bad, PaperGate())
@@ -108,6 +111,7 @@ def test_the_paper_gate_passes_good_evidence_and_names_each_failing_check():
     assert failed == {
         "out-of-sample folds": (0, 1),
         "out-of-sample trades": (5, 20),
+        "out-of-sample Sharpe": (-0.2, 0.0),
         "deflated Sharpe ratio": (0.80, 0.95),
         "PBO": (0.45, 0.2),
         "Monte Carlo max drawdown p95 (%)": (31.0, 25.0),
@@ -119,7 +123,8 @@ def test_the_paper_gate_passes_good_evidence_and_names_each_failing_check():
 
 def test_missing_evidence_fails_its_check_and_no_pbo_means_no_pbo_check():
     missing = ResearchEvidence(
-        oos_method="walk-forward", oos_folds=3, oos_trades=None, dsr=math.nan, n_trials=1,
+        oos_method="walk-forward", oos_folds=3, oos_trades=None, oos_sharpe=None, dsr=math.nan,
+        n_trials=1,
         pbo=None, mc_max_drawdown_pct_p95=None, mc_source=None, code_dirty=None,
     )  # fmt: skip
     result = evaluate_paper_gate(missing, PaperGate())
@@ -127,6 +132,7 @@ def test_missing_evidence_fails_its_check_and_no_pbo_means_no_pbo_check():
     assert "PBO" not in names
     assert {c.name for c in result.failed} == {
         "out-of-sample trades",
+        "out-of-sample Sharpe",
         "deflated Sharpe ratio",
         "Monte Carlo max drawdown p95 (%)",
         "code committed (git clean)",
@@ -196,3 +202,28 @@ def test_fingerprints_must_agree_on_version_strategy_and_commit():
     assert fingerprint_mismatch(CODE, {**CODE, "git_commit": "d" * 40})[0].startswith("git_commit")
     # A runner outside git is pinned by version and strategy hash alone.
     assert fingerprint_mismatch(CODE, {**CODE, "git_commit": None}) == []
+    # With a core hash on both sides, a commit that changed no core code is no mismatch, and
+    # an edit of the engine is one whatever the commits say.
+    core = {**CODE, "core_hash": "e" * 64}
+    assert fingerprint_mismatch(core, {**core, "git_commit": "d" * 40}) == []
+    edited_engine = fingerprint_mismatch(core, {**core, "core_hash": "f" * 64})
+    assert edited_engine and edited_engine[0].startswith("core_hash")
+
+
+def test_the_running_code_fingerprint_has_a_core_hash():
+    from quantshift.provenance import code_fingerprint
+
+    code = code_fingerprint("ma_crossover")
+    assert len(code["core_hash"]) == 64 and fingerprint_mismatch(code, dict(code)) == []
+
+
+def test_a_waived_check_stays_in_the_report_and_says_it_would_fail():
+    dirty = dataclasses.replace(GOOD, code_dirty=True)
+    result = evaluate_paper_gate(dirty, PaperGate(require_committed_code=False))
+    assert result.passed
+    (check,) = [c for c in result.checks if c.name == "code committed (git clean)"]
+    assert check.passed and check.value is False
+    assert "WAIVED  code committed (git clean)" in check.line()
+    assert "WAIVED by require_committed_code = false; would fail" in check.line()
+    clean = evaluate_paper_gate(GOOD, PaperGate(require_committed_code=False))
+    assert [c.line().split()[0] for c in clean.checks].count("WAIVED") == 0

@@ -6,6 +6,7 @@ paper; a paper-trading record of the exact record opens the way to live.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,8 @@ class PaperGate:
     """Thresholds to promote research results to paper trading."""
 
     require_out_of_sample: bool = True
+    min_oos_sharpe: float = 0.0
+    """The out-of-sample Sharpe must be above this (it is the only evidence not fitted)."""
     min_dsr: float = 0.95
     max_pbo: float = 0.2
     max_mc_drawdown_pct_p95: float = 25.0
@@ -111,6 +114,7 @@ class ResearchEvidence:
     oos_method: str | None
     oos_folds: int
     oos_trades: int | None
+    oos_sharpe: float | None
     dsr: float | None
     n_trials: int
     pbo: float | None
@@ -173,9 +177,10 @@ def evaluate_paper_gate(
     evidence: ResearchEvidence, gate: PaperGate, *, force: bool = False
 ) -> GateResult:
     """Check research evidence against the paper thresholds (every check, pass or fail)."""
-    checks = []
-    if gate.require_out_of_sample:
-        checks.append(
+    checks = [
+        _required(
+            gate.require_out_of_sample,
+            "require_out_of_sample",
             GateCheck(
                 name="out-of-sample folds",
                 value=evidence.oos_folds,
@@ -183,16 +188,16 @@ def evaluate_paper_gate(
                 threshold=1,
                 passed=evidence.oos_folds >= 1,
                 note=evidence.oos_method or "no walk-forward or CPCV in the run",
-            )
-        )
-    checks.append(
+            ),
+        ),
         _at_least(
             "out-of-sample trades",
             evidence.oos_trades,
             gate.min_oos_trades,
             "" if evidence.oos_trades is not None else "no out-of-sample trades recorded",
-        )
-    )
+        ),
+        _above("out-of-sample Sharpe", evidence.oos_sharpe, gate.min_oos_sharpe),
+    ]
     checks.append(
         _at_least(
             "deflated Sharpe ratio", evidence.dsr, gate.min_dsr, f"over {evidence.n_trials} trials"
@@ -208,8 +213,10 @@ def evaluate_paper_gate(
             evidence.mc_source or "no Monte Carlo in the run",
         )
     )
-    if gate.require_committed_code:
-        checks.append(
+    checks.append(
+        _required(
+            gate.require_committed_code,
+            "require_committed_code",
             GateCheck(
                 name="code committed (git clean)",
                 value=None if evidence.code_dirty is None else not evidence.code_dirty,
@@ -217,8 +224,9 @@ def evaluate_paper_gate(
                 threshold=True,
                 passed=evidence.code_dirty is False,
                 note="the run's git commit pins its code only if the tree was clean",
-            )
+            ),
         )
+    )
     return GateResult(stage="paper", checks=tuple(checks), forced=force)
 
 
@@ -230,17 +238,31 @@ def evaluate_live_gate(evidence: PaperEvidence, gate: LiveGate, *, force: bool =
         _at_least("paper win rate (%)", evidence.win_rate_pct, gate.min_win_rate_pct),
         _below("paper max drawdown (%)", evidence.max_drawdown_pct, gate.max_drawdown_pct),
     ]
-    if not gate.allow_halts:
-        checks.append(
+    checks.append(
+        _required(
+            not gate.allow_halts,
+            "allow_halts",
             GateCheck(
                 name="HALTs during paper trading",
                 value=evidence.halts,
                 op="==",
                 threshold=0,
                 passed=evidence.halts == 0,
-            )
+            ),
+            waived_when="true",
         )
+    )
     return GateResult(stage="live", checks=tuple(checks), forced=force)
+
+
+def _required(required: bool, setting: str, check: GateCheck, waived_when="false") -> GateCheck:
+    """``check``, or the same check marked waived (passed, and saying which setting waived
+    it) when the gate config turned it off: a waiver stays visible in the record."""
+    if required or check.passed:
+        return check
+    return dataclasses.replace(
+        check, passed=True, note=f"WAIVED by {setting} = {waived_when}; would fail"
+    )
 
 
 def _defined(value) -> bool:
@@ -259,6 +281,14 @@ def _at_most(name, value, threshold, note="") -> GateCheck:
     ok = _defined(value) and value <= threshold
     return GateCheck(
         name=name, value=value if _defined(value) else None, op="<=", threshold=threshold,
+        passed=bool(ok), note=note,
+    )  # fmt: skip
+
+
+def _above(name, value, threshold, note="") -> GateCheck:
+    ok = _defined(value) and value > threshold
+    return GateCheck(
+        name=name, value=value if _defined(value) else None, op=">", threshold=threshold,
         passed=bool(ok), note=note,
     )  # fmt: skip
 

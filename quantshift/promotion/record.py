@@ -21,8 +21,9 @@ CODE_KEYS = ("version", "strategy_hash", "git_commit", "git_dirty")
 
 @dataclass(frozen=True, kw_only=True)
 class GateCheck:
-    """One gate check: ``value`` compared with ``threshold`` by ``op`` (``>=``, ``<=``, ``<``,
-    ``==``); ``passed`` False when the value is missing (None/NaN) as well."""
+    """One gate check: ``value`` compared with ``threshold`` by ``op`` (``>=``, ``>``, ``<=``,
+    ``<``, ``==``); ``passed`` False when the value is missing (None/NaN) as well. A check the
+    gate config waived passes and says so in ``note``."""
 
     name: str
     value: float | bool | None
@@ -32,7 +33,7 @@ class GateCheck:
     note: str = ""
 
     def line(self) -> str:
-        mark = "PASS" if self.passed else "FAIL"
+        mark = ("WAIVED" if self.note.startswith("WAIVED") else "PASS") if self.passed else "FAIL"
         value = "missing" if self.value is None else _fmt(self.value)
         text = f"{mark}  {self.name}: {value} {self.op} {_fmt(self.threshold)}"
         return f"{text}  ({self.note})" if self.note else text
@@ -253,13 +254,22 @@ class PromotionRecord:
 def fingerprint_mismatch(record_code: Mapping[str, Any], running: Mapping[str, Any]) -> list[str]:
     """Return how the record's code fingerprint differs from the running code's (empty: same).
 
-    The package version and the strategy hash must be equal; the git commit too when both sides
-    know theirs (a runner outside a git checkout is pinned by version and strategy hash alone).
+    The package version and the strategy hash must be equal, and so must the hash of the core
+    package's sources (engine, decision layer, strategies) when both sides have one; without it
+    the git commits are compared when both sides know theirs (a runner outside a git checkout
+    is then pinned by version and strategy hash alone).
     """
     out = []
     for key in ("version", "strategy_hash"):
         if record_code.get(key) != running.get(key):
             out.append(f"{key}: record {record_code.get(key)!r}, running {running.get(key)!r}")
+    if record_code.get("core_hash") and running.get("core_hash"):
+        if record_code["core_hash"] != running["core_hash"]:
+            out.append(
+                f"core_hash: record {record_code['core_hash'][:12]}, running "
+                f"{running['core_hash'][:12]} (the quantshift package's code changed)"
+            )
+        return out
     ours, theirs = running.get("git_commit"), record_code.get("git_commit")
     if ours and theirs and ours != theirs:
         out.append(f"git_commit: record {theirs[:12]}, running {ours[:12]}")
