@@ -35,3 +35,17 @@ def is_test_venue(broker: Broker) -> bool:
 
         return bool(config.trading_url) and is_loopback_url(config.trading_url)
     return bool(getattr(config, "uses_test_venue", False))
+
+
+def venue_bar_pages(broker: Broker):
+    """The venue's historical bar pages bound to ``broker``:
+    ``pages(symbol, start_ns, end_ns, timeframe)``."""
+    if broker.venue == "alpaca":
+        from live.alpaca import bar_pages
+    elif broker.venue == "coinbase":
+        from live.coinbase import bar_pages
+    else:
+        raise ConfigError(f"venue {broker.venue!r} has no bar history")
+    return lambda symbol, start_ns, end_ns, timeframe: bar_pages(
+        broker, symbol, start_ns, end_ns, timeframe
+    )

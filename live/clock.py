@@ -78,6 +78,16 @@ class MarketClock:
         minutes = cal.minutes_in_range(start.floor("min"), end.floor("min"))
         return max(len(minutes) - 1, 0) * 60.0 / self.bar_interval_s
 
+    def bar_close_ns(self, open_ns: int) -> int:
+        """When the bar opening at ``open_ns`` is complete: one interval later, or for a daily
+        equity bar (labelled with its session's date) the close of that session."""
+        if self.market == "crypto" or self.bar_interval_s < DAY_S:
+            return int(open_ns) + self.bar_interval_s * 1_000_000_000
+        with _quiet():
+            day = pd.Timestamp(open_ns, unit="ns", tz="UTC").tz_convert(None).normalize()
+            session = self._calendar.date_to_session(day, direction="next")
+            return int(self._calendar.session_close(session).value)
+
     def is_open(self, ts_ns: int) -> bool:
         """Whether the market trades at ``ts_ns`` (crypto always does)."""
         if self.market == "crypto":

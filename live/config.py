@@ -19,7 +19,7 @@ from quantshift.errors import ConfigError
 from quantshift.portfolio import PortfolioConfig
 
 BROKERS = ("paper", "alpaca", "coinbase")
-FEEDS = ("replay",)
+FEEDS = ("replay", "venue")
 MODES = ("paper", "live")
 MARKETS = ("equities", "crypto")
 _INTERVALS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86_400}
@@ -28,13 +28,19 @@ _INTERVALS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86_400}
 @dataclass(frozen=True, kw_only=True)
 class FeedConfig:
     """Where closed bars come from. ``replay`` plays a data set bar by bar; ``speed`` is bars per
-    second (0: as fast as the cycle runs)."""
+    second (0: as fast as the cycle runs). ``venue`` polls the broker's own bars on the wall
+    clock: ``history_bars`` of warm-up, a poll every ``poll_s``, a bar asked for ``settle_s``
+    after its close, and a symbol without a bar waited for ``late_after_s``."""
 
     kind: str = "replay"
     source: str = "builtin:sp500"
     start: str | None = None
     end: str | None = None
     speed: float = 0.0
+    history_bars: int = 500
+    poll_s: float = 5.0
+    settle_s: float = 2.0
+    late_after_s: float = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,12 +166,27 @@ def parse_config(
     )
 
     feed_raw = _table(source, raw, "feed")
-    _keys(source, "feed", feed_raw, {"kind", "source", "start", "end", "speed"})
+    venue_keys = {"history_bars", "poll_s", "settle_s", "late_after_s"}
+    replay_keys = {"source", "start", "end", "speed"}
+    _keys(source, "feed", feed_raw, {"kind"} | venue_keys | replay_keys)
+    feed_kind = _choice(source, "feed", feed_raw, "kind", FEEDS, "replay")
+    wrong = sorted(set(feed_raw) & (replay_keys if feed_kind == "venue" else venue_keys))
+    if wrong:
+        raise _error(source, "feed", wrong[0], f"does not apply to a {feed_kind!r} feed")
+    timing = {}
+    for key in sorted(venue_keys & set(feed_raw)):
+        value = feed_raw[key]
+        integer = key == "history_bars"
+        ok = isinstance(value, int) if integer else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok or value <= 0:
+            raise _error(source, "feed", key, f"must be a positive number, got {value!r}")
+        timing[key] = int(value) if integer else float(value)
     speed = feed_raw.get("speed", 0.0)
     if isinstance(speed, bool) or not isinstance(speed, int | float) or speed < 0:
         raise _error(source, "feed", "speed", f"must be bars per second >= 0, got {speed!r}")
     feed = FeedConfig(
-        kind=_choice(source, "feed", feed_raw, "kind", FEEDS, "replay"),
+        kind=feed_kind,
+        **timing,
         source=_string(source, "feed", feed_raw, "source") or "builtin:sp500",
         start=_string(source, "feed", feed_raw, "start"),
         end=_string(source, "feed", feed_raw, "end"),
@@ -185,6 +206,14 @@ def parse_config(
     options = {k: v for k, v in broker_raw.items() if k not in ("kind", "mode")}
     if kind == "paper" and options:
         raise _error(source, "broker", sorted(options)[0], "unknown key for the paper broker")
+    if feed.kind == "venue" and kind == "paper":
+        raise _error(
+            source,
+            "feed",
+            "kind",
+            "a 'venue' feed reads a venue's bars: set [broker] kind to alpaca or coinbase "
+            "(the paper broker replays a data set)",
+        )
 
     store_raw = _table(source, raw, "store")
     _keys(source, "store", store_raw, {"url"})

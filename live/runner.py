@@ -18,20 +18,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from live.brokers import build_broker, is_test_venue
+from live.brokers import build_broker, is_test_venue, venue_bar_pages
 from live.clock import MarketClock
 from live.config import LiveConfig
 from live.execution import VenueExecution, WorkingOrder, net_positions, positions_differ
 from live.failpoints import failpoint
+from live.feeds import ReplayFeed, VenueFeed
 from live.guards import OrderGuards
 from live.lease import NotLeaderError, open_lease
 from live.metrics import LiveMetrics
 from live.paper import VENUE, PaperVenue
 from live.store import Store, client_order_id
 from live.store.errors import StaleEpochError, StoreUnavailableError
-from quantshift.data import Bars, load_bars
+from quantshift.data import Bars
 from quantshift.errors import ConfigError
 from quantshift.portfolio import (
     PortfolioState,
@@ -73,12 +72,24 @@ class Runner:
         This process's name in heartbeats (default ``hostname:pid``).
     max_bars : int, optional
         Stop after this many cycles (tests; None runs to the end of the replay).
+    now_ns, wait : callable, optional
+        The wall clock a venue feed reads and how it waits between polls
+        (``wait(stop_event, seconds)``); a simulation passes its own.
     """
 
-    def __init__(self, config: LiveConfig, *, host: str | None = None, max_bars=None) -> None:
+    def __init__(
+        self,
+        config: LiveConfig,
+        *,
+        host: str | None = None,
+        max_bars=None,
+        now_ns=time.time_ns,
+        wait=None,
+    ) -> None:
         self.config = config
         self.host = host or f"{socket.gethostname()}:{_pid()}"
         self.max_bars = max_bars
+        self._now_ns, self._wait = now_ns, wait
         self.stop_event = threading.Event()
         self._lost = threading.Event()
 
@@ -109,14 +120,10 @@ class Runner:
         self.server = (
             self.metrics.serve(cfg.metrics.port, cfg.metrics.host) if cfg.metrics.enabled else None
         )
-        self.guards = OrderGuards(cfg.guards, clock=MarketClock(cfg.market, cfg.bar_interval_s))
-        bars = load_bars(
-            cfg.feed.source,
-            symbols=list(self.portfolio.symbols),
-            start=cfg.feed.start,
-            end=cfg.feed.end,
-        )
-        self.bars: Bars = bars
+        clock = MarketClock(cfg.market, cfg.bar_interval_s)
+        self.guards = OrderGuards(cfg.guards, clock=clock)
+        self.feed = self._open_feed(clock)
+        self.bars: Bars = self.feed.bars
         self._adopted: dict[str, int] = {}  # sleeve -> promotion id it trades
         self._refused: set[int] = set()
         self._running_code = {
@@ -125,13 +132,27 @@ class Runner:
             if sleeve.name in cfg.promotions
         }
         self.interval_ns = cfg.bar_interval_s * 1_000_000_000
-        # Daily equity bars trade ~252 days a year; intraday and crypto bars every interval.
-        seconds_per_year = 252 * 86_400 if cfg.market == "equities" else 365 * 86_400
-        self._periods_per_year = (
-            252.0
-            if cfg.bar_interval_s >= 86_400 and cfg.market == "equities"
-            else seconds_per_year / cfg.bar_interval_s
+        self._periods_per_year = periods_per_year(cfg.market, cfg.bar_interval_s)
+
+    def _open_feed(self, clock: MarketClock):
+        feed = self.config.feed
+        symbols = list(self.portfolio.symbols)
+        if feed.kind == "replay":
+            return ReplayFeed(feed.source, symbols, start=feed.start, end=feed.end)
+        pages = venue_bar_pages(self.broker)
+        venue = VenueFeed(
+            pages,
+            symbols,
+            clock,
+            history_bars=max(feed.history_bars, self.portfolio.warmup_bars() + 1),
+            poll_s=feed.poll_s,
+            settle_s=feed.settle_s,
+            late_after_s=feed.late_after_s,
+            now_ns=self._now_ns,
+            wait=self._wait,
         )
+        venue.start()
+        return venue
 
     def _open_broker(self) -> None:
         """Connect to the venue (wrong keys fail here, before anything else happens)."""
@@ -294,9 +315,10 @@ class Runner:
             self._reconcile_venue(None)
 
     def _next_bar(self) -> int | None:
-        ts = self.bars.ts_ns
-        t = 0 if self.last_ts_ns is None else int(np.searchsorted(ts, self.last_ts_ns, "right"))
-        return t if t < ts.shape[0] else None
+        """The next closed bar (a venue feed waits for it), or None at the end of a replay."""
+        t = self.feed.next_index(self.last_ts_ns, self.stop_event)
+        self.bars = self.feed.bars
+        return t
 
     # ------------------------------------------------------------------ one cycle
     def _cycle(self, t: int, summary: RunSummary) -> None:
@@ -370,7 +392,7 @@ class Runner:
                 # The decision marked each symbol at its last close (what the collar anchors to).
                 last_close=dict(zip(state.symbols, state.marks.tolist(), strict=True)),
                 positions=_net_units(state),
-                now_ns=ts + self.interval_ns // 2,
+                now_ns=self.feed.now_ns(t, self.interval_ns),
                 bar_interval_ns=self.interval_ns,
             )
             for blocked in verdict.blocked:
@@ -766,6 +788,16 @@ def _order(data: dict[str, Any]) -> TargetOrder:
     if values.get("max_units") is None:
         values["max_units"] = math.inf
     return TargetOrder(**values)
+
+
+def periods_per_year(market: str, bar_interval_s: int) -> float:
+    """Bars a year: daily equity bars trade ~252 sessions, intraday equity bars 6.5 hours of
+    each; crypto trades every interval of the year."""
+    if market == "crypto":
+        return 365 * 86_400 / bar_interval_s
+    if bar_interval_s >= 86_400:
+        return 252.0
+    return 252 * 6.5 * 3600 / bar_interval_s
 
 
 def _with_params(portfolio, sleeve_name: str, row):

@@ -11,12 +11,15 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 from test_broker_alpaca import KEY_ENV, SECRET_ENV
 from test_broker_coinbase import KEY_ENV as CB_KEY_ENV
 from test_broker_coinbase import KEY_NAME, new_key
 from test_broker_coinbase import SECRET_ENV as CB_SECRET_ENV
 
+import live.runner as runner_module
 from live.broker import BrokerAuthError
 from live.config import parse_config
 from live.runner import Runner
@@ -225,3 +228,66 @@ def test_the_runner_trades_crypto_through_coinbase(tmp_path, monkeypatch):
         assert held == pytest.approx(ours)
     finally:
         venue.stop()
+
+
+class SimulatedMarket:
+    """A wall clock the test moves, and a venue that publishes each minute bar as it forms
+    (the newest bar is still forming: the feed must not trade on it)."""
+
+    def __init__(self, venue: FakeAlpaca, bars, symbol: str, published: int) -> None:
+        self.venue, self.bars, self.symbol = venue, bars, symbol
+        self.interval_ns = 60 * 10**9
+        self.now = int(bars.ts_ns[published - 1]) + self.interval_ns // 2  # inside a bar
+        self.decided: list[tuple[int, int]] = []
+        self.publish()
+
+    def now_ns(self) -> int:
+        return self.now
+
+    def wait(self, stop, seconds: float) -> bool:
+        self.now += int(seconds * 1e9)
+        self.publish()
+        return stop.is_set()
+
+    def publish(self) -> None:
+        started = self.bars.ts_ns <= self.now
+        rows = []
+        for i in np.flatnonzero(started):
+            t = pd.Timestamp(int(self.bars.ts_ns[i]), tz="UTC")
+            o, h, low, c, v = (float(getattr(self.bars, f)[i, 0]) for f in
+                               ("open", "high", "low", "close", "volume"))  # fmt: skip
+            rows.append({"t": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "o": o, "h": h, "l": low,
+                         "c": c, "v": v, "n": 1, "vw": c})  # fmt: skip
+        with self.venue.lock:
+            self.venue.bars[self.symbol] = rows
+        self.venue.set_price(self.symbol, rows[-1]["c"])  # trades happen at the latest price
+
+
+def test_a_venue_feed_trades_each_minute_bar_once_it_has_closed(alpaca, tmp_path, monkeypatch):
+    bars = synthetic_bars(n_symbols=1, n_bars=240, seed=9, freq="1min", start="2024-01-02 14:30")
+    market = SimulatedMarket(alpaca, bars, "AAPL", published=120)
+    raw = alpaca_raw(alpaca, tmp_path)
+    raw["runner"]["bar_interval"] = "1m"
+    raw["sleeves"] = [{"name": "trend", "strategy": "ma_crossover", "symbols": ["AAPL"],
+                       "params": {"fast": 3, "slow": 8}, "allocation": 1.0}]  # fmt: skip
+    raw["feed"] = {"kind": "venue", "history_bars": 100, "poll_s": 20.0, "settle_s": 2.0}
+    raw["risk"].update(daily_loss_limit_pct=100.0, max_drawdown_pct=100.0)
+    config = parse_config(raw, source="venue-feed-test.toml")
+    decided: list[tuple[int, int]] = []
+    decide = runner_module.decide
+
+    def recording_decide(state, signals, portfolio):
+        decided.append((signals.ts_ns, market.now))
+        return decide(state, signals, portfolio)
+
+    monkeypatch.setattr(runner_module, "decide", recording_decide)
+    summary = Runner(config, max_bars=60, now_ns=market.now_ns, wait=market.wait).run()
+    assert summary.bars == 60
+    times = [t for t, _ in decided]
+    # One decision per bar, in order, without gaps: bar 118 (at start 119 is still forming, so
+    # 118 is the newest closed one) and then each following minute.
+    assert times == [int(bars.ts_ns[i]) for i in range(118, 178)]
+    # Never on a bar that had not closed (and settled) when the runner decided on it.
+    assert all(now >= t + 62 * 10**9 for t, now in decided)
+    assert summary.orders > 0
+    assert_store_matches_venue(config, alpaca)
