@@ -5,9 +5,13 @@ Each venue validates its own ``[broker]`` options (keys, secrets' sources, endpo
 
 from __future__ import annotations
 
+import logging
+
 from live.broker import Broker
 from live.config import LiveConfig
 from quantshift.errors import ConfigError
+
+log = logging.getLogger("quantshift.live")
 
 VENUES = ("alpaca", "coinbase")
 
@@ -49,3 +53,26 @@ def venue_bar_pages(broker: Broker):
     return lambda symbol, start_ns, end_ns, timeframe: bar_pages(
         broker, symbol, start_ns, end_ns, timeframe
     )
+
+
+def connect_venue(config: LiveConfig) -> Broker:
+    """The venue of ``config``, connected (wrong keys fail here, before anything happens);
+    refuses what would be unsafe on a real venue."""
+    broker = build_broker(config)
+    where = config.path or config.name
+    if config.feed.kind == "replay" and not is_test_venue(broker):
+        raise ConfigError(
+            f"{where}: a replayed feed would send orders for past bars to the real "
+            f"{config.broker.kind} venue; replays run on the paper broker (or a local test venue)"
+        )
+    if config.portfolio.sim.fill == "close":
+        raise ConfigError(
+            f"{where}: [costs] fill = 'close' is a backtest assumption; a venue fills market "
+            "orders after the decision"
+        )
+    account = broker.connect()
+    log.info(
+        "connected to %s (%s): equity %.2f %s",
+        broker.venue, config.broker.mode, account.equity, account.currency,
+    )  # fmt: skip
+    return broker

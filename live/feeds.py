@@ -182,3 +182,27 @@ def _empty() -> pd.DataFrame:
             **{c: pd.Series(dtype=float) for c in ("open", "high", "low", "close", "volume")},
         }
     )
+
+
+def open_feed(config, portfolio, clock: MarketClock, broker=None, *, now_ns=time.time_ns,
+              wait=None):  # fmt: skip
+    """The feed ``config.feed`` names: a replay, or the venue's bars (started: history loaded)."""
+    feed = config.feed
+    symbols = list(portfolio.symbols)
+    if feed.kind == "replay":
+        return ReplayFeed(feed.source, symbols, start=feed.start, end=feed.end)
+    from live.brokers import venue_bar_pages
+
+    venue = VenueFeed(
+        venue_bar_pages(broker),
+        symbols,
+        clock,
+        history_bars=max(feed.history_bars, portfolio.warmup_bars() + 1),
+        poll_s=feed.poll_s,
+        settle_s=feed.settle_s,
+        late_after_s=feed.late_after_s,
+        now_ns=now_ns,
+        wait=wait,
+    )
+    venue.start()
+    return venue

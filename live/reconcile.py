@@ -1,18 +1,19 @@
 """Reconciliation: the broker's view (positions, executed orders) against the store's.
 
-Run at start-up, on takeover and on demand (`live reconcile`); a mismatch is reported, never
-silently fixed.
+The runner compares positions at start-up, on takeover and after each settlement; `live
+reconcile` runs the full comparison on demand. A mismatch is reported, never silently fixed.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from live.paper import PaperVenue
+from live.broker import Broker
+from live.execution import UNITS_TOLERANCE, net_positions, positions_differ
+from live.paper import PaperBroker
 from live.store import Store
-
-TOLERANCE_UNITS = 1e-9
 
 
 @dataclass
@@ -53,28 +54,55 @@ class ReconcileReport:
         return out
 
 
-def reconcile(config, store: Store) -> ReconcileReport:
-    """Compare the paper venue of ``config`` with ``store``."""
-    venue = PaperVenue(config.store_url)
+def reconcile(config, store: Store, broker: Broker | None = None) -> ReconcileReport:
+    """Compare the venue of ``config`` (the paper venue, Alpaca or Coinbase; or ``broker``)
+    with ``store``: positions, venue orders the store never recorded, and intents in flight
+    that the venue does not know."""
+    own = broker is None
+    if own:
+        broker = _open_broker(config)
     try:
-        broker = {k: v for k, v in venue.positions().items() if abs(v) > TOLERANCE_UNITS}
-        executed = {o.client_order_id for o in venue.orders()}
+        return _compare(broker, store, since_ns=0 if broker.venue == "paper" else _since())
     finally:
-        venue.close()
-    ours: dict[str, float] = {}
-    for p in store.positions():
-        ours[p.symbol] = ours.get(p.symbol, 0.0) + p.qty
-    ours = {k: v for k, v in ours.items() if abs(v) > TOLERANCE_UNITS}
-    report = ReconcileReport(broker_positions=broker, store_positions=ours)
-    for symbol in sorted(broker.keys() | ours.keys()):
-        a, b = broker.get(symbol, 0.0), ours.get(symbol, 0.0)
-        if abs(a - b) > TOLERANCE_UNITS * max(1.0, abs(a)):
-            report.position_mismatches[symbol] = (a, b)
+        if own:
+            broker.close()
+
+
+def _compare(broker: Broker, store: Store, since_ns: int) -> ReconcileReport:
+    venue = {k: v for k, v in broker.positions().items() if abs(v) > UNITS_TOLERANCE}
+    ours = net_positions(store.positions())
+    report = ReconcileReport(broker_positions=venue, store_positions=ours)
+    report.position_mismatches = positions_differ(venue, ours)
     recorded = {i.client_order_id for i in store.intents()}
-    report.orders_missing_in_store = sorted(executed - recorded)
+    at_venue = {o.client_order_id for o in broker.open_orders()}
+    at_venue |= {f.client_order_id for f in broker.fills(since_ns)}
+    # An order placed outside QuantShift has no client order id of ours (or none at all).
+    report.orders_missing_in_store = sorted(c or "(no client order id)" for c in at_venue
+                                            if c not in recorded)  # fmt: skip
     report.intents_unresolved = sorted(
         i.client_order_id
         for i in store.intents(open_only=True)
-        if i.client_order_id not in executed and i.state != "NEW"
+        if i.state != "NEW" and broker.order(i.client_order_id) is None
     )
     return report
+
+
+def _open_broker(config) -> Broker:
+    if config.broker.kind == "paper":
+        # Positions and executions need no prices: a quote is never asked for.
+        return PaperBroker(config.store_url, quote=_no_quote, cash=config.portfolio.sim.cash)
+    from live.brokers import build_broker
+
+    broker = build_broker(config)
+    broker.connect()
+    return broker
+
+
+def _no_quote(symbol: str) -> float:
+    raise RuntimeError(f"reconciliation asked for a price of {symbol}")
+
+
+def _since(days: int = 7) -> int:
+    """Venue executions looked at: the last week (older ones are in the store already or
+    belong to another system's history)."""
+    return time.time_ns() - days * 86_400 * 1_000_000_000

@@ -7,7 +7,6 @@ redoes the unfinished bar and arrives at the same orders, fills and trades.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
@@ -18,12 +17,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from live.brokers import build_broker, is_test_venue, venue_bar_pages
+from live.adoption import PromotionAdopter
+from live.brokers import connect_venue
 from live.clock import MarketClock
 from live.config import LiveConfig
 from live.execution import VenueExecution, WorkingOrder, net_positions, positions_differ
 from live.failpoints import failpoint
-from live.feeds import ReplayFeed, VenueFeed
+from live.feeds import open_feed
 from live.guards import OrderGuards
 from live.lease import NotLeaderError, open_lease
 from live.metrics import LiveMetrics
@@ -31,7 +31,6 @@ from live.paper import VENUE, PaperVenue
 from live.store import Store, client_order_id
 from live.store.errors import StaleEpochError, StoreUnavailableError
 from quantshift.data import Bars
-from quantshift.errors import ConfigError
 from quantshift.portfolio import (
     PortfolioState,
     TargetOrder,
@@ -41,8 +40,6 @@ from quantshift.portfolio import (
     fill_orders,
     flatten_orders,
 )
-from quantshift.promotion import PromotionRecord, fingerprint_mismatch
-from quantshift.provenance import code_fingerprint
 
 log = logging.getLogger("quantshift.live")
 
@@ -102,7 +99,8 @@ class Runner:
         if cfg.broker.kind == "paper":
             self.venue = PaperVenue(cfg.store_url)
         else:
-            self._open_broker()
+            self.broker = connect_venue(cfg)
+            self.execution = VenueExecution(self.broker, self.store)
         self.lease = open_lease(
             cfg.lease.redis_url,
             cfg.lease.name,
@@ -122,62 +120,13 @@ class Runner:
         )
         clock = MarketClock(cfg.market, cfg.bar_interval_s)
         self.guards = OrderGuards(cfg.guards, clock=clock)
-        self.feed = self._open_feed(clock)
+        self.feed = open_feed(
+            cfg, self.portfolio, clock, self.broker, now_ns=self._now_ns, wait=self._wait
+        )
         self.bars: Bars = self.feed.bars
-        self._adopted: dict[str, int] = {}  # sleeve -> promotion id it trades
-        self._refused: set[int] = set()
-        self._running_code = {
-            sleeve.strategy_name: code_fingerprint(sleeve.strategy_name)
-            for sleeve in self.portfolio.sleeves
-            if sleeve.name in cfg.promotions
-        }
+        self.adopter = PromotionAdopter(cfg, self.store, self.metrics, self.host)
         self.interval_ns = cfg.bar_interval_s * 1_000_000_000
         self._periods_per_year = periods_per_year(cfg.market, cfg.bar_interval_s)
-
-    def _open_feed(self, clock: MarketClock):
-        feed = self.config.feed
-        symbols = list(self.portfolio.symbols)
-        if feed.kind == "replay":
-            return ReplayFeed(feed.source, symbols, start=feed.start, end=feed.end)
-        pages = venue_bar_pages(self.broker)
-        venue = VenueFeed(
-            pages,
-            symbols,
-            clock,
-            history_bars=max(feed.history_bars, self.portfolio.warmup_bars() + 1),
-            poll_s=feed.poll_s,
-            settle_s=feed.settle_s,
-            late_after_s=feed.late_after_s,
-            now_ns=self._now_ns,
-            wait=self._wait,
-        )
-        venue.start()
-        return venue
-
-    def _open_broker(self) -> None:
-        """Connect to the venue (wrong keys fail here, before anything else happens)."""
-        cfg = self.config
-        self.broker = build_broker(cfg)
-        if cfg.feed.kind == "replay" and not is_test_venue(self.broker):
-            raise ConfigError(
-                f"{cfg.path or cfg.name}: a replayed feed would send orders for past bars to "
-                f"the real {cfg.broker.kind} venue; replays run on the paper broker (or a local "
-                "test venue)"
-            )
-        if cfg.portfolio.sim.fill == "close":
-            raise ConfigError(
-                f"{cfg.path or cfg.name}: [costs] fill = 'close' is a backtest assumption; a "
-                "venue fills market orders after the decision"
-            )
-        account = self.broker.connect()
-        log.info(
-            "connected to %s (%s): equity %.2f %s",
-            self.broker.venue,
-            cfg.broker.mode,
-            account.equity,
-            account.currency,
-        )
-        self.execution = VenueExecution(self.broker, self.store)
 
     def _close(self) -> None:
         if getattr(self, "server", None) is not None:
@@ -286,14 +235,7 @@ class Runner:
     def _load(self) -> None:
         """Load where the last leader left off: state after its last bar and pending orders,
         and the promotion record each promoted sleeve was trading."""
-        self._adopted = {}
-        for adoption in self.store.adoptions():
-            if adoption.runner == self.config.name:
-                self._adopted[adoption.sleeve] = adoption.promotion_id
-        for sleeve, promotion_id in list(self._adopted.items()):
-            row = self._promotion_row(self.config.promotions.get(sleeve), promotion_id)
-            if row is not None:
-                self.portfolio = _with_params(self.portfolio, sleeve, row)
+        self.portfolio = self.adopter.resume(self.portfolio)
         saved = self.store.load_runner_state(self.config.name)
         self.working: list[WorkingOrder] = []
         if saved is None:
@@ -326,8 +268,7 @@ class Runner:
         epoch = self.lease.assert_leader()
         ts = int(bars.ts_ns[t])
         with self.metrics.cycle():
-            self._adopt_promotions(ts, epoch)
-            portfolio = self.portfolio
+            self.portfolio = portfolio = self.adopter.adopt(self.portfolio, ts, epoch)
             state = self.state
             halt = self.store.active_halt()
             if halt is None and state.halted:
@@ -518,90 +459,6 @@ class Runner:
         log.error("reconcile: positions differ: %s", detail)
         self.store.halt(f"reconcile: {detail}"[:500], by=f"runner {self.host}", epoch=epoch)
         self.metrics.set_halt(True, "runner_error")
-
-    # ------------------------------------------------------------------ promotion records
-    def _adopt_promotions(self, ts: int, epoch: int) -> None:
-        """At a cycle boundary, switch each promoted sleeve to its active record (stage = the
-        runner's mode). A record that fails validation is refused, logged and recorded, and the
-        sleeve keeps trading the record it had; with none to keep, the runner stops."""
-        stage = self.config.mode
-        for sleeve, name in self.config.promotions.items():
-            active = self.store.active_promotion(name, stage)
-            current = self._adopted.get(sleeve)
-            if active is not None and active.promotion_id == current:
-                continue
-            problem = (
-                f"no active {stage} record named {name!r} (run `quantshift promote`)"
-                if active is None
-                else self._refusal(sleeve, active)
-            )
-            if problem is None:
-                record = PromotionRecord.from_json(active.record)
-                self.portfolio = _with_params(self.portfolio, sleeve, active)
-                self._adopted[sleeve] = active.promotion_id
-                self.store.record_adoption(
-                    runner=self.config.name,
-                    sleeve=sleeve,
-                    promotion_id=active.promotion_id,
-                    record_id=record.record_id,
-                    bar_ts_ns=ts,
-                    epoch=epoch,
-                )
-                self.metrics.set_promoted(sleeve, record.record_id)
-                log.info(
-                    "sleeve %s adopts %s record %s (%s)",
-                    sleeve,
-                    stage,
-                    record.record_id,
-                    ", ".join(f"{k}={v:g}" for k, v in record.params.items()),
-                    extra={"cycle": ts, "epoch": epoch, "sleeve": sleeve},
-                )
-                continue
-            if current is None:
-                raise ConfigError(f"sleeve {sleeve!r} cannot trade: {problem}")
-            if active is not None and active.promotion_id not in self._refused:
-                self._refused.add(active.promotion_id)
-                self.store.record_promotion_event(
-                    active.promotion_id, "refuse", by=f"runner {self.host}", reason=problem
-                )
-                log.error(
-                    "sleeve %s refuses record %s and keeps trading promotion %s: %s",
-                    sleeve,
-                    active.promotion_id,
-                    current,
-                    problem,
-                    extra={"cycle": ts, "epoch": epoch, "sleeve": sleeve},
-                )
-
-    def _refusal(self, sleeve_name: str, row) -> str | None:
-        """Why the stored record ``row`` cannot drive sleeve ``sleeve_name`` (None: it can)."""
-        try:
-            record = PromotionRecord.from_json(row.record, f"promotion {row.promotion_id}")
-        except ConfigError as exc:
-            return str(exc)
-        sleeve = next(s for s in self.portfolio.sleeves if s.name == sleeve_name)
-        if record.strategy != sleeve.strategy_name:
-            return (
-                f"record is for strategy {record.strategy!r}, sleeve runs {sleeve.strategy_name!r}"
-            )
-        if sorted(record.symbols) != sorted(sleeve.symbols):
-            return f"record trades {list(record.symbols)}, sleeve trades {list(sleeve.symbols)}"
-        if abs(record.allocation - sleeve.allocation) > 1e-9:
-            return (
-                f"record allocation {record.allocation:g} differs from the sleeve's "
-                f"{sleeve.allocation:g} in the config"
-            )
-        differs = fingerprint_mismatch(record.code, self._running_code[sleeve.strategy_name])
-        if differs:
-            return "code fingerprint does not match the running code: " + "; ".join(differs)
-        return None
-
-    def _promotion_row(self, name: str | None, promotion_id: int):
-        if name is None:
-            return None
-        return next(
-            (p for p in self.store.promotions(name) if p.promotion_id == promotion_id), None
-        )
 
     def _window(self, t: int) -> Bars:
         """The bars the signals see: the whole replay so far (a live venue would keep a window
@@ -798,16 +655,6 @@ def periods_per_year(market: str, bar_interval_s: int) -> float:
     if bar_interval_s >= 86_400:
         return 252.0
     return 252 * 6.5 * 3600 / bar_interval_s
-
-
-def _with_params(portfolio, sleeve_name: str, row):
-    """The portfolio with sleeve ``sleeve_name`` on the parameters of stored record ``row``."""
-    params = PromotionRecord.from_json(row.record).params
-    sleeves = tuple(
-        dataclasses.replace(s, params=dict(params)) if s.name == sleeve_name else s
-        for s in portfolio.sleeves
-    )
-    return dataclasses.replace(portfolio, sleeves=sleeves)
 
 
 def _net_units(state: PortfolioState) -> dict[str, float]:

@@ -20,8 +20,10 @@ from test_broker_coinbase import KEY_NAME, new_key
 from test_broker_coinbase import SECRET_ENV as CB_SECRET_ENV
 
 import live.runner as runner_module
-from live.broker import BrokerAuthError
+from live.broker import BrokerAuthError, OrderRequest
+from live.brokers import build_broker
 from live.config import parse_config
+from live.reconcile import reconcile
 from live.runner import Runner
 from live.store import Store
 from quantshift.data import write_parquet
@@ -111,11 +113,23 @@ def test_the_runner_trades_through_alpaca_and_the_venue_agrees_with_the_store(al
     assert exits and exits == pytest.approx([PRICES["SP500"]] * len(exits), rel=1e-12)
     assert all(f.venue == "alpaca" for f in fills)
     assert alpaca.calls("POST", "/v2/orders") == len(venue_orders(alpaca))
+    with Store.open(config.store_url) as store:
+        assert reconcile(config, store).ok
+    # Someone trades the account by hand: `live reconcile` names the order and the position.
+    outsider = build_broker(config)
+    outsider.submit(OrderRequest(client_order_id="manual-1", symbol="NASDAQ", side="buy", qty=2))
+    outsider.close()
+    with Store.open(config.store_url) as store:
+        report = reconcile(config, store)
+    assert not report.ok and report.orders_missing_in_store == ["manual-1"]
+    (symbol,) = report.position_mismatches
+    assert symbol == "NASDAQ" and "MISMATCH NASDAQ" in "\n".join(report.lines())
 
 
 CHILD = """
 import json, sys
 from live.config import parse_config
+from live.reconcile import reconcile
 from live.runner import Runner
 Runner(parse_config(json.loads(sys.argv[1]), source="child.toml")).run()
 """

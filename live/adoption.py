@@ -1,0 +1,139 @@
+"""Promotion records in the runner: each promoted sleeve trades the active record of its name.
+
+A new record is adopted only at a cycle boundary, after its strategy, symbols, allocation and
+code fingerprint are checked; a refused one is logged and recorded, the sleeve keeps its record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from live.config import LiveConfig
+from quantshift.errors import ConfigError
+from quantshift.promotion import PromotionRecord, fingerprint_mismatch
+from quantshift.provenance import code_fingerprint
+
+log = logging.getLogger("quantshift.live")
+
+
+class PromotionAdopter:
+    """Which promotion record each promoted sleeve of one runner trades."""
+
+    def __init__(self, config: LiveConfig, store, metrics, host: str) -> None:
+        self.config, self.store, self.metrics, self.host = config, store, metrics, host
+        self._adopted: dict[str, int] = {}  # sleeve -> promotion id it trades
+        self._refused: set[int] = set()
+        self._running_code = {
+            sleeve.strategy_name: code_fingerprint(sleeve.strategy_name)
+            for sleeve in config.portfolio.sleeves
+            if sleeve.name in config.promotions
+        }
+
+    def resume(self, portfolio):
+        """After a takeover or restart: the records this runner's sleeves were trading (from
+        the store's adoptions), applied to ``portfolio``."""
+        self._adopted = {}
+        for adoption in self.store.adoptions():
+            if adoption.runner == self.config.name:
+                self._adopted[adoption.sleeve] = adoption.promotion_id
+        for sleeve, promotion_id in list(self._adopted.items()):
+            row = self._row(self.config.promotions.get(sleeve), promotion_id)
+            if row is not None:
+                portfolio = _with_params(portfolio, sleeve, row)
+        return portfolio
+
+    def adopt(self, portfolio, ts: int, epoch: int):
+        """At a cycle boundary, switch each promoted sleeve to its active record (stage = the
+        runner's mode). A record that fails validation is refused, logged and recorded, and the
+        sleeve keeps trading the record it had; with none to keep, the runner stops. Return the
+        portfolio with the adopted parameters."""
+        stage = self.config.mode
+        for sleeve, name in self.config.promotions.items():
+            active = self.store.active_promotion(name, stage)
+            current = self._adopted.get(sleeve)
+            if active is not None and active.promotion_id == current:
+                continue
+            problem = (
+                f"no active {stage} record named {name!r} (run `quantshift promote`)"
+                if active is None
+                else self._refusal(portfolio, sleeve, active)
+            )
+            if problem is None:
+                record = PromotionRecord.from_json(active.record)
+                portfolio = _with_params(portfolio, sleeve, active)
+                self._adopted[sleeve] = active.promotion_id
+                self.store.record_adoption(
+                    runner=self.config.name,
+                    sleeve=sleeve,
+                    promotion_id=active.promotion_id,
+                    record_id=record.record_id,
+                    bar_ts_ns=ts,
+                    epoch=epoch,
+                )
+                self.metrics.set_promoted(sleeve, record.record_id)
+                log.info(
+                    "sleeve %s adopts %s record %s (%s)",
+                    sleeve,
+                    stage,
+                    record.record_id,
+                    ", ".join(f"{k}={v:g}" for k, v in record.params.items()),
+                    extra={"cycle": ts, "epoch": epoch, "sleeve": sleeve},
+                )
+                continue
+            if current is None:
+                raise ConfigError(f"sleeve {sleeve!r} cannot trade: {problem}")
+            if active is not None and active.promotion_id not in self._refused:
+                self._refused.add(active.promotion_id)
+                self.store.record_promotion_event(
+                    active.promotion_id, "refuse", by=f"runner {self.host}", reason=problem
+                )
+                log.error(
+                    "sleeve %s refuses record %s and keeps trading promotion %s: %s",
+                    sleeve,
+                    active.promotion_id,
+                    current,
+                    problem,
+                    extra={"cycle": ts, "epoch": epoch, "sleeve": sleeve},
+                )
+        return portfolio
+
+    def _refusal(self, portfolio, sleeve_name: str, row) -> str | None:
+        """Why the stored record ``row`` cannot drive sleeve ``sleeve_name`` (None: it can)."""
+        try:
+            record = PromotionRecord.from_json(row.record, f"promotion {row.promotion_id}")
+        except ConfigError as exc:
+            return str(exc)
+        sleeve = next(s for s in portfolio.sleeves if s.name == sleeve_name)
+        if record.strategy != sleeve.strategy_name:
+            return (
+                f"record is for strategy {record.strategy!r}, sleeve runs {sleeve.strategy_name!r}"
+            )
+        if sorted(record.symbols) != sorted(sleeve.symbols):
+            return f"record trades {list(record.symbols)}, sleeve trades {list(sleeve.symbols)}"
+        if abs(record.allocation - sleeve.allocation) > 1e-9:
+            return (
+                f"record allocation {record.allocation:g} differs from the sleeve's "
+                f"{sleeve.allocation:g} in the config"
+            )
+        differs = fingerprint_mismatch(record.code, self._running_code[sleeve.strategy_name])
+        if differs:
+            return "code fingerprint does not match the running code: " + "; ".join(differs)
+        return None
+
+    def _row(self, name: str | None, promotion_id: int):
+        if name is None:
+            return None
+        return next(
+            (p for p in self.store.promotions(name) if p.promotion_id == promotion_id), None
+        )
+
+
+def _with_params(portfolio, sleeve_name: str, row):
+    """The portfolio with sleeve ``sleeve_name`` on the parameters of stored record ``row``."""
+    params = PromotionRecord.from_json(row.record).params
+    sleeves = tuple(
+        dataclasses.replace(s, params=dict(params)) if s.name == sleeve_name else s
+        for s in portfolio.sleeves
+    )
+    return dataclasses.replace(portfolio, sleeves=sleeves)
