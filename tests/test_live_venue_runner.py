@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,7 +24,7 @@ from test_broker_coinbase import SECRET_ENV as CB_SECRET_ENV
 import live.runner as runner_module
 from live.broker import BrokerAuthError, OrderRequest
 from live.brokers import build_broker
-from live.config import parse_config
+from live.config import load_config, parse_config
 from live.reconcile import reconcile
 from live.runner import Runner
 from live.store import Store
@@ -128,7 +130,7 @@ def test_the_runner_trades_through_alpaca_and_the_venue_agrees_with_the_store(al
 
 CHILD = """
 import json, sys
-from live.config import parse_config
+from live.config import load_config, parse_config
 from live.reconcile import reconcile
 from live.runner import Runner
 Runner(parse_config(json.loads(sys.argv[1]), source="child.toml")).run()
@@ -305,3 +307,40 @@ def test_a_venue_feed_trades_each_minute_bar_once_it_has_closed(alpaca, tmp_path
     assert all(now >= t + 62 * 10**9 for t, now in decided)
     assert summary.orders > 0
     assert_store_matches_venue(config, alpaca)
+
+
+@pytest.mark.parametrize("name", ["alpaca_paper_equities", "coinbase_crypto"])
+def test_the_example_venue_configs_are_valid_and_take_keys_from_the_environment(
+    name, monkeypatch, tmp_path
+):
+    pem, _ = new_key()
+    for variable, value in {
+        "APCA_API_KEY_ID": "PKEXAMPLE", "APCA_API_SECRET_KEY": "example-secret-0123",
+        "COINBASE_API_KEY": KEY_NAME, "COINBASE_API_SECRET": pem,
+    }.items():  # fmt: skip
+        monkeypatch.setenv(variable, value)
+    path = Path(__file__).resolve().parents[1] / "live" / "examples" / f"{name}.toml"
+    config = load_config(path)
+    assert config.feed.kind == "venue" and config.broker.kind in ("alpaca", "coinbase")
+    assert config.broker.mode == config.mode
+    broker = build_broker(config)  # validates the venue options and reads the keys
+    try:
+        assert "example-secret-0123" not in repr(broker.config)
+        assert pem.splitlines()[1] not in repr(broker.config)
+    finally:
+        broker.close()
+    monkeypatch.delenv("APCA_API_SECRET_KEY")
+    monkeypatch.delenv("COINBASE_API_SECRET")
+    # Alpaca reads its keys when built, Coinbase when it connects: before any request either way.
+    with pytest.raises(ConfigError, match="not found; tried environment variable"):
+        build_broker(config).connect()
+
+
+def test_no_secret_reaches_the_logs_or_the_store(alpaca, tmp_path, caplog):
+    config = alpaca_config(alpaca, tmp_path)
+    with caplog.at_level(logging.DEBUG):
+        Runner(config, max_bars=40).run()
+    database = Path(config.store_url.removeprefix("sqlite:///")).read_bytes()
+    for secret in (alpaca.secret_key, alpaca.key_id):
+        assert secret not in caplog.text
+        assert secret.encode() not in database
