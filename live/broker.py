@@ -7,13 +7,14 @@ next (stop at start, resolve by lookup, back off, or record a rejection).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
-from quantshift.errors import QuantShiftError
+from quantshift.errors import ConfigError, QuantShiftError
 
 SIDES = ("buy", "sell")
 ORDER_TYPES = ("market", "limit", "stop")
@@ -158,6 +159,47 @@ class BrokerFill:
     price: float
     fee: float
     ts_fill_ns: int
+
+
+# ----------------------------------------------------------------------------- venue settings
+class VenueSettings:
+    """Base of a venue adapter's frozen config dataclass: built from a live config's
+    ``[broker]`` table, unknown keys refused by name."""
+
+    venue: ClassVar[str]
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], where: str, *, mode: str = "paper"):
+        """Build the config from the ``[broker]`` table of a live config (``kind`` and
+        ``mode`` removed; ``mode`` is passed separately).
+
+        Raises
+        ------
+        ConfigError
+            On an unknown key (naming the key and the allowed ones) or a bad value, with
+            ``where`` (the config file) in the message.
+        """
+        allowed = sorted(f.name for f in fields(cls) if f.name != "mode")
+        for key in options:
+            if key not in allowed:
+                raise ConfigError(
+                    f"{where}: [broker] {key}: unknown key for the {cls.venue} broker; "
+                    f"allowed: {', '.join(allowed)}"
+                )
+        try:
+            return cls(mode=mode, **dict(options))
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"{where}: [broker] {exc}") from None
+
+
+def is_loopback_host(host: str) -> bool:
+    """True if ``host`` (no port) is this machine: a local test venue, never a real one."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # ----------------------------------------------------------------------------- the contract

@@ -4,13 +4,12 @@ the keys come from, which endpoints to talk to, and the timeouts and backoff we 
 
 from __future__ import annotations
 
-import ipaddress
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 from urllib.parse import urlsplit
 
+from live.broker import VenueSettings, is_loopback_host
 from quantshift.errors import ConfigError
 
 MODES = ("paper", "live")
@@ -29,7 +28,7 @@ SECRET_KEY_NAME = "alpaca_secret_key"
 
 
 @dataclass(frozen=True, kw_only=True)
-class AlpacaConfig:
+class AlpacaConfig(VenueSettings):
     """How to reach Alpaca and how hard to try.
 
     Parameters
@@ -67,6 +66,8 @@ class AlpacaConfig:
     bars_page_limit : int
         Bars per request of ``bar_pages`` (Alpaca allows up to 10000).
     """
+
+    venue: ClassVar[str] = "alpaca"
 
     mode: str
     key_id_env: str = "APCA_API_KEY_ID"
@@ -129,41 +130,10 @@ class AlpacaConfig:
     def resolved_stream_url(self) -> str:
         return self.stream_url or STREAM_URLS[self.mode]
 
-    @classmethod
-    def from_options(
-        cls, options: Mapping[str, Any], where: str, *, mode: str = "paper"
-    ) -> AlpacaConfig:
-        """Build the config from the ``[broker]`` table of a live config (``kind`` and ``mode``
-        removed; ``mode`` is passed separately).
-
-        Raises
-        ------
-        ConfigError
-            On an unknown key (naming the key and the allowed ones) or a bad value, with
-            ``where`` (the config file) in the message.
-        """
-        allowed = sorted(f.name for f in fields(cls) if f.name != "mode")
-        for key in options:
-            if key not in allowed:
-                raise ConfigError(
-                    f"{where}: [broker] {key}: unknown key for the alpaca broker; "
-                    f"allowed: {', '.join(allowed)}"
-                )
-        try:
-            return cls(mode=mode, **dict(options))
-        except (ConfigError, TypeError) as exc:
-            raise ConfigError(f"{where}: [broker] {exc}") from None
-
 
 def is_loopback_url(url: str) -> bool:
     """True if ``url`` points at this machine (a test venue), never at Alpaca."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 def _check_url(url: str | None, name: str, expected: set[str], mode: str) -> None:

@@ -4,13 +4,12 @@ test venue), where the keys come from, which endpoints to talk to, and timeouts 
 
 from __future__ import annotations
 
-import ipaddress
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 from urllib.parse import urlsplit
 
+from live.broker import VenueSettings, is_loopback_host
 from quantshift.errors import ConfigError
 
 MODES = ("paper", "live")
@@ -42,7 +41,7 @@ _INTEGERS = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class CoinbaseConfig:
+class CoinbaseConfig(VenueSettings):
     """How to reach Coinbase Advanced Trade and how hard to try.
 
     Coinbase Advanced has no paper account: ``mode="paper"`` is accepted only when ``base_url``
@@ -94,6 +93,8 @@ class CoinbaseConfig:
         Candles per ``get_candles`` call of ``bar_pages`` (Coinbase allows at most 350).
     """
 
+    venue: ClassVar[str] = "coinbase"
+
     mode: str
     api_key_env: str = "COINBASE_API_KEY"
     api_secret_env: str = "COINBASE_API_SECRET"
@@ -144,41 +145,6 @@ class CoinbaseConfig:
     def uses_test_venue(self) -> bool:
         """True when REST goes to a loopback host (a local fake venue)."""
         return is_loopback_host(_host_of(self.base_url))
-
-    @classmethod
-    def from_options(
-        cls, options: Mapping[str, Any], where: str, *, mode: str = "paper"
-    ) -> CoinbaseConfig:
-        """Build the config from the ``[broker]`` table of a live config (``kind`` and ``mode``
-        removed; ``mode`` is passed separately).
-
-        Raises
-        ------
-        ConfigError
-            On an unknown key (naming the key and the allowed ones) or a bad value, with
-            ``where`` (the config file) in the message.
-        """
-        allowed = sorted(f.name for f in fields(cls) if f.name != "mode")
-        for key in options:
-            if key not in allowed:
-                raise ConfigError(
-                    f"{where}: [broker] {key}: unknown key for the coinbase broker; "
-                    f"allowed: {', '.join(allowed)}"
-                )
-        try:
-            return cls(mode=mode, **dict(options))
-        except (ConfigError, TypeError) as exc:
-            raise ConfigError(f"{where}: [broker] {exc}") from None
-
-
-def is_loopback_host(host: str) -> bool:
-    """True if ``host`` (no port) is this machine: a test venue, never Coinbase."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _host_of(base_url: str) -> str:
