@@ -1,9 +1,13 @@
-"""Live benchmarks: decision latency per cycle (bar in -> orders out) and replay speed.
+"""Live benchmarks: decision latency per cycle (bar in -> orders out), replay speed, and the
+cost of one order through each venue adapter.
 
 Latency: 100 symbols x 3 strategies, signals on the warm-up window + the decision + the order
 guards, per bar, against the issue's 20 ms goal. Replay: `live run` on the paper broker with
 the SQLite store, against the portfolio backtest of the same configuration in the same run.
-Run ``uv run python benchmarks/bench_live.py`` (``--quick`` for a smoke run).
+Orders: submit + lookup by client order id + cancel-of-a-final-order through the paper broker,
+alpaca-py and coinbase-advanced-py, the two SDKs against the test suite's fake venues on
+loopback (so this is the adapters' and SDKs' own cost: a real venue adds its network round
+trips). Run ``uv run python benchmarks/bench_live.py`` (``--quick`` for a smoke run).
 """
 
 from __future__ import annotations
@@ -131,6 +135,87 @@ def bench_replay(repeat: int = 3, max_bars: int | None = None) -> dict[str, Any]
     return {"bars": bars_done, "bars_per_s": ours, "backtest_bars_per_s": theirs}
 
 
+def _venues():
+    """(name, broker, set_price, close) of the paper broker and the two fake-venue adapters."""
+    from live.alpaca import AlpacaBroker, AlpacaConfig
+    from live.coinbase import CoinbaseBroker, CoinbaseConfig
+    from live.paper import PaperBroker
+    from tests.fakes.alpaca_server import FakeAlpaca
+    from tests.fakes.coinbase_server import FakeCoinbase
+    from tests.test_broker_coinbase import KEY_NAME, new_key
+
+    tmp = tempfile.TemporaryDirectory()
+    prices: dict[str, float] = {}
+    paper = PaperBroker(f"sqlite:///{tmp.name}/paper.db", quote=prices.__getitem__, cash=1e6)
+    yield "paper (SQLite)", paper, prices.__setitem__, "SPY"
+    paper.close()
+    tmp.cleanup()
+
+    alpaca = FakeAlpaca().start()
+    os.environ["QS_BENCH_ALPACA_KEY"], os.environ["QS_BENCH_ALPACA_SECRET"] = (
+        alpaca.key_id, alpaca.secret_key,
+    )  # fmt: skip
+    broker = AlpacaBroker(
+        AlpacaConfig(
+            mode="paper", key_id_env="QS_BENCH_ALPACA_KEY", secret_key_env="QS_BENCH_ALPACA_SECRET",
+            trading_url=alpaca.url, data_url=alpaca.url, stream_url=alpaca.stream_url,
+        )
+    )  # fmt: skip
+    yield "alpaca-py -> fake Alpaca (HTTP)", broker, alpaca.set_price, "SPY"
+    broker.close()
+    alpaca.stop()
+
+    coinbase = FakeCoinbase().start()
+    pem, public = new_key()
+    coinbase.add_key(KEY_NAME, public)
+    os.environ["QS_BENCH_CB_KEY"], os.environ["QS_BENCH_CB_SECRET"] = KEY_NAME, pem
+    broker = CoinbaseBroker(
+        CoinbaseConfig(
+            mode="paper", api_key_env="QS_BENCH_CB_KEY", api_secret_env="QS_BENCH_CB_SECRET",
+            base_url=coinbase.base_url, ws_url=coinbase.ws_url, ca_file=coinbase.ca_file,
+        )
+    )  # fmt: skip
+    yield (
+        "coinbase-advanced-py -> fake Coinbase (HTTPS, ES256)",
+        broker,
+        coinbase.set_price,
+        ("BTC-USD"),
+    )
+    broker.close()
+    coinbase.stop()
+
+
+def bench_orders(n_orders: int = 200) -> dict[str, Any]:
+    """Per-order milliseconds of submit + order(client id) + cancel, median over the orders."""
+    from live.broker import OrderRequest
+
+    out: dict[str, Any] = {}
+    for name, broker, set_price, symbol in _venues():
+        set_price(symbol, 100.0)
+        broker.connect()
+        times = []
+        for i in range(n_orders + 5):  # the first few warm connections and caches up
+            cid = f"qsbench{i:06d}{time.time_ns() % 10**6:06d}"
+            side = "buy" if i % 2 == 0 else "sell"
+            started = time.perf_counter()
+            broker.submit(OrderRequest(client_order_id=cid, symbol=symbol, side=side, qty=1.0))
+            broker.order(cid)
+            broker.cancel(cid)
+            if i >= 5:
+                times.append((time.perf_counter() - started) * 1e3)
+        out[name] = {
+            "median_ms": statistics.median(times),
+            "p99_ms": float(np.percentile(times, 99)),
+        }
+    base = out["paper (SQLite)"]["median_ms"]
+    for name, row in out.items():
+        print(
+            f"{name:<52} {row['median_ms']:7.2f} ms/order median, p99 {row['p99_ms']:7.2f} "
+            f"({row['median_ms'] / base:5.1f}x the paper broker)"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer cycles and bars")
@@ -141,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         report["latency"] = bench_decision_latency(n_symbols=20, cycles=30)
         report["replay"] = bench_replay(repeat=1, max_bars=100)
+        report["orders"] = bench_orders(n_orders=20)
     else:
         report["latency"] = bench_decision_latency()
         report["replay"] = bench_replay()
+        report["orders"] = bench_orders()
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")

@@ -70,3 +70,5 @@ def test_live_benchmark_quick_run(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(target.read_text())
     assert report["latency"]["p50_ms"] > 0 and report["replay"]["bars"] == 100
+    assert len(report["orders"]) == 3  # the paper broker and both SDKs against the fake venues
+    assert all(row["median_ms"] > 0 for row in report["orders"].values())
