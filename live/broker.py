@@ -248,6 +248,11 @@ class Broker(ABC):
     def fills(self, since_ns: int = 0) -> list[BrokerFill]:
         """Executions at or after ``since_ns``, oldest first (the backfill after a reconnect)."""
 
+    def quantity_step(self, symbol: str) -> float:
+        """The smallest quantity increment the venue accepts for ``symbol`` (0: any). Entry
+        sizes are rounded down to it before they are sent, so what fills is what was sent."""
+        return 0.0
+
     def stream_fills(self, on_fill: Callable[[BrokerFill], None]) -> Callable[[], None]:
         """Call ``on_fill`` for each execution as the venue pushes it, until the returned stop
         function is called; reconnects and backfills with ``fills`` after silence. Venues

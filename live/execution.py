@@ -95,7 +95,15 @@ class VenueExecution:
     def send(
         self, order: TargetOrder, units: float, epoch: int, *, halt_exempt, during_halt: bool
     ) -> WorkingOrder | None:
-        """Send ``units`` of ``order`` as a market order; None if the venue refused it."""
+        """Send ``units`` of ``order`` as a market order; None if the venue refused it. Entry
+        units are rounded down to the venue's quantity step (exits sell what the venue filled)."""
+        if order.action == "entry":
+            step = self.broker.quantity_step(order.symbol)
+            if step > 0:
+                units = math.floor(units / step + 1e-9) * step
+            if units <= 0:
+                log.warning("%s: below the venue's quantity step %g; not sent", order.key, step)
+                return None
         working = WorkingOrder(order=order, halt_exempt=halt_exempt, units=float(units))
         cid = self._send(working, float(units), order.ts_ns, epoch, during_halt)
         return None if cid is None else working

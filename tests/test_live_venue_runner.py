@@ -239,6 +239,9 @@ def test_the_runner_trades_crypto_through_coinbase(tmp_path, monkeypatch):
             intents = store.intents()
             ours = sum(p.qty for p in store.positions() if p.symbol == "BTC-USD")
         assert intents and all(i.state in ("FILLED", "CANCELLED", "REJECTED") for i in intents)
+        # Sizes go out on the product's base increment (0.00000001 BTC).
+        entries = [i.qty for i in intents if i.details["action"] == "entry"]
+        assert entries and all(abs(q * 1e8 - round(q * 1e8)) < 1e-4 for q in entries)
         with venue._lock:
             held = float(venue.balances.get("BTC", 0))
         assert held == pytest.approx(ours)
@@ -344,3 +347,17 @@ def test_no_secret_reaches_the_logs_or_the_store(alpaca, tmp_path, caplog):
     for secret in (alpaca.secret_key, alpaca.key_id):
         assert secret not in caplog.text
         assert secret.encode() not in database
+
+
+def test_entries_are_rounded_down_to_what_the_venue_trades(alpaca, tmp_path):
+    alpaca.whole_shares_only.add("SP500")  # NASDAQ stays fractionable (9 decimals)
+    config = alpaca_config(alpaca, tmp_path)
+    Runner(config).run()
+    with Store.open(config.store_url) as store:
+        entries = [i for i in store.intents() if i.details["action"] == "entry"]
+    whole = [i.qty for i in entries if i.symbol == "SP500"]
+    fractional = [i.qty for i in entries if i.symbol == "NASDAQ"]
+    assert whole and all(q == int(q) for q in whole)
+    assert fractional and any(q != int(q) for q in fractional)
+    assert all(abs(q * 1e9 - round(q * 1e9)) < 1e-3 for q in fractional)
+    assert_store_matches_venue(config, alpaca)

@@ -242,6 +242,14 @@ class AlpacaBroker(Broker):
     def positions(self) -> dict[str, float]:
         return positions_from_models(self._call("positions", self._trading.get_all_positions))
 
+    def quantity_step(self, symbol: str) -> float:
+        """Fractionable assets trade to 9 decimals (market and day orders), others in shares."""
+        steps = self.__dict__.setdefault("_steps", {})
+        if symbol not in steps:
+            asset = self._call(f"asset {symbol}", lambda: self._trading.get_asset(symbol))
+            steps[symbol] = 1e-9 if getattr(asset, "fractionable", False) else 1.0
+        return steps[symbol]
+
     def market_clock(self) -> MarketClock:
         """Whether the US equity market is open now, and its next open and close (UTC)."""
         return clock_from_model(self._call("clock", self._trading.get_clock))

@@ -316,6 +316,14 @@ class CoinbaseBroker(Broker):
         answer = self._call("list products", lambda: self.rest.get_products(product_type="SPOT"))
         return {p["product_id"]: p for p in answer.to_dict().get("products") or []}
 
+    def quantity_step(self, symbol: str) -> float:
+        """The product's ``base_increment`` (e.g. 0.00000001 BTC)."""
+        steps = self.__dict__.setdefault("_steps", {})
+        if symbol not in steps:
+            product = self._call(f"product {symbol}", lambda: self.rest.get_product(symbol))
+            steps[symbol] = float(product.to_dict().get("base_increment") or 0.0)
+        return steps[symbol]
+
     # ------------------------------------------------------------------ orders
     def submit(self, request: OrderRequest) -> BrokerOrder:
         """Create the order under ``request.client_order_id``; an id seen before is adopted.

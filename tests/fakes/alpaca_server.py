@@ -77,6 +77,7 @@ class FakeAlpaca:
         self.activities: list[dict] = []
         self.positions: dict[str, float] = {}
         self.bars: dict[str, list[dict]] = {}
+        self.whole_shares_only: set[str] = set()
         self.clock = {"is_open": True, "next_open": "2024-01-03T09:30:00-05:00"}
         self.clock["next_close"] = "2024-01-02T16:00:00-05:00"
         self.faults: list[Fault] = []
@@ -198,6 +199,9 @@ class FakeAlpaca:
             return 200, {}, self._account()
         if (method, path) == ("GET", "/v2/positions"):
             return 200, {}, [self._position(s, q) for s, q in self.positions.items() if q]
+        if method == "GET" and path.startswith("/v2/assets/"):
+            symbol = path.rsplit("/", 1)[1]
+            return 200, {}, self._asset(symbol)
         if (method, path) == ("GET", "/v2/clock"):
             return 200, {}, {"timestamp": iso(time.time_ns()), **self.clock}
         if (method, path) == ("POST", "/v2/orders"):
@@ -235,6 +239,14 @@ class FakeAlpaca:
         if oid is None or oid not in self.orders:
             return 404, {}, {"code": 40410000, "message": "order not found"}
         return 200, {}, self._json(self.orders[oid])
+
+    def _asset(self, symbol: str) -> dict:
+        return {
+            "id": "b0b6dd9d-8b9b-48a9-ba46-b9d54906e415", "class": "us_equity",
+            "exchange": "NASDAQ", "symbol": symbol, "name": symbol, "status": "active",
+            "tradable": True, "marginable": True, "shortable": True, "easy_to_borrow": True,
+            "fractionable": symbol not in self.whole_shares_only,
+        }  # fmt: skip
 
     def _account(self) -> dict:
         value = sum(q * self.prices.get(s, 0.0) for s, q in self.positions.items())

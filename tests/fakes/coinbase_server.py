@@ -370,6 +370,10 @@ class FakeCoinbase:
             wanted = query.get("product_ids") or sorted(self.prices)
             products = [self._product(p) for p in wanted if p in self.prices]
             return 200, {"products": products, "num_products": len(products)}
+        if method == "GET" and len(parts) == 2 and parts[0] == "products":
+            if parts[1] not in self.prices:
+                return 404, {"error": "NOT_FOUND", "message": "product not found"}
+            return 200, self._product(parts[1])
         if method == "GET" and parts[-1] == "candles":
             return self._candles(parts[-2], query)
         if (method, path) == ("POST", "/orders"):
