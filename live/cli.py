@@ -110,6 +110,7 @@ def status(config: ConfigOpt, json_out: JsonOpt = False) -> None:
     cfg, store = _open_store(config)
     with store:
         info = store.status().to_dict()
+        info["promotions"] = _promotions_in_use(cfg, store)
     info["runner"] = cfg.name
     if cfg.lease.redis_url is not None:
         info["lease"] = _lease_info(cfg)
@@ -176,6 +177,29 @@ def _iso(ts_ns: int | None) -> str:
     return pd.Timestamp(ts_ns, unit="ns", tz="UTC").isoformat()
 
 
+def _promotions_in_use(cfg, store) -> dict[str, Any]:
+    """Per sleeve: the promotion record its runner adopted last (None: config parameters)."""
+    latest: dict[str, Any] = {}
+    for adoption in store.adoptions():
+        if adoption.runner == cfg.name:
+            latest[adoption.sleeve] = adoption
+    out: dict[str, Any] = {}
+    for sleeve in cfg.portfolio.sleeve_names:
+        adoption = latest.get(sleeve)
+        if adoption is None:
+            out[sleeve] = None
+            continue
+        row = next(p for p in store.promotions() if p.promotion_id == adoption.promotion_id)
+        out[sleeve] = {
+            "record_id": adoption.record_id,
+            "name": row.strategy,
+            "stage": row.stage,
+            "params": row.record_dict()["params"],
+            "bar_ts_ns": adoption.bar_ts_ns,
+        }
+    return out
+
+
 def _print_status(info: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -203,6 +227,14 @@ def _print_status(info: dict[str, Any]) -> None:
             f"{halt_info.get('reason')} (by {halt_info.get('created_by')}); "
             "clear with `live resume`"
         )
+    for sleeve, row in (info.get("promotions") or {}).items():
+        if row is None:
+            out.print(f"sleeve {sleeve}: parameters from the config")
+        else:
+            out.print(
+                f"sleeve {sleeve}: promotion record {row['record_id']} ({row['name']}, "
+                f"{row['params']}) since bar {_iso(row['bar_ts_ns'])}"
+            )
     equity = info.get("equity") or {}
     out.print(
         f"equity {equity.get('equity', '-')}, realized P&L {info.get('realized_pnl')}, "

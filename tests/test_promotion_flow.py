@@ -12,6 +12,7 @@ from test_live_store import pg_admin_connection
 from test_research_study import _spec
 from typer.testing import CliRunner
 
+from live.cli import app as live_app
 from live.config import parse_config
 from live.runner import Runner
 from live.store import Store
@@ -117,7 +118,7 @@ def test_the_default_gate_refuses_the_test_study_and_changes_nothing(backend):
     assert tracker.promotion_alias("trend", "paper") is None
 
 
-def test_study_to_paper_to_replay_to_live_to_rollback(backend, caplog):
+def test_study_to_paper_to_replay_to_live_to_rollback(backend, caplog, tmp_path):
     tracker, report, new_store = backend
     url = new_store()
     name = f"trend-{uuid.uuid4().hex[:6]}"  # registry names are per MLflow store
@@ -149,6 +150,9 @@ def test_study_to_paper_to_replay_to_live_to_rollback(backend, caplog):
         trades = store.trades("trend")
     evidence = store_evidence(url, paper.stored.promotion_id)
     assert evidence.trades == len(trades)
+    # `live status` says which record each sleeve trades.
+    status = CliRunner().invoke(live_app, ["status", "--config", _config_file(config, tmp_path)])
+    assert f"sleeve trend: promotion record {record.record_id} ({name}" in status.output
 
     live = promote(report.run_id, "live", store_url=url, tracker=tracker, name=name, gate=RELAXED)
     assert live.promoted, live.lines()
@@ -297,3 +301,15 @@ def test_a_sleeve_promotion_must_name_a_record(tmp_path):
         parse_config(raw, source="bad.toml")
     raw["sleeves"][0]["promotion"] = "trend"
     assert parse_config(raw, source="ok.toml").promotions == {"ma_crossover": "trend"}
+
+
+def _config_file(config, tmp_path) -> str:
+    """The runner config as a TOML file (what `live status --config` reads)."""
+    path = tmp_path / "live.toml"
+    path.write_text(
+        '[runner]\nname = "paper-trend"\nmarket = "equities"\nmode = "paper"\n\n'
+        '[[sleeves]]\nname = "trend"\nstrategy = "ma_crossover"\nsymbols = ["SP500"]\n'
+        f'allocation = 1.0\npromotion = "{config.promotions["trend"]}"\n\n'
+        f'[store]\nurl = "{config.store_url}"\n'
+    )
+    return str(path)
