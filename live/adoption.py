@@ -16,6 +16,9 @@ from quantshift.provenance import code_fingerprint
 
 log = logging.getLogger("quantshift.live")
 
+TERMS = ("direction", "sizing", "size", "risk_per_trade", "fees_bps", "slippage_bps", "use_stops")
+"""Backtest settings compared between a record's study and the sleeve that trades it."""
+
 
 class PromotionAdopter:
     """Which promotion record each promoted sleeve of one runner trades."""
@@ -72,6 +75,7 @@ class PromotionAdopter:
                     epoch=epoch,
                 )
                 self.metrics.set_promoted(sleeve, record.record_id)
+                self._warn_other_terms(portfolio, sleeve, record)
                 log.info(
                     "sleeve %s adopts %s record %s (%s)",
                     sleeve,
@@ -97,6 +101,26 @@ class PromotionAdopter:
                     extra={"cycle": ts, "epoch": epoch, "sleeve": sleeve},
                 )
         return portfolio
+
+    def _warn_other_terms(self, portfolio, sleeve_name: str, record: PromotionRecord) -> None:
+        """Say when the sleeve sizes, trades or pays otherwise than the study did: its paper
+        record then measures these terms, not the study's."""
+        sleeve = next(s for s in portfolio.sleeves if s.name == sleeve_name)
+        here = sleeve.sim_config(portfolio.sim).to_dict()
+        differs = [
+            f"{key} {record.research_settings[key]!r} in the study, {here[key]!r} here"
+            for key in TERMS
+            if key in record.research_settings and record.research_settings[key] != here[key]
+        ]
+        if differs:
+            log.warning(
+                "sleeve %s trades record %s on other terms than its study (%s); the portfolio's "
+                "risk limits cap it further",
+                sleeve_name,
+                record.record_id,
+                "; ".join(differs),
+                extra={"sleeve": sleeve_name},
+            )
 
     def _refusal(self, portfolio, sleeve_name: str, row) -> str | None:
         """Why the stored record ``row`` cannot drive sleeve ``sleeve_name`` (None: it can)."""

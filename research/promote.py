@@ -160,6 +160,7 @@ def research_evidence(tracker: Tracker, run_id: str) -> tuple[ResearchEvidence, 
             "wf_folds": folds,
         },
         "monte_carlo": _section(summary, "oos_mc_" if mc_key and mc_key[0] == "o" else "mc_"),
+        "research_settings": dict(summary.get("research_settings") or {}),
     }
     return evidence, fields_
 

@@ -141,6 +141,7 @@ def run(
         report.summary["data_first_bar"] = iso_utc(int(bars.ts_ns[0]))
         report.summary["data_last_bar"] = iso_utc(int(bars.ts_ns[-1]))
         report.summary["data_bars"] = int(bars.n_bars)
+        report.summary["research_settings"] = spec.costs.to_dict()
         if handle is not None:
             handle.log_metrics(_numbers(report.summary))
             handle.log_dict(_json_safe(report.summary), "summary.json")

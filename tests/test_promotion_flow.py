@@ -144,6 +144,8 @@ def test_study_to_paper_to_replay_to_live_to_rollback(backend, caplog, tmp_path)
         summary = Runner(config).run()
     assert summary.trades >= 3
     assert f"adopts paper record {record.record_id}" in caplog.text
+    assert record.research_settings["fees_bps"] == 1.0
+    assert "other terms than its study" not in caplog.text  # same sizing and costs
     with Store.open(url) as store:
         (adoption,) = store.adoptions()
         assert adoption.record_id == record.record_id and adoption.sleeve == "trend"
@@ -313,3 +315,17 @@ def _config_file(config, tmp_path) -> str:
         f'[store]\nurl = "{config.store_url}"\n'
     )
     return str(path)
+
+
+def test_a_sleeve_on_other_terms_than_its_study_says_so(backend, caplog):
+    tracker, report, new_store = backend
+    url = new_store()
+    promote(report.run_id, "paper", store_url=url, tracker=tracker, name="trend", gate=RELAXED)
+    config = _runner_config(url)
+    sim = dataclasses.replace(config.portfolio.sim, slippage_bps=10.0)
+    config = dataclasses.replace(config, portfolio=dataclasses.replace(config.portfolio, sim=sim))
+    with caplog.at_level(logging.WARNING, logger="quantshift.live"):
+        Runner(config, max_bars=3).run()
+    assert "on other terms than its study (slippage_bps 0.0 in the study, 10.0 here)" in (
+        caplog.text
+    )

@@ -121,6 +121,9 @@ class PromotionRecord:
     created_at: str
     paper_record: Mapping[str, Any] = field(default_factory=dict)
     parent_record_id: str | None = None
+    research_settings: Mapping[str, Any] = field(default_factory=dict)
+    """The backtest settings of the study (sizing, costs, direction): a live sleeve that sizes
+    or pays differently trades the parameters on other terms than the evidence."""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
