@@ -225,9 +225,7 @@ class VenueExecution:
                     continue
             if item.filled > _TOLERANCE:
                 done.append(item)
-        executions = [
-            (i.order, i.filled, i.notional / i.filled, i.fees) for i in done if i.filled > 0
-        ]
+        executions = [(i.order, i.filled, i.notional / i.filled, i.fees) for i in done]
         return Settled(apply_executions(state, executions, ts_ns, portfolio), still, len(done))
 
     def _finish(self, cid: str, found: BrokerOrder, epoch: int) -> None:
@@ -251,12 +249,17 @@ class VenueExecution:
 
 
 def net_positions(positions) -> dict[str, float]:
-    """Net units per symbol of the store's or the state's positions."""
+    """Net units per symbol of the store's or the state's positions, summed over sleeves."""
     out: dict[str, float] = {}
     for p in positions:
         units = getattr(p, "units", None)
         out[p.symbol] = out.get(p.symbol, 0.0) + (p.qty if units is None else units)
-    return {k: v for k, v in out.items() if abs(v) > UNITS_TOLERANCE}
+    return out
+
+
+def significant(units: dict[str, float]) -> dict[str, float]:
+    """The symbols holding more than rounding (``UNITS_TOLERANCE``)."""
+    return {k: v for k, v in units.items() if abs(v) > UNITS_TOLERANCE}
 
 
 def positions_differ(broker: dict[str, float], ours: dict[str, float]) -> dict[str, tuple]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from live.broker import Broker
-from live.execution import UNITS_TOLERANCE, net_positions, positions_differ
+from live.execution import net_positions, positions_differ, significant
 from live.paper import PaperBroker
 from live.store import Store
 
@@ -69,8 +69,8 @@ def reconcile(config, store: Store, broker: Broker | None = None) -> ReconcileRe
 
 
 def _compare(broker: Broker, store: Store, since_ns: int) -> ReconcileReport:
-    venue = {k: v for k, v in broker.positions().items() if abs(v) > UNITS_TOLERANCE}
-    ours = net_positions(store.positions())
+    venue = significant(broker.positions())
+    ours = significant(net_positions(store.positions()))
     report = ReconcileReport(broker_positions=venue, store_positions=ours)
     report.position_mismatches = positions_differ(venue, ours)
     recorded = {i.client_order_id for i in store.intents()}

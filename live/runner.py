@@ -332,7 +332,7 @@ class Runner:
                 [_Guarded.of(o) for o in orders],
                 # The decision marked each symbol at its last close (what the collar anchors to).
                 last_close=dict(zip(state.symbols, state.marks.tolist(), strict=True)),
-                positions=_net_units(state),
+                positions=net_positions(state.positions()),
                 now_ns=self.feed.now_ns(t, self.interval_ns),
                 bar_interval_ns=self.interval_ns,
             )
@@ -655,13 +655,6 @@ def periods_per_year(market: str, bar_interval_s: int) -> float:
     if bar_interval_s >= 86_400:
         return 252.0
     return 252 * 6.5 * 3600 / bar_interval_s
-
-
-def _net_units(state: PortfolioState) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for p in state.positions():
-        out[p.symbol] = out.get(p.symbol, 0.0) + p.units
-    return out
 
 
 def _pid() -> int:
