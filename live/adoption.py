@@ -36,13 +36,12 @@ class PromotionAdopter:
     def resume(self, portfolio):
         """After a takeover or restart: the records this runner's sleeves were trading (from
         the store's adoptions), applied to ``portfolio``."""
-        self._adopted = {}
-        for adoption in self.store.adoptions():
-            if adoption.runner == self.config.name:
-                self._adopted[adoption.sleeve] = adoption.promotion_id
-        for sleeve, promotion_id in list(self._adopted.items()):
-            row = self._row(self.config.promotions.get(sleeve), promotion_id)
-            if row is not None:
+        current = self.store.current_adoptions(self.config.name)
+        self._adopted = {sleeve: a.promotion_id for sleeve, a in current.items()}
+        for sleeve, promotion_id in self._adopted.items():
+            row = self.store.promotion(promotion_id)
+            # A sleeve the config no longer points at that record name starts afresh.
+            if row.strategy == self.config.promotions.get(sleeve):
                 portfolio = _with_params(portfolio, sleeve, row)
         return portfolio
 
@@ -144,13 +143,6 @@ class PromotionAdopter:
         if differs:
             return "code fingerprint does not match the running code: " + "; ".join(differs)
         return None
-
-    def _row(self, name: str | None, promotion_id: int):
-        if name is None:
-            return None
-        return next(
-            (p for p in self.store.promotions(name) if p.promotion_id == promotion_id), None
-        )
 
 
 def _with_params(portfolio, sleeve_name: str, row):

@@ -179,17 +179,14 @@ def _iso(ts_ns: int | None) -> str:
 
 def _promotions_in_use(cfg, store) -> dict[str, Any]:
     """Per sleeve: the promotion record its runner adopted last (None: config parameters)."""
-    latest: dict[str, Any] = {}
-    for adoption in store.adoptions():
-        if adoption.runner == cfg.name:
-            latest[adoption.sleeve] = adoption
+    latest = store.current_adoptions(cfg.name)
     out: dict[str, Any] = {}
     for sleeve in cfg.portfolio.sleeve_names:
         adoption = latest.get(sleeve)
         if adoption is None:
             out[sleeve] = None
             continue
-        row = next(p for p in store.promotions() if p.promotion_id == adoption.promotion_id)
+        row = store.promotion(adoption.promotion_id)
         out[sleeve] = {
             "record_id": adoption.record_id,
             "name": row.strategy,

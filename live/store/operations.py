@@ -214,6 +214,12 @@ class Operations:
             _activate(tx, promotion_id)
             return Promotion.from_row(_promotion_row(tx, promotion_id))
 
+    def promotion(self, promotion_id: int) -> Promotion:
+        """Return the stored promotion record with this id (UnknownNameError if none)."""
+        promotion_id = checks.integer("promotion_id", promotion_id)
+        with self._db.read("read promotion") as tx:
+            return Promotion.from_row(_promotion_row(tx, promotion_id))
+
     def active_promotion(self, strategy: str, stage: str) -> Promotion | None:
         """Return the active promotion record of (strategy, stage), or None."""
         with self._db.read("read promotion") as tx:

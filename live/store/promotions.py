@@ -13,7 +13,7 @@ from typing import Any
 
 from live.store import checks
 from live.store.records import Promotion
-from quantshift.errors import ConfigError, UnknownNameError
+from quantshift.errors import ConfigError
 from quantshift.promotion import (
     PaperEvidence,
     PromotionRecord,
@@ -78,6 +78,10 @@ class PromotionBook:
         with self._db.read("read adoptions") as tx:
             rows = tx.all(sql + " ORDER BY bar_ts_ns, runner, sleeve", params)
         return [Adoption(**{k: r[k] for k in Adoption.__dataclass_fields__}) for r in rows]
+
+    def current_adoptions(self, runner: str) -> dict[str, Adoption]:
+        """The last adoption of each sleeve of ``runner``: the record each one trades."""
+        return {a.sleeve: a for a in self.adoptions() if a.runner == runner}
 
     def record_promotion_event(
         self, promotion_id: int, action: str, *, by: str, reason: str
@@ -198,10 +202,7 @@ class StorePromotions:
         return [_stored(r) for r in self.store.promotions(name)]
 
     def get(self, promotion_id: int) -> StoredPromotion:
-        for row in self.store.promotions():
-            if row.promotion_id == promotion_id:
-                return _stored(row)
-        raise UnknownNameError(f"no promotion record with id {promotion_id}")
+        return _stored(self.store.promotion(promotion_id))
 
     def activate(self, promotion_id: int, *, by: str, reason: str) -> StoredPromotion:
         row = self.store.activate_promotion(promotion_id)
