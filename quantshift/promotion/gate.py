@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -181,34 +182,39 @@ def evaluate_paper_gate(
         _required(
             gate.require_out_of_sample,
             "require_out_of_sample",
-            GateCheck(
-                name="out-of-sample folds",
-                value=evidence.oos_folds,
-                op=">=",
-                threshold=1,
-                passed=evidence.oos_folds >= 1,
-                note=evidence.oos_method or "no walk-forward or CPCV in the run",
+            _check(
+                "out-of-sample folds",
+                evidence.oos_folds,
+                ">=",
+                1,
+                evidence.oos_method or "no walk-forward or CPCV in the run",
             ),
         ),
-        _at_least(
+        _check(
             "out-of-sample trades",
             evidence.oos_trades,
+            ">=",
             gate.min_oos_trades,
             "" if evidence.oos_trades is not None else "no out-of-sample trades recorded",
         ),
-        _above("out-of-sample Sharpe", evidence.oos_sharpe, gate.min_oos_sharpe),
+        _check("out-of-sample Sharpe", evidence.oos_sharpe, ">", gate.min_oos_sharpe),
     ]
     checks.append(
-        _at_least(
-            "deflated Sharpe ratio", evidence.dsr, gate.min_dsr, f"over {evidence.n_trials} trials"
+        _check(
+            "deflated Sharpe ratio",
+            evidence.dsr,
+            ">=",
+            gate.min_dsr,
+            f"over {evidence.n_trials} trials",
         )
     )
     if evidence.pbo is not None:
-        checks.append(_at_most("PBO", evidence.pbo, gate.max_pbo, "probability of overfitting"))
+        checks.append(_check("PBO", evidence.pbo, "<=", gate.max_pbo, "probability of overfitting"))
     checks.append(
-        _at_most(
+        _check(
             "Monte Carlo max drawdown p95 (%)",
             evidence.mc_max_drawdown_pct_p95,
+            "<=",
             gate.max_mc_drawdown_pct_p95,
             evidence.mc_source or "no Monte Carlo in the run",
         )
@@ -217,13 +223,12 @@ def evaluate_paper_gate(
         _required(
             gate.require_committed_code,
             "require_committed_code",
-            GateCheck(
-                name="code committed (git clean)",
-                value=None if evidence.code_dirty is None else not evidence.code_dirty,
-                op="==",
-                threshold=True,
-                passed=evidence.code_dirty is False,
-                note="the run's git commit pins its code only if the tree was clean",
+            _check(
+                "code committed (git clean)",
+                None if evidence.code_dirty is None else not evidence.code_dirty,
+                "==",
+                True,
+                "the run's git commit pins its code only if the tree was clean",
             ),
         )
     )
@@ -233,22 +238,16 @@ def evaluate_paper_gate(
 def evaluate_live_gate(evidence: PaperEvidence, gate: LiveGate, *, force: bool = False):
     """Check a paper-trading record against the live thresholds (every check, pass or fail)."""
     checks = [
-        _at_least("paper trades", evidence.trades, gate.min_trades),
-        _at_least("paper days", evidence.days, gate.min_days),
-        _at_least("paper win rate (%)", evidence.win_rate_pct, gate.min_win_rate_pct),
-        _below("paper max drawdown (%)", evidence.max_drawdown_pct, gate.max_drawdown_pct),
+        _check("paper trades", evidence.trades, ">=", gate.min_trades),
+        _check("paper days", evidence.days, ">=", gate.min_days),
+        _check("paper win rate (%)", evidence.win_rate_pct, ">=", gate.min_win_rate_pct),
+        _check("paper max drawdown (%)", evidence.max_drawdown_pct, "<", gate.max_drawdown_pct),
     ]
     checks.append(
         _required(
             not gate.allow_halts,
             "allow_halts",
-            GateCheck(
-                name="HALTs during paper trading",
-                value=evidence.halts,
-                op="==",
-                threshold=0,
-                passed=evidence.halts == 0,
-            ),
+            _check("HALTs during paper trading", evidence.halts, "==", 0),
             waived_when="true",
         )
     )
@@ -269,33 +268,23 @@ def _defined(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def _at_least(name, value, threshold, note="") -> GateCheck:
-    ok = _defined(value) and value >= threshold
+_OPERATORS = {
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+    "==": operator.eq,
+}
+
+
+def _check(name: str, value, op: str, threshold, note: str = "") -> GateCheck:
+    """``value op threshold`` as a check; a missing value (None or NaN) fails it."""
+    defined = _defined(value)
     return GateCheck(
-        name=name, value=value if _defined(value) else None, op=">=", threshold=threshold,
-        passed=bool(ok), note=note,
-    )  # fmt: skip
-
-
-def _at_most(name, value, threshold, note="") -> GateCheck:
-    ok = _defined(value) and value <= threshold
-    return GateCheck(
-        name=name, value=value if _defined(value) else None, op="<=", threshold=threshold,
-        passed=bool(ok), note=note,
-    )  # fmt: skip
-
-
-def _above(name, value, threshold, note="") -> GateCheck:
-    ok = _defined(value) and value > threshold
-    return GateCheck(
-        name=name, value=value if _defined(value) else None, op=">", threshold=threshold,
-        passed=bool(ok), note=note,
-    )  # fmt: skip
-
-
-def _below(name, value, threshold, note="") -> GateCheck:
-    ok = _defined(value) and value < threshold
-    return GateCheck(
-        name=name, value=value if _defined(value) else None, op="<", threshold=threshold,
-        passed=bool(ok), note=note,
-    )  # fmt: skip
+        name=name,
+        value=value if defined else None,
+        op=op,
+        threshold=threshold,
+        passed=bool(defined and _OPERATORS[op](value, threshold)),
+        note=note,
+    )
