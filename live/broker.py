@@ -16,6 +16,10 @@ from typing import Any, ClassVar
 
 from quantshift.errors import ConfigError, QuantShiftError
 
+VENUES = ("alpaca", "coinbase")
+"""The real venues, one adapter package each (``live.brokers.venue``)."""
+TIMEFRAME_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86_400}
+"""Bar lengths the runner trades on and every venue's ``bar_pages`` serves."""
 SIDES = ("buy", "sell")
 ORDER_TYPES = ("market", "limit", "stop")
 TIME_IN_FORCE = ("day", "gtc", "ioc")
@@ -167,6 +171,11 @@ class VenueSettings:
     ``[broker]`` table, unknown keys refused by name."""
 
     venue: ClassVar[str]
+
+    @property
+    def uses_test_venue(self) -> bool:
+        """Whether the adapter talks to a local test server (loopback), not the real venue."""
+        raise NotImplementedError
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], where: str, *, mode: str = "paper"):

@@ -6,50 +6,53 @@ Each venue validates its own ``[broker]`` options (keys, secrets' sources, endpo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from live.broker import Broker
+from live.broker import VENUES, Broker
 from live.config import LiveConfig
 from quantshift.errors import ConfigError
 
 log = logging.getLogger("quantshift.live")
 
-VENUES = ("alpaca", "coinbase")
+
+@dataclass(frozen=True)
+class Venue:
+    """One venue's package: its config (``VenueSettings``), its adapter and its bar pages."""
+
+    settings: type
+    adapter: type
+    bar_pages: Callable
+
+
+def venue(kind: str) -> Venue:
+    """The package of venue ``kind`` (imported on first use: the SDKs take a while)."""
+    if kind == "alpaca":
+        from live.alpaca import AlpacaBroker, AlpacaConfig, bar_pages
+
+        return Venue(AlpacaConfig, AlpacaBroker, bar_pages)
+    if kind == "coinbase":
+        from live.coinbase import CoinbaseBroker, CoinbaseConfig, bar_pages
+
+        return Venue(CoinbaseConfig, CoinbaseBroker, bar_pages)
+    raise ConfigError(f"unknown venue {kind!r}; venues: {', '.join(VENUES)}")
 
 
 def build_broker(config: LiveConfig) -> Broker:
     """Return the (unconnected) adapter of ``config.broker``; ``connect()`` checks the keys."""
     kind, where = config.broker.kind, f"{config.path or config.name}: [broker]"
+    if kind not in VENUES:
+        raise ConfigError(f"{where} kind {kind!r} is not a venue adapter; venues: "
+                          f"{', '.join(VENUES)}")  # fmt: skip
+    package = venue(kind)
     options = dict(config.broker.options)
-    if kind == "alpaca":
-        from live.alpaca import AlpacaBroker, AlpacaConfig
-
-        return AlpacaBroker(AlpacaConfig.from_options(options, where, mode=config.broker.mode))
-    if kind == "coinbase":
-        from live.coinbase import CoinbaseBroker, CoinbaseConfig
-
-        return CoinbaseBroker(CoinbaseConfig.from_options(options, where, mode=config.broker.mode))
-    raise ConfigError(f"{where} kind {kind!r} is not a venue adapter; venues: {', '.join(VENUES)}")
-
-
-def is_test_venue(broker: Broker) -> bool:
-    """Whether the adapter talks to a local test server (loopback), not a real venue."""
-    config = getattr(broker, "config", None)
-    if broker.venue == "alpaca":
-        from live.alpaca.config import is_loopback_url
-
-        return bool(config.trading_url) and is_loopback_url(config.trading_url)
-    return bool(getattr(config, "uses_test_venue", False))
+    return package.adapter(package.settings.from_options(options, where, mode=config.broker.mode))
 
 
 def venue_bar_pages(broker: Broker):
     """The venue's historical bar pages bound to ``broker``:
     ``pages(symbol, start_ns, end_ns, timeframe)``."""
-    if broker.venue == "alpaca":
-        from live.alpaca import bar_pages
-    elif broker.venue == "coinbase":
-        from live.coinbase import bar_pages
-    else:
-        raise ConfigError(f"venue {broker.venue!r} has no bar history")
+    bar_pages = venue(broker.venue).bar_pages
     return lambda symbol, start_ns, end_ns, timeframe: bar_pages(
         broker, symbol, start_ns, end_ns, timeframe
     )
@@ -60,7 +63,7 @@ def connect_venue(config: LiveConfig) -> Broker:
     refuses what would be unsafe on a real venue."""
     broker = build_broker(config)
     where = config.path or config.name
-    if config.feed.kind == "replay" and not is_test_venue(broker):
+    if config.feed.kind == "replay" and not broker.config.uses_test_venue:
         raise ConfigError(
             f"{where}: a replayed feed would send orders for past bars to the real "
             f"{config.broker.kind} venue; replays run on the paper broker (or a local test venue)"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from live.broker import TIMEFRAME_SECONDS
 from live.guards import GuardLimits
 from live.lease import lease_timing
 from quantshift.errors import ConfigError
@@ -22,7 +23,7 @@ BROKERS = ("paper", "alpaca", "coinbase")
 FEEDS = ("replay", "venue")
 MODES = ("paper", "live")
 MARKETS = ("equities", "crypto")
-_INTERVALS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86_400}
+_INTERVALS = TIMEFRAME_SECONDS
 
 
 @dataclass(frozen=True, kw_only=True)

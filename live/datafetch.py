@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from live.broker import TIMEFRAME_SECONDS, VENUES
 from quantshift.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
 # pandas, quantshift.data and the venue SDKs are imported inside the functions that use them:
 # quantshift.cli loads this module at start-up for every command, and they take seconds.
 
-VENUES = ("alpaca", "coinbase")
-TIMEFRAME_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86_400}
 DEFAULT_MODES = {"alpaca": "paper", "coinbase": "live"}
 """Coinbase Advanced has no paper venue for market data; fetching bars never trades."""
 NS = 1_000_000_000
@@ -236,21 +235,19 @@ def _to_ns(value: Any, name: str) -> int:
     )
 
 
-def _open_venue(venue: str, options: dict[str, Any], mode: str):
+def _open_venue(name: str, options: dict[str, Any], mode: str):
     """Return ``(source for bar_pages, bar_pages, close)`` of the venue."""
-    where = f"data fetch {venue} --option"
-    if venue == "alpaca":
-        from live.alpaca import AlpacaBroker, AlpacaConfig, bar_pages
+    from live.brokers import venue
 
-        broker = AlpacaBroker(AlpacaConfig.from_options(options, where, mode=mode))
-        return broker, bar_pages, broker.close
-    from live.coinbase import CoinbaseBroker, CoinbaseConfig, bar_pages
-
-    config = CoinbaseConfig.from_options(options, where, mode=mode)
-    if config.secrets_file or os.environ.get(config.api_key_env, "").strip():
-        broker = CoinbaseBroker(config)
-        return broker, bar_pages, broker.close
-    return config, bar_pages, lambda: None
+    package = venue(name)
+    config = package.settings.from_options(options, f"data fetch {name} --option", mode=mode)
+    # Coinbase candles are public: without keys the unsigned endpoint serves them.
+    if name == "coinbase" and not (
+        config.secrets_file or os.environ.get(config.api_key_env, "").strip()
+    ):
+        return config, package.bar_pages, lambda: None
+    broker = package.adapter(config)
+    return broker, package.bar_pages, broker.close
 
 
 def _option_value(text: str) -> Any:

@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from live.broker import TIMEFRAME_SECONDS
 from live.clock import DAY_S, MarketClock
 from quantshift.data import Bars, load_bars
 from quantshift.errors import ConfigError
 
 log = logging.getLogger("quantshift.live")
 
-TIMEFRAMES = {60: "1m", 300: "5m", 900: "15m", 3600: "1h", 86_400: "1d"}
+TIMEFRAMES = {seconds: name for name, seconds in TIMEFRAME_SECONDS.items()}
 NS = 1_000_000_000
 
 
@@ -30,9 +31,8 @@ class ReplayFeed:
 
     def next_index(self, last_ts_ns: int | None, stop: threading.Event) -> int | None:
         """Position of the bar after ``last_ts_ns``; None when the replay is over."""
-        ts = self.bars.ts_ns
-        t = 0 if last_ts_ns is None else int(np.searchsorted(ts, last_ts_ns, "right"))
-        return t if t < ts.shape[0] else None
+        t = _after(self.bars.ts_ns, last_ts_ns)
+        return t if t < self.bars.n_bars else None
 
     def now_ns(self, t: int, interval_ns: int) -> int:
         """The replay's "now" during bar ``t``'s cycle: half an interval after its close."""
@@ -106,11 +106,11 @@ class VenueFeed:
         """Wait for the first closed bar after ``last_ts_ns``; its position in ``bars``
         (None once ``stop`` is set)."""
         while not stop.is_set():
-            ts = self.bars.ts_ns
-            t = 0 if last_ts_ns is None else int(np.searchsorted(ts, last_ts_ns, "right"))
-            if last_ts_ns is None and ts.shape[0]:
-                return ts.shape[0] - 1  # a fresh start decides on the newest closed bar
-            if t < ts.shape[0]:
+            n = self.bars.n_bars
+            if last_ts_ns is None and n:
+                return n - 1  # a fresh start decides on the newest closed bar
+            t = _after(self.bars.ts_ns, last_ts_ns)
+            if t < n:
                 return t
             self._wait(stop, self.poll_s)
             if not stop.is_set():
@@ -173,6 +173,11 @@ class VenueFeed:
         if self.clock.market == "crypto":
             return 1.05
         return 1.6 if self.clock.bar_interval_s >= DAY_S else 24 / 6.5 * 1.6
+
+
+def _after(ts_ns: np.ndarray, last_ts_ns: int | None) -> int:
+    """Position of the first bar after ``last_ts_ns`` (0 when nothing was traded yet)."""
+    return 0 if last_ts_ns is None else int(np.searchsorted(ts_ns, last_ts_ns, "right"))
 
 
 def _empty() -> pd.DataFrame:

@@ -122,6 +122,11 @@ class AlpacaConfig(VenueSettings):
         _check_url(self.data_url, "data_url", {DATA_URL}, self.mode)
 
     @property
+    def uses_test_venue(self) -> bool:
+        """True when orders go to a loopback host (a local fake venue)."""
+        return bool(self.trading_url) and is_loopback_url(self.trading_url)
+
+    @property
     def paper(self) -> bool:
         """The SDK's ``paper`` flag, always passed explicitly (the SDK defaults it to True)."""
         return self.mode == "paper"
