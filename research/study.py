@@ -357,32 +357,15 @@ def _walk_forward(spec, bars, report, run, progress) -> None:
     out["wf_params"] = result.folds[list(result.stability.index)].to_dict(orient="list")
     report.figures["walk_forward"] = result.plot()
     if spec.monte_carlo is not None and len(result.trades) >= 2:
-        from research.montecarlo import monte_carlo
-
-        mc = spec.monte_carlo
-        years = len(result.equity) / result.periods_per_year
-        if mc.method == "block":
-            outcome = monte_carlo(
-                returns=returns,
-                method="block",
-                n_paths=mc.paths,
-                seed=spec.seed,
-                ruin_drawdown_pct=mc.ruin_drawdown_pct,
-                block_length=mc.block_length,
-                periods_per_year=result.periods_per_year,
-                confidence=mc.confidence,
-            )
-        else:
-            outcome = monte_carlo(
-                trade_returns=result.trades["equity_return"].to_numpy(),
-                method=mc.method,
-                n_paths=mc.paths,
-                seed=spec.seed,
-                ruin_drawdown_pct=mc.ruin_drawdown_pct,
-                years=years,
-                confidence=mc.confidence,
-            )
-        _record_monte_carlo(outcome, report, prefix="oos_mc")
+        _spec_monte_carlo(
+            spec,
+            report,
+            "oos_mc",
+            returns=returns,
+            trade_returns=result.trades["equity_return"].to_numpy(),
+            n_bars=len(result.equity),
+            periods_per_year=result.periods_per_year,
+        )
     if run is not None:
         run.log_frame(result.folds, "walk_forward_folds")
         run.log_frame(result.ledger.frame, "ledger")
@@ -409,33 +392,49 @@ def _montecarlo(spec, bars, report, run, progress) -> None:
 
 
 def _monte_carlo_of(spec, result: BacktestResult, report: StudyReport, prefix: str) -> None:
-    from research.montecarlo import monte_carlo, trade_equity_returns
+    from research.montecarlo import trade_equity_returns
+
+    _spec_monte_carlo(
+        spec,
+        report,
+        prefix,
+        returns=_returns(result),
+        trade_returns=trade_equity_returns(result),
+        n_bars=len(result.equity),
+        periods_per_year=_ppy_of(result),
+    )
+
+
+def _spec_monte_carlo(
+    spec, report, prefix, *, returns, trade_returns, n_bars, periods_per_year
+) -> None:
+    """The spec's Monte Carlo: a block bootstrap of per-bar ``returns``, or a resampling of
+    ``trade_returns`` (which needs two closed trades) over ``n_bars`` bars."""
+    from research.montecarlo import monte_carlo
 
     mc = spec.monte_carlo
-    ppy = _ppy_of(result)
     if mc.method == "block":
         outcome = monte_carlo(
-            returns=_returns(result),
+            returns=returns,
             method="block",
             n_paths=mc.paths,
             seed=spec.seed,
             ruin_drawdown_pct=mc.ruin_drawdown_pct,
             block_length=mc.block_length,
-            periods_per_year=ppy,
+            periods_per_year=periods_per_year,
             confidence=mc.confidence,
         )
     else:
-        trades = trade_equity_returns(result)
-        if len(trades) < 2:
-            report.summary[f"{prefix}_skipped"] = f"{len(trades)} closed trades; need 2"
+        if len(trade_returns) < 2:
+            report.summary[f"{prefix}_skipped"] = f"{len(trade_returns)} closed trades; need 2"
             return
         outcome = monte_carlo(
-            trade_returns=trades,
+            trade_returns=trade_returns,
             method=mc.method,
             n_paths=mc.paths,
             seed=spec.seed,
             ruin_drawdown_pct=mc.ruin_drawdown_pct,
-            years=len(result.equity) / ppy,
+            years=n_bars / periods_per_year,
             confidence=mc.confidence,
         )
     _record_monte_carlo(outcome, report, prefix)
