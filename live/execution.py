@@ -182,7 +182,7 @@ class VenueExecution:
         the venue cancelled in part is sent again for the rest (unless ``resend_exits`` is
         False: a person's HALT cancelled it)."""
         if not working:
-            return Settled(apply_executions(state, [], ts_ns, portfolio), [], 0)
+            return Settled(FillResult(state=state, fills=(), trades=(), pending=()), [], 0)
         since = min(o.order.ts_ns for o in working) - 86_400 * 10**9
         by_cid = {}
         for fill in self.broker.fills(since):
