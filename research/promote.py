@@ -6,6 +6,7 @@ Reads the MLflow run and its ledger, evaluates the gate, writes the record into 
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import math
 import socket
@@ -214,17 +215,15 @@ def promote(
             if not (result.passed or force):
                 return outcome
             source = paper.record
-            record = PromotionRecord(
-                **{
-                    **{k: v for k, v in source.to_dict().items() if k != "record_id"},
-                    "stage": "live",
-                    "gates": (*source.gates, result),
-                    "allocation": source.allocation if allocation is None else float(allocation),
-                    "paper_record": evidence.to_dict(),
-                    "parent_record_id": source.record_id,
-                    "created_by": by,
-                    "created_at": _now(),
-                }
+            record = dataclasses.replace(
+                source,
+                stage="live",
+                gates=(*source.gates, result),
+                allocation=source.allocation if allocation is None else float(allocation),
+                paper_record=evidence.to_dict(),
+                parent_record_id=source.record_id,
+                created_by=by,
+                created_at=_now(),
             )
         forced_note = " FORCED past a failed gate" if record.forced else ""
         outcome.record = record
