@@ -16,6 +16,7 @@ from typing import Any
 from live.broker import TIMEFRAME_SECONDS
 from live.guards import GuardLimits
 from live.lease import lease_timing
+from live.store.db import resolve_sqlite_url
 from quantshift.errors import ConfigError
 from quantshift.portfolio import PortfolioConfig
 
@@ -221,6 +222,13 @@ def parse_config(
     store_url = _string(source, "store", store_raw, "url") or "sqlite:///data/live/state.db"
     if not store_url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
         raise _error(source, "store", "url", "must be sqlite:///PATH or postgresql://...")
+    if path is not None:
+        # Every command reading this file (run, halt, status, ...) must reach one database,
+        # whatever directory it runs in: a relative SQLite path is relative to the file.
+        try:
+            store_url = resolve_sqlite_url(store_url, path.resolve().parent)
+        except ConfigError as exc:
+            raise _error(source, "store", "url", str(exc)) from None
 
     lease_raw = _table(source, raw, "lease")
     _keys(
