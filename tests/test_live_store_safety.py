@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -229,3 +230,30 @@ def test_a_corrupted_sqlite_store_is_one_line_exit_2(tmp_path, damage):
     for command in ("status", "reconcile", "run", "halt"):
         line = one_line_error(live(command, "--config", str(config), cwd=tmp_path))
         assert str(db) in line and "damaged" in line and "restore" in line, line
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_runners_claiming_a_new_store_at_once_leave_one_owner(backend, tmp_path, request):
+    url = _identities(backend, tmp_path, request)[0]
+    Store.open(url).close()
+    barrier, outcomes = threading.Barrier(8), {}
+
+    def claim(name: str) -> None:
+        with Store.open(url) as store:
+            barrier.wait()
+            try:
+                store.claim_owner(name, name)
+                outcomes[name] = "owner"
+            except StoreError as exc:
+                outcomes[name] = str(exc)
+
+    threads = [threading.Thread(target=claim, args=(f"r{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    (owner,) = [name for name, outcome in outcomes.items() if outcome == "owner"]
+    assert len(outcomes) == 8
+    assert all(f"belongs to runner {owner!r}" in o for n, o in outcomes.items() if n != owner)
+    with Store.open(url) as store:
+        assert store.owner()["runner"] == owner

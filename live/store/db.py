@@ -344,6 +344,9 @@ class Database:
                 try:
                     yield Tx(self, conn)
                     conn.execute("COMMIT")
+                    # A file deleted during the transaction took the commit with it: say so
+                    # before the caller acts on it (e.g. sends the order it just recorded).
+                    self._check_file()
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
