@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from live_cluster import RedisServer, wait_until
 from test_live_store import intent, new_pg_database, pg_admin  # noqa: F401 (fixture)
+from typer.testing import CliRunner
 
+from live.cli import app
 from live.config import load_config
 from live.runner import Runner
 from live.store import Store
@@ -171,7 +173,9 @@ def test_a_second_runner_identity_on_one_store_is_refused(backend, tmp_path, req
         with pytest.raises(StoreError, match=f"belongs to runner {named}"):
             Runner(load_config(config), host="beta-host", max_bars=60).run()
         assert _snapshot(url) == before  # nothing written by the refused runner
-    # The owner itself goes on.
+    # `live status` with the refused config says whose store it is; the owner itself goes on.
+    shown = CliRunner().invoke(app, ["status", "--config", str(tmp_path / "beta.toml")])
+    assert shown.exit_code == 0 and "this store belongs to runner 'alpha'" in shown.output
     assert Runner(alpha, host="alpha-host", max_bars=5).run().bars == 5
 
 
