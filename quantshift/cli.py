@@ -82,6 +82,15 @@ SymbolOpt = Annotated[
     list[str] | None, typer.Option("--symbol", "-s", help="Symbol(s) to use; repeatable.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+DateFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--date-format",
+        help="How a file's times are written: a strftime format such as '%d/%m/%Y', 'excel' "
+        "(serial days) or epoch-s, epoch-ms, epoch-us, epoch-ns (default: ISO 8601, "
+        "YYYYMMDD or epoch times; an ambiguous column is refused).",
+    ),
+]
 CashOpt = Annotated[float, typer.Option(help="Starting cash per symbol.")]
 SizeOpt = Annotated[float, typer.Option(help="Fraction of equity per entry (1.0 = all in).")]
 FeesOpt = Annotated[float, typer.Option("--fees-bps", help="Commission, basis points of notional.")]
@@ -493,11 +502,16 @@ def data_list(json_out: JsonOpt = False) -> None:
 
 
 @data_app.command("show")
-def data_show(spec: str, symbol: SymbolOpt = None, json_out: JsonOpt = False) -> None:
+def data_show(
+    spec: str,
+    symbol: SymbolOpt = None,
+    date_format: DateFormatOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Describe a data set: per symbol its time range, bars, missing bars and prices."""
     from quantshift.data import describe, load_bars
 
-    info = describe(load_bars(spec, symbols=symbol))
+    info = describe(load_bars(spec, symbols=symbol, date_format=date_format))
     if json_out:
         typer.echo(json.dumps(info))
         return
@@ -510,11 +524,11 @@ def data_show(spec: str, symbol: SymbolOpt = None, json_out: JsonOpt = False) ->
 
 
 @data_app.command("validate")
-def data_validate(spec: str, json_out: JsonOpt = False) -> None:
+def data_validate(spec: str, date_format: DateFormatOpt = None, json_out: JsonOpt = False) -> None:
     """Load and validate a data set; exit 2 with the first problem found."""
     from quantshift.data import load_bars
 
-    bars = load_bars(spec, cache=False)
+    bars = load_bars(spec, cache=False, date_format=date_format)
     result = {"spec": spec, "valid": True, "bars": bars.n_bars, "symbols": list(bars.symbols)}
     if json_out:
         typer.echo(json.dumps(result))
@@ -530,9 +544,10 @@ def data_import(
     path: Path,
     name: Annotated[str | None, typer.Option(help="Name in the data folder.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing data set.")] = False,
+    date_format: DateFormatOpt = None,
 ) -> None:
-    """Validate a CSV/Parquet file and store it as Parquet in the data folder."""
+    """Validate a CSV/Parquet file and store it as Parquet (UTC times) in the data folder."""
     from quantshift.data import import_file
 
-    target = import_file(path, name=name, overwrite=overwrite)
+    target = import_file(path, name=name, overwrite=overwrite, date_format=date_format)
     typer.echo(f"imported {path} -> {target}")

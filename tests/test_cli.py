@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -302,3 +304,18 @@ def test_regression_plot_into_a_directory_prints_the_file_it_wrote(tmp_path):
         "backtest", "ma_crossover", "--data", SYN, "--plot", str(tmp_path / "eq.png" / "x.png")
     )
     assert code == 2 and "is not a directory" in out
+
+
+def test_regression_data_validate_refuses_excel_serial_dates_unless_told(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANTSHIFT_DATA_DIR", str(tmp_path))
+    frame = qs.load_bars(SYN).to_frame("SYN000").rename_axis("date").reset_index()
+    frame["date"] = 43_831.0 + np.arange(len(frame))  # Excel's 2020-01-01 onwards
+    csv = tmp_path / "excel.csv"
+    frame.to_csv(csv, index=False)
+    code, out = invoke("data", "validate", str(csv))
+    assert code == 2 and "ambiguous time 43831.0" in out and out.count("\n") == 0
+    code, out = invoke("data", "validate", str(csv), "--date-format", "excel")
+    assert code == 0 and out.startswith("ok:"), out
+    code, out = invoke("data", "import", str(csv), "--name", "xl", "--date-format", "excel")
+    assert code == 0, out
+    assert qs.load_bars("xl").index[0] == pd.Timestamp("2020-01-01", tz="UTC")

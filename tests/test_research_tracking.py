@@ -567,3 +567,11 @@ def test_regression_unreachable_mlflow_server_fails_in_seconds(http_answering, a
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["error"] is not None and message in result["error"], result
     assert "hunter2" not in result["error"] and result["seconds"] < 10
+
+
+@pytest.mark.parametrize("status", ["200 OK", "401 Unauthorized"])
+def test_mlflow_server_that_answers_its_health_check_passes_the_probe(http_answering, status):
+    from research.tracking import _check_reachable
+
+    answer = f"HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK".encode()
+    assert _check_reachable(http_answering(answer), "shown") is None
