@@ -325,3 +325,20 @@ def test_regression_grid_is_counted_before_it_is_built_and_blocks_keep_product_o
         get_strategy("bollinger_bounce").grid({"bb_std": GridAxis(0.5, 4.0, 1e-9)})
     with pytest.raises(ConfigError, match=r"10,000,000,000 parameter sets"):
         strategy.grid({"entry_window": range(10**10)})
+
+
+def test_a_grid_swept_in_chunks_equals_one_pass():
+    import pandas as pd
+
+    import quantshift as qs
+
+    bars = qs.load_bars("synthetic:symbols=2,bars=400,seed=8")
+    grid = {"fast": range(2, 30), "slow": [20, 35, 20, 50]}
+    seen = []
+    chunked = qs.sweep("ma_crossover", bars, grid, progress=lambda d, t: seen.append((d, t)))
+    whole = qs.sweep("ma_crossover", bars, grid)
+    assert len(seen) > 1 and seen[-1] == (len(whole) // 2, len(whole) // 2)
+    pd.testing.assert_frame_equal(chunked, whole)
+    np.testing.assert_array_equal(
+        whole[["fast", "slow"]].to_numpy()[::2], get_strategy("ma_crossover").grid(grid)
+    )
