@@ -178,14 +178,15 @@ def check_output_file(option: str, path: Path, *, create_parents: bool = False) 
     check_output_dir(option, path.parent)
 
 
-def plot_paths(plot: Path, strategy: str, symbols: Sequence[str]) -> list[Path]:
+def plot_paths(text: str, strategy: str, symbols: Sequence[str]) -> list[Path]:
     """Return the PNG file of each symbol for ``--plot PATH``.
 
-    An existing directory (or a path ending in a separator) gets ``STRATEGY.png`` inside it;
+    An existing directory, or a path ending in a separator, gets ``STRATEGY.png`` inside it;
     any other path is the file, ``.png`` added when it has no suffix. Several symbols get
     ``_SYMBOL`` after the file's stem.
     """
-    if plot.is_dir() or str(plot).endswith(("/", os.sep)):
+    plot = Path(text)  # Path drops a trailing separator, so it is read from the text
+    if plot.is_dir() or text.endswith(("/", os.sep)):
         plot = plot / f"{strategy}.png"
     elif not plot.suffix:
         plot = plot.with_name(f"{plot.name}.png")
@@ -249,10 +250,11 @@ def backtest(
     stops: StopsOpt = True,
     whole_units: WholeOpt = False,
     plot: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="Write an equity/drawdown plot (PNG) to this file, or into this directory as "
-            "STRATEGY.png; several symbols get _SYMBOL after the name."
+            help="Write an equity/drawdown plot (PNG) to this file, or into this directory "
+            "(existing, or written DIR/) as STRATEGY.png; several symbols get _SYMBOL after "
+            "the name.",
         ),
     ] = None,
     trades: Annotated[int, typer.Option(help="How many recent trades to list.")] = 10,

@@ -304,6 +304,9 @@ def test_regression_plot_into_a_directory_prints_the_file_it_wrote(tmp_path):
         "backtest", "ma_crossover", "--data", SYN, "--plot", str(tmp_path / "eq.png" / "x.png")
     )
     assert code == 2 and "is not a directory" in out
+    new_dir = f"{tmp_path / 'new' / 'plots'}/"
+    code, out = invoke("backtest", "ma_crossover", "--data", SYN, "-s", "SYN001", "--plot", new_dir)
+    assert code == 0 and (tmp_path / "new" / "plots" / "ma_crossover.png").is_file()
 
 
 def test_regression_data_validate_refuses_excel_serial_dates_unless_told(tmp_path, monkeypatch):
