@@ -64,7 +64,9 @@ def run(
     from live.config import load_config
     from live.logs import configure
     from live.runner import Runner
+    from quantshift.cli import require_at_least
 
+    require_at_least("--max-bars", max_bars, 1)
     configure()
     cfg = load_config(config)
     started = time.perf_counter()
