@@ -229,3 +229,21 @@ def test_install_units_refuses_a_missing_target_directory(tmp_path):
     assert done.returncode == 2
     assert "target directory does not exist" in done.stderr
     assert done.stderr.strip().count("\n") == 0
+
+
+def test_a_feed_waiting_for_the_next_bar_keeps_the_watchdog_fed(tmp_path):
+    path = str(tmp_path / "w.sock")
+    listener = NotifySocket(path)
+    waits = []
+    stop = threading.Event()
+    try:
+        wait = Notifier(path).watched(lambda event, seconds: waits.append((event, seconds)))
+        for _ in range(3):  # three polls of a venue feed between two bars
+            wait(stop, 5.0)
+        default = Notifier(path).watched(None)  # the feed's own wait: the stop event's
+        stop.set()
+        assert default(stop, 30.0) is True
+    finally:
+        messages = listener.close()
+    assert waits == [(stop, 5.0)] * 3
+    assert messages == ["WATCHDOG=1"] * 4
