@@ -595,7 +595,7 @@ class Runner:
     def _heartbeat(self, role: str, epoch: int | None) -> None:
         self.store.heartbeat(self.host, role, epoch, time.time_ns())
         self.metrics.heartbeat()
-        self.notifier.watchdog()
+        self.notifier.alive(role if epoch is None else f"{role} epoch {epoch}")
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ class Notifier:
         self.address = address or None
         self.watchdog_interval_s = watchdog_interval_s
         self._watchdog_on = watchdog
+        self._status: str | None = None
         self._last_ping_s = -float("inf")
         self._warned = False
         self._lock = threading.Lock()
@@ -102,6 +103,13 @@ class Notifier:
                 return False
             self._last_ping_s = now_s
         return self.send("WATCHDOG=1")
+
+    def alive(self, status: str) -> bool:
+        """A watchdog ping from the loop, with ``STATUS=`` (what ``systemctl status`` shows)
+        whenever it changed, e.g. from ``standby`` to ``leader epoch 7``."""
+        if status != self._status and self.send(f"STATUS={status}"):
+            self._status = status
+        return self.watchdog()
 
     def stopping(self) -> bool:
         """Shutdown began (``STOPPING=1``)."""

@@ -83,7 +83,13 @@ def test_runner_sends_ready_then_a_watchdog_ping_each_cycle_then_stopping(tmp_pa
     assert messages[0].split("\n")[:2] == ["READY=1", "STATUS=running"]
     assert f"MAINPID={os.getpid()}" in messages[0].split("\n")
     assert messages[-1].split("\n")[0] == "STOPPING=1"
-    pings = messages[1:-1]
+    # What `systemctl status` shows: standby until the lease is won, then the leader's epoch
+    # (a single host's local lock has epoch 0).
+    assert [m for m in messages if m.startswith("STATUS=")] == [
+        "STATUS=standby",
+        "STATUS=leader epoch 0",
+    ]
+    pings = [m for m in messages[1:-1] if not m.startswith("STATUS=")]
     assert set(pings) == {"WATCHDOG=1"}
     # One at the standby poll that won the lease, then one per cycle.
     assert len(pings) >= summary.bars + 1
@@ -169,6 +175,7 @@ def test_install_units_writes_every_unit_filled_in_for_this_host(installed):
     assert runner["EnvironmentFile"] == ["-/etc/quantshift/%i.env"]
     for key, value in (
         ("Type", "notify"), ("WatchdogSec", "60"), ("Restart", "on-failure"),
+        ("RestartPreventExitStatus", "2"),
         ("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", "yes"),
     ):  # fmt: skip
         assert runner[key] == [value], key
