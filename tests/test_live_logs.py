@@ -6,7 +6,8 @@ import io
 import json
 import logging
 
-from live.logs import JsonFormatter, configure, mask
+from live.logs import JsonFormatter, configure
+from quantshift.urls import mask_secrets
 
 
 def test_json_lines_carry_the_runner_fields_and_mask_passwords():
@@ -24,6 +25,6 @@ def test_json_lines_carry_the_runner_fields_and_mask_passwords():
 
 
 def test_mask_leaves_urls_without_passwords_alone():
-    assert mask("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
-    assert mask("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert mask_secrets("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert mask_secrets("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
     assert isinstance(JsonFormatter(), logging.Formatter)

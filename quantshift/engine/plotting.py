@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 
 
-def _pyplot():
+def pyplot():
+    """Return ``matplotlib.pyplot``, imported on first use, on the non-interactive Agg backend
+    when no display is set (so plots save from servers and tests)."""
     import matplotlib
 
     if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
@@ -38,7 +40,7 @@ def plot_equity(result, symbol: str | None = None, path: str | Path | None = Non
         if len(result.symbols) != 1:
             raise ValueError(f"name one symbol to plot: {', '.join(result.symbols)}")
         symbol = result.symbols[0]
-    plt = _pyplot()
+    plt = pyplot()
     equity = result.equity[symbol]
     drawdown = result.drawdown_pct()[symbol]
     trades = result.trades[result.trades["symbol"] == symbol]
@@ -84,17 +86,14 @@ def plot_equity(result, symbol: str | None = None, path: str | Path | None = Non
     ax_dd.set_ylabel("drawdown %")
     ax_dd.grid(alpha=0.3)
     fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    return fig
+    return save_figure(fig, path)
 
 
 def plot_sweep_heatmap(
     table, x: str, y: str, metric: str = "sharpe", path: str | Path | None = None
 ):
     """Plot a sweep metric over two parameters as a heatmap (mean over other parameters)."""
-    plt = _pyplot()
+    plt = pyplot()
     grid = table.pivot_table(index=y, columns=x, values=metric, aggfunc="mean")
     fig, ax = plt.subplots(figsize=(9, 6))
     image = ax.imshow(
@@ -109,7 +108,13 @@ def plot_sweep_heatmap(
     ax.set_ylabel(y)
     ax.set_title(f"{metric} by {x} and {y}")
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path | None, dpi: int = 110):
+    """Save ``fig`` to ``path`` (format from the suffix; folders created) unless path is None;
+    return the figure."""
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=dpi)
     return fig
