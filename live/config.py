@@ -141,37 +141,37 @@ def parse_config(
         conflict_in=risk,
     )
 
-    feed_raw = top.table("feed")
+    feed_table = top.table("feed")
     venue_keys = {"history_bars", "poll_s", "settle_s", "late_after_s"}
     replay_keys = {"source", "start", "end", "speed"}
-    feed_raw.refuse_unknown({"kind"} | venue_keys | replay_keys)
-    feed_kind = feed_raw.choice("kind", FEEDS, "replay")
-    wrong = sorted(set(feed_raw.raw) & (replay_keys if feed_kind == "venue" else venue_keys))
+    feed_table.refuse_unknown({"kind"} | venue_keys | replay_keys)
+    feed_kind = feed_table.choice("kind", FEEDS, "replay")
+    wrong = sorted(set(feed_table.raw) & (replay_keys if feed_kind == "venue" else venue_keys))
     if wrong:
-        raise feed_raw.error(wrong[0], f"does not apply to a {feed_kind!r} feed")
+        raise feed_table.error(wrong[0], f"does not apply to a {feed_kind!r} feed")
     timing = {}
-    for key in sorted(venue_keys & set(feed_raw.raw)):
-        value = feed_raw.get(key)
+    for key in sorted(venue_keys & set(feed_table.raw)):
+        value = feed_table.get(key)
         integer = key == "history_bars"
         ok = isinstance(value, int) if integer else isinstance(value, int | float)
         if isinstance(value, bool) or not ok or value <= 0:
-            raise feed_raw.error(key, f"must be a positive number, got {value!r}")
+            raise feed_table.error(key, f"must be a positive number, got {value!r}")
         timing[key] = int(value) if integer else float(value)
-    speed = feed_raw.get("speed", 0.0)
+    speed = feed_table.get("speed", 0.0)
     if not is_number(speed) or speed < 0:
-        raise feed_raw.error("speed", f"must be bars per second >= 0, got {speed!r}")
+        raise feed_table.error("speed", f"must be bars per second >= 0, got {speed!r}")
     feed = FeedConfig(
         kind=feed_kind,
         **timing,
-        source=feed_raw.string("source") or "builtin:sp500",
-        start=feed_raw.string("start"),
-        end=feed_raw.string("end"),
+        source=feed_table.string("source") or "builtin:sp500",
+        start=feed_table.string("start"),
+        end=feed_table.string("end"),
         speed=float(speed),
     )
 
-    broker_raw = top.table("broker")
-    kind = broker_raw.choice("kind", BROKERS, "paper")
-    broker_mode = broker_raw.choice("mode", MODES, "paper")
+    broker_table = top.table("broker")
+    kind = broker_table.choice("kind", BROKERS, "paper")
+    broker_mode = broker_table.choice("mode", MODES, "paper")
     if broker_mode != mode:
         raise ConfigError(
             f"{source}: [runner] mode is {mode!r} but [broker] mode is {broker_mode!r}; "
@@ -179,51 +179,51 @@ def parse_config(
         )
     if kind == "paper" and mode == "live":
         raise ConfigError(f"{source}: [broker] kind 'paper' cannot run with mode 'live'")
-    options = broker_raw.without("kind", "mode").raw
+    options = broker_table.without("kind", "mode").raw
     if kind == "paper" and options:
-        raise broker_raw.error(sorted(options)[0], "unknown key for the paper broker")
+        raise broker_table.error(sorted(options)[0], "unknown key for the paper broker")
     if feed.kind == "venue" and kind == "paper":
-        raise feed_raw.error(
+        raise feed_table.error(
             "kind",
             "a 'venue' feed reads a venue's bars: set [broker] kind to alpaca or coinbase "
             "(the paper broker replays a data set)",
         )
 
-    store_raw = top.table("store")
-    store_raw.refuse_unknown({"url"})
-    store_url = store_raw.string("url") or "sqlite:///data/live/state.db"
+    store_table = top.table("store")
+    store_table.refuse_unknown({"url"})
+    store_url = store_table.string("url") or "sqlite:///data/live/state.db"
     if not store_url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
-        raise store_raw.error("url", "must be sqlite:///PATH or postgresql://...")
+        raise store_table.error("url", "must be sqlite:///PATH or postgresql://...")
 
-    lease_raw = top.table("lease")
-    lease_raw.refuse_unknown({"redis_url", "name", "ttl_ms", "renew_interval_ms", "deadline_ms"})
-    ttl_ms = lease_raw.integer("ttl_ms", 3000, minimum=1)
-    renew_ms = lease_raw.integer("renew_interval_ms", 1000, minimum=1)
-    deadline_ms = lease_raw.get("deadline_ms")
+    lease_table = top.table("lease")
+    lease_table.refuse_unknown({"redis_url", "name", "ttl_ms", "renew_interval_ms", "deadline_ms"})
+    ttl_ms = lease_table.integer("ttl_ms", 3000, minimum=1)
+    renew_ms = lease_table.integer("renew_interval_ms", 1000, minimum=1)
+    deadline_ms = lease_table.get("deadline_ms")
     try:
         lease_timing(ttl_ms, renew_ms, deadline_ms)
     except ConfigError as exc:
-        raise lease_raw.table_error(str(exc)) from None
-    redis_url = lease_raw.string("redis_url")
+        raise lease_table.table_error(str(exc)) from None
+    redis_url = lease_table.string("redis_url")
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise lease_raw.error("redis_url", "must be redis://host:port/db")
+        raise lease_table.error("redis_url", "must be redis://host:port/db")
     lease = LeaseConfig(
         redis_url=redis_url,
-        name=lease_raw.string("name") or name,
+        name=lease_table.string("name") or name,
         ttl_ms=ttl_ms,
         renew_interval_ms=renew_ms,
         deadline_ms=deadline_ms,
     )
 
     guards = GuardLimits.from_dict(top.table("guards").raw, source=f"{source}: [guards]")
-    metrics_raw = top.table("metrics")
-    metrics_raw.refuse_unknown({"enabled", "host", "port"})
-    port = metrics_raw.get("port", 9200)
+    metrics_table = top.table("metrics")
+    metrics_table.refuse_unknown({"enabled", "host", "port"})
+    port = metrics_table.get("port", 9200)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise metrics_raw.error("port", f"must be 0-65535, got {port!r}")
+        raise metrics_table.error("port", f"must be 0-65535, got {port!r}")
     metrics = MetricsConfig(
-        enabled=metrics_raw.boolean("enabled", True),
-        host=metrics_raw.string("host") or "127.0.0.1",
+        enabled=metrics_table.boolean("enabled", True),
+        host=metrics_table.string("host") or "127.0.0.1",
         port=port,
     )
     return LiveConfig(

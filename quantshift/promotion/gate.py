@@ -24,7 +24,23 @@ NS_PER_DAY = 86_400 * 1_000_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
-class PaperGate:
+class _Thresholds:
+    """A gate's thresholds: flags, and numbers that must be finite and (but for a Sharpe
+    ratio, which may be below zero) not negative."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                continue
+            signed = f.name == "min_oos_sharpe"
+            if not (is_number(value, finite=True) and (signed or value >= 0)):
+                wanted = "a finite number" if signed else "a number >= 0"
+                raise ConfigError(f"{f.name} = {value!r} must be {wanted}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PaperGate(_Thresholds):
     """Thresholds to promote research results to paper trading."""
 
     require_out_of_sample: bool = True
@@ -36,12 +52,9 @@ class PaperGate:
     min_oos_trades: int = 20
     require_committed_code: bool = True
 
-    def __post_init__(self) -> None:
-        _check_thresholds(self)
-
 
 @dataclass(frozen=True, kw_only=True)
-class LiveGate:
+class LiveGate(_Thresholds):
     """Thresholds to promote a paper-trading record to live."""
 
     min_trades: int = 10
@@ -49,21 +62,6 @@ class LiveGate:
     min_win_rate_pct: float = 45.0
     max_drawdown_pct: float = 20.0
     allow_halts: bool = False
-
-    def __post_init__(self) -> None:
-        _check_thresholds(self)
-
-
-def _check_thresholds(gate: PaperGate | LiveGate) -> None:
-    for f in fields(gate):
-        value = getattr(gate, f.name)
-        if isinstance(value, bool):
-            continue
-        # A Sharpe threshold may be below zero; counts, days, rates and drawdowns may not.
-        signed = f.name == "min_oos_sharpe"
-        if not (is_number(value, finite=True) and (signed or value >= 0)):
-            wanted = "a finite number" if signed else "a number >= 0"
-            raise ConfigError(f"{f.name} = {value!r} must be {wanted}")
 
 
 @dataclass(frozen=True, kw_only=True)
