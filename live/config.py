@@ -215,7 +215,7 @@ def parse_config(
         deadline_ms=deadline_ms,
     )
 
-    guards = GuardLimits.from_dict(top.table("guards").raw, source=f"{source}: [guards]")
+    guards = GuardLimits.from_table(top.table("guards"))
     metrics_table = top.table("metrics")
     metrics_table.refuse_unknown({"enabled", "host", "port"})
     port = metrics_table.get("port", 9200)

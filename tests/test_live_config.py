@@ -44,7 +44,7 @@ def _changed(section, key, value):
         (_changed("store", "url", "mysql://x"), r"\[store\] url: must be sqlite"),
         (_changed("lease", "redis_url", "http://x"), r"redis_url: must be redis://"),
         (_changed("lease", "renew_interval_ms", 5000), r"renew_interval_ms < deadline_ms"),
-        (_changed("guards", "price_collar", 3), r"\[guards\]: unknown key"),
+        (_changed("guards", "price_collar", 3), r"\[guards\] price_collar: unknown key; allowed"),
         (_changed("metrics", "port", 70000), r"\[metrics\] port: must be 0-65535"),
         (_changed("risk", "max_drawdown_pct", -1), r"live.toml: \[risk\] max_drawdown_pct=-1"),
         (_changed("risk", "max_heat", 1), r"\[risk\] max_heat: unknown key; allowed: daily"),
