@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quantshift.engine.plotting import pyplot, save_figure
+from quantshift.engine.plotting import plot_heatmap, pyplot, save_figure
 from quantshift.errors import ConfigError
 
 
@@ -77,7 +77,6 @@ def plot_parameter_heatmap(
     ledger_frame: pd.DataFrame, x: str, y: str, metric: str, path: str | Path | None = None
 ):
     """Mean ``metric`` of completed trials over two parameters (binned when continuous)."""
-    plt = pyplot()
     rows = ledger_frame[ledger_frame["state"] == "complete"]
     if rows.empty:
         raise ValueError("no completed trials to plot")
@@ -88,16 +87,8 @@ def plot_parameter_heatmap(
     grid = pd.DataFrame({x: cut[x], y: cut[y], metric: rows[metric]}).pivot_table(
         index=y, columns=x, values=metric, aggfunc="mean", observed=True
     )
-    fig, ax = plt.subplots(figsize=(9, 6))
-    image = ax.imshow(grid.to_numpy(dtype=float), origin="lower", aspect="auto", cmap="RdYlGn")
-    ax.set_xticks(range(len(grid.columns)), [f"{v:g}" for v in grid.columns], rotation=90)
-    ax.set_yticks(range(len(grid.index)), [f"{v:g}" for v in grid.index])
-    fig.colorbar(image, ax=ax, label=metric)
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.set_title(f"{metric} by {x} and {y} ({len(rows)} completed trials)")
-    fig.tight_layout()
-    return save_figure(fig, path)
+    title = f"{metric} by {x} and {y} ({len(rows)} completed trials)"
+    return plot_heatmap(grid, metric, title, path)
 
 
 def _mid(interval) -> float:

@@ -93,20 +93,24 @@ def plot_sweep_heatmap(
     table, x: str, y: str, metric: str = "sharpe", path: str | Path | None = None
 ):
     """Plot a sweep metric over two parameters as a heatmap (mean over other parameters)."""
-    plt = pyplot()
     grid = table.pivot_table(index=y, columns=x, values=metric, aggfunc="mean")
+    return plot_heatmap(grid, metric, f"{metric} by {x} and {y}", path)
+
+
+def plot_heatmap(grid, metric: str, title: str, path: str | Path | None = None):
+    """Plot ``grid``, a DataFrame of ``metric`` whose index and columns are two parameters'
+    values (named for the parameters), as a heatmap with at most 20 labels per axis."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 6))
-    image = ax.imshow(
-        grid.to_numpy(),
-        origin="lower",
-        aspect="auto",
-        cmap="RdYlGn",
-        extent=(grid.columns.min(), grid.columns.max(), grid.index.min(), grid.index.max()),
-    )
+    image = ax.imshow(grid.to_numpy(dtype=float), origin="lower", aspect="auto", cmap="RdYlGn")
+    for axis, values in ((ax.xaxis, grid.columns), (ax.yaxis, grid.index)):
+        ticks = range(0, len(values), max(1, -(-len(values) // 20)))
+        axis.set_ticks(ticks, [f"{values[i]:g}" for i in ticks])
+    ax.tick_params(axis="x", labelrotation=90)
     fig.colorbar(image, ax=ax, label=metric)
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.set_title(f"{metric} by {x} and {y}")
+    ax.set_xlabel(grid.columns.name)
+    ax.set_ylabel(grid.index.name)
+    ax.set_title(title)
     fig.tight_layout()
     return save_figure(fig, path)
 
