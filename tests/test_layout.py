@@ -47,6 +47,12 @@ def test_dependency_rule(package, forbidden):
     assert not broken, f"{package} must not import {sorted(broken)}: {broken}"
 
 
+def test_optuna_stays_behind_research_optimize():
+    imported = _imported_roots("research").get("optuna", set())
+    outside = sorted(f for f in imported if not f.startswith("research/optimize/"))
+    assert imported and not outside, f"only research/optimize/ imports optuna: {outside}"
+
+
 def test_dependency_rule_catches_a_violation(tmp_path, monkeypatch):
     (tmp_path / "quantshift").mkdir()
     (tmp_path / "quantshift" / "bad.py").write_text("from live import runner\n")
