@@ -28,3 +28,13 @@ def test_mask_leaves_urls_without_passwords_alone():
     assert mask_secrets("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     assert mask_secrets("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
     assert isinstance(JsonFormatter(), logging.Formatter)
+
+
+def test_regression_secret_query_parameters_are_masked_in_logs():
+    """The runner's logs masked only user:password@; a ?password= or ?token= went out whole."""
+    stream = io.StringIO()
+    configure(stream=stream)
+    logging.getLogger("quantshift.live").warning("lease at redis://h:6379/0?password=hunter2")
+    logging.getLogger("quantshift.live").warning("feed https://venue/api?token=tok-123&x=1")
+    assert "hunter2" not in stream.getvalue() and "tok-123" not in stream.getvalue()
+    assert "?password=***" in stream.getvalue() and "?token=***&x=1" in stream.getvalue()
