@@ -47,7 +47,9 @@ def _open_store(config_path: Path):
     from live.store import Store
 
     config = load_config(config_path)
-    return config, Store.open(config.store_url)
+    # These commands act on the runner's store: creating an empty one would report on (or
+    # halt) a store no runner uses.
+    return config, Store.open(config.store_url, create=False)
 
 
 @app.command()
@@ -62,7 +64,9 @@ def run(
     from live.config import load_config
     from live.logs import configure
     from live.runner import Runner
+    from quantshift.cli import require_at_least
 
+    require_at_least("--max-bars", max_bars, 1)
     configure()
     cfg = load_config(config)
     started = time.perf_counter()
@@ -110,6 +114,7 @@ def status(config: ConfigOpt, json_out: JsonOpt = False) -> None:
     cfg, store = _open_store(config)
     with store:
         info = store.status().to_dict()
+        info["owner"] = store.owner()
         info["promotions"] = _promotions_in_use(cfg, store)
     info["runner"] = cfg.name
     if cfg.lease.redis_url is not None:
@@ -208,6 +213,14 @@ def _print_status(info: dict[str, Any]) -> None:
         f"runner {info['runner']}: store {info['store']} (schema v{info['schema_version']}), "
         f"fence epoch {info['fence_epoch']}"
     )
+    owner = info.get("owner")
+    if owner is None:
+        out.print("no runner has started on this store yet")
+    elif owner["runner"] != info["runner"]:
+        out.print(
+            f"[bold red]this store belongs to runner {owner['runner']!r}[/] "
+            f"(lease {owner['lease_name']!r}), not to this config's runner {info['runner']!r}"
+        )
     if leader:
         out.print(
             f"leader {leader.get('host')} epoch {leader.get('epoch')}, last heartbeat "

@@ -15,6 +15,7 @@ from typing import Any
 from live.broker import TIMEFRAME_SECONDS
 from live.guards import GuardLimits
 from live.lease import lease_timing
+from live.store.db import resolve_sqlite_url
 from quantshift.errors import ConfigError
 from quantshift.portfolio import PortfolioConfig
 from quantshift.tables import Table, is_number, read_toml
@@ -194,6 +195,13 @@ def parse_config(
     store_url = store_table.string("url") or "sqlite:///data/live/state.db"
     if not store_url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
         raise store_table.error("url", "must be sqlite:///PATH or postgresql://...")
+    if path is not None:
+        # Every command reading this file (run, halt, status, ...) must reach one database,
+        # whatever directory it runs in: a relative SQLite path is relative to the file.
+        try:
+            store_url = resolve_sqlite_url(store_url, path.resolve().parent)
+        except ConfigError as exc:
+            raise store_table.error("url", str(exc)) from None
 
     lease_table = top.table("lease")
     lease_table.refuse_unknown({"redis_url", "name", "ttl_ms", "renew_interval_ms", "deadline_ms"})

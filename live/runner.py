@@ -95,6 +95,7 @@ class Runner:
         cfg = self.config
         self.portfolio = cfg.portfolio
         self.store = Store.open(cfg.store_url)
+        self.store.claim_owner(cfg.name, cfg.lease.name)  # one store, one runner identity
         self.broker = self.execution = self.venue = None
         if cfg.broker.kind == "paper":
             self.venue = PaperVenue(cfg.store_url)

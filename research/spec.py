@@ -5,8 +5,7 @@ Loaded once at the edge into frozen dataclasses; unknown keys and bad values nam
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from quantshift.engine.config import SimConfig
 from quantshift.engine.metrics import METRICS
 from quantshift.errors import QuantShiftError
 from quantshift.strategies import Strategy, get_strategy
+from quantshift.strategies.grid import GridAxis
 from quantshift.tables import Table, is_number, read_toml
 
 SEARCH_METHODS = ("optuna", "grid")
@@ -273,16 +273,15 @@ def _space_entry(space: Table, key: str, value: Any, method: str) -> Any:
     raise space.error(key, "must be {low, high[, step]}, a list or a number")
 
 
-def grid_values(space_entry: Any) -> list[float]:
-    """Expand a validated search-space entry into the values a grid search tries."""
+def grid_values(space_entry: Any) -> Sequence[float]:
+    """Return the values a grid search tries for a validated search-space entry (a range is a
+    :class:`~quantshift.strategies.grid.GridAxis`: counted by the grid's limit, not built)."""
     if isinstance(space_entry, float):
         return [space_entry]
     if isinstance(space_entry, list):
         return list(space_entry)
     low, high, *rest = space_entry
-    step = float(rest[0]) if rest else 1.0
-    count = math.floor((high - low) / step + 1e-9) + 1
-    return [low + i * step for i in range(count)]
+    return GridAxis(low, high, float(rest[0]) if rest else 1.0)
 
 
 def _walk(table: Table) -> WalkForwardSpec:

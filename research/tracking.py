@@ -153,6 +153,9 @@ def ui_command(tracking_uri: str | None = None, *, port: int = UI_PORT) -> str:
 def _check_reachable(uri: str, shown: str, timeout_s: float = 3.0) -> None:
     """Fail in seconds when a database store's server does not answer (MLflow itself retries
     for about two minutes before giving up)."""
+    if _scheme(uri) in ("http", "https"):
+        _check_http_server(uri, shown, timeout_s)
+        return
     if not _scheme(uri).startswith(("postgresql", "mysql", "mssql")):
         return
     parts = urlsplit(uri)
@@ -165,6 +168,41 @@ def _check_reachable(uri: str, shown: str, timeout_s: float = 3.0) -> None:
         socket.create_connection((parts.hostname, parts.port or default_port), timeout_s).close()
     except OSError as exc:
         raise ConfigError(f"cannot reach MLflow store {shown}: {exc}") from None
+
+
+def _check_http_server(uri: str, shown: str, timeout_s: float) -> None:
+    """Fail in seconds when an MLflow server does not answer its health check: MLflow's client
+    retries a refused connection, a non-HTTP answer or an HTTP 5xx for about four minutes.
+
+    A 401/403 counts as an answer (credentials are MLflow's business); TLS is not verified
+    here, MLflow verifies it on every real request. Proxies from the environment are used.
+    """
+    import http.client
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    parts = urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2]  # never send a user:password of the URI
+    health = f"{parts.scheme}://{host}{parts.path.rstrip('/')}/health"
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(health, timeout=timeout_s, context=context):
+            return
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except urllib.error.URLError as exc:
+        reason = getattr(exc.reason, "strerror", None) or exc.reason
+        raise ConfigError(f"cannot reach MLflow server {shown}: {reason}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        what = "no answer" if isinstance(exc, TimeoutError) else "an answer that is not HTTP"
+        raise ConfigError(f"cannot reach MLflow server {shown}: {what} from {host}") from None
+    if status >= 500 or status == 404:
+        raise ConfigError(
+            f"MLflow server {shown} is not answering: GET {parts.path.rstrip('/')}/health "
+            f"returned HTTP {status}"
+        )
 
 
 def _mlflow():
@@ -529,9 +567,10 @@ class Tracker:
             run_tags[PARENT_TAG] = parent_id
         with suppress(OSError, KeyError):  # no user name in some containers
             run_tags.setdefault("mlflow.user", getpass.getuser())
+        client = self._client  # first: an unreachable store fails before MLflow's slow import
         limit = _mlflow().utils.validation.MAX_TAG_VAL_LENGTH
         entities = _entities(_mlflow().entities.RunTag, run_tags, "tag", limit)
-        run = self._client.create_run(
+        run = client.create_run(
             self._experiment(),
             start_time=_now_ms(),
             tags={tag.key: tag.value for tag in entities},

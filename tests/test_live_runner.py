@@ -186,7 +186,7 @@ def test_sigterm_finishes_the_cycle_and_a_restart_completes_the_replay(tmp_path)
     config = _config(tmp_path, feed={"speed": 50.0})
     text = EXAMPLE.read_text()
     for old, new in (
-        ('url = "sqlite:///data/live/paper-sp500.db"', f'url = "{config.store_url}"'),
+        ('url = "sqlite:///../../data/live/paper-sp500.db"', f'url = "{config.store_url}"'),
         ("enabled = true", "enabled = false"),
         ('start = "2015-01-01"', 'start = "2015-01-01"\nend = "2017-01-01"'),
         ("speed = 0 ", "speed = 50 "),

@@ -89,6 +89,7 @@ def test_file_errors_name_the_file(tmp_path):
 def test_grid_values():
     assert grid_values(3.0) == [3.0]
     assert grid_values([5.0, 1.0]) == [5.0, 1.0]
-    assert grid_values((2.0, 6.0)) == [2.0, 3.0, 4.0, 5.0, 6.0]
-    assert grid_values((10.0, 20.0, 5)) == [10.0, 15.0, 20.0]
-    assert grid_values((0.1, 0.3, 0.1)) == pytest.approx([0.1, 0.2, 0.3])
+    assert list(grid_values((2.0, 6.0))) == [2.0, 3.0, 4.0, 5.0, 6.0]
+    assert list(grid_values((10.0, 20.0, 5))) == [10.0, 15.0, 20.0]
+    assert list(grid_values((0.1, 0.3, 0.1))) == pytest.approx([0.1, 0.2, 0.3])
+    assert len(grid_values((0.5, 4.0, 1e-9))) == 3_500_000_001  # counted, not built

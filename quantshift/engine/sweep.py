@@ -20,8 +20,9 @@ from quantshift.engine.metrics import METRICS
 from quantshift.errors import ConfigError
 from quantshift.progress import Progress
 from quantshift.strategies import Strategy
+from quantshift.strategies.grid import ParameterGrid
 
-ParamSets = Mapping[str, Any] | Sequence[Mapping[str, Any]] | np.ndarray | None
+ParamSets = Mapping[str, Any] | Sequence[Mapping[str, Any]] | np.ndarray | ParameterGrid | None
 
 
 def sweep(
@@ -44,8 +45,10 @@ def sweep(
         Bars, or a data spec for :func:`quantshift.load_bars`.
     params : mapping, sequence of mappings or ndarray, optional
         A grid ``{name: values}`` (Cartesian product; a scalar fixes a parameter; sets that
-        violate a constraint such as fast < slow are dropped), a list of parameter dicts, or an
-        (n_sets, n_params) matrix in declaration order. Default: the default parameters.
+        violate a constraint such as fast < slow are dropped; more sets than
+        :func:`~quantshift.strategies.grid.max_grid_sets` are refused), a
+        :class:`~quantshift.strategies.grid.ParameterGrid` (its own limit), a list of parameter
+        dicts, or an (n_sets, n_params) matrix in declaration order. Default: the defaults.
     symbol : str or sequence of str, optional
         Restrict to these symbols.
     config : SimConfig, optional
@@ -137,6 +140,8 @@ def parameter_matrix(strategy: Strategy, params: ParamSets) -> np.ndarray:
         return strategy.vector().reshape(1, -1)
     if isinstance(params, np.ndarray):
         return strategy.check_matrix(params)
+    if isinstance(params, ParameterGrid):
+        return params.matrix()
     if isinstance(params, Mapping):
         axes = {k: _as_values(v) for k, v in params.items()}
         return strategy.grid(axes)
@@ -149,10 +154,11 @@ def parameter_matrix(strategy: Strategy, params: ParamSets) -> np.ndarray:
     )
 
 
-def _as_values(value: Any) -> list[float]:
+def _as_values(value: Any) -> Iterable[float]:
+    # Left as given: the grid counts a range without expanding it.
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         return [value]
-    return list(value)
+    return value
 
 
 def _chunks(n_sets: int, n_symbols: int) -> list[tuple[int, int]]:
