@@ -103,8 +103,9 @@ function drawChart(chart) {
   const ddPoints = chart.drawdown_pct.map((v, i) => `${x(i).toFixed(1)},${yDd(v).toFixed(1)}`);
   const area = `${x(0).toFixed(1)},${ddTop} ${ddPoints.join(" ")} ${x(n - 1).toFixed(1)},${ddTop}`;
   svg.appendChild(svgNode("polygon", { points: area, fill: "#fca5a5", stroke: "#b91c1c", "stroke-width": 1 }));
-  svg.appendChild(svgNode("text", { x: left + 6, y: top + 14, "font-size": 12, fill: "#1d4ed8" }, "equity"));
-  svg.appendChild(svgNode("text", { x: left + 6, y: ddBottom - 4, "font-size": 12, fill: "#b91c1c" }, "drawdown"));
+  const legend = { "font-size": 12, "font-weight": 600, "text-anchor": "end" };
+  svg.appendChild(svgNode("text", { x: W - right - 4, y: eqBottom - 6, fill: "#1d4ed8", ...legend }, "equity"));
+  svg.appendChild(svgNode("text", { x: W - right - 4, y: ddBottom - 4, fill: "#b91c1c", ...legend }, "drawdown"));
   box.appendChild(svg);
 }
 

@@ -17,19 +17,13 @@ CHART_POINTS = 500  # more points than a page is wide add bytes, not information
 
 
 def dashboard_status(cfg, store) -> dict[str, Any]:
-    """Return what the status page shows, read from ``store``.
-
-    Parameters
-    ----------
-    cfg : live.config.LiveConfig
-        The runner's config.
-    store : live.store.Store
-        Its store, open.
+    """Return what the status page shows: :func:`live.status.gather_status` (same arguments)
+    plus more of the store.
 
     Returns
     -------
     dict
-        :func:`live.status.gather_status` plus ``open_order_list`` (intents not yet final),
+        The status plus ``open_order_list`` (intents not yet final),
         ``trades_total``, ``recent_trades`` (the latest :data:`RECENT_TRADES`, newest first),
         ``equity_chart`` (``ts_ns``, ``equity``, ``drawdown_pct`` thinned to at most
         :data:`CHART_POINTS`) and ``drawdown`` (``max_pct`` and ``current_pct`` of the
