@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from live_cluster import EXAMPLE, require, wait_until
+from live_cluster import EXAMPLE, free_port, require, wait_until
 
 from live.config import load_config
 from live.runner import Runner
@@ -168,9 +168,10 @@ def test_page_shows_the_store_numbers_and_a_screenshot(replayed, page, browser, 
     assert _text(browser, "halt-state") == "TRADING"
     assert _text(browser, "leader") == f"LEADER {status.leader.host} epoch {status.leader.epoch}"
     assert _text(browser, "epoch") == str(status.fence_epoch)
-    assert _rows(browser, "positions") == [
-        [p.strategy, p.symbol, _qty(p.qty), _money(p.avg_price)] for p in status.positions
-    ] or (not status.positions and _rows(browser, "positions") == [["no open positions"]])
+    # No Redis lease in this config: its badge stays hidden (not an empty pill).
+    assert not browser.find_element("id", "lease").is_displayed()
+    positions = [[p.strategy, p.symbol, _qty(p.qty), _money(p.avg_price)] for p in status.positions]
+    assert _rows(browser, "positions") == (positions or [["no open positions"]])
     shown_trades = _rows(browser, "trades")
     assert len(shown_trades) == min(20, len(trades))
     newest = trades[-1]
@@ -248,15 +249,24 @@ def test_halt_button_refuses_missing_and_wrong_tokens_and_escapes_the_reason(
     assert json.loads(shown.stdout)["halt"]["reason"] == XSS
 
 
-def test_read_only_page_has_no_kill_switch_and_refuses_a_halt(replayed, browser):
+def test_read_only_page_has_no_kill_switch_and_refuses_a_halt(replayed, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     path, _ = replayed
-    dashboard = Dashboard(path, token=None)
+    # The same store under a config with a Redis lease nobody serves: the page says so.
+    leased = tmp_path / "leased.toml"
+    leased.write_text(
+        path.read_text().replace(
+            "[lease]", f'[lease]\nredis_url = "redis://127.0.0.1:{free_port()}"'
+        )
+    )
+    dashboard = Dashboard(leased, token=None)
     try:
         browser.get(dashboard.url)
         wait_until(lambda: _text(browser, "equity") != "-", 20, "the page's first refresh")
         assert not browser.find_element(By.ID, "kill-switch").is_displayed()
+        assert browser.find_element(By.ID, "lease").is_displayed()
+        assert _text(browser, "lease").startswith("lease unknown: ")
         status, body = _post_halt(dashboard.url, {"X-QuantShift-Token": TOKEN}, {})
         assert status == 403 and "kill switch is off" in body["error"]
     finally:

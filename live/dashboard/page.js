@@ -126,6 +126,11 @@ function render(s) {
   if (!leader) setText("leader", "no leader", "badge warn");
   else if (leader.epoch < s.fence_epoch) setText("leader", `deposed leader ${leader.host} epoch ${leader.epoch}`, "badge warn");
   else setText("leader", `LEADER ${leader.host} epoch ${leader.epoch}`, "badge ok");
+  const lease = document.getElementById("lease");
+  lease.hidden = !s.lease;
+  if (s.lease && s.lease.error) setText("lease", `lease unknown: ${s.lease.error}`, "badge bad");
+  else if (s.lease && s.lease.held) setText("lease", `lease held, epoch ${s.lease.epoch}`, "badge ok");
+  else if (s.lease) setText("lease", `lease free (last epoch ${s.lease.last_epoch})`, "badge warn");
   setText("epoch", String(s.fence_epoch));
   setText("heartbeat", fmtAge(s.last_heartbeat_ns));
   setText("updated", new Date().toISOString().slice(11, 19) + " UTC");
