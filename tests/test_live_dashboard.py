@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from live_cluster import EXAMPLE, free_port, require, wait_until
 
@@ -271,6 +273,42 @@ def test_read_only_page_has_no_kill_switch_and_refuses_a_halt(replayed, browser,
         assert status == 403 and "kill switch is off" in body["error"]
     finally:
         dashboard.close()
+
+
+def test_sleeves_show_the_promotion_record_they_trade(replayed, browser, tmp_path):
+    _, config = replayed
+    copy_path = _write_config(tmp_path)
+    copy = load_config(copy_path)
+    with Store.open(config.store_url, create=False) as source:
+        bar_ts_ns = source.equity_curve()[-1].ts_ns
+    # A copy of the replayed store, so the other tests keep their config-parameter sleeves.
+    with sqlite3.connect(config.store_url.removeprefix("sqlite:///")) as source:
+        with sqlite3.connect(copy.store_url.removeprefix("sqlite:///")) as target:
+            source.backup(target)
+    name = "trend-<i>x</i>"
+    with Store.open(copy.store_url, create=False) as store:
+        promotion = store.add_promotion(
+            strategy=name, stage="paper", code_fingerprint="test", created_by="test",
+            record={"params": {"fast": 12, "slow": 40}},
+        )  # fmt: skip
+        store.record_adoption(
+            runner=config.name, sleeve="trend", promotion_id=promotion.promotion_id,
+            record_id="rec-123", bar_ts_ns=bar_ts_ns, epoch=None,
+        )  # fmt: skip
+    dashboard = Dashboard(copy_path, token=None)
+    try:
+        browser.get(dashboard.url)
+        wait_until(lambda: _text(browser, "equity") != "-", 20, "the page's first refresh")
+        sleeves = {row[0]: row[-1] for row in _rows(browser, "sleeves")}
+    finally:
+        dashboard.close()
+    day = str(np.datetime64(bar_ts_ns, "ns").astype("datetime64[D]"))
+    assert sleeves == {
+        "trend": f'rec-123 ({name}, paper, {{"fast":12,"slow":40}}) since {day}',
+        "reversion": "config parameters",
+        "breakout": "config parameters",
+    }
+    assert browser.find_elements("css selector", "#sleeves i") == []
 
 
 def test_halt_api_answers_401_without_a_token_and_403_for_a_wrong_one(replayed, page):
