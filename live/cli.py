@@ -179,6 +179,9 @@ def dashboard(
         raise ConfigError(f"--port must be within 0 and 65535, got {port}")
     if not 0.5 <= refresh_s <= 3600:
         raise ConfigError(f"--refresh-s must be within 0.5 and 3600 s, got {refresh_s}")
+    from live.logs import configure
+
+    configure()
     token = token_from_environment()
     cfg, store = _open_store(config)  # fail now, not on the first request, without a store
     store.close()

@@ -13,6 +13,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -65,21 +66,23 @@ class Dashboard:
     """A `live dashboard` process on a free loopback port."""
 
     def __init__(self, config_path: Path, token: str | None):
+        self.log = config_path.with_suffix(f".{uuid.uuid4().hex[:6]}.log")
         env = {k: v for k, v in os.environ.items() if k != "QUANTSHIFT_DASHBOARD_TOKEN"}
         if token is not None:
             env["QUANTSHIFT_DASHBOARD_TOKEN"] = token
         command = [LIVE, "dashboard", "--config", str(config_path), "--port", "0"]
         command += ["--refresh-s", "1"]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=log, text=True, env=env
+            )
         first: list[str] = []
         reader = threading.Thread(target=lambda: first.append(self.process.stdout.readline()))
         reader.start()
         reader.join(30)
         if not first or "http://" not in first[0]:
             self.process.kill()
-            raise AssertionError(f"live dashboard did not start: {self.process.stderr.read()}")
+            raise AssertionError(f"live dashboard did not start: {self.log.read_text()}")
         self.url = first[0].split(" at ", 1)[1].split()[0]
 
     def close(self) -> None:
@@ -244,6 +247,11 @@ def test_halt_button_refuses_missing_and_wrong_tokens_and_escapes_the_reason(
     screenshot = tmp_path / "status_page_halted.png"
     assert browser.save_screenshot(str(screenshot))
     print(f"halted status page screenshot: {screenshot}")
+    logged = [json.loads(line) for line in page.log.read_text().splitlines()]
+    refusals = [r["message"].rsplit(": ", 1)[1] for r in logged if "refused" in r["message"]]
+    assert refusals == ["no token", "wrong token"]
+    assert any(r["message"].startswith("status page: HALT by ") for r in logged)
+    assert TOKEN[:8] not in page.log.read_text()
     shown = subprocess.run(
         [LIVE, "status", "--config", str(path), "--json"], capture_output=True, text=True
     )

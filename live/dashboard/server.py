@@ -38,7 +38,7 @@ _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
-log = logging.getLogger("live.dashboard")
+log = logging.getLogger("quantshift.live.dashboard")
 
 
 def token_from_environment() -> str | None:
