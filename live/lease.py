@@ -137,6 +137,13 @@ def lease_timing(ttl_ms: int, renew_interval_ms: int, deadline_ms: int | None) -
     """
     _positive_int("ttl_ms", ttl_ms)
     _positive_int("renew_interval_ms", renew_interval_ms)
+    if renew_interval_ms >= ttl_ms:
+        # Checked before the default deadline is derived, which would otherwise come out
+        # non-positive and be reported as the problem.
+        raise ConfigError(
+            "lease timings need renew_interval_ms < deadline_ms < ttl_ms: "
+            f"renew_interval_ms={renew_interval_ms} is not below ttl_ms={ttl_ms}"
+        )
     if deadline_ms is None:
         deadline_ms = ttl_ms - renew_interval_ms // 2
     _positive_int("deadline_ms", deadline_ms)
