@@ -5,11 +5,15 @@ wrapper that never prints its value (repr, str, logs, exceptions, MLflow all see
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from pathlib import Path
 
 from quantshift.errors import ConfigError
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
 class Secret:
@@ -52,16 +56,25 @@ def load_secret(
     env: str | None = None,
     secrets_file: str | os.PathLike | None = None,
     where: str = "broker",
+    env_key: str = "env",
 ) -> Secret:
     """Return secret ``name`` from the environment variable ``env`` or, failing that, from key
     ``name`` of the TOML ``secrets_file``.
 
+    ``env_key`` is the config key that named the variable, for errors.
+
     Raises
     ------
     ConfigError
-        Naming the variable and the file that were tried (never a value), or a secrets file that
-        other users can read.
+        Naming the variable and the file that were tried (never a value), a secrets file that
+        other users can read or cannot parse, or an ``env`` that is not a variable name (a
+        secret pasted into ``env_key``: the error never repeats it).
     """
+    if env is not None and not _ENV_NAME.match(env):
+        raise ConfigError(
+            f"{where}: {env_key} must name an environment variable (letters, digits and _); "
+            "its value is not shown in case it is a secret pasted there"
+        )
     if env and os.environ.get(env, "").strip():
         return Secret(os.environ[env], f"${env}")
     tried = [f"environment variable {env}"] if env else []
@@ -77,12 +90,25 @@ def load_secret(
             try:
                 data = tomllib.loads(path.read_text())
             except tomllib.TOMLDecodeError as exc:
-                # The parser's message quotes the line, which may hold a secret: keep position.
                 raise ConfigError(
-                    f"{where}: secrets file {path} is not valid TOML (line {exc.lineno})"
+                    f"{where}: secrets file {path} is not valid TOML{_toml_position(exc)}"
                 ) from None
+            if env and env in {v.strip() for v in data.values() if isinstance(v, str)}:
+                raise ConfigError(
+                    f"{where}: {env_key} holds a value of secrets file {path}, not the name of "
+                    "an environment variable; put the variable's name there (value not shown)"
+                )
             value = data.get(name)
             if isinstance(value, str) and value.strip():
                 return Secret(value, f"{path}:{name}")
     tried_text = " and ".join(tried) or "nothing"
     raise ConfigError(f"{where}: secret {name!r} not found; tried {tried_text}")
+
+
+def _toml_position(exc: tomllib.TOMLDecodeError) -> str:
+    """Where the parser stopped, never its message (which may quote a secret). Python 3.11's
+    TOMLDecodeError has no ``lineno``: the position is read from the end of its text."""
+    line, column = getattr(exc, "lineno", None), getattr(exc, "colno", None)
+    if line is None and (found := _TOML_POSITION.search(str(exc))):
+        line, column = found.groups()
+    return f" (line {line}, column {column})" if line is not None else ""

@@ -117,14 +117,15 @@ class AlpacaBroker(Broker):
         self.config = config
         self._sleep = sleep
         where = f"alpaca broker ({config.mode})"
-        self._key_id = load_secret(
-            KEY_ID_NAME, env=config.key_id_env, secrets_file=config.secrets_file, where=where
-        )
-        self._secret = load_secret(
-            SECRET_KEY_NAME,
-            env=config.secret_key_env,
-            secrets_file=config.secrets_file,
-            where=where,
+        self._key_id, self._secret = (
+            load_secret(
+                name,
+                env=getattr(config, env_key),
+                secrets_file=config.secrets_file,
+                where=where,
+                env_key=env_key,
+            )
+            for name, env_key in ((KEY_ID_NAME, "key_id_env"), (SECRET_KEY_NAME, "secret_key_env"))
         )
         self._trading = self._trading_client()
         self._data = _our_policy(

@@ -71,11 +71,15 @@ def load_credentials(config: CoinbaseConfig) -> Credentials:
         When the private key is not a PEM EC or Ed25519 key (naming its source, never its value).
     """
     where = "coinbase broker"
-    key = load_secret(
-        API_KEY_NAME, env=config.api_key_env, secrets_file=config.secrets_file, where=where
-    )
-    secret = load_secret(
-        API_SECRET_NAME, env=config.api_secret_env, secrets_file=config.secrets_file, where=where
+    key, secret = (
+        load_secret(
+            name,
+            env=getattr(config, env_key),
+            secrets_file=config.secrets_file,
+            where=where,
+            env_key=env_key,
+        )
+        for name, env_key in ((API_KEY_NAME, "api_key_env"), (API_SECRET_NAME, "api_secret_env"))
     )
     credentials = Credentials(key, secret)
     # The SDK turns "\n" escapes into newlines before signing; do the same to check the key.
