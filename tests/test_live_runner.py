@@ -208,3 +208,10 @@ def test_sigterm_finishes_the_cycle_and_a_restart_completes_the_replay(tmp_path)
     fast = _config(tmp_path)
     assert Runner(fast).run().ended == "replay finished"
     assert _store_trades(fast) == _backtest_trades(fast)
+
+
+def test_a_replay_older_than_twenty_years_runs_on_the_exchange_calendar(tmp_path):
+    config = _config(tmp_path, feed={"start": "2000-01-01", "end": "2000-12-31"})
+    summary = Runner(config).run()
+    assert summary.ended == "replay finished" and summary.bars > 200
+    assert _store_trades(config) == _backtest_trades(config)
