@@ -178,7 +178,10 @@ def _iso(ts_ns: int | None) -> str:
 
 
 def _promotions_in_use(cfg, store) -> dict[str, Any]:
-    """Per sleeve: the promotion record its runner adopted last (None: config parameters)."""
+    """Per sleeve: the promotion record its runner adopted last (None: config parameters), and
+    whether the stored record still verifies against the id saved with the adoption."""
+    from live.adoption import adoption_problem
+
     latest = store.current_adoptions(cfg.name)
     out: dict[str, Any] = {}
     for sleeve in cfg.portfolio.sleeve_names:
@@ -187,17 +190,21 @@ def _promotions_in_use(cfg, store) -> dict[str, Any]:
             out[sleeve] = None
             continue
         row = store.promotion(adoption.promotion_id)
+        problem = adoption_problem(row, adoption.record_id)
         out[sleeve] = {
             "record_id": adoption.record_id,
             "name": row.strategy,
             "stage": row.stage,
             "params": row.record_dict()["params"],
             "bar_ts_ns": adoption.bar_ts_ns,
+            "verified": problem is None,
+            "problem": problem,
         }
     return out
 
 
 def _print_status(info: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from quantshift.report import console
@@ -230,7 +237,8 @@ def _print_status(info: dict[str, Any]) -> None:
         else:
             out.print(
                 f"sleeve {sleeve}: promotion record {row['record_id']} ({row['name']}, "
-                f"{row['params']}) since bar {_iso(row['bar_ts_ns'])}"
+                f"{row['params']}) since bar {_iso(row['bar_ts_ns'])}, "
+                + ("verified" if row["verified"] else f"NOT VERIFIED: {escape(row['problem'])}")
             )
     equity = info.get("equity") or {}
     out.print(

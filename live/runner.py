@@ -235,7 +235,7 @@ class Runner:
     def _load(self) -> None:
         """Load where the last leader left off: state after its last bar and pending orders,
         and the promotion record each promoted sleeve was trading."""
-        self.portfolio = self.adopter.resume(self.portfolio)
+        self.portfolio = self.adopter.resume(self.portfolio, self.lease.epoch)
         saved = self.store.load_runner_state(self.config.name)
         self.working: list[WorkingOrder] = []
         if saved is None:
