@@ -29,7 +29,7 @@ from live.lease import NotLeaderError, open_lease
 from live.metrics import LiveMetrics
 from live.paper import VENUE, PaperVenue
 from live.store import Store, client_order_id
-from live.store.errors import StaleEpochError, StoreUnavailableError
+from live.store.errors import HaltedError, StaleEpochError, StoreUnavailableError
 from quantshift.data import Bars
 from quantshift.portfolio import (
     PortfolioState,
@@ -89,6 +89,7 @@ class Runner:
         self._now_ns, self._wait = now_ns, wait
         self.stop_event = threading.Event()
         self._lost = threading.Event()
+        self._redo_under_halt = False
 
     # ------------------------------------------------------------------ setup
     def _open(self) -> None:
@@ -163,11 +164,14 @@ class Runner:
     def _loop(self, summary: RunSummary) -> None:
         keep_alive = None
         while not self.stop_event.is_set():
+            counted = summary.orders, summary.trades
             try:
                 if keep_alive is None:
                     keep_alive = self._become_leader(summary)
                     if keep_alive is None:
                         continue  # still standby (or stopping): wait again
+                elif self._redo_under_halt:
+                    self._load()
                 t = self._next_bar()
                 if t is None:
                     summary.ended = "replay finished"
@@ -176,6 +180,21 @@ class Runner:
                     summary.ended = "max_bars"
                     break
                 self._cycle(t, summary)
+                if self._redo_under_halt:
+                    self._cancel_unsent()
+            except HaltedError as exc:
+                # A person's HALT landed after this cycle looked for one and before an order
+                # went out. Hold: redo the bar from the state saved after the last one, under
+                # the HALT (what went out before it stays out, protective exits and flatten
+                # orders go on), and trade again once a person runs `live resume`.
+                log.warning(
+                    "HALT arrived mid-cycle (%s); redoing the bar under it",
+                    exc,
+                    extra={"epoch": self.lease.epoch, "host": self.host},
+                )
+                summary.orders, summary.trades = counted
+                self._redo_under_halt = True
+                continue
             except (NotLeaderError, StaleEpochError, StoreUnavailableError) as exc:
                 # Lost the lease, fenced out, or the store went away mid-cycle: whatever the
                 # cycle wrote is idempotent, so stand by and let the next leader (maybe us,
@@ -256,6 +275,27 @@ class Runner:
         if self.broker is not None:
             self._reconcile_venue(None)
 
+    def _cancel_unsent(self) -> None:
+        """After a redo under a HALT that landed mid-cycle: the order it stopped between its
+        intent and the venue will never be sent; record that instead of leaving it NEW."""
+        epoch = self.lease.assert_leader()
+        for intent in self.store.intents(open_only=True):
+            if intent.state == "NEW":
+                self.store.transition(
+                    intent.client_order_id,
+                    "CANCELLED",
+                    epoch=epoch,
+                    expected_state="NEW",
+                    reason="a HALT arrived before it was sent",
+                )
+        self._redo_under_halt = False
+
+    def _went_out(self, order: TargetOrder) -> bool:
+        """Whether ``order`` already went to the venue (a redo of its bar): a HALT written
+        since cancels what had not been sent, not what had."""
+        intent = self.store.intent(order_id(order))
+        return intent is not None and intent.state not in ("NEW", "CANCELLED", "REJECTED")
+
     def _next_bar(self) -> int | None:
         """The next closed bar (a venue feed waits for it), or None at the end of a replay."""
         t = self.feed.next_index(self.last_ts_ns, self.stop_event)
@@ -323,6 +363,7 @@ class Runner:
                 )
                 if orders:
                     own_halt = halt.halt_id  # flatten orders go out despite the HALT
+                orders += [o for o in decision.orders if self._went_out(o)]
                 self.metrics.set_halt(True, "manual")
             else:
                 orders = list(decision.orders)
@@ -380,7 +421,11 @@ class Runner:
     def _fill_paper(self, t, state, halt, epoch, summary):
         """Fill the pending orders at this bar's open with the shared fill model."""
         ts = int(self.bars.ts_ns[t])
-        due = [order for order, exempt in self.pending if halt is None or halt.halt_id == exempt]
+        due = [
+            order
+            for order, exempt in self.pending
+            if halt is None or halt.halt_id == exempt or self._went_out(order)
+        ]
         filled = fill_orders(state, due, self.bars.open[t], ts, self.portfolio, bar=t)
         for fill in filled.fills:
             self._execute(fill.order, fill.units, fill.price, fill.fees, ts, epoch, halt)

@@ -215,3 +215,73 @@ def test_a_replay_older_than_twenty_years_runs_on_the_exchange_calendar(tmp_path
     summary = Runner(config).run()
     assert summary.ended == "replay finished" and summary.bars > 200
     assert _store_trades(config) == _backtest_trades(config)
+
+
+@pytest.fixture
+def hooks():
+    from live import failpoints
+
+    yield failpoints.set_hook
+    for name in failpoints.NAMES:
+        failpoints.set_hook(name, None)
+
+
+def test_a_halt_landing_mid_cycle_holds_the_runner_and_live_resume_trades_again(tmp_path, hooks):
+    config = _config(tmp_path)
+
+    def halt_at_first_submit(n):
+        # After this cycle read the HALT table, before its first order moves to SUBMITTING.
+        if n == 1:
+            with Store.open(config.store_url) as store:
+                store.halt("operator, mid-cycle", by="pytest")
+
+    def resume_later(n):
+        if n == 60:
+            with Store.open(config.store_url) as store:
+                store.resume(by="pytest")
+
+    hooks("after_intent", halt_at_first_submit)
+    hooks("after_state", resume_later)
+    summary = Runner(config, max_bars=400).run()
+    assert summary.bars == 400 and summary.ended == "max_bars"  # it held, it did not exit
+    with Store.open(config.store_url) as store:
+        intents = store.intents()
+        halts = store.halts()
+    first = intents[0]
+    assert first.state == "CANCELLED", first  # never sent, and not left NEW
+    assert not [i for i in intents if i.state == "NEW"]
+    (halt,) = halts
+    resumed_ns = halt.ts_cleared_ns
+    assert resumed_ns is not None
+    sent = [i for i in intents if i.state == "FILLED"]
+    assert sent and all(i.ts_decided_ns > resumed_ns for i in sent)  # nothing before the resume
+    assert any(i.details["action"] == "entry" for i in sent)  # trading again after it
+    venue = PaperVenue(config.store_url)
+    assert {o.client_order_id for o in venue.orders()} == {i.client_order_id for i in sent}
+    venue.close()
+
+
+def test_a_flatten_halt_landing_mid_cycle_still_sends_the_flatten_orders(tmp_path, hooks):
+    config = _config(tmp_path)
+    Runner(config, max_bars=200).run()
+    for _ in range(30):  # run on until positions are open
+        with Store.open(config.store_url) as store:
+            if len([p for p in store.positions() if p.qty != 0]) >= 2:
+                break
+        Runner(config, max_bars=5).run()
+
+    def halt_at_first_submit(n):
+        if n == 1:
+            with Store.open(config.store_url) as store:
+                store.halt("operator, mid-cycle (flatten)", by="pytest")
+
+    hooks("after_intent", halt_at_first_submit)
+    summary = Runner(config, max_bars=150).run()
+    assert summary.bars == 150
+    with Store.open(config.store_url) as store:
+        assert store.active_halt() is not None
+        assert not [p for p in store.positions() if p.qty != 0]
+        flattened = [i for i in store.intents() if i.details["reason"] == "flatten"]
+        assert flattened and all(i.state == "FILLED" for i in flattened)
+        assert not [i for i in store.intents() if i.state == "NEW"]
+        assert reconcile(config, store).ok
