@@ -96,6 +96,9 @@ class Lease(Protocol):
     @property
     def state(self) -> LeaseState | None: ...
 
+    @property
+    def unreachable(self) -> str | None: ...
+
     def try_acquire(self, *, above_epoch: int = 0) -> LeaseState | None: ...
 
     def acquire(
@@ -337,6 +340,7 @@ class RedisLease:
         self._term: _Term | None = None
         self._epoch: int | None = None
         self._keep_alive: KeepAlive | None = None
+        self._unreachable: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -361,6 +365,12 @@ class RedisLease:
         term = self._term
         return None if term is None else term.state
 
+    @property
+    def unreachable(self) -> str | None:
+        """Why the last acquisition could not reach Redis (password-free), or None if it did
+        (held by another or won): a standby backs off on it."""
+        return self._unreachable
+
     def _scrub(self, exc: BaseException) -> str:
         text = f"{type(exc).__name__}: {exc}"
         return text.replace(self._password, "***") if self._password else text
@@ -369,8 +379,9 @@ class RedisLease:
         """Take the lease if nobody holds it; return the new term, or None.
 
         Holding it already, renew instead and return the current term (None if that fails).
-        A Redis error counts as not acquired (logged, never raised). The new epoch is greater
-        than every earlier one and than ``above_epoch``.
+        A Redis error counts as not acquired (never raised; :attr:`unreachable` says why, the
+        caller decides how loudly and how soon to try again). The new epoch is greater than
+        every earlier one and than ``above_epoch``.
         """
         with self._mutex:
             if self._term is not None:
@@ -385,8 +396,10 @@ class RedisLease:
                     )
                 )
             except redis.RedisError as exc:
-                log.warning("lease %s: acquire failed: %s", self.name, self._scrub(exc))
+                self._unreachable = f"Redis at {self.url_redacted}: {self._scrub(exc)}"
+                log.debug("lease %s: acquire failed: %s", self.name, self._unreachable)
                 return None
+            self._unreachable = None
             if epoch == 0:
                 return None
             state = LeaseState(epoch=epoch, valid_until_s=sent_s + self.deadline_ms / 1000)
@@ -553,6 +566,11 @@ class NoLease:
     def state(self) -> LeaseState:
         """The permanent term (epoch 0, no deadline)."""
         return self._STATE
+
+    @property
+    def unreachable(self) -> None:
+        """Always None: there is no service to reach."""
+        return None
 
     def try_acquire(self, *, above_epoch: int = 0) -> LeaseState:
         """Return the permanent term (epoch 0)."""

@@ -40,11 +40,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+LOGGERS = ("quantshift.live", "live")
+"""The runner's logger and the module loggers of the ``live`` package (lease, venue adapters)."""
+
+
 def configure(level: int = logging.INFO, stream=None) -> None:
-    """Send the ``quantshift.live`` logger's records to ``stream`` (stderr) as JSON lines."""
+    """Send the records of the runner's loggers (``LOGGERS``) to ``stream`` (stderr) as JSON
+    lines."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("quantshift.live")
-    logger.handlers[:] = [handler]
-    logger.setLevel(level)
-    logger.propagate = False
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False

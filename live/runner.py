@@ -31,6 +31,7 @@ from live.paper import VENUE, PaperVenue
 from live.store import Store, client_order_id
 from live.store.errors import HaltedError, StaleEpochError, StoreUnavailableError
 from quantshift.data import Bars
+from quantshift.errors import ConfigError
 from quantshift.portfolio import (
     PortfolioState,
     TargetOrder,
@@ -46,6 +47,8 @@ log = logging.getLogger("quantshift.live")
 FLATTEN_MARK = "(flatten)"
 PROTECTIVE = -1  # halt_exempt of a venue exit a stop level triggered: it goes out during a HALT
 STORE_RETRY_S = 1.0  # pause before standing by again after losing the lease or the store
+LEASE_POLL_S = 0.25  # a standby's poll for the lease
+MAX_LEASE_BACKOFF_S = 4.0  # the longest wait between polls while Redis cannot be reached
 
 
 @dataclass
@@ -90,6 +93,7 @@ class Runner:
         self.stop_event = threading.Event()
         self._lost = threading.Event()
         self._redo_under_halt = False
+        self._unreachable_polls = 0
 
     # ------------------------------------------------------------------ setup
     def _open(self) -> None:
@@ -223,16 +227,26 @@ class Runner:
         self.metrics.set_leader(False, 0)
         # The floor is re-read at every poll: if Redis lost its epoch counter while we waited,
         # a new term must still start above everything the store has seen.
+        fence = self.store.fence_epoch()
         term = self.lease.acquire(
-            poll_interval_ms=250,
-            timeout_s=0.25,
+            poll_interval_ms=int(LEASE_POLL_S * 1000),
+            timeout_s=LEASE_POLL_S,
             stop=self.stop_event,
-            above_epoch=self.store.fence_epoch(),
+            above_epoch=fence,
         )
         if term is None:
+            self._back_off(self.lease.unreachable)
             return None
+        self._unreachable_polls = 0
         self._lost.clear()
         epoch = self.lease.epoch
+        if not epoch and fence:
+            # Epoch 0 is the single host's; every write of it would be refused as stale.
+            raise ConfigError(
+                f"{self.config.name}: the store is fenced at epoch {fence} (runners with a "
+                "Redis lease wrote to it), but [lease] has no redis_url, so this runner would "
+                "write as epoch 0 and be refused; set [lease] redis_url or use another store"
+            )
         keep_alive = None
         try:
             if epoch:
@@ -250,6 +264,23 @@ class Runner:
         self.metrics.set_leader(True, epoch)
         log.info("leader with epoch %s", epoch, extra={"epoch": epoch, "host": self.host})
         return keep_alive
+
+    def _back_off(self, unreachable: str | None) -> None:
+        """While Redis cannot be reached, poll less and less often (exponentially, up to
+        ``MAX_LEASE_BACKOFF_S``) and say so once per poll, instead of spinning."""
+        if unreachable is None:
+            self._unreachable_polls = 0
+            return
+        self._unreachable_polls += 1
+        wait_s = min(LEASE_POLL_S * 2**self._unreachable_polls, MAX_LEASE_BACKOFF_S)
+        log.warning(
+            "standby: cannot reach the lease (%s); poll %d, next in %.1f s",
+            unreachable,
+            self._unreachable_polls,
+            wait_s,
+            extra={"host": self.host},
+        )
+        self.stop_event.wait(wait_s)
 
     def _load(self) -> None:
         """Load where the last leader left off: state after its last bar and pending orders,
@@ -289,6 +320,7 @@ class Runner:
                     reason="a HALT arrived before it was sent",
                 )
         self._redo_under_halt = False
+        self._unreachable_polls = 0
 
     def _went_out(self, order: TargetOrder) -> bool:
         """Whether ``order`` already went to the venue (a redo of its bar): a HALT written

@@ -102,7 +102,8 @@ def test_password_never_in_repr_errors_or_logs(caplog):
         lease.current_holder()
     with pytest.raises(ConfigError) as bad:
         RedisLease("http://:s3cret-pw@host/0", "x")
-    for text in (repr(lease), str(info.value), str(bad.value), caplog.text):
+    assert "127.0.0.1" in lease.unreachable
+    for text in (repr(lease), str(info.value), str(bad.value), caplog.text, lease.unreachable):
         assert "s3cret-pw" not in text
     assert "127.0.0.1" in str(info.value)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_live_logs import json_log_buffer
 
 import live.runner as runner_module
 from live.config import parse_config
@@ -285,3 +286,60 @@ def test_a_flatten_halt_landing_mid_cycle_still_sends_the_flatten_orders(tmp_pat
         assert flattened and all(i.state == "FILLED" for i in flattened)
         assert not [i for i in store.intents() if i.state == "NEW"]
         assert reconcile(config, store).ok
+
+
+def _run_in_thread(runner: Runner, seconds: float):
+    """Run ``runner`` for at most ``seconds``; return (still running then, its exception)."""
+    import threading
+
+    failed: list[BaseException] = []
+
+    def target():
+        try:
+            runner.run()
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    hung = thread.is_alive()
+    runner.stop_event.set()
+    thread.join(30)
+    return hung, failed[0] if failed else None
+
+
+def test_with_redis_unreachable_the_standby_logs_json_lines_with_backoff(tmp_path, capsys):
+    import json
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    config = _config(tmp_path, lease={"redis_url": f"redis://:pw-s3cret@127.0.0.1:{port}/0"})
+    with json_log_buffer() as json_logs:
+        hung, error = _run_in_thread(Runner(config), 4.0)
+    assert hung and error is None  # a standby waits for Redis; it does not give up
+    lines = json_logs.getvalue().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    waiting = [r for r in records if "cannot reach the lease" in r["message"]]
+    # Polls back off: 0.5, 1, 2 s... instead of ~8 lines a second.
+    assert 2 <= len(waiting) <= 6, lines
+    assert f"127.0.0.1:{port}" in waiting[0]["message"] and "next in" in waiting[-1]["message"]
+    assert len(records) <= len(waiting) + 2
+    assert "pw-s3cret" not in json_logs.getvalue()
+    assert capsys.readouterr().err == ""  # nothing in plain text beside the JSON
+
+
+def test_a_store_fenced_by_leased_runners_is_refused_without_redis_not_looped(tmp_path):
+    from quantshift.errors import ConfigError
+
+    config = _config(tmp_path)
+    with Store.open(config.store_url) as store:
+        store.claim_epoch(5)  # runners with a Redis lease wrote here
+    hung, error = _run_in_thread(Runner(config, max_bars=5), 20.0)
+    assert not hung
+    assert isinstance(error, ConfigError) and "fenced at epoch 5" in str(error)
+    assert "[lease] redis_url" in str(error)
+    with Store.open(config.store_url) as store:
+        assert store.intents() == []
