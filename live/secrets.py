@@ -1,9 +1,13 @@
 """Secrets for venue adapters: read from an environment variable or a secrets file, held in a
 wrapper that never prints its value (repr, str, logs, exceptions, MLflow all see a mask).
+
+Every secret loaded is also remembered so that ``scrub`` can remove it from text we did not
+write: a venue's error body that echoes a key is scrubbed before it is logged or printed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -11,6 +15,11 @@ import tomllib
 from pathlib import Path
 
 from quantshift.errors import ConfigError
+
+MASK = "****"
+_MIN_SCRUBBED = 8  # shorter fragments (a PEM's last line, a header) are not worth a mask
+_KNOWN: set[str] = set()
+"""The forms of every secret loaded in this process, longest first when scrubbed."""
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
@@ -26,6 +35,7 @@ class Secret:
             raise ConfigError(f"secret from {source} is empty")
         self._value = value.strip()
         self._source = source
+        _remember(self._value)
 
     def reveal(self) -> str:
         return self._value
@@ -112,3 +122,23 @@ def _toml_position(exc: tomllib.TOMLDecodeError) -> str:
     if line is None and (found := _TOML_POSITION.search(str(exc))):
         line, column = found.groups()
     return f" (line {line}, column {column})" if line is not None else ""
+
+
+def _remember(value: str) -> None:
+    """Keep the forms in which ``value`` may come back in a venue's answer: as it is, JSON
+    escaped, and (a PEM key) line by line."""
+    try:  # a PEM key given with "\\n" escapes (the Coinbase SDK unescapes it before use)
+        unescaped = value.encode().decode("unicode_escape") if "\\n" in value else value
+    except UnicodeDecodeError:
+        unescaped = value
+    forms = {value, unescaped, json.dumps(value)[1:-1], json.dumps(unescaped)[1:-1]}
+    forms.update(unescaped.splitlines())
+    _KNOWN.update(f for f in forms if len(f.strip()) >= _MIN_SCRUBBED)
+
+
+def scrub(text: str) -> str:
+    """Return ``text`` with every secret loaded in this process replaced by ``****``."""
+    for form in sorted(_KNOWN, key=len, reverse=True):
+        if form in text:
+            text = text.replace(form, MASK)
+    return text

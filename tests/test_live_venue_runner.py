@@ -361,3 +361,19 @@ def test_entries_are_rounded_down_to_what_the_venue_trades(alpaca, tmp_path):
     assert fractional and any(q != int(q) for q in fractional)
     assert all(abs(q * 1e9 - round(q * 1e9)) < 1e-3 for q in fractional)
     assert_store_matches_venue(config, alpaca)
+
+
+def test_a_malformed_venue_answer_is_a_one_line_error_from_run_and_reconcile(alpaca, tmp_path):
+    from live.broker import BrokerUnavailableError
+
+    config = alpaca_config(alpaca, tmp_path)
+    wrong_shape = [{"symbol": "SP500", "qty": "many"}]  # 200, but not a position
+    alpaca.fail("GET", "/v2/positions", 200, body=wrong_shape, count=100)
+    with pytest.raises(BrokerUnavailableError) as from_run:
+        Runner(config, max_bars=3).run()
+    with Store.open(config.store_url) as store, pytest.raises(BrokerUnavailableError) as from_rec:
+        reconcile(config, store)
+    for caught in (from_run, from_rec):
+        message = str(caught.value)
+        assert "positions: the venue's answer was not understood" in message
+        assert "\n" not in message
