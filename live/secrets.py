@@ -124,6 +124,24 @@ def _toml_position(exc: tomllib.TOMLDecodeError) -> str:
     return f" (line {line}, column {column})" if line is not None else ""
 
 
+def load_secrets(
+    settings, keys: tuple[tuple[str, str], ...], where: str = "broker"
+) -> tuple[Secret, ...]:
+    """Return the secrets a venue adapter's ``settings`` point at: for each ``(name,
+    env_key)``, :func:`load_secret` of ``name`` from the variable ``settings.<env_key>`` names
+    or from ``settings.secrets_file``."""
+    return tuple(
+        load_secret(
+            name,
+            env=getattr(settings, env_key),
+            secrets_file=settings.secrets_file,
+            where=where,
+            env_key=env_key,
+        )
+        for name, env_key in keys
+    )
+
+
 def _remember(value: str) -> None:
     """Keep the forms in which ``value`` may come back in a venue's answer: as it is, JSON
     escaped, and (a PEM key) line by line."""

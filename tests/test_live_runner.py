@@ -140,14 +140,18 @@ def test_a_strategy_repeating_an_order_500_times_ends_with_one_order_and_a_halt(
     assert summary.bars == 300
 
 
-def test_halt_stops_new_orders_and_flatten_closes_positions(tmp_path):
-    config = _config(tmp_path)
+def _run_until_positions_are_open(config) -> None:
     Runner(config, max_bars=200).run()
-    for _ in range(30):  # run on until positions are open
+    for _ in range(30):
         with Store.open(config.store_url) as store:
             if len([p for p in store.positions() if p.qty != 0]) >= 2:
-                break
+                return
         Runner(config, max_bars=5).run()
+
+
+def test_halt_stops_new_orders_and_flatten_closes_positions(tmp_path):
+    config = _config(tmp_path)
+    _run_until_positions_are_open(config)
 
     def entries(store):
         return [i for i in store.intents() if i.details["action"] == "entry"]
@@ -264,12 +268,7 @@ def test_a_halt_landing_mid_cycle_holds_the_runner_and_live_resume_trades_again(
 
 def test_a_flatten_halt_landing_mid_cycle_still_sends_the_flatten_orders(tmp_path, hooks):
     config = _config(tmp_path)
-    Runner(config, max_bars=200).run()
-    for _ in range(30):  # run on until positions are open
-        with Store.open(config.store_url) as store:
-            if len([p for p in store.positions() if p.qty != 0]) >= 2:
-                break
-        Runner(config, max_bars=5).run()
+    _run_until_positions_are_open(config)
 
     def halt_at_first_submit(n):
         if n == 1:

@@ -53,7 +53,7 @@ from live.broker import (
     OrderRequest,
     venue_answer,
 )
-from live.secrets import load_secret, scrub
+from live.secrets import load_secrets, scrub
 from quantshift.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -118,16 +118,10 @@ class AlpacaBroker(Broker):
     def __init__(self, config: AlpacaConfig, *, sleep: Callable[[float], None] = time.sleep):
         self.config = config
         self._sleep = sleep
-        where = f"alpaca broker ({config.mode})"
-        self._key_id, self._secret = (
-            load_secret(
-                name,
-                env=getattr(config, env_key),
-                secrets_file=config.secrets_file,
-                where=where,
-                env_key=env_key,
-            )
-            for name, env_key in ((KEY_ID_NAME, "key_id_env"), (SECRET_KEY_NAME, "secret_key_env"))
+        self._key_id, self._secret = load_secrets(
+            config,
+            ((KEY_ID_NAME, "key_id_env"), (SECRET_KEY_NAME, "secret_key_env")),
+            f"alpaca broker ({config.mode})",
         )
         self._trading = self._trading_client()
         self._data = _our_policy(

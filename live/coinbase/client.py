@@ -38,7 +38,7 @@ from live.coinbase import parse
 from live.coinbase.config import API_KEY_NAME, API_SECRET_NAME, CoinbaseConfig
 from live.coinbase.stream import FillStream
 from live.logs import ScrubSecrets
-from live.secrets import Secret, load_secret, scrub
+from live.secrets import Secret, load_secrets, scrub
 
 VENUE = "coinbase"
 PAGE_LIMIT = 250
@@ -80,16 +80,10 @@ def load_credentials(config: CoinbaseConfig) -> Credentials:
     BrokerAuthError
         When the private key is not a PEM EC or Ed25519 key (naming its source, never its value).
     """
-    where = "coinbase broker"
-    key, secret = (
-        load_secret(
-            name,
-            env=getattr(config, env_key),
-            secrets_file=config.secrets_file,
-            where=where,
-            env_key=env_key,
-        )
-        for name, env_key in ((API_KEY_NAME, "api_key_env"), (API_SECRET_NAME, "api_secret_env"))
+    key, secret = load_secrets(
+        config,
+        ((API_KEY_NAME, "api_key_env"), (API_SECRET_NAME, "api_secret_env")),
+        "coinbase broker",
     )
     credentials = Credentials(key, secret)
     # The SDK turns "\n" escapes into newlines before signing; do the same to check the key.
