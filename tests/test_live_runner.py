@@ -234,14 +234,19 @@ def hooks():
 def test_a_halt_landing_mid_cycle_holds_the_runner_and_live_resume_trades_again(tmp_path, hooks):
     config = _config(tmp_path)
 
+    halted_at: list[int] = []  # passes through after_state when the HALT was written
+    cycles = [0]
+
     def halt_at_first_submit(n):
         # After this cycle read the HALT table, before its first order moves to SUBMITTING.
         if n == 1:
             with Store.open(config.store_url) as store:
                 store.halt("operator, mid-cycle", by="pytest")
+            halted_at.append(cycles[0])
 
     def resume_later(n):
-        if n == 60:
+        cycles[0] = n
+        if halted_at and n == halted_at[0] + 20:  # a person resumes twenty bars later
             with Store.open(config.store_url) as store:
                 store.resume(by="pytest")
 
