@@ -98,7 +98,10 @@ def load_secret(
                     f"run `chmod 600 {path}`"
                 )
             try:
-                data = tomllib.loads(path.read_text())
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError) as exc:
+                why = getattr(exc, "strerror", None) or "not UTF-8 text"
+                raise ConfigError(f"{where}: secrets file {path} cannot be read ({why})") from None
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(
                     f"{where}: secrets file {path} is not valid TOML{_toml_position(exc)}"

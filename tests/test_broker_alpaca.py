@@ -553,3 +553,10 @@ def test_a_venue_error_echoing_the_secret_is_scrubbed_before_it_is_shown_or_logg
     for text in (message, repr(caught.value), caplog.text):
         assert fake.secret_key not in text and fake.key_id not in text
         assert fake.secret_key[:12] not in text  # nor the part left by a cut
+
+
+def test_bar_pages_answered_with_bars_that_are_not_bars_is_an_adapter_error(fake, broker):
+    fake.fail("GET", "/v2/stocks/bars", 200, body={"bars": {SYMBOL: [{"t": "yesterday"}]}})
+    start, end = _ns("2024-01-02T14:30:00Z"), _ns("2024-01-02T15:00:00Z")
+    with pytest.raises(BrokerUnavailableError, match="page 1: the venue's answer was not under"):
+        list(bar_pages(broker, SYMBOL, start, end, "1m"))

@@ -669,3 +669,10 @@ def test_a_venue_error_echoing_the_secret_is_scrubbed_before_it_is_shown_or_logg
     printed = capfd.readouterr().err  # the SDK's own HTTP error line
     for text in (message, repr(caught.value), caplog.text, printed):
         assert KEY_NAME not in text and pem_body(pem) not in text
+
+
+def test_candles_that_are_not_candles_are_an_adapter_error(fake, broker):
+    fake.fail("GET", f"/products/{SYMBOL}/candles", 200, body={"candles": [{"start": "soon"}]})
+    end_ns = START_NS + 10 * 60 * 1_000_000_000
+    with pytest.raises(BrokerUnavailableError, match="the venue's answer was not understood"):
+        list(bar_pages(broker, SYMBOL, START_NS, end_ns, "1m"))

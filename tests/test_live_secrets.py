@@ -38,3 +38,15 @@ def test_a_secrets_file_value_pasted_into_an_env_field_is_never_echoed(tmp_path,
     with pytest.raises(ConfigError, match="key_id_env") as caught:
         AlpacaBroker(config)
     assert pasted not in str(caught.value) and pasted.split("\n")[0] not in str(caught.value)
+
+
+def test_a_secrets_file_that_cannot_be_read_is_one_line_naming_it(tmp_path):
+    folder = tmp_path / "secrets.toml"
+    folder.mkdir(mode=0o700)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b'alpaca_key_id = "\xff\xfe"\n')
+    binary.chmod(0o600)
+    for path, why in ((folder, "Is a directory"), (binary, "not UTF-8 text")):
+        with pytest.raises(ConfigError, match="cannot be read") as caught:
+            load_secret("alpaca_key_id", env="QS_TEST_UNSET_VARIABLE", secrets_file=path)
+        assert str(path) in str(caught.value) and why in str(caught.value)
