@@ -320,7 +320,6 @@ class Runner:
                     reason="a HALT arrived before it was sent",
                 )
         self._redo_under_halt = False
-        self._unreachable_polls = 0
 
     def _went_out(self, order: TargetOrder) -> bool:
         """Whether ``order`` already went to the venue (a redo of its bar): a HALT written
