@@ -47,7 +47,9 @@ def _open_store(config_path: Path):
     from live.store import Store
 
     config = load_config(config_path)
-    return config, Store.open(config.store_url)
+    # These commands act on the runner's store: creating an empty one would report on (or
+    # halt) a store no runner uses.
+    return config, Store.open(config.store_url, create=False)
 
 
 @app.command()
@@ -62,7 +64,9 @@ def run(
     from live.config import load_config
     from live.logs import configure
     from live.runner import Runner
+    from quantshift.cli import require_at_least
 
+    require_at_least("--max-bars", max_bars, 1)
     configure()
     cfg = load_config(config)
     started = time.perf_counter()
@@ -110,6 +114,7 @@ def status(config: ConfigOpt, json_out: JsonOpt = False) -> None:
     cfg, store = _open_store(config)
     with store:
         info = store.status().to_dict()
+        info["owner"] = store.owner()
         info["promotions"] = _promotions_in_use(cfg, store)
     info["runner"] = cfg.name
     if cfg.lease.redis_url is not None:
@@ -149,6 +154,45 @@ def resume(config: ConfigOpt, by: ByOpt = None) -> None:
         typer.echo("nothing to resume: no HALT is active")
     else:
         typer.echo(f"resumed: cleared HALT '{cleared.reason}' (by {_who(by)})")
+
+
+@app.command("install-units")
+def install_units(
+    target: Annotated[Path, typer.Option(help="Where to write the units.")] = Path(
+        "/etc/systemd/system"
+    ),
+    user: Annotated[str, typer.Option(help="The account the services run as.")] = "quantshift",
+    group: Annotated[str | None, typer.Option(help="Their group (default: the user's).")] = None,
+    config_dir: Annotated[
+        Path, typer.Option(help="Runner configs NAME.toml and key files NAME.env.")
+    ] = Path("/etc/quantshift"),
+    data_dir: Annotated[
+        Path, typer.Option(help="The one directory the services may write.")
+    ] = Path("/var/lib/quantshift"),
+    root: Annotated[
+        Path | None, typer.Option(help="The project checkout (default: this one).")
+    ] = None,
+    bin_dir: Annotated[
+        Path | None, typer.Option(help="Where `live` and `quantshift` are (default: this venv).")
+    ] = None,
+) -> None:
+    """Write the systemd units (runner, nightly data fetch, research jobs) for this host."""
+    from live.systemd import default_settings, user_exists
+    from live.systemd import install_units as write_units
+
+    settings = default_settings(
+        root=root, bin_dir=bin_dir, config_dir=config_dir, data_dir=data_dir, user=user,
+        group=group,
+    )  # fmt: skip
+    for path in write_units(target, settings):
+        typer.echo(f"wrote {path}")
+    if not user_exists(settings.user):
+        typer.echo(f"note: user {settings.user!r} does not exist yet: useradd --system {user}")
+    typer.echo(
+        f"next: install -d -o {settings.user} -m 700 {settings.data_dir}; put NAME.toml (and "
+        f"NAME.env, mode 600) in {settings.config_dir}; systemctl daemon-reload; "
+        "systemctl enable --now quantshift-live@NAME.service quantshift-data-fetch.timer"
+    )
 
 
 def _lease_info(cfg) -> dict[str, Any]:
@@ -215,6 +259,14 @@ def _print_status(info: dict[str, Any]) -> None:
         f"runner {info['runner']}: store {info['store']} (schema v{info['schema_version']}), "
         f"fence epoch {info['fence_epoch']}"
     )
+    owner = info.get("owner")
+    if owner is None:
+        out.print("no runner has started on this store yet")
+    elif owner["runner"] != info["runner"]:
+        out.print(
+            f"[bold red]this store belongs to runner {owner['runner']!r}[/] "
+            f"(lease {owner['lease_name']!r}), not to this config's runner {info['runner']!r}"
+        )
     if leader:
         out.print(
             f"leader {leader.get('host')} epoch {leader.get('epoch')}, last heartbeat "

@@ -1,27 +1,26 @@
 """Structured logs of the live runner: one JSON object per line, with cycle, epoch and order ids.
 
-Secrets never reach a log line: URLs in messages have their passwords masked, and the venue
-keys loaded in this process are scrubbed.
+Secrets never reach a log line: passwords in URLs and secret query parameters are masked, and
+the venue keys loaded in this process are scrubbed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 
 from live.secrets import scrub
+from quantshift.urls import mask_secrets
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.I)
 FIELDS = ("cycle", "bar", "epoch", "client_order_id", "sleeve", "symbol", "host")
 
 
 def mask(text: str) -> str:
-    """Replace the password of any URL in ``text`` with ``***``, and every venue key loaded
-    in this process with ``****``."""
-    return scrub(_PASSWORD_IN_URL.sub(lambda m: f"{m.group('head')}***@", text))
+    """Mask URL passwords and secret query parameters in ``text`` (``***``) and every venue
+    key loaded in this process (``****``)."""
+    return scrub(mask_secrets(text))
 
 
 class JsonFormatter(logging.Formatter):

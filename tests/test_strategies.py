@@ -296,3 +296,49 @@ def test_warmup_is_exact(name, data):
     entries, exits, *_ = run_signals(strategy, _earliest_entry_bars(name, warmup + 1), params)
     assert not entries[:warmup].any() and not exits[:warmup].any()
     assert entries[warmup], f"{name} could enter at bar {warmup} but did not"
+
+
+def test_regression_grid_is_counted_before_it_is_built_and_blocks_keep_product_order():
+    import itertools
+
+    from quantshift.errors import ConfigError
+    from quantshift.strategies.grid import GridAxis
+
+    strategy = get_strategy("breakout_momentum")
+    axes = {"entry_window": range(5, 40, 3), "exit_window": [30, 2, 30, 11], "trail_atr": (1, 3)}
+    oracle = [
+        combo
+        for combo in itertools.product(
+            *(dict.fromkeys(axes.get(p.name, [p.default])) for p in strategy.params)
+        )
+        if all(
+            c.holds(dict(zip(strategy.param_names, combo, strict=True)))
+            for c in strategy.constraints
+        )
+    ]
+    matrix = strategy.grid(axes)
+    np.testing.assert_array_equal(matrix, np.array(oracle, dtype=np.float64))
+    grid = strategy.parameter_grid(axes)
+    for block_sets in (1, 7, 10_000):
+        np.testing.assert_array_equal(np.concatenate(list(grid.blocks(block_sets))), matrix)
+    with pytest.raises(ConfigError, match=r"3,500,000,001 parameter sets"):
+        get_strategy("bollinger_bounce").grid({"bb_std": GridAxis(0.5, 4.0, 1e-9)})
+    with pytest.raises(ConfigError, match=r"10,000,000,000 parameter sets"):
+        strategy.grid({"entry_window": range(10**10)})
+
+
+def test_a_grid_swept_in_chunks_equals_one_pass():
+    import pandas as pd
+
+    import quantshift as qs
+
+    bars = qs.load_bars("synthetic:symbols=2,bars=400,seed=8")
+    grid = {"fast": range(2, 30), "slow": [20, 35, 20, 50]}
+    seen = []
+    chunked = qs.sweep("ma_crossover", bars, grid, progress=lambda d, t: seen.append((d, t)))
+    whole = qs.sweep("ma_crossover", bars, grid)
+    assert len(seen) > 1 and seen[-1] == (len(whole) // 2, len(whole) // 2)
+    pd.testing.assert_frame_equal(chunked, whole)
+    np.testing.assert_array_equal(
+        whole[["fast", "slow"]].to_numpy()[::2], get_strategy("ma_crossover").grid(grid)
+    )
