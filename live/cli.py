@@ -249,6 +249,7 @@ def _iso(ts_ns: int | None) -> str:
 
 
 def _print_status(info: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from quantshift.report import console
@@ -289,7 +290,8 @@ def _print_status(info: dict[str, Any]) -> None:
         else:
             out.print(
                 f"sleeve {sleeve}: promotion record {row['record_id']} ({row['name']}, "
-                f"{row['params']}) since bar {_iso(row['bar_ts_ns'])}"
+                f"{row['params']}) since bar {_iso(row['bar_ts_ns'])}, "
+                + ("verified" if row["verified"] else f"NOT VERIFIED: {escape(row['problem'])}")
             )
     equity = info.get("equity") or {}
     out.print(

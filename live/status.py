@@ -77,7 +77,10 @@ def _lease_info(cfg) -> dict[str, Any]:
 
 
 def _promotions_in_use(cfg, store) -> dict[str, Any]:
-    """Per sleeve: the promotion record its runner adopted last (None: config parameters)."""
+    """Per sleeve: the promotion record its runner adopted last (None: config parameters), and
+    whether the stored record still verifies against the id saved with the adoption."""
+    from live.adoption import adoption_problem
+
     latest = store.current_adoptions(cfg.name)
     out: dict[str, Any] = {}
     for sleeve in cfg.portfolio.sleeve_names:
@@ -86,11 +89,14 @@ def _promotions_in_use(cfg, store) -> dict[str, Any]:
             out[sleeve] = None
             continue
         row = store.promotion(adoption.promotion_id)
+        problem = adoption_problem(row, adoption.record_id)
         out[sleeve] = {
             "record_id": adoption.record_id,
             "name": row.strategy,
             "stage": row.stage,
             "params": row.record_dict()["params"],
             "bar_ts_ns": adoption.bar_ts_ns,
+            "verified": problem is None,
+            "problem": problem,
         }
     return out
