@@ -300,7 +300,10 @@ def test_a_sleeve_promotion_must_name_a_record(tmp_path):
                      "promotion": ""}],
         "store": {"url": f"sqlite:///{tmp_path}/s.db"},
     }  # fmt: skip
-    with pytest.raises(ConfigError, match=r"#1 promotion must be a record name, got ''"):
+    with pytest.raises(
+        ConfigError,
+        match=r"bad.toml: \[sleeves\[0\]\] promotion: must be a non-empty string, got ''",
+    ):
         parse_config(raw, source="bad.toml")
     raw["sleeves"][0]["promotion"] = "trend"
     assert parse_config(raw, source="ok.toml").promotions == {"ma_crossover": "trend"}
