@@ -19,7 +19,7 @@ from live.secrets import scrub
 from quantshift.errors import ConfigError, QuantShiftError
 
 VENUES = ("alpaca", "coinbase")
-"""The real venues, one adapter package each (``live.brokers.venue``)."""
+"""The real venues, one adapter package each (``live.venues.venue``)."""
 TIMEFRAME_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86_400}
 """Bar lengths the runner trades on and every venue's ``bar_pages`` serves."""
 SIDES = ("buy", "sell")

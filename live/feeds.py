@@ -214,7 +214,7 @@ def open_feed(config, portfolio, clock: MarketClock, broker=None, *, now_ns=time
         replay = ReplayFeed(feed.source, symbols, start=feed.start, end=feed.end)
         _check_interval(config, replay.bars)
         return replay
-    from live.brokers import venue_bar_pages
+    from live.venues import venue_bar_pages
 
     venue = VenueFeed(
         venue_bar_pages(broker),

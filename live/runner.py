@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from live.adoption import PromotionAdopter
-from live.brokers import connect_venue
 from live.clock import MarketClock
 from live.config import LiveConfig
 from live.execution import VenueExecution, WorkingOrder, net_positions, positions_differ
@@ -31,6 +30,7 @@ from live.paper import VENUE, PaperVenue
 from live.store import Store, client_order_id
 from live.store.errors import HaltedError, StaleEpochError, StoreUnavailableError
 from live.systemd import Notifier
+from live.venues import connect_venue
 from quantshift.data import Bars
 from quantshift.errors import ConfigError
 from quantshift.portfolio import (

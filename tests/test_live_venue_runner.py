@@ -23,11 +23,11 @@ from test_broker_coinbase import SECRET_ENV as CB_SECRET_ENV
 
 import live.runner as runner_module
 from live.broker import BrokerAuthError, OrderRequest
-from live.brokers import build_broker
 from live.config import load_config, parse_config
 from live.reconcile import reconcile
 from live.runner import Runner
 from live.store import Store
+from live.venues import build_broker
 from quantshift.data import write_parquet
 from quantshift.data.synthetic import synthetic_bars
 from quantshift.errors import ConfigError
