@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from live.adoption import PromotionAdopter
+from live.broker import BrokerAuthError
 from live.brokers import connect_venue
 from live.clock import MarketClock
 from live.config import LiveConfig
@@ -27,6 +28,7 @@ from live.feeds import open_feed
 from live.guards import OrderGuards
 from live.lease import NotLeaderError, open_lease
 from live.metrics import LiveMetrics
+from live.notify import note_auth_failure, start_notifier
 from live.paper import VENUE, PaperVenue
 from live.store import Store, client_order_id
 from live.store.errors import StaleEpochError, StoreUnavailableError
@@ -96,11 +98,17 @@ class Runner:
         self.portfolio = cfg.portfolio
         self.store = Store.open(cfg.store_url)
         self.store.claim_owner(cfg.name, cfg.lease.name)  # one store, one runner identity
+        self.notifier = start_notifier(cfg, self.host)  # sends the store's events, off-cycle
         self.broker = self.execution = self.venue = None
         if cfg.broker.kind == "paper":
             self.venue = PaperVenue(cfg.store_url)
         else:
-            self.broker = connect_venue(cfg)
+            try:
+                self.broker = connect_venue(cfg)
+            except BrokerAuthError as exc:
+                note_auth_failure(self.store, cfg, self.host, exc)
+                self._close()  # the notifier sends it before the process ends
+                raise
             self.execution = VenueExecution(self.broker, self.store)
         self.lease = open_lease(
             cfg.lease.redis_url,
@@ -130,6 +138,8 @@ class Runner:
         self._periods_per_year = periods_per_year(cfg.market, cfg.bar_interval_s)
 
     def _close(self) -> None:
+        if getattr(self, "notifier", None) is not None:
+            self.notifier.stop()
         if getattr(self, "server", None) is not None:
             self.server.close()
         if getattr(self, "broker", None) is not None:
@@ -153,6 +163,9 @@ class Runner:
             if lock is not None:
                 lock.__enter__()
             self._loop(summary)
+        except BrokerAuthError as exc:  # keys revoked mid-run
+            note_auth_failure(self.store, self.config, self.host, exc)
+            raise
         finally:
             if lock is not None:
                 lock.__exit__(None, None, None)
@@ -218,7 +231,7 @@ class Runner:
         keep_alive = None
         try:
             if epoch:
-                self.store.claim_epoch(epoch)
+                self.store.claim_epoch(epoch, by=self.host)
             keep_alive = self.lease.keep_alive(on_lost=lambda _e: self._lost.set())
             self._load()
         except BaseException:
