@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -460,3 +461,13 @@ def test_a_missing_or_unsafe_secret_stops_the_start_naming_where_not_what(tmp_pa
     with pytest.raises(ConfigError, match=r"must be an https:// URL") as caught:
         notifier(url, [{"kind": "discord", "url_env": "QS_PLAIN"}])
     assert "webhook-s3cret" not in str(caught.value) and "$QS_PLAIN" in str(caught.value)
+
+
+def test_the_readme_notify_example_is_a_valid_config(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = [b for b in readme.split("```toml\n")[1:] if b.startswith("[notify]")]
+    path = tmp_path / "live.toml"
+    path.write_text(BASE + block.split("```")[0])
+    notify = load_config(path).notify
+    assert [c.kind for c in notify.channels] == ["slack", "telegram", "email"]
+    assert notify.channels[2].port == 587 and notify.channels[2].starttls
