@@ -471,3 +471,30 @@ def test_the_readme_notify_example_is_a_valid_config(tmp_path):
     notify = load_config(path).notify
     assert [c.kind for c in notify.channels] == ["slack", "telegram", "email"]
     assert notify.channels[2].port == 587 and notify.channels[2].starttls
+
+
+def test_a_channel_answering_nonsense_fails_that_send_and_the_worker_goes_on(
+    tmp_path, services, monkeypatch
+):
+    telegram = services(answer=b"<html>bad gateway</html>")
+    monkeypatch.setenv("QS_TELEGRAM", TELEGRAM_TOKEN)
+    channel = {
+        "kind": "telegram",
+        "token_env": "QS_TELEGRAM",
+        "chat_id": 7,
+        "api_url": telegram.url,
+    }
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    with Store.open(url) as store:
+        sender = notifier(url, [channel], retries=0).start()
+        try:
+            store.halt("one", "alice")
+            wait_for(lambda: store.notifications()[0].outcome is not None)
+            store.resume("alice")
+            store.halt("two", "alice")
+            wait_for(lambda: all(n.outcome for n in store.notifications()))
+        finally:
+            sender.stop()
+        outcomes = [n.outcome for n in store.notifications()]
+    assert len(outcomes) == 2 and len(telegram.requests) == 2
+    assert all(o.startswith("telegram: telegram refused the message") for o in outcomes)

@@ -98,7 +98,7 @@ class Channel:
             ) from None
         except (urllib.error.URLError, OSError) as exc:
             raise ChannelError(f"cannot reach {self.kind}: {getattr(exc, 'reason', exc)}") from None
-        if self.kind == "telegram" and not json.loads(answer or b"{}").get("ok"):
+        if self.kind == "telegram" and not _telegram_ok(answer):
             raise ChannelError(f"telegram refused the message: {answer[:200]!r}")
 
     def _mail(self, message: Message) -> None:
@@ -149,6 +149,13 @@ def _check_url(url: str, where: str) -> None:
     if parts.scheme == "http" and is_loopback_host(parts.hostname or ""):
         return
     raise ConfigError(f"{where}: must be an https:// URL (http:// only to a loopback host)")
+
+
+def _telegram_ok(answer: bytes) -> bool:
+    try:
+        return json.loads(answer).get("ok") is True
+    except (ValueError, AttributeError):
+        return False
 
 
 def _cut(text: str, kind: str) -> str:

@@ -79,6 +79,7 @@ class Notifier:
         self._lock = threading.Lock()
         self._workers = [_Worker(self, channel) for channel in self.channels]
         self._summary_day: str | None = None
+        self._closed = False
         self.store: Store | None = None
 
     def start(self) -> Notifier:
@@ -108,6 +109,8 @@ class Notifier:
         self._stop.set()
         for thread in self._threads[1:]:
             thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            self._closed = True  # a send still in flight is logged, not recorded
         if self.store is not None:
             self.store.close()
 
@@ -162,7 +165,11 @@ class Notifier:
             if pending.waiting:
                 return
             del self._pending[event.notification_id]
+            closed = self._closed
         outcome = "; ".join(pending.failures)[:1000] or "sent"
+        if closed:
+            log.warning("notify: %s after shutdown: %s", event.event_key, outcome)
+            return
         try:
             self.store.finish_notification(event.notification_id, outcome)
         except Exception as exc:
@@ -220,14 +227,14 @@ class _Worker:
             try:
                 self.channel.send(message)
                 return None
-            except ChannelError as exc:
-                failure = mask(str(exc))
+            except Exception as exc:  # whatever went wrong, the worker lives on
+                failure = mask(str(exc) if isinstance(exc, ChannelError) else repr(exc))
                 log.warning(
                     "notify: %s failed (attempt %d of %d): %s",
                     self.channel.name, attempt + 1, cfg.retries + 1, failure,
                     extra={"channel": self.channel.name},
                 )  # fmt: skip
-                wait_s = backoff_s if exc.retry_after_s is None else exc.retry_after_s
+                wait_s = getattr(exc, "retry_after_s", None) or backoff_s
                 if attempt < cfg.retries and self.notifier._stop.wait(min(wait_s, 300.0)):
                     break  # stopping: report what we have rather than hold up shutdown
                 backoff_s *= 2

@@ -73,6 +73,13 @@ class Outbox:
         not replay old alerts).
         """
         host = checks.text("host", host)
+        # Look before taking the write lock: most polls find nothing, and SQLite has one writer.
+        with self._db.read("look for notifications") as tx:
+            waiting = tx.one(
+                "SELECT 1 AS found FROM notifications WHERE claimed_by IS NULL LIMIT 1"
+            )
+        if waiting is None:
+            return []
         now = time.time_ns()
         claimed = []
         with self._db.transaction("claim notifications") as tx:
