@@ -156,6 +156,23 @@ def resume(config: ConfigOpt, by: ByOpt = None) -> None:
         typer.echo(f"resumed: cleared HALT '{cleared.reason}' (by {_who(by)})")
 
 
+@app.command("notify-test")
+def notify_test(config: ConfigOpt) -> None:
+    """Send a test message to every [notify] channel; exit 1 if any could not be reached."""
+    from live.config import load_config
+    from live.notify import send_test
+    from quantshift.errors import ConfigError
+
+    cfg = load_config(config)
+    if not cfg.notify.channels:
+        raise ConfigError(f"{config}: [notify] names no channels ([[notify.channels]])")
+    results = send_test(cfg, socket.gethostname())
+    for name, failure in results.items():
+        typer.echo(f"{name}: {'sent' if failure is None else 'failed: ' + failure}")
+    if any(failure is not None for failure in results.values()):
+        raise typer.Exit(1)
+
+
 def _lease_info(cfg) -> dict[str, Any]:
     from live.lease import LeaseUnavailableError, RedisLease
 

@@ -19,7 +19,9 @@ from aiosmtpd.smtp import AuthResult
 from test_live_runner import _config as paper_config
 from test_live_store import new_pg_database, pg_admin  # noqa: F401 (fixture)
 from test_live_venue_runner import SECRET_ENV, alpaca, alpaca_config  # noqa: F401 (fixture)
+from typer.testing import CliRunner
 
+from live import cli
 from live.broker import BrokerAuthError
 from live.config import load_config
 from live.notify import Notifier, parse_notify
@@ -498,3 +500,29 @@ def test_a_channel_answering_nonsense_fails_that_send_and_the_worker_goes_on(
         outcomes = [n.outcome for n in store.notifications()]
     assert len(outcomes) == 2 and len(telegram.requests) == 2
     assert all(o.startswith("telegram: telegram refused the message") for o in outcomes)
+
+
+def test_notify_test_reports_each_channel_and_fails_on_an_unreachable_one(
+    tmp_path, services, monkeypatch, capsys
+):
+    hook, down = services(), services(status=403)
+    monkeypatch.setenv("QS_HOOK", f"{hook.url}/hook")
+    monkeypatch.setenv("QS_DOWN", f"{down.url}/services/{SLACK_URL_SECRET}")
+    path = tmp_path / "live.toml"
+    path.write_text(BASE)
+    monkeypatch.setattr("sys.argv", ["live", "notify-test", "--config", str(path)])
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main()
+    assert exit_code.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: {path}: [notify] names no channels ([[notify.channels]])\n"
+    )
+    path.write_text(
+        BASE + '[[notify.channels]]\nkind = "webhook"\nurl_env = "QS_HOOK"\n'
+        '[[notify.channels]]\nkind = "slack"\nurl_env = "QS_DOWN"\n'
+    )
+    result = CliRunner().invoke(cli.app, ["notify-test", "--config", str(path)])
+    assert result.exit_code == 1
+    assert result.output == "webhook: sent\nslack: failed: HTTP 403 Forbidden\n"
+    assert hook.bodies()[0]["title"].startswith("test from n on ")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
+from live.notify.channels import Message, open_channel, scrub
 from live.notify.config import ChannelConfig, NotifyConfig, parse_notify
 from live.notify.notifier import Notifier
 
@@ -21,6 +22,7 @@ __all__ = [
     "NotifyConfig",
     "note_auth_failure",
     "parse_notify",
+    "send_test",
     "start_notifier",
 ]
 
@@ -46,3 +48,38 @@ def note_auth_failure(store, config, host: str, error: Exception) -> None:
         )
     except Exception as exc:
         log.warning("notify: cannot record the auth failure: %s", exc)
+
+
+def send_test(config, host: str) -> dict[str, str | None]:
+    """Send one test message to each channel of a live config, now (no outbox, no rate limit);
+    return channel name -> None (sent) or what failed, masked."""
+    notify = config.notify
+    channels = [
+        open_channel(
+            c, secrets_file=notify.secrets_file, timeout_s=notify.timeout_s, source=notify.source
+        )
+        for c in notify.channels
+    ]
+    secrets = tuple(s for c in channels for s in c.secrets)
+    message = Message(
+        f"test from {config.name} on {host}",
+        "If you read this, QuantShift can reach you here.",
+        (
+            {
+                "kind": "test",
+                "event": "test",
+                "key": "test",
+                "title": "test",
+                "text": "",
+                "ts_ns": 0,
+            },
+        ),
+    )
+    results: dict[str, str | None] = {}
+    for channel in channels:
+        try:
+            channel.send(message)
+            results[channel.name] = None
+        except Exception as exc:
+            results[channel.name] = scrub(str(exc), secrets)
+    return results
