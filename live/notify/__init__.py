@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-from live.notify.channels import Message, open_channel, scrub
+from live.notify.channels import Message, open_channels, scrub
 from live.notify.config import ChannelConfig, NotifyConfig, parse_notify
 from live.notify.notifier import Notifier
 
@@ -53,13 +53,7 @@ def note_auth_failure(store, config, host: str, error: Exception) -> None:
 def send_test(config, host: str) -> dict[str, str | None]:
     """Send one test message to each channel of a live config, now (no outbox, no rate limit);
     return channel name -> None (sent) or what failed, masked."""
-    notify = config.notify
-    channels = [
-        open_channel(
-            c, secrets_file=notify.secrets_file, timeout_s=notify.timeout_s, source=notify.source
-        )
-        for c in notify.channels
-    ]
+    channels = open_channels(config.notify)
     secrets = tuple(s for c in channels for s in c.secrets)
     message = Message(
         f"test from {config.name} on {host}",

@@ -16,7 +16,7 @@ from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 from live.broker import is_loopback_host
-from live.notify.config import SECRET_FIELD, ChannelConfig
+from live.notify.config import SECRET_FIELD, ChannelConfig, NotifyConfig
 from live.secrets import Secret, load_secret
 from live.store.db import mask_password
 from quantshift.errors import ConfigError
@@ -116,6 +116,16 @@ class Channel:
                 smtp.send_message(mail)
         except (smtplib.SMTPException, OSError) as exc:
             raise ChannelError(f"email via {cfg.host}:{cfg.port}: {exc}") from None
+
+
+def open_channels(notify: NotifyConfig) -> list[Channel]:
+    """Open every channel of ``notify`` (see :func:`open_channel`)."""
+    return [
+        open_channel(
+            c, secrets_file=notify.secrets_file, timeout_s=notify.timeout_s, source=notify.source
+        )
+        for c in notify.channels
+    ]
 
 
 def open_channel(

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from live.notify.channels import Channel, ChannelError, Message, open_channel, scrub
+from live.notify.channels import Channel, ChannelError, Message, open_channels, scrub
 from live.notify.config import NotifyConfig
 from live.notify.summary import daily_summary, summary_due
 from live.store import Notification, Store
@@ -62,15 +62,7 @@ class Notifier:
 
     def __init__(self, config: NotifyConfig, store_url: str, runner: str, host: str) -> None:
         self.config, self.store_url, self.runner, self.host = config, store_url, runner, host
-        self.channels = [
-            open_channel(
-                c,
-                secrets_file=config.secrets_file,
-                timeout_s=config.timeout_s,
-                source=config.source,
-            )
-            for c in config.channels
-        ]
+        self.channels = open_channels(config)
         self._secrets = tuple(s for c in self.channels for s in c.secrets)
         self._stop = threading.Event()
         self._polling = threading.Event()
