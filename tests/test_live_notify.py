@@ -224,7 +224,7 @@ def dedupe_across_hosts(url, services, monkeypatch):
                 # Both hosts saw the venue refuse the keys and both write the day's summary.
                 for host in hosts:
                     store.notify(key=f"auth_failure:{i}", kind="auth_failure", title="t", body="b")
-                    host.poll_once(now_ns=EVENING_NS)
+                    host.poll_once(summary_clock_ns=EVENING_NS)
             wait_for(lambda: len(sent_keys(hook)) >= 46)
             time.sleep(0.3)  # let a duplicate, if any, arrive
         finally:
@@ -365,7 +365,7 @@ def test_the_daily_summary_is_written_once_a_day_with_the_days_numbers(tmp_path)
     evening = last_exit - last_exit % day_ns + 22 * 3600 * 10**9
 
     def summaries(host, now_ns):
-        return [e for e in host.poll_once(now_ns=now_ns) if e.kind == "summary"]
+        return [e for e in host.poll_once(summary_clock_ns=now_ns) if e.kind == "summary"]
 
     a, b = notifier(url, [], host="a"), notifier(url, [], host="b")
     for host in (a, b):
@@ -526,3 +526,20 @@ def test_notify_test_reports_each_channel_and_fails_on_an_unreachable_one(
     assert result.exit_code == 1
     assert result.output == "webhook: sent\nslack: failed: HTTP 403 Forbidden\n"
     assert hook.bodies()[0]["title"].startswith("test from n on ")
+
+
+def test_an_event_a_dead_host_claimed_is_sent_by_the_other_one(tmp_path, services, monkeypatch):
+    hook = services()
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    with Store.open(url) as store:
+        store.halt("guard tripped", "runner primary")
+        (held,) = store.claim_notifications("primary")  # then the primary is killed
+        assert store.claim_notifications("standby") == []  # held, for now
+        standby = notifier(url, [webhook(hook, monkeypatch)], host="standby", reclaim_after_s=0.5)
+        standby.start()
+        try:
+            wait_for(lambda: store.notifications()[0].outcome == "sent")
+        finally:
+            standby.stop()
+        (event,) = store.notifications()
+    assert sent_keys(hook) == [held.event_key] and event.claimed_by == "standby"

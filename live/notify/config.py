@@ -43,6 +43,7 @@ _NOTIFY_KEYS = {
     "queue_size",
     "poll_s",
     "max_age_s",
+    "reclaim_after_s",
     "summary_utc",
 }
 
@@ -76,7 +77,8 @@ class NotifyConfig:
     meanwhile go out together in one message); a failed send is tried ``retries`` more times,
     ``retry_backoff_s`` doubling; a channel keeps at most ``queue_size`` messages waiting.
     ``summary_utc`` ("HH:MM" or None) is when the daily summary goes out; events older than
-    ``max_age_s`` when first seen are not sent.
+    ``max_age_s`` when first seen are not sent; an event a host claimed but did not finish
+    within ``reclaim_after_s`` (it died) is sent by another.
     """
 
     channels: tuple[ChannelConfig, ...] = ()
@@ -89,6 +91,7 @@ class NotifyConfig:
     queue_size: int = 100
     poll_s: float = 2.0
     max_age_s: float = 86_400.0
+    reclaim_after_s: float = 300.0
     summary_utc: str | None = "21:30"
     source: str = field(default="<live config>", compare=False)
 
@@ -105,6 +108,7 @@ def parse_notify(raw: Mapping[str, Any], source: str) -> NotifyConfig:
         ("timeout_s", 1e-9),
         ("poll_s", 1e-9),
         ("max_age_s", 1e-9),
+        ("reclaim_after_s", 1e-9),
     ):
         if key in raw:
             value = raw[key]

@@ -121,19 +121,24 @@ class Notifier:
             while self._polling.is_set() and time.monotonic() < deadline:
                 time.sleep(min(0.05, self.config.poll_s))
 
-    def poll_once(self, now_ns: int | None = None) -> list[Notification]:
-        """Write the daily summary when due, claim new events and queue them; return them."""
-        now_ns = time.time_ns() if now_ns is None else now_ns
+    def poll_once(self, summary_clock_ns: int | None = None) -> list[Notification]:
+        """Write the daily summary when due at ``summary_clock_ns`` (default: now), claim new
+        events and queue them; return them."""
+        now_ns = time.time_ns()
         if self.config.summary_utc is not None:
-            day = summary_due(self.config.summary_utc, now_ns, self._summary_day)
+            clock_ns = now_ns if summary_clock_ns is None else summary_clock_ns
+            day = summary_due(self.config.summary_utc, clock_ns, self._summary_day)
             if day is not None:
                 title, body = daily_summary(self.store, self.runner, day)
                 self.store.notify(
                     key=f"summary:{self.runner}:{day}", kind="summary", title=title, body=body
                 )
                 self._summary_day = day
-        not_before = int(now_ns - self.config.max_age_s * 1e9)
-        events = self.store.claim_notifications(self.host, not_before_ns=not_before)
+        events = self.store.claim_notifications(
+            self.host,
+            not_before_ns=int(now_ns - self.config.max_age_s * 1e9),
+            reclaim_before_ns=int(now_ns - self.config.reclaim_after_s * 1e9),
+        )
         for event in events:
             self._dispatch(event)
         return events

@@ -63,21 +63,22 @@ class Outbox:
             return enqueue(tx, key=key, kind=kind, title=title, body=body, ts_ns=now)
 
     def claim_notifications(
-        self, host: str, *, limit: int = 50, not_before_ns: int = 0
+        self, host: str, *, limit: int = 50, not_before_ns: int = 0, reclaim_before_ns: int = 0
     ) -> list[Notification]:
-        """Claim up to ``limit`` unclaimed events for ``host``, oldest first, and return them.
+        """Claim up to ``limit`` events for ``host``, oldest first, and return them.
 
-        Each row moves from unclaimed to ``host`` by a compare-and-set, so of two notifiers
-        claiming at once exactly one gets it. Events created before ``not_before_ns`` are
-        claimed as ``expired`` and not returned (a notifier started after a long silence does
-        not replay old alerts).
+        An event is free when unclaimed, or claimed before ``reclaim_before_ns`` and never
+        finished (its host died holding it: better a late alert than none). Each row moves to
+        ``host`` by a compare-and-set, so of two notifiers claiming at once exactly one gets it.
+        Events created before ``not_before_ns`` are claimed as ``expired`` and not returned (a
+        notifier started after a long silence does not replay old alerts).
         """
         host = checks.text("host", host)
+        free = "(claimed_by IS NULL OR (outcome IS NULL AND ts_claimed_ns < ?))"
+        reclaim = (int(reclaim_before_ns),)
         # Look before taking the write lock: most polls find nothing, and SQLite has one writer.
         with self._db.read("look for notifications") as tx:
-            waiting = tx.one(
-                "SELECT 1 AS found FROM notifications WHERE claimed_by IS NULL LIMIT 1"
-            )
+            waiting = tx.one(f"SELECT 1 AS found FROM notifications WHERE {free} LIMIT 1", reclaim)
         if waiting is None:
             return []
         now = time.time_ns()
@@ -85,21 +86,21 @@ class Outbox:
         with self._db.transaction("claim notifications") as tx:
             skip = " FOR UPDATE SKIP LOCKED" if self._db.for_update else ""
             rows = tx.all(
-                "SELECT * FROM notifications WHERE claimed_by IS NULL "
-                "ORDER BY notification_id LIMIT ?" + skip,
-                (int(limit),),
+                f"SELECT * FROM notifications WHERE {free} ORDER BY notification_id LIMIT ?" + skip,
+                (*reclaim, int(limit)),
             )
             for row in rows:
                 expired = row["ts_created_ns"] < not_before_ns
                 won = tx.run(
                     "UPDATE notifications SET claimed_by = ?, ts_claimed_ns = ?, outcome = ?, "
-                    "ts_done_ns = ? WHERE notification_id = ? AND claimed_by IS NULL",
+                    f"ts_done_ns = ? WHERE notification_id = ? AND {free}",
                     (
                         host,
                         now,
                         "expired" if expired else None,
                         now if expired else None,
                         row["notification_id"],
+                        *reclaim,
                     ),
                 )
                 if won and not expired:
