@@ -156,6 +156,45 @@ def resume(config: ConfigOpt, by: ByOpt = None) -> None:
         typer.echo(f"resumed: cleared HALT '{cleared.reason}' (by {_who(by)})")
 
 
+@app.command("install-units")
+def install_units(
+    target: Annotated[Path, typer.Option(help="Where to write the units.")] = Path(
+        "/etc/systemd/system"
+    ),
+    user: Annotated[str, typer.Option(help="The account the services run as.")] = "quantshift",
+    group: Annotated[str | None, typer.Option(help="Their group (default: the user's).")] = None,
+    config_dir: Annotated[
+        Path, typer.Option(help="Runner configs NAME.toml and key files NAME.env.")
+    ] = Path("/etc/quantshift"),
+    data_dir: Annotated[
+        Path, typer.Option(help="The one directory the services may write.")
+    ] = Path("/var/lib/quantshift"),
+    root: Annotated[
+        Path | None, typer.Option(help="The project checkout (default: this one).")
+    ] = None,
+    bin_dir: Annotated[
+        Path | None, typer.Option(help="Where `live` and `quantshift` are (default: this venv).")
+    ] = None,
+) -> None:
+    """Write the systemd units (runner, nightly data fetch, research jobs) for this host."""
+    from live.systemd import default_settings, user_exists
+    from live.systemd import install_units as write_units
+
+    settings = default_settings(
+        root=root, bin_dir=bin_dir, config_dir=config_dir, data_dir=data_dir, user=user,
+        group=group,
+    )  # fmt: skip
+    for path in write_units(target, settings):
+        typer.echo(f"wrote {path}")
+    if not user_exists(settings.user):
+        typer.echo(f"note: user {settings.user!r} does not exist yet: useradd --system {user}")
+    typer.echo(
+        f"next: install -d -o {settings.user} -m 700 {settings.data_dir}; put NAME.toml (and "
+        f"NAME.env, mode 600) in {settings.config_dir}; systemctl daemon-reload; "
+        "systemctl enable --now quantshift-live@NAME.service quantshift-data-fetch.timer"
+    )
+
+
 @app.command("notify-test")
 def notify_test(config: ConfigOpt) -> None:
     """Send a test message to every [notify] channel; exit 1 if any could not be reached."""

@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from quantshift.errors import ConfigError, QuantShiftError
+from quantshift.urls import mask_secrets, url_password
 
 log = logging.getLogger(__name__)
 
@@ -146,33 +146,6 @@ def lease_timing(ttl_ms: int, renew_interval_ms: int, deadline_ms: int | None) -
             f"renew_interval_ms={renew_interval_ms}, deadline_ms={deadline_ms}, ttl_ms={ttl_ms}"
         )
     return deadline_ms
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (for repr, logs and errors)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "<unparseable Redis URL>"
-    netloc = parts.netloc
-    if parts.password is not None:
-        user = parts.username or ""
-        netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
-    query = urlencode(
-        [(k, "***" if k.lower() in ("password", "pass") else v) for k, v in parse_qsl(parts.query)]
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _password(url: str) -> str | None:
-    try:
-        parts = urlsplit(url)
-        found = parts.password or dict(parse_qsl(parts.query)).get("password")
-    except ValueError:
-        return None
-    return found or None
 
 
 class KeepAlive:
@@ -302,8 +275,8 @@ class RedisLease:
         self.deadline_ms = lease_timing(ttl_ms, renew_interval_ms, deadline_ms)
         self.name, self.prefix = name, prefix
         self.ttl_ms, self.renew_interval_ms = ttl_ms, renew_interval_ms
-        self.url_redacted = redact_url(url)
-        self._password = _password(url)
+        self.url_redacted = mask_secrets(url)
+        self._password = url_password(url)
         self._clock = clock
         self._lease_key = f"{prefix}:{name}:lease"
         self._epoch_key = f"{prefix}:{name}:epoch"
@@ -355,8 +328,7 @@ class RedisLease:
         return None if term is None else term.state
 
     def _scrub(self, exc: BaseException) -> str:
-        text = f"{type(exc).__name__}: {exc}"
-        return text.replace(self._password, "***") if self._password else text
+        return mask_secrets(f"{type(exc).__name__}: {exc}", self._password)
 
     def try_acquire(self, *, above_epoch: int = 0) -> LeaseState | None:
         """Take the lease if nobody holds it; return the new term, or None.

@@ -1,23 +1,18 @@
 """Structured logs of the live runner: one JSON object per line, with cycle, epoch and order ids.
 
-Secrets never reach a log line: URLs in messages have their passwords masked.
+Secrets never reach a log line: passwords in URLs and secret query parameters are masked.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.I)
+from quantshift.urls import mask_secrets
+
 FIELDS = ("cycle", "bar", "epoch", "client_order_id", "sleeve", "symbol", "host")
-
-
-def mask(text: str) -> str:
-    """Replace the password of any URL in ``text`` with ``***``."""
-    return _PASSWORD_IN_URL.sub(lambda m: f"{m.group('head')}***@", text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,14 +24,14 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": mask(record.getMessage()),
+            "message": mask_secrets(record.getMessage()),
         }
         for name in FIELDS:
             value = getattr(record, name, None)
             if value is not None:
                 out[name] = value
         if record.exc_info:
-            out["error"] = mask(self.formatException(record.exc_info))
+            out["error"] = mask_secrets(self.formatException(record.exc_info))
         return json.dumps(out, default=str)
 
 

@@ -28,10 +28,11 @@ from live.feeds import open_feed
 from live.guards import OrderGuards
 from live.lease import NotLeaderError, open_lease
 from live.metrics import LiveMetrics
-from live.notify import note_auth_failure, start_notifier
+from live.notify import note_auth_failure, start_alerts
 from live.paper import VENUE, PaperVenue
 from live.store import Store, client_order_id
 from live.store.errors import StaleEpochError, StoreUnavailableError
+from live.systemd import Notifier
 from quantshift.data import Bars
 from quantshift.portfolio import (
     PortfolioState,
@@ -98,7 +99,7 @@ class Runner:
         self.portfolio = cfg.portfolio
         self.store = Store.open(cfg.store_url)
         self.store.claim_owner(cfg.name, cfg.lease.name)  # one store, one runner identity
-        self.notifier = start_notifier(cfg, self.host)  # sends the store's events, off-cycle
+        self.alerts = start_alerts(cfg, self.host)  # sends the store's events, off-cycle
         self.broker = self.execution = self.venue = None
         if cfg.broker.kind == "paper":
             self.venue = PaperVenue(cfg.store_url)
@@ -107,7 +108,7 @@ class Runner:
                 self.broker = connect_venue(cfg)
             except BrokerAuthError as exc:
                 note_auth_failure(self.store, cfg, self.host, exc)
-                self._close()  # the notifier sends it before the process ends
+                self._close()  # the alerts thread sends it before the process ends
                 raise
             self.execution = VenueExecution(self.broker, self.store)
         self.lease = open_lease(
@@ -129,17 +130,23 @@ class Runner:
         )
         clock = MarketClock(cfg.market, cfg.bar_interval_s)
         self.guards = OrderGuards(cfg.guards, clock=clock)
+        self.notifier = Notifier.from_environment()
         self.feed = open_feed(
-            cfg, self.portfolio, clock, self.broker, now_ns=self._now_ns, wait=self._wait
-        )
+            cfg, self.portfolio, clock, self.broker, now_ns=self._now_ns,
+            wait=self.notifier.watched(self._wait),
+        )  # fmt: skip
         self.bars: Bars = self.feed.bars
         self.adopter = PromotionAdopter(cfg, self.store, self.metrics, self.host)
         self.interval_ns = cfg.bar_interval_s * 1_000_000_000
         self._periods_per_year = periods_per_year(cfg.market, cfg.bar_interval_s)
+        self.metrics.started(clock, cfg.portfolio.limits)
+        self.notifier.ready()
 
     def _close(self) -> None:
         if getattr(self, "notifier", None) is not None:
-            self.notifier.stop()
+            self.notifier.stopping()
+        if getattr(self, "alerts", None) is not None:
+            self.alerts.stop()
         if getattr(self, "server", None) is not None:
             self.server.close()
         if getattr(self, "broker", None) is not None:
@@ -195,6 +202,7 @@ class Runner:
                 # cycle wrote is idempotent, so stand by and let the next leader (maybe us,
                 # once the store is back) redo the bar.
                 log.warning("standing by: %s", exc, extra={"host": self.host})
+                self.metrics.set_store_reachable(not isinstance(exc, StoreUnavailableError))
                 if keep_alive is not None:
                     keep_alive.stop()
                     keep_alive = None
@@ -389,6 +397,7 @@ class Runner:
             self.metrics.set_portfolio(
                 state.equity_usd, state.equity_usd - state.day_start_equity, len(state.positions())
             )
+            self.metrics.set_state(state, ts)
 
     # ------------------------------------------------------------------ paper and venue fills
     def _fill_paper(self, t, state, halt, epoch, summary):
@@ -472,7 +481,7 @@ class Runner:
         detail = "; ".join(f"{s} venue {a:g} vs ours {b:g}" for s, (a, b) in differs.items())
         log.error("reconcile: positions differ: %s", detail)
         self.store.halt(f"reconcile: {detail}"[:500], by=f"runner {self.host}", epoch=epoch)
-        self.metrics.set_halt(True, "runner_error")
+        self.metrics.set_halt(True, "reconcile_mismatch")
 
     def _window(self, t: int) -> Bars:
         """The bars the signals see: the whole replay so far (a live venue would keep a window
@@ -599,6 +608,7 @@ class Runner:
     def _heartbeat(self, role: str, epoch: int | None) -> None:
         self.store.heartbeat(self.host, role, epoch, time.time_ns())
         self.metrics.heartbeat()
+        self.notifier.alive(role if epoch is None else f"{role} epoch {epoch}")
 
 
 @dataclass(frozen=True)

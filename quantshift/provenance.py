@@ -1,16 +1,20 @@
 """Code fingerprints: which code produced a result, so research and live can pin to it.
 
-A fingerprint names the package version, a hash of the strategy's code and the git commit.
+A fingerprint names the package version, a hash of the strategy's code and the git commit;
+the same digests key the caches of compiled kernels (``engine.fused``, ``portfolio.loop``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import subprocess
+import sys
+import types
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from quantshift.engine.fused import _function_bytes, _package_digest, _source_file
 from quantshift.strategies import Strategy, get_strategy
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +25,8 @@ def strategy_hash(strategy: str | Strategy) -> str:
     its source file, so any edit to what decides its trades changes the hash."""
     strat = get_strategy(strategy)
     func = getattr(strat.signal_nb, "py_func", strat.signal_nb)
-    h = hashlib.sha256(_function_bytes(func, set()))
-    path = _source_file(func)
+    h = hashlib.sha256(function_bytes(func, set()))
+    path = source_file(func)
     if path is not None:
         h.update(Path(path).read_bytes())
     h.update(repr([(p.name, p.low, p.high, p.integer) for p in strat.params]).encode())
@@ -70,7 +74,54 @@ def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
     return {
         "version": __version__,
         "strategy_hash": strategy_hash(strategy),
-        "core_hash": _package_digest().hex(),
+        "core_hash": package_digest().hex(),
         "git_commit": commit,
         "git_dirty": dirty,
     }
+
+
+@cache
+def package_digest() -> bytes:
+    """Return a SHA-256 over every source file of the ``quantshift`` package (paths and
+    contents): the key of compiled kernels' caches and the ``core_hash`` of a fingerprint."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.digest()
+
+
+def function_bytes(func, seen: set[int]) -> bytes:
+    """Return the name and code of ``func`` and of the numba functions it calls (a helper
+    defined without a file, as in a notebook cell, changes no file digest)."""
+    if id(func) in seen:
+        return b""
+    seen.add(id(func))
+    parts = [f"{func.__module__}.{func.__qualname__}".encode(), _code_bytes(func.__code__)]
+    for name in func.__code__.co_names:
+        called = getattr(func.__globals__.get(name), "py_func", None)
+        if called is not None:
+            parts.append(function_bytes(called, seen))
+    return b"\x1f".join(parts)
+
+
+def _code_bytes(code: types.CodeType) -> bytes:
+    parts = [code.co_code, repr(code.co_names).encode()]
+    for const in code.co_consts:
+        parts.append(
+            _code_bytes(const) if isinstance(const, types.CodeType) else repr(const).encode()
+        )
+    return b"\x1f".join(parts)
+
+
+def source_file(func) -> str | None:
+    """Return the file ``func`` was defined in (or its module's), or None without one."""
+    try:
+        path = inspect.getsourcefile(func)
+    except TypeError:
+        path = None
+    if path is None:
+        module = sys.modules.get(getattr(func, "__module__", ""), None)
+        path = getattr(module, "__file__", None)
+    return path if path and Path(path).is_file() else None

@@ -63,9 +63,9 @@ class StudyReport:
 
     def close_figures(self) -> None:
         """Release the figures (pyplot keeps every open figure alive until closed)."""
-        from quantshift.engine.plotting import _pyplot
+        from quantshift.engine.plotting import pyplot
 
-        plt = _pyplot()
+        plt = pyplot()
         for fig in self.figures.values():
             plt.close(fig)
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from quantshift.errors import ConfigError, UnknownNameError
+from quantshift.urls import mask_secrets, strip_password
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,14 +44,6 @@ _SECRET_WORDS = frozenset(
         "passwords", "passwd", "pwd", "passphrase", "private", "credential", "credentials",
     }
 )  # fmt: skip
-# user:password@ inside any scheme://... ; SQLAlchemy allows '/' in an unescaped password, so
-# the password runs to the '@' (over-masking a rare 'host:port/path@x' is the safe side).
-_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*):[^\s@]*@")
-_QUERY_SECRET = re.compile(
-    r"(?P<head>[?&](?:password|passwd|pwd|secret|token|api_key|apikey|access_token)=)[^&\s]*",
-    re.IGNORECASE,
-)
-_MASK = "***"
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]+\Z")
 _MLFLOW = None  # the mlflow module once imported
 
@@ -59,13 +52,6 @@ _MLFLOW = None  # the mlflow module once imported
 def registered_model_name(name: str) -> str:
     """The MLflow registered model holding the promotion records of ``name``."""
     return f"quantshift.{name}"
-
-
-def mask_secrets(text: str) -> str:
-    """Return ``text`` with passwords in URIs (``scheme://user:pw@host``) and secret query
-    parameters (``?password=...``) replaced by ``***``."""
-    text = _URI_PASSWORD.sub(rf"\g<head>:{_MASK}@", text)
-    return _QUERY_SECRET.sub(rf"\g<head>{_MASK}", text)
 
 
 def _check_key(key: str, where: str) -> None:
@@ -144,11 +130,6 @@ def default_artifact_root(tracking_uri: str) -> str | None:
     return resolve_experiments_dir().joinpath("artifacts").as_uri()
 
 
-def _strip_password(uri: str) -> str:
-    """Drop the password from a URI (libpq then reads it from PGPASSWORD or ~/.pgpass)."""
-    return _URI_PASSWORD.sub(r"\g<head>@", uri)
-
-
 def ui_command(tracking_uri: str | None = None, *, port: int = UI_PORT) -> str:
     """Return the shell command that opens the MLflow UI on ``tracking_uri``'s store.
 
@@ -160,7 +141,7 @@ def ui_command(tracking_uri: str | None = None, *, port: int = UI_PORT) -> str:
     uri = tracking_uri or default_tracking_uri()
     if _scheme(uri) in ("http", "https"):
         return f"uv run python -m webbrowser {shlex.quote(uri)}"
-    parts = ["uv", "run", "mlflow", "ui", "--backend-store-uri", _strip_password(uri)]
+    parts = ["uv", "run", "mlflow", "ui", "--backend-store-uri", strip_password(uri)]
     root = default_artifact_root(uri)
     if root is not None:
         parts += ["--default-artifact-root", root]

@@ -27,9 +27,9 @@ from live.lease import (
     RedisLease,
     lease_timing,
     open_lease,
-    redact_url,
 )
 from quantshift.errors import ConfigError
+from quantshift.urls import mask_secrets
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 CTX = mp.get_context("fork")  # children only use redis and the clock; fork keeps them fast
@@ -92,8 +92,8 @@ def test_timings_are_checked_and_default_deadline_is_inside_the_lease():
 
 def test_password_never_in_repr_errors_or_logs(caplog):
     url = f"redis://user:s3cret-pw@127.0.0.1:{_free_port()}/0"
-    assert redact_url(url) == url.replace("s3cret-pw", "***")
-    assert "s3cret-pw" not in redact_url("redis://127.0.0.1:6379/0?password=s3cret-pw")
+    assert mask_secrets(url) == url.replace("s3cret-pw", "***")
+    assert "s3cret-pw" not in mask_secrets("redis://127.0.0.1:6379/0?password=s3cret-pw")
     lease = open_lease(url, "main")
     caplog.set_level(logging.DEBUG, logger="live.lease")
     assert lease.try_acquire() is None  # nothing listens: not acquired, never raised

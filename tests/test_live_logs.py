@@ -6,7 +6,8 @@ import io
 import json
 import logging
 
-from live.logs import JsonFormatter, configure, mask
+from live.logs import JsonFormatter, configure
+from quantshift.urls import mask_secrets
 
 
 def test_json_lines_carry_the_runner_fields_and_mask_passwords():
@@ -24,6 +25,16 @@ def test_json_lines_carry_the_runner_fields_and_mask_passwords():
 
 
 def test_mask_leaves_urls_without_passwords_alone():
-    assert mask("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
-    assert mask("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert mask_secrets("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert mask_secrets("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
     assert isinstance(JsonFormatter(), logging.Formatter)
+
+
+def test_regression_secret_query_parameters_are_masked_in_logs():
+    """The runner's logs masked only user:password@; a ?password= or ?token= went out whole."""
+    stream = io.StringIO()
+    configure(stream=stream)
+    logging.getLogger("quantshift.live").warning("lease at redis://h:6379/0?password=hunter2")
+    logging.getLogger("quantshift.live").warning("feed https://venue/api?token=tok-123&x=1")
+    assert "hunter2" not in stream.getvalue() and "tok-123" not in stream.getvalue()
+    assert "?password=***" in stream.getvalue() and "?token=***&x=1" in stream.getvalue()

@@ -29,6 +29,7 @@ from live.notify.notifier import headline
 from live.runner import Runner
 from live.store import Store
 from quantshift.errors import ConfigError
+from quantshift.tables import Table
 
 SLACK_URL_SECRET = "T0001/B0002/slack-s3cret-path"
 TELEGRAM_TOKEN = "123456:telegram-s3cret-token"
@@ -130,7 +131,7 @@ def wait_for(condition, timeout_s: float = 10.0) -> None:
 
 def notifier(store_url, channels, host="host-a", **settings) -> Notifier:
     raw = {"channels": channels, "poll_s": 0.05, "min_interval_s": 0, "retry_backoff_s": 0.01}
-    config = parse_notify({**raw, **settings}, "test.toml")
+    config = parse_notify(Table({**raw, **settings}, "test.toml", "notify"))
     return Notifier(config, store_url, "paper-sp500", host)
 
 
@@ -388,7 +389,7 @@ def test_a_venue_refusing_the_keys_is_notified_once(alpaca, tmp_path, services, 
     monkeypatch.setenv(SECRET_ENV, "not-the-secret")
     config = alpaca_config(alpaca, tmp_path)
     raw_notify = {"channels": [webhook(hook, monkeypatch)], "min_interval_s": 0}
-    config = dataclasses.replace(config, notify=parse_notify(raw_notify, "t.toml"))
+    config = dataclasses.replace(config, notify=parse_notify(Table(raw_notify, "t.toml", "notify")))
     for _ in range(2):  # a restart loop must not page twice for the same hour
         with pytest.raises(BrokerAuthError):
             Runner(config).run()
@@ -403,7 +404,7 @@ def test_a_reconciliation_mismatch_is_notified(alpaca, tmp_path, services, monke
         alpaca.positions["SP500"] = 7.0
     config = alpaca_config(alpaca, tmp_path)
     raw_notify = {"channels": [webhook(hook, monkeypatch)], "min_interval_s": 0}
-    config = dataclasses.replace(config, notify=parse_notify(raw_notify, "t.toml"))
+    config = dataclasses.replace(config, notify=parse_notify(Table(raw_notify, "t.toml", "notify")))
     Runner(config, max_bars=3).run()
     (event,) = [e for body in hook.bodies() for e in body["events"]]
     assert event["event"] == "reconciliation mismatch"
@@ -428,19 +429,19 @@ allocation = 1.0
         ("[notify]\nretries = -1", "[notify] retries: must be an integer >= 0"),
         ('[notify]\nevents = ["halt", "lunch"]', "[notify] events: must list some of"),
         ('[notify]\nsummary_utc = "9pm"', '[notify] summary_utc: must be "HH:MM" or "off"'),
-        ('[[notify.channels]]\nkind = "pager"', "[[notify.channels]] #1 kind: must be one of"),
+        ('[[notify.channels]]\nkind = "pager"', "[notify.channels[0]] kind: must be one of"),
         (
             '[[notify.channels]]\nkind = "slack"\nurl = "https://hooks.slack.com/x"',
-            "[[notify.channels]] #1 url: unknown key for slack (secrets go in url_env",
+            "[notify.channels[0]] url: unknown key for slack (secrets go in url_env",
         ),
-        ('[[notify.channels]]\nkind = "telegram"', "[[notify.channels]] #1 chat_id: is required"),
+        ('[[notify.channels]]\nkind = "telegram"', "[notify.channels[0]] chat_id: is required"),
         (
             '[[notify.channels]]\nkind = "email"\nhost = "h"\nfrom = "a@b"',
-            "[[notify.channels]] #1 to: must be an address",
+            "[notify.channels[0]] to: must be an address",
         ),
         (
             '[[notify.channels]]\nkind = "webhook"\n[[notify.channels]]\nkind = "webhook"',
-            "[[notify.channels]] name: 'webhook' is used twice",
+            "[notify] channels: name 'webhook' is used twice",
         ),
     ],
 )
@@ -456,7 +457,7 @@ def test_config_errors_name_the_file_the_table_and_the_key(tmp_path, table, wher
 def test_a_missing_or_unsafe_secret_stops_the_start_naming_where_not_what(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'live.db'}"
     monkeypatch.delenv("QS_NOWHERE", raising=False)
-    missing = r"test.toml: \[\[notify.channels\]\] slack: secret 'slack_url' not found; tried "
+    missing = r"test.toml: \[notify.channels\] slack: secret 'slack_url' not found; tried "
     with pytest.raises(ConfigError, match=missing + "environment variable QS_NOWHERE"):
         notifier(url, [{"kind": "slack", "url_env": "QS_NOWHERE"}])
     monkeypatch.setenv("QS_PLAIN", "http://hooks.example.org/services/webhook-s3cret")

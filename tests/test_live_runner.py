@@ -17,7 +17,7 @@ from live.paper import PaperVenue
 from live.reconcile import reconcile
 from live.runner import Runner
 from live.store import Store
-from live.store.errors import RunnerLockedError
+from live.store.errors import RunnerLockedError, StoreMissingError
 from quantshift.data import load_bars
 from quantshift.portfolio import portfolio_backtest
 
@@ -197,7 +197,18 @@ def test_sigterm_finishes_the_cycle_and_a_restart_completes_the_replay(tmp_path)
     path.write_text(text)
     command = [sys.executable, "-c", "from live.cli import main; main()", "run", "-c", str(path)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4.0)
+    # Signal once the runner has saved a cycle: a fixed sleep raced the imports on a busy machine,
+    # and a SIGTERM before the handler is installed kills the process instead of stopping it.
+    deadline = time.monotonic() + 120.0
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with Store.open(config.store_url, create=False) as store:
+                if store.load_runner_state(config.name) is not None:
+                    break
+        except StoreMissingError:
+            pass  # the runner has not created its store yet
+        time.sleep(0.2)
+    assert process.poll() is None, "the replay ended before it could be stopped"
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err[-2000:]

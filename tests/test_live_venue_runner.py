@@ -171,7 +171,10 @@ def test_a_position_the_store_does_not_know_halts_at_start(alpaca, tmp_path):
     with alpaca.lock:
         alpaca.positions["SP500"] = 7.0
     config = alpaca_config(alpaca, tmp_path)
-    Runner(config, max_bars=3).run()
+    runner = Runner(config, max_bars=3)
+    runner.run()
+    # Counted as a reconciliation mismatch, the reason the alert rule watches.
+    assert 'quantshift_live_halts_total{reason="reconcile_mismatch"} 1.0' in runner.metrics.render()
     with Store.open(config.store_url) as store:
         halt = store.active_halt()
         assert halt is not None and "reconcile: SP500 venue 7 vs ours 0" in halt.reason

@@ -185,10 +185,12 @@ def test_gate_thresholds_come_from_toml_and_unknown_keys_are_refused(tmp_path):
     assert gate.live.min_trades == 25 and gate.live.allow_halts is True
     assert load_gate_config(None) == GateConfig()
     for text, match in [
-        ("[paper]\nmin_dsr_pct = 1\n", r"\[paper\] min_dsr_pct: unknown threshold"),
-        ("[paper]\nmin_dsr = 'high'\n", r"\[paper\] min_dsr = 'high' must be a number"),
-        ("[live]\nallow_halts = 1\n", "must be true or false"),
-        ("[prod]\n", r"unknown table\(s\) \['prod'\]"),
+        ("[paper]\nmin_dsr_pct = 1\n", r"\[paper\] min_dsr_pct: unknown key; allowed: max_mc"),
+        ("[paper]\nmin_dsr = 'high'\n", r"\[paper\] min_dsr: must be a number, got 'high'"),
+        ("[paper]\nmin_dsr = -1\n", r"gate.toml: \[paper\] min_dsr = -1 must be a number >= 0"),
+        ("[live]\nmin_trades = 2.5\n", r"\[live\] min_trades: must be an integer, got 2.5"),
+        ("[live]\nallow_halts = 1\n", r"\[live\] allow_halts: must be true or false"),
+        ("[prod]\n", r"gate.toml: prod: unknown section; allowed: live, paper"),
     ]:
         path.write_text(text)
         with pytest.raises(ConfigError, match=match):

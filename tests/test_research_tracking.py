@@ -35,7 +35,6 @@ from research.tracking import (
     Tracker,
     default_artifact_root,
     default_tracking_uri,
-    mask_secrets,
     ui_command,
 )
 
@@ -308,15 +307,6 @@ def test_two_stores_in_one_process_do_not_interfere(tracker, tmp_path):
 
 
 # --------------------------------------------------------------------------- secrets
-def test_mask_secrets():
-    assert mask_secrets(SECRET_URL) == MASKED_URL
-    assert mask_secrets(f"redis://:{PASSWORD}@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
-    assert mask_secrets(f"https://h/api?token={PASSWORD}&x=1") == "https://h/api?token=***&x=1"
-    assert mask_secrets(f"db {SECRET_URL} and {SECRET_URL}") == f"db {MASKED_URL} and {MASKED_URL}"
-    for clean in ("postgresql://quant@db/optuna", "sqlite:////tmp/a:b/mlflow.db", "12:30@noon"):
-        assert mask_secrets(clean) == clean
-
-
 @pytest.mark.parametrize(
     "key",
     ["api_key", "broker.secret", "ALPACA_TOKEN", "privateKey", "db_password", "passphrase", "pwd"],

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 import time
 
-from live.notify.channels import Message, open_channels, scrub
 from live.notify.config import ChannelConfig, NotifyConfig, parse_notify
-from live.notify.notifier import Notifier
+from live.notify.notifier import Notifier, send_test
 
 log = logging.getLogger("quantshift.live.notify")
 
@@ -23,11 +22,11 @@ __all__ = [
     "note_auth_failure",
     "parse_notify",
     "send_test",
-    "start_notifier",
+    "start_alerts",
 ]
 
 
-def start_notifier(config, host: str) -> Notifier | None:
+def start_alerts(config, host: str) -> Notifier | None:
     """Start the notifier of a live config (None without channels). Raises ConfigError when a
     channel's secret is missing (at start, like the broker keys)."""
     if not config.notify.channels:
@@ -48,32 +47,3 @@ def note_auth_failure(store, config, host: str, error: Exception) -> None:
         )
     except Exception as exc:
         log.warning("notify: cannot record the auth failure: %s", exc)
-
-
-def send_test(config, host: str) -> dict[str, str | None]:
-    """Send one test message to each channel of a live config, now (no outbox, no rate limit);
-    return channel name -> None (sent) or what failed, masked."""
-    channels = open_channels(config.notify)
-    secrets = tuple(s for c in channels for s in c.secrets)
-    message = Message(
-        f"test from {config.name} on {host}",
-        "If you read this, QuantShift can reach you here.",
-        (
-            {
-                "kind": "test",
-                "event": "test",
-                "key": "test",
-                "title": "test",
-                "text": "",
-                "ts_ns": 0,
-            },
-        ),
-    )
-    results: dict[str, str | None] = {}
-    for channel in channels:
-        try:
-            channel.send(message)
-            results[channel.name] = None
-        except Exception as exc:
-            results[channel.name] = scrub(str(exc), secrets)
-    return results

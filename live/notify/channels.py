@@ -1,7 +1,7 @@
 """Where notifications go: Slack, Discord, Telegram, email and a plain JSON webhook.
 
 Each channel is a plain HTTPS POST in the service's documented format (SMTP for email), so a
-test points it at a local server; every text leaving here passes through :func:`scrub`.
+test points it at a local server; the notifier masks every text before it reaches a channel.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ from urllib.parse import urlsplit
 from live.broker import is_loopback_host
 from live.notify.config import SECRET_FIELD, ChannelConfig, NotifyConfig
 from live.secrets import Secret, load_secret
-from live.store.db import mask_password
 from quantshift.errors import ConfigError
 
-MASK = "***"
 # Longest message each service accepts (Discord 2000 characters, Telegram 4096).
 _LIMITS = {"discord": 2000, "telegram": 4096, "slack": 40_000}
 
@@ -42,14 +40,6 @@ class ChannelError(Exception):
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
-
-
-def scrub(text: str, secrets: tuple[str, ...]) -> str:
-    """Return ``text`` with URL passwords and every known secret value replaced by ``***``."""
-    text = mask_password(text)
-    for secret in secrets:
-        text = text.replace(secret, MASK)
-    return text
 
 
 class Channel:
@@ -133,7 +123,7 @@ def open_channel(
 ) -> Channel:
     """Load the channel's secret and check where it points; raise ConfigError naming the
     channel (never the value) if the secret is missing or the URL is not acceptable."""
-    where = f"{source}: [[notify.channels]] {config.name}"
+    where = f"{source}: [notify.channels] {config.name}"
     secret = None
     if config.needs_secret:
         field_name = SECRET_FIELD[config.kind]

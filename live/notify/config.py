@@ -6,13 +6,11 @@ passwords) are read only when the notifier starts, from ``*_env`` variables or t
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from live.store.outbox import KINDS
-from quantshift.errors import ConfigError
+from quantshift.tables import Table
 
 CHANNEL_KINDS = ("slack", "discord", "telegram", "email", "webhook")
 TELEGRAM_API = "https://api.telegram.org"
@@ -96,12 +94,10 @@ class NotifyConfig:
     source: str = field(default="<live config>", compare=False)
 
 
-def parse_notify(raw: Mapping[str, Any], source: str) -> NotifyConfig:
+def parse_notify(table: Table) -> NotifyConfig:
     """Validate the ``[notify]`` table; each error is one line naming file, table and key."""
-    for key in raw:
-        if key not in _NOTIFY_KEYS:
-            raise _error(source, "[notify]", key, f"unknown key; allowed: {_list(_NOTIFY_KEYS)}")
-    numbers = {}
+    table.refuse_unknown(_NOTIFY_KEYS)
+    numbers: dict[str, Any] = {}
     for key, low in (
         ("min_interval_s", 0.0),
         ("retry_backoff_s", 0.0),
@@ -110,116 +106,80 @@ def parse_notify(raw: Mapping[str, Any], source: str) -> NotifyConfig:
         ("max_age_s", 1e-9),
         ("reclaim_after_s", 1e-9),
     ):
-        if key in raw:
-            value = raw[key]
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
-                raise _error(source, "[notify]", key, f"must be seconds >= {low:g}, got {value!r}")
-            if not math.isfinite(value):
-                raise _error(source, "[notify]", key, f"must be finite, got {value!r}")
-            numbers[key] = float(value)
-    for key, low in (("retries", 0), ("queue_size", 1)):
-        if key in raw:
-            value = raw[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise _error(source, "[notify]", key, f"must be an integer >= {low}, got {value!r}")
+        if key in table:
+            value = table.number(key, 0.0)
+            if value < low:
+                raise table.error(key, f"must be seconds >= {low:g}, got {value!r}")
             numbers[key] = value
-    events = raw.get("events", list(KINDS))
+    for key, low in (("retries", 0), ("queue_size", 1)):
+        if key in table:
+            numbers[key] = table.integer(key, None, minimum=low)
+    events = table.get("events", list(KINDS))
     if not isinstance(events, list) or any(e not in KINDS for e in events):
-        raise _error(source, "[notify]", "events", f"must list some of {_list(KINDS)}")
-    summary = raw.get("summary_utc", "21:30")
+        raise table.error("events", f"must list some of {_list(KINDS)}")
+    summary = table.get("summary_utc", "21:30")
     if summary == "off":
         summary = None
     elif not _is_clock(summary):
-        raise _error(
-            source, "[notify]", "summary_utc", f'must be "HH:MM" or "off", got {summary!r}'
-        )
-    secrets_file = raw.get("secrets_file")
-    if secrets_file is not None and (not isinstance(secrets_file, str) or not secrets_file):
-        raise _error(source, "[notify]", "secrets_file", "must be a file path")
-    channels_raw = raw.get("channels", [])
-    if not isinstance(channels_raw, list):
-        raise _error(
-            source, "[notify]", "channels", "must be an array of tables [[notify.channels]]"
-        )
-    channels = tuple(_channel(source, i + 1, c) for i, c in enumerate(channels_raw))
+        raise table.error("summary_utc", f'must be "HH:MM" or "off", got {summary!r}')
+    # `channels = []` is no channel, like no key: events are recorded, nothing is sent.
+    listed = table.get("channels", []) != []
+    channels = tuple(_channel(t) for t in table.tables("channels")) if listed else ()
     names = [c.name for c in channels]
     for name in names:
         if names.count(name) > 1:
-            raise _error(
-                source, "[[notify.channels]]", "name", f"{name!r} is used twice; name each one"
-            )
+            raise table.error("channels", f"name {name!r} is used twice; name each one")
     return NotifyConfig(
         channels=channels,
         events=tuple(events),
-        secrets_file=secrets_file,
+        secrets_file=table.string("secrets_file"),
         summary_utc=summary,
-        source=source,
+        source=table.source,
         **numbers,
     )
 
 
-def _channel(source: str, number: int, raw: Any) -> ChannelConfig:
-    where = f"[[notify.channels]] #{number}"
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{source}: {where} must be a table")
-    kind = raw.get("kind")
-    if kind not in CHANNEL_KINDS:
-        raise _error(source, where, "kind", f"must be one of {_list(CHANNEL_KINDS)}, got {kind!r}")
+def _channel(table: Table) -> ChannelConfig:
+    kind = table.choice("kind", CHANNEL_KINDS, None)
     allowed = _KEYS[kind] | {"kind", "name"}
-    for key in raw:
+    for key in table.raw:
         if key not in allowed:
             hint = f" (secrets go in {SECRET_FIELD[kind]}_env or the secrets file)"
             hint = hint if key == SECRET_FIELD[kind] else ""
-            raise _error(
-                source, where, key, f"unknown key for {kind}{hint}; allowed: {_list(allowed)}"
-            )
-    values: dict[str, Any] = {"kind": kind, "name": _text(source, where, raw, "name") or kind}
-    values["secret_env"] = _text(source, where, raw, f"{SECRET_FIELD[kind]}_env")
+            raise table.error(key, f"unknown key for {kind}{hint}; allowed: {_list(allowed)}")
+    values: dict[str, Any] = {"kind": kind, "name": table.string("name") or kind}
+    values["secret_env"] = table.string(f"{SECRET_FIELD[kind]}_env")
     if kind == "telegram":
-        chat_id = raw.get("chat_id")
+        chat_id = table.get("chat_id")
         if isinstance(chat_id, bool) or not isinstance(chat_id, int | str) or chat_id == "":
-            raise _error(source, where, "chat_id", "is required: the chat's id or @channel name")
+            raise table.error("chat_id", "is required: the chat's id or @channel name")
         values["chat_id"] = str(chat_id)
-        api_url = _text(source, where, raw, "api_url")
+        api_url = table.string("api_url")
         if api_url is not None:
             if not api_url.startswith(("https://", "http://")):
-                raise _error(source, where, "api_url", f"must be an http(s) URL, got {api_url!r}")
+                raise table.error("api_url", f"must be an http(s) URL, got {api_url!r}")
             values["api_url"] = api_url.rstrip("/")
     if kind == "email":
-        values["host"] = _text(source, where, raw, "host", required=True)
-        port = raw.get("port", 587)
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 65535:
-            raise _error(source, where, "port", f"must be 1-65535, got {port!r}")
-        starttls = raw.get("starttls", True)
-        if not isinstance(starttls, bool):
-            raise _error(source, where, "starttls", "must be true or false")
-        recipients = raw.get("to")
+        port = table.integer("port", 587, minimum=1)
+        if port > 65535:
+            raise table.error("port", f"must be 1-65535, got {port!r}")
+        recipients = table.get("to")
         if isinstance(recipients, str):
             recipients = [recipients]
         if not recipients or not all(isinstance(r, str) and "@" in r for r in recipients):
-            raise _error(source, where, "to", "must be an address or a list of addresses")
-        sender = _text(source, where, raw, "from", required=True)
+            raise table.error("to", "must be an address or a list of addresses")
+        sender = table.string("from", required=True)
         if "@" not in sender:
-            raise _error(source, where, "from", f"must be an address, got {sender!r}")
+            raise table.error("from", f"must be an address, got {sender!r}")
         values.update(
+            host=table.string("host", required=True),
             port=port,
-            starttls=starttls,
-            username=_text(source, where, raw, "username"),
+            starttls=table.boolean("starttls", True),
+            username=table.string("username"),
             sender=sender,
             recipients=tuple(recipients),
         )
     return ChannelConfig(**values)
-
-
-def _text(source: str, where: str, raw: Mapping, key: str, required: bool = False) -> str | None:
-    value = raw.get(key)
-    if value is None:
-        if required:
-            raise _error(source, where, key, "is required")
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise _error(source, where, key, f"must be a non-empty string, got {value!r}")
-    return value
 
 
 def _is_clock(value: Any) -> bool:
@@ -227,10 +187,6 @@ def _is_clock(value: Any) -> bool:
         return False
     hours, minutes = value[:2], value[3:]
     return hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60
-
-
-def _error(source: str, where: str, key: str, problem: str) -> ConfigError:
-    return ConfigError(f"{source}: {where} {key}: {problem}")
 
 
 def _list(values) -> str:

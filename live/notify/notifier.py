@@ -13,10 +13,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-from live.notify.channels import Channel, ChannelError, Message, open_channels, scrub
+from live.notify.channels import Channel, ChannelError, Message, open_channels
 from live.notify.config import NotifyConfig
 from live.notify.summary import daily_summary, summary_due
 from live.store import Notification, Store
+from quantshift.urls import mask_secrets
 
 log = logging.getLogger("quantshift.live.notify")
 
@@ -108,7 +109,7 @@ class Notifier:
 
     def mask(self, text: str) -> str:
         """``text`` with every secret of the channels (and URL passwords) masked."""
-        return scrub(text, self._secrets)
+        return mask_secrets(text, *self._secrets)
 
     # ------------------------------------------------------------------ poller
     def _poll(self) -> None:
@@ -260,3 +261,32 @@ def compose(batch: list[Notification], mask) -> Message:
         return Message(f"{only['event']}: {only['title']}", only["text"], events)
     lines = [f"- {e['event']}: {e['title']}: {e['text']}" for e in events]
     return Message(f"{len(events)} events", "\n".join(lines), events)
+
+
+def send_test(config, host: str) -> dict[str, str | None]:
+    """Send one test message to each channel of a live config, now (no outbox, no rate limit);
+    return channel name -> None (sent) or what failed, masked."""
+    channels = open_channels(config.notify)
+    secrets = tuple(s for c in channels for s in c.secrets)
+    message = Message(
+        f"test from {config.name} on {host}",
+        "If you read this, QuantShift can reach you here.",
+        (
+            {
+                "kind": "test",
+                "event": "test",
+                "key": "test",
+                "title": "test",
+                "text": "",
+                "ts_ns": 0,
+            },
+        ),
+    )
+    results: dict[str, str | None] = {}
+    for channel in channels:
+        try:
+            channel.send(message)
+            results[channel.name] = None
+        except Exception as exc:
+            results[channel.name] = mask_secrets(str(exc), *secrets)
+    return results

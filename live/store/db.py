@@ -6,7 +6,6 @@ SQL is written once with ``?`` placeholders (PostgreSQL gets ``%s``); no ORM.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -26,6 +25,7 @@ from live.store.errors import (
     StoreUnavailableError,
 )
 from quantshift.errors import ConfigError
+from quantshift.urls import mask_secrets, postgres_url
 
 SQLITE = "sqlite"
 POSTGRES = "postgresql"
@@ -34,17 +34,10 @@ _PG_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 _NO_DATABASE = "3D000"  # PostgreSQL's invalid_catalog_name: the database does not exist
 IDLE_IN_TRANSACTION_MS = 2000
 """PostgreSQL ends a session idle inside a transaction this long (ms), releasing its locks."""
-_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*):[^\s@]*@")
-_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)[^&\s]*", re.IGNORECASE)
 # SQLite errors that mean "try again later", not a bug in our SQL.
 _SQLITE_TRANSIENT = ("locked", "busy", "disk i/o", "unable to open", "readonly")
 # SQLite result codes of a damaged file: retrying cannot help, a person must restore it.
 _SQLITE_DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-
-
-def mask_password(text: str) -> str:
-    """Return ``text`` with every ``scheme://user:password@`` password replaced by ``***``."""
-    return _QUERY_PASSWORD.sub(r"\g<head>***", _URI_PASSWORD.sub(r"\g<head>:***@", text))
 
 
 @dataclass(frozen=True)
@@ -62,8 +55,7 @@ class StoreUrl:
 
     def scrub(self, text: str) -> str:
         """Return ``text`` with this URL's password masked wherever it appears."""
-        text = mask_password(text)
-        return text.replace(self._password, "***") if self._password else text
+        return mask_secrets(text, self._password)
 
 
 def parse_url(url: str) -> StoreUrl:
@@ -76,7 +68,7 @@ def parse_url(url: str) -> StoreUrl:
     """
     if not isinstance(url, str):
         raise ConfigError(f"store URL must be a string, got {type(url).__name__}")
-    shown = mask_password(url)
+    shown = mask_secrets(url)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == SQLITE:
         if not url.startswith("sqlite:///"):
@@ -90,7 +82,7 @@ def parse_url(url: str) -> StoreUrl:
         path = None if raw == MEMORY else Path(raw)
         return StoreUrl(SQLITE, shown, path, "", None)
     if scheme in _PG_SCHEMES:
-        conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        conninfo = postgres_url(url, "libpq")
         parts = urlsplit(conninfo)
         if not parts.path.strip("/"):
             raise ConfigError(f"store URL {shown!r}: name the database (postgresql://host/db)")

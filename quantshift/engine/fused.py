@@ -14,7 +14,6 @@ import re
 import sys
 import types
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from numba import njit, prange
 from quantshift.engine.config import CFG_CASH
 from quantshift.engine.metrics import N_METRICS, ST_LEN, metrics_nb
 from quantshift.engine.simulate import TR_LEN, simulate_nb
+from quantshift.provenance import function_bytes, package_digest, source_file
 
 # Bound per strategy by kernels_for(); the templates below are never compiled with this value.
 signal_nb: Any = None
@@ -203,58 +203,14 @@ def _importable(func) -> bool:
     return module is not None and getattr(module, "__name__", "") in sys.modules
 
 
-@cache
-def _package_digest() -> bytes:
-    h = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.digest()
-
-
 def _digest(signal) -> str:
     """Digest of everything a kernel is compiled from: the package, the signal function's
     identity and bytecode and those of the numba functions it calls, and its source file
     (numba's own cache only sees the template)."""
     func = getattr(signal, "py_func", signal)
-    h = hashlib.sha256(_package_digest())
-    h.update(_function_bytes(func, set()))
-    path = _source_file(func)
+    h = hashlib.sha256(package_digest())
+    h.update(function_bytes(func, set()))
+    path = source_file(func)
     if path is not None:
         h.update(Path(path).read_bytes())
     return h.hexdigest()[:12]
-
-
-def _function_bytes(func, seen: set[int]) -> bytes:
-    """Name and code of ``func`` and of the numba functions it calls (a helper defined without
-    a file, as in a notebook cell, changes no file digest)."""
-    if id(func) in seen:
-        return b""
-    seen.add(id(func))
-    parts = [f"{func.__module__}.{func.__qualname__}".encode(), _code_bytes(func.__code__)]
-    for name in func.__code__.co_names:
-        called = getattr(func.__globals__.get(name), "py_func", None)
-        if called is not None:
-            parts.append(_function_bytes(called, seen))
-    return b"\x1f".join(parts)
-
-
-def _code_bytes(code: types.CodeType) -> bytes:
-    parts = [code.co_code, repr(code.co_names).encode()]
-    for const in code.co_consts:
-        parts.append(
-            _code_bytes(const) if isinstance(const, types.CodeType) else repr(const).encode()
-        )
-    return b"\x1f".join(parts)
-
-
-def _source_file(func) -> str | None:
-    try:
-        path = inspect.getsourcefile(func)
-    except TypeError:
-        path = None
-    if path is None:
-        module = sys.modules.get(getattr(func, "__module__", ""), None)
-        path = getattr(module, "__file__", None)
-    return path if path and Path(path).is_file() else None

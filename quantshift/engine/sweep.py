@@ -18,6 +18,7 @@ from quantshift.engine.config import SimConfig
 from quantshift.engine.fused import kernels_for
 from quantshift.engine.metrics import METRICS
 from quantshift.errors import ConfigError
+from quantshift.progress import Progress
 from quantshift.strategies import Strategy
 from quantshift.strategies.grid import ParameterGrid
 
@@ -70,7 +71,7 @@ def sweep(
     n_sets = matrix.shape[0]
     chunks = _chunks(n_sets, data.n_symbols) if progress else [(0, n_sets)]
     parts = []
-    with _Progress(progress, n_sets, f"sweep {strat.name}") as report:
+    with Progress(progress, n_sets, f"sweep {strat.name}") as report:
         for lo, hi in chunks:
             parts.append(kernel(*args, np.ascontiguousarray(matrix[lo:hi]), cfg_vector))
             report(hi)
@@ -164,47 +165,3 @@ def _chunks(n_sets: int, n_symbols: int) -> list[tuple[int, int]]:
     # About 50 updates, but never chunks so small that thread start-up dominates.
     size = max(1, -(-n_sets // 50), -(-64 // max(n_symbols, 1)))
     return [(lo, min(lo + size, n_sets)) for lo in range(0, n_sets, size)]
-
-
-class _Progress:
-    """A rich progress bar, a user callback, or nothing."""
-
-    def __init__(self, progress, total: int, label: str) -> None:
-        self._progress = progress
-        self._total = total
-        self._label = label
-        self._bar = None
-
-    def __enter__(self):
-        if self._progress is True:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(self._label, total=self._total)
-        return self._report
-
-    def _report(self, done: int) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, completed=done)
-        elif callable(self._progress):
-            self._progress(done, self._total)
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.stop()

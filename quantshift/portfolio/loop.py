@@ -12,7 +12,6 @@ from functools import cache
 import numpy as np
 from numba import njit
 
-from quantshift.engine.fused import _package_digest
 from quantshift.engine.simulate import S_POSITION, TR_LEN, write_open_trade_nb
 from quantshift.portfolio.kernels import (
     check_stops_nb,
@@ -31,6 +30,7 @@ from quantshift.portfolio.rows import (
     T_LEN,
     V_LEN,
 )
+from quantshift.provenance import package_digest
 
 
 @njit
@@ -347,7 +347,7 @@ def compiled(kind: str):
     never serves machine code built from older fill-model sources.
     """
     template = _TEMPLATES[kind]
-    name = f"portfolio_{kind}__{_package_digest().hex()[:12]}"
+    name = f"portfolio_{kind}__{package_digest().hex()[:12]}"
     fn = types.FunctionType(template.__code__, globals(), name)
     fn.__qualname__ = name
     return njit(cache=True)(fn)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,12 +18,29 @@ import numpy as np
 
 from quantshift.errors import ConfigError
 from quantshift.promotion.record import GateCheck, GateResult
+from quantshift.tables import Table, is_number, read_toml
 
 NS_PER_DAY = 86_400 * 1_000_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
-class PaperGate:
+class _Thresholds:
+    """A gate's thresholds: flags, and numbers that must be finite and (but for a Sharpe
+    ratio, which may be below zero) not negative."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                continue
+            signed = f.name == "min_oos_sharpe"
+            if not (is_number(value, finite=True) and (signed or value >= 0)):
+                wanted = "a finite number" if signed else "a number >= 0"
+                raise ConfigError(f"{f.name} = {value!r} must be {wanted}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PaperGate(_Thresholds):
     """Thresholds to promote research results to paper trading."""
 
     require_out_of_sample: bool = True
@@ -38,7 +54,7 @@ class PaperGate:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LiveGate:
+class LiveGate(_Thresholds):
     """Thresholds to promote a paper-trading record to live."""
 
     min_trades: int = 10
@@ -58,33 +74,13 @@ class GateConfig:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = "<gate config>") -> GateConfig:
-        unknown = sorted(set(raw) - {"paper", "live"})
-        if unknown:
-            raise ConfigError(f"{source}: unknown table(s) {unknown}; allowed: ['live', 'paper']")
-        parts = {}
-        for name, kind in (("paper", PaperGate), ("live", LiveGate)):
-            table = raw.get(name, {})
-            if not isinstance(table, Mapping):
-                raise ConfigError(f"{source}: [{name}] must be a table")
-            allowed = {f.name: f.type for f in fields(kind)}
-            for key, value in table.items():
-                if key not in allowed:
-                    raise ConfigError(
-                        f"{source}: [{name}] {key}: unknown threshold; allowed: {sorted(allowed)}"
-                    )
-                want = allowed[key]
-                ok = (
-                    isinstance(value, bool)
-                    if want == "bool"
-                    else isinstance(value, int | float) and not isinstance(value, bool)
-                )
-                if not ok or (want != "bool" and (not math.isfinite(value) or value < 0)):
-                    raise ConfigError(
-                        f"{source}: [{name}] {key} = {value!r} must be "
-                        + ("true or false" if want == "bool" else "a number >= 0")
-                    )
-            parts[name] = kind(**table)
-        return cls(**parts)
+        """Build from plain data (a parsed TOML file); errors name ``source``, the table and
+        the threshold."""
+        top = Table(raw, source)
+        top.refuse_unknown(("paper", "live"))
+        return cls(
+            paper=top.table("paper").build(PaperGate), live=top.table("live").build(LiveGate)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,14 +93,8 @@ def load_gate_config(path: str | Path | None) -> GateConfig:
     """Read a gate TOML file (None: the defaults)."""
     if path is None:
         return GateConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: gate config not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return GateConfig.from_dict(raw, source=str(path))
+    top, _ = read_toml(path, "gate config")
+    return GateConfig.from_dict(top.raw, source=top.source)
 
 
 # ----------------------------------------------------------------------------- evidence
