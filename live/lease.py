@@ -96,6 +96,9 @@ class Lease(Protocol):
     @property
     def state(self) -> LeaseState | None: ...
 
+    @property
+    def unreachable(self) -> str | None: ...
+
     def try_acquire(self, *, above_epoch: int = 0) -> LeaseState | None: ...
 
     def acquire(
@@ -137,6 +140,13 @@ def lease_timing(ttl_ms: int, renew_interval_ms: int, deadline_ms: int | None) -
     """
     _positive_int("ttl_ms", ttl_ms)
     _positive_int("renew_interval_ms", renew_interval_ms)
+    if renew_interval_ms >= ttl_ms:
+        # Checked before the default deadline is derived, which would otherwise come out
+        # non-positive and be reported as the problem.
+        raise ConfigError(
+            "lease timings need renew_interval_ms < deadline_ms < ttl_ms: "
+            f"renew_interval_ms={renew_interval_ms} is not below ttl_ms={ttl_ms}"
+        )
     if deadline_ms is None:
         deadline_ms = ttl_ms - renew_interval_ms // 2
     _positive_int("deadline_ms", deadline_ms)
@@ -303,6 +313,7 @@ class RedisLease:
         self._term: _Term | None = None
         self._epoch: int | None = None
         self._keep_alive: KeepAlive | None = None
+        self._unreachable: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -327,6 +338,12 @@ class RedisLease:
         term = self._term
         return None if term is None else term.state
 
+    @property
+    def unreachable(self) -> str | None:
+        """Why the last acquisition could not reach Redis (password-free), or None if it did
+        (held by another or won): a standby backs off on it."""
+        return self._unreachable
+
     def _scrub(self, exc: BaseException) -> str:
         return mask_secrets(f"{type(exc).__name__}: {exc}", self._password)
 
@@ -334,8 +351,9 @@ class RedisLease:
         """Take the lease if nobody holds it; return the new term, or None.
 
         Holding it already, renew instead and return the current term (None if that fails).
-        A Redis error counts as not acquired (logged, never raised). The new epoch is greater
-        than every earlier one and than ``above_epoch``.
+        A Redis error counts as not acquired (never raised; :attr:`unreachable` says why, the
+        caller decides how loudly and how soon to try again). The new epoch is greater than
+        every earlier one and than ``above_epoch``.
         """
         with self._mutex:
             if self._term is not None:
@@ -350,8 +368,10 @@ class RedisLease:
                     )
                 )
             except redis.RedisError as exc:
-                log.warning("lease %s: acquire failed: %s", self.name, self._scrub(exc))
+                self._unreachable = f"Redis at {self.url_redacted}: {self._scrub(exc)}"
+                log.debug("lease %s: acquire failed: %s", self.name, self._unreachable)
                 return None
+            self._unreachable = None
             if epoch == 0:
                 return None
             state = LeaseState(epoch=epoch, valid_until_s=sent_s + self.deadline_ms / 1000)
@@ -518,6 +538,11 @@ class NoLease:
     def state(self) -> LeaseState:
         """The permanent term (epoch 0, no deadline)."""
         return self._STATE
+
+    @property
+    def unreachable(self) -> None:
+        """Always None: there is no service to reach."""
+        return None
 
     def try_acquire(self, *, above_epoch: int = 0) -> LeaseState:
         """Return the permanent term (epoch 0)."""

@@ -7,22 +7,18 @@ symbols from the config.
 
 from __future__ import annotations
 
+import socket
+import socketserver
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.exposition import (
-    ThreadingWSGIServer,
-    _get_best_family,
-    _SilentHandler,
-    generate_latest,
-    make_server,
-    make_wsgi_app,
-)
+from prometheus_client.exposition import generate_latest, make_wsgi_app
 
 from live.guards import GUARDS
 from quantshift.errors import ConfigError
@@ -48,6 +44,13 @@ DEFAULT_PORT = 9200
 
 HEALTH_PATHS = ("/healthz", "/readyz", "/leader")
 """Health checks served next to ``/metrics``: alive, ready to lead, and leading."""
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Serve without a stderr line per scrape (the runner's own logs say what matters)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -371,12 +374,16 @@ class LiveMetrics:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigError(f"metrics port must be an integer 0-65535, got {port!r}")
 
-        class Server(ThreadingWSGIServer):
-            """A server class of its own: the address family is set per exporter."""
-
         try:
-            Server.address_family, addr = _get_best_family(host, port)
-            server = make_server(addr, port, self.wsgi_app(), Server, handler_class=_SilentHandler)
+            family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+
+            class Server(socketserver.ThreadingMixIn, WSGIServer):
+                """Threaded, so a slow scraper never holds a health check; family per host."""
+
+                address_family = family
+                daemon_threads = True
+
+            server = make_server(sockaddr[0], port, self.wsgi_app(), Server, _QuietHandler)
         except OSError as exc:
             raise ConfigError(f"metrics: cannot listen on {host}:{port}: {exc.strerror}") from None
         thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -4,6 +4,7 @@ replayed paper trading -> promote live -> rollback, and every refusal on the way
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import uuid
 
@@ -329,3 +330,61 @@ def test_a_sleeve_on_other_terms_than_its_study_says_so(backend, caplog):
     assert "on other terms than its study (slippage_bps 0.0 in the study, 10.0 here)" in (
         caplog.text
     )
+
+
+def _replace_stored_record(url: str, promotion_id: int, data: dict) -> None:
+    """What someone with write access to the store might do: rewrite a record in place."""
+    with Store.open(url) as store, store._db.write("tamper", None) as tx:
+        tx.run(
+            "UPDATE promotions SET record = ? WHERE promotion_id = ?",
+            (json.dumps(data), promotion_id),
+        )
+
+
+@pytest.mark.parametrize("tamper", ["record_id removed", "record_id recomputed"])
+def test_a_stored_record_edited_after_adoption_is_refused_and_halts_not_traded(
+    backend, caplog, tmp_path, tamper
+):
+    tracker, report, new_store = backend
+    url = new_store()
+    first = promote(report.run_id, "paper", store_url=url, tracker=tracker, name="trend",
+                    gate=RELAXED)  # fmt: skip
+    config = _runner_config(url, end="2017-01-01")
+    assert Runner(config, max_bars=150).run().bars == 150
+    edited = dataclasses.replace(first.record, params={**first.record.params, "fast": 3.0})
+    data = edited.to_dict()
+    if tamper == "record_id removed":
+        data.pop("record_id")
+    _replace_stored_record(url, first.stored.promotion_id, data)
+    with Store.open(url) as store:
+        entries_before = [i for i in store.intents() if i.details["action"] == "entry"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="quantshift.live"):
+        summary = Runner(config, max_bars=200).run()
+    assert summary.bars == 200  # it held, it did not exit
+    expected = (
+        "no record_id, so its content cannot be verified"
+        if tamper == "record_id removed"
+        else f"but record {first.record.record_id} was adopted"
+    )
+    assert expected in caplog.text and "fast=3" not in caplog.text
+    with Store.open(url) as store:
+        halt = store.active_halt()
+        assert halt is not None and halt.reason.startswith("sleeve trend: promotion")
+        assert expected in halt.reason
+        entries_after = [i for i in store.intents() if i.details["action"] == "entry"]
+        assert entries_after == entries_before  # nothing traded on the edited parameters
+        assert {a.record_id for a in store.adoptions()} == {first.record.record_id}
+        (event,) = [
+            e for e in store.promotion_events(first.stored.promotion_id) if e["action"] == "refuse"
+        ]
+        assert expected in event["reason"]
+    status = CliRunner().invoke(live_app, ["status", "--config", _config_file(config, tmp_path)])
+    assert "NOT VERIFIED" in status.output and expected in " ".join(status.output.split())
+    # A person resuming without promoting or rolling back gets the HALT back at the next bar.
+    with Store.open(url) as store:
+        store.resume(by="pytest")
+    Runner(config, max_bars=3).run()
+    with Store.open(url) as store:
+        assert store.active_halt() is not None
+        assert [i for i in store.intents() if i.details["action"] == "entry"] == entries_before

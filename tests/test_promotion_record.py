@@ -82,6 +82,7 @@ def test_a_record_round_trips_through_json_with_a_stable_content_id():
         (lambda d: d.update(symbols=[]), "symbols must be a non-empty list"),
         (lambda d: d.update(params={"fast": "ten"}), "params must map names to finite numbers"),
         (lambda d: d["params"].update(fast=12.0), "was altered after it was written"),
+        (lambda d: d.pop("record_id"), "no record_id, so its content cannot be verified"),
         (lambda d: d.update(code={"version": "0.1.0"}), "code fingerprint lacks"),
         (lambda d: d["gates"][0].update(passed=False), "'passed' disagrees with its checks"),
     ],

@@ -195,7 +195,8 @@ class PromotionRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "promotion record") -> PromotionRecord:
-        """Validate and load; unknown keys, a wrong version or an altered body are errors."""
+        """Validate and load; unknown keys, a wrong version, a missing ``record_id`` or a body
+        that does not hash to it are errors: every load verifies the content."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: must be a JSON object")
         version = data.get("format_version")
@@ -223,7 +224,12 @@ class PromotionRecord:
         except TypeError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         stated = data.get("record_id")
-        if stated is not None and stated != record.record_id:
+        if stated is None:
+            raise ConfigError(
+                f"{where}: no record_id, so its content cannot be verified; the record was "
+                "altered after it was written (promote it again)"
+            )
+        if stated != record.record_id:
             raise ConfigError(
                 f"{where}: record_id {stated} does not match its content ({record.record_id}); "
                 "the record was altered after it was written"
