@@ -240,6 +240,23 @@ def dashboard(
         server.server_close()
 
 
+@app.command("notify-test")
+def notify_test(config: ConfigOpt) -> None:
+    """Send a test message to every [notify] channel; exit 1 if any could not be reached."""
+    from live.config import load_config
+    from live.notify import send_test
+    from quantshift.errors import ConfigError
+
+    cfg = load_config(config)
+    if not cfg.notify.channels:
+        raise ConfigError(f"{config}: [notify] names no channels ([[notify.channels]])")
+    results = send_test(cfg, socket.gethostname())
+    for name, failure in results.items():
+        typer.echo(f"{name}: {'sent' if failure is None else 'failed: ' + failure}")
+    if any(failure is not None for failure in results.values()):
+        raise typer.Exit(1)
+
+
 def _iso(ts_ns: int | None) -> str:
     if ts_ns is None:
         return "-"

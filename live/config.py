@@ -15,6 +15,7 @@ from typing import Any
 from live.broker import TIMEFRAME_SECONDS
 from live.guards import GuardLimits
 from live.lease import lease_timing
+from live.notify.config import NotifyConfig, parse_notify
 from live.store.db import resolve_sqlite_url
 from quantshift.errors import ConfigError
 from quantshift.portfolio import PortfolioConfig
@@ -93,6 +94,7 @@ class LiveConfig:
     lease: LeaseConfig
     guards: GuardLimits
     metrics: MetricsConfig
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     path: Path | None = None
 
 
@@ -107,6 +109,7 @@ _TOP = {
     "lease",
     "guards",
     "metrics",
+    "notify",
 }
 
 
@@ -252,5 +255,6 @@ def parse_config(
         lease=lease,
         guards=guards,
         metrics=metrics,
+        notify=parse_notify(top.table("notify")),
         path=path,
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from live.adoption import PromotionAdopter
+from live.broker import BrokerAuthError
 from live.clock import MarketClock
 from live.config import LiveConfig
 from live.execution import VenueExecution, WorkingOrder, net_positions, positions_differ
@@ -26,6 +27,7 @@ from live.feeds import open_feed
 from live.guards import OrderGuards
 from live.lease import NotLeaderError, open_lease
 from live.metrics import LiveMetrics
+from live.notify import note_auth_failure, start_alerts
 from live.paper import VENUE, PaperVenue
 from live.store import Store, client_order_id
 from live.store.errors import HaltedError, StaleEpochError, StoreUnavailableError
@@ -102,11 +104,17 @@ class Runner:
         self.portfolio = cfg.portfolio
         self.store = Store.open(cfg.store_url)
         self.store.claim_owner(cfg.name, cfg.lease.name)  # one store, one runner identity
+        self.alerts = start_alerts(cfg, self.host)  # sends the store's events, off-cycle
         self.broker = self.execution = self.venue = None
         if cfg.broker.kind == "paper":
             self.venue = PaperVenue(cfg.store_url)
         else:
-            self.broker = connect_venue(cfg)
+            try:
+                self.broker = connect_venue(cfg)
+            except BrokerAuthError as exc:
+                note_auth_failure(self.store, cfg, self.host, exc)
+                self._close()  # the alerts thread sends it before the process ends
+                raise
             self.execution = VenueExecution(self.broker, self.store)
         self.lease = open_lease(
             cfg.lease.redis_url,
@@ -142,6 +150,8 @@ class Runner:
     def _close(self) -> None:
         if getattr(self, "notifier", None) is not None:
             self.notifier.stopping()
+        if getattr(self, "alerts", None) is not None:
+            self.alerts.stop()
         if getattr(self, "server", None) is not None:
             self.server.close()
         if getattr(self, "broker", None) is not None:
@@ -165,6 +175,9 @@ class Runner:
             if lock is not None:
                 lock.__enter__()
             self._loop(summary)
+        except BrokerAuthError as exc:  # keys revoked mid-run
+            note_auth_failure(self.store, self.config, self.host, exc)
+            raise
         finally:
             if lock is not None:
                 lock.__exit__(None, None, None)
@@ -259,7 +272,7 @@ class Runner:
         keep_alive = None
         try:
             if epoch:
-                self.store.claim_epoch(epoch)
+                self.store.claim_epoch(epoch, by=self.host)
             keep_alive = self.lease.keep_alive(on_lost=lambda _e: self._lost.set())
             self._load()
         except BaseException:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from live.store import checks
+from live.store.outbox import enqueue
 from live.store.records import Promotion
 from quantshift.errors import ConfigError
 from quantshift.promotion import (
@@ -61,14 +62,20 @@ class PromotionBook:
             checks.integer("bar_ts_ns", bar_ts_ns), epoch, time.time_ns(),
         )  # fmt: skip
         with self._db.write(f"adoption {runner}/{sleeve}", epoch) as tx:
-            return bool(
-                tx.run(
-                    "INSERT INTO promotion_adoptions (runner, sleeve, promotion_id, record_id, "
-                    "bar_ts_ns, epoch, ts_adopted_ns) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (runner, sleeve, bar_ts_ns) DO NOTHING RETURNING runner",
-                    values,
-                )
+            added = tx.run(
+                "INSERT INTO promotion_adoptions (runner, sleeve, promotion_id, record_id, "
+                "bar_ts_ns, epoch, ts_adopted_ns) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (runner, sleeve, bar_ts_ns) DO NOTHING RETURNING runner",
+                values,
             )
+            if added:
+                enqueue(
+                    tx, key=f"adoption:{runner}:{sleeve}:{bar_ts_ns}", kind="adoption",
+                    title=f"{runner}: sleeve {sleeve} adopted promotion {promotion_id}",
+                    body=f"record {record_id}, trading from bar {bar_ts_ns} (epoch {epoch})",
+                    ts_ns=values[-1],
+                )  # fmt: skip
+            return bool(added)
 
     def adoptions(self, promotion_id: int | None = None) -> list[Adoption]:
         """Adoptions (of one record, or all) in bar order."""
@@ -94,11 +101,17 @@ class PromotionBook:
             str(reason), time.time_ns(),
         )  # fmt: skip
         with self._db.write(f"promotion event {action}", None) as tx:
-            tx.run(
+            row = tx.one(
                 "INSERT INTO promotion_events (promotion_id, action, created_by, reason, ts_ns) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?) RETURNING event_id",
                 values,
             )
+            if action == "refuse":
+                enqueue(
+                    tx, key=f"refusal:{row['event_id']}", kind="refusal",
+                    title=f"promotion {promotion_id} refused by {by}", body=str(reason),
+                    ts_ns=values[-1],
+                )  # fmt: skip
 
     def promotion_events(self, promotion_id: int | None = None) -> list[dict[str, Any]]:
         sql, params = "SELECT * FROM promotion_events", ()

@@ -23,6 +23,7 @@ from live.store.ids import client_order_id as make_client_order_id
 from live.store.locks import RunnerLock
 from live.store.migrate import is_store, migrate
 from live.store.operations import Operations
+from live.store.outbox import Outbox, enqueue
 from live.store.promotions import PromotionBook
 from live.store.records import (
     PORTFOLIO,
@@ -45,7 +46,7 @@ _FILLED_TOLERANCE = 1e-9  # relative: float sums of partial fills may miss the t
 _OPEN_STATES = tuple(s.value for s in OrderState if TRANSITIONS[s])
 
 
-class Store(Operations, PromotionBook, Identity):
+class Store(Operations, PromotionBook, Identity, Outbox):
     """Persistent state of the live runner on SQLite or PostgreSQL, one schema for both.
 
     Open with :meth:`Store.open`. Writes that cause or record trading (intents, transitions,
@@ -159,12 +160,20 @@ class Store(Operations, PromotionBook, Identity):
         with self._db.read("read fence") as tx:
             return int(tx.one("SELECT epoch FROM leader_fence WHERE id = 1")["epoch"])
 
-    def claim_epoch(self, epoch: int) -> int:
+    def claim_epoch(self, epoch: int, by: str | None = None) -> int:
         """Raise the fence to ``epoch`` (a new leader calls this first, so that the old
         leader's next write fails); return it. Raises StaleEpochError if a higher epoch was
-        already seen."""
+        already seen. The new term is noted in the notification outbox (``by``: the host)."""
         epoch = checks.epoch_of(epoch)
-        with self._db.write(f"claim of epoch {epoch}", epoch):
+        with self._db.write(f"claim of epoch {epoch}", epoch) as tx:
+            who = by or "a runner"
+            if epoch:  # epoch 0 is a single host without a lease: no term to announce
+                enqueue(
+                    tx, key=f"takeover:{epoch}", kind="takeover",
+                    title=f"{who} leads with epoch {epoch}",
+                    body=f"{who} took the lease and fenced the store at epoch {epoch}",
+                    ts_ns=time.time_ns(),
+                )  # fmt: skip
             return epoch
 
     # ------------------------------------------------------------------ intents and orders
