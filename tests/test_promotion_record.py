@@ -31,12 +31,18 @@ GOOD = ResearchEvidence(
     oos_folds=10,
     oos_trades=40,
     oos_sharpe=0.6,
+    oos_psr=0.98,
     dsr=0.97,
     n_trials=300,
     pbo=0.1,
     mc_max_drawdown_pct_p95=18.0,
-    mc_source="out-of-sample returns",
+    mc_source="out-of-sample bar returns",
+    mc_method="block",
     code_dirty=False,
+    strategy_file="quantshift/strategies/ma_crossover.py",
+    strategy_file_git="committed",
+    causality="SP500: ma_crossover: causal",
+    causal=True,
 )
 
 
@@ -101,9 +107,11 @@ def test_not_json_is_a_clear_error():
 def test_the_paper_gate_passes_good_evidence_and_names_each_failing_check():
     assert evaluate_paper_gate(GOOD, PaperGate()).passed
     bad = ResearchEvidence(
-        oos_method=None, oos_folds=0, oos_trades=5, oos_sharpe=-0.2, dsr=0.80, n_trials=300,
-        pbo=0.45,
-        mc_max_drawdown_pct_p95=31.0, mc_source="in-sample returns", code_dirty=True,
+        oos_method=None, oos_folds=0, oos_trades=5, oos_sharpe=-0.2, oos_psr=0.3, dsr=0.80,
+        n_trials=300, pbo=0.45,
+        mc_max_drawdown_pct_p95=31.0, mc_source="in-sample bar or trade returns",
+        mc_method="reshuffle", code_dirty=True, strategy_file="mine.py",
+        strategy_file_git="untracked", causality="SP500: peeking: LOOKS AHEAD", causal=False,
     )  # fmt: skip
     result = evaluate_paper_gate(bad, PaperGate())
     assert not result.passed
@@ -112,31 +120,63 @@ def test_the_paper_gate_passes_good_evidence_and_names_each_failing_check():
         "out-of-sample folds": (0, 1),
         "out-of-sample trades": (5, 20),
         "out-of-sample Sharpe": (-0.2, 0.0),
+        "out-of-sample PSR": (0.3, 0.95),
         "deflated Sharpe ratio": (0.80, 0.95),
         "PBO": (0.45, 0.2),
         "Monte Carlo max drawdown p95 (%)": (31.0, 25.0),
+        "Monte Carlo is a block bootstrap of out-of-sample bars": (False, True),
         "code committed (git clean)": (False, True),
+        "strategy causal on the study's data": (False, True),
     }
     text = "\n".join(result.lines())
     assert "FAIL  deflated Sharpe ratio: 0.8 >= 0.95  (over 300 trials)" in text
+    assert "reshuffle of in-sample bar or trade returns; the bound needs the stationary" in text
+    assert "the strategy's source mine.py is untracked in git" in text
+    assert "FAIL  strategy causal on the study's data: False == True  (SP500: peeking" in text
 
 
-def test_missing_evidence_fails_its_check_and_no_pbo_means_no_pbo_check():
+def test_regression_a_reshuffled_drawdown_bound_is_refused_unless_waived_and_shown_waived():
+    reshuffled = dataclasses.replace(GOOD, mc_method="reshuffle")
+    failed = evaluate_paper_gate(reshuffled, PaperGate())
+    assert [c.name for c in failed.failed] == [
+        "Monte Carlo is a block bootstrap of out-of-sample bars"
+    ]
+    waived = evaluate_paper_gate(reshuffled, PaperGate(require_block_bootstrap=False))
+    assert waived.passed
+    assert any(
+        line.strip().startswith("WAIVED  Monte Carlo is a block bootstrap")
+        and "require_block_bootstrap = false" in line
+        for line in waived.lines()
+    )
+
+
+def test_regression_an_oos_psr_under_095_fails_the_gate():
+    weak = dataclasses.replace(GOOD, oos_psr=0.9)
+    assert [c.name for c in evaluate_paper_gate(weak, PaperGate()).failed] == ["out-of-sample PSR"]
+
+
+def test_regression_missing_evidence_fails_its_check_and_a_missing_pbo_fails_like_a_missing_dsr():
     missing = ResearchEvidence(
-        oos_method="walk-forward", oos_folds=3, oos_trades=None, oos_sharpe=None, dsr=math.nan,
-        n_trials=1,
-        pbo=None, mc_max_drawdown_pct_p95=None, mc_source=None, code_dirty=None,
+        oos_method="walk-forward", oos_folds=3, oos_trades=None, oos_sharpe=None, oos_psr=None,
+        dsr=math.nan, n_trials=1, pbo=None, mc_max_drawdown_pct_p95=None, mc_source=None,
+        mc_method=None, code_dirty=None, strategy_file=None, strategy_file_git=None,
+        causality=None, causal=None,
     )  # fmt: skip
     result = evaluate_paper_gate(missing, PaperGate())
-    names = [c.name for c in result.checks]
-    assert "PBO" not in names
     assert {c.name for c in result.failed} == {
         "out-of-sample trades",
         "out-of-sample Sharpe",
+        "out-of-sample PSR",
         "deflated Sharpe ratio",
+        "PBO",
         "Monte Carlo max drawdown p95 (%)",
+        "Monte Carlo is a block bootstrap of out-of-sample bars",
         "code committed (git clean)",
+        "strategy causal on the study's data",
     }
+    text = "\n".join(result.lines())
+    assert "FAIL  PBO: missing <= 0.2  (not measured: the study has no [pbo] section" in text
+    assert "the study did not run the causality check" in text
     assert all(c.value is None for c in result.failed if c.name != "code committed (git clean)")
 
 

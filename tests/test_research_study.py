@@ -121,3 +121,21 @@ def test_montecarlo_command_uses_the_fixed_params():
     assert rep.summary["params"] == {"fast": 10.0, "slow": 40.0}
     assert math.isfinite(rep.summary["mc_max_drawdown_pct_p95"])
     assert rep.summary["mc_max_drawdown_pct_p95"] >= rep.summary["mc_max_drawdown_pct_p50"]
+
+
+def test_regression_repeated_parameter_sets_count_once_in_pbo():
+    # Four distinct parameter sets, twelve trials: the sampler repeats itself, and a repeated
+    # set is one strategy, not several that tie for the best in-sample rank.
+    space = {"fast": {"low": 3, "high": 6, "step": 3}, "slow": {"low": 20, "high": 30, "step": 10}}
+    rep = run(
+        _spec(method="optuna", trials=12, batch_size=4, sampler="random", space=space),
+        "optimize",
+        track=False,
+    )
+    ledger = rep.parts["ledger"].frame
+    complete = ledger[ledger["state"] == "complete"]
+    distinct = len(complete[["fast", "slow"]].drop_duplicates())
+    assert len(complete) > distinct
+    assert rep.summary["pbo_trials"] == distinct
+    assert rep.summary["causality"]["causal"] is True
+    assert rep.summary["causality"]["summary"].startswith("SP500: ma_crossover: causal")

@@ -21,6 +21,7 @@ from quantshift.promotion.record import GateCheck, GateResult
 from quantshift.tables import Table, is_number, read_toml
 
 NS_PER_DAY = 86_400 * 1_000_000_000
+OOS_RETURNS = "out-of-sample bar returns"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,9 +47,14 @@ class PaperGate(_Thresholds):
     require_out_of_sample: bool = True
     min_oos_sharpe: float = 0.0
     """The out-of-sample Sharpe must be above this (it is the only evidence not fitted)."""
+    min_oos_psr: float = 0.95
+    """Out-of-sample significance: the probability that the true Sharpe is above zero."""
     min_dsr: float = 0.95
     max_pbo: float = 0.2
     max_mc_drawdown_pct_p95: float = 25.0
+    require_block_bootstrap: bool = True
+    """The drawdown bound must come from a stationary block bootstrap of out-of-sample bar
+    returns: a trade-order reshuffle misses the drawdowns inside trades."""
     min_oos_trades: int = 20
     require_committed_code: bool = True
 
@@ -106,12 +112,20 @@ class ResearchEvidence:
     oos_folds: int
     oos_trades: int | None
     oos_sharpe: float | None
+    oos_psr: float | None
     dsr: float | None
     n_trials: int
     pbo: float | None
     mc_max_drawdown_pct_p95: float | None
     mc_source: str | None
+    mc_method: str | None
     code_dirty: bool | None
+    strategy_file: str | None
+    strategy_file_git: str | None
+    """The strategy's source in git (``quantshift.provenance.strategy_source``)."""
+    causality: str | None
+    """The study's causality verdict on its data, one line (None: not checked)."""
+    causal: bool | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,41 +202,84 @@ def evaluate_paper_gate(
             "" if evidence.oos_trades is not None else "no out-of-sample trades recorded",
         ),
         _check("out-of-sample Sharpe", evidence.oos_sharpe, ">", gate.min_oos_sharpe),
-    ]
-    checks.append(
+        _check(
+            "out-of-sample PSR",
+            evidence.oos_psr,
+            ">=",
+            gate.min_oos_psr,
+            "probability that the out-of-sample Sharpe is above 0",
+        ),
         _check(
             "deflated Sharpe ratio",
             evidence.dsr,
             ">=",
             gate.min_dsr,
             f"over {evidence.n_trials} trials",
-        )
-    )
-    if evidence.pbo is not None:
-        checks.append(_check("PBO", evidence.pbo, "<=", gate.max_pbo, "probability of overfitting"))
-    checks.append(
+        ),
+        _check(
+            "PBO",
+            evidence.pbo,
+            "<=",
+            gate.max_pbo,
+            "probability of overfitting"
+            if evidence.pbo is not None
+            else "not measured: the study has no [pbo] section or too few trials",
+        ),
         _check(
             "Monte Carlo max drawdown p95 (%)",
             evidence.mc_max_drawdown_pct_p95,
             "<=",
             gate.max_mc_drawdown_pct_p95,
             evidence.mc_source or "no Monte Carlo in the run",
-        )
-    )
-    checks.append(
+        ),
+        _required(
+            gate.require_block_bootstrap,
+            "require_block_bootstrap",
+            _monte_carlo_method_check(evidence),
+        ),
         _required(
             gate.require_committed_code,
             "require_committed_code",
-            _check(
-                "code committed (git clean)",
-                None if evidence.code_dirty is None else not evidence.code_dirty,
-                "==",
-                True,
-                "the run's git commit pins its code only if the tree was clean",
-            ),
-        )
-    )
+            _code_check(evidence),
+        ),
+        _check(
+            "strategy causal on the study's data",
+            evidence.causal,
+            "==",
+            True,
+            evidence.causality or "the study did not run the causality check",
+        ),
+    ]
     return GateResult(stage="paper", checks=tuple(checks), forced=force)
+
+
+def _monte_carlo_method_check(evidence: ResearchEvidence) -> GateCheck:
+    """The drawdown bound's method: a block bootstrap of out-of-sample bar returns."""
+    if evidence.mc_method is None:
+        value, note = None, "no Monte Carlo method recorded"
+    else:
+        value = evidence.mc_method == "block" and evidence.mc_source == OOS_RETURNS
+        note = f"{evidence.mc_method} of {evidence.mc_source or 'unknown returns'}"
+        if not value:
+            note += "; the bound needs the stationary block bootstrap of " + OOS_RETURNS
+    return _check("Monte Carlo is a block bootstrap of out-of-sample bars", value, "==", True, note)
+
+
+def _code_check(evidence: ResearchEvidence) -> GateCheck:
+    """The run's commit pins its code: the tree is clean and the strategy's own file is in it."""
+    file, state = evidence.strategy_file, evidence.strategy_file_git
+    problems = []
+    if evidence.code_dirty is None:
+        problems.append("the run's code is not in a git checkout")
+    elif evidence.code_dirty:
+        problems.append("tracked files differ from the run's git commit")
+    if state is None:
+        problems.append("the run does not name its strategy's source file (rerun the study)")
+    elif state != "committed":
+        problems.append(f"the strategy's source {file or '(no file)'} is {state} in git")
+    value = None if evidence.code_dirty is None or state is None else not problems
+    note = "; ".join(problems) or f"strategy source {file} is committed"
+    return _check("code committed (git clean)", value, "==", True, note)
 
 
 def evaluate_live_gate(evidence: PaperEvidence, gate: LiveGate, *, force: bool = False):
