@@ -16,6 +16,7 @@ from quantshift.promotion import (
     LiveGate,
     PaperEvidence,
     PaperGate,
+    PaperStretch,
     PromotionRecord,
     ResearchEvidence,
     evaluate_live_gate,
@@ -202,11 +203,32 @@ def test_the_live_gate_reads_the_paper_record():
     assert not forced.passed and forced.forced and "FORCED" in forced.lines()[0]
 
 
+DAY_NS = 86_400 * 10**9
+PUBLISHED_NS = 20_000 * DAY_NS  # 2024-10-04
+STUDY_END_NS = PUBLISHED_NS - 300 * DAY_NS
+
+
+def stretch(first_day: float, days: float, adopted_day: float, pnls=(), equity=()):
+    return PaperStretch(
+        runner="paper-trend", sleeve="trend",
+        first_bar_ts_ns=PUBLISHED_NS + int(first_day * DAY_NS),
+        last_bar_ts_ns=PUBLISHED_NS + int((first_day + days) * DAY_NS),
+        ts_adopted_ns=PUBLISHED_NS + int(adopted_day * DAY_NS),
+        trade_pnls=tuple(pnls), equity=tuple(equity),
+    )  # fmt: skip
+
+
+def evidence_of(*stretches):
+    return paper_evidence(
+        stretches, published_ts_ns=PUBLISHED_NS, data_last_bar_ts_ns=STUDY_END_NS, halts=0
+    )
+
+
 def test_paper_evidence_matches_a_plain_computation():
     rng = np.random.default_rng(5)
     equity = 100_000 * np.cumprod(1 + rng.normal(0, 0.01, 200))
     pnls = rng.normal(10, 100, 25)
-    ev = paper_evidence(pnls, equity, first_ts_ns=0, last_ts_ns=45 * 86_400 * 10**9, halts=0)
+    ev = evidence_of(stretch(1.0, 45.0, 1.5, pnls, equity))
     peak = pd_peak = equity[0]
     worst = 0.0
     for value in equity:
@@ -215,6 +237,44 @@ def test_paper_evidence_matches_a_plain_computation():
     assert peak > 0 and ev.max_drawdown_pct == pytest.approx(worst * 100, rel=1e-12)
     assert ev.win_rate_pct == pytest.approx(100 * np.mean(pnls > 0))
     assert ev.trades == 25 and ev.days == 45.0 and ev.total_pnl == pytest.approx(pnls.sum())
+    assert ev.uncounted_days == 0.0 and ev.stretches[0]["clock"] == "wall-clock"
+    assert ev.stretches[0]["counts"] is True
+
+
+def test_regression_a_replay_only_paper_record_is_refused_and_the_gate_says_why():
+    # A 5-second replay of 363 days of history, run after the record was published: it was
+    # reported as "paper days: 363" and passed the live gate.
+    pnls = [50.0] * 14 + [-20.0] * 6
+    equity = np.linspace(100_000, 101_000, 363)
+    replay = stretch(-1000.0, 363.0, 0.01, pnls, equity)
+    ev = evidence_of(replay)
+    assert ev.days == 0.0 and ev.trades == 0 and ev.uncounted_days == 363.0
+    assert ev.stretches[0]["clock"] == "replay" and ev.stretches[0]["counts"] is False
+    result = evaluate_live_gate(ev, LiveGate())
+    assert not result.passed
+    text = "\n".join(result.lines())
+    assert (
+        "FAIL  paper days: 0 >= 30  (counted on the wall clock; 363 days traded otherwise do "
+        "not count: a replay (paper-trend/trend traded bars from 2022-01-08 on 2024-10-04, "
+        "1000 days after they happened; only trading on the wall clock counts))"
+    ) in text
+    assert "FAIL  paper trades: 0 >= 10  (counted on the wall clock; 20 trades traded" in text
+
+
+def test_paper_trading_before_publication_or_inside_the_study_window_does_not_count():
+    early = evidence_of(stretch(-2.0, 40.0, -1.0, [10.0] * 12))
+    assert early.days == 0.0 and "before the record was published" in early.uncounted_why
+    inside = paper_evidence(
+        [stretch(0.5, 40.0, 1.0, [10.0] * 12)],
+        published_ts_ns=PUBLISHED_NS,
+        data_last_bar_ts_ns=PUBLISHED_NS + 10 * DAY_NS,
+        halts=0,
+    )
+    assert inside.days == 0.0 and "inside the study's data window" in inside.uncounted_why
+    # Wall clock after both: counts, and a replay beside it is shown but not counted.
+    both = evidence_of(stretch(1.0, 40.0, 1.5, [10.0] * 12), stretch(-900.0, 300.0, 2.0))
+    assert both.days == 40.0 and both.trades == 12 and both.uncounted_days == 300.0
+    assert [s["counts"] for s in both.stretches] == [True, False]
 
 
 def test_gate_thresholds_come_from_toml_and_unknown_keys_are_refused(tmp_path):

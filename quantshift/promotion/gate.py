@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from quantshift.data.validate import iso_utc
 from quantshift.errors import ConfigError
 from quantshift.promotion.record import GateCheck, GateResult
 from quantshift.tables import Table, is_number, read_toml
@@ -129,8 +130,33 @@ class ResearchEvidence:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PaperStretch:
+    """One stretch in which a runner's sleeve traded a record: the bars it traded, when (wall
+    clock) it adopted the record, the P&L of the trades it closed and its equity snapshots."""
+
+    runner: str
+    sleeve: str
+    first_bar_ts_ns: int
+    last_bar_ts_ns: int | None
+    ts_adopted_ns: int
+    trade_pnls: tuple[float, ...]
+    equity: tuple[float, ...]
+
+
+MAX_WALL_CLOCK_LAG_NS = 4 * NS_PER_DAY
+"""A stretch is traded on the wall clock when its first bar is at most this old when the runner
+adopts the record (a daily bar closes a weekend or a holiday before it); a replay trades bars
+that are months or years old."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class PaperEvidence:
-    """A paper-trading record of one promotion record, as the live gate reads it."""
+    """A paper-trading record of one promotion record, as the live gate reads it.
+
+    The numbers count only stretches traded on the wall clock after the record was published
+    and after the study's data window; ``uncounted_days`` and ``uncounted_why`` say what else
+    was traded and why it does not count, ``stretches`` lists every stretch with its verdict.
+    """
 
     trades: int
     days: float
@@ -140,41 +166,104 @@ class PaperEvidence:
     halts: int
     first_ts_ns: int | None
     last_ts_ns: int | None
+    uncounted_days: float = 0.0
+    uncounted_trades: int = 0
+    uncounted_why: str = ""
+    stretches: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def paper_evidence(
-    trade_pnls: Sequence[float],
-    equity: Sequence[float],
+    stretches: Sequence[PaperStretch],
     *,
-    first_ts_ns: int | None,
-    last_ts_ns: int | None,
+    published_ts_ns: int,
+    data_last_bar_ts_ns: int | None,
     halts: int,
 ) -> PaperEvidence:
-    """Summarise a paper-trading record: closed trades' P&L, the sleeve's equity snapshots over
-    the period (for the drawdown), the period's bounds and the HALTs written in it."""
-    pnl = np.asarray(trade_pnls, dtype=float)
-    curve = np.asarray(equity, dtype=float)
-    curve = curve[np.isfinite(curve)]
+    """Summarise a paper-trading record: the stretches that count (wall clock, after the record
+    was published at ``published_ts_ns`` and after the study's last bar), the HALTs written
+    since, and every stretch with whether it counts and why not."""
+    pnls: list[float] = []
+    curve: list[float] = []
+    counted_days = uncounted_days = 0.0
+    uncounted_trades = 0
+    first = last = None
+    reasons: list[str] = []
+    listed = []
+    for s in stretches:
+        end = s.first_bar_ts_ns if s.last_bar_ts_ns is None else s.last_bar_ts_ns
+        days = max(0.0, (end - s.first_bar_ts_ns) / NS_PER_DAY)
+        why = _uncounted_reason(s, published_ts_ns, data_last_bar_ts_ns)
+        replay = s.ts_adopted_ns - s.first_bar_ts_ns > MAX_WALL_CLOCK_LAG_NS
+        listed.append(
+            {
+                "runner": s.runner,
+                "sleeve": s.sleeve,
+                "clock": "replay" if replay else "wall-clock",
+                "first_bar": iso_utc(s.first_bar_ts_ns),
+                "last_bar": iso_utc(end),
+                "adopted_at": iso_utc(s.ts_adopted_ns),
+                "published_at": iso_utc(published_ts_ns),
+                "study_last_bar": None
+                if data_last_bar_ts_ns is None
+                else iso_utc(data_last_bar_ts_ns),
+                "days": days,
+                "trades": len(s.trade_pnls),
+                "counts": why is None,
+                "why_not": why or "",
+            }
+        )
+        if why is not None:
+            uncounted_days += days
+            uncounted_trades += len(s.trade_pnls)
+            reasons += [why] if why not in reasons else []
+            continue
+        counted_days += days
+        pnls += [p for p in s.trade_pnls if math.isfinite(p)]
+        curve += list(s.equity)
+        first = s.first_bar_ts_ns if first is None else min(first, s.first_bar_ts_ns)
+        last = end if last is None else max(last, end)
+    pnl = np.asarray(pnls, dtype=float)
+    equity = np.asarray(curve, dtype=float)
+    equity = equity[np.isfinite(equity)]
     drawdown = None
-    if curve.size:
-        peak = np.maximum.accumulate(curve)
-        drawdown = float(np.max((peak - curve) / peak) * 100.0)
-    days = 0.0
-    if first_ts_ns is not None and last_ts_ns is not None:
-        days = max(0.0, (last_ts_ns - first_ts_ns) / NS_PER_DAY)
+    if equity.size:
+        peak = np.maximum.accumulate(equity)
+        drawdown = float(np.max((peak - equity) / peak) * 100.0)
     return PaperEvidence(
         trades=int(pnl.size),
-        days=days,
+        days=counted_days,
         win_rate_pct=float(np.mean(pnl > 0) * 100.0) if pnl.size else None,
         max_drawdown_pct=drawdown,
         total_pnl=float(pnl.sum()),
         halts=int(halts),
-        first_ts_ns=first_ts_ns,
-        last_ts_ns=last_ts_ns,
+        first_ts_ns=first,
+        last_ts_ns=last,
+        uncounted_days=uncounted_days,
+        uncounted_trades=uncounted_trades,
+        uncounted_why="; ".join(reasons),
+        stretches=tuple(listed),
     )
+
+
+def _uncounted_reason(
+    s: PaperStretch, published_ts_ns: int, data_last_bar_ts_ns: int | None
+) -> str | None:
+    """Why a stretch does not count as paper trading (None: it counts)."""
+    lag_days = (s.ts_adopted_ns - s.first_bar_ts_ns) / NS_PER_DAY
+    if lag_days * NS_PER_DAY > MAX_WALL_CLOCK_LAG_NS:
+        return (
+            f"a replay ({s.runner}/{s.sleeve} traded bars from {iso_utc(s.first_bar_ts_ns)[:10]} "
+            f"on {iso_utc(s.ts_adopted_ns)[:10]}, {lag_days:.0f} days after they happened; only "
+            "trading on the wall clock counts)"
+        )
+    if s.ts_adopted_ns < published_ts_ns:
+        return f"traded before the record was published ({iso_utc(published_ts_ns)})"
+    if data_last_bar_ts_ns is not None and s.first_bar_ts_ns <= data_last_bar_ts_ns:
+        return f"inside the study's data window (its last bar is {iso_utc(data_last_bar_ts_ns)})"
+    return None
 
 
 # ----------------------------------------------------------------------------- the gates
@@ -285,8 +374,10 @@ def _code_check(evidence: ResearchEvidence) -> GateCheck:
 def evaluate_live_gate(evidence: PaperEvidence, gate: LiveGate, *, force: bool = False):
     """Check a paper-trading record against the live thresholds (every check, pass or fail)."""
     checks = [
-        _check("paper trades", evidence.trades, ">=", gate.min_trades),
-        _check("paper days", evidence.days, ">=", gate.min_days),
+        _check(
+            "paper trades", evidence.trades, ">=", gate.min_trades, _uncounted(evidence, "trades")
+        ),
+        _check("paper days", evidence.days, ">=", gate.min_days, _uncounted(evidence, "days")),
         _check("paper win rate (%)", evidence.win_rate_pct, ">=", gate.min_win_rate_pct),
         _check("paper max drawdown (%)", evidence.max_drawdown_pct, "<", gate.max_drawdown_pct),
     ]
@@ -299,6 +390,17 @@ def evaluate_live_gate(evidence: PaperEvidence, gate: LiveGate, *, force: bool =
         )
     )
     return GateResult(stage="live", checks=tuple(checks), forced=force)
+
+
+def _uncounted(evidence: PaperEvidence, what: str) -> str:
+    """The note of a paper count: what was traded but does not count, and why."""
+    if not evidence.uncounted_why:
+        return "on the wall clock, after publication and the study's data"
+    amount = evidence.uncounted_days if what == "days" else evidence.uncounted_trades
+    return (
+        f"counted on the wall clock; {amount:.0f} {what} traded otherwise do not count: "
+        f"{evidence.uncounted_why}"
+    )
 
 
 def _required(required: bool, setting: str, check: GateCheck, waived_when="false") -> GateCheck:
