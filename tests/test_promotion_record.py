@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 
@@ -329,3 +330,76 @@ def test_a_waived_check_stays_in_the_report_and_says_it_would_fail():
     assert "WAIVED by require_committed_code = false; would fail" in check.line()
     clean = evaluate_paper_gate(GOOD, PaperGate(require_committed_code=False))
     assert [c.line().split()[0] for c in clean.checks].count("WAIVED") == 0
+
+
+STRATEGY_SOURCE = """
+from numba import njit
+
+from quantshift.strategies import Strategy
+
+
+@njit
+def _signal_nb(open_, high, low, close, volume, params, entries, exits, stop, tp, trail):
+    for t in range(1, close.shape[0]):
+        entries[t] = close[t] > close[t - 1]
+
+
+STRATEGY = Strategy(
+    name="mine", description="mine", params=(), signal_nb=_signal_nb, warmup=lambda v: 1
+)
+"""
+
+
+def _git(repo, *args):
+    import subprocess
+
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def _strategy_from(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"user_strategy_{path.stat().st_ino}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.STRATEGY
+
+
+@pytest.mark.parametrize("state", ["untracked", "modified", "committed"])
+def test_regression_an_untracked_or_modified_strategy_file_fails_the_code_check(tmp_path, state):
+    # The code check asked git with --untracked-files=no: an untracked strategy file gave
+    # git_dirty=false and "PASS code committed", pinned to a commit without the strategy.
+    from quantshift.provenance import code_fingerprint
+
+    repo = tmp_path / "my-strategies"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "quant@example.com")
+    _git(repo, "config", "user.name", "quant")
+    (repo / "README").write_text("strategies\n")
+    _git(repo, "add", "README")
+    path = repo / "mine.py"
+    path.write_text(STRATEGY_SOURCE)
+    if state != "untracked":
+        _git(repo, "add", "mine.py")
+        _git(repo, "commit", "-q", "-m", "strategy")
+    if state == "modified":
+        path.write_text(STRATEGY_SOURCE.replace("close[t - 1]", "close[t - 2]"))
+    _git(repo, "commit", "-q", "--allow-empty", "-m", "anything")
+    code = code_fingerprint(_strategy_from(path))
+    assert code["strategy_file"] == str(path.resolve())
+    assert code["strategy_file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert code["strategy_file_git"] == state
+    evidence = dataclasses.replace(
+        GOOD, strategy_file=code["strategy_file"], strategy_file_git=code["strategy_file_git"]
+    )
+    result = evaluate_paper_gate(evidence, PaperGate())
+    (check,) = [c for c in result.checks if c.name == "code committed (git clean)"]
+    if state == "committed":
+        assert result.passed and check.note == f"strategy source {path.resolve()} is committed"
+        return
+    assert not result.passed and [c.name for c in result.failed] == [check.name]
+    assert check.line() == (
+        f"FAIL  code committed (git clean): False == True  (the strategy's source "
+        f"{path.resolve()} is {state} in git)"
+    )
