@@ -235,6 +235,14 @@ def test_regression_a_peek_past_the_end_of_a_view_is_caught_on_copies():
     assert "peeking: LOOKS AHEAD" in verdict.summary()
 
 
+def test_a_peek_past_the_end_in_plain_python_is_a_verdict_not_a_crash():
+    # Without numba (NUMBA_DISABLE_JIT=1) the read past the end raises IndexError.
+    strategy = _peeking(_peek_next_close_every_bar_nb.py_func)
+    verdict = check_causality(strategy, sp500_bars(3000, 3100), np.empty(0))
+    assert not verdict.causal and verdict.cut == 100 and verdict.bar == 99
+    assert "raise IndexError: it reads beyond bar t" in verdict.summary()
+
+
 def test_causality_verdict_names_the_parameter_set():
     strategy = get_strategy("ma_crossover")
     grid = strategy.grid({"fast": [5, 10], "slow": [20, 50]})

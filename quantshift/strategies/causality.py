@@ -115,37 +115,38 @@ def check_causality(
         Causal, or the first prefix, bar, output and parameter set that looks ahead.
     """
     grid = np.atleast_2d(np.asarray(params, dtype=np.float64))
-    if grid.shape[1] == 0 and len(strategy.params) == 0:
-        grid = np.empty((1, 0))
     n_bars = int(bars[0].shape[0])
     cuts = default_cuts(n_bars) if cuts is None else sorted({int(c) for c in cuts})
-    names = strategy.param_names
+    checked = {
+        "strategy": strategy.name,
+        "bars": n_bars,
+        "cuts_checked": len(cuts),
+        "param_sets_checked": grid.shape[0],
+    }
     for row in grid:
-        full = run_signals(strategy, poisoned_prefix(bars, n_bars, np.nan), row)
-        for cut in cuts:
-            runs = [run_signals(strategy, poisoned_prefix(bars, cut, p), row) for p in _POISONS]
-            for output, whole, first, second in zip(OUTPUTS, full, *runs, strict=True):
-                bar, reason = _first_difference(whole[:cut], first, second)
-                if bar is not None:
-                    return CausalityVerdict(
-                        strategy=strategy.name,
-                        causal=False,
-                        bars=n_bars,
-                        cuts_checked=len(cuts),
-                        param_sets_checked=grid.shape[0],
-                        cut=cut,
-                        bar=bar,
-                        output=output,
-                        params=dict(zip(names, row.tolist(), strict=True)),
-                        reason=reason,
-                    )
-    return CausalityVerdict(
-        strategy=strategy.name,
-        causal=True,
-        bars=n_bars,
-        cuts_checked=len(cuts),
-        param_sets_checked=grid.shape[0],
-    )
+        looked_ahead = {
+            "causal": False,
+            "params": dict(zip(strategy.param_names, row.tolist(), strict=True)),
+        }
+        cut = n_bars
+        try:
+            full = run_signals(strategy, poisoned_prefix(bars, n_bars, np.nan), row)
+            for cut in cuts:
+                runs = [run_signals(strategy, poisoned_prefix(bars, cut, p), row) for p in _POISONS]
+                for output, whole, first, second in zip(OUTPUTS, full, *runs, strict=True):
+                    bar, reason = _first_difference(whole[:cut], first, second)
+                    if bar is not None:
+                        return CausalityVerdict(
+                            **checked, **looked_ahead, cut=cut, bar=bar, output=output,
+                            reason=reason,
+                        )  # fmt: skip
+        except IndexError:
+            # Run as plain Python (NUMBA_DISABLE_JIT=1), a read past the end raises.
+            return CausalityVerdict(
+                **checked, **looked_ahead, cut=cut, bar=cut - 1, output="signals",
+                reason="raise IndexError: it reads beyond bar t",
+            )  # fmt: skip
+    return CausalityVerdict(**checked, causal=True)
 
 
 def _first_difference(whole: np.ndarray, first: np.ndarray, second: np.ndarray):
