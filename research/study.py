@@ -284,21 +284,10 @@ def _best_by(ledger: TrialLedger, objective: str, min_trades: int) -> dict[str, 
 def _causality(strat, bars, params: dict[str, float]) -> dict:
     """The causality check of the chosen parameters on each symbol's bars (copies of each
     prefix); the first symbol that looks ahead, or the last verdict, as plain data."""
-    from quantshift.strategies.causality import check_causality
+    from quantshift.strategies.causality import check_bars
 
-    vector = strat.vector(params)
-    columns = (bars.open, bars.high, bars.low, bars.close, bars.volume)
-    for j, symbol in enumerate(bars.symbols):
-        rows = bars.valid[:, j]
-        verdict = check_causality(strat, tuple(c[rows, j] for c in columns), vector)
-        summary = {
-            **verdict.to_dict(),
-            "symbol": symbol,
-            "summary": f"{symbol}: {verdict.summary()}",
-        }
-        if not verdict.causal:
-            break
-    return summary
+    symbol, verdict = check_bars(strat, bars, strat.vector(params))
+    return {**verdict.to_dict(), "symbol": symbol, "summary": f"{symbol}: {verdict.summary()}"}
 
 
 def _pbo(spec, bars, ledger, report) -> None:

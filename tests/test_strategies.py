@@ -5,6 +5,7 @@ Causality is property-based: signals on any prefix of the bars equal the full-hi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import arch.data.sp500
@@ -241,6 +242,21 @@ def test_a_peek_past_the_end_in_plain_python_is_a_verdict_not_a_crash():
     verdict = check_causality(strategy, sp500_bars(3000, 3100), np.empty(0))
     assert not verdict.causal and verdict.cut == 100 and verdict.bar == 99
     assert "raise IndexError: it reads beyond bar t" in verdict.summary()
+
+
+def test_strategies_check_command_exits_1_on_a_peeking_strategy():
+    from typer.testing import CliRunner
+
+    from quantshift.cli import app
+    from quantshift.strategies import register
+
+    register(dataclasses.replace(_peeking(_peek_next_close_every_bar_nb), name="peeking_cli"))
+    data = "synthetic:symbols=1,bars=300,seed=3"
+    peek = CliRunner().invoke(app, ["strategies", "check", "peeking_cli", "--data", data])
+    assert peek.exit_code == 1
+    assert "peeking_cli: LOOKS AHEAD: entries at bar 0 computed on the first 1 bars" in peek.output
+    fine = CliRunner().invoke(app, ["strategies", "check", "ma_crossover", "--data", data])
+    assert fine.exit_code == 0 and "ma_crossover: causal (" in fine.output
 
 
 def test_causality_verdict_names_the_parameter_set():

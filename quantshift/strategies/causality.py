@@ -149,6 +149,19 @@ def check_causality(
     return CausalityVerdict(**checked, causal=True)
 
 
+def check_bars(strategy: Strategy, bars, params: np.ndarray) -> tuple[str, CausalityVerdict]:
+    """Run :func:`check_causality` on each symbol of ``bars`` (a ``quantshift.data.Bars``; the
+    bars a symbol lacks are removed first); return the first symbol that looks ahead and its
+    verdict, or the last symbol and its verdict when all are causal."""
+    columns = (bars.open, bars.high, bars.low, bars.close, bars.volume)
+    for j, symbol in enumerate(bars.symbols):
+        rows = bars.valid[:, j]
+        verdict = check_causality(strategy, tuple(c[rows, j] for c in columns), params)
+        if not verdict.causal:
+            return symbol, verdict
+    return symbol, verdict
+
+
 def _first_difference(whole: np.ndarray, first: np.ndarray, second: np.ndarray):
     """The first bar where the prefix's signals differ (and why), or (None, "")."""
     for other, reason in (
