@@ -33,23 +33,18 @@ def strategy_hash(strategy: str | Strategy) -> str:
     return h.hexdigest()
 
 
+def _git(path: Path, *args: str) -> str:
+    """The output of ``git -C path ARGS`` (OSError or SubprocessError when it fails)."""
+    return subprocess.run(
+        ["git", "-C", str(path), *args], capture_output=True, text=True, timeout=5, check=True
+    ).stdout
+
+
 def git_state(path: Path = _ROOT) -> tuple[str | None, bool | None]:
     """Return (commit, dirty) of the git checkout holding ``path``; (None, None) outside git."""
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
+        commit = _git(path, "rev-parse", "HEAD").strip()
+        status = _git(path, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None, None
     return commit or None, bool(status.strip())
@@ -83,16 +78,10 @@ def strategy_source(strategy: str | Strategy) -> dict[str, Any]:
 def _file_git_state(file: Path) -> str:
     # Untracked and ignored files are listed too: the run's commit does not contain them.
     try:
-        status = subprocess.run(
-            [
-                *("git", "-C", str(file.parent), "status", "--porcelain"),
-                *("--untracked-files=all", "--ignored", "--", file.name),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
+        status = _git(
+            file.parent, "status", "--porcelain", "--untracked-files=all", "--ignored", "--",
+            file.name,
+        )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return "outside git"
     if not status.strip():
