@@ -482,6 +482,31 @@ def strategies_show(name: str, json_out: JsonOpt = False) -> None:
     )
 
 
+@strategies_app.command("check")
+def strategies_check(
+    name: Annotated[str, typer.Argument(help="Strategy name (see `quantshift strategies list`).")],
+    data: DataOpt = "builtin:sp500",
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE; repeatable.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check that a strategy's signals use past bars only (on copies of each prefix of the
+    data); exit 1 if it looks ahead, naming the first bar and output that do."""
+    import quantshift as qs
+    from quantshift.strategies.causality import check_bars
+
+    strategy = qs.get_strategy(name)
+    params = strategy.vector(parse_assignments(param or [], "parameter"))
+    symbol, verdict = check_bars(strategy, qs.load_bars(data), params)
+    if json_out:
+        typer.echo(json.dumps({**verdict.to_dict(), "symbol": symbol}))
+    else:
+        typer.echo(f"{symbol}: {verdict.summary()}")
+    if not verdict.causal:
+        raise typer.Exit(1)
+
+
 @data_app.command("list")
 def data_list(json_out: JsonOpt = False) -> None:
     """List built-in data sets and files in the data folder."""

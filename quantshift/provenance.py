@@ -33,26 +33,60 @@ def strategy_hash(strategy: str | Strategy) -> str:
     return h.hexdigest()
 
 
+def _git(path: Path, *args: str) -> str:
+    """The output of ``git -C path ARGS`` (OSError or SubprocessError when it fails)."""
+    return subprocess.run(
+        ["git", "-C", str(path), *args], capture_output=True, text=True, timeout=5, check=True
+    ).stdout
+
+
 def git_state(path: Path = _ROOT) -> tuple[str | None, bool | None]:
     """Return (commit, dirty) of the git checkout holding ``path``; (None, None) outside git."""
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
+        commit = _git(path, "rev-parse", "HEAD").strip()
+        status = _git(path, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None, None
     return commit or None, bool(status.strip())
+
+
+def strategy_source(strategy: str | Strategy) -> dict[str, Any]:
+    """Return the strategy's own source file, its SHA-256 and its state in git.
+
+    Returns
+    -------
+    dict
+        ``strategy_file`` (path, None for a strategy defined without a file, as in a notebook),
+        ``strategy_file_sha256`` and ``strategy_file_git``: ``committed`` (tracked and equal
+        to the commit), ``untracked`` (unknown to git, or ignored), ``modified`` (differs from
+        the commit, staged or not), ``outside git`` or ``no file``.
+    """
+    strat = get_strategy(strategy)
+    path = source_file(getattr(strat.signal_nb, "py_func", strat.signal_nb))
+    if path is None:
+        return {"strategy_file": None, "strategy_file_sha256": None, "strategy_file_git": "no file"}
+    file = Path(path).resolve()
+    return {
+        "strategy_file": (
+            file.relative_to(_ROOT).as_posix() if file.is_relative_to(_ROOT) else str(file)
+        ),
+        "strategy_file_sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+        "strategy_file_git": _file_git_state(file),
+    }
+
+
+def _file_git_state(file: Path) -> str:
+    # Untracked and ignored files are listed too: the run's commit does not contain them.
+    try:
+        status = _git(
+            file.parent, "status", "--porcelain", "--untracked-files=all", "--ignored", "--",
+            file.name,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "outside git"
+    if not status.strip():
+        return "committed"
+    return "untracked" if status[:2] in ("??", "!!") else "modified"
 
 
 def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
@@ -66,7 +100,7 @@ def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
         engine, the decision layer and the strategies, so a commit that changes only docs or
         drivers leaves it alone), ``git_commit`` and ``git_dirty`` (None when the code is not in
         a git checkout; dirty means tracked files differ from the commit, so the commit alone
-        does not pin the code).
+        does not pin the code), and the strategy's own source (see :func:`strategy_source`).
     """
     from quantshift import __version__
 
@@ -77,6 +111,7 @@ def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
         "core_hash": package_digest().hex(),
         "git_commit": commit,
         "git_dirty": dirty,
+        **strategy_source(strategy),
     }
 
 

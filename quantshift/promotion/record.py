@@ -124,6 +124,9 @@ class PromotionRecord:
     research_settings: Mapping[str, Any] = field(default_factory=dict)
     """The backtest settings of the study (sizing, costs, direction): a live sleeve that sizes
     or pays differently trades the parameters on other terms than the evidence."""
+    causality: Mapping[str, Any] = field(default_factory=dict)
+    """The strategy's causality verdict on the study's data
+    (``quantshift.strategies.causality.CausalityVerdict.to_dict``)."""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -177,6 +180,8 @@ class PromotionRecord:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "causality" and not value:
+                continue  # a record written before the field keeps its id
             if f.name == "gates":
                 value = [g.to_dict() for g in value]
             elif f.name == "symbols":
@@ -255,7 +260,8 @@ class PromotionRecord:
             f"allocation {self.allocation:g}",
             f"  code {code.get('version')} @ {commit}"
             + (" (dirty)" if code.get("git_dirty") else "")
-            + f", strategy hash {str(code.get('strategy_hash'))[:12]}",
+            + f", strategy hash {str(code.get('strategy_hash'))[:12]}"
+            + (f" ({code['strategy_file']})" if code.get("strategy_file") else ""),
             f"  from MLflow run {self.mlflow_run_id}, by {self.created_by} at {self.created_at}",
         ]
 
