@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from quantshift.engine.fused import _function_bytes, _package_digest, _source_file
+from quantshift.engine.compile import function_bytes, package_digest, source_file
 from quantshift.strategies import Strategy, get_strategy
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +21,8 @@ def strategy_hash(strategy: str | Strategy) -> str:
     its source file, so any edit to what decides its trades changes the hash."""
     strat = get_strategy(strategy)
     func = getattr(strat.signal_nb, "py_func", strat.signal_nb)
-    h = hashlib.sha256(_function_bytes(func, set()))
-    path = _source_file(func)
+    h = hashlib.sha256(function_bytes(func, set()))
+    path = source_file(func)
     if path is not None:
         h.update(Path(path).read_bytes())
     h.update(repr([(p.name, p.low, p.high, p.integer) for p in strat.params]).encode())
@@ -70,7 +70,7 @@ def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
     return {
         "version": __version__,
         "strategy_hash": strategy_hash(strategy),
-        "core_hash": _package_digest().hex(),
+        "core_hash": package_digest().hex(),
         "git_commit": commit,
         "git_dirty": dirty,
     }

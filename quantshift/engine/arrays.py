@@ -12,6 +12,7 @@ import numpy as np
 from quantshift.data.bars import FIELDS, Bars
 from quantshift.engine.config import SimConfig
 from quantshift.engine.metrics import infer_periods_per_year
+from quantshift.engine.records import BarArrays
 
 
 @dataclass(frozen=True)
@@ -32,16 +33,12 @@ class PackedBars:
     periods_per_year: np.ndarray
     gap_free: bool
 
-    def kernel_args(self) -> tuple:
-        return (
-            self.open,
-            self.high,
-            self.low,
-            self.close,
-            self.volume,
-            self.lengths,
+    def kernel_bars(self) -> BarArrays:
+        """Return the arrays the kernels read."""
+        return BarArrays(
+            self.open, self.high, self.low, self.close, self.volume, self.lengths,
             self.periods_per_year,
-        )
+        )  # fmt: skip
 
 
 def pack(bars: Bars, config: SimConfig) -> PackedBars:

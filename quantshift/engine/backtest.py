@@ -18,20 +18,8 @@ from quantshift.engine.arrays import PackedBars, pack
 from quantshift.engine.config import SimConfig
 from quantshift.engine.fused import kernels_for
 from quantshift.engine.metrics import METRICS
-from quantshift.engine.simulate import (
-    EXIT_REASONS,
-    TR_DIRECTION,
-    TR_ENTRY_BAR,
-    TR_ENTRY_FEES,
-    TR_ENTRY_PRICE,
-    TR_EXIT_BAR,
-    TR_EXIT_FEES,
-    TR_EXIT_PRICE,
-    TR_EXIT_REASON,
-    TR_PNL,
-    TR_RETURN_PCT,
-    TR_UNITS,
-)
+from quantshift.engine.records import float_matrix, trade_columns
+from quantshift.engine.simulate import EXIT_REASONS
 from quantshift.errors import ConfigError, DataError
 from quantshift.strategies import Strategy, get_strategy
 
@@ -168,7 +156,7 @@ def backtest(
     kernels = kernels_for(strat)
     kernel = kernels.backtest_serial if data.n_symbols == 1 else kernels.backtest
     equity, position, trades, n_trades, metrics = kernel(
-        *packed.kernel_args(), vector, cfg.to_vector()
+        packed.kernel_bars(), vector, cfg.to_record()
     )
     index = data.index
     return BacktestResult(
@@ -177,7 +165,9 @@ def backtest(
         config=cfg,
         symbols=data.symbols,
         stats=pd.DataFrame(
-            metrics, index=pd.Index(data.symbols, name="symbol"), columns=list(METRICS)
+            float_matrix(metrics),
+            index=pd.Index(data.symbols, name="symbol"),
+            columns=list(METRICS),
         ),
         trades=_trades_frame(data, packed, trades, n_trades),
         equity=_unpack_series(packed, equity, index, data.symbols, fill_start=cfg.cash),
@@ -228,33 +218,12 @@ def _trades_frame(data: Bars, packed: PackedBars, trades, n_trades) -> pd.DataFr
     symbol = np.repeat(np.arange(data.n_symbols), n_trades)
     # Packed bar positions -> rows of the shared time axis.
     flat_rows = np.concatenate(packed.rows)
-    offsets = np.concatenate(([0], np.cumsum(packed.lengths)[:-1]))
-    entry_bar = rec[:, TR_ENTRY_BAR].astype(np.int64)
-    exit_bar = rec[:, TR_EXIT_BAR].astype(np.int64)
-    entry_rows = flat_rows[offsets[symbol] + entry_bar]
-    exit_rows = flat_rows[offsets[symbol] + exit_bar]
-    return pd.DataFrame(
-        {
-            "symbol": pd.Categorical.from_codes(symbol, categories=list(data.symbols)),
-            "direction": pd.Categorical.from_codes(
-                (rec[:, TR_DIRECTION] < 0).astype(np.int8), categories=["long", "short"]
-            ),
-            "entry_time": pd.to_datetime(data.ts_ns[entry_rows], unit="ns", utc=True),
-            "exit_time": pd.to_datetime(data.ts_ns[exit_rows], unit="ns", utc=True),
-            "entry_price": rec[:, TR_ENTRY_PRICE],
-            "exit_price": rec[:, TR_EXIT_PRICE],
-            "units": rec[:, TR_UNITS],
-            "entry_fees": rec[:, TR_ENTRY_FEES],
-            "exit_fees": rec[:, TR_EXIT_FEES],
-            "pnl": rec[:, TR_PNL],
-            "return_pct": rec[:, TR_RETURN_PCT],
-            "exit_reason": pd.Categorical.from_codes(
-                rec[:, TR_EXIT_REASON].astype(np.int8), categories=list(EXIT_REASONS)
-            ),
-            "bars_held": exit_bar - entry_bar,
-        },
-        columns=list(TRADE_COLUMNS),
-    )
+    offsets = np.concatenate(([0], np.cumsum(packed.lengths)[:-1]))[symbol]
+    rec["sleeve"] = 0
+    rec["symbol"] = symbol
+    rec["entry_ts_ns"] = data.ts_ns[flat_rows[offsets + rec["entry_bar"]]]
+    rec["exit_ts_ns"] = data.ts_ns[flat_rows[offsets + rec["exit_bar"]]]
+    return pd.DataFrame(trade_columns(rec, data.symbols, EXIT_REASONS), columns=list(TRADE_COLUMNS))
 
 
 def _iso(ts) -> str:

@@ -12,44 +12,8 @@ import math
 import numpy as np
 from numba import njit
 
-# Running statistics of one simulation (float64 vector): closed trades and the equity path,
-# accumulated bar by bar inside the fill loop so metrics need no second pass over the bars.
-ST_CLOSED = 0
-ST_WINS = 1
-ST_GROSS_WIN = 2
-ST_GROSS_LOSS = 3
-ST_LARGEST_WIN = 4
-ST_LARGEST_LOSS = 5
-ST_WIN_RETURN_SUM = 6
-ST_LOSS_RETURN_SUM = 7
-ST_BARS_IN_MARKET = 8
-ST_BARS = 9
-ST_LAST_EQUITY = 10
-ST_MAX_DRAWDOWN = 11
-ST_RETURN_SUM = 12
-ST_RETURN_SQ_SUM = 13
-ST_DOWNSIDE_SQ = 14
-ST_LEN = 15
-
-
-METRICS = (
-    "final_equity",
-    "total_return_pct",
-    "cagr_pct",
-    "sharpe",
-    "sortino",
-    "volatility_pct",
-    "max_drawdown_pct",
-    "trades",
-    "win_rate_pct",
-    "profit_factor",
-    "avg_win",
-    "avg_loss",
-    "largest_win",
-    "largest_loss",
-    "exposure_pct",
-)
-"""Metric names, in the column order of every metrics matrix."""
+from quantshift.engine.records import METRICS as METRICS  # re-exported: the public name
+from quantshift.engine.records import stats_dt
 
 METRIC_DESCRIPTIONS = {
     "final_equity": "equity at the last bar, open position marked at the close (currency)",
@@ -70,21 +34,16 @@ METRIC_DESCRIPTIONS = {
 }
 
 N_METRICS = len(METRICS)
-M_FINAL_EQUITY = 0
-M_TOTAL_RETURN = 1
-M_CAGR = 2
-M_SHARPE = 3
-M_SORTINO = 4
-M_VOLATILITY = 5
-M_MAX_DRAWDOWN = 6
-M_TRADES = 7
-M_WIN_RATE = 8
-M_PROFIT_FACTOR = 9
-M_AVG_WIN = 10
-M_AVG_LOSS = 11
-M_LARGEST_WIN = 12
-M_LARGEST_LOSS = 13
-M_EXPOSURE = 14
+
+
+@njit
+def new_stats_nb():
+    """Return zeroed running statistics: a one-element ``stats_dt`` array.
+
+    A function of its own because numba's parallel pass cannot rewrite ``np.zeros`` of a
+    structured dtype inside a ``prange`` kernel.
+    """
+    return np.zeros(1, stats_dt)
 
 
 @njit
@@ -107,63 +66,81 @@ def equity_step_nb(equity, last, return_sum, return_sq_sum, downside_sq, peak, m
 
 @njit
 def record_trade_nb(stats, pnl, ret):
-    """Add one closed trade's net P&L (currency) and return (fraction of capital committed)."""
-    stats[ST_CLOSED] += 1.0
+    """Add one closed trade's net P&L (currency) and return (fraction of capital committed)
+    to ``stats`` (a ``stats_dt`` record)."""
+    stats.closed_trades += 1.0
     if pnl > 0.0:
-        stats[ST_WINS] += 1.0
-        stats[ST_GROSS_WIN] += pnl
-        stats[ST_WIN_RETURN_SUM] += ret
-        stats[ST_LARGEST_WIN] = max(stats[ST_LARGEST_WIN], pnl)
+        stats.wins += 1.0
+        stats.gross_win += pnl
+        stats.win_return_sum += ret
+        stats.largest_win = max(stats.largest_win, pnl)
     else:
-        stats[ST_GROSS_LOSS] -= pnl
-        stats[ST_LOSS_RETURN_SUM] += ret
-        stats[ST_LARGEST_LOSS] = min(stats[ST_LARGEST_LOSS], pnl)
+        stats.gross_loss -= pnl
+        stats.loss_return_sum += ret
+        stats.largest_loss = min(stats.largest_loss, pnl)
 
 
 @njit
 def metrics_nb(stats, initial_cash, periods_per_year, out):
-    """Fill ``out`` (length N_METRICS) from the statistics of a finished simulation."""
-    n = stats[ST_BARS]
-    out[:] = math.nan
-    if n == 0:
-        return
-    final = stats[ST_LAST_EQUITY]
-    mean = stats[ST_RETURN_SUM] / n
-    out[M_FINAL_EQUITY] = final
-    out[M_TOTAL_RETURN] = 100.0 * (final / initial_cash - 1.0)
-    years = n / periods_per_year
-    growth = final / initial_cash
-    out[M_CAGR] = 100.0 * (growth ** (1.0 / years) - 1.0) if growth > 0.0 else -100.0
-    root = math.sqrt(periods_per_year)
-    if n > 1:
-        variance = (stats[ST_RETURN_SQ_SUM] - stats[ST_RETURN_SUM] * mean) / (n - 1)
-        std = math.sqrt(max(variance, 0.0))
-        out[M_VOLATILITY] = 100.0 * std * root
-        if std > 0.0:
-            out[M_SHARPE] = mean / std * root
-    down = math.sqrt(stats[ST_DOWNSIDE_SQ] / n)
-    if down > 0.0:
-        out[M_SORTINO] = mean / down * root
-    elif mean > 0.0:
-        out[M_SORTINO] = math.inf
-    out[M_MAX_DRAWDOWN] = 100.0 * stats[ST_MAX_DRAWDOWN]
-    closed = stats[ST_CLOSED]
-    wins = stats[ST_WINS]
-    losses = closed - wins
-    out[M_TRADES] = closed
-    if closed > 0:
-        out[M_WIN_RATE] = 100.0 * wins / closed
-        out[M_LARGEST_WIN] = stats[ST_LARGEST_WIN] if wins > 0 else math.nan
-        out[M_LARGEST_LOSS] = stats[ST_LARGEST_LOSS] if losses > 0 else math.nan
-        if wins > 0:
-            out[M_AVG_WIN] = stats[ST_GROSS_WIN] / wins
-        if losses > 0:
-            out[M_AVG_LOSS] = -stats[ST_GROSS_LOSS] / losses
-        if stats[ST_GROSS_LOSS] > 0.0:
-            out[M_PROFIT_FACTOR] = stats[ST_GROSS_WIN] / stats[ST_GROSS_LOSS]
-        elif stats[ST_GROSS_WIN] > 0.0:
-            out[M_PROFIT_FACTOR] = math.inf
-    out[M_EXPOSURE] = 100.0 * stats[ST_BARS_IN_MARKET] / n
+    """Write every field of ``out`` (a ``metrics_dt`` record) from the ``stats_dt`` record of
+    a finished simulation."""
+    nan = math.nan
+    n = stats.bars
+    final = total_return = cagr = sharpe = sortino = volatility = max_drawdown = nan
+    trades = win_rate = profit_factor = avg_win = avg_loss = largest_win = largest_loss = nan
+    exposure = nan
+    if n > 0:
+        final = stats.last_equity
+        mean = stats.return_sum / n
+        total_return = 100.0 * (final / initial_cash - 1.0)
+        years = n / periods_per_year
+        growth = final / initial_cash
+        cagr = 100.0 * (growth ** (1.0 / years) - 1.0) if growth > 0.0 else -100.0
+        root = math.sqrt(periods_per_year)
+        if n > 1:
+            variance = (stats.return_sq_sum - stats.return_sum * mean) / (n - 1)
+            std = math.sqrt(max(variance, 0.0))
+            volatility = 100.0 * std * root
+            if std > 0.0:
+                sharpe = mean / std * root
+        down = math.sqrt(stats.downside_sq / n)
+        if down > 0.0:
+            sortino = mean / down * root
+        elif mean > 0.0:
+            sortino = math.inf
+        max_drawdown = 100.0 * stats.max_drawdown
+        closed = stats.closed_trades
+        wins = stats.wins
+        losses = closed - wins
+        trades = closed
+        if closed > 0:
+            win_rate = 100.0 * wins / closed
+            largest_win = stats.largest_win if wins > 0 else nan
+            largest_loss = stats.largest_loss if losses > 0 else nan
+            if wins > 0:
+                avg_win = stats.gross_win / wins
+            if losses > 0:
+                avg_loss = -stats.gross_loss / losses
+            if stats.gross_loss > 0.0:
+                profit_factor = stats.gross_win / stats.gross_loss
+            elif stats.gross_win > 0.0:
+                profit_factor = math.inf
+        exposure = 100.0 * stats.bars_in_market / n
+    out.final_equity = final
+    out.total_return_pct = total_return
+    out.cagr_pct = cagr
+    out.sharpe = sharpe
+    out.sortino = sortino
+    out.volatility_pct = volatility
+    out.max_drawdown_pct = max_drawdown
+    out.trades = trades
+    out.win_rate_pct = win_rate
+    out.profit_factor = profit_factor
+    out.avg_win = avg_win
+    out.avg_loss = avg_loss
+    out.largest_win = largest_win
+    out.largest_loss = largest_loss
+    out.exposure_pct = exposure
 
 
 def infer_periods_per_year(ts_ns: np.ndarray) -> float:
@@ -176,15 +153,7 @@ def infer_periods_per_year(ts_ns: np.ndarray) -> float:
     return (ts_ns.shape[0] - 1) / years
 
 
-EQUITY_METRICS = (
-    "final_equity",
-    "total_return_pct",
-    "cagr_pct",
-    "sharpe",
-    "sortino",
-    "volatility_pct",
-    "max_drawdown_pct",
-)
+EQUITY_METRICS = METRICS[: METRICS.index("max_drawdown_pct") + 1]
 """The metrics that follow from an equity curve alone (no trade list needed)."""
 
 
