@@ -47,6 +47,16 @@ def new_stats_nb():
 
 
 @njit
+def drawdown_step_nb(value, peak, max_drawdown):
+    """Add one value (equity, wealth) to a running peak and largest fraction fallen from it."""
+    if value > peak:
+        peak = value
+    elif peak > 0.0:
+        max_drawdown = max(max_drawdown, 1.0 - value / peak)
+    return peak, max_drawdown
+
+
+@njit
 def equity_step_nb(equity, last, return_sum, return_sq_sum, downside_sq, peak, max_drawdown):
     """Add one bar's closing equity to the running return and drawdown sums; return them.
 
@@ -57,11 +67,109 @@ def equity_step_nb(equity, last, return_sum, return_sq_sum, downside_sq, peak, m
     r = equity / last - 1.0 if last != 0.0 else 0.0
     if r < 0.0:
         downside_sq += r * r
-    if equity > peak:
-        peak = equity
-    elif peak > 0.0:
-        max_drawdown = max(max_drawdown, 1.0 - equity / peak)
+    peak, max_drawdown = drawdown_step_nb(equity, peak, max_drawdown)
     return return_sum + r, return_sq_sum + r * r, downside_sq, peak, max_drawdown
+
+
+@njit
+def store_path_nb(stats, n, last_equity, return_sum, return_sq_sum, downside_sq, max_drawdown):
+    """Write a finished equity path's running sums into ``stats`` (a ``stats_dt`` record)."""
+    stats.bars = n
+    stats.last_equity = last_equity
+    stats.max_drawdown = max_drawdown
+    stats.return_sum = return_sum
+    stats.return_sq_sum = return_sq_sum
+    stats.downside_sq = downside_sq
+
+
+@njit
+def equity_path_nb(equity, initial, stats):
+    """Accumulate a per-bar equity curve starting from ``initial`` into ``stats``."""
+    last = peak = initial
+    return_sum = return_sq_sum = downside_sq = max_drawdown = 0.0
+    for t in range(equity.shape[0]):
+        return_sum, return_sq_sum, downside_sq, peak, max_drawdown = equity_step_nb(
+            equity[t], last, return_sum, return_sq_sum, downside_sq, peak, max_drawdown
+        )
+        last = equity[t]
+    store_path_nb(
+        stats, equity.shape[0], last, return_sum, return_sq_sum, downside_sq, max_drawdown
+    )
+
+
+@njit
+def curve_metrics_nb(equity, initial, periods_per_year):
+    """Return the :data:`EQUITY_METRICS` of a per-bar equity curve starting from ``initial``."""
+    stats = new_stats_nb()
+    equity_path_nb(equity, initial, stats[0])
+    return equity_metrics_nb(stats[0], initial, periods_per_year)
+
+
+@njit
+def pnl_metrics_nb(pnl):
+    """Return (:func:`trade_metrics_nb` of closed trades' net P&L, their number of wins)."""
+    stats = new_stats_nb()
+    for k in range(pnl.shape[0]):
+        record_trade_nb(stats[0], pnl[k], 0.0)
+    return trade_metrics_nb(stats[0]), stats[0].wins
+
+
+@njit
+def annualisation_nb(periods_per_year):
+    """Return the factor that annualises a per-period Sharpe or Sortino ratio."""
+    return math.sqrt(periods_per_year)
+
+
+@njit
+def sharpe_nb(mean, std, factor):
+    """Return the Sharpe ratio of returns with ``mean`` and sample ``std`` scaled by
+    ``factor`` (:func:`annualisation_nb`, or 1 per trade); NaN without spread."""
+    return mean / std * factor if std > 0.0 else math.nan
+
+
+@njit
+def sortino_nb(mean, downside_deviation, factor):
+    """Return the Sortino ratio (target 0); inf for gains without a down period."""
+    if downside_deviation > 0.0:
+        return mean / downside_deviation * factor
+    return math.inf if mean > 0.0 else math.nan
+
+
+@njit
+def cagr_pct_nb(growth, years):
+    """Return the compound annual growth rate (%) of ``growth`` (final over initial) over
+    ``years``; -100 once everything is lost, NaN without a time span."""
+    if not years > 0.0:
+        return math.nan
+    return 100.0 * (growth ** (1.0 / years) - 1.0) if growth > 0.0 else -100.0
+
+
+@njit
+def equity_metrics_nb(stats, initial, periods_per_year):
+    """Return the :data:`EQUITY_METRICS` of a finished path's ``stats`` as a tuple."""
+    nan = math.nan
+    n = stats.bars
+    if n == 0:
+        return nan, nan, nan, nan, nan, nan, nan
+    final = stats.last_equity
+    growth = final / initial
+    mean = stats.return_sum / n
+    factor = annualisation_nb(periods_per_year)
+    sharpe = volatility = nan
+    if n > 1:
+        variance = (stats.return_sq_sum - stats.return_sum * mean) / (n - 1)
+        std = math.sqrt(max(variance, 0.0))
+        volatility = 100.0 * std * factor
+        sharpe = sharpe_nb(mean, std, factor)
+    return (
+        final,
+        100.0 * (growth - 1.0),
+        cagr_pct_nb(growth, n / periods_per_year),
+        sharpe,
+        sortino_nb(mean, math.sqrt(stats.downside_sq / n), factor),
+        volatility,
+        100.0 * stats.max_drawdown,
+    )
 
 
 @njit
@@ -81,58 +189,52 @@ def record_trade_nb(stats, pnl, ret):
 
 
 @njit
+def trade_metrics_nb(stats):
+    """Return ``(trades, win_rate_pct, profit_factor, avg_win, avg_loss, largest_win,
+    largest_loss)`` of the closed trades in ``stats``; NaN where undefined."""
+    nan = math.nan
+    closed = stats.closed_trades
+    wins = stats.wins
+    losses = closed - wins
+    if closed == 0:
+        return closed, nan, nan, nan, nan, nan, nan
+    profit_factor = nan
+    if stats.gross_loss > 0.0:
+        profit_factor = stats.gross_win / stats.gross_loss
+    elif stats.gross_win > 0.0:
+        profit_factor = math.inf
+    return (
+        closed,
+        100.0 * wins / closed,
+        profit_factor,
+        stats.gross_win / wins if wins > 0 else nan,
+        -stats.gross_loss / losses if losses > 0 else nan,
+        stats.largest_win if wins > 0 else nan,
+        stats.largest_loss if losses > 0 else nan,
+    )
+
+
+@njit
 def metrics_nb(stats, initial_cash, periods_per_year, out):
     """Write every field of ``out`` (a ``metrics_dt`` record) from the ``stats_dt`` record of
     a finished simulation."""
-    nan = math.nan
-    n = stats.bars
-    final = total_return = cagr = sharpe = sortino = volatility = max_drawdown = nan
-    trades = win_rate = profit_factor = avg_win = avg_loss = largest_win = largest_loss = nan
-    exposure = nan
-    if n > 0:
-        final = stats.last_equity
-        mean = stats.return_sum / n
-        total_return = 100.0 * (final / initial_cash - 1.0)
-        years = n / periods_per_year
-        growth = final / initial_cash
-        cagr = 100.0 * (growth ** (1.0 / years) - 1.0) if growth > 0.0 else -100.0
-        root = math.sqrt(periods_per_year)
-        if n > 1:
-            variance = (stats.return_sq_sum - stats.return_sum * mean) / (n - 1)
-            std = math.sqrt(max(variance, 0.0))
-            volatility = 100.0 * std * root
-            if std > 0.0:
-                sharpe = mean / std * root
-        down = math.sqrt(stats.downside_sq / n)
-        if down > 0.0:
-            sortino = mean / down * root
-        elif mean > 0.0:
-            sortino = math.inf
-        max_drawdown = 100.0 * stats.max_drawdown
-        closed = stats.closed_trades
-        wins = stats.wins
-        losses = closed - wins
-        trades = closed
-        if closed > 0:
-            win_rate = 100.0 * wins / closed
-            largest_win = stats.largest_win if wins > 0 else nan
-            largest_loss = stats.largest_loss if losses > 0 else nan
-            if wins > 0:
-                avg_win = stats.gross_win / wins
-            if losses > 0:
-                avg_loss = -stats.gross_loss / losses
-            if stats.gross_loss > 0.0:
-                profit_factor = stats.gross_win / stats.gross_loss
-            elif stats.gross_win > 0.0:
-                profit_factor = math.inf
-        exposure = 100.0 * stats.bars_in_market / n
-    out.final_equity = final
-    out.total_return_pct = total_return
-    out.cagr_pct = cagr
-    out.sharpe = sharpe
-    out.sortino = sortino
-    out.volatility_pct = volatility
-    out.max_drawdown_pct = max_drawdown
+    (
+        out.final_equity,
+        out.total_return_pct,
+        out.cagr_pct,
+        out.sharpe,
+        out.sortino,
+        out.volatility_pct,
+        out.max_drawdown_pct,
+    ) = equity_metrics_nb(stats, initial_cash, periods_per_year)
+    if stats.bars == 0:
+        trades = win_rate = profit_factor = avg_win = avg_loss = math.nan
+        largest_win = largest_loss = exposure = math.nan
+    else:
+        trades, win_rate, profit_factor, avg_win, avg_loss, largest_win, largest_loss = (
+            trade_metrics_nb(stats)
+        )
+        exposure = 100.0 * stats.bars_in_market / stats.bars
     out.trades = trades
     out.win_rate_pct = win_rate
     out.profit_factor = profit_factor
@@ -158,38 +260,28 @@ EQUITY_METRICS = METRICS[: METRICS.index("max_drawdown_pct") + 1]
 
 
 def equity_metrics(equity: np.ndarray, initial: float, periods_per_year: float) -> dict:
-    """Return :data:`EQUITY_METRICS` of a per-bar equity curve, by the kernel's conventions.
+    """Return :data:`EQUITY_METRICS` of a per-bar equity curve, by the kernel's code.
 
-    The same definitions as :func:`metrics_nb` (returns from ``initial``, sample standard
-    deviation, downside deviation over all bars, CAGR over ``len(equity) / periods_per_year``
-    years, the initial capital as the first peak), for curves the kernel did not produce: a
-    stitched walk-forward, a portfolio of several symbols.
+    The fill loop's own helpers (returns from ``initial``, which is also the first peak) run
+    over the curve, for curves the kernel did not produce: a stitched walk-forward, a
+    portfolio of several symbols, a live strategy's equity snapshots.
     """
-    equity = np.asarray(equity, dtype=np.float64)
-    out = dict.fromkeys(EQUITY_METRICS, math.nan)
-    n = equity.shape[0]
-    if n == 0:
-        return out
-    previous = np.concatenate(([initial], equity[:-1]))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        returns = np.where(previous != 0.0, equity / previous - 1.0, 0.0)
-    final = float(equity[-1])
-    growth = final / initial
-    root = math.sqrt(periods_per_year)
-    mean = float(returns.mean())
-    out["final_equity"] = final
-    out["total_return_pct"] = 100.0 * (growth - 1.0)
-    out["cagr_pct"] = 100.0 * (growth ** (periods_per_year / n) - 1.0) if growth > 0.0 else -100.0
-    if n > 1:
-        std = float(returns.std(ddof=1))
-        out["volatility_pct"] = 100.0 * std * root
-        if std > 0.0:
-            out["sharpe"] = mean / std * root
-    down = math.sqrt(float(np.sum(np.minimum(returns, 0.0) ** 2)) / n)
-    if down > 0.0:
-        out["sortino"] = mean / down * root
-    elif mean > 0.0:
-        out["sortino"] = math.inf
-    peak = np.maximum.accumulate(np.concatenate(([initial], equity)))[1:]
-    out["max_drawdown_pct"] = 100.0 * float(np.max(1.0 - equity / peak))
+    values = curve_metrics_nb(
+        np.ascontiguousarray(equity, dtype=np.float64), float(initial), float(periods_per_year)
+    )
+    return dict(zip(EQUITY_METRICS, values, strict=True))
+
+
+TRADE_METRICS = ("trades", "win_rate_pct", "profit_factor", "avg_win", "avg_loss",
+                 "largest_win", "largest_loss")  # fmt: skip
+"""The metrics that follow from closed trades' net P&L alone."""
+
+
+def trade_metrics(pnl: np.ndarray) -> dict:
+    """Return :data:`TRADE_METRICS` and ``wins`` of closed trades' net P&L, by the kernel's
+    code (a win is P&L > 0; every other trade is a loss)."""
+    values, wins = pnl_metrics_nb(np.ascontiguousarray(pnl, dtype=np.float64))
+    out = dict(zip(TRADE_METRICS, values, strict=True))
+    out["trades"] = int(out["trades"])
+    out["wins"] = int(wins)
     return out

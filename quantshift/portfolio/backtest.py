@@ -5,7 +5,6 @@ One sleeve on one symbol with ``RiskLimits.none()`` trades exactly as ``quantshi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from quantshift.data.bars import Bars
-from quantshift.engine.metrics import equity_metrics, infer_periods_per_year
+from quantshift.engine.metrics import equity_metrics, infer_periods_per_year, trade_metrics
 from quantshift.engine.records import Signals
 from quantshift.errors import DataError
 from quantshift.portfolio.config import PortfolioConfig
@@ -84,9 +83,10 @@ class PortfolioResult:
         out: dict[str, Any] = equity_metrics(
             self.equity.to_numpy(), self.config.sim.cash, self.periods_per_year
         )
-        closed = self.trades[self.trades["exit_reason"] != "open"]
-        out["trades"] = len(closed)
-        out["win_rate_pct"] = 100.0 * float((closed["pnl"] > 0).mean()) if len(closed) else math.nan
+        closed = self.trades["pnl"][self.trades["exit_reason"] != "open"]
+        trades = trade_metrics(closed.to_numpy())
+        out["trades"] = trades["trades"]
+        out["win_rate_pct"] = trades["win_rate_pct"]
         out["halts"] = len(self.halts)
         return out
 
