@@ -5,8 +5,9 @@ One sleeve on one symbol with ``RiskLimits.none()`` trades exactly as ``quantshi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ import pandas as pd
 from quantshift.data.bars import Bars
 from quantshift.engine.metrics import equity_metrics, infer_periods_per_year, trade_metrics
 from quantshift.engine.records import Signals
+from quantshift.engine.simulate import REASON_OPEN
 from quantshift.errors import DataError
 from quantshift.portfolio.config import PortfolioConfig
 from quantshift.portfolio.decide import order_columns, portfolio_trade_columns, veto_columns
@@ -40,9 +42,24 @@ TRADE_COLUMNS = (
 )
 
 
+class PortfolioRun(NamedTuple):
+    """What the portfolio backtest kernel returned (the result's raw form)."""
+
+    equity: np.ndarray  # per bar
+    sleeve_equity: np.ndarray  # (n_bars, n_sleeves)
+    net_units: np.ndarray  # (n_bars, n_symbols)
+    orders: np.ndarray  # order_dt
+    fills: np.ndarray  # fill_dt, one per order
+    vetoes: np.ndarray  # veto_dt
+    trades: np.ndarray  # trade_dt
+    halts: np.ndarray  # halt_dt
+
+
 @dataclass(frozen=True, eq=False)
 class PortfolioResult:
     """What a portfolio backtest produced.
+
+    The frames are built from the kernel's records the first time they are read.
 
     Attributes
     ----------
@@ -67,27 +84,63 @@ class PortfolioResult:
     """
 
     config: PortfolioConfig
-    trades: pd.DataFrame
-    equity: pd.Series
-    sleeve_equity: pd.DataFrame
-    positions: pd.DataFrame
-    orders: pd.DataFrame
-    vetoes: pd.DataFrame
-    halts: pd.DataFrame
     final_state: PortfolioState
     periods_per_year: float
+    index: pd.DatetimeIndex = field(repr=False)
+    run: PortfolioRun = field(repr=False)
+
+    @cached_property
+    def trades(self) -> pd.DataFrame:
+        columns = portfolio_trade_columns(self.run.trades, self.config.layout())
+        return pd.DataFrame(columns, columns=list(TRADE_COLUMNS))
+
+    @cached_property
+    def equity(self) -> pd.Series:
+        return pd.Series(self.run.equity, index=self.index, name="equity")
+
+    @cached_property
+    def sleeve_equity(self) -> pd.DataFrame:
+        sleeves = pd.Index(self.config.layout().sleeves, name="sleeve")
+        return pd.DataFrame(self.run.sleeve_equity, index=self.index, columns=sleeves)
+
+    @cached_property
+    def positions(self) -> pd.DataFrame:
+        symbols = pd.Index(self.config.layout().symbols, name="symbol")
+        return pd.DataFrame(self.run.net_units, index=self.index, columns=symbols)
+
+    @cached_property
+    def orders(self) -> pd.DataFrame:
+        return _orders_frame(self.run.orders, self.run.fills, self.config.layout())
+
+    @cached_property
+    def vetoes(self) -> pd.DataFrame:
+        vetoes = self.run.vetoes
+        return pd.DataFrame(
+            {"time": _times(vetoes["ts_ns"])} | veto_columns(vetoes, self.config.layout()),
+            columns=["time", "sleeve", "symbol", "side", "reason"],
+        )
+
+    @cached_property
+    def halts(self) -> pd.DataFrame:
+        halts = self.run.halts
+        return pd.DataFrame(
+            {
+                "time": _times(halts["ts_ns"]),
+                "reason": np.array(HALT_REASONS, dtype=object)[halts["reason"]],
+            }
+        )
 
     @property
     def metrics(self) -> dict[str, Any]:
         """Equity-curve metrics (the kernel's definitions) plus closed-trade counts."""
         out: dict[str, Any] = equity_metrics(
-            self.equity.to_numpy(), self.config.sim.cash, self.periods_per_year
+            self.run.equity, self.config.sim.cash, self.periods_per_year
         )
-        closed = self.trades["pnl"][self.trades["exit_reason"] != "open"]
-        trades = trade_metrics(closed.to_numpy())
-        out["trades"] = trades["trades"]
-        out["win_rate_pct"] = trades["win_rate_pct"]
-        out["halts"] = len(self.halts)
+        trades = self.run.trades
+        trade_stats = trade_metrics(trades["pnl"][trades["exit_reason"] != REASON_OPEN])
+        out["trades"] = trade_stats["trades"]
+        out["win_rate_pct"] = trade_stats["win_rate_pct"]
+        out["halts"] = len(self.run.halts)
         return out
 
 
@@ -130,36 +183,21 @@ def portfolio_backtest(
         history.take_profit_distance,
         history.trail_distance,
     )
-    equity, sleeve_equity, net_units, orders, fills, vetoes, trades, halts = compiled("backtest")(
-        data.ts_ns, data.open, data.high, data.low, data.close, signals, layout.setup, arrays
+    run = PortfolioRun(
+        *compiled("backtest")(
+            data.ts_ns, data.open, data.high, data.low, data.close, signals, layout.setup, arrays
+        )
     )
-    index = data.index
-    ts = data.ts_ns
-    sleeves = pd.Index(layout.sleeves, name="sleeve")
-    symbols = pd.Index(layout.symbols, name="symbol")
     if config.sim.periods_per_year is not None:
         ppy = float(config.sim.periods_per_year)
     else:
-        ppy = infer_periods_per_year(ts)
+        ppy = infer_periods_per_year(data.ts_ns)
     return PortfolioResult(
         config=config,
-        trades=pd.DataFrame(portfolio_trade_columns(trades, layout), columns=list(TRADE_COLUMNS)),
-        equity=pd.Series(equity, index=index, name="equity"),
-        sleeve_equity=pd.DataFrame(sleeve_equity, index=index, columns=sleeves),
-        positions=pd.DataFrame(net_units, index=index, columns=symbols),
-        orders=_orders_frame(orders, fills, layout),
-        vetoes=pd.DataFrame(
-            {"time": _times(vetoes["ts_ns"])} | veto_columns(vetoes, layout),
-            columns=["time", "sleeve", "symbol", "side", "reason"],
-        ),
-        halts=pd.DataFrame(
-            {
-                "time": _times(halts["ts_ns"]),
-                "reason": np.array(HALT_REASONS, dtype=object)[halts["reason"]],
-            }
-        ),
-        final_state=start.replace(int(ts[-1]), arrays),
+        final_state=start.replace(int(data.ts_ns[-1]), arrays),
         periods_per_year=ppy,
+        index=data.index,
+        run=run,
     )
 
 
