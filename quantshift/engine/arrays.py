@@ -45,7 +45,10 @@ def pack(bars: Bars, config: SimConfig) -> PackedBars:
     """Pack ``bars`` for the kernels; periods per year come from ``config`` or the timestamps."""
     valid = bars.valid
     gap_free = bool(valid.all())
-    rows = tuple(np.flatnonzero(valid[:, s]) for s in range(bars.n_symbols))
+    if gap_free:
+        rows = (np.arange(bars.n_bars),) * bars.n_symbols
+    else:
+        rows = tuple(np.flatnonzero(valid[:, s]) for s in range(bars.n_symbols))
     lengths = np.array([r.shape[0] for r in rows], dtype=np.int64)
     n_max = int(lengths.max()) if lengths.size else 0
     packed = {}
