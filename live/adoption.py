@@ -2,6 +2,7 @@
 
 A new record is adopted only at a cycle boundary, after its strategy, symbols, allocation and
 code fingerprint are checked; a refused one is logged and recorded, the sleeve keeps its record.
+A record that no longer verifies against the id saved with its adoption HALTs the runner.
 """
 
 from __future__ import annotations
@@ -27,23 +28,46 @@ class PromotionAdopter:
         self.config, self.store, self.metrics, self.host = config, store, metrics, host
         self._adopted: dict[str, int] = {}  # sleeve -> promotion id it trades
         self._refused: set[int] = set()
+        # sleeve -> (promotion id, why): its adopted record no longer verifies
+        self._unverified: dict[str, tuple[int, str]] = {}
         self._running_code = {
             sleeve.strategy_name: code_fingerprint(sleeve.strategy_name)
             for sleeve in config.portfolio.sleeves
             if sleeve.name in config.promotions
         }
 
-    def resume(self, portfolio):
+    def resume(self, portfolio, epoch: int | None = None):
         """After a takeover or restart: the records this runner's sleeves were trading (from
-        the store's adoptions), applied to ``portfolio``."""
+        the store's adoptions), applied to ``portfolio``. A stored record that does not verify
+        against the id saved with its adoption is not applied: it is refused and HALTs."""
         current = self.store.current_adoptions(self.config.name)
-        self._adopted = {sleeve: a.promotion_id for sleeve, a in current.items()}
-        for sleeve, promotion_id in self._adopted.items():
-            row = self.store.promotion(promotion_id)
+        self._adopted, self._unverified = {}, {}
+        for sleeve, adoption in current.items():
+            row = self.store.promotion(adoption.promotion_id)
             # A sleeve the config no longer points at that record name starts afresh.
-            if row.strategy == self.config.promotions.get(sleeve):
-                portfolio = _with_params(portfolio, sleeve, row)
+            if row.strategy != self.config.promotions.get(sleeve):
+                continue
+            problem = adoption_problem(row, adoption.record_id)
+            if problem is not None:
+                self._unverified[sleeve] = (row.promotion_id, problem)
+                self._refuse(sleeve, row.promotion_id, problem, None, epoch)
+                continue
+            self._adopted[sleeve] = adoption.promotion_id
+            portfolio = _with_params(portfolio, sleeve, row)
         return portfolio
+
+    def _refuse(self, sleeve, promotion_id, problem, ts, epoch) -> None:
+        """Record, log and HALT on a sleeve whose trusted record is gone: it must not trade
+        the config's parameters in its place, and a person decides what it trades next."""
+        reason = f"sleeve {sleeve}: promotion {promotion_id} refused: {problem}"
+        if promotion_id not in self._refused:
+            self._refused.add(promotion_id)
+            self.store.record_promotion_event(
+                promotion_id, "refuse", by=f"runner {self.host}", reason=problem
+            )
+        log.error("HALT: %s", reason, extra={"cycle": ts, "epoch": epoch, "sleeve": sleeve})
+        self.store.halt(reason[:500], by=f"runner {self.host}", epoch=epoch)
+        self.metrics.set_halt(True, "runner_error")
 
     def adopt(self, portfolio, ts: int, epoch: int):
         """At a cycle boundary, switch each promoted sleeve to its active record (stage = the
@@ -56,6 +80,14 @@ class PromotionAdopter:
             current = self._adopted.get(sleeve)
             if active is not None and active.promotion_id == current:
                 continue
+            if sleeve in self._unverified and (
+                active is None or active.promotion_id == self._unverified[sleeve][0]
+            ):
+                # Nothing trusted to trade until a person promotes or rolls back: HALT again
+                # if they resumed without doing so.
+                if self.store.active_halt() is None:
+                    self._refuse(sleeve, *self._unverified[sleeve], ts, epoch)
+                continue
             problem = (
                 f"no active {stage} record named {name!r} (run `quantshift promote`)"
                 if active is None
@@ -65,6 +97,7 @@ class PromotionAdopter:
                 record = PromotionRecord.from_json(active.record)
                 portfolio = _with_params(portfolio, sleeve, active)
                 self._adopted[sleeve] = active.promotion_id
+                self._unverified.pop(sleeve, None)
                 self.store.record_adoption(
                     runner=self.config.name,
                     sleeve=sleeve,
@@ -83,6 +116,10 @@ class PromotionAdopter:
                     ", ".join(f"{k}={v:g}" for k, v in record.params.items()),
                     extra={"cycle": ts, "epoch": epoch, "sleeve": sleeve},
                 )
+                continue
+            if current is None and sleeve in self._unverified:
+                if active.promotion_id not in self._refused or self.store.active_halt() is None:
+                    self._refuse(sleeve, active.promotion_id, problem, ts, epoch)
                 continue
             if current is None:
                 raise ConfigError(f"sleeve {sleeve!r} cannot trade: {problem}")
@@ -143,6 +180,21 @@ class PromotionAdopter:
         if differs:
             return "code fingerprint does not match the running code: " + "; ".join(differs)
         return None
+
+
+def adoption_problem(row, record_id: str) -> str | None:
+    """Why stored record ``row`` is not the record adopted as ``record_id`` (None: it is):
+    its content must load, hash to its own id, and that id be the one saved at adoption."""
+    try:
+        record = PromotionRecord.from_json(row.record, f"promotion {row.promotion_id}")
+    except ConfigError as exc:
+        return str(exc)
+    if record.record_id != record_id:
+        return (
+            f"promotion {row.promotion_id} is record {record.record_id}, but record {record_id} "
+            "was adopted; the stored record was replaced after adoption"
+        )
+    return None
 
 
 def _with_params(portfolio, sleeve_name: str, row):

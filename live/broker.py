@@ -10,14 +10,16 @@ from __future__ import annotations
 import ipaddress
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+from live.secrets import scrub
 from quantshift.errors import ConfigError, QuantShiftError
 
 VENUES = ("alpaca", "coinbase")
-"""The real venues, one adapter package each (``live.brokers.venue``)."""
+"""The real venues, one adapter package each (``live.venues.venue``)."""
 TIMEFRAME_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86_400}
 """Bar lengths the runner trades on and every venue's ``bar_pages`` serves."""
 SIDES = ("buy", "sell")
@@ -45,7 +47,8 @@ class BrokerError(QuantShiftError):
     """A venue call failed; the subclass says what the caller does next."""
 
     def __init__(self, venue: str, message: str) -> None:
-        super().__init__(f"{venue}: {message}")
+        # A venue's answer quoted in the message may echo a key: never print or log it.
+        super().__init__(scrub(f"{venue}: {message}"))
         self.venue = venue
 
 
@@ -73,6 +76,29 @@ class BrokerRateLimitedError(BrokerError):
 
 class BrokerUnavailableError(BrokerError):
     """A read failed for a reason that is neither auth nor rate limit (network, 5xx)."""
+
+
+ANSWER_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
+"""What reading a venue's answer raises when it is not what the venue documents (pydantic's
+``ValidationError`` and requests' ``JSONDecodeError`` are ``ValueError``s)."""
+
+
+@contextmanager
+def venue_answer(venue: str, what: str, *, sends: bool = False) -> Iterator[None]:
+    """Read a venue's answer inside this block: one that does not parse becomes a broker error
+    saying so (ambiguous after a call that sends: the order may exist; unavailable after a
+    read) instead of a parser's traceback. QuantShift's own errors pass through."""
+    try:
+        yield
+    except QuantShiftError:
+        raise
+    except ANSWER_ERRORS as exc:
+        problem = f"{what}: the venue's answer was not understood ({type(exc).__name__})"
+        if sends:
+            raise BrokerAmbiguousError(
+                venue, f"{problem}; the order may exist, look it up by client order id"
+            ) from None
+        raise BrokerUnavailableError(venue, problem) from None
 
 
 # ----------------------------------------------------------------------------- domain objects

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from quantshift.errors import QuantShiftError
+from quantshift.errors import ConfigError, QuantShiftError
 
 app = typer.Typer(
     help="QuantShift live runner: paper and live trading with the code research validated.",
@@ -47,7 +47,9 @@ def _open_store(config_path: Path):
     from live.store import Store
 
     config = load_config(config_path)
-    return config, Store.open(config.store_url)
+    # These commands act on the runner's store: creating an empty one would report on (or
+    # halt) a store no runner uses.
+    return config, Store.open(config.store_url, create=False)
 
 
 @app.command()
@@ -62,7 +64,9 @@ def run(
     from live.config import load_config
     from live.logs import configure
     from live.runner import Runner
+    from quantshift.cli import require_at_least
 
+    require_at_least("--max-bars", max_bars, 1)
     configure()
     cfg = load_config(config)
     started = time.perf_counter()
@@ -107,13 +111,11 @@ def reconcile(config: ConfigOpt, json_out: JsonOpt = False) -> None:
 @app.command()
 def status(config: ConfigOpt, json_out: JsonOpt = False) -> None:
     """Show the leader, its epoch and last heartbeat, positions, P&L and any HALT."""
+    from live.status import gather_status
+
     cfg, store = _open_store(config)
     with store:
-        info = store.status().to_dict()
-        info["promotions"] = _promotions_in_use(cfg, store)
-    info["runner"] = cfg.name
-    if cfg.lease.redis_url is not None:
-        info["lease"] = _lease_info(cfg)
+        info = gather_status(cfg, store)
     if json_out:
         typer.echo(json.dumps(info, default=str))
         return
@@ -130,10 +132,11 @@ def halt(
     by: ByOpt = None,
 ) -> None:
     """Stop new orders at once (the kill switch); with --flatten, close positions too."""
+    from live.status import halt_trading
+
     _, store = _open_store(config)
     with store:
-        text = f"{reason} (flatten)" if flatten else reason
-        active = store.halt(text, by=_who(by))
+        active = halt_trading(store, reason, flatten=flatten, by=_who(by))
     typer.echo(
         f"HALT active since {_iso(active.ts_created_ns)}: {active.reason} (by {active.created_by})"
     )
@@ -151,22 +154,107 @@ def resume(config: ConfigOpt, by: ByOpt = None) -> None:
         typer.echo(f"resumed: cleared HALT '{cleared.reason}' (by {_who(by)})")
 
 
-def _lease_info(cfg) -> dict[str, Any]:
-    from live.lease import LeaseUnavailableError, RedisLease
+@app.command("install-units")
+def install_units(
+    target: Annotated[Path, typer.Option(help="Where to write the units.")] = Path(
+        "/etc/systemd/system"
+    ),
+    user: Annotated[str, typer.Option(help="The account the services run as.")] = "quantshift",
+    group: Annotated[str | None, typer.Option(help="Their group (default: the user's).")] = None,
+    config_dir: Annotated[
+        Path, typer.Option(help="Runner configs NAME.toml and key files NAME.env.")
+    ] = Path("/etc/quantshift"),
+    data_dir: Annotated[
+        Path, typer.Option(help="The one directory the services may write.")
+    ] = Path("/var/lib/quantshift"),
+    root: Annotated[
+        Path | None, typer.Option(help="The project checkout (default: this one).")
+    ] = None,
+    bin_dir: Annotated[
+        Path | None, typer.Option(help="Where `live` and `quantshift` are (default: this venv).")
+    ] = None,
+) -> None:
+    """Write the systemd units (runner, nightly data fetch, research jobs) for this host."""
+    from live.systemd import default_settings, user_exists
+    from live.systemd import install_units as write_units
 
-    lease = RedisLease(cfg.lease.redis_url, cfg.lease.name, ttl_ms=cfg.lease.ttl_ms)
+    settings = default_settings(
+        root=root, bin_dir=bin_dir, config_dir=config_dir, data_dir=data_dir, user=user,
+        group=group,
+    )  # fmt: skip
+    for path in write_units(target, settings):
+        typer.echo(f"wrote {path}")
+    if not user_exists(settings.user):
+        typer.echo(f"note: user {settings.user!r} does not exist yet: useradd --system {user}")
+    typer.echo(
+        f"next: install -d -o {settings.user} -m 700 {settings.data_dir}; put NAME.toml (and "
+        f"NAME.env, mode 600) in {settings.config_dir}; systemctl daemon-reload; "
+        "systemctl enable --now quantshift-live@NAME.service quantshift-data-fetch.timer"
+    )
+
+
+@app.command()
+def dashboard(
+    config: ConfigOpt,
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8765,
+    refresh_s: Annotated[
+        float, typer.Option("--refresh-s", help="Seconds between the page's refreshes.")
+    ] = 3.0,
+    allow_remote: Annotated[
+        bool,
+        typer.Option(
+            "--allow-remote",
+            help="Allow a non-loopback --host: the page has no login and serves plain HTTP.",
+        ),
+    ] = False,
+) -> None:
+    """Serve a status page over the store; its kill switch needs QUANTSHIFT_DASHBOARD_TOKEN."""
+    from live.dashboard.server import TOKEN_ENV, make_server, token_from_environment
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be within 0 and 65535, got {port}")
+    if not 0.5 <= refresh_s <= 3600:
+        raise ConfigError(f"--refresh-s must be within 0.5 and 3600 s, got {refresh_s}")
+    from live.logs import configure
+
+    configure()
+    token = token_from_environment()
+    cfg, store = _open_store(config)  # fail now, not on the first request, without a store
+    store.close()
+    server = make_server(
+        cfg, host=host, port=port, token=token, refresh_s=refresh_s, allow_remote=allow_remote
+    )
+    bound_host, bound_port = server.server_address[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    switch = "kill switch on" if token else f"read-only ({TOKEN_ENV} unset)"
+    typer.echo(f"status page of {cfg.name} at http://{shown}:{bound_port}/ ({switch})")
+    sys.stdout.flush()
     try:
-        holder = lease.current_holder()
-    except LeaseUnavailableError as exc:
-        return {"error": str(exc)}
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
     finally:
-        lease.close()
-    return {
-        "held": holder.held,
-        "epoch": holder.epoch,
-        "ttl_left_ms": holder.ttl_left_ms,
-        "last_epoch": holder.last_epoch,
-    }
+        server.server_close()
+
+
+@app.command("notify-test")
+def notify_test(config: ConfigOpt) -> None:
+    """Send a test message to every [notify] channel; exit 1 if any could not be reached."""
+    from live.config import load_config
+    from live.notify import send_test
+    from quantshift.errors import ConfigError
+
+    cfg = load_config(config)
+    if not cfg.notify.channels:
+        raise ConfigError(f"{config}: [notify] names no channels ([[notify.channels]])")
+    results = send_test(cfg, socket.gethostname())
+    for name, failure in results.items():
+        typer.echo(f"{name}: {'sent' if failure is None else 'failed: ' + failure}")
+    if any(failure is not None for failure in results.values()):
+        raise typer.Exit(1)
 
 
 def _iso(ts_ns: int | None) -> str:
@@ -177,27 +265,8 @@ def _iso(ts_ns: int | None) -> str:
     return pd.Timestamp(ts_ns, unit="ns", tz="UTC").isoformat()
 
 
-def _promotions_in_use(cfg, store) -> dict[str, Any]:
-    """Per sleeve: the promotion record its runner adopted last (None: config parameters)."""
-    latest = store.current_adoptions(cfg.name)
-    out: dict[str, Any] = {}
-    for sleeve in cfg.portfolio.sleeve_names:
-        adoption = latest.get(sleeve)
-        if adoption is None:
-            out[sleeve] = None
-            continue
-        row = store.promotion(adoption.promotion_id)
-        out[sleeve] = {
-            "record_id": adoption.record_id,
-            "name": row.strategy,
-            "stage": row.stage,
-            "params": row.record_dict()["params"],
-            "bar_ts_ns": adoption.bar_ts_ns,
-        }
-    return out
-
-
 def _print_status(info: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from quantshift.report import console
@@ -208,6 +277,14 @@ def _print_status(info: dict[str, Any]) -> None:
         f"runner {info['runner']}: store {info['store']} (schema v{info['schema_version']}), "
         f"fence epoch {info['fence_epoch']}"
     )
+    owner = info.get("owner")
+    if owner is None:
+        out.print("no runner has started on this store yet")
+    elif owner["runner"] != info["runner"]:
+        out.print(
+            f"[bold red]this store belongs to runner {owner['runner']!r}[/] "
+            f"(lease {owner['lease_name']!r}), not to this config's runner {info['runner']!r}"
+        )
     if leader:
         out.print(
             f"leader {leader.get('host')} epoch {leader.get('epoch')}, last heartbeat "
@@ -230,7 +307,8 @@ def _print_status(info: dict[str, Any]) -> None:
         else:
             out.print(
                 f"sleeve {sleeve}: promotion record {row['record_id']} ({row['name']}, "
-                f"{row['params']}) since bar {_iso(row['bar_ts_ns'])}"
+                f"{row['params']}) since bar {_iso(row['bar_ts_ns'])}, "
+                + ("verified" if row["verified"] else f"NOT VERIFIED: {escape(row['problem'])}")
             )
     equity = info.get("equity") or {}
     out.print(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from functools import cached_property
 
 import pandas as pd
 
@@ -38,15 +37,30 @@ class MarketClock:
         self.market = market
         self.bar_interval_s = int(bar_interval_s)
         self.calendar_name = calendar
+        self._built = None
 
-    @cached_property
-    def _calendar(self):
+    def _calendar(self, earliest_ns: int):
+        """The exchange calendar, from before ``earliest_ns`` on. exchange_calendars builds
+        calendars from 20 years before today by default, a cutoff that moves with the date; a
+        replay of older data needs an earlier start (rebuilt once, from a year before)."""
         import exchange_calendars as xcals
 
+        day = pd.Timestamp(earliest_ns, unit="ns", tz="UTC").tz_convert(None).normalize()
+        calendar = self._built
+        if calendar is not None and calendar.first_session + pd.Timedelta(days=7) <= day:
+            return calendar
         try:
-            return xcals.get_calendar(self.calendar_name)
+            calendar = xcals.get_calendar(self.calendar_name)
+            if calendar.first_session + pd.Timedelta(days=7) > day:
+                calendar = xcals.get_calendar(self.calendar_name, start=f"{day.year - 1}-01-01")
         except xcals.errors.InvalidCalendarName:
             raise ConfigError(f"unknown exchange calendar {self.calendar_name!r}") from None
+        except ValueError as exc:
+            raise ConfigError(
+                f"exchange calendar {self.calendar_name} does not reach back to {day.date()}: {exc}"
+            ) from None
+        self._built = calendar
+        return calendar
 
     def intervals_between(self, earlier_ns: int, later_ns: int) -> float:
         """Bar intervals from ``earlier_ns`` to ``later_ns`` that the market traded.
@@ -64,7 +78,7 @@ class MarketClock:
             return self._equity_intervals(earlier_ns, later_ns)
 
     def _equity_intervals(self, earlier_ns: int, later_ns: int) -> float:
-        cal = self._calendar
+        cal = self._calendar(earlier_ns)
         start = pd.Timestamp(earlier_ns, unit="ns", tz="UTC")
         end = pd.Timestamp(later_ns, unit="ns", tz="UTC")
         if self.bar_interval_s >= DAY_S:
@@ -85,15 +99,17 @@ class MarketClock:
             return int(open_ns) + self.bar_interval_s * 1_000_000_000
         with _quiet():
             day = pd.Timestamp(open_ns, unit="ns", tz="UTC").tz_convert(None).normalize()
-            session = self._calendar.date_to_session(day, direction="next")
-            return int(self._calendar.session_close(session).value)
+            calendar = self._calendar(open_ns)
+            session = calendar.date_to_session(day, direction="next")
+            return int(calendar.session_close(session).value)
 
     def is_open(self, ts_ns: int) -> bool:
         """Whether the market trades at ``ts_ns`` (crypto always does)."""
         if self.market == "crypto":
             return True
         with _quiet():
-            return bool(self._calendar.is_open_on_minute(pd.Timestamp(ts_ns, unit="ns", tz="UTC")))
+            minute = pd.Timestamp(ts_ns, unit="ns", tz="UTC")
+            return bool(self._calendar(ts_ns).is_open_on_minute(minute))
 
 
 @contextmanager

@@ -7,7 +7,6 @@ where orders go, where state lives, who leads, and what is exported.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,11 @@ from typing import Any
 from live.broker import TIMEFRAME_SECONDS
 from live.guards import GuardLimits
 from live.lease import lease_timing
+from live.notify.config import NotifyConfig, parse_notify
+from live.store.db import resolve_sqlite_url
 from quantshift.errors import ConfigError
 from quantshift.portfolio import PortfolioConfig
+from quantshift.tables import Table, is_number, read_toml
 
 BROKERS = ("paper", "alpaca", "coinbase")
 FEEDS = ("replay", "venue")
@@ -92,6 +94,7 @@ class LiveConfig:
     lease: LeaseConfig
     guards: GuardLimits
     metrics: MetricsConfig
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     path: Path | None = None
 
 
@@ -106,97 +109,73 @@ _TOP = {
     "lease",
     "guards",
     "metrics",
+    "notify",
 }
 
 
 def load_config(path: str | os.PathLike) -> LiveConfig:
     """Read and validate a live config file; every error names the file and the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: live config not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(raw, source=str(path), path=path)
+    top, _ = read_toml(path, "live config")
+    return parse_config(top.raw, source=top.source, path=Path(path))
 
 
 def parse_config(
     raw: Mapping[str, Any], *, source: str = "<live config>", path: Path | None = None
 ) -> LiveConfig:
     """Validate a config already parsed into dicts (``load_config`` reads the file)."""
-    _keys(source, "", raw, _TOP)
-    runner = _table(source, raw, "runner", required=True)
-    _keys(source, "runner", runner, {"name", "market", "mode", "bar_interval", "warmup_bars"})
-    name = _string(source, "runner", runner, "name", required=True)
-    market = _choice(source, "runner", runner, "market", MARKETS, "equities")
-    mode = _choice(source, "runner", runner, "mode", MODES, "paper")
-    interval = runner.get("bar_interval", "1d")
-    if interval not in _INTERVALS:
-        raise _error(source, "runner", "bar_interval", f"must be one of {', '.join(_INTERVALS)}")
-    warmup = runner.get("warmup_bars")
-    if warmup is not None and (not isinstance(warmup, int) or warmup < 1):
-        raise _error(source, "runner", "warmup_bars", f"must be a positive integer, got {warmup!r}")
+    top = Table(raw, source)
+    top.refuse_unknown(_TOP)
+    runner = top.table("runner", required=True)
+    runner.refuse_unknown({"name", "market", "mode", "bar_interval", "warmup_bars"})
+    name = runner.string("name", required=True)
+    market = runner.choice("market", MARKETS, "equities")
+    mode = runner.choice("mode", MODES, "paper")
+    interval = runner.choice("bar_interval", _INTERVALS, "1d")
+    warmup = runner.integer("warmup_bars", None, minimum=1)
 
-    sleeves = raw.get("sleeves")
-    if not isinstance(sleeves, list) or not sleeves:
-        raise ConfigError(f"{source}: [[sleeves]] must list at least one strategy")
     # `promotion = "<name>"`: the sleeve trades the active promotion record of that name for
     # this mode's stage; the runner adopts records at cycle boundaries.
-    promotion_names = []
-    for i, sleeve in enumerate(sleeves):
-        if not isinstance(sleeve, Mapping):
-            raise ConfigError(f"{source}: [[sleeves]] #{i + 1} must be a table")
-        promoted = sleeve.get("promotion")
-        if promoted is not None and (not isinstance(promoted, str) or not promoted.strip()):
-            raise ConfigError(
-                f"{source}: [[sleeves]] #{i + 1} promotion must be a record name, got {promoted!r}"
-            )
-        promotion_names.append(promoted)
-    sleeves = [{k: v for k, v in s.items() if k != "promotion"} for s in sleeves]
-    risk = _table(source, raw, "risk")
-    conflict = risk.pop("conflict", "net")
-    portfolio = PortfolioConfig.from_dict(
-        {
-            "sleeves": sleeves,
-            "sim": _table(source, raw, "costs"),
-            "limits": risk,
-            "conflict": conflict,
-        },
-        source=source,
+    sleeves = top.tables("sleeves")
+    promotion_names = [sleeve.string("promotion") for sleeve in sleeves]
+    risk = top.table("risk")
+    portfolio = PortfolioConfig.from_tables(
+        sleeves=[sleeve.without("promotion") for sleeve in sleeves],
+        sim=top.table("costs"),
+        limits=risk.without("conflict"),
+        conflict_in=risk,
     )
 
-    feed_raw = _table(source, raw, "feed")
+    feed_table = top.table("feed")
     venue_keys = {"history_bars", "poll_s", "settle_s", "late_after_s"}
     replay_keys = {"source", "start", "end", "speed"}
-    _keys(source, "feed", feed_raw, {"kind"} | venue_keys | replay_keys)
-    feed_kind = _choice(source, "feed", feed_raw, "kind", FEEDS, "replay")
-    wrong = sorted(set(feed_raw) & (replay_keys if feed_kind == "venue" else venue_keys))
+    feed_table.refuse_unknown({"kind"} | venue_keys | replay_keys)
+    feed_kind = feed_table.choice("kind", FEEDS, "replay")
+    wrong = sorted(set(feed_table.raw) & (replay_keys if feed_kind == "venue" else venue_keys))
     if wrong:
-        raise _error(source, "feed", wrong[0], f"does not apply to a {feed_kind!r} feed")
+        raise feed_table.error(wrong[0], f"does not apply to a {feed_kind!r} feed")
     timing = {}
-    for key in sorted(venue_keys & set(feed_raw)):
-        value = feed_raw[key]
+    for key in sorted(venue_keys & set(feed_table.raw)):
+        value = feed_table.get(key)
         integer = key == "history_bars"
         ok = isinstance(value, int) if integer else isinstance(value, int | float)
         if isinstance(value, bool) or not ok or value <= 0:
-            raise _error(source, "feed", key, f"must be a positive number, got {value!r}")
+            raise feed_table.error(key, f"must be a positive number, got {value!r}")
         timing[key] = int(value) if integer else float(value)
-    speed = feed_raw.get("speed", 0.0)
-    if isinstance(speed, bool) or not isinstance(speed, int | float) or speed < 0:
-        raise _error(source, "feed", "speed", f"must be bars per second >= 0, got {speed!r}")
+    speed = feed_table.get("speed", 0.0)
+    if not is_number(speed) or speed < 0:
+        raise feed_table.error("speed", f"must be bars per second >= 0, got {speed!r}")
     feed = FeedConfig(
         kind=feed_kind,
         **timing,
-        source=_string(source, "feed", feed_raw, "source") or "builtin:sp500",
-        start=_string(source, "feed", feed_raw, "start"),
-        end=_string(source, "feed", feed_raw, "end"),
+        source=feed_table.string("source") or "builtin:sp500",
+        start=feed_table.string("start"),
+        end=feed_table.string("end"),
         speed=float(speed),
     )
 
-    broker_raw = _table(source, raw, "broker")
-    kind = _choice(source, "broker", broker_raw, "kind", BROKERS, "paper")
-    broker_mode = _choice(source, "broker", broker_raw, "mode", MODES, "paper")
+    broker_table = top.table("broker")
+    kind = broker_table.choice("kind", BROKERS, "paper")
+    broker_mode = broker_table.choice("mode", MODES, "paper")
     if broker_mode != mode:
         raise ConfigError(
             f"{source}: [runner] mode is {mode!r} but [broker] mode is {broker_mode!r}; "
@@ -204,61 +183,58 @@ def parse_config(
         )
     if kind == "paper" and mode == "live":
         raise ConfigError(f"{source}: [broker] kind 'paper' cannot run with mode 'live'")
-    options = {k: v for k, v in broker_raw.items() if k not in ("kind", "mode")}
+    options = broker_table.without("kind", "mode").raw
     if kind == "paper" and options:
-        raise _error(source, "broker", sorted(options)[0], "unknown key for the paper broker")
+        raise broker_table.error(sorted(options)[0], "unknown key for the paper broker")
     if feed.kind == "venue" and kind == "paper":
-        raise _error(
-            source,
-            "feed",
+        raise feed_table.error(
             "kind",
             "a 'venue' feed reads a venue's bars: set [broker] kind to alpaca or coinbase "
             "(the paper broker replays a data set)",
         )
 
-    store_raw = _table(source, raw, "store")
-    _keys(source, "store", store_raw, {"url"})
-    store_url = _string(source, "store", store_raw, "url") or "sqlite:///data/live/state.db"
+    store_table = top.table("store")
+    store_table.refuse_unknown({"url"})
+    store_url = store_table.string("url") or "sqlite:///data/live/state.db"
     if not store_url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
-        raise _error(source, "store", "url", "must be sqlite:///PATH or postgresql://...")
+        raise store_table.error("url", "must be sqlite:///PATH or postgresql://...")
+    if path is not None:
+        # Every command reading this file (run, halt, status, ...) must reach one database,
+        # whatever directory it runs in: a relative SQLite path is relative to the file.
+        try:
+            store_url = resolve_sqlite_url(store_url, path.resolve().parent)
+        except ConfigError as exc:
+            raise store_table.error("url", str(exc)) from None
 
-    lease_raw = _table(source, raw, "lease")
-    _keys(
-        source,
-        "lease",
-        lease_raw,
-        {"redis_url", "name", "ttl_ms", "renew_interval_ms", "deadline_ms"},
-    )
-    ttl_ms = _positive_int(source, "lease", lease_raw, "ttl_ms", 3000)
-    renew_ms = _positive_int(source, "lease", lease_raw, "renew_interval_ms", 1000)
-    deadline_ms = lease_raw.get("deadline_ms")
+    lease_table = top.table("lease")
+    lease_table.refuse_unknown({"redis_url", "name", "ttl_ms", "renew_interval_ms", "deadline_ms"})
+    ttl_ms = lease_table.integer("ttl_ms", 3000, minimum=1)
+    renew_ms = lease_table.integer("renew_interval_ms", 1000, minimum=1)
+    deadline_ms = lease_table.get("deadline_ms")
     try:
         lease_timing(ttl_ms, renew_ms, deadline_ms)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: [lease] {exc}") from None
-    redis_url = _string(source, "lease", lease_raw, "redis_url")
+        raise lease_table.table_error(str(exc)) from None
+    redis_url = lease_table.string("redis_url")
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise _error(source, "lease", "redis_url", "must be redis://host:port/db")
+        raise lease_table.error("redis_url", "must be redis://host:port/db")
     lease = LeaseConfig(
         redis_url=redis_url,
-        name=_string(source, "lease", lease_raw, "name") or name,
+        name=lease_table.string("name") or name,
         ttl_ms=ttl_ms,
         renew_interval_ms=renew_ms,
         deadline_ms=deadline_ms,
     )
 
-    guards = GuardLimits.from_dict(_table(source, raw, "guards"), source=f"{source}: [guards]")
-    metrics_raw = _table(source, raw, "metrics")
-    _keys(source, "metrics", metrics_raw, {"enabled", "host", "port"})
-    port = metrics_raw.get("port", 9200)
+    guards = GuardLimits.from_table(top.table("guards"))
+    metrics_table = top.table("metrics")
+    metrics_table.refuse_unknown({"enabled", "host", "port"})
+    port = metrics_table.get("port", 9200)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise _error(source, "metrics", "port", f"must be 0-65535, got {port!r}")
-    enabled = metrics_raw.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise _error(source, "metrics", "enabled", "must be true or false")
+        raise metrics_table.error("port", f"must be 0-65535, got {port!r}")
     metrics = MetricsConfig(
-        enabled=enabled,
-        host=_string(source, "metrics", metrics_raw, "host") or "127.0.0.1",
+        enabled=metrics_table.boolean("enabled", True),
+        host=metrics_table.string("host") or "127.0.0.1",
         port=port,
     )
     return LiveConfig(
@@ -279,55 +255,6 @@ def parse_config(
         lease=lease,
         guards=guards,
         metrics=metrics,
+        notify=parse_notify(top.table("notify")),
         path=path,
     )
-
-
-def _error(source: str, section: str, key: str, problem: str) -> ConfigError:
-    return ConfigError(f"{source}: [{section}] {key}: {problem}")
-
-
-def _keys(source: str, section: str, raw: Mapping[str, Any], allowed: set[str]) -> None:
-    for key in raw:
-        if key not in allowed:
-            where = f"[{section}] {key}" if section else key
-            kind = "key" if section else "section"
-            raise ConfigError(
-                f"{source}: {where}: unknown {kind}; allowed: {', '.join(sorted(allowed))}"
-            )
-
-
-def _table(source: str, raw: Mapping[str, Any], key: str, required: bool = False) -> dict:
-    value = raw.get(key)
-    if value is None:
-        if required:
-            raise ConfigError(f"{source}: missing section [{key}]")
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{source}: [{key}] must be a table")
-    return dict(value)
-
-
-def _string(source, section, raw, key, required=False) -> str | None:
-    value = raw.get(key)
-    if value is None:
-        if required:
-            raise _error(source, section, key, "is required")
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise _error(source, section, key, f"must be a non-empty string, got {value!r}")
-    return value
-
-
-def _choice(source, section, raw, key, allowed, default) -> str:
-    value = raw.get(key, default)
-    if value not in allowed:
-        raise _error(source, section, key, f"must be one of {', '.join(allowed)}, got {value!r}")
-    return value
-
-
-def _positive_int(source, section, raw, key, default) -> int:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _error(source, section, key, f"must be a positive integer, got {value!r}")
-    return value

@@ -237,7 +237,7 @@ def _to_ns(value: Any, name: str) -> int:
 
 def _open_venue(name: str, options: dict[str, Any], mode: str):
     """Return ``(source for bar_pages, bar_pages, close)`` of the venue."""
-    from live.brokers import venue
+    from live.venues import venue
 
     package = venue(name)
     config = package.settings.from_options(options, f"data fetch {name} --option", mode=mode)

@@ -2,13 +2,15 @@
 
 ``QUANTSHIFT_FAILPOINTS="after_intent=3,after_submit=1"`` kills the process with SIGKILL on the
 3rd pass through ``after_intent`` (and the 1st through ``after_submit``); unset, a failpoint
-costs one dictionary lookup. The failover tests use them to crash between intent and submit.
+costs one dictionary lookup. The failover tests use them to crash between intent and submit;
+in-process tests attach an action instead (``set_hook``), e.g. a HALT written at that point.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 ENV = "QUANTSHIFT_FAILPOINTS"
 NAMES = ("after_intent", "after_submit", "after_fill", "after_state")
@@ -26,10 +28,28 @@ def _parse(text: str) -> dict[str, int]:
 
 _PLAN = _parse(os.environ.get(ENV, ""))
 _SEEN: dict[str, int] = {}
+_HOOKS: dict[str, tuple[Callable[[int], object], list[int]]] = {}
+
+
+def set_hook(name: str, action: Callable[[int], object] | None) -> None:
+    """Call ``action(n)`` on the n-th pass (from 1) through failpoint ``name`` in this process,
+    from now on; None removes it. Tests use it to make something happen at exactly that point."""
+    if name not in NAMES:
+        raise ValueError(f"no failpoint {name!r}; known: {', '.join(NAMES)}")
+    if action is None:
+        _HOOKS.pop(name, None)
+    else:
+        _HOOKS[name] = (action, [0])
 
 
 def failpoint(name: str) -> None:
-    """Pass through failpoint ``name``; die here (SIGKILL) if the plan says so."""
+    """Pass through failpoint ``name``: run its hook, and die here (SIGKILL) if the plan says
+    so."""
+    hook = _HOOKS.get(name)
+    if hook is not None:
+        action, passes = hook
+        passes[0] += 1
+        action(passes[0])
     if not _PLAN:
         return
     _SEEN[name] = _SEEN.get(name, 0) + 1

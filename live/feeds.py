@@ -180,6 +180,22 @@ def _after(ts_ns: np.ndarray, last_ts_ns: int | None) -> int:
     return 0 if last_ts_ns is None else int(np.searchsorted(ts_ns, last_ts_ns, "right"))
 
 
+def _check_interval(config, bars: Bars) -> None:
+    """Refuse a replay whose bars are not ``[runner] bar_interval`` apart: the clock, the stale
+    data guard and the annualisation (Sharpe, volatility) all read that interval."""
+    spacing_s = bars.bar_spacing_s()
+    if spacing_s is None or spacing_s == config.bar_interval_s:
+        return
+    configured = TIMEFRAMES[config.bar_interval_s]
+    detected = TIMEFRAMES.get(int(spacing_s)) if spacing_s.is_integer() else None
+    fix = f'set bar_interval = "{detected}"' if detected else "use data at the configured interval"
+    raise ConfigError(
+        f"{config.path or 'live config'}: [runner] bar_interval is {configured!r} but the bars "
+        f"of {config.feed.source} are {detected or f'{spacing_s:g} s'} apart (the most common "
+        f"spacing); {fix}"
+    )
+
+
 def _empty() -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -195,8 +211,10 @@ def open_feed(config, portfolio, clock: MarketClock, broker=None, *, now_ns=time
     feed = config.feed
     symbols = list(portfolio.symbols)
     if feed.kind == "replay":
-        return ReplayFeed(feed.source, symbols, start=feed.start, end=feed.end)
-    from live.brokers import venue_bar_pages
+        replay = ReplayFeed(feed.source, symbols, start=feed.start, end=feed.end)
+        _check_interval(config, replay.bars)
+        return replay
+    from live.venues import venue_bar_pages
 
     venue = VenueFeed(
         venue_bar_pages(broker),

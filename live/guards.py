@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from quantshift.errors import ConfigError
+from quantshift.tables import Table
 
 GUARDS = (
     "bad_price",
@@ -78,20 +79,12 @@ class GuardLimits:
                 )
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], source: str = "guards") -> GuardLimits:
-        """Build from a config table; unknown keys and bad values name ``source`` and the key.
-        The string "off" (or false) switches a guard off."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            allowed = ", ".join(sorted(known))
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {allowed}")
+    def from_table(cls, table: Table) -> GuardLimits:
+        """Build from a config table; unknown keys and bad values name the file, the table
+        and the key. The string "off" (or false) switches a guard off."""
         # `v in ("off", False)` would also switch off a limit of 0 (0 == False).
-        values = {k: (None if v is False or v == "off" else v) for k, v in raw.items()}
-        try:
-            return cls(**values)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+        off = {k: None for k, v in table.raw.items() if v is False or v == "off"}
+        return table.build(cls, **off)
 
 
 @dataclass(frozen=True)

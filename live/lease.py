@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from quantshift.errors import ConfigError, QuantShiftError
+from quantshift.urls import mask_secrets, url_password
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,9 @@ class Lease(Protocol):
     @property
     def state(self) -> LeaseState | None: ...
 
+    @property
+    def unreachable(self) -> str | None: ...
+
     def try_acquire(self, *, above_epoch: int = 0) -> LeaseState | None: ...
 
     def acquire(
@@ -137,6 +140,13 @@ def lease_timing(ttl_ms: int, renew_interval_ms: int, deadline_ms: int | None) -
     """
     _positive_int("ttl_ms", ttl_ms)
     _positive_int("renew_interval_ms", renew_interval_ms)
+    if renew_interval_ms >= ttl_ms:
+        # Checked before the default deadline is derived, which would otherwise come out
+        # non-positive and be reported as the problem.
+        raise ConfigError(
+            "lease timings need renew_interval_ms < deadline_ms < ttl_ms: "
+            f"renew_interval_ms={renew_interval_ms} is not below ttl_ms={ttl_ms}"
+        )
     if deadline_ms is None:
         deadline_ms = ttl_ms - renew_interval_ms // 2
     _positive_int("deadline_ms", deadline_ms)
@@ -146,33 +156,6 @@ def lease_timing(ttl_ms: int, renew_interval_ms: int, deadline_ms: int | None) -
             f"renew_interval_ms={renew_interval_ms}, deadline_ms={deadline_ms}, ttl_ms={ttl_ms}"
         )
     return deadline_ms
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (for repr, logs and errors)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "<unparseable Redis URL>"
-    netloc = parts.netloc
-    if parts.password is not None:
-        user = parts.username or ""
-        netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
-    query = urlencode(
-        [(k, "***" if k.lower() in ("password", "pass") else v) for k, v in parse_qsl(parts.query)]
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _password(url: str) -> str | None:
-    try:
-        parts = urlsplit(url)
-        found = parts.password or dict(parse_qsl(parts.query)).get("password")
-    except ValueError:
-        return None
-    return found or None
 
 
 class KeepAlive:
@@ -302,8 +285,8 @@ class RedisLease:
         self.deadline_ms = lease_timing(ttl_ms, renew_interval_ms, deadline_ms)
         self.name, self.prefix = name, prefix
         self.ttl_ms, self.renew_interval_ms = ttl_ms, renew_interval_ms
-        self.url_redacted = redact_url(url)
-        self._password = _password(url)
+        self.url_redacted = mask_secrets(url)
+        self._password = url_password(url)
         self._clock = clock
         self._lease_key = f"{prefix}:{name}:lease"
         self._epoch_key = f"{prefix}:{name}:epoch"
@@ -330,6 +313,7 @@ class RedisLease:
         self._term: _Term | None = None
         self._epoch: int | None = None
         self._keep_alive: KeepAlive | None = None
+        self._unreachable: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -354,16 +338,22 @@ class RedisLease:
         term = self._term
         return None if term is None else term.state
 
+    @property
+    def unreachable(self) -> str | None:
+        """Why the last acquisition could not reach Redis (password-free), or None if it did
+        (held by another or won): a standby backs off on it."""
+        return self._unreachable
+
     def _scrub(self, exc: BaseException) -> str:
-        text = f"{type(exc).__name__}: {exc}"
-        return text.replace(self._password, "***") if self._password else text
+        return mask_secrets(f"{type(exc).__name__}: {exc}", self._password)
 
     def try_acquire(self, *, above_epoch: int = 0) -> LeaseState | None:
         """Take the lease if nobody holds it; return the new term, or None.
 
         Holding it already, renew instead and return the current term (None if that fails).
-        A Redis error counts as not acquired (logged, never raised). The new epoch is greater
-        than every earlier one and than ``above_epoch``.
+        A Redis error counts as not acquired (never raised; :attr:`unreachable` says why, the
+        caller decides how loudly and how soon to try again). The new epoch is greater than
+        every earlier one and than ``above_epoch``.
         """
         with self._mutex:
             if self._term is not None:
@@ -378,8 +368,10 @@ class RedisLease:
                     )
                 )
             except redis.RedisError as exc:
-                log.warning("lease %s: acquire failed: %s", self.name, self._scrub(exc))
+                self._unreachable = f"Redis at {self.url_redacted}: {self._scrub(exc)}"
+                log.debug("lease %s: acquire failed: %s", self.name, self._unreachable)
                 return None
+            self._unreachable = None
             if epoch == 0:
                 return None
             state = LeaseState(epoch=epoch, valid_until_s=sent_s + self.deadline_ms / 1000)
@@ -546,6 +538,11 @@ class NoLease:
     def state(self) -> LeaseState:
         """The permanent term (epoch 0, no deadline)."""
         return self._STATE
+
+    @property
+    def unreachable(self) -> None:
+        """Always None: there is no service to reach."""
+        return None
 
     def try_acquire(self, *, above_epoch: int = 0) -> LeaseState:
         """Return the permanent term (epoch 0)."""

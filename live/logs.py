@@ -1,23 +1,26 @@
 """Structured logs of the live runner: one JSON object per line, with cycle, epoch and order ids.
 
-Secrets never reach a log line: URLs in messages have their passwords masked.
+Secrets never reach a log line: passwords in URLs and secret query parameters are masked, and
+the venue keys loaded in this process are scrubbed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.I)
+from live.secrets import scrub
+from quantshift.urls import mask_secrets
+
 FIELDS = ("cycle", "bar", "epoch", "client_order_id", "sleeve", "symbol", "host")
 
 
 def mask(text: str) -> str:
-    """Replace the password of any URL in ``text`` with ``***``."""
-    return _PASSWORD_IN_URL.sub(lambda m: f"{m.group('head')}***@", text)
+    """Mask URL passwords and secret query parameters in ``text`` (``***``) and every venue
+    key loaded in this process (``****``)."""
+    return scrub(mask_secrets(text))
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,11 +43,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+LOGGERS = ("quantshift.live", "live", "coinbase")
+"""The runner's logger, the module loggers of the ``live`` package (lease, venue adapters) and
+the Coinbase SDK's (which logs each HTTP error)."""
+
+
+class ScrubSecrets(logging.Filter):
+    """Mask passwords and venue keys in the records of a logger we do not write (a venue
+    SDK's, whose HTTP error lines quote the venue's answer)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = mask(record.getMessage()), None
+        return True
+
+
 def configure(level: int = logging.INFO, stream=None) -> None:
-    """Send the ``quantshift.live`` logger's records to ``stream`` (stderr) as JSON lines."""
+    """Send the records of the runner's loggers (``LOGGERS``) to ``stream`` (stderr) as JSON
+    lines."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("quantshift.live")
-    logger.handlers[:] = [handler]
-    logger.setLevel(level)
-    logger.propagate = False
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False

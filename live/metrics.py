@@ -1,19 +1,24 @@
-"""Prometheus metrics of one live runner: its own registry, an HTTP exporter on localhost.
+"""Prometheus metrics of one live runner: its own registry, an HTTP exporter on localhost that
+also answers the health checks (``/healthz``, ``/readyz``, ``/leader``).
 
-Label values are bounded: order outcomes and HALT reasons come from fixed lists.
+Label values are bounded: order outcomes and HALT reasons come from fixed lists, sleeves and
+symbols from the config.
 """
 
 from __future__ import annotations
 
+import socket
+import socketserver
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.exposition import generate_latest, start_wsgi_server
+from prometheus_client.exposition import generate_latest, make_wsgi_app
 
 from live.guards import GUARDS
 from quantshift.errors import ConfigError
@@ -21,13 +26,31 @@ from quantshift.errors import ConfigError
 ORDER_OUTCOMES = ("submitted", "filled", "rejected", "unknown", "blocked_by_guard")
 """Outcomes an order is counted under (``unknown``: the broker's answer was ambiguous)."""
 
-HALT_REASONS = (*GUARDS, "daily_loss_limit", "max_drawdown", "manual", "runner_error")
-"""HALT reasons: a guard name, a circuit breaker, ``live halt``, or a runner failure."""
+HALT_REASONS = (
+    *GUARDS,
+    "daily_loss_limit",
+    "max_drawdown",
+    "manual",
+    "reconcile_mismatch",
+    "runner_error",
+)
+"""HALT reasons: a guard name, a circuit breaker, ``live halt``, positions that differ from the
+venue's, or a runner failure."""
 
 CYCLE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Cycle duration histogram buckets (seconds); the decision goal is 20 ms."""
 
 DEFAULT_PORT = 9200
+
+HEALTH_PATHS = ("/healthz", "/readyz", "/leader")
+"""Health checks served next to ``/metrics``: alive, ready to lead, and leading."""
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Serve without a stderr line per scrape (the runner's own logs say what matters)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -100,6 +123,48 @@ class LiveMetrics:
         self._promoted = Info(
             f"{ns}_promoted_record", "Promotion record in use", ["strategy"], registry=r
         )
+        self._terms = Counter(
+            f"{ns}_leader_terms", "Terms this runner won (lease acquisitions)", registry=r
+        )
+        self._ready = Gauge(
+            f"{ns}_ready", "1 while the feed is warm and the store answered last", registry=r
+        )
+        self._last_bar = Gauge(
+            f"{ns}_last_bar_timestamp_seconds", "Time of the last bar decided on", registry=r
+        )
+        self._data_age = Gauge(
+            f"{ns}_data_age_intervals",
+            "Bar intervals the market traded since the last bar decided on",
+            registry=r,
+        )
+        self._data_age.set_function(self._data_age_intervals)
+        self._bar_interval = Gauge(
+            f"{ns}_bar_interval_seconds", "The runner's bar interval", registry=r
+        )
+        self._drawdown = Gauge(
+            f"{ns}_drawdown_pct", "Drawdown from the peak equity (percent)", registry=r
+        )
+        self._daily_loss = Gauge(
+            f"{ns}_daily_loss_pct", "Loss since the day began (percent of its start)", registry=r
+        )
+        self._breaker_limit = Gauge(
+            f"{ns}_breaker_limit_pct",
+            "Circuit breaker limits (percent; +Inf: off)",
+            ["breaker"],
+            registry=r,
+        )
+        self._sleeve_equity = Gauge(
+            f"{ns}_sleeve_equity", "Equity of each sleeve (account currency)", ["strategy"],
+            registry=r,
+        )  # fmt: skip
+        self._position = Gauge(
+            f"{ns}_position_units", "Open position (signed units)", ["strategy", "symbol"],
+            registry=r,
+        )  # fmt: skip
+        self._clock: Any = None
+        self._last_bar_ns: int | None = None
+        self._warm = self._store_ok = self._is_leader = False
+        self._epoch_value: int | None = None
         self._halted = False
         self._promoted_strategies: set[str] = set()
         self._cycle_started_s: float | None = None
@@ -120,8 +185,70 @@ class LiveMetrics:
         return strategy
 
     def heartbeat(self, ts_s: float | None = None) -> None:
-        """Record a heartbeat at ``ts_s`` (UTC epoch seconds; now by default)."""
+        """Record a heartbeat at ``ts_s`` (UTC epoch seconds; now by default).
+
+        The runner calls it after writing its heartbeat to the store: the store answered."""
         self._heartbeat.set(time.time() if ts_s is None else ts_s)
+        self.set_store_reachable(True)
+
+    def set_store_reachable(self, reachable: bool) -> None:
+        """Export whether the store answered the last write (part of readiness)."""
+        self._store_ok = bool(reachable)
+        self._ready.set(1 if self.ready else 0)
+
+    def started(self, clock: Any = None, limits: Any = None) -> None:
+        """Mark the runner started: its feed holds the warm-up bars.
+
+        Parameters
+        ----------
+        clock : live.clock.MarketClock, optional
+            Counts the traded intervals since the last bar (``data_age_intervals``).
+        limits : quantshift.portfolio.RiskLimits, optional
+            The circuit breakers, exported next to how close the portfolio is to them.
+        """
+        self._clock = clock
+        if clock is not None:
+            self._bar_interval.set(clock.bar_interval_s)
+        if limits is not None:
+            self._breaker_limit.labels(breaker="max_drawdown").set(limits.max_drawdown_pct)
+            self._breaker_limit.labels(breaker="daily_loss_limit").set(limits.daily_loss_limit_pct)
+        self._warm = True
+        self._ready.set(1 if self.ready else 0)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the runner could lead now: feed warm and store reachable."""
+        return self._warm and self._store_ok
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this runner holds the lease (as last exported)."""
+        return self._is_leader
+
+    def set_state(self, state: Any, ts_ns: int) -> None:
+        """Export a portfolio state decided at bar ``ts_ns``: positions, sleeve equity, and
+        drawdown and the day's loss against the circuit breakers."""
+        self._last_bar_ns = int(ts_ns)
+        self._last_bar.set(ts_ns / 1e9)
+        equity, peak, day_start = state.equity_usd, state.peak_equity, state.day_start_equity
+        self._drawdown.set(max(0.0, 100.0 * (peak - equity) / peak) if peak > 0 else 0.0)
+        self._daily_loss.set(
+            max(0.0, 100.0 * (day_start - equity) / day_start) if day_start > 0 else 0.0
+        )
+        for sleeve, value in state.sleeve_equity().items():
+            self._sleeve_equity.labels(strategy=self._strategy(sleeve)).set(value)
+        held = {(p.sleeve, p.symbol): p.units for p in state.positions()}
+        # Every (sleeve, symbol) of the config has a series, 0 while flat: bounded, and a
+        # closed position reads 0 rather than vanishing.
+        for sleeve in state.sleeves:
+            for symbol in state.symbols:
+                units = held.get((sleeve, symbol), 0.0)
+                self._position.labels(strategy=self._strategy(sleeve), symbol=symbol).set(units)
+
+    def _data_age_intervals(self) -> float:
+        if self._last_bar_ns is None or self._clock is None:
+            return 0.0  # no bar decided on yet (or no clock to count with): nothing is late
+        return float(self._clock.intervals_between(self._last_bar_ns, time.time_ns()))
 
     def cycle_started(self) -> None:
         """Mark the start of a cycle (or use :meth:`cycle`)."""
@@ -160,8 +287,12 @@ class LiveMetrics:
     def set_leader(self, is_leader: bool, epoch: int | None) -> None:
         """Export leadership (0/1) and the epoch (left unchanged when ``epoch`` is None)."""
         self._leader.set(1 if is_leader else 0)
+        if is_leader and (not self._is_leader or epoch != self._epoch_value):
+            self._terms.inc()
+        self._is_leader = bool(is_leader)
         if epoch is not None:
             self._epoch.set(epoch)
+            self._epoch_value = epoch
 
     def set_portfolio(self, value: float, daily_pnl: float, open_positions: int) -> None:
         """Export portfolio value, P&L of the day and the number of open positions."""
@@ -201,6 +332,40 @@ class LiveMetrics:
         """Return the exposition text (what a scrape gets)."""
         return generate_latest(self.registry).decode()
 
+    def health(self, path: str) -> tuple[int, str] | None:
+        """Answer a health check: (HTTP status, one-line body), or None for another path.
+
+        ``/healthz``: 200 while the process serves. ``/readyz``: 200 once the feed is warm and
+        while the store answers. ``/leader``: 200 only while this runner holds the lease.
+        """
+        if path == "/healthz":
+            return 200, "ok"
+        if path == "/readyz":
+            if self.ready:
+                return 200, "ready"
+            return 503, "feed warming up" if not self._warm else "store unreachable"
+        if path == "/leader":
+            epoch = self._epoch_value
+            if self._is_leader:
+                return 200, f"leader epoch {epoch}"
+            return 503, "standby"
+        return None
+
+    def wsgi_app(self):
+        """The exporter's WSGI application: the health checks, and metrics on any other path."""
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ, start_response):
+            answer = self.health(environ.get("PATH_INFO", ""))
+            if answer is None:
+                return metrics_app(environ, start_response)
+            status, body = answer
+            reason = "OK" if status == 200 else "Service Unavailable"
+            start_response(f"{status} {reason}", [("Content-Type", "text/plain; charset=utf-8")])
+            return [body.encode() + b"\n"]
+
+        return app
+
     def serve(self, port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> MetricsServer:
         """Start the HTTP exporter in a daemon thread; port 0 picks a free port.
 
@@ -208,9 +373,20 @@ class LiveMetrics:
         """
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigError(f"metrics port must be an integer 0-65535, got {port!r}")
+
         try:
-            server, thread = start_wsgi_server(port, addr=host, registry=self.registry)
+            family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+
+            class Server(socketserver.ThreadingMixIn, WSGIServer):
+                """Threaded, so a slow scraper never holds a health check; family per host."""
+
+                address_family = family
+                daemon_threads = True
+
+            server = make_server(sockaddr[0], port, self.wsgi_app(), Server, _QuietHandler)
         except OSError as exc:
             raise ConfigError(f"metrics: cannot listen on {host}:{port}: {exc.strerror}") from None
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
         bound_host, bound_port = server.server_address[:2]
         return MetricsServer(host=bound_host, port=bound_port, _server=server, _thread=thread)

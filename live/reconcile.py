@@ -91,7 +91,7 @@ def _open_broker(config) -> Broker:
     if config.broker.kind == "paper":
         # Positions and executions need no prices: a quote is never asked for.
         return PaperBroker(config.store_url, quote=_no_quote, cash=config.portfolio.sim.cash)
-    from live.brokers import build_broker
+    from live.venues import build_broker
 
     broker = build_broker(config)
     broker.connect()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from live.adoption import PromotionAdopter
-from live.brokers import connect_venue
+from live.broker import BrokerAuthError
 from live.clock import MarketClock
 from live.config import LiveConfig
 from live.execution import VenueExecution, WorkingOrder, net_positions, positions_differ
@@ -27,10 +27,14 @@ from live.feeds import open_feed
 from live.guards import OrderGuards
 from live.lease import NotLeaderError, open_lease
 from live.metrics import LiveMetrics
+from live.notify import note_auth_failure, start_alerts
 from live.paper import VENUE, PaperVenue
 from live.store import Store, client_order_id
-from live.store.errors import StaleEpochError, StoreUnavailableError
+from live.store.errors import HaltedError, StaleEpochError, StoreUnavailableError
+from live.systemd import Notifier
+from live.venues import connect_venue
 from quantshift.data import Bars
+from quantshift.errors import ConfigError
 from quantshift.portfolio import (
     PortfolioState,
     TargetOrder,
@@ -46,6 +50,8 @@ log = logging.getLogger("quantshift.live")
 FLATTEN_MARK = "(flatten)"
 PROTECTIVE = -1  # halt_exempt of a venue exit a stop level triggered: it goes out during a HALT
 STORE_RETRY_S = 1.0  # pause before standing by again after losing the lease or the store
+LEASE_POLL_S = 0.25  # a standby's poll for the lease
+MAX_LEASE_BACKOFF_S = 4.0  # the longest wait between polls while Redis cannot be reached
 
 
 @dataclass
@@ -89,17 +95,26 @@ class Runner:
         self._now_ns, self._wait = now_ns, wait
         self.stop_event = threading.Event()
         self._lost = threading.Event()
+        self._redo_under_halt = False
+        self._unreachable_polls = 0
 
     # ------------------------------------------------------------------ setup
     def _open(self) -> None:
         cfg = self.config
         self.portfolio = cfg.portfolio
         self.store = Store.open(cfg.store_url)
+        self.store.claim_owner(cfg.name, cfg.lease.name)  # one store, one runner identity
+        self.alerts = start_alerts(cfg, self.host)  # sends the store's events, off-cycle
         self.broker = self.execution = self.venue = None
         if cfg.broker.kind == "paper":
             self.venue = PaperVenue(cfg.store_url)
         else:
-            self.broker = connect_venue(cfg)
+            try:
+                self.broker = connect_venue(cfg)
+            except BrokerAuthError as exc:
+                note_auth_failure(self.store, cfg, self.host, exc)
+                self._close()  # the alerts thread sends it before the process ends
+                raise
             self.execution = VenueExecution(self.broker, self.store)
         self.lease = open_lease(
             cfg.lease.redis_url,
@@ -120,15 +135,23 @@ class Runner:
         )
         clock = MarketClock(cfg.market, cfg.bar_interval_s)
         self.guards = OrderGuards(cfg.guards, clock=clock)
+        self.notifier = Notifier.from_environment()
         self.feed = open_feed(
-            cfg, self.portfolio, clock, self.broker, now_ns=self._now_ns, wait=self._wait
-        )
+            cfg, self.portfolio, clock, self.broker, now_ns=self._now_ns,
+            wait=self.notifier.watched(self._wait),
+        )  # fmt: skip
         self.bars: Bars = self.feed.bars
         self.adopter = PromotionAdopter(cfg, self.store, self.metrics, self.host)
         self.interval_ns = cfg.bar_interval_s * 1_000_000_000
         self._periods_per_year = periods_per_year(cfg.market, cfg.bar_interval_s)
+        self.metrics.started(clock, cfg.portfolio.limits)
+        self.notifier.ready()
 
     def _close(self) -> None:
+        if getattr(self, "notifier", None) is not None:
+            self.notifier.stopping()
+        if getattr(self, "alerts", None) is not None:
+            self.alerts.stop()
         if getattr(self, "server", None) is not None:
             self.server.close()
         if getattr(self, "broker", None) is not None:
@@ -152,6 +175,9 @@ class Runner:
             if lock is not None:
                 lock.__enter__()
             self._loop(summary)
+        except BrokerAuthError as exc:  # keys revoked mid-run
+            note_auth_failure(self.store, self.config, self.host, exc)
+            raise
         finally:
             if lock is not None:
                 lock.__exit__(None, None, None)
@@ -163,11 +189,14 @@ class Runner:
     def _loop(self, summary: RunSummary) -> None:
         keep_alive = None
         while not self.stop_event.is_set():
+            counted = summary.orders, summary.trades
             try:
                 if keep_alive is None:
                     keep_alive = self._become_leader(summary)
                     if keep_alive is None:
                         continue  # still standby (or stopping): wait again
+                elif self._redo_under_halt:
+                    self._load()
                 t = self._next_bar()
                 if t is None:
                     summary.ended = "replay finished"
@@ -176,11 +205,27 @@ class Runner:
                     summary.ended = "max_bars"
                     break
                 self._cycle(t, summary)
+                if self._redo_under_halt:
+                    self._cancel_unsent()
+            except HaltedError as exc:
+                # A person's HALT landed after this cycle looked for one and before an order
+                # went out. Hold: redo the bar from the state saved after the last one, under
+                # the HALT (what went out before it stays out, protective exits and flatten
+                # orders go on), and trade again once a person runs `live resume`.
+                log.warning(
+                    "HALT arrived mid-cycle (%s); redoing the bar under it",
+                    exc,
+                    extra={"epoch": self.lease.epoch, "host": self.host},
+                )
+                summary.orders, summary.trades = counted
+                self._redo_under_halt = True
+                continue
             except (NotLeaderError, StaleEpochError, StoreUnavailableError) as exc:
                 # Lost the lease, fenced out, or the store went away mid-cycle: whatever the
                 # cycle wrote is idempotent, so stand by and let the next leader (maybe us,
                 # once the store is back) redo the bar.
                 log.warning("standing by: %s", exc, extra={"host": self.host})
+                self.metrics.set_store_reachable(not isinstance(exc, StoreUnavailableError))
                 if keep_alive is not None:
                     keep_alive.stop()
                     keep_alive = None
@@ -204,20 +249,30 @@ class Runner:
         self.metrics.set_leader(False, 0)
         # The floor is re-read at every poll: if Redis lost its epoch counter while we waited,
         # a new term must still start above everything the store has seen.
+        fence = self.store.fence_epoch()
         term = self.lease.acquire(
-            poll_interval_ms=250,
-            timeout_s=0.25,
+            poll_interval_ms=int(LEASE_POLL_S * 1000),
+            timeout_s=LEASE_POLL_S,
             stop=self.stop_event,
-            above_epoch=self.store.fence_epoch(),
+            above_epoch=fence,
         )
         if term is None:
+            self._back_off(self.lease.unreachable)
             return None
+        self._unreachable_polls = 0
         self._lost.clear()
         epoch = self.lease.epoch
+        if not epoch and fence:
+            # Epoch 0 is the single host's; every write of it would be refused as stale.
+            raise ConfigError(
+                f"{self.config.name}: the store is fenced at epoch {fence} (runners with a "
+                "Redis lease wrote to it), but [lease] has no redis_url, so this runner would "
+                "write as epoch 0 and be refused; set [lease] redis_url or use another store"
+            )
         keep_alive = None
         try:
             if epoch:
-                self.store.claim_epoch(epoch)
+                self.store.claim_epoch(epoch, by=self.host)
             keep_alive = self.lease.keep_alive(on_lost=lambda _e: self._lost.set())
             self._load()
         except BaseException:
@@ -232,10 +287,27 @@ class Runner:
         log.info("leader with epoch %s", epoch, extra={"epoch": epoch, "host": self.host})
         return keep_alive
 
+    def _back_off(self, unreachable: str | None) -> None:
+        """While Redis cannot be reached, poll less and less often (exponentially, up to
+        ``MAX_LEASE_BACKOFF_S``) and say so once per poll, instead of spinning."""
+        if unreachable is None:
+            self._unreachable_polls = 0
+            return
+        self._unreachable_polls += 1
+        wait_s = min(LEASE_POLL_S * 2**self._unreachable_polls, MAX_LEASE_BACKOFF_S)
+        log.warning(
+            "standby: cannot reach the lease (%s); poll %d, next in %.1f s",
+            unreachable,
+            self._unreachable_polls,
+            wait_s,
+            extra={"host": self.host},
+        )
+        self.stop_event.wait(wait_s)
+
     def _load(self) -> None:
         """Load where the last leader left off: state after its last bar and pending orders,
         and the promotion record each promoted sleeve was trading."""
-        self.portfolio = self.adopter.resume(self.portfolio)
+        self.portfolio = self.adopter.resume(self.portfolio, self.lease.epoch)
         saved = self.store.load_runner_state(self.config.name)
         self.working: list[WorkingOrder] = []
         if saved is None:
@@ -255,6 +327,27 @@ class Runner:
             self.last_ts_ns = saved["bar_ts_ns"]
         if self.broker is not None:
             self._reconcile_venue(None)
+
+    def _cancel_unsent(self) -> None:
+        """After a redo under a HALT that landed mid-cycle: the order it stopped between its
+        intent and the venue will never be sent; record that instead of leaving it NEW."""
+        epoch = self.lease.assert_leader()
+        for intent in self.store.intents(open_only=True):
+            if intent.state == "NEW":
+                self.store.transition(
+                    intent.client_order_id,
+                    "CANCELLED",
+                    epoch=epoch,
+                    expected_state="NEW",
+                    reason="a HALT arrived before it was sent",
+                )
+        self._redo_under_halt = False
+
+    def _went_out(self, order: TargetOrder) -> bool:
+        """Whether ``order`` already went to the venue (a redo of its bar): a HALT written
+        since cancels what had not been sent, not what had."""
+        intent = self.store.intent(order_id(order))
+        return intent is not None and intent.state not in ("NEW", "CANCELLED", "REJECTED")
 
     def _next_bar(self) -> int | None:
         """The next closed bar (a venue feed waits for it), or None at the end of a replay."""
@@ -323,6 +416,7 @@ class Runner:
                 )
                 if orders:
                     own_halt = halt.halt_id  # flatten orders go out despite the HALT
+                orders += [o for o in decision.orders if self._went_out(o)]
                 self.metrics.set_halt(True, "manual")
             else:
                 orders = list(decision.orders)
@@ -375,12 +469,17 @@ class Runner:
             self.metrics.set_portfolio(
                 state.equity_usd, state.equity_usd - state.day_start_equity, len(state.positions())
             )
+            self.metrics.set_state(state, ts)
 
     # ------------------------------------------------------------------ paper and venue fills
     def _fill_paper(self, t, state, halt, epoch, summary):
         """Fill the pending orders at this bar's open with the shared fill model."""
         ts = int(self.bars.ts_ns[t])
-        due = [order for order, exempt in self.pending if halt is None or halt.halt_id == exempt]
+        due = [
+            order
+            for order, exempt in self.pending
+            if halt is None or halt.halt_id == exempt or self._went_out(order)
+        ]
         filled = fill_orders(state, due, self.bars.open[t], ts, self.portfolio, bar=t)
         for fill in filled.fills:
             self._execute(fill.order, fill.units, fill.price, fill.fees, ts, epoch, halt)
@@ -458,7 +557,7 @@ class Runner:
         detail = "; ".join(f"{s} venue {a:g} vs ours {b:g}" for s, (a, b) in differs.items())
         log.error("reconcile: positions differ: %s", detail)
         self.store.halt(f"reconcile: {detail}"[:500], by=f"runner {self.host}", epoch=epoch)
-        self.metrics.set_halt(True, "runner_error")
+        self.metrics.set_halt(True, "reconcile_mismatch")
 
     def _window(self, t: int) -> Bars:
         """The bars the signals see: the whole replay so far (a live venue would keep a window
@@ -585,6 +684,7 @@ class Runner:
     def _heartbeat(self, role: str, epoch: int | None) -> None:
         self.store.heartbeat(self.host, role, epoch, time.time_ns())
         self.metrics.heartbeat()
+        self.notifier.alive(role if epoch is None else f"{role} epoch {epoch}")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ Other packages add command groups through the ``quantshift.commands`` entry poin
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -80,6 +82,15 @@ SymbolOpt = Annotated[
     list[str] | None, typer.Option("--symbol", "-s", help="Symbol(s) to use; repeatable.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+DateFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--date-format",
+        help="How a file's times are written: a strftime format such as '%d/%m/%Y', 'excel' "
+        "(serial days) or epoch-s, epoch-ms, epoch-us, epoch-ns (default: ISO 8601, "
+        "YYYYMMDD or epoch times; an ambiguous column is refused).",
+    ),
+]
 CashOpt = Annotated[float, typer.Option(help="Starting cash per symbol.")]
 SizeOpt = Annotated[float, typer.Option(help="Fraction of equity per entry (1.0 = all in).")]
 FeesOpt = Annotated[float, typer.Option("--fees-bps", help="Commission, basis points of notional.")]
@@ -121,18 +132,77 @@ def _settings(cash, size, fees_bps, slippage_bps, fill, direction, sizing, risk,
 
 
 def parse_assignments(items: list[str], what: str) -> dict[str, str]:
-    """Split ``NAME=VALUE`` items; raise ConfigError naming a malformed one."""
-    out = {}
+    """Split ``NAME=VALUE`` items; raise ConfigError naming a malformed or repeated one."""
+    out: dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
         if not sep or not name or not value:
             raise ConfigError(f"{what} '{item}' is not NAME=VALUE")
-        out[name.strip()] = value.strip()
+        if name in out:
+            raise ConfigError(
+                f"{what} '{name}' is given twice ({name}={out[name]}, {name}={value}); give it once"
+            )
+        out[name] = value
     return out
 
 
-def parse_grid_axis(strategy, name: str, text: str) -> list[float]:
-    """Parse ``START:STOP[:STEP]`` (inclusive) or ``A,B,C`` for one parameter."""
+def require_at_least(option: str, value: int | None, minimum: int) -> None:
+    """Raise ConfigError naming ``option`` if ``value`` is given and below ``minimum``."""
+    if value is not None and value < minimum:
+        raise ConfigError(f"{option} must be at least {minimum}, got {value}")
+
+
+def check_output_dir(option: str, path: Path) -> None:
+    """Raise ConfigError unless ``path`` is, or can be created as, a writable directory.
+
+    Called before the work, so that a bad path costs nothing and says what is wrong.
+    """
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: directory {existing} is not writable")
+
+
+def check_output_file(option: str, path: Path, *, create_parents: bool = False) -> None:
+    """Raise ConfigError unless a file can be written at ``path``: it is not a directory and
+    its directory exists (or, with ``create_parents``, can be created) and is writable."""
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a directory; give a file name")
+    if not create_parents and not path.parent.is_dir():
+        what = "is not a directory" if path.parent.exists() else "does not exist"
+        raise ConfigError(f"{option} {path}: directory {path.parent} {what}")
+    check_output_dir(option, path.parent)
+
+
+def plot_paths(text: str, strategy: str, symbols: Sequence[str]) -> list[Path]:
+    """Return the PNG file of each symbol for ``--plot PATH``.
+
+    An existing directory, or a path ending in a separator, gets ``STRATEGY.png`` inside it;
+    any other path is the file, ``.png`` added when it has no suffix. Several symbols get
+    ``_SYMBOL`` after the file's stem.
+    """
+    plot = Path(text)  # Path drops a trailing separator, so it is read from the text
+    if plot.is_dir() or text.endswith(("/", os.sep)):
+        plot = plot / f"{strategy}.png"
+    elif not plot.suffix:
+        plot = plot.with_name(f"{plot.name}.png")
+    if len(symbols) == 1:
+        return [plot]
+    return [plot.with_stem(f"{plot.stem}_{symbol}") for symbol in symbols]
+
+
+def parse_grid_axis(strategy, name: str, text: str) -> Sequence[float]:
+    """Parse ``START:STOP[:STEP]`` (inclusive) or ``A,B,C`` for one parameter.
+
+    A range is returned as a :class:`~quantshift.strategies.grid.GridAxis`, counted but not
+    expanded, so an axis of billions of values is refused by the grid's limit, not built.
+    """
+    from quantshift.strategies.grid import GridAxis
+
     param = next((p for p in strategy.params if p.name == name), None)
     if param is None:
         strategy.resolve({name: 0})  # raises UnknownNameError listing the parameters
@@ -153,8 +223,10 @@ def parse_grid_axis(strategy, name: str, text: str) -> list[float]:
         raise ConfigError(f"grid '{name}={text}': '{name}' is not an integer, give a STEP")
     if step <= 0 or stop < start:
         raise ConfigError(f"grid '{name}={text}': need START <= STOP and STEP > 0")
-    count = int((stop - start) / step + 1e-9) + 1
-    return [start + i * step for i in range(count)]
+    try:
+        return GridAxis(start, stop, step)
+    except ConfigError as exc:
+        raise ConfigError(f"grid '{name}={text}': {exc}") from None
 
 
 @app.command()
@@ -177,13 +249,23 @@ def backtest(
     risk: RiskOpt = 0.01,
     stops: StopsOpt = True,
     whole_units: WholeOpt = False,
-    plot: Annotated[Path | None, typer.Option(help="Write an equity/drawdown plot (PNG).")] = None,
+    plot: Annotated[
+        str | None,
+        typer.Option(
+            help="Write an equity/drawdown plot (PNG) to this file, or into this directory "
+            "(existing, or written DIR/) as STRATEGY.png; several symbols get _SYMBOL after "
+            "the name.",
+        ),
+    ] = None,
     trades: Annotated[int, typer.Option(help="How many recent trades to list.")] = 10,
     json_out: JsonOpt = False,
 ) -> None:
     """Backtest one parameter set and print its metrics and recent trades."""
     import quantshift as qs
 
+    require_at_least("--trades", trades, 0)
+    if plot is not None:
+        check_output_file("--plot", plot_paths(plot, strategy, ["-"])[0], create_parents=True)
     result = qs.backtest(
         strategy,
         data,
@@ -193,10 +275,13 @@ def backtest(
             cash, size, fees_bps, slippage_bps, fill, direction, sizing, risk, stops, whole_units
         ),
     )
+    written = []
     if plot is not None:
-        for sym in result.symbols:
-            target = plot if len(result.symbols) == 1 else plot.with_stem(f"{plot.stem}_{sym}")
+        for sym, target in zip(
+            result.symbols, plot_paths(plot, result.strategy, result.symbols), strict=True
+        ):
             result.plot(target, symbol=sym)
+            written.append(target)
     if json_out:
         typer.echo(json.dumps(result.to_dict(), default=str))
         return
@@ -207,8 +292,8 @@ def backtest(
         out.print(backtest_table(result, sym))
     if len(result.trades) and trades > 0:
         out.print(trades_table(result.trades, trades))
-    if plot is not None:
-        out.print(f"plot written to {plot}")
+    for target in written:
+        out.print(f"plot written to {target}")
 
 
 @app.command()
@@ -223,6 +308,13 @@ def sweep(
     data: DataOpt = "builtin:sp500",
     symbol: SymbolOpt = None,
     top: Annotated[int, typer.Option(help="Rows to show, best first.")] = 10,
+    max_sets: Annotated[
+        int | None,
+        typer.Option(
+            help="Refuse a grid of more parameter sets than this (default "
+            "$QUANTSHIFT_MAX_GRID_SETS or 1,000,000)."
+        ),
+    ] = None,
     rank_by: Annotated[str, typer.Option(help="Metric to rank by (descending).")] = "sharpe",
     cash: CashOpt = 100_000.0,
     size: SizeOpt = 1.0,
@@ -243,6 +335,10 @@ def sweep(
 
     if rank_by not in METRICS:
         raise ConfigError(f"--rank-by {rank_by!r} is not a metric; metrics: {', '.join(METRICS)}")
+    require_at_least("--top", top, 1)
+    require_at_least("--max-sets", max_sets, 1)
+    if csv is not None:
+        check_output_file("--csv", csv)
     strat = qs.get_strategy(strategy)
     axes = {
         name: parse_grid_axis(strat, name, text)
@@ -251,7 +347,7 @@ def sweep(
     table = qs.sweep(
         strat,
         data,
-        axes,
+        strat.parameter_grid(axes, max_sets=max_sets),
         symbol=symbol,
         progress=not json_out,
         **_settings(
@@ -295,6 +391,7 @@ def demo(
     """Run the seed strategies and a parameter sweep on real S&P 500 data; write plots."""
     from quantshift.demo import run_demo
 
+    check_output_dir("--out", out_dir)
     summary = run_demo(data=data, out_dir=out_dir, quiet=json_out)
     if json_out:
         typer.echo(json.dumps(summary, default=str))
@@ -385,6 +482,31 @@ def strategies_show(name: str, json_out: JsonOpt = False) -> None:
     )
 
 
+@strategies_app.command("check")
+def strategies_check(
+    name: Annotated[str, typer.Argument(help="Strategy name (see `quantshift strategies list`).")],
+    data: DataOpt = "builtin:sp500",
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE; repeatable.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check that a strategy's signals use past bars only (on copies of each prefix of the
+    data); exit 1 if it looks ahead, naming the first bar and output that do."""
+    import quantshift as qs
+    from quantshift.strategies.causality import check_bars
+
+    strategy = qs.get_strategy(name)
+    params = strategy.vector(parse_assignments(param or [], "parameter"))
+    symbol, verdict = check_bars(strategy, qs.load_bars(data), params)
+    if json_out:
+        typer.echo(json.dumps({**verdict.to_dict(), "symbol": symbol}))
+    else:
+        typer.echo(f"{symbol}: {verdict.summary()}")
+    if not verdict.causal:
+        raise typer.Exit(1)
+
+
 @data_app.command("list")
 def data_list(json_out: JsonOpt = False) -> None:
     """List built-in data sets and files in the data folder."""
@@ -407,11 +529,16 @@ def data_list(json_out: JsonOpt = False) -> None:
 
 
 @data_app.command("show")
-def data_show(spec: str, symbol: SymbolOpt = None, json_out: JsonOpt = False) -> None:
+def data_show(
+    spec: str,
+    symbol: SymbolOpt = None,
+    date_format: DateFormatOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Describe a data set: per symbol its time range, bars, missing bars and prices."""
     from quantshift.data import describe, load_bars
 
-    info = describe(load_bars(spec, symbols=symbol))
+    info = describe(load_bars(spec, symbols=symbol, date_format=date_format))
     if json_out:
         typer.echo(json.dumps(info))
         return
@@ -424,11 +551,11 @@ def data_show(spec: str, symbol: SymbolOpt = None, json_out: JsonOpt = False) ->
 
 
 @data_app.command("validate")
-def data_validate(spec: str, json_out: JsonOpt = False) -> None:
+def data_validate(spec: str, date_format: DateFormatOpt = None, json_out: JsonOpt = False) -> None:
     """Load and validate a data set; exit 2 with the first problem found."""
     from quantshift.data import load_bars
 
-    bars = load_bars(spec, cache=False)
+    bars = load_bars(spec, cache=False, date_format=date_format)
     result = {"spec": spec, "valid": True, "bars": bars.n_bars, "symbols": list(bars.symbols)}
     if json_out:
         typer.echo(json.dumps(result))
@@ -444,9 +571,10 @@ def data_import(
     path: Path,
     name: Annotated[str | None, typer.Option(help="Name in the data folder.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing data set.")] = False,
+    date_format: DateFormatOpt = None,
 ) -> None:
-    """Validate a CSV/Parquet file and store it as Parquet in the data folder."""
+    """Validate a CSV/Parquet file and store it as Parquet (UTC times) in the data folder."""
     from quantshift.data import import_file
 
-    target = import_file(path, name=name, overwrite=overwrite)
+    target = import_file(path, name=name, overwrite=overwrite, date_format=date_format)
     typer.echo(f"imported {path} -> {target}")

@@ -13,7 +13,7 @@ import numpy as np
 
 from quantshift.data import load_bars
 from quantshift.engine import backtest, sweep
-from quantshift.engine.plotting import plot_sweep_heatmap
+from quantshift.engine.plotting import plot_sweep_heatmap, pyplot
 from quantshift.report import SWEEP_COLUMNS, console, frame_table
 from quantshift.strategies import list_strategies
 
@@ -60,7 +60,7 @@ def run_demo(
         rows.append({"strategy": strat.name, **m, "seconds": time.perf_counter() - started})
         plots[strat.name] = str(out_dir / f"{strat.name}.png")
         fig = result.plot(plots[strat.name])
-        _close(fig)
+        pyplot().close(fig)
     table = pd.DataFrame(rows)
     show(
         frame_table(
@@ -101,9 +101,9 @@ def run_demo(
     best_params = {"fast": int(best["fast"]), "slow": int(best["slow"])}
     best_result = backtest("ma_crossover", bars, best_params, **DEMO_COSTS)
     plots["ma_crossover_best"] = str(out_dir / "ma_crossover_best.png")
-    _close(best_result.plot(plots["ma_crossover_best"]))
+    pyplot().close(best_result.plot(plots["ma_crossover_best"]))
     plots["ma_crossover_sweep"] = str(out_dir / "ma_crossover_sweep_sharpe.png")
-    _close(plot_sweep_heatmap(grid, "fast", "slow", "sharpe", plots["ma_crossover_sweep"]))
+    pyplot().close(plot_sweep_heatmap(grid, "fast", "slow", "sharpe", plots["ma_crossover_sweep"]))
     show(
         f"the best of {len(grid):,} in-sample sets is an optimistic estimate: judge it out of "
         "sample (walk-forward) and with the deflated Sharpe ratio before trusting it."
@@ -134,9 +134,3 @@ def run_demo(
         },
         "plots": plots,
     }
-
-
-def _close(fig) -> None:
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)

@@ -1,16 +1,20 @@
 """Code fingerprints: which code produced a result, so research and live can pin to it.
 
-A fingerprint names the package version, a hash of the strategy's code and the git commit.
+A fingerprint names the package version, a hash of the strategy's code and the git commit;
+the same digests key the caches of compiled kernels (``engine.fused``, ``portfolio.loop``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import subprocess
+import sys
+import types
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from quantshift.engine.compile import function_bytes, package_digest, source_file
 from quantshift.strategies import Strategy, get_strategy
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -29,26 +33,60 @@ def strategy_hash(strategy: str | Strategy) -> str:
     return h.hexdigest()
 
 
+def _git(path: Path, *args: str) -> str:
+    """The output of ``git -C path ARGS`` (OSError or SubprocessError when it fails)."""
+    return subprocess.run(
+        ["git", "-C", str(path), *args], capture_output=True, text=True, timeout=5, check=True
+    ).stdout
+
+
 def git_state(path: Path = _ROOT) -> tuple[str | None, bool | None]:
     """Return (commit, dirty) of the git checkout holding ``path``; (None, None) outside git."""
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
+        commit = _git(path, "rev-parse", "HEAD").strip()
+        status = _git(path, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None, None
     return commit or None, bool(status.strip())
+
+
+def strategy_source(strategy: str | Strategy) -> dict[str, Any]:
+    """Return the strategy's own source file, its SHA-256 and its state in git.
+
+    Returns
+    -------
+    dict
+        ``strategy_file`` (path, None for a strategy defined without a file, as in a notebook),
+        ``strategy_file_sha256`` and ``strategy_file_git``: ``committed`` (tracked and equal
+        to the commit), ``untracked`` (unknown to git, or ignored), ``modified`` (differs from
+        the commit, staged or not), ``outside git`` or ``no file``.
+    """
+    strat = get_strategy(strategy)
+    path = source_file(getattr(strat.signal_nb, "py_func", strat.signal_nb))
+    if path is None:
+        return {"strategy_file": None, "strategy_file_sha256": None, "strategy_file_git": "no file"}
+    file = Path(path).resolve()
+    return {
+        "strategy_file": (
+            file.relative_to(_ROOT).as_posix() if file.is_relative_to(_ROOT) else str(file)
+        ),
+        "strategy_file_sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+        "strategy_file_git": _file_git_state(file),
+    }
+
+
+def _file_git_state(file: Path) -> str:
+    # Untracked and ignored files are listed too: the run's commit does not contain them.
+    try:
+        status = _git(
+            file.parent, "status", "--porcelain", "--untracked-files=all", "--ignored", "--",
+            file.name,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "outside git"
+    if not status.strip():
+        return "committed"
+    return "untracked" if status[:2] in ("??", "!!") else "modified"
 
 
 def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
@@ -62,7 +100,7 @@ def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
         engine, the decision layer and the strategies, so a commit that changes only docs or
         drivers leaves it alone), ``git_commit`` and ``git_dirty`` (None when the code is not in
         a git checkout; dirty means tracked files differ from the commit, so the commit alone
-        does not pin the code).
+        does not pin the code), and the strategy's own source (see :func:`strategy_source`).
     """
     from quantshift import __version__
 
@@ -73,4 +111,52 @@ def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
         "core_hash": package_digest().hex(),
         "git_commit": commit,
         "git_dirty": dirty,
+        **strategy_source(strategy),
     }
+
+
+@cache
+def package_digest() -> bytes:
+    """Return a SHA-256 over every source file of the ``quantshift`` package (paths and
+    contents): the key of compiled kernels' caches and the ``core_hash`` of a fingerprint."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.digest()
+
+
+def function_bytes(func, seen: set[int]) -> bytes:
+    """Return the name and code of ``func`` and of the numba functions it calls (a helper
+    defined without a file, as in a notebook cell, changes no file digest)."""
+    if id(func) in seen:
+        return b""
+    seen.add(id(func))
+    parts = [f"{func.__module__}.{func.__qualname__}".encode(), _code_bytes(func.__code__)]
+    for name in func.__code__.co_names:
+        called = getattr(func.__globals__.get(name), "py_func", None)
+        if called is not None:
+            parts.append(function_bytes(called, seen))
+    return b"\x1f".join(parts)
+
+
+def _code_bytes(code: types.CodeType) -> bytes:
+    parts = [code.co_code, repr(code.co_names).encode()]
+    for const in code.co_consts:
+        parts.append(
+            _code_bytes(const) if isinstance(const, types.CodeType) else repr(const).encode()
+        )
+    return b"\x1f".join(parts)
+
+
+def source_file(func) -> str | None:
+    """Return the file ``func`` was defined in (or its module's), or None without one."""
+    try:
+        path = inspect.getsourcefile(func)
+    except TypeError:
+        path = None
+    if path is None:
+        module = sys.modules.get(getattr(func, "__module__", ""), None)
+        path = getattr(module, "__file__", None)
+    return path if path and Path(path).is_file() else None

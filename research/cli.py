@@ -32,9 +32,12 @@ OutOpt = Annotated[Path | None, typer.Option("--out", help="Also write the plots
 
 
 def _run(command: str, spec_path: Path, seed, json_out, track, tracking_uri, out) -> None:
+    from quantshift.cli import check_output_dir
     from research.spec import load_spec
     from research.study import json_summary, run
 
+    if out is not None:
+        check_output_dir("--out", out)
     spec = load_spec(spec_path)
     if seed is not None:
         spec = spec.with_seed(seed)

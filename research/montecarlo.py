@@ -142,54 +142,9 @@ class MonteCarloResult:
         -------
         matplotlib.figure.Figure
         """
-        from quantshift.engine.plotting import _pyplot
+        from research.plots import plot_monte_carlo
 
-        plt = _pyplot()
-        fig = plt.figure(figsize=(11, 7.5))
-        grid = fig.add_gridspec(2, 2, height_ratios=[3, 2])
-        ax_fan = fig.add_subplot(grid[0, :])
-        steps = np.arange(self.wealth_quantiles.shape[1])
-        q = self.wealth_quantiles
-        ax_fan.fill_between(steps, q[0], q[4], color="#9ecae1", alpha=0.6, label="5-95%")
-        ax_fan.fill_between(steps, q[1], q[3], color="#4292c6", alpha=0.6, label="25-75%")
-        ax_fan.plot(steps, q[2], color="#08306b", lw=1.2, label="median")
-        ax_fan.plot(steps, self.original_wealth, color="#d62728", lw=1.0, label="original")
-        ax_fan.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax_fan.set_xlabel(self.step_unit)
-        ax_fan.set_ylabel("wealth (start 1.0)")
-        ax_fan.set_title(
-            f"Monte Carlo {self.method}: {self.n_paths:,} paths "
-            f"(quantiles from {self.fan_paths:,}), seed {self.seed}"
-        )
-        ax_fan.legend(loc="upper left", fontsize=8)
-        if np.isfinite(self.cagr_pct).any():
-            second = ("cagr_pct", "CAGR (%)")
-        else:
-            second = ("final_wealth", "final wealth (no time span for CAGR)")
-        for col, (name, label) in enumerate((("max_drawdown_pct", "max drawdown (%)"), second)):
-            ax = fig.add_subplot(grid[1, col])
-            values = getattr(self, name)
-            values = values[np.isfinite(values)]
-            ax.set_xlabel(label)
-            # Reordering trades keeps their product: CAGR and final wealth are then one value,
-            # and a histogram of rounding noise would only mislead.
-            if np.ptp(values) <= 1e-9 * max(1.0, abs(float(values.mean()))):
-                ax.text(
-                    0.5, 0.5, f"{values[0]:.4g} on every path", ha="center", transform=ax.transAxes
-                )
-                ax.set_xticks([])
-                ax.set_yticks([])
-                continue
-            ax.hist(values, bins=50, color="#6baed6", edgecolor="white")
-            ax.axvline(self.original[name], color="#d62728", lw=1.5, label="original")
-            if name == "max_drawdown_pct":
-                ax.axvline(self.ruin_drawdown_pct, color="black", lw=1.0, ls=":", label="ruin")
-            ax.set_ylabel("paths")
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=110)
-        return fig
+        return plot_monte_carlo(self, path)
 
 
 def monte_carlo(

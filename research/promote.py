@@ -27,6 +27,7 @@ from quantshift.promotion import (
     evaluate_paper_gate,
     open_promotion_store,
 )
+from quantshift.promotion.gate import OOS_RETURNS
 from research.tracking import PARENT_TAG, Tracker, registered_model_name
 
 CODE_TAG = "quantshift.code."
@@ -115,6 +116,9 @@ def research_evidence(tracker: Tracker, run_id: str) -> tuple[ResearchEvidence, 
         "core_hash": code.get("core_hash"),
         "git_commit": code.get("git_commit"),
         "git_dirty": {"true": True, "false": False}.get(code.get("git_dirty", "")),
+        "strategy_file": code.get("strategy_file"),
+        "strategy_file_sha256": code.get("strategy_file_sha256"),
+        "strategy_file_git": code.get("strategy_file_git"),
     }
     if not code["version"] or not code["strategy_hash"]:
         raise ConfigError(f"MLflow run {run_id} has no code fingerprint tags")
@@ -124,19 +128,28 @@ def research_evidence(tracker: Tracker, run_id: str) -> tuple[ResearchEvidence, 
         None,
     )
     pbo = _number(summary.get("pbo"))
+    causality = summary.get("causality") or {}
     evidence = ResearchEvidence(
         oos_method="walk-forward" if folds else None,
         oos_folds=folds,
         oos_trades=None if "oos_trades" not in summary else int(summary["oos_trades"]),
         oos_sharpe=_number(summary.get("oos_sharpe")),
+        oos_psr=_number(summary.get("oos_psr")),
         dsr=_number(summary.get("dsr")),
         n_trials=int(summary["trials"]),
         pbo=pbo,
         mc_max_drawdown_pct_p95=None if mc_key is None else _number(summary[mc_key]),
         mc_source=None
         if mc_key is None
-        else ("out-of-sample returns" if mc_key.startswith("oos") else "in-sample returns"),
+        else (OOS_RETURNS if mc_key.startswith("oos") else "in-sample bar or trade returns"),
+        mc_method=None
+        if mc_key is None
+        else summary.get(mc_key[: -len("max_drawdown_pct_p95")] + "method"),
         code_dirty=code["git_dirty"],
+        strategy_file=code["strategy_file"],
+        strategy_file_git=code["strategy_file_git"],
+        causality=causality.get("summary"),
+        causal=causality.get("causal"),
     )
     fields_ = {
         "strategy": summary["strategy"],
@@ -155,6 +168,7 @@ def research_evidence(tracker: Tracker, run_id: str) -> tuple[ResearchEvidence, 
         "statistics": {
             "dsr": evidence.dsr,
             "psr": _number(summary.get("psr")),
+            "oos_psr": evidence.oos_psr,
             "n_trials": evidence.n_trials,
             "pbo": pbo,
             "walk_forward_efficiency": _number(summary.get("walk_forward_efficiency")),
@@ -162,6 +176,7 @@ def research_evidence(tracker: Tracker, run_id: str) -> tuple[ResearchEvidence, 
         },
         "monte_carlo": _section(summary, "oos_mc_" if mc_key and mc_key[0] == "o" else "mc_"),
         "research_settings": dict(summary.get("research_settings") or {}),
+        "causality": dict(causality),
     }
     return evidence, fields_
 

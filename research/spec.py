@@ -5,17 +5,17 @@ Loaded once at the edge into frozen dataclasses; unknown keys and bad values nam
 
 from __future__ import annotations
 
-import math
-import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from quantshift.engine.config import SimConfig
 from quantshift.engine.metrics import METRICS
-from quantshift.errors import ConfigError, QuantShiftError
+from quantshift.errors import QuantShiftError
 from quantshift.strategies import Strategy, get_strategy
+from quantshift.strategies.grid import GridAxis
+from quantshift.tables import Table, is_number, read_toml
 
 SEARCH_METHODS = ("optuna", "grid")
 SAMPLERS = ("tpe", "cmaes", "nsga2", "random", "grid")
@@ -133,52 +133,37 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         Naming the file, the key and what is allowed, for a missing file, bad TOML, an unknown
         section or key, a wrong type or value, an unknown strategy or parameter.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: experiment spec not found")
-    text = path.read_text()
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_spec(raw, source=str(path), path=path, text=text)
+    top, text = read_toml(path, "experiment spec")
+    return parse_spec(top.raw, source=top.source, path=Path(path), text=text)
 
 
 def parse_spec(
     raw: Mapping[str, Any], *, source: str = "<spec>", path: Path | None = None, text: str = ""
 ) -> ExperimentSpec:
     """Validate a spec already parsed into dicts (``load_spec`` reads the file)."""
-    where = _Where(source)
-    where.keys("", raw, _TOP)
-    exp = where.table(raw, "experiment", required=True)
-    where.keys("experiment", exp, {"name", "strategy", "seed"})
-    name = where.string("experiment", exp, "name", required=True)
-    strategy_name = where.string("experiment", exp, "strategy", required=True)
-    seed = where.integer("experiment", exp, "seed", default=0, minimum=0)
+    top = Table(raw, source)
+    top.refuse_unknown(_TOP)
+    exp = top.table("experiment", required=True)
+    exp.refuse_unknown({"name", "strategy", "seed"})
+    name = exp.string("name", required=True)
+    strategy_name = exp.string("strategy", required=True)
+    seed = exp.integer("seed", default=0, minimum=0)
     try:
         strategy = get_strategy(strategy_name)
     except QuantShiftError as exc:
-        raise ConfigError(f"{source}: [experiment] strategy: {exc}") from None
+        raise exp.error("strategy", str(exc)) from None
 
-    data = _data(where, where.table(raw, "data", required=True))
-    costs_raw = where.table(raw, "costs")
+    data = _data(top.table("data", required=True))
+    costs = top.table("costs").build(SimConfig)
+    params_raw = top.table("params")
     try:
-        costs = SimConfig.build(None, **costs_raw)
-    except (QuantShiftError, TypeError) as exc:
-        raise ConfigError(f"{source}: [costs] {exc}") from None
-
-    params_raw = where.table(raw, "params")
-    try:
-        params = strategy.resolve(params_raw)
+        params = strategy.resolve(params_raw.raw)
     except QuantShiftError as exc:
-        raise ConfigError(f"{source}: [params] {exc}") from None
+        raise params_raw.table_error(str(exc)) from None
 
-    search = _search(where, where.table(raw, "search"), strategy)
-    walk = raw.get("walk_forward")
-    monte = raw.get("monte_carlo")
-    pbo = raw.get("pbo")
-    tracking = where.table(raw, "tracking")
-    where.keys("tracking", tracking, {"uri", "experiment"})
+    search = _search(top.table("search"), strategy)
+    tracking = top.table("tracking")
+    tracking.refuse_unknown({"uri", "experiment"})
     return ExperimentSpec(
         name=name,
         strategy=strategy.name,
@@ -187,19 +172,19 @@ def parse_spec(
         costs=costs,
         params=params,
         search=search,
-        walk_forward=None if walk is None else _walk(where, where.table(raw, "walk_forward")),
-        monte_carlo=None if monte is None else _monte(where, where.table(raw, "monte_carlo")),
-        pbo=None if pbo is None else _pbo(where, where.table(raw, "pbo")),
-        tracking_uri=where.string("tracking", tracking, "uri"),
-        experiment=where.string("tracking", tracking, "experiment") or name,
+        walk_forward=_walk(top.table("walk_forward")) if "walk_forward" in top else None,
+        monte_carlo=_monte(top.table("monte_carlo")) if "monte_carlo" in top else None,
+        pbo=_pbo(top.table("pbo")) if "pbo" in top else None,
+        tracking_uri=tracking.string("uri"),
+        experiment=tracking.string("experiment") or name,
         path=path,
         text=text,
     )
 
 
-def _data(where: _Where, raw: Mapping[str, Any]) -> DataSpec:
-    where.keys("data", raw, {"source", "symbols", "start", "end"})
-    symbols = raw.get("symbols")
+def _data(table: Table) -> DataSpec:
+    table.refuse_unknown({"source", "symbols", "start", "end"})
+    symbols = table.get("symbols")
     if symbols is not None:
         if isinstance(symbols, str):
             symbols = [symbols]
@@ -208,246 +193,174 @@ def _data(where: _Where, raw: Mapping[str, Any]) -> DataSpec:
             or not symbols
             or not all(isinstance(s, str) and s for s in symbols)
         ):
-            raise where.error("data", "symbols", "must be a non-empty list of symbol names")
+            raise table.error("symbols", "must be a non-empty list of symbol names")
         symbols = tuple(symbols)
     return DataSpec(
-        source=where.string("data", raw, "source", required=True),
+        source=table.string("source", required=True),
         symbols=symbols,
-        start=where.time("data", raw, "start"),
-        end=where.time("data", raw, "end"),
+        start=_time(table, "start"),
+        end=_time(table, "end"),
     )
 
 
-def _search(where: _Where, raw: Mapping[str, Any], strategy: Strategy) -> SearchSpec:
+def _search(table: Table, strategy: Strategy) -> SearchSpec:
     allowed = {f.name for f in fields(SearchSpec)}
-    where.keys("search", raw, allowed)
-    method = where.choice("search", raw, "method", SEARCH_METHODS, default="optuna")
-    sampler = where.choice("search", raw, "sampler", SAMPLERS, default="tpe")
-    objectives = raw.get("objectives", ["sharpe"])
+    table.refuse_unknown(allowed)
+    method = table.choice("method", SEARCH_METHODS, default="optuna")
+    sampler = table.choice("sampler", SAMPLERS, default="tpe")
+    objectives = table.get("objectives", ["sharpe"])
     if isinstance(objectives, str):
         objectives = [objectives]
     if not isinstance(objectives, list) or not objectives:
-        raise where.error("search", "objectives", "must be a metric name or a list of them")
+        raise table.error("objectives", "must be a metric name or a list of them")
     for metric in objectives:
         if metric not in METRICS:
-            raise where.error(
-                "search", "objectives", f"unknown metric {metric!r}; metrics: {', '.join(METRICS)}"
+            raise table.error(
+                "objectives", f"unknown metric {metric!r}; metrics: {', '.join(METRICS)}"
             )
     if method == "grid" and len(objectives) > 1:
-        raise where.error("search", "objectives", "a grid search selects on one objective")
-    space = raw.get("space", {})
-    if not isinstance(space, Mapping):
-        raise where.error("search", "space", "must be a table of parameter = range")
+        raise table.error("objectives", "a grid search selects on one objective")
+    space = table.table("space")
     names = set(strategy.param_names)
     checked: dict[str, Any] = {}
-    for key, value in space.items():
+    for key, value in space.raw.items():
         if key not in names:
-            raise where.error(
-                "search.space",
+            raise space.error(
                 key,
                 f"strategy '{strategy.name}' has no such parameter; "
                 f"parameters: {', '.join(strategy.param_names)}",
             )
-        checked[key] = _space_entry(where, key, value, method)
-    batch = where.integer("search", raw, "batch_size", default=None, minimum=1)
+        checked[key] = _space_entry(space, key, value, method)
+    batch = table.integer("batch_size", default=None, minimum=1)
     return SearchSpec(
         method=method,
         sampler=sampler,
-        trials=where.integer("search", raw, "trials", default=200, minimum=1),
+        trials=table.integer("trials", default=200, minimum=1),
         batch_size=batch,
         objectives=tuple(objectives),
-        min_trades=where.integer("search", raw, "min_trades", default=1, minimum=0),
+        min_trades=table.integer("min_trades", default=1, minimum=0),
         space=checked,
-        storage=where.string("search", raw, "storage"),
-        study_name=where.string("search", raw, "study_name"),
+        storage=table.string("storage"),
+        study_name=table.string("study_name"),
     )
 
 
-def _space_entry(where: _Where, key: str, value: Any, method: str) -> Any:
+def _space_entry(space: Table, key: str, value: Any, method: str) -> Any:
     """A range table ``{low, high[, step]}``, a list of values, or a fixed number."""
     if _is_number(value):
         return float(value)
     if isinstance(value, list):
         if not value or not all(_is_number(v) for v in value):
-            raise where.error("search.space", key, "a list of values must hold numbers")
+            raise space.error(key, "a list of values must hold numbers")
         return [float(v) for v in value]
     if isinstance(value, Mapping):
         extra = set(value) - {"low", "high", "step"}
         if extra or "low" not in value or "high" not in value:
-            raise where.error(
-                "search.space", key, "a range is {low = ..., high = ...[, step = ...]}"
-            )
+            raise space.error(key, "a range is {low = ..., high = ...[, step = ...]}")
         low, high = value["low"], value["high"]
         step = value.get("step")
         if not (_is_number(low) and _is_number(high)) or low > high:
-            raise where.error("search.space", key, f"needs numbers low <= high, got {dict(value)}")
+            raise space.error(key, f"needs numbers low <= high, got {dict(value)}")
         if step is not None and (not _is_number(step) or step <= 0):
-            raise where.error("search.space", key, f"step must be a positive number, got {step!r}")
+            raise space.error(key, f"step must be a positive number, got {step!r}")
         if (
             method == "grid"
             and step is None
             and not (float(low).is_integer() and float(high).is_integer())
         ):
-            raise where.error("search.space", key, "a grid over a real range needs a step")
+            raise space.error(key, "a grid over a real range needs a step")
         return (float(low), float(high)) if step is None else (float(low), float(high), step)
-    raise where.error("search.space", key, "must be {low, high[, step]}, a list or a number")
+    raise space.error(key, "must be {low, high[, step]}, a list or a number")
 
 
-def grid_values(space_entry: Any) -> list[float]:
-    """Expand a validated search-space entry into the values a grid search tries."""
+def grid_values(space_entry: Any) -> Sequence[float]:
+    """Return the values a grid search tries for a validated search-space entry (a range is a
+    :class:`~quantshift.strategies.grid.GridAxis`: counted by the grid's limit, not built)."""
     if isinstance(space_entry, float):
         return [space_entry]
     if isinstance(space_entry, list):
         return list(space_entry)
     low, high, *rest = space_entry
-    step = float(rest[0]) if rest else 1.0
-    count = math.floor((high - low) / step + 1e-9) + 1
-    return [low + i * step for i in range(count)]
+    return GridAxis(low, high, float(rest[0]) if rest else 1.0)
 
 
-def _walk(where: _Where, raw: Mapping[str, Any]) -> WalkForwardSpec:
-    where.keys("walk_forward", raw, {f.name for f in fields(WalkForwardSpec)})
+def _walk(table: Table) -> WalkForwardSpec:
+    table.refuse_unknown({f.name for f in fields(WalkForwardSpec)})
     return WalkForwardSpec(
-        train=where.length("walk_forward", raw, "train", required=True),
-        test=where.length("walk_forward", raw, "test", required=True),
-        anchored=where.boolean("walk_forward", raw, "anchored", default=False),
-        step=where.length("walk_forward", raw, "step"),
-        purge=where.integer("walk_forward", raw, "purge", default=0, minimum=0),
-        embargo=where.integer("walk_forward", raw, "embargo", default=0, minimum=0),
+        train=_length(table, "train", required=True),
+        test=_length(table, "test", required=True),
+        anchored=table.boolean("anchored", default=False),
+        step=_length(table, "step"),
+        purge=table.integer("purge", default=0, minimum=0),
+        embargo=table.integer("embargo", default=0, minimum=0),
     )
 
 
-def _monte(where: _Where, raw: Mapping[str, Any]) -> MonteCarloSpec:
-    where.keys("monte_carlo", raw, {f.name for f in fields(MonteCarloSpec)})
-    confidence = where.number("monte_carlo", raw, "confidence", default=0.95)
+def _monte(table: Table) -> MonteCarloSpec:
+    table.refuse_unknown({f.name for f in fields(MonteCarloSpec)})
+    confidence = table.number("confidence", default=0.95)
     if not 0.5 < confidence < 1.0:
-        raise where.error("monte_carlo", "confidence", f"must be in (0.5, 1), got {confidence}")
-    ruin = where.number("monte_carlo", raw, "ruin_drawdown_pct", default=50.0)
+        raise table.error("confidence", f"must be in (0.5, 1), got {confidence}")
+    ruin = table.number("ruin_drawdown_pct", default=50.0)
     if not 0.0 < ruin <= 100.0:
-        raise where.error("monte_carlo", "ruin_drawdown_pct", f"must be in (0, 100], got {ruin}")
-    block = raw.get("block_length")
+        raise table.error("ruin_drawdown_pct", f"must be in (0, 100], got {ruin}")
+    block = table.get("block_length")
     if block is not None and (not _is_number(block) or block < 1):
-        raise where.error("monte_carlo", "block_length", f"must be a number >= 1, got {block!r}")
+        raise table.error("block_length", f"must be a number >= 1, got {block!r}")
     return MonteCarloSpec(
-        method=where.choice("monte_carlo", raw, "method", MONTE_CARLO_METHODS, "reshuffle"),
-        paths=where.integer("monte_carlo", raw, "paths", default=10_000, minimum=1),
+        method=table.choice("method", MONTE_CARLO_METHODS, "reshuffle"),
+        paths=table.integer("paths", default=10_000, minimum=1),
         ruin_drawdown_pct=ruin,
         block_length=None if block is None else float(block),
         confidence=confidence,
     )
 
 
-def _pbo(where: _Where, raw: Mapping[str, Any]) -> PBOSpec:
-    where.keys("pbo", raw, {"splits", "max_trials"})
-    splits = where.integer("pbo", raw, "splits", default=16, minimum=2)
+def _pbo(table: Table) -> PBOSpec:
+    table.refuse_unknown({"splits", "max_trials"})
+    splits = table.integer("splits", default=16, minimum=2)
     if splits % 2:
-        raise where.error("pbo", "splits", f"must be even, got {splits}")
-    return PBOSpec(
-        splits=splits, max_trials=where.integer("pbo", raw, "max_trials", default=1000, minimum=2)
-    )
+        raise table.error("splits", f"must be even, got {splits}")
+    return PBOSpec(splits=splits, max_trials=table.integer("max_trials", default=1000, minimum=2))
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return is_number(value, finite=True)
 
 
-class _Where:
-    """Typed getters whose errors name the file, the section and the key."""
+def _time(table: Table, key: str) -> str | None:
+    """A date or time pandas understands, kept as written."""
+    value = table.get(key)
+    if value is None:
+        return None
+    import pandas as pd
 
-    def __init__(self, source: str) -> None:
-        self.source = source
+    try:
+        pd.Timestamp(str(value))
+    except ValueError:
+        raise table.error(key, f"is not a date or time: {value!r}") from None
+    return str(value)
 
-    def error(self, section: str, key: str, problem: str) -> ConfigError:
-        place = f"[{section}] {key}" if section else key
-        return ConfigError(f"{self.source}: {place}: {problem}")
 
-    def keys(self, section: str, raw: Mapping[str, Any], allowed: set[str]) -> None:
-        for key in raw:
-            if key not in allowed:
-                what = "section" if not section else "key"
-                raise self.error(
-                    section, key, f"unknown {what}; allowed: {', '.join(sorted(allowed))}"
-                )
-
-    def table(self, raw: Mapping[str, Any], key: str, required: bool = False) -> dict:
-        value = raw.get(key)
-        if value is None:
-            if required:
-                raise ConfigError(f"{self.source}: missing section [{key}]")
-            return {}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{self.source}: [{key}] must be a table")
-        return dict(value)
-
-    def string(self, section, raw, key, required=False) -> str | None:
-        value = raw.get(key)
-        if value is None:
-            if required:
-                raise self.error(section, key, "is required")
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(section, key, f"must be a non-empty string, got {value!r}")
+def _length(table: Table, key: str, required: bool = False) -> int | str | None:
+    """A window length: bars (positive int) or a time length pandas understands."""
+    value = table.get(key)
+    if value is None:
+        if required:
+            raise table.error(key, "is required (bars, or a time such as '252D')")
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise table.error(key, f"must be positive, got {value}")
         return value
-
-    def time(self, section, raw, key) -> str | None:
-        value = raw.get(key)
-        if value is None:
-            return None
+    if isinstance(value, str):
         import pandas as pd
 
         try:
-            pd.Timestamp(str(value))
+            length = pd.Timedelta(value)
         except ValueError:
-            raise self.error(section, key, f"is not a date or time: {value!r}") from None
-        return str(value)
-
-    def integer(self, section, raw, key, default, minimum) -> int | None:
-        value = raw.get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.error(section, key, f"must be an integer >= {minimum}, got {value!r}")
+            length = None
+        if length is None or length <= pd.Timedelta(0):
+            raise table.error(key, f"must be bars or a positive time length, got {value!r}")
         return value
-
-    def number(self, section, raw, key, default) -> float:
-        value = raw.get(key, default)
-        if not _is_number(value):
-            raise self.error(section, key, f"must be a number, got {value!r}")
-        return float(value)
-
-    def boolean(self, section, raw, key, default) -> bool:
-        value = raw.get(key, default)
-        if not isinstance(value, bool):
-            raise self.error(section, key, f"must be true or false, got {value!r}")
-        return value
-
-    def choice(self, section, raw, key, allowed, default) -> str:
-        value = raw.get(key, default)
-        if value not in allowed:
-            raise self.error(section, key, f"must be one of {', '.join(allowed)}, got {value!r}")
-        return value
-
-    def length(self, section, raw, key, required=False) -> int | str | None:
-        """A window length: bars (positive int) or a time length pandas understands."""
-        value = raw.get(key)
-        if value is None:
-            if required:
-                raise self.error(section, key, "is required (bars, or a time such as '252D')")
-            return None
-        if isinstance(value, int) and not isinstance(value, bool):
-            if value <= 0:
-                raise self.error(section, key, f"must be positive, got {value}")
-            return value
-        if isinstance(value, str):
-            import pandas as pd
-
-            try:
-                length = pd.Timedelta(value)
-            except ValueError:
-                length = None
-            if length is None or length <= pd.Timedelta(0):
-                raise self.error(
-                    section, key, f"must be bars or a positive time length, got {value!r}"
-                )
-            return value
-        raise self.error(section, key, f"must be bars (int) or a time length, got {value!r}")
+    raise table.error(key, f"must be bars (int) or a time length, got {value!r}")

@@ -267,7 +267,16 @@ class WalkForward(_Splitter):
 
 # --------------------------------------------------------------------------- purged k-fold
 class PurgedKFold(_Splitter):
-    """K contiguous test folds; training is everything else minus a purge and an embargo.
+    """K contiguous test folds; training is everything else minus a purge on both sides of the
+    test fold and an embargo after it (AFML 7.4).
+
+    Each observation's label spans it and the ``purge`` observations after it. Training
+    observations whose label span overlaps a test label span are purged: the ``purge``
+    observations just before the test fold (their labels reach into it) and the ``purge``
+    observations just after it (the test fold's last labels reach into them). The ``embargo``
+    observations after those are dropped too. For a test fold ``[start, stop)`` training is
+    every index outside ``[start - purge, stop + purge + embargo)``, as in AFML snippet 7.3 and
+    in ``CombinatorialPurgedCV``.
 
     Fold sizes are those of ``sklearn.model_selection.KFold`` without shuffling (the first
     ``n % n_splits`` folds one observation longer), which it equals when purge and embargo are 0.
@@ -277,16 +286,16 @@ class PurgedKFold(_Splitter):
     n_splits : int, default 5
         Number of folds, at least 2.
     purge : int, default 0
-        Observations dropped from training just before each test fold: their labels, computed
-        from the following bars, overlap the test fold.
+        The label horizon in observations: dropped from training on both sides of each test
+        fold.
     embargo : int, default 0
-        Observations dropped from training just after each test fold: serial correlation
-        carries test information into them.
+        Observations dropped from training after the purge behind each test fold: serial
+        correlation carries test information into them.
 
     References
     ----------
     M. Lopez de Prado, *Advances in Financial Machine Learning*, Wiley 2018, ch. 7
-    (purged k-fold cross-validation, sections 7.4.1 purging and 7.4.2 embargo).
+    (purged k-fold cross-validation, sections 7.4.1 purging and 7.4.2 embargo, snippet 7.3).
     """
 
     _params = ("n_splits", "purge", "embargo")
@@ -309,7 +318,7 @@ class PurgedKFold(_Splitter):
         stops = np.cumsum(sizes)
         for i, stop in enumerate(stops):
             start = int(stop - sizes[i])
-            train = _train_without(n, [(start, int(stop))], self.purge, self.embargo)
+            train = _train_without(n, [(start, int(stop))], self.purge, self.purge + self.embargo)
             if train.size == 0:
                 raise ConfigError(
                     f"PurgedKFold: fold {i} has no training data left after purge={self.purge} "
@@ -341,7 +350,7 @@ class CombinatorialPurgedCV(_Splitter):
         ``PurgedKFold``).
     purge : int, default 0
         skfolio's ``purged_size``: observations removed from training on both sides of a test
-        run. Note that ``PurgedKFold`` purges only before a test fold (AFML's definition).
+        run, as ``PurgedKFold`` does.
     embargo : int, default 0
         skfolio's ``embargo_size``: further observations removed from training after a test run.
 

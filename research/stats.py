@@ -288,33 +288,9 @@ class PBOResult:
 
         Returns the matplotlib ``Figure`` (built without pyplot, so it works on any backend).
         """
-        from matplotlib.figure import Figure
+        from research.plots import plot_pbo
 
-        fig = Figure(figsize=(11, 4.5), layout="constrained")
-        hist, scatter = fig.subplots(1, 2)
-        hist.hist(self.logits, bins=min(50, max(10, self.n_combinations // 20)), color="tab:blue")
-        hist.axvline(0.0, color="black", linewidth=1)
-        hist.set(
-            title=f"Rank logits (PBO = {self.pbo:.3f})",
-            xlabel="logit of out-of-sample relative rank",
-            ylabel="combinations",
-        )
-        scatter.scatter(self.is_performance, self.oos_performance, s=8, alpha=0.5)
-        if np.isfinite(self.degradation_slope):
-            xs = np.linspace(self.is_performance.min(), self.is_performance.max(), 2)
-            scatter.plot(xs, self.degradation_intercept + self.degradation_slope * xs, "r-")
-        scatter.axhline(0.0, color="black", linewidth=1)
-        scatter.set(
-            title=(
-                f"Degradation (slope {self.degradation_slope:.3f}, "
-                f"P[OOS < 0] = {self.prob_oos_loss:.3f})"
-            ),
-            xlabel="in-sample performance of the selected column",
-            ylabel="out-of-sample performance",
-        )
-        if path is not None:
-            fig.savefig(path)
-        return fig
+        return plot_pbo(self, path)
 
 
 Metric = str | Callable[[np.ndarray], Any]

@@ -63,9 +63,9 @@ class StudyReport:
 
     def close_figures(self) -> None:
         """Release the figures (pyplot keeps every open figure alive until closed)."""
-        from quantshift.engine.plotting import _pyplot
+        from quantshift.engine.plotting import pyplot
 
-        plt = _pyplot()
+        plt = pyplot()
         for fig in self.figures.values():
             plt.close(fig)
 
@@ -208,6 +208,7 @@ def _optimize(spec, bars, report, run, progress) -> None:
         if n_trials > 1 and math.isfinite(variance)
         else math.nan
     )
+    out["causality"] = _causality(strat, bars, best_params)
     report.figures["best_equity"] = _curve_figure(best, f"{strat.name} {best_params}")
     heat = _heatmap(ledger, strat, objective)
     if heat is not None:
@@ -280,12 +281,22 @@ def _best_by(ledger: TrialLedger, objective: str, min_trades: int) -> dict[str, 
     return {name: float(rows.at[pick, name]) for name in ledger.param_names}
 
 
+def _causality(strat, bars, params: dict[str, float]) -> dict:
+    """The causality check of the chosen parameters on each symbol's bars (copies of each
+    prefix); the first symbol that looks ahead, or the last verdict, as plain data."""
+    from quantshift.strategies.causality import check_bars
+
+    symbol, verdict = check_bars(strat, bars, strat.vector(params))
+    return {**verdict.to_dict(), "symbol": symbol, "summary": f"{symbol}: {verdict.summary()}"}
+
+
 def _pbo(spec, bars, ledger, report) -> None:
-    """PBO over the completed trials (an evenly spaced, seeded subset if there are more than
-    ``max_trials``), from each trial's per-bar returns."""
+    """PBO over the completed trials with distinct parameters (an evenly spaced, seeded subset
+    if there are more than ``max_trials``), from each trial's per-bar returns: a parameter set
+    evaluated twice is one strategy, and its copies would make the best in-sample rank tie."""
     strat = spec.get_strategy()
     rows = ledger.frame
-    rows = rows[rows["state"] == "complete"]
+    rows = rows[rows["state"] == "complete"].drop_duplicates(subset=list(strat.param_names))
     if len(rows) < 2:
         report.summary["pbo"] = math.nan
         return
@@ -443,6 +454,7 @@ def _spec_monte_carlo(
 def _record_monte_carlo(outcome, report: StudyReport, prefix: str) -> None:
     report.parts[prefix] = outcome
     report.summary.update({f"{prefix}_{k}": v for k, v in outcome.summary().items()})
+    report.summary[f"{prefix}_method"] = outcome.method
     report.figures[f"{prefix}_fan"] = outcome.plot()
 
 

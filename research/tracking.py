@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from quantshift.errors import ConfigError, UnknownNameError
+from quantshift.urls import mask_secrets, strip_password
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,14 +44,6 @@ _SECRET_WORDS = frozenset(
         "passwords", "passwd", "pwd", "passphrase", "private", "credential", "credentials",
     }
 )  # fmt: skip
-# user:password@ inside any scheme://... ; SQLAlchemy allows '/' in an unescaped password, so
-# the password runs to the '@' (over-masking a rare 'host:port/path@x' is the safe side).
-_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*):[^\s@]*@")
-_QUERY_SECRET = re.compile(
-    r"(?P<head>[?&](?:password|passwd|pwd|secret|token|api_key|apikey|access_token)=)[^&\s]*",
-    re.IGNORECASE,
-)
-_MASK = "***"
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]+\Z")
 _MLFLOW = None  # the mlflow module once imported
 
@@ -59,13 +52,6 @@ _MLFLOW = None  # the mlflow module once imported
 def registered_model_name(name: str) -> str:
     """The MLflow registered model holding the promotion records of ``name``."""
     return f"quantshift.{name}"
-
-
-def mask_secrets(text: str) -> str:
-    """Return ``text`` with passwords in URIs (``scheme://user:pw@host``) and secret query
-    parameters (``?password=...``) replaced by ``***``."""
-    text = _URI_PASSWORD.sub(rf"\g<head>:{_MASK}@", text)
-    return _QUERY_SECRET.sub(rf"\g<head>{_MASK}", text)
 
 
 def _check_key(key: str, where: str) -> None:
@@ -144,11 +130,6 @@ def default_artifact_root(tracking_uri: str) -> str | None:
     return resolve_experiments_dir().joinpath("artifacts").as_uri()
 
 
-def _strip_password(uri: str) -> str:
-    """Drop the password from a URI (libpq then reads it from PGPASSWORD or ~/.pgpass)."""
-    return _URI_PASSWORD.sub(r"\g<head>@", uri)
-
-
 def ui_command(tracking_uri: str | None = None, *, port: int = UI_PORT) -> str:
     """Return the shell command that opens the MLflow UI on ``tracking_uri``'s store.
 
@@ -160,7 +141,7 @@ def ui_command(tracking_uri: str | None = None, *, port: int = UI_PORT) -> str:
     uri = tracking_uri or default_tracking_uri()
     if _scheme(uri) in ("http", "https"):
         return f"uv run python -m webbrowser {shlex.quote(uri)}"
-    parts = ["uv", "run", "mlflow", "ui", "--backend-store-uri", _strip_password(uri)]
+    parts = ["uv", "run", "mlflow", "ui", "--backend-store-uri", strip_password(uri)]
     root = default_artifact_root(uri)
     if root is not None:
         parts += ["--default-artifact-root", root]
@@ -172,6 +153,9 @@ def ui_command(tracking_uri: str | None = None, *, port: int = UI_PORT) -> str:
 def _check_reachable(uri: str, shown: str, timeout_s: float = 3.0) -> None:
     """Fail in seconds when a database store's server does not answer (MLflow itself retries
     for about two minutes before giving up)."""
+    if _scheme(uri) in ("http", "https"):
+        _check_http_server(uri, shown, timeout_s)
+        return
     if not _scheme(uri).startswith(("postgresql", "mysql", "mssql")):
         return
     parts = urlsplit(uri)
@@ -184,6 +168,41 @@ def _check_reachable(uri: str, shown: str, timeout_s: float = 3.0) -> None:
         socket.create_connection((parts.hostname, parts.port or default_port), timeout_s).close()
     except OSError as exc:
         raise ConfigError(f"cannot reach MLflow store {shown}: {exc}") from None
+
+
+def _check_http_server(uri: str, shown: str, timeout_s: float) -> None:
+    """Fail in seconds when an MLflow server does not answer its health check: MLflow's client
+    retries a refused connection, a non-HTTP answer or an HTTP 5xx for about four minutes.
+
+    A 401/403 counts as an answer (credentials are MLflow's business); TLS is not verified
+    here, MLflow verifies it on every real request. Proxies from the environment are used.
+    """
+    import http.client
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    parts = urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2]  # never send a user:password of the URI
+    health = f"{parts.scheme}://{host}{parts.path.rstrip('/')}/health"
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(health, timeout=timeout_s, context=context):
+            return
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except urllib.error.URLError as exc:
+        reason = getattr(exc.reason, "strerror", None) or exc.reason
+        raise ConfigError(f"cannot reach MLflow server {shown}: {reason}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        what = "no answer" if isinstance(exc, TimeoutError) else "an answer that is not HTTP"
+        raise ConfigError(f"cannot reach MLflow server {shown}: {what} from {host}") from None
+    if status >= 500 or status == 404:
+        raise ConfigError(
+            f"MLflow server {shown} is not answering: GET {parts.path.rstrip('/')}/health "
+            f"returned HTTP {status}"
+        )
 
 
 def _mlflow():
@@ -548,9 +567,10 @@ class Tracker:
             run_tags[PARENT_TAG] = parent_id
         with suppress(OSError, KeyError):  # no user name in some containers
             run_tags.setdefault("mlflow.user", getpass.getuser())
+        client = self._client  # first: an unreachable store fails before MLflow's slow import
         limit = _mlflow().utils.validation.MAX_TAG_VAL_LENGTH
         entities = _entities(_mlflow().entities.RunTag, run_tags, "tag", limit)
-        run = self._client.create_run(
+        run = client.create_run(
             self._experiment(),
             start_time=_now_ms(),
             tags={tag.key: tag.value for tag in entities},

@@ -190,9 +190,9 @@ def walk_forward(
     initial = cfg.cash * data.n_symbols
 
     rows, segments, trade_parts = [], [], []
-    from quantshift.engine.sweep import _Progress
+    from quantshift.progress import Progress
 
-    with _Progress(progress, len(windows), f"walk-forward {strat.name}") as report:
+    with Progress(progress, len(windows), f"walk-forward {strat.name}") as report:
         for k, (train_lo, train_hi, test_lo, test_hi) in enumerate(windows):
             train = data[train_lo:train_hi]
             stage = f"wf-fold-{k}"

@@ -511,3 +511,52 @@ def test_bar_pages_reject_unknown_timeframes_and_empty_windows(broker):
         next(bar_pages(broker, SYMBOL, 0, 10, "2h"))
     with pytest.raises(ConfigError, match="end_ns"):
         next(bar_pages(broker, SYMBOL, 10, 10, "1d"))
+
+
+# ----------------------------------------------------------------------------- malformed / echoes
+@pytest.mark.parametrize(
+    "body",
+    [b'[{"symbol": "AAPL", "qty": ', [{"symbol": "AAPL", "qty": "many"}]],
+    ids=["truncated JSON", "wrong shape"],
+)
+def test_a_200_answer_that_is_not_understood_is_an_adapter_error_not_a_traceback(
+    fake, broker, body
+):
+    fake.fail("GET", "/v2/positions", 200, body=body)
+    with pytest.raises(BrokerUnavailableError, match="positions: the venue's answer was not under"):
+        broker.positions()
+    assert broker.positions() == {}  # the next answer is read as usual
+
+
+def test_a_submit_answered_200_with_garbage_is_ambiguous_and_resolved_by_lookup(fake, broker):
+    fake.set_price(SYMBOL, 100.0)
+    fake.fail("POST", "/v2/orders", 200, land=True, body=b"<html>gateway</html>")
+    with pytest.raises(BrokerAmbiguousError, match=r"not understood.*look it up"):
+        broker.submit(buy("qsgarbage"))
+    assert broker.order("qsgarbage").status == OrderStatus.FILLED
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["JSON body", "text cut at 200"])
+def test_a_venue_error_echoing_the_secret_is_scrubbed_before_it_is_shown_or_logged(
+    fake, broker, caplog, as_json
+):
+    echo = f"bad gateway: upstream saw key {fake.key_id} and secret {fake.secret_key}"
+    body = {"message": echo} if as_json else ("x" * 130 + echo).encode()  # the cut: in the secret
+    fake.fail("GET", "/v2/account", 502, count=10, body=body)
+    with (
+        caplog.at_level(logging.DEBUG, logger="live"),
+        pytest.raises(BrokerUnavailableError) as caught,
+    ):
+        broker.account()
+    message = str(caught.value)
+    assert "HTTP 502" in message
+    for text in (message, repr(caught.value), caplog.text):
+        assert fake.secret_key not in text and fake.key_id not in text
+        assert fake.secret_key[:12] not in text  # nor the part left by a cut
+
+
+def test_bar_pages_answered_with_bars_that_are_not_bars_is_an_adapter_error(fake, broker):
+    fake.fail("GET", "/v2/stocks/bars", 200, body={"bars": {SYMBOL: [{"t": "yesterday"}]}})
+    start, end = _ns("2024-01-02T14:30:00Z"), _ns("2024-01-02T15:00:00Z")
+    with pytest.raises(BrokerUnavailableError, match="page 1: the venue's answer was not under"):
+        list(bar_pages(broker, SYMBOL, start, end, "1m"))

@@ -627,3 +627,52 @@ def test_bar_pages_skip_empty_windows_and_keep_gaps(fake, broker):
 def test_bar_pages_refuse_an_unknown_timeframe(broker):
     with pytest.raises(ConfigError, match="timeframe must be one of"):
         next(bar_pages(broker, SYMBOL, START_NS, START_NS + 10**12, "2h"))
+
+
+# ----------------------------------------------------------------------------- malformed / echoes
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"accounts": [{"uuid": ',
+        {"accounts": [{"currency": "BTC", "available_balance": {"value": "lots"}}]},
+    ],
+    ids=["truncated JSON", "wrong shape"],
+)
+def test_a_200_answer_that_is_not_understood_is_an_adapter_error_not_a_traceback(
+    fake, broker, body
+):
+    fake.fail("GET", "/accounts", 200, body=body)
+    with pytest.raises(BrokerUnavailableError, match="the venue's answer was not understood"):
+        broker.positions()
+    assert broker.positions() == {}  # the next answer is read as usual
+
+
+def test_a_create_answered_200_with_garbage_is_ambiguous_and_resolved_by_lookup(fake, broker):
+    fake.fail("POST", "/orders", 200, land=True, body=b"<html>gateway</html>")
+    with pytest.raises(BrokerAmbiguousError, match=r"not understood.*look it up"):
+        broker.submit(market("qsgarbage"))
+    assert broker.order("qsgarbage").status == OrderStatus.FILLED
+
+
+def test_a_venue_error_echoing_the_secret_is_scrubbed_before_it_is_shown_or_logged(
+    fake, broker, pem, caplog, capfd
+):
+    echo = f"bad gateway: upstream saw {KEY_NAME} signing with {pem}"
+    fake.fail("GET", "/accounts", 502, body={"message": echo})
+    with (
+        caplog.at_level(logging.DEBUG, logger="live"),
+        pytest.raises(BrokerUnavailableError) as caught,
+    ):
+        broker.positions()
+    message = str(caught.value)
+    assert "HTTP 502" in message and "bad gateway" in message
+    printed = capfd.readouterr().err  # the SDK's own HTTP error line
+    for text in (message, repr(caught.value), caplog.text, printed):
+        assert KEY_NAME not in text and pem_body(pem) not in text
+
+
+def test_candles_that_are_not_candles_are_an_adapter_error(fake, broker):
+    fake.fail("GET", f"/products/{SYMBOL}/candles", 200, body={"candles": [{"start": "soon"}]})
+    end_ns = START_NS + 10 * 60 * 1_000_000_000
+    with pytest.raises(BrokerUnavailableError, match="the venue's answer was not understood"):
+        list(bar_pages(broker, SYMBOL, START_NS, end_ns, "1m"))

@@ -10,8 +10,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -170,3 +173,152 @@ def test_console_script_end_to_end():
         [exe, "backtest", "nope"], capture_output=True, text=True, env=env, timeout=300
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown strategy")
+
+
+# Regressions (issue 17) ---------------------------------------------------------------------
+
+
+def _run_capped(args: list[str], memory_gb: float = 2.0, timeout_s: float = 120.0, **env: str):
+    """Run the console script with its address space capped (a runaway grid dies, not the host)."""
+    import resource
+
+    cap = int(memory_gb * 2**30)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    exe = shutil.which("quantshift", path=str(Path(sys.executable).parent))
+    started = time.perf_counter()
+    done = subprocess.run(
+        [exe, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", **env},
+        timeout=timeout_s,
+        preexec_fn=limit,
+    )
+    return done, time.perf_counter() - started
+
+
+@pytest.mark.parametrize(
+    ("args", "count"),
+    [
+        (["bollinger_bounce", "--grid", "bb_std=0.5:4:1e-9"], "3,500,000,001"),
+        (
+            [
+                "breakout_momentum",
+                "--grid",
+                "entry_window=5:200",
+                "--grid",
+                "exit_window=2:100",
+                "--grid",
+                "volume_window=5:100",
+                "--grid",
+                "atr_window=2:50",
+            ],
+            f"{196 * 99 * 96 * 49:,}",
+        ),
+    ],
+    ids=["one-fine-axis", "four-axes"],
+)
+def test_regression_sweep_grid_over_the_limit_is_refused_with_its_count_before_building(
+    args, count
+):
+    done, elapsed_s = _run_capped(["sweep", *args, "--data", SYN])
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.count("\n") == 1 and count in done.stderr, done.stderr
+    assert "over the limit of 1,000,000" in done.stderr
+    assert elapsed_s < 30
+
+
+def test_regression_sweep_grid_limit_is_configurable():
+    grid = ["sweep", "ma_crossover", "--data", SYN, "--grid", "fast=2:5", "--grid", "slow=10:14"]
+    code, out = invoke(*grid, "--max-sets", "19", "--json")
+    assert code == 2 and "20 parameter sets" in out and "limit of 19" in out
+    code, out = invoke(*grid, "--max-sets", "20", "--json")
+    assert code == 0 and json.loads(out)["evaluated"] == 20 * 2
+    done, _ = _run_capped([*grid, "--json"], QUANTSHIFT_MAX_GRID_SETS="12")
+    assert done.returncode == 2 and "limit of 12" in done.stderr
+
+
+def test_regression_duplicate_grid_values_are_evaluated_and_counted_once():
+    code, out = invoke(
+        "sweep", "ma_crossover", "--data", SYN, "--grid", "fast=3,5,3,5.0", "--grid", "slow=20,20",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, out
+    assert json.loads(out)["evaluated"] == 2 * 2  # fast 3 and 5, slow 20, on 2 symbols
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["backtest", "ma_crossover", "-p", "fast=5", "-p", "fast=8"], "'fast' is given twice"),
+        (["sweep", "ma_crossover", "-g", "fast=3,5", "-g", "fast=4"], "'fast' is given twice"),
+        (["sweep", "ma_crossover", "-g", "fast=3,5", "--top", "-3"], "--top must be at least 1"),
+        (["backtest", "ma_crossover", "--trades", "-1"], "--trades must be at least 0"),
+        (["sweep", "ma_crossover", "-g", "fast=3", "--max-sets", "0"], "--max-sets must be"),
+    ],
+)
+def test_regression_repeated_or_negative_options_are_refused(args, message):
+    code, out = invoke(*args, "--data", SYN)
+    assert code == 2, out
+    assert message in out and out.count("\n") == 0
+
+
+def test_regression_bad_csv_path_is_refused_before_the_sweep(tmp_path):
+    (tmp_path / "file").write_text("x")
+    sweep = ["sweep", "ma_crossover", "--data", SYN, "--grid", "fast=3,5", "--grid", "slow=20"]
+    for target, problem in (
+        (tmp_path / "missing" / "t.csv", "does not exist"),
+        (tmp_path / "file" / "t.csv", "is not a directory"),
+        (tmp_path, "is a directory"),
+    ):
+        code, out = invoke(*sweep, "--csv", str(target))
+        assert code == 2, out
+        assert str(target) in out and problem in out and out.count("\n") == 0
+
+
+def test_regression_bad_out_directory_is_refused_before_the_demo(tmp_path):
+    (tmp_path / "file").write_text("x")
+    started = time.perf_counter()
+    code, out = invoke("demo", "--out", str(tmp_path / "file" / "plots"), "--json")
+    assert code == 2 and "is not a directory" in out and out.count("\n") == 0
+    assert time.perf_counter() - started < 5  # refused before the demo's backtests and sweep
+
+
+def test_regression_plot_into_a_directory_prints_the_file_it_wrote(tmp_path):
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    code, out = invoke("backtest", "ma_crossover", "--data", SYN, "--plot", str(plots))
+    assert code == 0, out
+    written = [plots / "ma_crossover_SYN000.png", plots / "ma_crossover_SYN001.png"]
+    assert all(p.stat().st_size > 10_000 for p in written)
+    assert all(f"plot written to {p}" in out.replace("\n", "") for p in written)
+    code, out = invoke(
+        "backtest", "ma_crossover", "--data", SYN, "-s", "SYN000", "--plot", str(tmp_path / "eq")
+    )
+    assert code == 0 and (tmp_path / "eq.png").is_file()
+    assert f"plot written to {tmp_path / 'eq.png'}" in out.replace("\n", "")
+    code, out = invoke(
+        "backtest", "ma_crossover", "--data", SYN, "--plot", str(tmp_path / "eq.png" / "x.png")
+    )
+    assert code == 2 and "is not a directory" in out
+    new_dir = f"{tmp_path / 'new' / 'plots'}/"
+    code, out = invoke("backtest", "ma_crossover", "--data", SYN, "-s", "SYN001", "--plot", new_dir)
+    assert code == 0 and (tmp_path / "new" / "plots" / "ma_crossover.png").is_file()
+
+
+def test_regression_data_validate_refuses_excel_serial_dates_unless_told(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANTSHIFT_DATA_DIR", str(tmp_path))
+    frame = qs.load_bars(SYN).to_frame("SYN000").rename_axis("date").reset_index()
+    frame["date"] = 43_831.0 + np.arange(len(frame))  # Excel's 2020-01-01 onwards
+    csv = tmp_path / "excel.csv"
+    frame.to_csv(csv, index=False)
+    code, out = invoke("data", "validate", str(csv))
+    assert code == 2 and "ambiguous time 43831.0" in out and out.count("\n") == 0
+    code, out = invoke("data", "validate", str(csv), "--date-format", "excel")
+    assert code == 0 and out.startswith("ok:"), out
+    code, out = invoke("data", "import", str(csv), "--name", "xl", "--date-format", "excel")
+    assert code == 0, out
+    assert qs.load_bars("xl").index[0] == pd.Timestamp("2020-01-01", tz="UTC")

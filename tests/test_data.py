@@ -531,3 +531,57 @@ def test_regression_synthetic_past_year_2262_is_a_clear_error():
     with pytest.raises(DataError, match="run past 2262"):
         load_bars("synthetic:symbols=1,bars=100000,seed=1")
     assert load_bars("synthetic:symbols=1,bars=100000,seed=1,freq=1h").n_bars == 100_000
+
+
+# ----------------------------------------------------------------- ambiguous dates (issue 17)
+def test_regression_excel_serial_dates_are_refused_not_read_as_1970_seconds(tmp_path):
+    frame = _ohlcv()
+    frame["Date"] = 44_256.0 + np.arange(len(frame))  # Excel's serial days from 2021-03-01
+    path = tmp_path / "excel.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError) as err:
+        load_bars(path)
+    message = str(err.value)
+    assert str(path) in message and "line 2" in message and "column 'Date'" in message
+    assert "ambiguous time 44256.0" in message and "1970-01-01 12:17:36" in message
+    assert "2021-03-01" in message and "--date-format excel" in message
+    bars = load_bars(path, date_format="excel")
+    assert bars.index[0] == pd.Timestamp("2021-03-01", tz="UTC")
+    assert np.all(np.diff(bars.ts_ns) == 86_400 * 10**9)
+    frame["Date"] = frame["Date"] + 0.5  # a time of day: noon
+    frame.to_csv(path, index=False)
+    noon = load_bars(path, date_format="excel", cache=False).index[0]
+    assert noon == pd.Timestamp("2021-03-01 12:00", tz="UTC")
+
+
+def test_regression_day_first_dates_that_fit_month_first_are_refused(tmp_path):
+    frame = _ohlcv()  # 2021-03-01 .. 2021-03-08: every day <= 12
+    frame["Date"] = pd.to_datetime(frame["Date"]).dt.strftime("%d/%m/%Y")
+    path = tmp_path / "dayfirst.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError) as err:
+        load_bars(path)
+    message = str(err.value)
+    assert str(path) in message and "column 'Date'" in message and "\n" not in message
+    assert "ambiguous date '01/03/2021'" in message and "--date-format '%d/%m/%Y'" in message
+    assert "2021-01-03 month first or 2021-03-01 day first" in message
+    bars = load_bars(path, date_format="%d/%m/%Y")
+    expected = pd.DatetimeIndex(pd.to_datetime(_ohlcv()["Date"], utc=True)).as_unit("ns")
+    np.testing.assert_array_equal(bars.ts_ns, expected.asi8)
+    with pytest.raises(DataError, match="ambiguous date"):
+        load_bars(path)  # the cache of the explicit read is not reused without the format
+    with pytest.raises(DataError, match=r"cannot read time '01/03/2021' .* with --date-format"):
+        load_bars(path, date_format="%Y-%m-%d")
+
+
+def test_dates_with_a_day_above_12_or_year_first_are_read_without_a_format(tmp_path):
+    frame = _ohlcv(20)  # 2021-03-01 .. 2021-03-20
+    days = pd.to_datetime(frame["Date"])
+    for text, name in (
+        (days.dt.strftime("%d/%m/%Y"), "d.csv"),
+        (days.dt.strftime("%Y/%m/%d"), "y.csv"),
+    ):
+        frame["Date"] = text
+        frame.to_csv(tmp_path / name, index=False)
+        bars = load_bars(tmp_path / name)
+        assert bars.index[0] == pd.Timestamp("2021-03-01", tz="UTC") and bars.n_bars == 20

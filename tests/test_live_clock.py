@@ -62,3 +62,12 @@ def test_bad_settings():
         MarketClock("forex", 60)
     with pytest.raises(ConfigError, match="calendar"):
         MarketClock("equities", 60, calendar="NOPE").is_open(0)
+
+
+def test_sessions_older_than_the_calendars_twenty_year_default_are_counted():
+    # exchange_calendars starts its calendars 20 years before today unless told otherwise.
+    clock = MarketClock("equities", 86_400)
+    assert clock.intervals_between(ns("2024-07-05"), ns("2024-07-08 14:00")) == 1.0
+    assert clock.intervals_between(ns("1999-12-31"), ns("2000-01-04 15:00")) == 2.0
+    assert clock.bar_close_ns(ns("1999-11-26")) == ns("1999-11-26 18:00")  # day after Thanksgiving
+    assert not clock.is_open(ns("2000-01-01 15:00"))

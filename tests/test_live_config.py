@@ -44,16 +44,34 @@ def _changed(section, key, value):
         (_changed("store", "url", "mysql://x"), r"\[store\] url: must be sqlite"),
         (_changed("lease", "redis_url", "http://x"), r"redis_url: must be redis://"),
         (_changed("lease", "renew_interval_ms", 5000), r"renew_interval_ms < deadline_ms"),
-        (_changed("guards", "price_collar", 3), r"\[guards\]: unknown key"),
+        (_changed("guards", "price_collar", 3), r"\[guards\] price_collar: unknown key; allowed"),
         (_changed("metrics", "port", 70000), r"\[metrics\] port: must be 0-65535"),
-        (_changed("risk", "max_drawdown_pct", -1), r"limits.max_drawdown_pct=-1"),
-        (_changed("costs", "fees", 1), r"sim: unknown simulation setting"),
+        (_changed("risk", "max_drawdown_pct", -1), r"live.toml: \[risk\] max_drawdown_pct=-1"),
+        (_changed("risk", "max_heat", 1), r"\[risk\] max_heat: unknown key; allowed: daily"),
+        (_changed("risk", "conflict", "vote"), r"\[risk\] conflict: must be one of net, prio"),
+        (_changed("costs", "fees", 1), r"\[costs\] fees: unknown key; allowed: cash"),
+        (_changed("costs", "whole_units", "yes"), r"\[costs\] whole_units: must be true or"),
         (_changed("feed", "speed", -2), r"\[feed\] speed"),
-        ({**BASE, "sleeves": []}, r"\[\[sleeves\]\] must list"),
+        (_changed("runner", "warmup_bars", 0), r"\[runner\] warmup_bars: must be an integer >= 1"),
+        ({**BASE, "sleeves": []}, r"live.toml: sleeves: must be a non-empty list of tables"),
     ],
 )
 def test_mistakes_are_refused_by_name(raw, message):
     with pytest.raises(ConfigError, match=message):
+        parse_config(raw, source="live.toml")
+
+
+def test_regression_portfolio_errors_name_the_live_files_own_tables():
+    """[costs] and [risk] were reported as the portfolio's 'sim' and 'limits'."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(_changed("costs", "fees", 1), source="live.toml")
+    assert "[costs]" in str(caught.value) and "sim" not in str(caught.value).split(";")[0]
+
+
+def test_a_sleeves_promotion_must_name_a_record():
+    raw = copy.deepcopy(BASE)
+    raw["sleeves"][0]["promotion"] = " "
+    with pytest.raises(ConfigError, match=r"\[sleeves\[0\]\] promotion: must be a non-empty"):
         parse_config(raw, source="live.toml")
 
 

@@ -222,6 +222,11 @@ def check_epochs(cluster: Cluster) -> None:
             "order events": [epoch for _, epoch in sorted((e.seq, e.epoch) for e in events)],
             "equity": [s.epoch for s in store.equity_curve()],
         }
+        # Each term was announced once, by the host that took it (the notification outbox).
+        takeovers = {n.event_key: n.title for n in store.notifications("takeover")}
+    for epoch in epochs:
+        assert takeovers[f"takeover:{epoch}"].endswith(f" leads with epoch {epoch}")
+        assert not takeovers[f"takeover:{epoch}"].startswith("a runner ")
     for name, rows in timed.items():
         ordered[f"{name}s"] = [epoch for _, epoch in sorted(rows)]
         for ts_ns, epoch in rows:

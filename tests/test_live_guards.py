@@ -9,6 +9,7 @@ import pytest
 
 from live.guards import GuardLimits, OrderGuards
 from quantshift.errors import ConfigError
+from quantshift.tables import Table
 
 DAY_NS = 86_400_000_000_000
 NOW_NS = 1_700_000_000_000_000_000
@@ -97,7 +98,9 @@ def test_a_tripped_guard_blocks_the_rest_of_the_cycle():
 
 
 def test_guards_switched_off():
-    limits = GuardLimits.from_dict({"price_collar_pct": "off", "stale_after_intervals": False})
+    limits = GuardLimits.from_table(
+        Table({"price_collar_pct": "off", "stale_after_intervals": False}, "live.toml", "guards")
+    )
     verdict = check([Order(price=130.0, ts_ns=NOW_NS - 9 * DAY_NS)], limits)
     assert verdict.accepted
 
@@ -105,17 +108,18 @@ def test_guards_switched_off():
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"max_orders_per_second": 3}, "unknown key"),
-        ({"price_collar_pct": -1}, "price_collar_pct must be a positive number"),
-        ({"max_orders_per_minute": True}, "max_orders_per_minute must be"),
-        ({"max_order_notional": "lots"}, "max_order_notional must be"),
+        ({"max_orders_per_second": 3}, r"\[guards\] max_orders_per_second: unknown key; allowed"),
+        ({"price_collar_pct": -1}, r"\[guards\] guard limit price_collar_pct must be a positive"),
+        ({"max_orders_per_minute": True}, r"max_orders_per_minute: must be an integer, got True"),
+        ({"max_orders_per_decision": 1.5}, r"max_orders_per_decision: must be an integer"),
+        ({"max_order_notional": "lots"}, r"max_order_notional: must be a number, got 'lots'"),
     ],
 )
 def test_bad_limits_name_the_key(raw, message):
     with pytest.raises(ConfigError, match=message):
-        GuardLimits.from_dict(raw, source="live.toml [guards]")
+        GuardLimits.from_table(Table(raw, "live.toml", "guards"))
 
 
 def test_regression_a_zero_limit_is_refused_not_switched_off():
     with pytest.raises(ConfigError, match="max_orders_per_minute must be a positive"):
-        GuardLimits.from_dict({"max_orders_per_minute": 0})
+        GuardLimits.from_table(Table({"max_orders_per_minute": 0}, "live.toml", "guards"))

@@ -27,9 +27,9 @@ from live.lease import (
     RedisLease,
     lease_timing,
     open_lease,
-    redact_url,
 )
 from quantshift.errors import ConfigError
+from quantshift.urls import mask_secrets
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 CTX = mp.get_context("fork")  # children only use redis and the clock; fork keeps them fast
@@ -84,7 +84,7 @@ def test_timings_are_checked_and_default_deadline_is_inside_the_lease():
     with pytest.raises(ConfigError, match="ttl_ms"):
         RedisLease(REDIS_URL, "x", ttl_ms=True)
     with pytest.raises(ConfigError, match="renew_interval_ms=1000, deadline_ms=1000"):
-        open_lease(REDIS_URL, "x", ttl_ms=1000, renew_interval_ms=1000, deadline_ms=1000)
+        open_lease(REDIS_URL, "x", ttl_ms=3000, renew_interval_ms=1000, deadline_ms=1000)
     assert isinstance(open_lease(None, "x"), NoLease)
     lease = open_lease(REDIS_URL, "n", ttl_ms=6000)
     assert isinstance(lease, RedisLease) and lease.deadline_ms == 5500
@@ -92,8 +92,8 @@ def test_timings_are_checked_and_default_deadline_is_inside_the_lease():
 
 def test_password_never_in_repr_errors_or_logs(caplog):
     url = f"redis://user:s3cret-pw@127.0.0.1:{_free_port()}/0"
-    assert redact_url(url) == url.replace("s3cret-pw", "***")
-    assert "s3cret-pw" not in redact_url("redis://127.0.0.1:6379/0?password=s3cret-pw")
+    assert mask_secrets(url) == url.replace("s3cret-pw", "***")
+    assert "s3cret-pw" not in mask_secrets("redis://127.0.0.1:6379/0?password=s3cret-pw")
     lease = open_lease(url, "main")
     caplog.set_level(logging.DEBUG, logger="live.lease")
     assert lease.try_acquire() is None  # nothing listens: not acquired, never raised
@@ -102,7 +102,8 @@ def test_password_never_in_repr_errors_or_logs(caplog):
         lease.current_holder()
     with pytest.raises(ConfigError) as bad:
         RedisLease("http://:s3cret-pw@host/0", "x")
-    for text in (repr(lease), str(info.value), str(bad.value), caplog.text):
+    assert "127.0.0.1" in lease.unreachable
+    for text in (repr(lease), str(info.value), str(bad.value), caplog.text, lease.unreachable):
         assert "s3cret-pw" not in text
     assert "127.0.0.1" in str(info.value)
 
@@ -486,3 +487,12 @@ def test_takeover_time_over_ten_runs(redis_client, prefix):
     median_s, max_s = statistics.median(times_s), max(times_s)
     print(f"\ntakeover over 10 runs: median {median_s:.3f} s, max {max_s:.3f} s: {times_s}")
     assert max_s < 5.0
+
+
+@pytest.mark.parametrize(("ttl", "renew"), [(1000, 2000), (1000, 1000), (1000, 1500)])
+def test_ttl_below_renew_interval_is_reported_as_that_not_as_a_deadline_problem(ttl, renew):
+    with pytest.raises(ConfigError) as caught:
+        lease_timing(ttl, renew, None)
+    message = str(caught.value)
+    assert f"renew_interval_ms={renew} is not below ttl_ms={ttl}" in message
+    assert "deadline_ms must be" not in message and "deadline_ms=" not in message

@@ -179,3 +179,82 @@ def test_port_errors_name_the_address():
     for bad in (-1, 70000, "9200", True):
         with pytest.raises(ConfigError, match="metrics port"):
             metrics.serve(port=bad)
+
+
+def _example_config(tmp_path, **metrics):
+    import copy
+    import tomllib
+    from pathlib import Path
+
+    from live.config import parse_config
+
+    example = Path(__file__).resolve().parents[1] / "live" / "examples" / "paper_sp500.toml"
+    raw = copy.deepcopy(tomllib.loads(example.read_text()))
+    raw["store"]["url"] = f"sqlite:///{tmp_path}/state.db"
+    raw["metrics"].update(metrics)
+    raw["feed"].update(start="2015-01-01", end="2017-01-01")
+    return parse_config(raw, source="test.toml")
+
+
+def test_drawdown_and_daily_loss_against_the_breakers_from_a_state(tmp_path):
+    from live.clock import MarketClock
+    from quantshift.portfolio import PortfolioState
+
+    config = _example_config(tmp_path)
+    saved = PortfolioState.initial(config.portfolio).to_dict()  # 100,000 in cash
+    saved.update(peak_equity=125_000.0, day_start_equity=104_000.0)
+    state = PortfolioState.from_dict(saved, config.portfolio)
+    metrics = LiveMetrics(strategies=config.portfolio.sleeve_names)
+    metrics.started(MarketClock("crypto", 60), config.portfolio.limits)
+    now_s = time.time()
+    metrics.set_state(state, int((now_s - 150) * 1e9))
+    samples = _samples(metrics.render())
+    assert _value(samples, "drawdown_pct") == pytest.approx(20.0)
+    assert _value(samples, "daily_loss_pct") == pytest.approx(100 * 4_000 / 104_000)
+    assert _value(samples, "breaker_limit_pct", breaker="max_drawdown") == 15.0
+    assert _value(samples, "breaker_limit_pct", breaker="daily_loss_limit") == 5.0
+    assert _value(samples, "bar_interval_seconds") == 60
+    assert _value(samples, "data_age_intervals") == pytest.approx(2.5, abs=0.05)
+    assert _value(samples, "last_bar_timestamp_seconds") == pytest.approx(now_s - 150)
+    assert _value(samples, "sleeve_equity", strategy="trend") == pytest.approx(33_000.0)
+    # Every sleeve and symbol has a position series from the first state on: 0 while flat.
+    for sleeve in config.portfolio.sleeve_names:
+        for symbol in ("SP500", "NASDAQ"):
+            assert _value(samples, "position_units", strategy=sleeve, symbol=symbol) == 0.0
+    # A gain: no drawdown below zero, no negative loss.
+    saved.update(peak_equity=90_000.0, day_start_equity=90_000.0)
+    metrics.set_state(PortfolioState.from_dict(saved, config.portfolio), time.time_ns())
+    samples = _samples(metrics.render())
+    assert _value(samples, "drawdown_pct") == 0.0 and _value(samples, "daily_loss_pct") == 0.0
+
+
+def test_leader_terms_count_each_term_won_once():
+    metrics = LiveMetrics()
+    metrics.set_leader(False, 0)
+    metrics.set_leader(True, 1)
+    metrics.set_leader(True, 1)  # the same term, exported again
+    metrics.set_leader(False, 0)
+    metrics.set_leader(True, 2)
+    assert _value(_samples(metrics.render()), "leader_terms_total") == 2
+
+
+def test_runner_exports_the_positions_and_sleeve_equity_the_store_records(tmp_path):
+    from live.runner import Runner
+    from live.store import Store
+
+    config = _example_config(tmp_path, port=0)
+    runner = Runner(config, max_bars=300)
+    runner.run()
+    samples = _samples(runner.metrics.render())
+    with Store.open(config.store_url) as store:
+        held = {(p.strategy, p.symbol): p.qty for p in store.positions()}
+        sleeves = {s: store.equity_curve(s)[-1] for s in config.portfolio.sleeve_names}
+    assert held, "the replay should leave some position open"
+    for sleeve in config.portfolio.sleeve_names:
+        assert _value(samples, "sleeve_equity", strategy=sleeve) == sleeves[sleeve].equity
+        for symbol in ("SP500", "NASDAQ"):
+            exported = _value(samples, "position_units", strategy=sleeve, symbol=symbol)
+            assert exported == held.get((sleeve, symbol), 0.0)
+    last_bar_s = _value(samples, "last_bar_timestamp_seconds")
+    assert last_bar_s == sleeves["trend"].ts_ns / 1e9
+    assert _value(samples, "ready") == 1 and _value(samples, "leader_terms_total") == 1

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_live_logs import json_log_buffer
 
 import live.runner as runner_module
 from live.config import parse_config
@@ -17,7 +18,7 @@ from live.paper import PaperVenue
 from live.reconcile import reconcile
 from live.runner import Runner
 from live.store import Store
-from live.store.errors import RunnerLockedError
+from live.store.errors import RunnerLockedError, StoreMissingError
 from quantshift.data import load_bars
 from quantshift.portfolio import portfolio_backtest
 
@@ -139,14 +140,18 @@ def test_a_strategy_repeating_an_order_500_times_ends_with_one_order_and_a_halt(
     assert summary.bars == 300
 
 
-def test_halt_stops_new_orders_and_flatten_closes_positions(tmp_path):
-    config = _config(tmp_path)
+def _run_until_positions_are_open(config) -> None:
     Runner(config, max_bars=200).run()
-    for _ in range(30):  # run on until positions are open
+    for _ in range(30):
         with Store.open(config.store_url) as store:
             if len([p for p in store.positions() if p.qty != 0]) >= 2:
-                break
+                return
         Runner(config, max_bars=5).run()
+
+
+def test_halt_stops_new_orders_and_flatten_closes_positions(tmp_path):
+    config = _config(tmp_path)
+    _run_until_positions_are_open(config)
 
     def entries(store):
         return [i for i in store.intents() if i.details["action"] == "entry"]
@@ -186,7 +191,7 @@ def test_sigterm_finishes_the_cycle_and_a_restart_completes_the_replay(tmp_path)
     config = _config(tmp_path, feed={"speed": 50.0})
     text = EXAMPLE.read_text()
     for old, new in (
-        ('url = "sqlite:///data/live/paper-sp500.db"', f'url = "{config.store_url}"'),
+        ('url = "sqlite:///../../data/live/paper-sp500.db"', f'url = "{config.store_url}"'),
         ("enabled = true", "enabled = false"),
         ('start = "2015-01-01"', 'start = "2015-01-01"\nend = "2017-01-01"'),
         ("speed = 0 ", "speed = 50 "),
@@ -197,7 +202,18 @@ def test_sigterm_finishes_the_cycle_and_a_restart_completes_the_replay(tmp_path)
     path.write_text(text)
     command = [sys.executable, "-c", "from live.cli import main; main()", "run", "-c", str(path)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4.0)
+    # Signal once the runner has saved a cycle: a fixed sleep raced the imports on a busy machine,
+    # and a SIGTERM before the handler is installed kills the process instead of stopping it.
+    deadline = time.monotonic() + 120.0
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with Store.open(config.store_url, create=False) as store:
+                if store.load_runner_state(config.name) is not None:
+                    break
+        except StoreMissingError:
+            pass  # the runner has not created its store yet
+        time.sleep(0.2)
+    assert process.poll() is None, "the replay ended before it could be stopped"
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err[-2000:]
@@ -208,3 +224,137 @@ def test_sigterm_finishes_the_cycle_and_a_restart_completes_the_replay(tmp_path)
     fast = _config(tmp_path)
     assert Runner(fast).run().ended == "replay finished"
     assert _store_trades(fast) == _backtest_trades(fast)
+
+
+def test_a_replay_older_than_twenty_years_runs_on_the_exchange_calendar(tmp_path):
+    config = _config(tmp_path, feed={"start": "2000-01-01", "end": "2000-12-31"})
+    summary = Runner(config).run()
+    assert summary.ended == "replay finished" and summary.bars > 200
+    assert _store_trades(config) == _backtest_trades(config)
+
+
+@pytest.fixture
+def hooks():
+    from live import failpoints
+
+    yield failpoints.set_hook
+    for name in failpoints.NAMES:
+        failpoints.set_hook(name, None)
+
+
+def test_a_halt_landing_mid_cycle_holds_the_runner_and_live_resume_trades_again(tmp_path, hooks):
+    config = _config(tmp_path)
+
+    halted_at: list[int] = []  # passes through after_state when the HALT was written
+    cycles = [0]
+
+    def halt_at_first_submit(n):
+        # After this cycle read the HALT table, before its first order moves to SUBMITTING.
+        if n == 1:
+            with Store.open(config.store_url) as store:
+                store.halt("operator, mid-cycle", by="pytest")
+            halted_at.append(cycles[0])
+
+    def resume_later(n):
+        cycles[0] = n
+        if halted_at and n == halted_at[0] + 20:  # a person resumes twenty bars later
+            with Store.open(config.store_url) as store:
+                store.resume(by="pytest")
+
+    hooks("after_intent", halt_at_first_submit)
+    hooks("after_state", resume_later)
+    summary = Runner(config, max_bars=400).run()
+    assert summary.bars == 400 and summary.ended == "max_bars"  # it held, it did not exit
+    with Store.open(config.store_url) as store:
+        intents = store.intents()
+        halts = store.halts()
+    first = intents[0]
+    assert first.state == "CANCELLED", first  # never sent, and not left NEW
+    assert not [i for i in intents if i.state == "NEW"]
+    (halt,) = halts
+    resumed_ns = halt.ts_cleared_ns
+    assert resumed_ns is not None
+    sent = [i for i in intents if i.state == "FILLED"]
+    assert sent and all(i.ts_decided_ns > resumed_ns for i in sent)  # nothing before the resume
+    assert any(i.details["action"] == "entry" for i in sent)  # trading again after it
+    venue = PaperVenue(config.store_url)
+    assert {o.client_order_id for o in venue.orders()} == {i.client_order_id for i in sent}
+    venue.close()
+
+
+def test_a_flatten_halt_landing_mid_cycle_still_sends_the_flatten_orders(tmp_path, hooks):
+    config = _config(tmp_path)
+    _run_until_positions_are_open(config)
+
+    def halt_at_first_submit(n):
+        if n == 1:
+            with Store.open(config.store_url) as store:
+                store.halt("operator, mid-cycle (flatten)", by="pytest")
+
+    hooks("after_intent", halt_at_first_submit)
+    summary = Runner(config, max_bars=150).run()
+    assert summary.bars == 150
+    with Store.open(config.store_url) as store:
+        assert store.active_halt() is not None
+        assert not [p for p in store.positions() if p.qty != 0]
+        flattened = [i for i in store.intents() if i.details["reason"] == "flatten"]
+        assert flattened and all(i.state == "FILLED" for i in flattened)
+        assert not [i for i in store.intents() if i.state == "NEW"]
+        assert reconcile(config, store).ok
+
+
+def _run_in_thread(runner: Runner, seconds: float):
+    """Run ``runner`` for at most ``seconds``; return (still running then, its exception)."""
+    import threading
+
+    failed: list[BaseException] = []
+
+    def target():
+        try:
+            runner.run()
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    hung = thread.is_alive()
+    runner.stop_event.set()
+    thread.join(30)
+    return hung, failed[0] if failed else None
+
+
+def test_with_redis_unreachable_the_standby_logs_json_lines_with_backoff(tmp_path, capsys):
+    import json
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    config = _config(tmp_path, lease={"redis_url": f"redis://:pw-s3cret@127.0.0.1:{port}/0"})
+    with json_log_buffer() as json_logs:
+        hung, error = _run_in_thread(Runner(config), 4.0)
+    assert hung and error is None  # a standby waits for Redis; it does not give up
+    lines = json_logs.getvalue().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    waiting = [r for r in records if "cannot reach the lease" in r["message"]]
+    # Polls back off: 0.5, 1, 2 s... instead of ~8 lines a second.
+    assert 2 <= len(waiting) <= 6, lines
+    assert f"127.0.0.1:{port}" in waiting[0]["message"] and "next in" in waiting[-1]["message"]
+    assert len(records) <= len(waiting) + 2
+    assert "pw-s3cret" not in json_logs.getvalue()
+    assert capsys.readouterr().err == ""  # nothing in plain text beside the JSON
+
+
+def test_a_store_fenced_by_leased_runners_is_refused_without_redis_not_looped(tmp_path):
+    from quantshift.errors import ConfigError
+
+    config = _config(tmp_path)
+    with Store.open(config.store_url) as store:
+        store.claim_epoch(5)  # runners with a Redis lease wrote here
+    hung, error = _run_in_thread(Runner(config, max_bars=5), 20.0)
+    assert not hung
+    assert isinstance(error, ConfigError) and "fenced at epoch 5" in str(error)
+    assert "[lease] redis_url" in str(error)
+    with Store.open(config.store_url) as store:
+        assert store.intents() == []

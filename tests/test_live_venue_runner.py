@@ -23,11 +23,11 @@ from test_broker_coinbase import SECRET_ENV as CB_SECRET_ENV
 
 import live.runner as runner_module
 from live.broker import BrokerAuthError, OrderRequest
-from live.brokers import build_broker
 from live.config import load_config, parse_config
 from live.reconcile import reconcile
 from live.runner import Runner
 from live.store import Store
+from live.venues import build_broker
 from quantshift.data import write_parquet
 from quantshift.data.synthetic import synthetic_bars
 from quantshift.errors import ConfigError
@@ -171,7 +171,10 @@ def test_a_position_the_store_does_not_know_halts_at_start(alpaca, tmp_path):
     with alpaca.lock:
         alpaca.positions["SP500"] = 7.0
     config = alpaca_config(alpaca, tmp_path)
-    Runner(config, max_bars=3).run()
+    runner = Runner(config, max_bars=3)
+    runner.run()
+    # Counted as a reconciliation mismatch, the reason the alert rule watches.
+    assert 'quantshift_live_halts_total{reason="reconcile_mismatch"} 1.0' in runner.metrics.render()
     with Store.open(config.store_url) as store:
         halt = store.active_halt()
         assert halt is not None and "reconcile: SP500 venue 7 vs ours 0" in halt.reason
@@ -360,4 +363,56 @@ def test_entries_are_rounded_down_to_what_the_venue_trades(alpaca, tmp_path):
     assert whole and all(q == int(q) for q in whole)
     assert fractional and any(q != int(q) for q in fractional)
     assert all(abs(q * 1e9 - round(q * 1e9)) < 1e-3 for q in fractional)
+    assert_store_matches_venue(config, alpaca)
+
+
+def test_a_malformed_venue_answer_is_a_one_line_error_from_run_and_reconcile(alpaca, tmp_path):
+    from live.broker import BrokerUnavailableError
+
+    config = alpaca_config(alpaca, tmp_path)
+    wrong_shape = [{"symbol": "SP500", "qty": "many"}]  # 200, but not a position
+    alpaca.fail("GET", "/v2/positions", 200, body=wrong_shape, count=100)
+    with pytest.raises(BrokerUnavailableError) as from_run:
+        Runner(config, max_bars=3).run()
+    with Store.open(config.store_url) as store, pytest.raises(BrokerUnavailableError) as from_rec:
+        reconcile(config, store)
+    for caught in (from_run, from_rec):
+        message = str(caught.value)
+        assert "positions: the venue's answer was not understood" in message
+        assert "\n" not in message
+
+
+def test_a_halt_landing_mid_cycle_holds_the_venue_runner_and_resume_trades_again(alpaca, tmp_path):
+    from live import failpoints
+
+    config = alpaca_config(alpaca, tmp_path)
+
+    halted_at: list[int] = []  # passes through after_state when the HALT was written
+    cycles = [0]
+
+    def halt_at_first_submit(n):
+        if n == 1:  # after the cycle read the HALT table, before the order moved to SUBMITTING
+            with Store.open(config.store_url) as store:
+                store.halt("operator, mid-cycle", by="pytest")
+            halted_at.append(cycles[0])
+
+    def resume_later(n):
+        cycles[0] = n
+        if halted_at and n == halted_at[0] + 10:  # a person resumes ten bars later
+            with Store.open(config.store_url) as store:
+                store.resume(by="pytest")
+
+    failpoints.set_hook("after_intent", halt_at_first_submit)
+    failpoints.set_hook("after_state", resume_later)
+    try:
+        summary = Runner(config).run()
+    finally:
+        failpoints.set_hook("after_intent", None)
+        failpoints.set_hook("after_state", None)
+    assert summary.ended == "replay finished"
+    with Store.open(config.store_url) as store:
+        intents = store.intents()
+    assert intents[0].state == "CANCELLED" and not [i for i in intents if i.state == "NEW"]
+    sent = {o["client_order_id"] for o in venue_orders(alpaca).values()}
+    assert intents[0].client_order_id not in sent and sent  # trading went on after the resume
     assert_store_matches_venue(config, alpaca)

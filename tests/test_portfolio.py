@@ -401,12 +401,15 @@ def test_config_round_trips_through_a_dict():
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"risk": {}}, r"live.toml: unknown key\(s\) risk"),
-        ({"sim": {"fee_bps": 1}}, r"live.toml: sim: unknown simulation setting\(s\) fee_bps"),
-        ({"limits": {"max_heat": 5}}, r"live.toml: unknown key\(s\) limits.max_heat"),
-        ({"limits": {"max_heat_pct": -1}}, r"live.toml: limits.max_heat_pct=-1"),
-        ({"limits": {"daily_loss_limit_pct": 150}}, r"limits.daily_loss_limit_pct=150"),
-        ({"conflict": "vote"}, r"conflict='vote' is not allowed; choose one of net, priority"),
+        ({"risk": {}}, r"live.toml: risk: unknown section; allowed: conflict, limits, sim"),
+        ({"sim": {"fee_bps": 1}}, r"live.toml: \[sim\] fee_bps: unknown key; allowed: cash"),
+        ({"limits": {"max_heat": 5}}, r"live.toml: \[limits\] max_heat: unknown key; allowed"),
+        ({"limits": {"max_heat_pct": -1}}, r"live.toml: \[limits\] max_heat_pct=-1"),
+        ({"limits": {"daily_loss_limit_pct": 150}}, r"\[limits\] daily_loss_limit_pct=150"),
+        ({"limits": {"max_heat_pct": "5"}}, r"\[limits\] max_heat_pct: must be a number"),
+        ({"sim": {"whole_units": 1}}, r"\[sim\] whole_units: must be true or false, got 1"),
+        ({"sim": {"fill": "open"}}, r"\[sim\] fill: must be one of next-open, close"),
+        ({"conflict": "vote"}, r"live.toml: conflict: must be one of net, priority, flat"),
         ({"sleeves": []}, r"sleeves: must be a non-empty list"),
     ],
 )
@@ -418,8 +421,9 @@ def test_bad_portfolio_keys_are_refused(change, expected):
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"colour": "red"}, r"sleeves\[1\].colour"),
-        ({"strategy": "nope"}, r"sleeves\[1\]: sleeve 'nope': strategy: unknown strategy 'nope'"),
+        ({"colour": "red"}, r"live.toml: \[sleeves\[1\]\] colour: unknown key; allowed: alloc"),
+        ({"strategy": "nope"}, r"\[sleeves\[1\]\] sleeve 'nope': strategy: unknown strategy"),
+        ({"allocation": None}, r"\[sleeves\[1\]\] allocation: must be a number, got None"),
         ({"params": {"speed": 3}}, r"params: strategy 'rsi_reversion' has no parameter 'speed'"),
         ({"params": {"rsi_window": 1}}, r"params: .*'rsi_window'=1 outside"),
         ({"allocation": 0}, r"allocation=0 must be in \(0, 1\]"),

@@ -124,3 +124,32 @@ def test_regression_optimize_reports_a_study_its_workers_already_finished(spec, 
     code, out = invoke("research", "optimize", str(spec), "--no-track", "--json")
     assert code == 0, out
     assert json.loads(out)["trials"] == 12
+
+
+def test_regression_bad_out_directory_is_refused_before_the_run(spec, tmp_path):
+    (tmp_path / "file").write_text("x")
+    code, out = invoke(
+        "research", "optimize", str(spec), "--no-track", "--out", str(tmp_path / "file" / "p")
+    )
+    assert code == 2 and "is not a directory" in out and out.count("\n") == 0
+
+
+@pytest.mark.skipif(shutil.which("quantshift") is None, reason="console script not installed")
+def test_regression_unreachable_mlflow_server_is_one_line_and_exit_2(spec):
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.perf_counter()
+    done = subprocess.run(
+        ["quantshift", "research", "optimize", str(spec), "--tracking-uri",
+         f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert (
+        done.stderr.startswith("error: cannot reach MLflow server") and done.stderr.count("\n") == 1
+    )
+    assert time.perf_counter() - started < 60

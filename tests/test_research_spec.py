@@ -47,12 +47,15 @@ def _with(section: str, **values):
         ({"experiment": MINIMAL["experiment"]}, r"missing section \[data\]"),
         (_with("data", start="not a date"), r"\[data\] start: is not a date"),
         (_with("data", symbols=[]), r"\[data\] symbols: must be a non-empty list"),
-        (_with("costs", fees=1), r"\[costs\] unknown simulation setting"),
+        (_with("costs", fees=1), r"x.toml: \[costs\] fees: unknown key; allowed: cash"),
+        (_with("costs", size=7), r"x.toml: \[costs\] size=7 must be between"),
+        (_with("costs", kelly_min_trades=2.5), r"\[costs\] kelly_min_trades: must be an integer"),
         (_with("params", fast=50, slow=20), r"\[params\] .*constraint fast < slow"),
         (_with("params", speed=3), r"\[params\] .*no parameter 'speed'"),
         (_with("search", method="bayes"), r"\[search\] method: must be one of optuna, grid"),
         (_with("search", objectives=["alpha"]), r"unknown metric 'alpha'"),
-        (_with("search", space={"speed": {"low": 1, "high": 2}}), r"speed: strategy"),
+        (_with("search", space={"speed": {"low": 1, "high": 2}}), r"\[search.space\] speed: strat"),
+        (_with("search", space=[1]), r"\[search.space\] must be a table"),
         (_with("search", space={"fast": {"low": 9, "high": 2}}), r"low <= high"),
         (_with("search", space={"fast": {"low": 1}}), r"a range is \{low"),
         (_with("search", space={"fast": {"low": 1, "high": 5, "step": 0}}), r"step must"),
@@ -86,6 +89,7 @@ def test_file_errors_name_the_file(tmp_path):
 def test_grid_values():
     assert grid_values(3.0) == [3.0]
     assert grid_values([5.0, 1.0]) == [5.0, 1.0]
-    assert grid_values((2.0, 6.0)) == [2.0, 3.0, 4.0, 5.0, 6.0]
-    assert grid_values((10.0, 20.0, 5)) == [10.0, 15.0, 20.0]
-    assert grid_values((0.1, 0.3, 0.1)) == pytest.approx([0.1, 0.2, 0.3])
+    assert list(grid_values((2.0, 6.0))) == [2.0, 3.0, 4.0, 5.0, 6.0]
+    assert list(grid_values((10.0, 20.0, 5))) == [10.0, 15.0, 20.0]
+    assert list(grid_values((0.1, 0.3, 0.1))) == pytest.approx([0.1, 0.2, 0.3])
+    assert len(grid_values((0.5, 4.0, 1e-9))) == 3_500_000_001  # counted, not built

@@ -199,7 +199,7 @@ def test_purged_kfold_properties(n, k, purge, embargo):
         splits = list(cv.split(np.zeros(n)))
     except ConfigError as error:
         assert "no training data" in str(error)
-        assert purge + embargo + n // k >= n - 1  # only when the gaps swallow everything
+        assert 2 * purge + embargo + n // k >= n - 1  # only when the gaps swallow everything
         return
     for train, test in splits:
         _check_indices(train, n)
@@ -208,11 +208,28 @@ def test_purged_kfold_properties(n, k, purge, embargo):
         start, stop = test[0], test[-1] + 1
         others = np.setdiff1d(np.arange(n), test)
         purged = others[(others >= start - purge) & (others < start)]
-        embargoed = others[(others >= stop) & (others < stop + embargo)]
-        assert purged.size == min(purge, start) and embargoed.size == min(embargo, n - stop)
+        embargoed = others[(others >= stop) & (others < stop + purge + embargo)]
+        assert purged.size == min(purge, start)
+        assert embargoed.size == min(purge + embargo, n - stop)
         np.testing.assert_array_equal(train, np.setdiff1d(others, np.r_[purged, embargoed]))
         covered.append(test)
     np.testing.assert_array_equal(np.concatenate(covered), np.arange(n))
+
+
+def test_regression_purged_kfold_purges_both_sides_of_the_test_fold_as_in_afml_7_3():
+    # Labels span 2 bars ahead (purge=2), embargo 1, 20 observations in 4 folds of 5. By hand:
+    # a training observation i is kept when its label [i, i + 2] misses the test labels
+    # [start, stop - 1 + 2] and it is not one of the embargo bars after them.
+    got = [
+        (train.tolist(), test.tolist())
+        for train, test in PurgedKFold(4, purge=2, embargo=1).split(np.zeros(20))
+    ]
+    assert got == [
+        ([8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [0, 1, 2, 3, 4]),
+        ([0, 1, 2, 13, 14, 15, 16, 17, 18, 19], [5, 6, 7, 8, 9]),
+        ([0, 1, 2, 3, 4, 5, 6, 7, 18, 19], [10, 11, 12, 13, 14]),
+        ([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [15, 16, 17, 18, 19]),
+    ]
 
 
 @st.composite

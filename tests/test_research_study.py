@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
+from numba import njit
 
 from research.spec import parse_spec
 from research.stats import deflated_sharpe_ratio
@@ -121,3 +123,62 @@ def test_montecarlo_command_uses_the_fixed_params():
     assert rep.summary["params"] == {"fast": 10.0, "slow": 40.0}
     assert math.isfinite(rep.summary["mc_max_drawdown_pct_p95"])
     assert rep.summary["mc_max_drawdown_pct_p95"] >= rep.summary["mc_max_drawdown_pct_p50"]
+
+
+def test_regression_repeated_parameter_sets_count_once_in_pbo():
+    # Four distinct parameter sets, twelve trials: the sampler repeats itself, and a repeated
+    # set is one strategy, not several that tie for the best in-sample rank.
+    space = {"fast": {"low": 3, "high": 6, "step": 3}, "slow": {"low": 20, "high": 30, "step": 10}}
+    rep = run(
+        _spec(method="optuna", trials=12, batch_size=4, sampler="random", space=space),
+        "optimize",
+        track=False,
+    )
+    ledger = rep.parts["ledger"].frame
+    complete = ledger[ledger["state"] == "complete"]
+    distinct = len(complete[["fast", "slow"]].drop_duplicates())
+    assert len(complete) > distinct
+    assert rep.summary["pbo_trials"] == distinct
+    assert rep.summary["causality"]["causal"] is True
+    assert rep.summary["causality"]["summary"].startswith("SP500: ma_crossover: causal")
+
+
+@njit
+def _peek_next_close_nb(open_, high, low, close, volume, params, entries, exits, stop, tp, trail):
+    # Every bar reads the next close; at the last bar numba reads past the end unchecked.
+    for t in range(close.shape[0]):
+        entries[t] = close[t + 1] > close[t] * (1.0 + params[0] / 1e4)
+        exits[t] = close[t + 1] < close[t]
+
+
+def test_regression_a_peeking_strategy_is_refused_by_the_gate_with_the_reason():
+    from test_promotion_record import GOOD
+
+    from quantshift.promotion import PaperGate, evaluate_paper_gate
+    from quantshift.strategies import Param, Strategy, register
+
+    register(
+        Strategy(
+            name="peeking_next_close",
+            description="buys before a rise it has already seen",
+            params=(Param(name="edge_bps", default=0, low=0, high=10, integer=True),),
+            signal_nb=_peek_next_close_nb,
+            warmup=lambda v: 1,
+        )
+    )
+    raw = {k: dict(v) for k, v in RAW.items()}
+    raw["experiment"]["strategy"] = "peeking_next_close"
+    raw["params"] = {}
+    raw["search"]["space"] = {"edge_bps": {"low": 0, "high": 4, "step": 2}}
+    rep = run(parse_spec(raw, source="peek.toml"), "optimize", track=False)
+    assert rep.summary["is_sharpe"] > 3  # what the peek buys in a backtest
+    verdict = rep.summary["causality"]
+    assert verdict["causal"] is False and verdict["symbol"] == "SP500"
+    evidence = dataclasses.replace(GOOD, causality=verdict["summary"], causal=verdict["causal"])
+    result = evaluate_paper_gate(evidence, PaperGate())
+    assert [c.name for c in result.failed] == ["strategy causal on the study's data"]
+    assert (
+        "FAIL  strategy causal on the study's data: False == True  (SP500: peeking_next_close: "
+        "LOOKS AHEAD: entries at bar 0 computed on the first 1 bars changes with the values "
+        "past the prefix's end (it reads beyond bar t)"
+    ) in "\n".join(result.lines())

@@ -5,6 +5,7 @@ Runs, nested children, steps, artifacts read back, failure status, secrets maski
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -34,7 +35,6 @@ from research.tracking import (
     Tracker,
     default_artifact_root,
     default_tracking_uri,
-    mask_secrets,
     ui_command,
 )
 
@@ -307,15 +307,6 @@ def test_two_stores_in_one_process_do_not_interfere(tracker, tmp_path):
 
 
 # --------------------------------------------------------------------------- secrets
-def test_mask_secrets():
-    assert mask_secrets(SECRET_URL) == MASKED_URL
-    assert mask_secrets(f"redis://:{PASSWORD}@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
-    assert mask_secrets(f"https://h/api?token={PASSWORD}&x=1") == "https://h/api?token=***&x=1"
-    assert mask_secrets(f"db {SECRET_URL} and {SECRET_URL}") == f"db {MASKED_URL} and {MASKED_URL}"
-    for clean in ("postgresql://quant@db/optuna", "sqlite:////tmp/a:b/mlflow.db", "12:30@noon"):
-        assert mask_secrets(clean) == clean
-
-
 @pytest.mark.parametrize(
     "key",
     ["api_key", "broker.secret", "ALPACA_TOKEN", "privateKey", "db_password", "passphrase", "pwd"],
@@ -497,3 +488,80 @@ def test_unreachable_database_store_fails_fast_with_the_password_masked():
             pass
     assert "hunter2" not in str(info.value) and "***" in str(info.value)
     assert time.perf_counter() - started < 30
+
+
+@pytest.fixture
+def http_answering():
+    """Start a local TCP server that answers every request with the given bytes; yield a
+    function returning its URI."""
+    import socketserver
+    import threading
+
+    servers = []
+
+    def start(answer: bytes) -> str:
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.recv(65536)
+                self.request.sendall(answer)
+
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://user:hunter2@127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+_OPEN_A_RUN = """
+import json, time
+from quantshift.errors import ConfigError
+from research.tracking import Tracker
+started = time.perf_counter()
+try:
+    with Tracker({uri!r}, experiment="x").run("r", kind="report"):
+        pass
+    print(json.dumps({{"error": None}}))
+except ConfigError as exc:
+    print(json.dumps({{"error": str(exc), "seconds": time.perf_counter() - started}}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (None, "cannot reach MLflow server"),
+        (b"\x00\xffgarbage, not HTTP\r\n\r\n", "an answer that is not HTTP"),
+        (
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "returned HTTP 500",
+        ),
+    ],
+    ids=["closed-port", "garbage", "http-500"],
+)
+def test_regression_unreachable_mlflow_server_fails_in_seconds(http_answering, answer, message):
+    # MLflow's own client retried such a server for about 4 minutes, then raised a traceback.
+    uri = f"http://user:hunter2@127.0.0.1:{_free_port()}/" if answer is None else None
+    uri = uri or http_answering(answer)
+    done = subprocess.run(
+        [sys.executable, "-c", _OPEN_A_RUN.format(uri=uri)],
+        capture_output=True,
+        text=True,
+        timeout=60,  # the unprobed client was still retrying here
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["error"] is not None and message in result["error"], result
+    assert "hunter2" not in result["error"] and result["seconds"] < 10
+
+
+@pytest.mark.parametrize("status", ["200 OK", "401 Unauthorized"])
+def test_mlflow_server_that_answers_its_health_check_passes_the_probe(http_answering, status):
+    from research.tracking import _check_reachable
+
+    answer = f"HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK".encode()
+    assert _check_reachable(http_answering(answer), "shown") is None

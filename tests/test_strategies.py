@@ -5,6 +5,7 @@ Causality is property-based: signals on any prefix of the bars equal the full-hi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import arch.data.sp500
@@ -16,9 +17,9 @@ from numba import njit
 
 from quantshift.errors import ConfigError, UnknownNameError
 from quantshift.strategies import Param, Strategy, get_strategy, list_strategies, ma_crossover
+from quantshift.strategies.causality import check_causality, run_signals
 
 SEEDS = ("bollinger_bounce", "breakout_momentum", "ma_crossover", "rsi_reversion")
-OUTPUTS = ("entries", "exits", "stop_dist", "take_profit_dist", "trail_dist")
 FIELDS = ("open", "high", "low", "close", "volume")
 
 
@@ -47,26 +48,10 @@ def synthetic_bars(n_bars: int = 600, seed: int = 11) -> tuple[np.ndarray, ...]:
 DATASETS = {"sp500": lambda: sp500_bars(3000, 3600), "synthetic": synthetic_bars}
 
 
-def run_signals(strategy: Strategy, bars, params: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Call the strategy's signal function on fresh output buffers; return the five outputs."""
-    n = bars[0].shape[0]
-    outputs = (
-        np.zeros(n, np.bool_),
-        np.zeros(n, np.bool_),
-        *(np.full(n, np.nan) for _ in range(3)),
-    )
-    strategy.signal_nb(*bars, params, *outputs)
-    return outputs
-
-
 def assert_causal(strategy: Strategy, bars, params: np.ndarray, cut: int) -> None:
-    """Assert that the signals computed on bars[:cut] equal the full-history signals on [:cut]."""
-    full = run_signals(strategy, bars, params)
-    prefix = run_signals(strategy, tuple(a[:cut] for a in bars), params)
-    for name, whole, part in zip(OUTPUTS, full, prefix, strict=True):
-        np.testing.assert_array_equal(
-            part, whole[:cut], err_msg=f"{strategy.name}: {name} on bars[:{cut}] looks ahead"
-        )
+    """Assert that the signals computed on a copy of bars[:cut] equal the full-history signals."""
+    verdict = check_causality(strategy, bars, params, cuts=[cut])
+    assert verdict.causal, f"{verdict.output} on bars[:{cut}] looks ahead: {verdict.summary()}"
 
 
 @st.composite
@@ -188,6 +173,17 @@ def _peek_next_close_nb(open_, high, low, close, volume, params, entries, exits,
 
 
 @njit
+def _peek_next_close_every_bar_nb(
+    open_, high, low, close, volume, params, entries, exits, stop, tp, trail
+):
+    # The commonest peek, on every bar: the last one reads past the end of the array, which
+    # numba does not check; on a view of the full history it reads the real next bar.
+    for t in range(close.shape[0]):
+        entries[t] = close[t + 1] > close[t]
+        exits[t] = close[t + 1] < close[t]
+
+
+@njit
 def _peek_full_history_mean_nb(
     open_, high, low, close, volume, params, entries, exits, stop, tp, trail
 ):
@@ -207,7 +203,10 @@ def _peeking(signal_nb) -> Strategy:
     )
 
 
-@pytest.mark.parametrize("signal_nb", [_peek_next_close_nb, _peek_full_history_mean_nb])
+PEEKS = [_peek_next_close_nb, _peek_next_close_every_bar_nb, _peek_full_history_mean_nb]
+
+
+@pytest.mark.parametrize("signal_nb", PEEKS)
 def test_causality_check_catches_lookahead(signal_nb):
     strategy = _peeking(signal_nb)
     bars = sp500_bars(3000, 3600)
@@ -219,6 +218,53 @@ def test_causality_check_catches_lookahead(signal_nb):
             assert "looks ahead" in str(error)
             caught += 1
     assert caught > 10
+
+
+def test_regression_a_peek_past_the_end_of_a_view_is_caught_on_copies():
+    # The old check ran signals on the view bars[:cut]: close[t + 1] at the last bar read the
+    # real next bar, so the prefix matched the full history and the peek passed.
+    strategy = _peeking(_peek_next_close_every_bar_nb)
+    bars = sp500_bars(3000, 3600)
+    cut = 300
+    on_view = run_signals(strategy, tuple(a[:cut] for a in bars), np.empty(0))
+    full = run_signals(strategy, bars, np.empty(0))
+    np.testing.assert_array_equal(on_view[0], full[0][:cut])
+    verdict = check_causality(strategy, bars, np.empty(0))
+    assert not verdict.causal
+    assert verdict.cut == 1 and verdict.bar == 0
+    assert "reads beyond bar t" in verdict.summary()
+    assert "peeking: LOOKS AHEAD" in verdict.summary()
+
+
+def test_a_peek_past_the_end_in_plain_python_is_a_verdict_not_a_crash():
+    # Without numba (NUMBA_DISABLE_JIT=1) the read past the end raises IndexError.
+    strategy = _peeking(_peek_next_close_every_bar_nb.py_func)
+    verdict = check_causality(strategy, sp500_bars(3000, 3100), np.empty(0))
+    assert not verdict.causal and verdict.cut == 100 and verdict.bar == 99
+    assert "raise IndexError: it reads beyond bar t" in verdict.summary()
+
+
+def test_strategies_check_command_exits_1_on_a_peeking_strategy():
+    from typer.testing import CliRunner
+
+    from quantshift.cli import app
+    from quantshift.strategies import register
+
+    register(dataclasses.replace(_peeking(_peek_next_close_every_bar_nb), name="peeking_cli"))
+    data = "synthetic:symbols=1,bars=300,seed=3"
+    peek = CliRunner().invoke(app, ["strategies", "check", "peeking_cli", "--data", data])
+    assert peek.exit_code == 1
+    assert "peeking_cli: LOOKS AHEAD: entries at bar 0 computed on the first 1 bars" in peek.output
+    fine = CliRunner().invoke(app, ["strategies", "check", "ma_crossover", "--data", data])
+    assert fine.exit_code == 0 and "ma_crossover: causal (" in fine.output
+
+
+def test_causality_verdict_names_the_parameter_set():
+    strategy = get_strategy("ma_crossover")
+    grid = strategy.grid({"fast": [5, 10], "slow": [20, 50]})
+    verdict = check_causality(strategy, sp500_bars(3000, 3400), grid)
+    assert verdict.causal and verdict.param_sets_checked == 4
+    assert "causal (" in verdict.summary()
 
 
 def test_peeking_at_the_next_close_fails_before_a_rise():
@@ -296,3 +342,49 @@ def test_warmup_is_exact(name, data):
     entries, exits, *_ = run_signals(strategy, _earliest_entry_bars(name, warmup + 1), params)
     assert not entries[:warmup].any() and not exits[:warmup].any()
     assert entries[warmup], f"{name} could enter at bar {warmup} but did not"
+
+
+def test_regression_grid_is_counted_before_it_is_built_and_blocks_keep_product_order():
+    import itertools
+
+    from quantshift.errors import ConfigError
+    from quantshift.strategies.grid import GridAxis
+
+    strategy = get_strategy("breakout_momentum")
+    axes = {"entry_window": range(5, 40, 3), "exit_window": [30, 2, 30, 11], "trail_atr": (1, 3)}
+    oracle = [
+        combo
+        for combo in itertools.product(
+            *(dict.fromkeys(axes.get(p.name, [p.default])) for p in strategy.params)
+        )
+        if all(
+            c.holds(dict(zip(strategy.param_names, combo, strict=True)))
+            for c in strategy.constraints
+        )
+    ]
+    matrix = strategy.grid(axes)
+    np.testing.assert_array_equal(matrix, np.array(oracle, dtype=np.float64))
+    grid = strategy.parameter_grid(axes)
+    for block_sets in (1, 7, 10_000):
+        np.testing.assert_array_equal(np.concatenate(list(grid.blocks(block_sets))), matrix)
+    with pytest.raises(ConfigError, match=r"3,500,000,001 parameter sets"):
+        get_strategy("bollinger_bounce").grid({"bb_std": GridAxis(0.5, 4.0, 1e-9)})
+    with pytest.raises(ConfigError, match=r"10,000,000,000 parameter sets"):
+        strategy.grid({"entry_window": range(10**10)})
+
+
+def test_a_grid_swept_in_chunks_equals_one_pass():
+    import pandas as pd
+
+    import quantshift as qs
+
+    bars = qs.load_bars("synthetic:symbols=2,bars=400,seed=8")
+    grid = {"fast": range(2, 30), "slow": [20, 35, 20, 50]}
+    seen = []
+    chunked = qs.sweep("ma_crossover", bars, grid, progress=lambda d, t: seen.append((d, t)))
+    whole = qs.sweep("ma_crossover", bars, grid)
+    assert len(seen) > 1 and seen[-1] == (len(whole) // 2, len(whole) // 2)
+    pd.testing.assert_frame_equal(chunked, whole)
+    np.testing.assert_array_equal(
+        whole[["fast", "slow"]].to_numpy()[::2], get_strategy("ma_crossover").grid(grid)
+    )

@@ -51,8 +51,9 @@ from live.broker import (
     BrokerRejectedError,
     BrokerUnavailableError,
     OrderRequest,
+    venue_answer,
 )
-from live.secrets import load_secret
+from live.secrets import load_secrets, scrub
 from quantshift.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,12 @@ def _our_policy(client: Any, timeout_s: float) -> Any:
 
 
 def _venue_message(exc: APIError) -> str:
+    text = scrub(str(exc))  # before truncating: a cut secret would not be recognised
     try:
-        body = json.loads(str(exc))
+        body = json.loads(text)
         return str(body.get("message", body)) if isinstance(body, dict) else str(body)
     except (ValueError, TypeError):
-        return str(exc)[:200]
+        return text[:200]
 
 
 class AlpacaBroker(Broker):
@@ -116,15 +118,10 @@ class AlpacaBroker(Broker):
     def __init__(self, config: AlpacaConfig, *, sleep: Callable[[float], None] = time.sleep):
         self.config = config
         self._sleep = sleep
-        where = f"alpaca broker ({config.mode})"
-        self._key_id = load_secret(
-            KEY_ID_NAME, env=config.key_id_env, secrets_file=config.secrets_file, where=where
-        )
-        self._secret = load_secret(
-            SECRET_KEY_NAME,
-            env=config.secret_key_env,
-            secrets_file=config.secrets_file,
-            where=where,
+        self._key_id, self._secret = load_secrets(
+            config,
+            ((KEY_ID_NAME, "key_id_env"), (SECRET_KEY_NAME, "secret_key_env")),
+            f"alpaca broker ({config.mode})",
         )
         self._trading = self._trading_client()
         self._data = _our_policy(
@@ -160,7 +157,8 @@ class AlpacaBroker(Broker):
         limited = failed = 0
         while True:
             try:
-                return fn()
+                with venue_answer(VENUE, what, sends=submit):
+                    return fn()
             except APIError as exc:
                 status = exc.status_code
                 if status == 429:
@@ -224,8 +222,10 @@ class AlpacaBroker(Broker):
                 f"alpaca broker: SDK paper flag disagrees with mode {self.config.mode!r}"
             )
         account = self._call("connect", self._trading.get_account)
-        if is_paper_account(account) != self.config.paper:
-            kind = "paper" if is_paper_account(account) else "live"
+        with venue_answer(VENUE, "connect"):
+            paper_account = is_paper_account(account)
+        if paper_account != self.config.paper:
+            kind = "paper" if paper_account else "live"
             raise ConfigError(
                 f"alpaca broker: mode is {self.config.mode!r} but account "
                 f"{account.account_number} is a {kind} account; fix [broker] mode or the keys"
@@ -234,13 +234,18 @@ class AlpacaBroker(Broker):
             raise BrokerAuthError(
                 VENUE, f"account {account.account_number} is blocked from trading"
             )
-        return account_from_model(account)
+        with venue_answer(VENUE, "connect"):
+            return account_from_model(account)
 
     def account(self) -> Account:
-        return account_from_model(self._call("account", self._trading.get_account))
+        answer = self._call("account", self._trading.get_account)
+        with venue_answer(VENUE, "account"):
+            return account_from_model(answer)
 
     def positions(self) -> dict[str, float]:
-        return positions_from_models(self._call("positions", self._trading.get_all_positions))
+        answer = self._call("positions", self._trading.get_all_positions)
+        with venue_answer(VENUE, "positions"):
+            return positions_from_models(answer)
 
     def quantity_step(self, symbol: str) -> float:
         """Fractionable assets trade to 9 decimals (market and day orders), others in shares."""
@@ -252,7 +257,9 @@ class AlpacaBroker(Broker):
 
     def market_clock(self) -> MarketClock:
         """Whether the US equity market is open now, and its next open and close (UTC)."""
-        return clock_from_model(self._call("clock", self._trading.get_clock))
+        answer = self._call("clock", self._trading.get_clock)
+        with venue_answer(VENUE, "clock"):
+            return clock_from_model(answer)
 
     def submit(self, request: OrderRequest) -> BrokerOrder:
         """Send ``request``; a client order id Alpaca already has is adopted, not rejected.
@@ -286,7 +293,8 @@ class AlpacaBroker(Broker):
             raise BrokerRejectedError(
                 VENUE, f"order {cid}: HTTP {exc.status_code} {message}"
             ) from None
-        return order_from_model(placed)
+        with venue_answer(VENUE, f"submit {cid}", sends=True):
+            return order_from_model(placed)
 
     def order(self, client_order_id: str) -> BrokerOrder | None:
         try:
@@ -300,7 +308,8 @@ class AlpacaBroker(Broker):
             raise BrokerUnavailableError(
                 VENUE, f"order {client_order_id}: HTTP {exc.status_code} {_venue_message(exc)}"
             ) from None
-        return order_from_model(found)
+        with venue_answer(VENUE, f"order {client_order_id}"):
+            return order_from_model(found)
 
     def cancel(self, client_order_id: str) -> BrokerOrder | None:
         """Cancel and wait (up to ``timeout_s``) for Alpaca's asynchronous cancel to land."""
@@ -327,7 +336,8 @@ class AlpacaBroker(Broker):
     def open_orders(self) -> list[BrokerOrder]:
         query = GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500, nested=False)
         found = self._call("open orders", lambda: self._trading.get_orders(query))
-        return [o for o in map(order_from_model, found) if not o.is_final]
+        with venue_answer(VENUE, "open orders"):
+            return [o for o in map(order_from_model, found) if not o.is_final]
 
     def fills(self, since_ns: int = 0) -> list[BrokerFill]:
         """FILL account activities at or after ``since_ns``, oldest first. alpaca-py 0.44 does
@@ -344,11 +354,15 @@ class AlpacaBroker(Broker):
         while True:
             query = dict(params)
             page = self._call("fills", lambda q=query: client.get("/account/activities/FILL", q))
-            rows.extend(page or [])
-            if not page or len(page) < ACTIVITIES_PAGE_SIZE:
-                break
-            params["page_token"] = page[-1]["id"]
-        out = [fill_from_activity(a, self._client_order_id(client, a["order_id"])) for a in rows]
+            with venue_answer(VENUE, "fills"):
+                rows.extend(page or [])
+                if not page or len(page) < ACTIVITIES_PAGE_SIZE:
+                    break
+                params["page_token"] = page[-1]["id"]
+        with venue_answer(VENUE, "fills"):
+            out = [
+                fill_from_activity(a, self._client_order_id(client, a["order_id"])) for a in rows
+            ]
         return sorted((f for f in out if f.ts_fill_ns >= since_ns), key=lambda f: f.ts_fill_ns)
 
     def _client_order_id(self, client: TradingClient, venue_order_id: str) -> str:

@@ -13,7 +13,8 @@ from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
 
 from live.alpaca.client import AlpacaBroker
 from live.alpaca.config import AlpacaConfig
-from live.alpaca.parse import bars_frame, to_datetime
+from live.alpaca.parse import VENUE, bars_frame, to_datetime
+from live.broker import venue_answer
 from quantshift.errors import ConfigError
 
 TIMEFRAMES = {
@@ -92,13 +93,14 @@ def bar_pages(
         query = dict(params, **({"page_token": token} if token else {}))
         what = f"bars {symbol} {timeframe} page {page}"
         answer = broker._call(what, lambda q=query: broker._data.get("/stocks/bars", q)) or {}
-        bars = answer.get("bars") or {}
-        rows = bars.get(symbol, []) if isinstance(bars, dict) else bars
-        frame = bars_frame(rows)
+        with venue_answer(VENUE, what):
+            bars = answer.get("bars") or {}
+            rows = bars.get(symbol, []) if isinstance(bars, dict) else bars
+            frame = bars_frame(rows)
+            token = answer.get("next_page_token")
         frame = frame[(frame["ts_ns"] > last_ns) & (frame["ts_ns"] < end_ns)]
         if len(frame):
             last_ns = int(frame["ts_ns"].iloc[-1])
             yield frame.reset_index(drop=True)
-        token = answer.get("next_page_token")
         if not token:
             return

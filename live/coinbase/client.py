@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import threading
 import time
@@ -31,16 +32,25 @@ from live.broker import (
     BrokerUnavailableError,
     OrderRequest,
     OrderStatus,
+    venue_answer,
 )
 from live.coinbase import parse
 from live.coinbase.config import API_KEY_NAME, API_SECRET_NAME, CoinbaseConfig
 from live.coinbase.stream import FillStream
-from live.secrets import Secret, load_secret
+from live.logs import ScrubSecrets
+from live.secrets import Secret, load_secrets, scrub
 
 VENUE = "coinbase"
 PAGE_LIMIT = 250
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+SDK_LOGGERS = ("coinbase.RESTClient", "coinbase.WSClient")
+
+# The SDK logs every HTTP error with the venue's answer through a stderr handler of its own
+# (coinbase/api_base.py); an answer may echo a key. Its records go our way, scrubbed.
+for _name in SDK_LOGGERS:
+    logging.getLogger(_name).handlers.clear()
+    logging.getLogger(_name).addFilter(ScrubSecrets())
 
 
 class OrderNotFoundError(BrokerError):
@@ -70,12 +80,10 @@ def load_credentials(config: CoinbaseConfig) -> Credentials:
     BrokerAuthError
         When the private key is not a PEM EC or Ed25519 key (naming its source, never its value).
     """
-    where = "coinbase broker"
-    key = load_secret(
-        API_KEY_NAME, env=config.api_key_env, secrets_file=config.secrets_file, where=where
-    )
-    secret = load_secret(
-        API_SECRET_NAME, env=config.api_secret_env, secrets_file=config.secrets_file, where=where
+    key, secret = load_secrets(
+        config,
+        ((API_KEY_NAME, "api_key_env"), (API_SECRET_NAME, "api_secret_env")),
+        "coinbase broker",
     )
     credentials = Credentials(key, secret)
     # The SDK turns "\n" escapes into newlines before signing; do the same to check the key.
@@ -144,8 +152,8 @@ def retry_wait_s(headers: Any, attempt: int, config: CoinbaseConfig) -> float:
 
 
 def _body(response: requests.Response | None) -> str:
-    text = (response.text if response is not None else "") or ""
-    return " ".join(text.split())[:300]
+    text = scrub((response.text if response is not None else "") or "")
+    return " ".join(text.split())[:300]  # scrubbed first: a cut secret would not be recognised
 
 
 def call_venue(
@@ -171,7 +179,8 @@ def call_venue(
     attempt = 0
     while True:
         try:
-            return call()
+            with venue_answer(VENUE, what, sends=sends):
+                return call()
         except HTTPError as exc:
             response = exc.response
             status = response.status_code if response is not None else 0
@@ -199,6 +208,18 @@ def call_venue(
         except requests.RequestException as exc:  # timeout, reset, TLS: no answer at all
             kind = BrokerAmbiguousError if sends else BrokerUnavailableError
             raise kind(VENUE, f"{what}: no answer ({type(exc).__name__}: {exc})") from exc
+
+
+def _reads(method: Callable[..., T]) -> Callable[..., T]:
+    """Read the venue's answers in ``method`` through ``venue_answer``: one that does not
+    parse is a ``BrokerUnavailableError`` saying so, not a parser's traceback."""
+
+    @functools.wraps(method)
+    def reading(self, *args: Any, **kwargs: Any) -> T:
+        with venue_answer(VENUE, method.__name__.strip("_").replace("_", " ")):
+            return method(self, *args, **kwargs)
+
+    return reading
 
 
 # ----------------------------------------------------------------------------- the broker
@@ -271,6 +292,7 @@ class CoinbaseBroker(Broker):
                 return
 
     # ------------------------------------------------------------------ account
+    @_reads
     def connect(self) -> Account:
         """Check the keys (401/403 -> ``BrokerAuthError``) and their trade permission, then
         return the account. The mode was checked against the host by the config."""
@@ -290,6 +312,7 @@ class CoinbaseBroker(Broker):
         )
         return parse.balances(accounts, self.config.quote_currency)
 
+    @_reads
     def account(self) -> Account:
         balances = self._balances()
         value = 0.0
@@ -307,15 +330,18 @@ class CoinbaseBroker(Broker):
             currency=self.config.quote_currency,
         )
 
+    @_reads
     def positions(self) -> dict[str, float]:
         """Units owned per product (``BTC`` -> ``"BTC-USD"``), available plus held."""
         return dict(self._balances().units)
 
+    @_reads
     def products(self) -> dict[str, dict[str, Any]]:
         """Tradable spot products by id, with the venue's increments and minimum sizes."""
         answer = self._call("list products", lambda: self.rest.get_products(product_type="SPOT"))
         return {p["product_id"]: p for p in answer.to_dict().get("products") or []}
 
+    @_reads
     def quantity_step(self, symbol: str) -> float:
         """The product's ``base_increment`` (e.g. 0.00000001 BTC)."""
         steps = self.__dict__.setdefault("_steps", {})
@@ -362,7 +388,8 @@ class CoinbaseBroker(Broker):
             ),
             sends=True,
         )
-        result = parse.create_result(answer.to_dict())
+        with venue_answer(VENUE, what, sends=True):
+            result = parse.create_result(answer.to_dict())
         if result.success:
             self.remember(cid, result.order_id)
             try:
@@ -379,6 +406,7 @@ class CoinbaseBroker(Broker):
             return existing
         raise BrokerRejectedError(VENUE, f"{what}: {result.reason}")
 
+    @_reads
     def _get(self, venue_order_id: str) -> BrokerOrder:
         answer = self._call(
             f"get order {venue_order_id}", lambda: self.rest.get_order(venue_order_id)
@@ -387,6 +415,7 @@ class CoinbaseBroker(Broker):
         self.remember(order.client_order_id, order.venue_order_id)
         return order
 
+    @_reads
     def order(self, client_order_id: str) -> BrokerOrder | None:
         """Look an order up by client order id: the known order id, else a search of
         ``list_orders`` newest first. None if the venue never received it."""
@@ -410,6 +439,7 @@ class CoinbaseBroker(Broker):
                 return parse.order_from_venue(raw)
         return None
 
+    @_reads
     def open_orders(self) -> list[BrokerOrder]:
         orders = [
             parse.order_from_venue(raw)
@@ -424,6 +454,7 @@ class CoinbaseBroker(Broker):
             self.remember(o.client_order_id, o.venue_order_id)
         return [o for o in orders if not o.is_final]
 
+    @_reads
     def cancel(self, client_order_id: str) -> BrokerOrder | None:
         """Cancel the rest of an order and return it once final (or as it stands after
         ``cancel_wait_s``); a final order is returned as it is."""
@@ -452,6 +483,7 @@ class CoinbaseBroker(Broker):
             cid = self._get(venue_order_id).client_order_id
         return cid
 
+    @_reads
     def fills(self, since_ns: int = 0) -> list[BrokerFill]:
         since = parse.ns_to_rfc3339(max(since_ns, 0))
         raw = list(
@@ -467,6 +499,7 @@ class CoinbaseBroker(Broker):
         out = [parse.fill_from_venue(f, self._client_id_of(f["order_id"])) for f in raw]
         return sorted((f for f in out if f.ts_fill_ns >= since_ns), key=_fill_order)
 
+    @_reads
     def order_fills(self, venue_order_id: str, client_order_id: str = "") -> list[BrokerFill]:
         """Every execution of one venue order, oldest first."""
         raw = self._pages(

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 
 import pandas as pd
 
+from live.broker import venue_answer
 from live.coinbase import parse
-from live.coinbase.client import CoinbaseBroker, call_venue, rest_client
+from live.coinbase.client import VENUE, CoinbaseBroker, call_venue, rest_client
 from live.coinbase.config import CoinbaseConfig
 from quantshift.errors import ConfigError
 
@@ -78,7 +79,8 @@ def bar_pages(
             ),
             auth_hint=hint,
         )
-        frame = parse.candles_frame(answer.to_dict().get("candles") or [])
+        with venue_answer(VENUE, f"candles {symbol} {timeframe} from {first_s}"):
+            frame = parse.candles_frame(answer.to_dict().get("candles") or [])
         keep = (frame["ts_ns"] >= window_start) & (frame["ts_ns"] < min(window_end, end_ns))
         if last_ns is not None:
             keep &= frame["ts_ns"] > last_ns

@@ -8,7 +8,11 @@ from live.store.errors import (
     IllegalTransitionError,
     RunnerLockedError,
     StaleEpochError,
+    StoreCorruptError,
     StoreError,
+    StoreMissingError,
+    StoreOwnerError,
+    StoreReplacedError,
     StoreUnavailableError,
     StoreVersionError,
     UnknownOrderError,
@@ -16,6 +20,7 @@ from live.store.errors import (
 from live.store.ids import client_order_id
 from live.store.locks import RunnerLock
 from live.store.migrate import LATEST_VERSION
+from live.store.outbox import Notification
 from live.store.records import (
     PORTFOLIO,
     TERMINAL_STATES,
@@ -50,6 +55,7 @@ __all__ = [
     "Heartbeat",
     "IllegalTransitionError",
     "Intent",
+    "Notification",
     "OrderEvent",
     "OrderState",
     "Performance",
@@ -59,7 +65,11 @@ __all__ = [
     "RunnerLockedError",
     "StaleEpochError",
     "Store",
+    "StoreCorruptError",
     "StoreError",
+    "StoreMissingError",
+    "StoreOwnerError",
+    "StoreReplacedError",
     "StoreStatus",
     "StoreUnavailableError",
     "StoreVersionError",

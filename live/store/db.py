@@ -5,7 +5,7 @@ SQL is written once with ``?`` placeholders (PostgreSQL gets ``%s``); no ORM.
 
 from __future__ import annotations
 
-import re
+import os
 import sqlite3
 import threading
 import time
@@ -16,24 +16,28 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from live.store.errors import StaleEpochError, StoreError, StoreUnavailableError
+from live.store.errors import (
+    StaleEpochError,
+    StoreCorruptError,
+    StoreError,
+    StoreMissingError,
+    StoreReplacedError,
+    StoreUnavailableError,
+)
 from quantshift.errors import ConfigError
+from quantshift.urls import mask_secrets, postgres_url
 
 SQLITE = "sqlite"
 POSTGRES = "postgresql"
 MEMORY = ":memory:"
 _PG_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+_NO_DATABASE = "3D000"  # PostgreSQL's invalid_catalog_name: the database does not exist
 IDLE_IN_TRANSACTION_MS = 2000
 """PostgreSQL ends a session idle inside a transaction this long (ms), releasing its locks."""
-_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*):[^\s@]*@")
-_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)[^&\s]*", re.IGNORECASE)
 # SQLite errors that mean "try again later", not a bug in our SQL.
 _SQLITE_TRANSIENT = ("locked", "busy", "disk i/o", "unable to open", "readonly")
-
-
-def mask_password(text: str) -> str:
-    """Return ``text`` with every ``scheme://user:password@`` password replaced by ``***``."""
-    return _QUERY_PASSWORD.sub(r"\g<head>***", _URI_PASSWORD.sub(r"\g<head>:***@", text))
+# SQLite result codes of a damaged file: retrying cannot help, a person must restore it.
+_SQLITE_DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,7 @@ class StoreUrl:
 
     def scrub(self, text: str) -> str:
         """Return ``text`` with this URL's password masked wherever it appears."""
-        text = mask_password(text)
-        return text.replace(self._password, "***") if self._password else text
+        return mask_secrets(text, self._password)
 
 
 def parse_url(url: str) -> StoreUrl:
@@ -65,7 +68,7 @@ def parse_url(url: str) -> StoreUrl:
     """
     if not isinstance(url, str):
         raise ConfigError(f"store URL must be a string, got {type(url).__name__}")
-    shown = mask_password(url)
+    shown = mask_secrets(url)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == SQLITE:
         if not url.startswith("sqlite:///"):
@@ -79,7 +82,7 @@ def parse_url(url: str) -> StoreUrl:
         path = None if raw == MEMORY else Path(raw)
         return StoreUrl(SQLITE, shown, path, "", None)
     if scheme in _PG_SCHEMES:
-        conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        conninfo = postgres_url(url, "libpq")
         parts = urlsplit(conninfo)
         if not parts.path.strip("/"):
             raise ConfigError(f"store URL {shown!r}: name the database (postgresql://host/db)")
@@ -87,6 +90,19 @@ def parse_url(url: str) -> StoreUrl:
     raise ConfigError(
         f"store URL {shown!r}: scheme must be sqlite:/// or postgresql://, got {scheme or url!r}"
     )
+
+
+def resolve_sqlite_url(url: str, base_dir: Path) -> str:
+    """Return ``url`` with a relative SQLite path made absolute against ``base_dir``.
+
+    A config file names its store relative to its own directory, so every command reading
+    the config reaches the same database from any working directory. Other URLs (absolute
+    paths, ``:memory:``, PostgreSQL) are returned unchanged.
+    """
+    parsed = parse_url(url)
+    if parsed.path is None or parsed.path.is_absolute():
+        return url
+    return f"sqlite:///{(base_dir / parsed.path).resolve()}"
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> dict[str, Any]:
@@ -128,12 +144,22 @@ class Database:
     timeout_s : float
         How long to wait for the connection, for the write lock (SQLite busy timeout,
         PostgreSQL ``lock_timeout``) before raising :class:`StoreUnavailableError`.
+    create : bool
+        Whether a missing SQLite file may be created (False: :class:`StoreMissingError`).
+
+    Once connected, the database is pinned: a SQLite file deleted or replaced since, or a
+    PostgreSQL database whose ``store_identity`` differs on reconnecting (see :meth:`pin`),
+    raises :class:`StoreReplacedError` at every later transaction instead of writing to a
+    database nobody will read.
     """
 
-    def __init__(self, url: StoreUrl, *, timeout_s: float):
+    def __init__(self, url: StoreUrl, *, timeout_s: float, create: bool = True):
         self.url = url
         self.dialect = url.dialect
         self.timeout_s = timeout_s
+        self.create = create
+        self.instance_id: str | None = None
+        self._file_id: tuple[int, int] | None = None
         self._conn: Any = None
         self._lock = threading.RLock()
         self._sql_cache: dict[str, str] = {}
@@ -174,14 +200,61 @@ class Database:
         # ends its session soon, so the next leader is not blocked behind it. Our transactions
         # never wait on anything but the database, so a healthy one is never idle that long.
         conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
+        if self.instance_id is not None:
+            self._check_instance(conn)
         return conn
+
+    def _check_instance(self, conn: Any) -> None:
+        """Refuse a PostgreSQL database that is not the one pinned (dropped and recreated)."""
+        import psycopg
+
+        try:
+            row = conn.execute("SELECT instance_id FROM store_identity WHERE id = 1").fetchone()
+        except psycopg.errors.UndefinedTable:
+            row = None
+        if row is None or row["instance_id"] != self.instance_id:
+            conn.close()
+            found = "no store" if row is None else f"store {row['instance_id']}"
+            raise self._replaced(f"it now holds {found}, not store {self.instance_id}")
+
+    def pin(self, instance_id: str) -> None:
+        """Remember which database this is (its ``store_identity`` id) to refuse another."""
+        self.instance_id = instance_id
+
+    def _replaced(self, what: str) -> StoreReplacedError:
+        where = self.url.shown if self.url.path is None else str(self.url.path)
+        return StoreReplacedError(
+            f"store {where} was deleted or replaced while in use ({what}); stopped, nothing "
+            "more is written: restore it, then run `live reconcile` before trading again"
+        )
+
+    def _check_file(self) -> None:
+        """Refuse to go on once the pinned SQLite file was deleted or replaced: the open
+        connection would keep writing to the unlinked file, and a new one would create one."""
+        if self._file_id is None:
+            return
+        try:
+            stat = os.stat(self.url.path)
+        except FileNotFoundError:
+            raise self._replaced("the file is gone") from None
+        if (stat.st_dev, stat.st_ino) != self._file_id:
+            raise self._replaced("another file is in its place")
 
     def _connect_sqlite(self) -> sqlite3.Connection:
         path = self.url.path
-        if path is not None:
+        target = MEMORY if path is None else str(path)
+        if path is not None and self.create:
             path.parent.mkdir(parents=True, exist_ok=True)
+        elif path is not None:
+            if not path.is_file():
+                raise StoreMissingError(
+                    f"no live store at {path}: `live run` creates it; check [store] url (a "
+                    "relative SQLite path is relative to the config file's directory)"
+                )
+            target = f"{path.absolute().as_uri()}?mode=rw"  # never create it
         conn = sqlite3.connect(
-            MEMORY if path is None else str(path),
+            target,
+            uri=not self.create,
             timeout=self.timeout_s,
             isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
             check_same_thread=False,  # guarded by self._lock
@@ -201,10 +274,15 @@ class Database:
                         raise
                     time.sleep(0.01)
             conn.execute("PRAGMA synchronous = FULL")
+            if self._file_id is None:
+                stat = os.stat(path)
+                self._file_id = (stat.st_dev, stat.st_ino)
         return conn
 
     def connection(self) -> Any:
-        """Return the open connection, reconnecting after a PostgreSQL connection was lost."""
+        """Return the open connection, reconnecting after a PostgreSQL connection was lost;
+        raise :class:`StoreReplacedError` if the pinned database was replaced."""
+        self._check_file()
         conn = self._conn
         if conn is not None and self.dialect == POSTGRES and (conn.closed or conn.broken):
             conn.close()
@@ -227,13 +305,22 @@ class Database:
             yield
         except StoreError:
             raise
-        except sqlite3.OperationalError as exc:
-            if not any(word in str(exc).lower() for word in _SQLITE_TRANSIENT):
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _SQLITE_DAMAGED:
+                raise StoreCorruptError(
+                    f"store {self.url.path} is damaged ({exc}): stop every runner using it, "
+                    "restore the file from a backup (or move it aside to start a new store), "
+                    "then run `live reconcile` before trading again"
+                ) from None
+            transient = any(word in str(exc).lower() for word in _SQLITE_TRANSIENT)
+            if not isinstance(exc, sqlite3.OperationalError) or not transient:
                 raise
             raise StoreUnavailableError(f"{what} on {self.url.shown}: {exc}") from None
         except Exception as exc:
             if self.dialect != POSTGRES or not _pg_unavailable(exc, self._conn):
                 raise
+            if self.instance_id is not None and getattr(exc, "sqlstate", None) == _NO_DATABASE:
+                raise self._replaced("the database was dropped") from None
             message = self.url.scrub(str(exc).strip())
             raise StoreUnavailableError(f"{what} on {self.url.shown}: {message}") from None
 
@@ -249,6 +336,9 @@ class Database:
                 try:
                     yield Tx(self, conn)
                     conn.execute("COMMIT")
+                    # A file deleted during the transaction took the commit with it: say so
+                    # before the caller acts on it (e.g. sends the order it just recorded).
+                    self._check_file()
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")

@@ -62,3 +62,22 @@ class StoreUnavailableError(StoreError):
 
 class RunnerLockedError(StoreError):
     """Another runner already holds the single-runner lock of this store."""
+
+
+class StoreMissingError(StoreError):
+    """A command that acts on an existing store (halt, resume, status, reconcile) found none."""
+
+
+class StoreReplacedError(StoreError):
+    """The store's database was deleted or replaced by another while it was in use.
+
+    Whatever the holder wrote since went to the old database or nowhere: it must stop.
+    """
+
+
+class StoreCorruptError(StoreError):
+    """The store's SQLite file is damaged: it cannot be read or written safely."""
+
+
+class StoreOwnerError(StoreError):
+    """A runner identity other than the store's owner tried to run on it."""

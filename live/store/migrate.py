@@ -72,6 +72,16 @@ _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
 )"""
 
 
+def is_store(db: Database) -> bool:
+    """Whether ``db`` already holds a live store (its ``schema_version`` table exists)."""
+    if db.dialect == POSTGRES:
+        sql = "SELECT to_regclass('schema_version') IS NOT NULL AS found"
+    else:
+        sql = "SELECT COUNT(*) AS found FROM sqlite_master WHERE name = 'schema_version'"
+    with db.read("look for the store") as tx:
+        return bool(tx.one(sql)["found"])
+
+
 def migrate(db: Database, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
     """Apply the pending ``migrations`` to ``db`` in order; return the schema version.
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from live.store import checks
+from live.store.outbox import enqueue
 from live.store.performance import PERFORMANCE_FIELDS, compute_performance
 from live.store.records import (
     PORTFOLIO,
@@ -107,6 +108,10 @@ class Operations:
                     (reason, by, epoch, now),
                 )
                 row = _active_halt(tx)
+                enqueue(
+                    tx, key=f"halt:{row['halt_id']}", kind="halt", title=f"HALT by {by}",
+                    body=reason, ts_ns=now,
+                )  # fmt: skip
         return Halt.from_row(row)
 
     def active_halt(self) -> Halt | None:

@@ -6,16 +6,19 @@ research, which does not import live) the ``quantshift.promotion.PromotionStore`
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
 from live.store import checks
+from live.store.outbox import enqueue
 from live.store.records import Promotion
 from quantshift.errors import ConfigError
 from quantshift.promotion import (
     PaperEvidence,
+    PaperStretch,
     PromotionRecord,
     StoredPromotion,
     paper_evidence,
@@ -61,14 +64,20 @@ class PromotionBook:
             checks.integer("bar_ts_ns", bar_ts_ns), epoch, time.time_ns(),
         )  # fmt: skip
         with self._db.write(f"adoption {runner}/{sleeve}", epoch) as tx:
-            return bool(
-                tx.run(
-                    "INSERT INTO promotion_adoptions (runner, sleeve, promotion_id, record_id, "
-                    "bar_ts_ns, epoch, ts_adopted_ns) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (runner, sleeve, bar_ts_ns) DO NOTHING RETURNING runner",
-                    values,
-                )
+            added = tx.run(
+                "INSERT INTO promotion_adoptions (runner, sleeve, promotion_id, record_id, "
+                "bar_ts_ns, epoch, ts_adopted_ns) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (runner, sleeve, bar_ts_ns) DO NOTHING RETURNING runner",
+                values,
             )
+            if added:
+                enqueue(
+                    tx, key=f"adoption:{runner}:{sleeve}:{bar_ts_ns}", kind="adoption",
+                    title=f"{runner}: sleeve {sleeve} adopted promotion {promotion_id}",
+                    body=f"record {record_id}, trading from bar {bar_ts_ns} (epoch {epoch})",
+                    ts_ns=values[-1],
+                )  # fmt: skip
+            return bool(added)
 
     def adoptions(self, promotion_id: int | None = None) -> list[Adoption]:
         """Adoptions (of one record, or all) in bar order."""
@@ -94,11 +103,17 @@ class PromotionBook:
             str(reason), time.time_ns(),
         )  # fmt: skip
         with self._db.write(f"promotion event {action}", None) as tx:
-            tx.run(
+            row = tx.one(
                 "INSERT INTO promotion_events (promotion_id, action, created_by, reason, ts_ns) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?) RETURNING event_id",
                 values,
             )
+            if action == "refuse":
+                enqueue(
+                    tx, key=f"refusal:{row['event_id']}", kind="refusal",
+                    title=f"promotion {promotion_id} refused by {by}", body=str(reason),
+                    ts_ns=values[-1],
+                )  # fmt: skip
 
     def promotion_events(self, promotion_id: int | None = None) -> list[dict[str, Any]]:
         sql, params = "SELECT * FROM promotion_events", ()
@@ -118,11 +133,9 @@ class PromotionBook:
                 "a.sleeve = m.sleeve ORDER BY a.runner, a.sleeve, a.bar_ts_ns",
                 (promotion_id,),
             )
-            pnls: list[float] = []
-            curve: list[float] = []
-            first = last = None
-            for sleeve, start, end in _windows(rows, promotion_id):
-                pnls += [
+            stretches = []
+            for runner, sleeve, start, end, adopted in _windows(rows, promotion_id):
+                pnls = [
                     float(t["pnl"])
                     for t in tx.all(
                         "SELECT pnl FROM trades WHERE strategy = ? AND entry_ts_ns >= ? AND "
@@ -135,10 +148,17 @@ class PromotionBook:
                     "AND ts_ns < ? ORDER BY ts_ns",
                     (sleeve, start, end),
                 )
-                curve += [float(s["equity"]) for s in snaps]
-                first = start if first is None else min(first, start)
-                if snaps:
-                    last = max(last or 0, int(snaps[-1]["ts_ns"]))
+                stretches.append(
+                    PaperStretch(
+                        runner=runner,
+                        sleeve=sleeve,
+                        first_bar_ts_ns=start,
+                        last_bar_ts_ns=int(snaps[-1]["ts_ns"]) if snaps else None,
+                        ts_adopted_ns=adopted,
+                        trade_pnls=tuple(pnls),
+                        equity=tuple(float(s["equity"]) for s in snaps),
+                    )
+                )
             since = [int(r["ts_adopted_ns"]) for r in rows if r["promotion_id"] == promotion_id]
             halts = 0
             if since:
@@ -146,27 +166,31 @@ class PromotionBook:
                     "SELECT COUNT(*) AS n FROM halts WHERE ts_created_ns >= ?", (min(since),)
                 )
                 halts = int(found["n"])
+        row = self.promotion(promotion_id)
+        last_bar = PromotionRecord.from_json(row.record).data.get("last_bar")
         return paper_evidence(
-            [p for p in pnls if math.isfinite(p)],
-            curve,
-            first_ts_ns=first,
-            last_ts_ns=last,
+            stretches,
+            published_ts_ns=int(row.ts_created_ns),
+            data_last_bar_ts_ns=None if last_bar is None else pd.Timestamp(last_bar).value,
             halts=halts,
         )
 
 
 def _windows(rows, promotion_id: int):
-    """Yield (sleeve, first bar, end bar exclusive) of each stretch a (runner, sleeve) traded
-    ``promotion_id``: from an adoption of it to the next adoption of another record."""
-    open_at: dict[tuple[str, str], int] = {}
+    """Yield (runner, sleeve, first bar, end bar exclusive, wall-clock time of the adoption) of
+    each stretch a (runner, sleeve) traded ``promotion_id``: from an adoption of it to the next
+    adoption of another record."""
+    open_at: dict[tuple[str, str], tuple[int, int]] = {}
     for row in rows:
         key = (row["runner"], row["sleeve"])
         if row["promotion_id"] == promotion_id:
-            open_at.setdefault(key, int(row["bar_ts_ns"]))  # a redo/takeover re-adopting: same
+            # A redo/takeover re-adopting: the same stretch.
+            open_at.setdefault(key, (int(row["bar_ts_ns"]), int(row["ts_adopted_ns"])))
         elif key in open_at:
-            yield key[1], open_at.pop(key), int(row["bar_ts_ns"])
-    for key, start in open_at.items():
-        yield key[1], start, 2**62
+            start, adopted = open_at.pop(key)
+            yield *key, start, int(row["bar_ts_ns"]), adopted
+    for key, (start, adopted) in open_at.items():
+        yield *key, start, 2**62, adopted
 
 
 class StorePromotions:

@@ -11,12 +11,19 @@ from typing import Any
 
 from live.store import checks
 from live.store.db import Database, parse_url
-from live.store.errors import HaltedError, IllegalTransitionError, UnknownOrderError
+from live.store.errors import (
+    HaltedError,
+    IllegalTransitionError,
+    StoreMissingError,
+    UnknownOrderError,
+)
+from live.store.identity import Identity, pin_instance
 from live.store.ids import SIDES
 from live.store.ids import client_order_id as make_client_order_id
 from live.store.locks import RunnerLock
-from live.store.migrate import migrate
+from live.store.migrate import is_store, migrate
 from live.store.operations import Operations
+from live.store.outbox import Outbox, enqueue
 from live.store.promotions import PromotionBook
 from live.store.records import (
     PORTFOLIO,
@@ -39,7 +46,7 @@ _FILLED_TOLERANCE = 1e-9  # relative: float sums of partial fills may miss the t
 _OPEN_STATES = tuple(s.value for s in OrderState if TRANSITIONS[s])
 
 
-class Store(Operations, PromotionBook):
+class Store(Operations, PromotionBook, Identity, Outbox):
     """Persistent state of the live runner on SQLite or PostgreSQL, one schema for both.
 
     Open with :meth:`Store.open`. Writes that cause or record trading (intents, transitions,
@@ -61,8 +68,11 @@ class Store(Operations, PromotionBook):
         self._schema_version = schema_version
 
     @classmethod
-    def open(cls, url: str, *, timeout_s: float = 10.0) -> Store:
+    def open(cls, url: str, *, timeout_s: float = 10.0, create: bool = True) -> Store:
         """Open the store at ``url`` and apply pending schema migrations.
+
+        The open store is pinned to its database: if that is deleted or replaced while open,
+        every later call raises :class:`~live.store.errors.StoreReplacedError`.
 
         Parameters
         ----------
@@ -71,21 +81,36 @@ class Store(Operations, PromotionBook):
             or ``postgresql://user[:password]@host[:port]/database``.
         timeout_s : float
             Longest wait for the connection or another writer's lock.
+        create : bool
+            Whether to create the store if there is none (False: commands that act on an
+            existing store, such as ``live halt``, must never report on a new, empty one).
 
         Raises
         ------
         ConfigError
             On a malformed URL.
+        StoreMissingError
+            With ``create=False``, when there is no store at ``url``.
+        StoreCorruptError
+            When the SQLite file is damaged.
         StoreVersionError
             When the database's schema is newer than this code.
         StoreUnavailableError
             When the database cannot be reached.
         """
         db = Database(
-            parse_url(url), timeout_s=checks.finite("timeout_s", timeout_s, positive=True)
+            parse_url(url),
+            timeout_s=checks.finite("timeout_s", timeout_s, positive=True),
+            create=create,
         )
         try:
+            if not create and not is_store(db):
+                raise StoreMissingError(
+                    f"no live store at {db.url.path or db.url.shown} (the database holds no "
+                    "store): `live run` creates it; check [store] url in the config"
+                )
             version = migrate(db)
+            pin_instance(db)
         except BaseException:
             db.close()
             raise
@@ -135,12 +160,20 @@ class Store(Operations, PromotionBook):
         with self._db.read("read fence") as tx:
             return int(tx.one("SELECT epoch FROM leader_fence WHERE id = 1")["epoch"])
 
-    def claim_epoch(self, epoch: int) -> int:
+    def claim_epoch(self, epoch: int, by: str | None = None) -> int:
         """Raise the fence to ``epoch`` (a new leader calls this first, so that the old
         leader's next write fails); return it. Raises StaleEpochError if a higher epoch was
-        already seen."""
+        already seen. The new term is noted in the notification outbox (``by``: the host)."""
         epoch = checks.epoch_of(epoch)
-        with self._db.write(f"claim of epoch {epoch}", epoch):
+        with self._db.write(f"claim of epoch {epoch}", epoch) as tx:
+            who = by or "a runner"
+            if epoch:  # epoch 0 is a single host without a lease: no term to announce
+                enqueue(
+                    tx, key=f"takeover:{epoch}", kind="takeover",
+                    title=f"{who} leads with epoch {epoch}",
+                    body=f"{who} took the lease and fenced the store at epoch {epoch}",
+                    ts_ns=time.time_ns(),
+                )  # fmt: skip
             return epoch
 
     # ------------------------------------------------------------------ intents and orders

@@ -95,6 +95,14 @@ class Bars:
             object.__setattr__(self, "_index", cached)
         return cached
 
+    def bar_spacing_s(self) -> float | None:
+        """Return the most common time between consecutive bars in seconds (a daily equity
+        series is 86,400 despite its weekends); None with fewer than two bars."""
+        if self.n_bars < 2:
+            return None
+        steps, counts = np.unique(np.diff(self.ts_ns), return_counts=True)
+        return float(steps[np.argmax(counts)]) / 1e9
+
     @property
     def valid(self) -> np.ndarray:
         """Boolean (n_bars, n_symbols): True where the symbol has a bar."""

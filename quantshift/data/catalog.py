@@ -144,7 +144,11 @@ def describe(bars: Bars) -> dict:
 
 
 def import_file(
-    path: str | os.PathLike, name: str | None = None, *, overwrite: bool = False
+    path: str | os.PathLike,
+    name: str | None = None,
+    *,
+    overwrite: bool = False,
+    date_format: str | None = None,
 ) -> Path:
     """Load and validate a CSV/Parquet file and store it in the data folder as Parquet.
 
@@ -156,6 +160,9 @@ def import_file(
         Name of the stored data set; defaults to the file name without its suffix.
     overwrite : bool
         Replace an existing data set of that name.
+    date_format : str, optional
+        How the file's times are written (see :func:`quantshift.data.load_bars`); the stored
+        Parquet holds UTC times, so it needs none.
 
     Returns
     -------
@@ -182,4 +189,5 @@ def import_file(
     target = data_dir() / f"{name}.parquet"
     if target.exists() and not overwrite:
         raise DataError(f"{target} already exists; pass overwrite=True to replace it")
-    return write_parquet(load_bars(f"{fmt}:{source}", cache=False), target)
+    bars = load_bars(f"{fmt}:{source}", cache=False, date_format=date_format)
+    return write_parquet(bars, target)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pandas.tseries.api import guess_datetime_format
 
 from quantshift.data.bars import FIELDS, Bars, concat_symbols
 from quantshift.data.synthetic import synthetic_from_spec
@@ -53,6 +54,11 @@ _EXPECTED_COLUMNS = (
 )
 
 _CACHE_FORMAT = 1
+_EPOCH_FORMATS = {"epoch-s": 10**9, "epoch-ms": 10**6, "epoch-us": 10**3, "epoch-ns": 1}
+_EXCEL_EPOCH_DAYS = 25_569  # Excel's serial day of 1970-01-01 (its day 0 is 1899-12-30)
+# Numeric times below this many seconds fall in 1970's first four months: far more likely
+# Excel serial days (43831 is 2020-01-01) or some other unit than real epoch seconds.
+_PLAUSIBLE_EPOCH = 1e7
 
 
 def data_dir() -> Path:
@@ -76,6 +82,7 @@ def load_bars(
     start=None,
     end=None,
     cache: bool = True,
+    date_format: str | None = None,
 ) -> Bars:
     """Load and validate bars described by one spec string.
 
@@ -94,7 +101,13 @@ def load_bars(
         times are UTC).
     cache : bool
         Reuse (and write) the Parquet copy of a CSV file under ``data/cache/``; the copy is keyed
-        by the file's absolute path, size and modification time.
+        by the file's absolute path, size and modification time (and ``date_format``).
+    date_format : str, optional
+        How a file's times are written: a strftime format (``"%d/%m/%Y"``), ``"excel"``
+        (serial days since 1899-12-30) or ``"epoch-s"``, ``"epoch-ms"``, ``"epoch-us"``,
+        ``"epoch-ns"``. Without it ISO 8601 text, YYYYMMDD numbers and epoch times are read
+        as such, other text formats are inferred, and an ambiguous column (day and month that
+        can be swapped, numbers that may be Excel days or 1970 seconds) is refused.
 
     Returns
     -------
@@ -116,7 +129,7 @@ def load_bars(
     elif scheme == "synthetic":
         bars = synthetic_from_spec(text)
     else:
-        bars = _load_file(Path(rest), scheme, cache=cache)
+        bars = _load_file(Path(rest), scheme, cache=cache, date_format=date_format)
     if symbols is not None:
         bars = bars.select(symbols)
     if start is not None or end is not None:
@@ -210,20 +223,20 @@ def _load_builtin(names: str, spec: str) -> Bars:
     return replace(bars, source=spec)
 
 
-def _load_file(path: Path, fmt: str, *, cache: bool) -> Bars:
+def _load_file(path: Path, fmt: str, *, cache: bool, date_format: str | None) -> Bars:
     if not path.is_file():
         what = "is not a file" if path.exists() else "not found"
         raise DataError(f"{path}: data file {what} (absolute path {path.absolute()})")
     if fmt == "parquet" or not cache:
-        return _read_file(path, fmt)
-    target = _cache_path(path)
+        return _read_file(path, fmt, date_format=date_format)
+    target = _cache_path(path, date_format)
     if target.is_file():
         try:
             return _read_file(target, "parquet", source=str(path))
         except (OSError, ValueError, pa.ArrowException):
             pass  # a damaged or outdated cache file is rebuilt below
-    bars = _read_file(path, fmt)
-    if _cache_path(path) == target:  # the file did not change while it was parsed
+    bars = _read_file(path, fmt, date_format=date_format)
+    if _cache_path(path, date_format) == target:  # the file did not change while it was parsed
         try:
             for stale in target.parent.glob(f"{target.name.rsplit('-', 1)[0]}-*.parquet"):
                 stale.unlink(missing_ok=True)
@@ -233,11 +246,11 @@ def _load_file(path: Path, fmt: str, *, cache: bool) -> Bars:
     return bars
 
 
-def _cache_path(path: Path) -> Path:
+def _cache_path(path: Path, date_format: str | None) -> Path:
     resolved = path.resolve()
     stat = resolved.stat()
     ident = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
-    state = f"{stat.st_size}:{stat.st_mtime_ns}:{_CACHE_FORMAT}"
+    state = f"{stat.st_size}:{stat.st_mtime_ns}:{_CACHE_FORMAT}:{date_format}"
     version = hashlib.sha256(state.encode()).hexdigest()[:12]
     stem = re.sub(r"[^\w.]+", "_", _stem(path))
     return data_dir() / "cache" / f"{stem}-{ident}-{version}.parquet"
@@ -249,7 +262,12 @@ def _stem(path: Path) -> str:
 
 
 def _read_file(
-    path: Path, fmt: str, *, source: str | None = None, symbol: str | None = None
+    path: Path,
+    fmt: str,
+    *,
+    source: str | None = None,
+    symbol: str | None = None,
+    date_format: str | None = None,
 ) -> Bars:
     source = source or str(path)
     try:
@@ -267,11 +285,15 @@ def _read_file(
         # CSV rows are reported as editor line numbers (the header is line 1).
         return f"line {row + 2}" if fmt == "csv" else f"row {row + 1}"
 
-    return _frame_to_bars(frame, source, where, symbol or _stem(path))
+    return _frame_to_bars(frame, source, where, symbol or _stem(path), date_format)
 
 
 def _frame_to_bars(
-    frame: pd.DataFrame, source: str, where: Callable[[int], str], default_symbol: str
+    frame: pd.DataFrame,
+    source: str,
+    where: Callable[[int], str],
+    default_symbol: str,
+    date_format: str | None = None,
 ) -> Bars:
     columns = _map_columns(frame.columns, source)
     blank = frame.isna().all(axis=1).to_numpy()
@@ -285,7 +307,7 @@ def _frame_to_bars(
         more = f"; {count} row(s) have this problem" if count > 1 else ""
         return DataError(f"{source} {where(int(rows[i]))}: {problem}{more}")
 
-    ts = _parse_time(frame[columns["time"]], fail)
+    ts = _parse_time(frame[columns["time"]], fail, date_format)
     if "symbol" in columns:
         codes, names = _parse_symbols(frame[columns["symbol"]], fail)
     else:
@@ -343,40 +365,89 @@ def _map_columns(columns: pd.Index, source: str) -> dict[str, str]:
     return found
 
 
-def _parse_time(column: pd.Series, fail) -> np.ndarray:
+def _parse_time(column: pd.Series, fail, date_format: str | None) -> np.ndarray:
     name = column.name
     absent = column.isna().to_numpy()
     if absent.any():
         raise fail(int(np.argmax(absent)), f"missing time in column '{name}'", int(absent.sum()))
-    if pd.api.types.is_datetime64_any_dtype(column):
+    if date_format is not None and pd.api.types.is_datetime64_any_dtype(column):
+        date_format = None  # already times (Parquet): nothing to interpret
+    if date_format in _EPOCH_FORMATS or date_format == "excel":
+        return _epoch_ns(_numbers(column, fail, date_format), fail, date_format)
+    what = ""
+    if date_format is not None:
+        text = column.astype(str) if pd.api.types.is_numeric_dtype(column) else column
+        parsed = pd.to_datetime(text, utc=True, errors="coerce", format=date_format)
+        what = f" with --date-format {date_format!r}"
+    elif pd.api.types.is_datetime64_any_dtype(column):
         parsed = pd.to_datetime(column, utc=True)
     elif pd.api.types.is_numeric_dtype(column):
         return _epoch_ns(column, fail)
     else:
-        parsed = _parse_time_text(column)
+        parsed = _parse_time_text(column, fail)
     bad = parsed.isna().to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
         value = column.iloc[i]
-        raise fail(i, f"cannot read time {value!r} in column '{name}'", int(bad.sum()))
+        raise fail(
+            i, f"cannot read time {value!r} in column '{name}' {what}".rstrip(), int(bad.sum())
+        )
     return pd.DatetimeIndex(parsed).as_unit("ns").asi8.astype(np.int64)
 
 
-def _parse_time_text(column: pd.Series) -> pd.Series:
-    # ISO 8601 accepts mixed precisions and offsets in one column; anything else falls back to
-    # pandas' format inference from the first value.
+def _parse_time_text(column: pd.Series, fail) -> pd.Series:
+    # ISO 8601 accepts mixed precisions and offsets in one column; anything else is read
+    # month first and day first (pandas infers the rest of the format from the first value),
+    # and a column both read completely, differently, is refused rather than guessed.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         parsed = pd.to_datetime(column, utc=True, errors="coerce", format="ISO8601")
-        if parsed.isna().any():
-            guessed = pd.to_datetime(column, utc=True, errors="coerce")
-            if guessed.isna().sum() < parsed.isna().sum():
-                parsed = guessed
-    return parsed
+        if not parsed.isna().any():
+            return parsed
+        first = str(column.iloc[0]).strip()
+        month_first = pd.to_datetime(column, utc=True, errors="coerce", dayfirst=False)
+        year_first = (guess_datetime_format(first) or "").startswith("%Y")
+        day_first = (
+            month_first
+            if year_first
+            else pd.to_datetime(column, utc=True, errors="coerce", dayfirst=True)
+        )
+    complete = [p for p in (month_first, day_first) if not p.isna().any()]
+    if len(complete) == 2 and not month_first.equals(day_first):
+        i = int(np.argmax((month_first != day_first).to_numpy()))
+        suggestion = guess_datetime_format(first, dayfirst=True) or "%d/%m/%Y"
+        problem = (
+            f"ambiguous date {column.iloc[i]!r} in column '{column.name}': "
+            f"{month_first.iloc[i]:%Y-%m-%d} month first or {day_first.iloc[i]:%Y-%m-%d} day "
+            f"first (no day in the column is above 12); give the format, e.g. "
+            f"--date-format '{suggestion}' (data validate/import) or load_bars(date_format=...)"
+        )
+        raise fail(i, problem, 1)
+    return min((parsed, month_first, day_first), key=lambda p: int(p.isna().sum()))
 
 
-def _epoch_ns(column: pd.Series, fail) -> np.ndarray:
+def _numbers(column: pd.Series, fail, date_format: str) -> pd.Series:
+    numbers = pd.to_numeric(column, errors="coerce")
+    bad = numbers.isna().to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        problem = (
+            f"time {column.iloc[i]!r} in column '{column.name}' is not a number "
+            f"(--date-format {date_format})"
+        )
+        raise fail(i, problem, int(bad.sum()))
+    return numbers
+
+
+def _epoch_ns(column: pd.Series, fail, date_format: str | None = None) -> np.ndarray:
     values = column.to_numpy(dtype=np.float64)
+    if date_format == "excel":
+        # Whole microseconds: float days times 86,400e9 would lose the last bits of a time.
+        micros = np.round((values - _EXCEL_EPOCH_DAYS) * 86_400e6)
+        return _checked_ns(column, fail, micros, 1_000)
+    if date_format is not None:
+        per_unit = _EPOCH_FORMATS[date_format]
+        return _checked_ns(column, fail, values, per_unit)
     integral = bool(np.all(values == np.round(values)))
     if integral and values.min() >= 1800_01_01 and values.max() <= 2200_12_31:
         # YYYYMMDD integers; as epoch seconds they would all fall in 1970.
@@ -389,19 +460,34 @@ def _epoch_ns(column: pd.Series, fail) -> np.ndarray:
             raise fail(i, problem, int(bad.sum()))
         return pd.DatetimeIndex(parsed).as_unit("ns").asi8.astype(np.int64)
     magnitude = np.abs(values).max()
+    if magnitude < _PLAUSIBLE_EPOCH:
+        excel = pd.Timestamp(_epoch_ns(column.iloc[:1], fail, "excel")[0], tz="UTC")
+        problem = (
+            f"ambiguous time {float(values[0])!r} in column '{column.name}': as epoch seconds "
+            f"{pd.Timestamp(values[0], unit='s', tz='UTC'):%Y-%m-%d %H:%M:%S}, as an Excel "
+            f"serial date {excel:%Y-%m-%d}; give the format, e.g. --date-format excel or "
+            "epoch-s (data validate/import) or load_bars(date_format=...)"
+        )
+        raise fail(0, problem, 1)
     # Epoch unit by magnitude: seconds reach 1e11 only after the year 5000.
     per_unit = 1
     for limit, factor in ((1e11, 10**9), (1e14, 10**6), (1e17, 10**3)):
         if magnitude < limit:
             per_unit = factor
             break
+    if pd.api.types.is_integer_dtype(column):
+        _checked_ns(column, fail, values, per_unit)
+        return column.to_numpy(dtype=np.int64) * per_unit
+    return _checked_ns(column, fail, values, per_unit)
+
+
+def _checked_ns(column: pd.Series, fail, values: np.ndarray, per_unit: int) -> np.ndarray:
+    """``values * per_unit`` as int64 nanoseconds; a value out of int64's range fails."""
     out_of_range = np.abs(values) * per_unit >= 2**63
     if out_of_range.any():
         i = int(np.argmax(out_of_range))
-        problem = f"time {values[i]!r} in column '{column.name}' is out of range"
+        problem = f"time {float(values[i])!r} in column '{column.name}' is out of range"
         raise fail(i, problem, int(out_of_range.sum()))
-    if pd.api.types.is_integer_dtype(column):
-        return column.to_numpy(dtype=np.int64) * per_unit
     return np.round(values * per_unit).astype(np.int64)
 
 

@@ -11,10 +11,11 @@ import hashlib
 import inspect
 import sys
 import types
-from functools import cache
 from pathlib import Path
 
 from numba import njit
+
+from quantshift.provenance import function_bytes, package_digest, source_file
 
 
 def compile_template(template, namespace: dict, name: str, **options):
@@ -36,17 +37,6 @@ def importable(func) -> bool:
     return module is not None and getattr(module, "__name__", "") in sys.modules
 
 
-@cache
-def package_digest() -> bytes:
-    """Return a digest of every source file of the ``quantshift`` package."""
-    h = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.digest()
-
-
 def function_digest(signal) -> str:
     """Return a digest of everything a kernel calling ``signal`` is compiled from: the
     package, the function's identity and bytecode and those of the numba functions it calls,
@@ -58,38 +48,3 @@ def function_digest(signal) -> str:
     if path is not None:
         h.update(Path(path).read_bytes())
     return h.hexdigest()[:12]
-
-
-def function_bytes(func, seen: set[int]) -> bytes:
-    """Return the name and code of ``func`` and of the numba functions it calls (a helper
-    defined without a file, as in a notebook cell, changes no file digest)."""
-    if id(func) in seen:
-        return b""
-    seen.add(id(func))
-    parts = [f"{func.__module__}.{func.__qualname__}".encode(), _code_bytes(func.__code__)]
-    for name in func.__code__.co_names:
-        called = getattr(func.__globals__.get(name), "py_func", None)
-        if called is not None:
-            parts.append(function_bytes(called, seen))
-    return b"\x1f".join(parts)
-
-
-def _code_bytes(code: types.CodeType) -> bytes:
-    parts = [code.co_code, repr(code.co_names).encode()]
-    for const in code.co_consts:
-        parts.append(
-            _code_bytes(const) if isinstance(const, types.CodeType) else repr(const).encode()
-        )
-    return b"\x1f".join(parts)
-
-
-def source_file(func) -> str | None:
-    """Return the file ``func`` was defined in, or None (exec'd code, a notebook cell)."""
-    try:
-        path = inspect.getsourcefile(func)
-    except TypeError:
-        path = None
-    if path is None:
-        module = sys.modules.get(getattr(func, "__module__", ""), None)
-        path = getattr(module, "__file__", None)
-    return path if path and Path(path).is_file() else None

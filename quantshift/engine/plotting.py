@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 
 
-def _pyplot():
+def pyplot():
+    """Return ``matplotlib.pyplot``, imported on first use, on the non-interactive Agg backend
+    when no display is set (so plots save from servers and tests)."""
     import matplotlib
 
     if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
@@ -38,7 +40,7 @@ def plot_equity(result, symbol: str | None = None, path: str | Path | None = Non
         if len(result.symbols) != 1:
             raise ValueError(f"name one symbol to plot: {', '.join(result.symbols)}")
         symbol = result.symbols[0]
-    plt = _pyplot()
+    plt = pyplot()
     equity = result.equity[symbol]
     drawdown = result.drawdown_pct()[symbol]
     trades = result.trades[result.trades["symbol"] == symbol]
@@ -84,32 +86,39 @@ def plot_equity(result, symbol: str | None = None, path: str | Path | None = Non
     ax_dd.set_ylabel("drawdown %")
     ax_dd.grid(alpha=0.3)
     fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    return fig
+    return save_figure(fig, path)
 
 
 def plot_sweep_heatmap(
     table, x: str, y: str, metric: str = "sharpe", path: str | Path | None = None
 ):
     """Plot a sweep metric over two parameters as a heatmap (mean over other parameters)."""
-    plt = _pyplot()
     grid = table.pivot_table(index=y, columns=x, values=metric, aggfunc="mean")
+    return plot_heatmap(grid, metric, f"{metric} by {x} and {y}", path)
+
+
+def plot_heatmap(grid, metric: str, title: str, path: str | Path | None = None):
+    """Plot ``grid``, a DataFrame of ``metric`` whose index and columns are two parameters'
+    values (named for the parameters), as a heatmap with at most 20 labels per axis."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 6))
-    image = ax.imshow(
-        grid.to_numpy(),
-        origin="lower",
-        aspect="auto",
-        cmap="RdYlGn",
-        extent=(grid.columns.min(), grid.columns.max(), grid.index.min(), grid.index.max()),
-    )
+    image = ax.imshow(grid.to_numpy(dtype=float), origin="lower", aspect="auto", cmap="RdYlGn")
+    for axis, values in ((ax.xaxis, grid.columns), (ax.yaxis, grid.index)):
+        ticks = range(0, len(values), max(1, -(-len(values) // 20)))
+        axis.set_ticks(ticks, [f"{values[i]:g}" for i in ticks])
+    ax.tick_params(axis="x", labelrotation=90)
     fig.colorbar(image, ax=ax, label=metric)
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.set_title(f"{metric} by {x} and {y}")
+    ax.set_xlabel(grid.columns.name)
+    ax.set_ylabel(grid.index.name)
+    ax.set_title(title)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path | None, dpi: int = 110):
+    """Save ``fig`` to ``path`` (format from the suffix; folders created) unless path is None;
+    return the figure."""
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=dpi)
     return fig

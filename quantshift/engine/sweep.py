@@ -19,9 +19,11 @@ from quantshift.engine.fused import kernels_for
 from quantshift.engine.metrics import METRICS
 from quantshift.engine.records import float_matrix
 from quantshift.errors import ConfigError
+from quantshift.progress import Progress
 from quantshift.strategies import Strategy
+from quantshift.strategies.grid import ParameterGrid
 
-ParamSets = Mapping[str, Any] | Sequence[Mapping[str, Any]] | np.ndarray | None
+ParamSets = Mapping[str, Any] | Sequence[Mapping[str, Any]] | np.ndarray | ParameterGrid | None
 
 
 def sweep(
@@ -44,8 +46,10 @@ def sweep(
         Bars, or a data spec for :func:`quantshift.load_bars`.
     params : mapping, sequence of mappings or ndarray, optional
         A grid ``{name: values}`` (Cartesian product; a scalar fixes a parameter; sets that
-        violate a constraint such as fast < slow are dropped), a list of parameter dicts, or an
-        (n_sets, n_params) matrix in declaration order. Default: the default parameters.
+        violate a constraint such as fast < slow are dropped; more sets than
+        :func:`~quantshift.strategies.grid.max_grid_sets` are refused), a
+        :class:`~quantshift.strategies.grid.ParameterGrid` (its own limit), a list of parameter
+        dicts, or an (n_sets, n_params) matrix in declaration order. Default: the defaults.
     symbol : str or sequence of str, optional
         Restrict to these symbols.
     config : SimConfig, optional
@@ -68,7 +72,7 @@ def sweep(
     n_sets = matrix.shape[0]
     chunks = _chunks(n_sets, data.n_symbols) if progress else [(0, n_sets)]
     parts = []
-    with _Progress(progress, n_sets, f"sweep {strat.name}") as report:
+    with Progress(progress, n_sets, f"sweep {strat.name}") as report:
         for lo, hi in chunks:
             parts.append(kernel(kernel_bars, np.ascontiguousarray(matrix[lo:hi]), cfg_record))
             report(hi)
@@ -137,6 +141,8 @@ def parameter_matrix(strategy: Strategy, params: ParamSets) -> np.ndarray:
         return strategy.vector().reshape(1, -1)
     if isinstance(params, np.ndarray):
         return strategy.check_matrix(params)
+    if isinstance(params, ParameterGrid):
+        return params.matrix()
     if isinstance(params, Mapping):
         axes = {k: _as_values(v) for k, v in params.items()}
         return strategy.grid(axes)
@@ -149,57 +155,14 @@ def parameter_matrix(strategy: Strategy, params: ParamSets) -> np.ndarray:
     )
 
 
-def _as_values(value: Any) -> list[float]:
+def _as_values(value: Any) -> Iterable[float]:
+    # Left as given: the grid counts a range without expanding it.
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         return [value]
-    return list(value)
+    return value
 
 
 def _chunks(n_sets: int, n_symbols: int) -> list[tuple[int, int]]:
     # About 50 updates, but never chunks so small that thread start-up dominates.
     size = max(1, -(-n_sets // 50), -(-64 // max(n_symbols, 1)))
     return [(lo, min(lo + size, n_sets)) for lo in range(0, n_sets, size)]
-
-
-class _Progress:
-    """A rich progress bar, a user callback, or nothing."""
-
-    def __init__(self, progress, total: int, label: str) -> None:
-        self._progress = progress
-        self._total = total
-        self._label = label
-        self._bar = None
-
-    def __enter__(self):
-        if self._progress is True:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(self._label, total=self._total)
-        return self._report
-
-    def _report(self, done: int) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, completed=done)
-        elif callable(self._progress):
-            self._progress(done, self._total)
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.stop()

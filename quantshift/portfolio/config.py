@@ -18,6 +18,7 @@ from quantshift.engine.records import config_dt
 from quantshift.errors import ConfigError, QuantShiftError
 from quantshift.portfolio.rows import POLICIES, PortfolioSetup, limits_dt
 from quantshift.strategies import Strategy, get_strategy
+from quantshift.tables import Table
 
 SLEEVE_SETTINGS = (
     "direction",
@@ -58,11 +59,11 @@ class RiskLimits:
     and protective stops go on while halted. Entries are capped in sleeve then symbol order.
     """
 
-    max_heat_pct: float = 10.0
-    max_position_pct: float = 20.0
-    max_gross_exposure_pct: float = 100.0
-    daily_loss_limit_pct: float = 5.0
-    max_drawdown_pct: float = 15.0
+    max_heat_pct: float | None = 10.0
+    max_position_pct: float | None = 20.0
+    max_gross_exposure_pct: float | None = 100.0
+    daily_loss_limit_pct: float | None = 5.0
+    max_drawdown_pct: float | None = 15.0
 
     def __post_init__(self) -> None:
         bounds = {
@@ -80,8 +81,7 @@ class RiskLimits:
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             if not (ok and (0.0 < value <= high or value == math.inf)):
                 raise ConfigError(
-                    f"limits.{name}={value!r} must be a number in (0, {high:g}], "
-                    "or inf/None for no limit"
+                    f"{name}={value!r} must be a number in (0, {high:g}], or inf/None for no limit"
                 )
 
     @classmethod
@@ -294,16 +294,35 @@ class PortfolioConfig:
     # ------------------------------------------------------------------ plain dicts
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any], source: str = "<dict>") -> PortfolioConfig:
-        """Build a config from plain data (a parsed TOML/YAML file); errors name ``source``
-        and the key.
+        """Build a config from plain data (a parsed TOML/YAML file); errors name ``source``,
+        the table and the key.
 
         Keys: ``sleeves`` (list of tables with the Sleeve fields), ``sim`` (SimConfig
         fields), ``limits`` (RiskLimits fields), ``conflict``. Unknown keys are refused.
         """
+        top = Table(mapping, source)
+        top.refuse_unknown(("sleeves", "sim", "limits", "conflict"))
+        return cls.from_tables(
+            sleeves=top.tables("sleeves"),
+            sim=top.table("sim"),
+            limits=top.table("limits"),
+            conflict_in=top,
+        )
+
+    @classmethod
+    def from_tables(
+        cls, *, sleeves: Sequence[Table], sim: Table, limits: Table, conflict_in: Table
+    ) -> PortfolioConfig:
+        """Build a config from a file's tables, whatever that file names them (the live
+        config's ``[costs]`` and ``[risk]``); ``conflict_in`` is the table holding the
+        ``conflict`` key. Errors name the file, the table and the key."""
+        built = [table.build(Sleeve) for table in sleeves]
+        sim_config, risk_limits = sim.build(SimConfig), limits.build(RiskLimits)
+        conflict = conflict_in.choice("conflict", POLICIES, "net")
         try:
-            return _from_dict(cls, mapping)
+            return cls(sleeves=tuple(built), sim=sim_config, limits=risk_limits, conflict=conflict)
         except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
+            raise ConfigError(f"{sim.source}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """Return plain data that :meth:`from_dict` turns back into an equal config."""
@@ -316,54 +335,6 @@ class PortfolioConfig:
             },
             "conflict": self.conflict,
         }
-
-
-def _from_dict(cls, mapping: Mapping[str, Any]) -> PortfolioConfig:
-    _check_keys(mapping, {"sleeves", "sim", "limits", "conflict"}, "")
-    raw_sleeves = mapping.get("sleeves")
-    if not isinstance(raw_sleeves, Sequence) or isinstance(raw_sleeves, str) or not raw_sleeves:
-        raise ConfigError("sleeves: must be a non-empty list of tables")
-    sleeve_keys = {f.name for f in dataclasses.fields(Sleeve)}
-    sleeves = []
-    for i, raw in enumerate(raw_sleeves):
-        where = f"sleeves[{i}]"
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{where}: must be a table of {', '.join(sorted(sleeve_keys))}")
-        _check_keys(raw, sleeve_keys, where + ".")
-        missing = [k for k in ("strategy", "symbols", "allocation") if k not in raw]
-        if missing:
-            raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
-        try:
-            sleeves.append(Sleeve(**raw))
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
-        except TypeError as e:
-            raise ConfigError(f"{where}: {e}") from None
-    sim_raw = mapping.get("sim", {})
-    limits_raw = mapping.get("limits", {})
-    for key, raw in (("sim", sim_raw), ("limits", limits_raw)):
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{key}: must be a table")
-    try:
-        sim = SimConfig.build(None, **sim_raw)
-    except ConfigError as e:
-        raise ConfigError(f"sim: {e}") from None
-    _check_keys(limits_raw, {f.name for f in dataclasses.fields(RiskLimits)}, "limits.")
-    return cls(
-        sleeves=tuple(sleeves),
-        sim=sim,
-        limits=RiskLimits(**limits_raw),
-        conflict=mapping.get("conflict", "net"),
-    )
-
-
-def _check_keys(mapping: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
-    unknown = sorted(set(mapping) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"allowed: {', '.join(sorted(allowed))}"
-        )
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,7 +11,7 @@ from functools import cache
 import numpy as np
 from numba import njit
 
-from quantshift.engine.compile import compile_template, package_digest
+from quantshift.engine.compile import compile_template
 from quantshift.engine.records import Signals, trade_dt
 from quantshift.portfolio.kernels import (
     check_stops_nb,
@@ -22,6 +22,7 @@ from quantshift.portfolio.kernels import (
     sleeve_equity_nb,
 )
 from quantshift.portfolio.rows import FILL_PENDING, fill_dt, halt_dt, order_dt, veto_dt
+from quantshift.provenance import package_digest
 
 
 @njit

@@ -124,6 +124,9 @@ class PromotionRecord:
     research_settings: Mapping[str, Any] = field(default_factory=dict)
     """The backtest settings of the study (sizing, costs, direction): a live sleeve that sizes
     or pays differently trades the parameters on other terms than the evidence."""
+    causality: Mapping[str, Any] = field(default_factory=dict)
+    """The strategy's causality verdict on the study's data
+    (``quantshift.strategies.causality.CausalityVerdict.to_dict``)."""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -177,6 +180,8 @@ class PromotionRecord:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "causality" and not value:
+                continue  # a record written before the field keeps its id
             if f.name == "gates":
                 value = [g.to_dict() for g in value]
             elif f.name == "symbols":
@@ -195,7 +200,8 @@ class PromotionRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "promotion record") -> PromotionRecord:
-        """Validate and load; unknown keys, a wrong version or an altered body are errors."""
+        """Validate and load; unknown keys, a wrong version, a missing ``record_id`` or a body
+        that does not hash to it are errors: every load verifies the content."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: must be a JSON object")
         version = data.get("format_version")
@@ -223,7 +229,12 @@ class PromotionRecord:
         except TypeError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         stated = data.get("record_id")
-        if stated is not None and stated != record.record_id:
+        if stated is None:
+            raise ConfigError(
+                f"{where}: no record_id, so its content cannot be verified; the record was "
+                "altered after it was written (promote it again)"
+            )
+        if stated != record.record_id:
             raise ConfigError(
                 f"{where}: record_id {stated} does not match its content ({record.record_id}); "
                 "the record was altered after it was written"
@@ -249,7 +260,8 @@ class PromotionRecord:
             f"allocation {self.allocation:g}",
             f"  code {code.get('version')} @ {commit}"
             + (" (dirty)" if code.get("git_dirty") else "")
-            + f", strategy hash {str(code.get('strategy_hash'))[:12]}",
+            + f", strategy hash {str(code.get('strategy_hash'))[:12]}"
+            + (f" ({code['strategy_file']})" if code.get("strategy_file") else ""),
             f"  from MLflow run {self.mlflow_run_id}, by {self.created_by} at {self.created_at}",
         ]
 

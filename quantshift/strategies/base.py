@@ -5,7 +5,6 @@ A strategy never names an optimiser: research and live read the same declaration
 
 from __future__ import annotations
 
-import itertools
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping
@@ -15,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from quantshift.errors import ConfigError, UnknownNameError
+from quantshift.strategies.grid import ParameterGrid
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -160,39 +160,30 @@ class Strategy:
         """Return the index of the first bar at which an entry or exit can fire."""
         return int(self.warmup(self.resolve(overrides)))
 
-    def grid(self, axes: Mapping[str, Iterable[float]]) -> np.ndarray:
+    def grid(
+        self, axes: Mapping[str, Iterable[float]], *, max_sets: int | None = None
+    ) -> np.ndarray:
         """Return the parameter matrix of the Cartesian product of ``axes``.
 
-        Parameters not named keep their defaults. Combinations violating a constraint are
-        dropped; values outside a parameter's range raise ConfigError.
+        Parameters not named keep their defaults; a value repeated on an axis is tried once.
+        Combinations violating a constraint are dropped. The product is counted before it is
+        built: more than ``max_sets`` combinations (default
+        :func:`quantshift.strategies.grid.max_grid_sets`) raise ConfigError naming the count,
+        as do values outside a parameter's range.
         """
+        return self.parameter_grid(axes, max_sets=max_sets).matrix()
+
+    def parameter_grid(
+        self, axes: Mapping[str, Iterable[float]], *, max_sets: int | None = None
+    ) -> ParameterGrid:
+        """Return the validated, counted grid of ``axes``, to be generated block by block."""
         unknown = [k for k in axes if k not in self._names]
         if unknown:
             raise UnknownNameError(
                 f"strategy '{self.name}' has no parameter {unknown[0]!r}; "
                 f"parameters: {', '.join(self._names)}"
             )
-        by_name = {p.name: p for p in self.params}
-        columns = []
-        for p in self.params:
-            if p.name in axes:
-                vals = [by_name[p.name].check(v, self.name) for v in axes[p.name]]
-                if not vals:
-                    raise ConfigError(f"strategy '{self.name}': grid for '{p.name}' is empty")
-                columns.append(vals)
-            else:
-                columns.append([p.default])
-        rows = [
-            combo
-            for combo in itertools.product(*columns)
-            if all(c.holds(dict(zip(self._names, combo, strict=True))) for c in self.constraints)
-        ]
-        if not rows:
-            raise ConfigError(
-                f"strategy '{self.name}': no grid point satisfies "
-                + ", ".join(str(c) for c in self.constraints)
-            )
-        return np.array(rows, dtype=np.float64).reshape(len(rows), len(self._names))
+        return ParameterGrid(self, axes, max_sets=max_sets)
 
     def check_matrix(self, matrix: np.ndarray) -> np.ndarray:
         """Validate a (n_sets, n_params) parameter matrix row by row; return it as float64."""

@@ -37,7 +37,8 @@ def _num(x: float | None) -> str | None:
 class Fault:
     """The next ``count`` requests matching ``method`` and ``path`` answer ``status`` (0: the
     real answer) after ``delay_s``; with ``land`` the request is carried out first (the answer
-    is lost, the effect is not)."""
+    is lost, the effect is not). ``body`` replaces the fault's answer: JSON, or ``bytes`` sent
+    as they are (a malformed answer, even with status 200)."""
 
     method: str
     path: str
@@ -46,6 +47,7 @@ class Fault:
     land: bool = False
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    body: Any = None
 
 
 @dataclass
@@ -190,7 +192,8 @@ class FakeAlpaca:
         if fault is not None and fault.delay_s:
             time.sleep(fault.delay_s)  # the client times out; the effect (if landed) stays
         if fault is not None and fault.status:
-            return fault.status, fault.headers, {"code": fault.status, "message": "fault"}
+            body = {"code": fault.status, "message": "fault"} if fault.body is None else fault.body
+            return fault.status, fault.headers, body
         return answer
 
     def _route(self, method: str, path: str, query: dict, body: Any):
@@ -569,7 +572,10 @@ class _Handler(BaseHTTPRequestHandler):
         status, headers, payload = self.venue.handle(
             method, parts.path, parse_qs(parts.query), self.headers, body
         )
-        data = b"" if payload is None else json.dumps(payload).encode()
+        if isinstance(payload, bytes):
+            data = payload
+        else:
+            data = b"" if payload is None else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

@@ -58,7 +58,8 @@ class Fault:
     """The next ``count`` requests matching ``method`` and ``path`` (relative to the API prefix;
     a trailing ``*`` matches a prefix), after ``after`` matching ones went through, answer
     ``status`` after ``delay_s``; with ``land`` the request is carried out first (the effect
-    happens, the answer is lost)."""
+    happens, the answer is lost). ``body`` replaces the fault's answer: JSON, or ``bytes`` sent
+    as they are (a malformed answer, even with status 200)."""
 
     method: str
     path: str
@@ -68,6 +69,11 @@ class Fault:
     land: bool = False
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    body: Any = None
+
+    @property
+    def answer(self) -> Any:
+        return {"error": "FAULT", "message": "injected"} if self.body is None else self.body
 
     def matches(self, method: str, path: str) -> bool:
         if method != self.method:
@@ -324,13 +330,13 @@ class FakeCoinbase:
             return 401, {}, {"error": "UNAUTHORIZED", "message": "Unauthorized"}
         if fault is not None and not fault.land:
             time.sleep(fault.delay_s)
-            return fault.status, fault.headers, {"error": "FAULT", "message": "injected"}
+            return fault.status, fault.headers, fault.answer
         with self._lock:
             status, answer = self._route(method, path, query, body)
         self._flush()
         if fault is not None:
             time.sleep(fault.delay_s)
-            return fault.status, fault.headers, {"error": "FAULT", "message": "injected"}
+            return fault.status, fault.headers, fault.answer
         return status, {}, answer
 
     def _fault(self, method: str, path: str) -> Fault | None:
@@ -690,7 +696,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         body = json.loads(raw) if raw else {}
         status, headers, answer = self.venue.handle(method, self.path, self.headers, body)
-        data = json.dumps(answer).encode()
+        data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
