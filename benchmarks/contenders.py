@@ -387,13 +387,11 @@ def _quantshift_inputs(wl: Workload, data: Ohlcv):
 def setup_kernel(wl: Workload, data: Ohlcv):
     from quantshift.engine.arrays import pack
     from quantshift.engine.fused import kernels_for
-    from quantshift.engine.metrics import METRICS
 
     strategy, bars, config = _quantshift_inputs(wl, data)
     kernels = kernels_for(strategy)
-    args = pack(bars, config).kernel_args()
-    cfg = config.to_vector()
-    equity_col, trades_col = METRICS.index("final_equity"), METRICS.index("trades")
+    kernel_bars = pack(bars, config).kernel_bars()
+    cfg = config.to_record()
     if wl.is_sweep:
         matrix = strategy.grid({"fast": wl.fast, "slow": wl.slow})
         fast_col, slow_col = strategy.param_names.index("fast"), strategy.param_names.index("slow")
@@ -403,22 +401,22 @@ def setup_kernel(wl: Workload, data: Ohlcv):
         )
 
         def summarize(metrics):
-            by_set = dict(zip(keys, metrics[:, equity_col].tolist(), strict=True))
-            return _sweep_summary(wl, by_set, metrics[:, trades_col].sum())
+            by_set = dict(zip(keys, metrics["final_equity"].tolist(), strict=True))
+            return _sweep_summary(wl, by_set, metrics["trades"].sum())
 
-        return lambda: kernels.sweep(*args, matrix, cfg), summarize
+        return lambda: kernels.sweep(kernel_bars, matrix, cfg), summarize
     vector = strategy.vector(wl.params)
 
     def summarize_backtest(result):
         metrics = result[-1]
         if wl.n_symbols > 1:
-            return _panel_summary(metrics[:, equity_col], metrics[:, trades_col])
-        row = dict(zip(METRICS, metrics[0].tolist(), strict=True))
+            return _panel_summary(metrics["final_equity"], metrics["trades"])
+        row = metrics[0]
         return _summary(row["final_equity"], row["sharpe"], row["max_drawdown_pct"], row["trades"])
 
     # The kernel quantshift.backtest picks: serial for one symbol, parallel for several.
     kernel = kernels.backtest_serial if wl.n_symbols == 1 else kernels.backtest
-    return lambda: kernel(*args, vector, cfg), summarize_backtest
+    return lambda: kernel(kernel_bars, vector, cfg), summarize_backtest
 
 
 def setup_public(wl: Workload, data: Ohlcv):

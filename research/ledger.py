@@ -21,7 +21,7 @@ import pandas as pd
 import quantshift as qs
 from quantshift.data.bars import Bars
 from quantshift.engine.config import SimConfig
-from quantshift.engine.metrics import M_SHARPE, METRICS, infer_periods_per_year
+from quantshift.engine.metrics import METRICS, infer_periods_per_year
 from quantshift.errors import ConfigError, UnknownNameError
 
 STATES = ("complete", "pruned", "fail", "infeasible")
@@ -447,7 +447,7 @@ class FoldEvaluation:
         raw = raw.reshape(rows.size, part.bars.n_symbols, len(METRICS))
         self.metrics[fold, rows] = mean_defined(raw, axis=1)
         self._spp[fold, rows] = mean_defined(
-            raw[:, :, M_SHARPE] / np.sqrt(part.periods_per_year), axis=1
+            raw[:, :, METRICS.index("sharpe")] / np.sqrt(part.periods_per_year), axis=1
         )
         self._bars[fold, rows] = part.n_bars.mean()
         self._ppy[fold, rows] = part.periods_per_year.mean()

@@ -10,6 +10,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from quantshift.engine.metrics import cagr_pct_nb, drawdown_step_nb, sharpe_nb
+
 METHOD_RESHUFFLE = 0
 METHOD_BOOTSTRAP = 1
 METHOD_BLOCK = 2
@@ -40,8 +42,9 @@ def mix32_nb(x):
 def path_metrics_nb(path_returns, years, sharpe_factor, wealth_out):
     """Compound one path of returns from wealth 1.0; return its four metrics.
 
-    Returns ``(final_wealth, max_drawdown_pct, cagr_pct, sharpe)``. The starting wealth 1.0
-    is the first peak. CAGR is NaN unless ``years > 0``. Sharpe is the mean over the sample
+    Returns ``(final_wealth, max_drawdown_pct, cagr_pct, sharpe)`` by the engine's metric
+    helpers. The starting wealth 1.0 is the first peak. CAGR is NaN unless ``years > 0``, and
+    -100 once the wealth is gone. Sharpe is the mean over the sample
     (ddof 1) standard deviation of ``path_returns`` times ``sharpe_factor``; NaN for fewer than
     two returns or zero spread. ``wealth_out`` (length n + 1, or 0 to skip) receives the path.
     """
@@ -57,15 +60,9 @@ def path_metrics_nb(path_returns, years, sharpe_factor, wealth_out):
         r = path_returns[k]
         total += r
         wealth *= 1.0 + r
-        if wealth > peak:
-            peak = wealth
-        else:
-            max_drawdown = max(max_drawdown, 1.0 - wealth / peak)
+        peak, max_drawdown = drawdown_step_nb(wealth, peak, max_drawdown)
         if store:
             wealth_out[k + 1] = wealth
-    cagr_pct = math.nan
-    if years > 0.0:
-        cagr_pct = 100.0 * (wealth ** (1.0 / years) - 1.0)
     sharpe = math.nan
     if n > 1:
         # Two passes: per-trade returns can have a mean comparable to their spread.
@@ -74,10 +71,8 @@ def path_metrics_nb(path_returns, years, sharpe_factor, wealth_out):
         for k in range(n):
             d = path_returns[k] - mean
             squares += d * d
-        std = math.sqrt(squares / (n - 1))
-        if std > 0.0:
-            sharpe = mean / std * sharpe_factor
-    return wealth, 100.0 * max_drawdown, cagr_pct, sharpe
+        sharpe = sharpe_nb(mean, math.sqrt(squares / (n - 1)), sharpe_factor)
+    return wealth, 100.0 * max_drawdown, cagr_pct_nb(wealth, years), sharpe
 
 
 @njit(cache=True)

@@ -9,7 +9,7 @@ import importlib
 
 from probe import run_json
 
-from quantshift.engine.fused import _digest
+from quantshift.engine.compile import function_digest
 
 PROBE = """
 import json, time
@@ -48,11 +48,11 @@ def test_cache_key_follows_strategy_source(tmp_path, monkeypatch):
     source.write_text("def signal(x):\n    return x + 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("my_signals")
-    before = _digest(module.signal)
-    assert _digest(module.signal) == before
+    before = function_digest(module.signal)
+    assert function_digest(module.signal) == before
     source.write_text("def signal(x):\n    return x + 2\n")
     module = importlib.reload(module)
-    assert _digest(module.signal) != before
+    assert function_digest(module.signal) != before
 
 
 def test_cache_key_differs_for_two_functions_of_one_file():
@@ -62,7 +62,7 @@ def test_cache_key_differs_for_two_functions_of_one_file():
     def second(x):
         return x - 1
 
-    assert _digest(first) != _digest(second)
+    assert function_digest(first) != function_digest(second)
 
 
 EXEC_PROBE = '''

@@ -243,3 +243,39 @@ def test_total_loss():
     )
     # No new position once the equity is gone.
     assert len(r.trades) == 1
+
+
+def test_one_implementation_serves_kernel_equity_live_and_monte_carlo(sp500):
+    # Each path used to compute these statistics its own way (numpy passes in equity_metrics,
+    # numpy sums in the live store, its own loop in the Monte Carlo kernel); they now run the
+    # fill kernel's helpers, so the first three agree exactly.
+    from live.store.performance import compute_performance
+    from quantshift.engine.metrics import EQUITY_METRICS, equity_metrics, trade_metrics
+    from research.montecarlo_nb import path_metrics_nb
+
+    r = backtest("ma_crossover", sp500, {"fast": 10, "slow": 50}, fees_bps=2.0,
+                 periods_per_year=PPY)  # fmt: skip
+    m = r.metrics
+    equity = r.equity.iloc[:, 0].to_numpy()
+    curve = equity_metrics(equity, CASH, PPY)
+    assert curve == {k: m[k] for k in EQUITY_METRICS}
+    pnl = r.trades.loc[r.trades["exit_reason"] != "open", "pnl"].to_numpy()
+    trades = trade_metrics(pnl)
+    assert m["trades"] == trades["trades"] > 3
+    for key in ("win_rate_pct", "profit_factor", "avg_win", "avg_loss", "largest_win",
+                "largest_loss"):  # fmt: skip
+        assert trades[key] == m[key], key
+    live = compute_performance(pnl, np.r_[CASH, equity], PPY)
+    for key in ("win_rate_pct", "profit_factor", "avg_win", "largest_loss", "sharpe",
+                "max_drawdown_pct"):  # fmt: skip
+        assert live[key] == m[key], key
+    # Monte Carlo compounds returns (wealth from 1.0) and takes a two-pass deviation, so it
+    # agrees to rounding.
+    returns = bar_returns(equity, CASH)
+    wealth, drawdown, cagr, sharpe = path_metrics_nb(
+        returns, len(equity) / PPY, math.sqrt(PPY), np.empty(0)
+    )
+    assert wealth * CASH == pytest.approx(m["final_equity"], rel=1e-12)
+    assert drawdown == pytest.approx(m["max_drawdown_pct"], rel=1e-12)
+    assert cagr == pytest.approx(m["cagr_pct"], rel=1e-12)
+    assert sharpe == pytest.approx(m["sharpe"], rel=1e-12)

@@ -273,7 +273,7 @@ def test_decide_is_pure():
     )
     middle = portfolio_backtest(run, SYNTHETIC[:t]).final_state
     assert middle.positions()
-    before = {name: array.copy() for name, array in middle.arrays().items()}
+    before = {name: array.copy() for name, array in middle.arrays()._asdict().items()}
     bar = compute_signals(run, SYNTHETIC).at(t)
     first, second = decide(middle, bar, run), decide(middle, bar, run)
     assert first.orders, "the bar should trade"
@@ -281,7 +281,12 @@ def test_decide_is_pure():
     assert first.vetoes == second.vetoes
     assert first.state == second.state and first.state is not middle
     for name, array in before.items():
-        np.testing.assert_array_equal(getattr(middle, name), array, name)
+        for field in array.dtype.names or (None,):  # records: field by field, NaN equal NaN
+            np.testing.assert_array_equal(
+                getattr(middle, name)[field] if field else getattr(middle, name),
+                array[field] if field else array,
+                f"{name}.{field}",
+            )
     with pytest.raises(ValueError, match="read-only"):
         middle.cash[0] = 0.0
 
@@ -299,8 +304,8 @@ def test_state_round_trips_through_json():
     data = json.loads(json.dumps(state.to_dict(), allow_nan=False))
     restored = PortfolioState.from_dict(data, run)
     assert restored == state
-    for name, array in state.arrays().items():
-        assert array.dtype == restored.arrays()[name].dtype
+    for name, array in state.arrays()._asdict().items():
+        assert array.dtype == getattr(restored.arrays(), name).dtype
     assert restored.sleeve_cash() == state.sleeve_cash()
     assert restored.positions() == state.positions()
     # The restored state decides exactly as the original.

@@ -1,6 +1,6 @@
 """Per-strategy performance from stored trades and equity snapshots, by the backtest's rules.
 
-Trade statistics follow ``quantshift.engine.metrics``; Sharpe and drawdown use its equity_metrics.
+Trade statistics, Sharpe and drawdown come from ``quantshift.engine.metrics``' helpers.
 """
 
 from __future__ import annotations
@@ -38,30 +38,15 @@ def compute_performance(pnl: np.ndarray, equity: np.ndarray, periods_per_year: f
         peak and ``current_drawdown_pct`` the fall of the last snapshot from the peak, in %.
         NaN where undefined.
     """
+    # The engine's metric helpers (a numba import, so only when needed).
+    from quantshift.engine.metrics import equity_metrics, trade_metrics
+
     pnl = np.asarray(pnl, dtype=np.float64)
     equity = np.asarray(equity, dtype=np.float64)
     out = dict.fromkeys(PERFORMANCE_FIELDS, math.nan)
-    win = pnl > 0.0
-    n_trades, n_wins = int(pnl.shape[0]), int(win.sum())
-    n_losses = n_trades - n_wins
-    gross_win = float(pnl[win].sum())
-    gross_loss = -float(pnl[~win].sum())
-    out["trades"], out["wins"], out["pnl"] = n_trades, n_wins, float(pnl.sum())
-    if n_trades:
-        out["win_rate_pct"] = 100.0 * n_wins / n_trades
-    if n_wins:
-        out["avg_win"] = gross_win / n_wins
-        out["largest_win"] = float(pnl[win].max())
-    if n_losses:
-        out["avg_loss"] = -gross_loss / n_losses
-        out["largest_loss"] = float(pnl[~win].min())
-    if gross_loss > 0.0:
-        out["profit_factor"] = gross_win / gross_loss
-    elif gross_win > 0.0:
-        out["profit_factor"] = math.inf
+    out.update(trade_metrics(pnl))
+    out["pnl"] = float(pnl.sum())
     if equity.shape[0] >= 2:
-        from quantshift.engine.metrics import equity_metrics  # numba import: only when needed
-
         metrics = equity_metrics(equity[1:], float(equity[0]), periods_per_year)
         out["sharpe"] = metrics["sharpe"]
         out["max_drawdown_pct"] = metrics["max_drawdown_pct"]

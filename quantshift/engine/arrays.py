@@ -12,6 +12,7 @@ import numpy as np
 from quantshift.data.bars import FIELDS, Bars
 from quantshift.engine.config import SimConfig
 from quantshift.engine.metrics import infer_periods_per_year
+from quantshift.engine.records import BarArrays
 
 
 @dataclass(frozen=True)
@@ -32,23 +33,22 @@ class PackedBars:
     periods_per_year: np.ndarray
     gap_free: bool
 
-    def kernel_args(self) -> tuple:
-        return (
-            self.open,
-            self.high,
-            self.low,
-            self.close,
-            self.volume,
-            self.lengths,
+    def kernel_bars(self) -> BarArrays:
+        """Return the arrays the kernels read."""
+        return BarArrays(
+            self.open, self.high, self.low, self.close, self.volume, self.lengths,
             self.periods_per_year,
-        )
+        )  # fmt: skip
 
 
 def pack(bars: Bars, config: SimConfig) -> PackedBars:
     """Pack ``bars`` for the kernels; periods per year come from ``config`` or the timestamps."""
     valid = bars.valid
     gap_free = bool(valid.all())
-    rows = tuple(np.flatnonzero(valid[:, s]) for s in range(bars.n_symbols))
+    if gap_free:
+        rows = (np.arange(bars.n_bars),) * bars.n_symbols
+    else:
+        rows = tuple(np.flatnonzero(valid[:, s]) for s in range(bars.n_symbols))
     lengths = np.array([r.shape[0] for r in rows], dtype=np.int64)
     n_max = int(lengths.max()) if lengths.size else 0
     packed = {}

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -18,20 +19,8 @@ from quantshift.engine.arrays import PackedBars, pack
 from quantshift.engine.config import SimConfig
 from quantshift.engine.fused import kernels_for
 from quantshift.engine.metrics import METRICS
-from quantshift.engine.simulate import (
-    EXIT_REASONS,
-    TR_DIRECTION,
-    TR_ENTRY_BAR,
-    TR_ENTRY_FEES,
-    TR_ENTRY_PRICE,
-    TR_EXIT_BAR,
-    TR_EXIT_FEES,
-    TR_EXIT_PRICE,
-    TR_EXIT_REASON,
-    TR_PNL,
-    TR_RETURN_PCT,
-    TR_UNITS,
-)
+from quantshift.engine.records import float_matrix, trade_columns
+from quantshift.engine.simulate import EXIT_REASONS
 from quantshift.errors import ConfigError, DataError
 from quantshift.strategies import Strategy, get_strategy
 
@@ -52,9 +41,25 @@ TRADE_COLUMNS = (
 )
 
 
+@dataclass(frozen=True)
+class KernelRun:
+    """What the backtest kernel returned, with the bars it ran on (the result's raw form)."""
+
+    data: Bars
+    packed: PackedBars
+    equity: np.ndarray  # (n_symbols, n_max) packed
+    position: np.ndarray
+    trades: np.ndarray  # trade_dt (n_symbols, rows); row s holds n_trades[s] trades
+    n_trades: np.ndarray
+    metrics: np.ndarray  # metrics_dt (n_symbols,)
+
+
 @dataclass(frozen=True, eq=False)
 class BacktestResult:
     """What a backtest produced.
+
+    Metrics are read from the kernel's records at once; the pandas frames are built the first
+    time they are read, so a loop of backtests, or a 500-symbol run, pays only for what it reads.
 
     Attributes
     ----------
@@ -66,18 +71,40 @@ class BacktestResult:
     equity, positions : DataFrame
         Per-bar equity (currency) and signed units per symbol on the bars' time axis; a symbol's
         missing bars carry its last value.
+    data_fingerprint : str
+        SHA-256 of the bars (:meth:`quantshift.Bars.fingerprint`).
     """
 
     strategy: str
     params: dict[str, float]
     config: SimConfig
     symbols: tuple[str, ...]
-    stats: pd.DataFrame
-    trades: pd.DataFrame
-    equity: pd.DataFrame
-    positions: pd.DataFrame
-    data_fingerprint: str
     data_source: str
+    run: KernelRun = field(repr=False)
+
+    @cached_property
+    def stats(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            float_matrix(self.run.metrics),
+            index=pd.Index(self.symbols, name="symbol"),
+            columns=list(METRICS),
+        )
+
+    @cached_property
+    def trades(self) -> pd.DataFrame:
+        return _trades_frame(self.run)
+
+    @cached_property
+    def equity(self) -> pd.DataFrame:
+        return _unpack_series(self.run, self.run.equity, fill_start=self.config.cash)
+
+    @cached_property
+    def positions(self) -> pd.DataFrame:
+        return _unpack_series(self.run, self.run.position, fill_start=0.0)
+
+    @property
+    def data_fingerprint(self) -> str:
+        return self.run.data.fingerprint()
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -89,7 +116,10 @@ class BacktestResult:
         return self.metrics_for(self.symbols[0])
 
     def metrics_for(self, symbol: str) -> dict[str, float]:
-        row = self.stats.loc[symbol]
+        try:
+            row = self.run.metrics[self.symbols.index(symbol)]
+        except ValueError:
+            raise KeyError(symbol) from None
         return {k: (int(row[k]) if k == "trades" else float(row[k])) for k in METRICS}
 
     def returns(self) -> pd.DataFrame:
@@ -168,22 +198,15 @@ def backtest(
     kernels = kernels_for(strat)
     kernel = kernels.backtest_serial if data.n_symbols == 1 else kernels.backtest
     equity, position, trades, n_trades, metrics = kernel(
-        *packed.kernel_args(), vector, cfg.to_vector()
+        packed.kernel_bars(), vector, cfg.to_record()
     )
-    index = data.index
     return BacktestResult(
         strategy=strat.name,
         params=dict(zip(strat.param_names, vector.tolist(), strict=True)),
         config=cfg,
         symbols=data.symbols,
-        stats=pd.DataFrame(
-            metrics, index=pd.Index(data.symbols, name="symbol"), columns=list(METRICS)
-        ),
-        trades=_trades_frame(data, packed, trades, n_trades),
-        equity=_unpack_series(packed, equity, index, data.symbols, fill_start=cfg.cash),
-        positions=_unpack_series(packed, position, index, data.symbols, fill_start=0.0),
-        data_fingerprint=data.fingerprint(),
         data_source=data.source,
+        run=KernelRun(data, packed, equity, position, trades, n_trades, metrics),
     )
 
 
@@ -210,51 +233,31 @@ def prepare(strategy, bars, symbol, config, settings):
     return strat, data, cfg
 
 
-def _unpack_series(packed: PackedBars, values, index, symbols, fill_start: float) -> pd.DataFrame:
+def _unpack_series(run: KernelRun, values, fill_start: float) -> pd.DataFrame:
     """Map packed per-symbol series back onto the time axis; missing bars carry the last value."""
-    columns = pd.Index(symbols, name="symbol")
-    if packed.gap_free:
+    index, columns = run.data.index, pd.Index(run.data.symbols, name="symbol")
+    if run.packed.gap_free:
         return pd.DataFrame(values.T, index=index, columns=columns)
-    out = np.full((index.shape[0], len(symbols)), np.nan)
-    for s, rows in enumerate(packed.rows):
+    out = np.full((index.shape[0], len(columns)), np.nan)
+    for s, rows in enumerate(run.packed.rows):
         out[rows, s] = values[s, : rows.shape[0]]
     return pd.DataFrame(out, index=index, columns=columns).ffill().fillna(fill_start)
 
 
-def _trades_frame(data: Bars, packed: PackedBars, trades, n_trades) -> pd.DataFrame:
+def _trades_frame(run: KernelRun) -> pd.DataFrame:
     """One frame of every symbol's trade records, in symbol order then time."""
-    kept = np.arange(trades.shape[1])[None, :] < n_trades[:, None]
-    rec = trades[kept]
+    data, packed, n_trades = run.data, run.packed, run.n_trades
+    kept = np.arange(run.trades.shape[1])[None, :] < n_trades[:, None]
+    rec = run.trades[kept]
     symbol = np.repeat(np.arange(data.n_symbols), n_trades)
     # Packed bar positions -> rows of the shared time axis.
     flat_rows = np.concatenate(packed.rows)
-    offsets = np.concatenate(([0], np.cumsum(packed.lengths)[:-1]))
-    entry_bar = rec[:, TR_ENTRY_BAR].astype(np.int64)
-    exit_bar = rec[:, TR_EXIT_BAR].astype(np.int64)
-    entry_rows = flat_rows[offsets[symbol] + entry_bar]
-    exit_rows = flat_rows[offsets[symbol] + exit_bar]
-    return pd.DataFrame(
-        {
-            "symbol": pd.Categorical.from_codes(symbol, categories=list(data.symbols)),
-            "direction": pd.Categorical.from_codes(
-                (rec[:, TR_DIRECTION] < 0).astype(np.int8), categories=["long", "short"]
-            ),
-            "entry_time": pd.to_datetime(data.ts_ns[entry_rows], unit="ns", utc=True),
-            "exit_time": pd.to_datetime(data.ts_ns[exit_rows], unit="ns", utc=True),
-            "entry_price": rec[:, TR_ENTRY_PRICE],
-            "exit_price": rec[:, TR_EXIT_PRICE],
-            "units": rec[:, TR_UNITS],
-            "entry_fees": rec[:, TR_ENTRY_FEES],
-            "exit_fees": rec[:, TR_EXIT_FEES],
-            "pnl": rec[:, TR_PNL],
-            "return_pct": rec[:, TR_RETURN_PCT],
-            "exit_reason": pd.Categorical.from_codes(
-                rec[:, TR_EXIT_REASON].astype(np.int8), categories=list(EXIT_REASONS)
-            ),
-            "bars_held": exit_bar - entry_bar,
-        },
-        columns=list(TRADE_COLUMNS),
-    )
+    offsets = np.concatenate(([0], np.cumsum(packed.lengths)[:-1]))[symbol]
+    rec["sleeve"] = 0
+    rec["symbol"] = symbol
+    rec["entry_ts_ns"] = data.ts_ns[flat_rows[offsets + rec["entry_bar"]]]
+    rec["exit_ts_ns"] = data.ts_ns[flat_rows[offsets + rec["exit_bar"]]]
+    return pd.DataFrame(trade_columns(rec, data.symbols, EXIT_REASONS), columns=list(TRADE_COLUMNS))
 
 
 def _iso(ts) -> str:

@@ -1,6 +1,6 @@
-"""Simulation settings: a frozen, validated config and its float64 vector form for the kernels.
+"""Simulation settings: a frozen, validated config and its record form for the kernels.
 
-Numba kernels read settings from one float64 vector (cacheable, no Python objects inside).
+Numba kernels read settings from one ``config_dt`` record (cacheable, no Python objects inside).
 """
 
 from __future__ import annotations
@@ -12,27 +12,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from quantshift.engine.records import config_dt
 from quantshift.errors import ConfigError
 
 FILLS = ("next-open", "close")
 DIRECTIONS = ("long", "short", "both")
 SIZINGS = ("fraction", "risk", "kelly")
-
-# Positions in the config vector; the kernels index it with these constants.
-CFG_CASH = 0
-CFG_FEE_RATE = 1
-CFG_SLIPPAGE_RATE = 2
-CFG_FILL = 3
-CFG_DIRECTION = 4
-CFG_SIZING = 5
-CFG_SIZE = 6
-CFG_RISK = 7
-CFG_KELLY_FRACTION = 8
-CFG_KELLY_MIN_TRADES = 9
-CFG_MAX_LEVERAGE = 10
-CFG_WHOLE_UNITS = 11
-CFG_USE_STOPS = 12
-CFG_LEN = 13
 
 FILL_NEXT_OPEN = 0
 FILL_CLOSE = 1
@@ -128,23 +113,24 @@ class SimConfig:
             )
         return dataclasses.replace(base, **overrides) if overrides else base
 
-    def to_vector(self) -> np.ndarray:
-        """Return the float64 vector the kernels read."""
-        v = np.zeros(CFG_LEN, dtype=np.float64)
-        v[CFG_CASH] = self.cash
-        v[CFG_FEE_RATE] = self.fees_bps / 1e4
-        v[CFG_SLIPPAGE_RATE] = self.slippage_bps / 1e4
-        v[CFG_FILL] = FILLS.index(self.fill)
-        v[CFG_DIRECTION] = DIRECTIONS.index(self.direction)
-        v[CFG_SIZING] = SIZINGS.index(self.sizing)
-        v[CFG_SIZE] = self.size
-        v[CFG_RISK] = self.risk_per_trade
-        v[CFG_KELLY_FRACTION] = self.kelly_fraction
-        v[CFG_KELLY_MIN_TRADES] = self.kelly_min_trades
-        v[CFG_MAX_LEVERAGE] = self.max_leverage
-        v[CFG_WHOLE_UNITS] = float(self.whole_units)
-        v[CFG_USE_STOPS] = float(self.use_stops)
-        return v
+    def to_record(self) -> np.ndarray:
+        """Return the settings as a one-element ``config_dt`` array, what the kernels read."""
+        out = np.zeros(1, config_dt)
+        rec = out[0]
+        rec.cash = self.cash
+        rec.fee_rate = self.fees_bps / 1e4
+        rec.slippage_rate = self.slippage_bps / 1e4
+        rec.fill_at = FILLS.index(self.fill)
+        rec.direction = DIRECTIONS.index(self.direction)
+        rec.sizing = SIZINGS.index(self.sizing)
+        rec.size_fraction = self.size
+        rec.risk_per_trade = self.risk_per_trade
+        rec.kelly_fraction = self.kelly_fraction
+        rec.kelly_min_trades = self.kelly_min_trades
+        rec.max_leverage = self.max_leverage
+        rec.whole_units = self.whole_units
+        rec.use_stops = self.use_stops
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,31 +8,27 @@ cached kernel's arguments) and never reuses machine code compiled from older sou
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import re
-import sys
-import types
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numba import njit, prange
 
-from quantshift.engine.config import CFG_CASH
-from quantshift.engine.metrics import N_METRICS, ST_LEN, metrics_nb
-from quantshift.engine.simulate import TR_LEN, simulate_nb
-from quantshift.provenance import function_bytes, package_digest, source_file
+from quantshift.engine.compile import compile_template, function_digest, importable
+from quantshift.engine.metrics import metrics_nb, new_stats_nb
+from quantshift.engine.records import Signals, SimOutputs, SymbolBars, metrics_dt, trade_dt
+from quantshift.engine.simulate import simulate_nb
 
 # Bound per strategy by kernels_for(); the templates below are never compiled with this value.
 signal_nb: Any = None
+run_symbol_nb: Any = None
 
 
 @njit
 def signal_buffers_nb(n):
-    """Return (entries, exits, stop, take-profit, trail) buffers pre-filled per the contract."""
-    return (
+    """Return Signals buffers pre-filled per the contract (no signal, no distance)."""
+    return Signals(
         np.zeros(n, np.bool_),
         np.zeros(n, np.bool_),
         np.full(n, np.nan),
@@ -41,112 +37,78 @@ def signal_buffers_nb(n):
     )
 
 
+@njit
+def symbol_bars_nb(bars, s):
+    """Return symbol ``s``'s valid bars from a BarArrays."""
+    n = bars.lengths[s]
+    return SymbolBars(
+        bars.open[s, :n], bars.high[s, :n], bars.low[s, :n], bars.close[s, :n], bars.volume[s, :n]
+    )
+
+
 def signals_template(open_, high, low, close, volume, params):
-    entries, exits, stop, take_profit, trail = signal_buffers_nb(close.shape[0])
-    signal_nb(open_, high, low, close, volume, params, entries, exits, stop, take_profit, trail)
-    return entries, exits, stop, take_profit, trail
+    sig = signal_buffers_nb(close.shape[0])
+    signal_nb(
+        open_, high, low, close, volume, params,
+        sig.entries, sig.exits, sig.stop, sig.take_profit, sig.trail,
+    )  # fmt: skip
+    return sig
 
 
-def backtest_template(open_, high, low, close, volume, lengths, periods_per_year, params, cfg):
-    n_symbols, n_max = close.shape
+def run_symbol_template(bars, s, params, cfg, out, metrics_out):
+    """Signals, fills and metrics of one symbol; return the trade rows written."""
+    b = symbol_bars_nb(bars, s)
+    sig = signal_buffers_nb(b.close.shape[0])
+    signal_nb(
+        b.open, b.high, b.low, b.close, b.volume, params,
+        sig.entries, sig.exits, sig.stop, sig.take_profit, sig.trail,
+    )  # fmt: skip
+    n_trades = simulate_nb(b, sig, cfg, out)
+    metrics_nb(out.stats[0], cfg.cash, bars.periods_per_year[s], metrics_out)
+    return n_trades
+
+
+def backtest_template(bars, params, cfg):
+    n_symbols, n_max = bars.close.shape
     equity = np.full((n_symbols, n_max), np.nan)
     position = np.zeros((n_symbols, n_max))
-    trades = np.empty((n_symbols, max(n_max, 1), TR_LEN))  # rows past n_trades[s] are unused
+    trades = np.empty((n_symbols, max(n_max, 1)), trade_dt)  # rows past n_trades[s]: unused
     n_trades = np.zeros(n_symbols, np.int64)
-    metrics = np.empty((n_symbols, N_METRICS))
+    metrics = np.empty(n_symbols, metrics_dt)
     for s in prange(n_symbols):
-        n = lengths[s]
-        o, h, lo, c, v = open_[s, :n], high[s, :n], low[s, :n], close[s, :n], volume[s, :n]
-        entries, exits, stop, take_profit, trail = signal_buffers_nb(n)
-        signal_nb(o, h, lo, c, v, params, entries, exits, stop, take_profit, trail)
-        stats = np.zeros(ST_LEN)
-        n_trades[s] = simulate_nb(
-            o,
-            h,
-            lo,
-            c,
-            entries,
-            exits,
-            stop,
-            take_profit,
-            trail,
-            cfg,
-            equity[s, :n],
-            position[s, :n],
-            trades[s],
-            stats,
-        )
-        metrics_nb(stats, cfg[CFG_CASH], periods_per_year[s], metrics[s])
+        n = bars.lengths[s]
+        out = SimOutputs(equity[s, :n], position[s, :n], trades[s], new_stats_nb())
+        n_trades[s] = run_symbol_nb(bars, s, params, cfg[0], out, metrics[s])
     return equity, position, trades, n_trades, metrics
 
 
-def sweep_template(open_, high, low, close, volume, lengths, periods_per_year, param_sets, cfg):
-    n_symbols = close.shape[0]
+def sweep_template(bars, param_sets, cfg):
+    n_symbols = bars.close.shape[0]
     n_jobs = param_sets.shape[0] * n_symbols
-    out = np.empty((n_jobs, N_METRICS))
-    no_records = np.zeros((0, TR_LEN))
+    metrics = np.empty(n_jobs, metrics_dt)
+    no_trades = np.empty(0, trade_dt)
     no_series = np.zeros(0)
     for job in prange(n_jobs):
         k = job // n_symbols
         s = job - k * n_symbols
-        n = lengths[s]
-        o, h, lo, c, v = open_[s, :n], high[s, :n], low[s, :n], close[s, :n], volume[s, :n]
-        entries, exits, stop, take_profit, trail = signal_buffers_nb(n)
-        signal_nb(o, h, lo, c, v, param_sets[k], entries, exits, stop, take_profit, trail)
-        stats = np.zeros(ST_LEN)
-        simulate_nb(
-            o,
-            h,
-            lo,
-            c,
-            entries,
-            exits,
-            stop,
-            take_profit,
-            trail,
-            cfg,
-            no_series,
-            no_series,
-            no_records,
-            stats,
-        )
-        metrics_nb(stats, cfg[CFG_CASH], periods_per_year[s], out[job])
-    return out
+        out = SimOutputs(no_series, no_series, no_trades, new_stats_nb())
+        run_symbol_nb(bars, s, param_sets[k], cfg[0], out, metrics[job])
+    return metrics
 
 
-def equity_sweep_template(
-    open_, high, low, close, volume, lengths, periods_per_year, param_sets, cfg
-):
-    n_symbols, n_max = close.shape
+def equity_sweep_template(bars, param_sets, cfg):
+    n_symbols, n_max = bars.close.shape
     n_jobs = param_sets.shape[0] * n_symbols
     equity = np.full((n_jobs, n_max), np.nan)
-    metrics = np.empty((n_jobs, N_METRICS))
+    metrics = np.empty(n_jobs, metrics_dt)
     for job in prange(n_jobs):
         k = job // n_symbols
         s = job - k * n_symbols
-        n = lengths[s]
-        o, h, lo, c, v = open_[s, :n], high[s, :n], low[s, :n], close[s, :n], volume[s, :n]
-        entries, exits, stop, take_profit, trail = signal_buffers_nb(n)
-        signal_nb(o, h, lo, c, v, param_sets[k], entries, exits, stop, take_profit, trail)
-        stats = np.zeros(ST_LEN)
+        n = bars.lengths[s]
         # Equity is only written when trades are recorded; the buffers live for one job.
-        simulate_nb(
-            o,
-            h,
-            lo,
-            c,
-            entries,
-            exits,
-            stop,
-            take_profit,
-            trail,
-            cfg,
-            equity[job, :n],
-            np.empty(n),
-            np.empty((max(n, 1), TR_LEN)),
-            stats,
-        )
-        metrics_nb(stats, cfg[CFG_CASH], periods_per_year[s], metrics[job])
+        trades = np.empty(max(n, 1), trade_dt)
+        out = SimOutputs(equity[job, :n], np.empty(n), trades, new_stats_nb())
+        run_symbol_nb(bars, s, param_sets[k], cfg[0], out, metrics[job])
     return equity, metrics
 
 
@@ -182,35 +144,20 @@ def kernels_for(strategy) -> Kernels:
         namespace = dict(globals())
         namespace["signal_nb"] = strategy.signal_nb
         tag = re.sub(r"\W", "_", strategy.name)
-        digest = _digest(strategy.signal_nb)
+        digest = function_digest(strategy.signal_nb)
         # A signal function whose module cannot be imported (exec'd code, a notebook cell)
         # compiles in numba's "<dynamic>" module; a cached kernel calling it fails to load in
         # the next process, so such kernels are compiled per process instead.
-        cache = _importable(getattr(strategy.signal_nb, "py_func", strategy.signal_nb))
-        compiled = {}
-        for kind, template, parallel in _TEMPLATES:
-            name = f"{kind}__{tag}__{digest}"
-            fn = types.FunctionType(template.__code__, namespace, name)
-            fn.__qualname__ = name
-            compiled[kind] = njit(cache=cache, parallel=parallel)(fn)
+        cache = importable(getattr(strategy.signal_nb, "py_func", strategy.signal_nb))
+        # The kernels call this per-symbol step; it is inlined into each, so not cached alone.
+        namespace["run_symbol_nb"] = compile_template(
+            run_symbol_template, namespace, f"run_symbol__{tag}__{digest}", cache=False
+        )
+        compiled = {
+            kind: compile_template(
+                template, namespace, f"{kind}__{tag}__{digest}", cache=cache, parallel=parallel
+            )
+            for kind, template, parallel in _TEMPLATES
+        }
         built = _BUILT[key] = Kernels(**compiled)
     return built
-
-
-def _importable(func) -> bool:
-    """True if numba can find the module ``func`` lives in (what its cache needs)."""
-    module = inspect.getmodule(func)
-    return module is not None and getattr(module, "__name__", "") in sys.modules
-
-
-def _digest(signal) -> str:
-    """Digest of everything a kernel is compiled from: the package, the signal function's
-    identity and bytecode and those of the numba functions it calls, and its source file
-    (numba's own cache only sees the template)."""
-    func = getattr(signal, "py_func", signal)
-    h = hashlib.sha256(package_digest())
-    h.update(function_bytes(func, set()))
-    path = source_file(func)
-    if path is not None:
-        h.update(Path(path).read_bytes())
-    return h.hexdigest()[:12]

@@ -12,44 +12,8 @@ import math
 import numpy as np
 from numba import njit
 
-# Running statistics of one simulation (float64 vector): closed trades and the equity path,
-# accumulated bar by bar inside the fill loop so metrics need no second pass over the bars.
-ST_CLOSED = 0
-ST_WINS = 1
-ST_GROSS_WIN = 2
-ST_GROSS_LOSS = 3
-ST_LARGEST_WIN = 4
-ST_LARGEST_LOSS = 5
-ST_WIN_RETURN_SUM = 6
-ST_LOSS_RETURN_SUM = 7
-ST_BARS_IN_MARKET = 8
-ST_BARS = 9
-ST_LAST_EQUITY = 10
-ST_MAX_DRAWDOWN = 11
-ST_RETURN_SUM = 12
-ST_RETURN_SQ_SUM = 13
-ST_DOWNSIDE_SQ = 14
-ST_LEN = 15
-
-
-METRICS = (
-    "final_equity",
-    "total_return_pct",
-    "cagr_pct",
-    "sharpe",
-    "sortino",
-    "volatility_pct",
-    "max_drawdown_pct",
-    "trades",
-    "win_rate_pct",
-    "profit_factor",
-    "avg_win",
-    "avg_loss",
-    "largest_win",
-    "largest_loss",
-    "exposure_pct",
-)
-"""Metric names, in the column order of every metrics matrix."""
+from quantshift.engine.records import METRICS as METRICS  # re-exported: the public name
+from quantshift.engine.records import stats_dt
 
 METRIC_DESCRIPTIONS = {
     "final_equity": "equity at the last bar, open position marked at the close (currency)",
@@ -70,21 +34,26 @@ METRIC_DESCRIPTIONS = {
 }
 
 N_METRICS = len(METRICS)
-M_FINAL_EQUITY = 0
-M_TOTAL_RETURN = 1
-M_CAGR = 2
-M_SHARPE = 3
-M_SORTINO = 4
-M_VOLATILITY = 5
-M_MAX_DRAWDOWN = 6
-M_TRADES = 7
-M_WIN_RATE = 8
-M_PROFIT_FACTOR = 9
-M_AVG_WIN = 10
-M_AVG_LOSS = 11
-M_LARGEST_WIN = 12
-M_LARGEST_LOSS = 13
-M_EXPOSURE = 14
+
+
+@njit
+def new_stats_nb():
+    """Return zeroed running statistics: a one-element ``stats_dt`` array.
+
+    A function of its own because numba's parallel pass cannot rewrite ``np.zeros`` of a
+    structured dtype inside a ``prange`` kernel.
+    """
+    return np.zeros(1, stats_dt)
+
+
+@njit
+def drawdown_step_nb(value, peak, max_drawdown):
+    """Add one value (equity, wealth) to a running peak and largest fraction fallen from it."""
+    if value > peak:
+        peak = value
+    elif peak > 0.0:
+        max_drawdown = max(max_drawdown, 1.0 - value / peak)
+    return peak, max_drawdown
 
 
 @njit
@@ -98,72 +67,182 @@ def equity_step_nb(equity, last, return_sum, return_sq_sum, downside_sq, peak, m
     r = equity / last - 1.0 if last != 0.0 else 0.0
     if r < 0.0:
         downside_sq += r * r
-    if equity > peak:
-        peak = equity
-    elif peak > 0.0:
-        max_drawdown = max(max_drawdown, 1.0 - equity / peak)
+    peak, max_drawdown = drawdown_step_nb(equity, peak, max_drawdown)
     return return_sum + r, return_sq_sum + r * r, downside_sq, peak, max_drawdown
 
 
 @njit
+def store_path_nb(stats, n, last_equity, return_sum, return_sq_sum, downside_sq, max_drawdown):
+    """Write a finished equity path's running sums into ``stats`` (a ``stats_dt`` record)."""
+    stats.bars = n
+    stats.last_equity = last_equity
+    stats.max_drawdown = max_drawdown
+    stats.return_sum = return_sum
+    stats.return_sq_sum = return_sq_sum
+    stats.downside_sq = downside_sq
+
+
+@njit
+def equity_path_nb(equity, initial, stats):
+    """Accumulate a per-bar equity curve starting from ``initial`` into ``stats``."""
+    last = peak = initial
+    return_sum = return_sq_sum = downside_sq = max_drawdown = 0.0
+    for t in range(equity.shape[0]):
+        return_sum, return_sq_sum, downside_sq, peak, max_drawdown = equity_step_nb(
+            equity[t], last, return_sum, return_sq_sum, downside_sq, peak, max_drawdown
+        )
+        last = equity[t]
+    store_path_nb(
+        stats, equity.shape[0], last, return_sum, return_sq_sum, downside_sq, max_drawdown
+    )
+
+
+@njit
+def curve_metrics_nb(equity, initial, periods_per_year):
+    """Return the :data:`EQUITY_METRICS` of a per-bar equity curve starting from ``initial``."""
+    stats = new_stats_nb()
+    equity_path_nb(equity, initial, stats[0])
+    return equity_metrics_nb(stats[0], initial, periods_per_year)
+
+
+@njit
+def pnl_metrics_nb(pnl):
+    """Return (:func:`trade_metrics_nb` of closed trades' net P&L, their number of wins)."""
+    stats = new_stats_nb()
+    for k in range(pnl.shape[0]):
+        record_trade_nb(stats[0], pnl[k], 0.0)
+    return trade_metrics_nb(stats[0]), stats[0].wins
+
+
+@njit
+def annualisation_nb(periods_per_year):
+    """Return the factor that annualises a per-period Sharpe or Sortino ratio."""
+    return math.sqrt(periods_per_year)
+
+
+@njit
+def sharpe_nb(mean, std, factor):
+    """Return the Sharpe ratio of returns with ``mean`` and sample ``std`` scaled by
+    ``factor`` (:func:`annualisation_nb`, or 1 per trade); NaN without spread."""
+    return mean / std * factor if std > 0.0 else math.nan
+
+
+@njit
+def sortino_nb(mean, downside_deviation, factor):
+    """Return the Sortino ratio (target 0); inf for gains without a down period."""
+    if downside_deviation > 0.0:
+        return mean / downside_deviation * factor
+    return math.inf if mean > 0.0 else math.nan
+
+
+@njit
+def cagr_pct_nb(growth, years):
+    """Return the compound annual growth rate (%) of ``growth`` (final over initial) over
+    ``years``; -100 once everything is lost, NaN without a time span."""
+    if not years > 0.0:
+        return math.nan
+    return 100.0 * (growth ** (1.0 / years) - 1.0) if growth > 0.0 else -100.0
+
+
+@njit
+def equity_metrics_nb(stats, initial, periods_per_year):
+    """Return the :data:`EQUITY_METRICS` of a finished path's ``stats`` as a tuple."""
+    nan = math.nan
+    n = stats.bars
+    if n == 0:
+        return nan, nan, nan, nan, nan, nan, nan
+    final = stats.last_equity
+    growth = final / initial
+    mean = stats.return_sum / n
+    factor = annualisation_nb(periods_per_year)
+    sharpe = volatility = nan
+    if n > 1:
+        variance = (stats.return_sq_sum - stats.return_sum * mean) / (n - 1)
+        std = math.sqrt(max(variance, 0.0))
+        volatility = 100.0 * std * factor
+        sharpe = sharpe_nb(mean, std, factor)
+    return (
+        final,
+        100.0 * (growth - 1.0),
+        cagr_pct_nb(growth, n / periods_per_year),
+        sharpe,
+        sortino_nb(mean, math.sqrt(stats.downside_sq / n), factor),
+        volatility,
+        100.0 * stats.max_drawdown,
+    )
+
+
+@njit
 def record_trade_nb(stats, pnl, ret):
-    """Add one closed trade's net P&L (currency) and return (fraction of capital committed)."""
-    stats[ST_CLOSED] += 1.0
+    """Add one closed trade's net P&L (currency) and return (fraction of capital committed)
+    to ``stats`` (a ``stats_dt`` record)."""
+    stats.closed_trades += 1.0
     if pnl > 0.0:
-        stats[ST_WINS] += 1.0
-        stats[ST_GROSS_WIN] += pnl
-        stats[ST_WIN_RETURN_SUM] += ret
-        stats[ST_LARGEST_WIN] = max(stats[ST_LARGEST_WIN], pnl)
+        stats.wins += 1.0
+        stats.gross_win += pnl
+        stats.win_return_sum += ret
+        stats.largest_win = max(stats.largest_win, pnl)
     else:
-        stats[ST_GROSS_LOSS] -= pnl
-        stats[ST_LOSS_RETURN_SUM] += ret
-        stats[ST_LARGEST_LOSS] = min(stats[ST_LARGEST_LOSS], pnl)
+        stats.gross_loss -= pnl
+        stats.loss_return_sum += ret
+        stats.largest_loss = min(stats.largest_loss, pnl)
+
+
+@njit
+def trade_metrics_nb(stats):
+    """Return ``(trades, win_rate_pct, profit_factor, avg_win, avg_loss, largest_win,
+    largest_loss)`` of the closed trades in ``stats``; NaN where undefined."""
+    nan = math.nan
+    closed = stats.closed_trades
+    wins = stats.wins
+    losses = closed - wins
+    if closed == 0:
+        return closed, nan, nan, nan, nan, nan, nan
+    profit_factor = nan
+    if stats.gross_loss > 0.0:
+        profit_factor = stats.gross_win / stats.gross_loss
+    elif stats.gross_win > 0.0:
+        profit_factor = math.inf
+    return (
+        closed,
+        100.0 * wins / closed,
+        profit_factor,
+        stats.gross_win / wins if wins > 0 else nan,
+        -stats.gross_loss / losses if losses > 0 else nan,
+        stats.largest_win if wins > 0 else nan,
+        stats.largest_loss if losses > 0 else nan,
+    )
 
 
 @njit
 def metrics_nb(stats, initial_cash, periods_per_year, out):
-    """Fill ``out`` (length N_METRICS) from the statistics of a finished simulation."""
-    n = stats[ST_BARS]
-    out[:] = math.nan
-    if n == 0:
-        return
-    final = stats[ST_LAST_EQUITY]
-    mean = stats[ST_RETURN_SUM] / n
-    out[M_FINAL_EQUITY] = final
-    out[M_TOTAL_RETURN] = 100.0 * (final / initial_cash - 1.0)
-    years = n / periods_per_year
-    growth = final / initial_cash
-    out[M_CAGR] = 100.0 * (growth ** (1.0 / years) - 1.0) if growth > 0.0 else -100.0
-    root = math.sqrt(periods_per_year)
-    if n > 1:
-        variance = (stats[ST_RETURN_SQ_SUM] - stats[ST_RETURN_SUM] * mean) / (n - 1)
-        std = math.sqrt(max(variance, 0.0))
-        out[M_VOLATILITY] = 100.0 * std * root
-        if std > 0.0:
-            out[M_SHARPE] = mean / std * root
-    down = math.sqrt(stats[ST_DOWNSIDE_SQ] / n)
-    if down > 0.0:
-        out[M_SORTINO] = mean / down * root
-    elif mean > 0.0:
-        out[M_SORTINO] = math.inf
-    out[M_MAX_DRAWDOWN] = 100.0 * stats[ST_MAX_DRAWDOWN]
-    closed = stats[ST_CLOSED]
-    wins = stats[ST_WINS]
-    losses = closed - wins
-    out[M_TRADES] = closed
-    if closed > 0:
-        out[M_WIN_RATE] = 100.0 * wins / closed
-        out[M_LARGEST_WIN] = stats[ST_LARGEST_WIN] if wins > 0 else math.nan
-        out[M_LARGEST_LOSS] = stats[ST_LARGEST_LOSS] if losses > 0 else math.nan
-        if wins > 0:
-            out[M_AVG_WIN] = stats[ST_GROSS_WIN] / wins
-        if losses > 0:
-            out[M_AVG_LOSS] = -stats[ST_GROSS_LOSS] / losses
-        if stats[ST_GROSS_LOSS] > 0.0:
-            out[M_PROFIT_FACTOR] = stats[ST_GROSS_WIN] / stats[ST_GROSS_LOSS]
-        elif stats[ST_GROSS_WIN] > 0.0:
-            out[M_PROFIT_FACTOR] = math.inf
-    out[M_EXPOSURE] = 100.0 * stats[ST_BARS_IN_MARKET] / n
+    """Write every field of ``out`` (a ``metrics_dt`` record) from the ``stats_dt`` record of
+    a finished simulation."""
+    (
+        out.final_equity,
+        out.total_return_pct,
+        out.cagr_pct,
+        out.sharpe,
+        out.sortino,
+        out.volatility_pct,
+        out.max_drawdown_pct,
+    ) = equity_metrics_nb(stats, initial_cash, periods_per_year)
+    if stats.bars == 0:
+        trades = win_rate = profit_factor = avg_win = avg_loss = math.nan
+        largest_win = largest_loss = exposure = math.nan
+    else:
+        trades, win_rate, profit_factor, avg_win, avg_loss, largest_win, largest_loss = (
+            trade_metrics_nb(stats)
+        )
+        exposure = 100.0 * stats.bars_in_market / stats.bars
+    out.trades = trades
+    out.win_rate_pct = win_rate
+    out.profit_factor = profit_factor
+    out.avg_win = avg_win
+    out.avg_loss = avg_loss
+    out.largest_win = largest_win
+    out.largest_loss = largest_loss
+    out.exposure_pct = exposure
 
 
 def infer_periods_per_year(ts_ns: np.ndarray) -> float:
@@ -176,51 +255,33 @@ def infer_periods_per_year(ts_ns: np.ndarray) -> float:
     return (ts_ns.shape[0] - 1) / years
 
 
-EQUITY_METRICS = (
-    "final_equity",
-    "total_return_pct",
-    "cagr_pct",
-    "sharpe",
-    "sortino",
-    "volatility_pct",
-    "max_drawdown_pct",
-)
+EQUITY_METRICS = METRICS[: METRICS.index("max_drawdown_pct") + 1]
 """The metrics that follow from an equity curve alone (no trade list needed)."""
 
 
 def equity_metrics(equity: np.ndarray, initial: float, periods_per_year: float) -> dict:
-    """Return :data:`EQUITY_METRICS` of a per-bar equity curve, by the kernel's conventions.
+    """Return :data:`EQUITY_METRICS` of a per-bar equity curve, by the kernel's code.
 
-    The same definitions as :func:`metrics_nb` (returns from ``initial``, sample standard
-    deviation, downside deviation over all bars, CAGR over ``len(equity) / periods_per_year``
-    years, the initial capital as the first peak), for curves the kernel did not produce: a
-    stitched walk-forward, a portfolio of several symbols.
+    The fill loop's own helpers (returns from ``initial``, which is also the first peak) run
+    over the curve, for curves the kernel did not produce: a stitched walk-forward, a
+    portfolio of several symbols, a live strategy's equity snapshots.
     """
-    equity = np.asarray(equity, dtype=np.float64)
-    out = dict.fromkeys(EQUITY_METRICS, math.nan)
-    n = equity.shape[0]
-    if n == 0:
-        return out
-    previous = np.concatenate(([initial], equity[:-1]))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        returns = np.where(previous != 0.0, equity / previous - 1.0, 0.0)
-    final = float(equity[-1])
-    growth = final / initial
-    root = math.sqrt(periods_per_year)
-    mean = float(returns.mean())
-    out["final_equity"] = final
-    out["total_return_pct"] = 100.0 * (growth - 1.0)
-    out["cagr_pct"] = 100.0 * (growth ** (periods_per_year / n) - 1.0) if growth > 0.0 else -100.0
-    if n > 1:
-        std = float(returns.std(ddof=1))
-        out["volatility_pct"] = 100.0 * std * root
-        if std > 0.0:
-            out["sharpe"] = mean / std * root
-    down = math.sqrt(float(np.sum(np.minimum(returns, 0.0) ** 2)) / n)
-    if down > 0.0:
-        out["sortino"] = mean / down * root
-    elif mean > 0.0:
-        out["sortino"] = math.inf
-    peak = np.maximum.accumulate(np.concatenate(([initial], equity)))[1:]
-    out["max_drawdown_pct"] = 100.0 * float(np.max(1.0 - equity / peak))
+    values = curve_metrics_nb(
+        np.ascontiguousarray(equity, dtype=np.float64), float(initial), float(periods_per_year)
+    )
+    return dict(zip(EQUITY_METRICS, values, strict=True))
+
+
+TRADE_METRICS = ("trades", "win_rate_pct", "profit_factor", "avg_win", "avg_loss",
+                 "largest_win", "largest_loss")  # fmt: skip
+"""The metrics that follow from closed trades' net P&L alone."""
+
+
+def trade_metrics(pnl: np.ndarray) -> dict:
+    """Return :data:`TRADE_METRICS` and ``wins`` of closed trades' net P&L, by the kernel's
+    code (a win is P&L > 0; every other trade is a loss)."""
+    values, wins = pnl_metrics_nb(np.ascontiguousarray(pnl, dtype=np.float64))
+    out = dict(zip(TRADE_METRICS, values, strict=True))
+    out["trades"] = int(out["trades"])
+    out["wins"] = int(wins)
     return out

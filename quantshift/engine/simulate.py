@@ -12,19 +12,6 @@ import numpy as np
 from numba import njit
 
 from quantshift.engine.config import (
-    CFG_CASH,
-    CFG_DIRECTION,
-    CFG_FEE_RATE,
-    CFG_FILL,
-    CFG_KELLY_FRACTION,
-    CFG_KELLY_MIN_TRADES,
-    CFG_MAX_LEVERAGE,
-    CFG_RISK,
-    CFG_SIZE,
-    CFG_SIZING,
-    CFG_SLIPPAGE_RATE,
-    CFG_USE_STOPS,
-    CFG_WHOLE_UNITS,
     DIRECTION_BOTH,
     DIRECTION_LONG,
     DIRECTION_SHORT,
@@ -32,35 +19,8 @@ from quantshift.engine.config import (
     SIZING_KELLY,
     SIZING_RISK,
 )
-from quantshift.engine.metrics import (
-    ST_BARS,
-    ST_BARS_IN_MARKET,
-    ST_CLOSED,
-    ST_DOWNSIDE_SQ,
-    ST_LAST_EQUITY,
-    ST_LOSS_RETURN_SUM,
-    ST_MAX_DRAWDOWN,
-    ST_RETURN_SQ_SUM,
-    ST_RETURN_SUM,
-    ST_WIN_RETURN_SUM,
-    ST_WINS,
-    equity_step_nb,
-    record_trade_nb,
-)
-
-# Trade record columns (float64 matrix, one row per trade).
-TR_ENTRY_BAR = 0
-TR_EXIT_BAR = 1
-TR_DIRECTION = 2
-TR_UNITS = 3
-TR_ENTRY_PRICE = 4
-TR_EXIT_PRICE = 5
-TR_ENTRY_FEES = 6
-TR_EXIT_FEES = 7
-TR_PNL = 8
-TR_RETURN_PCT = 9
-TR_EXIT_REASON = 10
-TR_LEN = 11
+from quantshift.engine.metrics import equity_step_nb, record_trade_nb
+from quantshift.engine.records import position_dt
 
 EXIT_REASONS = ("signal", "stop_loss", "take_profit", "trailing_stop", "reverse", "open")
 REASON_SIGNAL = 0
@@ -111,76 +71,53 @@ def closing_reason_nb(act, position):
 @njit
 def entry_fraction_nb(cfg, stats):
     """Return the equity fraction an entry commits under fraction or Kelly sizing."""
-    if cfg[CFG_SIZING] == SIZING_KELLY and stats[ST_CLOSED] >= cfg[CFG_KELLY_MIN_TRADES]:
-        wins = stats[ST_WINS]
-        losses = stats[ST_CLOSED] - wins
+    if cfg.sizing == SIZING_KELLY and stats.closed_trades >= cfg.kelly_min_trades:
+        wins = stats.wins
+        losses = stats.closed_trades - wins
         if wins == 0.0:
             return 0.0
         if losses == 0.0:
-            return cfg[CFG_MAX_LEVERAGE]
-        win_rate = wins / stats[ST_CLOSED]
-        payoff = (stats[ST_WIN_RETURN_SUM] / wins) / (-stats[ST_LOSS_RETURN_SUM] / losses)
+            return cfg.max_leverage
+        win_rate = wins / stats.closed_trades
+        payoff = (stats.win_return_sum / wins) / (-stats.loss_return_sum / losses)
         kelly = win_rate - (1.0 - win_rate) / payoff
-        return min(max(cfg[CFG_KELLY_FRACTION] * kelly, 0.0), cfg[CFG_MAX_LEVERAGE])
-    return cfg[CFG_SIZE]
-
-
-# Position state of one symbol (float64 vector, so helpers can update it in place).
-S_CASH = 0
-S_POSITION = 1
-S_ENTRY_BAR = 2
-S_ENTRY_PRICE = 3
-S_ENTRY_FEES = 4
-S_STOP = 5
-S_TAKE_PROFIT = 6
-S_TRAIL = 7
-S_BEST = 8
-S_HAS_LEVELS = 9
-S_LEN = 10
+        return min(max(cfg.kelly_fraction * kelly, 0.0), cfg.max_leverage)
+    return cfg.size_fraction
 
 
 @njit
-def simulate_nb(
-    open_,
-    high,
-    low,
-    close,
-    entries,
-    exits,
-    stop_dist,
-    tp_dist,
-    trail_dist,
-    cfg,
-    equity_out,
-    position_out,
-    trades_out,
-    stats_out,
-):
+def simulate_nb(bars, signals, cfg, out):
     """Simulate one symbol bar by bar; return the number of trade rows written.
 
-    Rules (DESIGN.md layer 4): a signal on bar t fills at bar t+1's open ("next-open") or at bar
-    t's close ("close"). A position's stop-loss, take-profit and trailing stop are checked from
-    the bar it was entered on (after the entry fill): first a gap through a level fills at the
-    open, then the bar's low/high are compared with the levels and a bar touching both the stop
-    and the target fills at the stop (the worse one). The trailing level follows the best price
-    seen since entry (the entry fill, then each bar's open and, after the check, its high/low).
-    Levels are distances from the entry fill price read at the signal bar. Fees and slippage
-    apply to every fill. Statistics for the metrics accumulate in ``stats_out`` as the bars
-    pass. ``trades_out`` may have zero rows (sweeps): then nothing else is recorded and
-    ``equity_out``/``position_out`` may be empty. An open position at the end is reported as a
-    trade with reason "open", marked at the last close, and is not in the closed-trade stats.
+    ``bars`` is a SymbolBars, ``signals`` a Signals, ``cfg`` a ``config_dt`` record and ``out``
+    a SimOutputs. Rules (DESIGN.md layer 4): a signal on bar t fills at bar t+1's open
+    ("next-open") or at bar t's close ("close"). A position's stop-loss, take-profit and trailing
+    stop are checked from the bar it was entered on (after the entry fill): first a gap through a
+    level fills at the open, then the bar's low/high are compared with the levels and a bar
+    touching both the stop and the target fills at the stop (the worse one). The trailing level
+    follows the best price seen since entry (the entry fill, then each bar's open and, after the
+    check, its high/low). Levels are distances from the entry fill price read at the signal bar.
+    Fees and slippage apply to every fill. Statistics for the metrics accumulate in
+    ``out.stats`` as the bars pass. ``out.trades`` may have zero rows (sweeps): then nothing else
+    is recorded and ``out.equity``/``out.position`` may be empty. An open position at the end is
+    reported as a trade with reason "open", marked at the last close, and is not in the
+    closed-trade stats.
     """
+    open_, high, low, close = bars.open, bars.high, bars.low, bars.close
+    entries, exits = signals.entries, signals.exits
+    trades_out = out.trades
     n = close.shape[0]
-    direction = int(cfg[CFG_DIRECTION])
-    next_open = cfg[CFG_FILL] == FILL_NEXT_OPEN
+    direction = cfg.direction
+    next_open = cfg.fill_at == FILL_NEXT_OPEN
     record = trades_out.shape[0] > 0
-    stats_out[:] = 0.0
-    state = np.zeros(S_LEN)
-    state[S_CASH] = cfg[CFG_CASH]
+    stats = out.stats[0]  # zeroed by the caller
+    held = np.zeros(1, position_dt)  # owns `state` below: used again after the loop
+    state = held[0]
+    state.cash = cfg.cash
     pending = ACT_NONE
     pending_bar = -1
     n_trades = 0
-    last_equity = peak = cfg[CFG_CASH]
+    last_equity = peak = cfg.cash
     return_sum = return_sq_sum = downside_sq = max_drawdown = 0.0
     bars_in_market = 0
 
@@ -188,48 +125,26 @@ def simulate_nb(
         # 1. Orders decided on the previous close fill at this open.
         if pending != ACT_NONE:
             n_trades = _execute_nb(
-                state,
-                pending,
-                open_[t],
-                t,
-                pending_bar,
-                cfg,
-                stop_dist,
-                tp_dist,
-                trail_dist,
-                trades_out,
-                n_trades,
-                stats_out,
+                state, pending, open_[t], t, pending_bar, cfg, signals, trades_out, n_trades, stats
             )
             pending = ACT_NONE
         # 2. Protective levels, checked on the bar's range.
-        if state[S_POSITION] != 0.0 and state[S_HAS_LEVELS] != 0.0:
+        if state.units != 0.0 and state.has_levels:
             n_trades = check_levels_nb(
-                state, open_[t], high[t], low[t], t, cfg, trades_out, n_trades, stats_out
+                state, open_[t], high[t], low[t], t, cfg, trades_out, n_trades, stats
             )
         # 3. This bar's signals, decided on its close.
-        act = decide_nb(entries[t], exits[t], state[S_POSITION], direction)
+        act = decide_nb(entries[t], exits[t], state.units, direction)
         if act != ACT_NONE:
             if not next_open:
                 n_trades = _execute_nb(
-                    state,
-                    act,
-                    close[t],
-                    t,
-                    t,
-                    cfg,
-                    stop_dist,
-                    tp_dist,
-                    trail_dist,
-                    trades_out,
-                    n_trades,
-                    stats_out,
+                    state, act, close[t], t, t, cfg, signals, trades_out, n_trades, stats
                 )
             elif t + 1 < n:
                 pending = act
                 pending_bar = t
-        position = state[S_POSITION]
-        equity = state[S_CASH] + position * close[t]
+        position = state.units
+        equity = state.cash + position * close[t]
         return_sum, return_sq_sum, downside_sq, peak, max_drawdown = equity_step_nb(
             equity, last_equity, return_sum, return_sq_sum, downside_sq, peak, max_drawdown
         )
@@ -237,19 +152,18 @@ def simulate_nb(
         if position != 0.0:
             bars_in_market += 1
         if record:
-            equity_out[t] = equity
-            position_out[t] = position
+            out.equity[t] = equity
+            out.position[t] = position
 
-    stats_out[ST_BARS] = n
-    stats_out[ST_BARS_IN_MARKET] = bars_in_market
-    stats_out[ST_LAST_EQUITY] = last_equity
-    stats_out[ST_MAX_DRAWDOWN] = max_drawdown
-    stats_out[ST_RETURN_SUM] = return_sum
-    stats_out[ST_RETURN_SQ_SUM] = return_sq_sum
-    stats_out[ST_DOWNSIDE_SQ] = downside_sq
-    position = state[S_POSITION]
-    if position != 0.0 and record:
-        write_open_trade_nb(trades_out[n_trades], state, n - 1, close[n - 1])
+    stats.bars = n
+    stats.bars_in_market = bars_in_market
+    stats.last_equity = last_equity
+    stats.max_drawdown = max_drawdown
+    stats.return_sum = return_sum
+    stats.return_sq_sum = return_sq_sum
+    stats.downside_sq = downside_sq
+    if held[0].units != 0.0 and record:
+        write_open_trade_nb(trades_out[n_trades], held[0], n - 1, close[n - 1])
         n_trades += 1
     return n_trades
 
@@ -263,38 +177,25 @@ def write_open_trade_nb(row, state, bar, price):
 
 
 @njit
-def _execute_nb(
-    state,
-    act,
-    price,
-    bar,
-    signal_bar,
-    cfg,
-    stop_dist,
-    tp_dist,
-    trail_dist,
-    trades_out,
-    n_trades,
-    stats,
-):
+def _execute_nb(state, act, price, bar, signal_bar, cfg, signals, trades_out, n_trades, stats):
     """Fill a signal action at ``price``: close (or reverse) the position, then maybe enter."""
-    reason = closing_reason_nb(act, state[S_POSITION])
+    reason = closing_reason_nb(act, state.units)
     if reason >= 0:
         n_trades = exit_nb(state, price, bar, reason, cfg, trades_out, n_trades, stats)
-    if act == ACT_EXIT or state[S_POSITION] != 0.0:
+    if act == ACT_EXIT or state.units != 0.0:
         return n_trades
     enter_nb(
         state,
         1.0 if act == ACT_LONG else -1.0,
         price,
         bar,
-        state[S_CASH],
+        state.cash,
         math.inf,
         cfg,
         stats,
-        stop_dist[signal_bar],
-        tp_dist[signal_bar],
-        trail_dist[signal_bar],
+        signals.stop[signal_bar],
+        signals.take_profit[signal_bar],
+        signals.trail[signal_bar],
     )
     return n_trades
 
@@ -316,14 +217,14 @@ def enter_nb(
     """Open a ``side`` (+1 long, -1 short) position on the flat ``state`` at ``price`` (before
     slippage), sized against ``equity`` and at most ``max_units``; return the units (0: none).
 
-    Cash comes out of ``state[S_CASH]``; the levels are distances from the entry fill price.
+    Cash comes out of ``state.cash``; the levels are distances from the entry fill price.
     The portfolio layer passes a sleeve's equity and its risk limits' cap; a single-symbol
     simulation passes its cash and no cap.
     """
-    exec_price = price * (1.0 + cfg[CFG_SLIPPAGE_RATE] * side)
+    exec_price = price * (1.0 + cfg.slippage_rate * side)
     units = min(_entry_units_nb(cfg, stats, equity, exec_price, stop_distance), max_units)
     if units > 0.0:
-        fees = units * exec_price * cfg[CFG_FEE_RATE]
+        fees = units * exec_price * cfg.fee_rate
         open_position_nb(
             state, side, exec_price, units, fees, bar, cfg, stop_distance, tp_distance,
             trail_distance,
@@ -337,14 +238,14 @@ def open_position_nb(
 ):
     """Open ``units`` on the flat ``state`` at ``exec_price`` (after slippage) paying ``fees``:
     what the fill model decided, or what a broker reported it executed."""
-    state[S_CASH] -= side * units * exec_price + fees
-    state[S_POSITION] = side * units
-    state[S_ENTRY_BAR] = bar
-    state[S_ENTRY_PRICE] = exec_price
-    state[S_ENTRY_FEES] = fees
+    state.cash -= side * units * exec_price + fees
+    state.units = side * units
+    state.entry_bar = bar
+    state.entry_price = exec_price
+    state.entry_fees = fees
     _set_levels_nb(
         state,
-        cfg[CFG_USE_STOPS] != 0.0,
+        cfg.use_stops,
         side,
         exec_price,
         stop_distance,
@@ -356,8 +257,8 @@ def open_position_nb(
 @njit
 def check_levels_nb(state, open_, high, low, bar, cfg, trades_out, n_trades, stats):
     """Exit at a stop, trailing stop or take-profit touched on this bar; update the trail."""
-    side = 1.0 if state[S_POSITION] > 0.0 else -1.0
-    tp_level = state[S_TAKE_PROFIT]
+    side = 1.0 if state.units > 0.0 else -1.0
+    tp_level = state.take_profit_price
     stop_now = stop_level_nb(state, side)
     if not math.isnan(stop_now) and side * (open_ - stop_now) <= 0.0:
         return exit_nb(
@@ -365,9 +266,9 @@ def check_levels_nb(state, open_, high, low, bar, cfg, trades_out, n_trades, sta
         )
     if not math.isnan(tp_level) and side * (open_ - tp_level) >= 0.0:
         return exit_nb(state, open_, bar, REASON_TAKE_PROFIT, cfg, trades_out, n_trades, stats)
-    trailing = not math.isnan(state[S_TRAIL])
-    if trailing and side * (open_ - state[S_BEST]) > 0.0:
-        state[S_BEST] = open_
+    trailing = not math.isnan(state.trail_distance)
+    if trailing and side * (open_ - state.best_price) > 0.0:
+        state.best_price = open_
     stop_now = stop_level_nb(state, side)
     adverse = low if side > 0.0 else high
     favourable = high if side > 0.0 else low
@@ -377,18 +278,18 @@ def check_levels_nb(state, open_, high, low, bar, cfg, trades_out, n_trades, sta
         )
     if not math.isnan(tp_level) and side * (favourable - tp_level) >= 0.0:
         return exit_nb(state, tp_level, bar, REASON_TAKE_PROFIT, cfg, trades_out, n_trades, stats)
-    if trailing and side * (favourable - state[S_BEST]) > 0.0:
-        state[S_BEST] = favourable
+    if trailing and side * (favourable - state.best_price) > 0.0:
+        state.best_price = favourable
     return n_trades
 
 
 @njit
 def exit_nb(state, price, bar, reason, cfg, trades_out, n_trades, stats):
     """Close the whole position at ``price`` (before slippage); book the trade."""
-    position = state[S_POSITION]
+    position = state.units
     side = 1.0 if position > 0.0 else -1.0
-    exec_price = price * (1.0 - cfg[CFG_SLIPPAGE_RATE] * side)
-    fees = abs(position) * exec_price * cfg[CFG_FEE_RATE]
+    exec_price = price * (1.0 - cfg.slippage_rate * side)
+    fees = abs(position) * exec_price * cfg.fee_rate
     return close_position_nb(state, exec_price, fees, bar, reason, trades_out, n_trades, stats)
 
 
@@ -396,14 +297,14 @@ def exit_nb(state, price, bar, reason, cfg, trades_out, n_trades, stats):
 def close_position_nb(state, exec_price, fees, bar, reason, trades_out, n_trades, stats):
     """Close the whole position at ``exec_price`` (after slippage) paying ``fees``; book the
     trade: what the fill model decided, or what a broker reported it executed."""
-    position = state[S_POSITION]
-    state[S_CASH] += position * exec_price - fees
+    position = state.units
+    state.cash += position * exec_price - fees
     pnl, ret = _pnl_nb(state, exec_price, fees)
     record_trade_nb(stats, pnl, ret)
     if trades_out.shape[0] > 0:
         _write_trade_nb(trades_out[n_trades], state, bar, exec_price, fees, pnl, ret, reason)
         n_trades += 1
-    state[S_POSITION] = 0.0
+    state.units = 0.0
     return n_trades
 
 
@@ -411,29 +312,29 @@ def close_position_nb(state, exec_price, fees, bar, reason, trades_out, n_trades
 def _pnl_nb(state, exit_price, exit_fees):
     """Net P&L (currency) and return (fraction of entry notional plus entry fees) of closing
     the open position at ``exit_price`` (after slippage) with ``exit_fees``."""
-    position = state[S_POSITION]
+    position = state.units
     units = abs(position)
     side = 1.0 if position > 0.0 else -1.0
-    entry_price = state[S_ENTRY_PRICE]
-    pnl = side * (exit_price - entry_price) * units - state[S_ENTRY_FEES] - exit_fees
-    return pnl, pnl / (entry_price * units + state[S_ENTRY_FEES])
+    entry_price = state.entry_price
+    pnl = side * (exit_price - entry_price) * units - state.entry_fees - exit_fees
+    return pnl, pnl / (entry_price * units + state.entry_fees)
 
 
 @njit
 def _write_trade_nb(row, state, exit_bar, exit_price, exit_fees, pnl, ret, reason):
-    position = state[S_POSITION]
-    units = abs(position)
-    row[TR_ENTRY_BAR] = state[S_ENTRY_BAR]
-    row[TR_EXIT_BAR] = exit_bar
-    row[TR_DIRECTION] = 1.0 if position > 0.0 else -1.0
-    row[TR_UNITS] = units
-    row[TR_ENTRY_PRICE] = state[S_ENTRY_PRICE]
-    row[TR_EXIT_PRICE] = exit_price
-    row[TR_ENTRY_FEES] = state[S_ENTRY_FEES]
-    row[TR_EXIT_FEES] = exit_fees
-    row[TR_PNL] = pnl
-    row[TR_RETURN_PCT] = 100.0 * ret
-    row[TR_EXIT_REASON] = reason
+    position = state.units
+    row.direction = 1 if position > 0.0 else -1
+    row.entry_bar = state.entry_bar
+    row.exit_bar = exit_bar
+    row.entry_ts_ns = state.entry_ts_ns
+    row.units = abs(position)
+    row.entry_price = state.entry_price
+    row.exit_price = exit_price
+    row.entry_fees = state.entry_fees
+    row.exit_fees = exit_fees
+    row.pnl = pnl
+    row.return_pct = 100.0 * ret
+    row.exit_reason = reason
 
 
 @njit
@@ -441,15 +342,15 @@ def _entry_units_nb(cfg, stats, equity, exec_price, stop_distance):
     """Units to buy or sell short at ``exec_price`` with ``equity`` (the position is flat)."""
     if equity <= 0.0 or not exec_price > 0.0:
         return 0.0
-    cost_per_unit = exec_price * (1.0 + cfg[CFG_FEE_RATE])
-    max_units = cfg[CFG_MAX_LEVERAGE] * equity / cost_per_unit
-    if cfg[CFG_SIZING] == SIZING_RISK:
+    cost_per_unit = exec_price * (1.0 + cfg.fee_rate)
+    max_units = cfg.max_leverage * equity / cost_per_unit
+    if cfg.sizing == SIZING_RISK:
         if not stop_distance > 0.0:
             return 0.0
-        units = min(cfg[CFG_RISK] * equity / stop_distance, max_units)
+        units = min(cfg.risk_per_trade * equity / stop_distance, max_units)
     else:
         units = min(entry_fraction_nb(cfg, stats) * equity / cost_per_unit, max_units)
-    if cfg[CFG_WHOLE_UNITS] != 0.0:
+    if cfg.whole_units:
         # The epsilon keeps 10.0 from flooring to 9 when division leaves 9.999999999999998.
         units = math.floor(units + 1e-9)
     return units
@@ -462,20 +363,20 @@ def _set_levels_nb(state, use_stops, side, entry_price, stop_distance, tp_distan
     has_stop = use_stops and stop_distance > 0.0
     has_target = use_stops and tp_distance > 0.0
     has_trail = use_stops and trail_distance > 0.0
-    state[S_STOP] = entry_price - side * stop_distance if has_stop else nan
-    state[S_TAKE_PROFIT] = entry_price + side * tp_distance if has_target else nan
-    state[S_TRAIL] = trail_distance if has_trail else nan
-    state[S_BEST] = entry_price
-    state[S_HAS_LEVELS] = 1.0 if has_stop or has_target or has_trail else 0.0
+    state.stop_price = entry_price - side * stop_distance if has_stop else nan
+    state.take_profit_price = entry_price + side * tp_distance if has_target else nan
+    state.trail_distance = trail_distance if has_trail else nan
+    state.best_price = entry_price
+    state.has_levels = has_stop or has_target or has_trail
 
 
 @njit
 def stop_level_nb(state, side):
     """Return the binding protective level: the tighter of the fixed and the trailing stop."""
-    stop_level = state[S_STOP]
-    if math.isnan(state[S_TRAIL]):
+    stop_level = state.stop_price
+    if math.isnan(state.trail_distance):
         return stop_level
-    trailing = state[S_BEST] - side * state[S_TRAIL]
+    trailing = state.best_price - side * state.trail_distance
     if math.isnan(stop_level):
         return trailing
     return max(stop_level, trailing) if side > 0.0 else min(stop_level, trailing)
@@ -483,9 +384,9 @@ def stop_level_nb(state, side):
 
 @njit
 def _stop_reason_nb(state, side):
-    if math.isnan(state[S_TRAIL]):
+    if math.isnan(state.trail_distance):
         return REASON_STOP
-    trailing = state[S_BEST] - side * state[S_TRAIL]
-    if math.isnan(state[S_STOP]) or side * (trailing - state[S_STOP]) > 0.0:
+    trailing = state.best_price - side * state.trail_distance
+    if math.isnan(state.stop_price) or side * (trailing - state.stop_price) > 0.0:
         return REASON_TRAILING
     return REASON_STOP

@@ -17,6 +17,7 @@ from quantshift.engine.backtest import prepare
 from quantshift.engine.config import SimConfig
 from quantshift.engine.fused import kernels_for
 from quantshift.engine.metrics import METRICS
+from quantshift.engine.records import float_matrix
 from quantshift.errors import ConfigError
 from quantshift.progress import Progress
 from quantshift.strategies import Strategy
@@ -66,14 +67,14 @@ def sweep(
     matrix = parameter_matrix(strat, params)
     packed = pack(data, cfg)
     kernel = kernels_for(strat).sweep
-    cfg_vector = cfg.to_vector()
-    args = packed.kernel_args()
+    cfg_record = cfg.to_record()
+    kernel_bars = packed.kernel_bars()
     n_sets = matrix.shape[0]
     chunks = _chunks(n_sets, data.n_symbols) if progress else [(0, n_sets)]
     parts = []
     with Progress(progress, n_sets, f"sweep {strat.name}") as report:
         for lo, hi in chunks:
-            parts.append(kernel(*args, np.ascontiguousarray(matrix[lo:hi]), cfg_vector))
+            parts.append(kernel(kernel_bars, np.ascontiguousarray(matrix[lo:hi]), cfg_record))
             report(hi)
     metrics = np.concatenate(parts) if len(parts) > 1 else parts[0]
 
@@ -108,7 +109,7 @@ def sweep_equity(
     matrix = parameter_matrix(strat, params)
     packed = pack(data, cfg)
     packed_equity, metrics = kernels_for(strat).equity_sweep(
-        *packed.kernel_args(), matrix, cfg.to_vector()
+        packed.kernel_bars(), matrix, cfg.to_record()
     )
     n_sets, m = matrix.shape[0], data.n_symbols
     packed_equity = packed_equity.reshape(n_sets, m, -1)
@@ -131,7 +132,7 @@ def _table(strat: Strategy, data: Bars, matrix: np.ndarray, metrics: np.ndarray)
         if p.integer:
             table[p.name] = table[p.name].astype(np.int64)
     table["symbol"] = np.tile(np.array(data.symbols, dtype=object), n_sets)
-    return pd.concat([table, pd.DataFrame(metrics, columns=list(METRICS))], axis=1)
+    return pd.concat([table, pd.DataFrame(float_matrix(metrics), columns=list(METRICS))], axis=1)
 
 
 def parameter_matrix(strategy: Strategy, params: ParamSets) -> np.ndarray:

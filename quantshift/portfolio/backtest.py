@@ -5,62 +5,22 @@ One sleeve on one symbol with ``RiskLimits.none()`` trades exactly as ``quantshi
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from quantshift.data.bars import Bars
-from quantshift.engine.metrics import equity_metrics, infer_periods_per_year
-from quantshift.engine.simulate import (
-    TR_DIRECTION,
-    TR_ENTRY_FEES,
-    TR_ENTRY_PRICE,
-    TR_EXIT_FEES,
-    TR_EXIT_PRICE,
-    TR_EXIT_REASON,
-    TR_PNL,
-    TR_RETURN_PCT,
-    TR_UNITS,
-)
+from quantshift.engine.metrics import equity_metrics, infer_periods_per_year, trade_metrics
+from quantshift.engine.records import Signals
+from quantshift.engine.simulate import REASON_OPEN
 from quantshift.errors import DataError
 from quantshift.portfolio.config import PortfolioConfig
+from quantshift.portfolio.decide import order_columns, portfolio_trade_columns, veto_columns
 from quantshift.portfolio.loop import compiled
-from quantshift.portfolio.rows import (
-    ACTION_ENTRY,
-    F_BAR,
-    F_FEES,
-    F_PRICE,
-    F_STATUS,
-    F_UNITS,
-    FILL_DONE,
-    FILL_PENDING,
-    HALT_REASONS,
-    O_ACTION,
-    O_CAPPED_BY,
-    O_MAX_UNITS,
-    O_PRICE,
-    O_REASON,
-    O_SIDE,
-    O_SLEEVE,
-    O_STOP,
-    O_SYMBOL,
-    O_TAKE_PROFIT,
-    O_TRAIL,
-    O_UNITS,
-    PORTFOLIO_EXIT_REASONS,
-    T_ENTRY_TS,
-    T_EXIT_TS,
-    T_SLEEVE,
-    T_SYMBOL,
-    V_REASON,
-    V_SIDE,
-    V_SLEEVE,
-    V_SYMBOL,
-    VETO_REASONS,
-)
+from quantshift.portfolio.rows import FILL_DONE, FILL_PENDING, HALT_REASONS
 from quantshift.portfolio.signals import compute_signals
 from quantshift.portfolio.state import PortfolioState
 
@@ -82,9 +42,24 @@ TRADE_COLUMNS = (
 )
 
 
+class PortfolioRun(NamedTuple):
+    """What the portfolio backtest kernel returned (the result's raw form)."""
+
+    equity: np.ndarray  # per bar
+    sleeve_equity: np.ndarray  # (n_bars, n_sleeves)
+    net_units: np.ndarray  # (n_bars, n_symbols)
+    orders: np.ndarray  # order_dt
+    fills: np.ndarray  # fill_dt, one per order
+    vetoes: np.ndarray  # veto_dt
+    trades: np.ndarray  # trade_dt
+    halts: np.ndarray  # halt_dt
+
+
 @dataclass(frozen=True, eq=False)
 class PortfolioResult:
     """What a portfolio backtest produced.
+
+    The frames are built from the kernel's records the first time they are read.
 
     Attributes
     ----------
@@ -109,26 +84,63 @@ class PortfolioResult:
     """
 
     config: PortfolioConfig
-    trades: pd.DataFrame
-    equity: pd.Series
-    sleeve_equity: pd.DataFrame
-    positions: pd.DataFrame
-    orders: pd.DataFrame
-    vetoes: pd.DataFrame
-    halts: pd.DataFrame
     final_state: PortfolioState
     periods_per_year: float
+    index: pd.DatetimeIndex = field(repr=False)
+    run: PortfolioRun = field(repr=False)
+
+    @cached_property
+    def trades(self) -> pd.DataFrame:
+        columns = portfolio_trade_columns(self.run.trades, self.config.layout())
+        return pd.DataFrame(columns, columns=list(TRADE_COLUMNS))
+
+    @cached_property
+    def equity(self) -> pd.Series:
+        return pd.Series(self.run.equity, index=self.index, name="equity")
+
+    @cached_property
+    def sleeve_equity(self) -> pd.DataFrame:
+        sleeves = pd.Index(self.config.layout().sleeves, name="sleeve")
+        return pd.DataFrame(self.run.sleeve_equity, index=self.index, columns=sleeves)
+
+    @cached_property
+    def positions(self) -> pd.DataFrame:
+        symbols = pd.Index(self.config.layout().symbols, name="symbol")
+        return pd.DataFrame(self.run.net_units, index=self.index, columns=symbols)
+
+    @cached_property
+    def orders(self) -> pd.DataFrame:
+        return _orders_frame(self.run.orders, self.run.fills, self.config.layout())
+
+    @cached_property
+    def vetoes(self) -> pd.DataFrame:
+        vetoes = self.run.vetoes
+        return pd.DataFrame(
+            {"time": _times(vetoes["ts_ns"])} | veto_columns(vetoes, self.config.layout()),
+            columns=["time", "sleeve", "symbol", "side", "reason"],
+        )
+
+    @cached_property
+    def halts(self) -> pd.DataFrame:
+        halts = self.run.halts
+        return pd.DataFrame(
+            {
+                "time": _times(halts["ts_ns"]),
+                "reason": np.array(HALT_REASONS, dtype=object)[halts["reason"]],
+            }
+        )
 
     @property
     def metrics(self) -> dict[str, Any]:
         """Equity-curve metrics (the kernel's definitions) plus closed-trade counts."""
         out: dict[str, Any] = equity_metrics(
-            self.equity.to_numpy(), self.config.sim.cash, self.periods_per_year
+            self.run.equity, self.config.sim.cash, self.periods_per_year
         )
-        closed = self.trades[self.trades["exit_reason"] != "open"]
-        out["trades"] = len(closed)
-        out["win_rate_pct"] = 100.0 * float((closed["pnl"] > 0).mean()) if len(closed) else math.nan
-        out["halts"] = len(self.halts)
+        trades = self.run.trades
+        trade_stats = trade_metrics(trades["pnl"][trades["exit_reason"] != REASON_OPEN])
+        out["trades"] = trade_stats["trades"]
+        out["win_rate_pct"] = trade_stats["win_rate_pct"]
+        out["halts"] = len(self.run.halts)
         return out
 
 
@@ -164,135 +176,48 @@ def portfolio_backtest(
     start = PortfolioState.initial(config) if state is None else state
     start.check(config)
     arrays = start.arrays()
-    (
-        equity,
-        sleeve_equity,
-        net_units,
-        orders,
-        order_bar,
-        fills,
-        _,
-        vetoes,
-        veto_bar,
-        trades,
-        trade_ids,
-        halts,
-    ) = compiled("backtest")(
-        data.ts_ns,
-        data.open,
-        data.high,
-        data.low,
-        data.close,
+    signals = Signals(
         history.entries,
         history.exits,
         history.stop_distance,
         history.take_profit_distance,
         history.trail_distance,
-        layout.member,
-        layout.sleeve_cfg,
-        layout.limits,
-        layout.whole_units,
-        layout.fill_close,
-        arrays["slots"],
-        arrays["entry_ts_ns"],
-        arrays["cash"],
-        arrays["stats"],
-        arrays["marks"],
-        arrays["book"],
     )
-    index = data.index
-    ts = data.ts_ns
-    sleeves = pd.Index(layout.sleeves, name="sleeve")
-    symbols = pd.Index(layout.symbols, name="symbol")
+    run = PortfolioRun(
+        *compiled("backtest")(
+            data.ts_ns, data.open, data.high, data.low, data.close, signals, layout.setup, arrays
+        )
+    )
     if config.sim.periods_per_year is not None:
         ppy = float(config.sim.periods_per_year)
     else:
-        ppy = infer_periods_per_year(ts)
+        ppy = infer_periods_per_year(data.ts_ns)
     return PortfolioResult(
         config=config,
-        trades=_trades_frame(trades, trade_ids, layout),
-        equity=pd.Series(equity, index=index, name="equity"),
-        sleeve_equity=pd.DataFrame(sleeve_equity, index=index, columns=sleeves),
-        positions=pd.DataFrame(net_units, index=index, columns=symbols),
-        orders=_orders_frame(orders, order_bar, fills, ts, layout),
-        vetoes=pd.DataFrame(
-            {
-                "time": pd.to_datetime(ts[veto_bar], unit="ns", utc=True),
-                "sleeve": [layout.sleeves[int(s)] for s in vetoes[:, V_SLEEVE]],
-                "symbol": [layout.symbols[int(k)] for k in vetoes[:, V_SYMBOL]],
-                "side": np.where(vetoes[:, V_SIDE] > 0, "buy", "sell"),
-                "reason": [VETO_REASONS[int(r)] for r in vetoes[:, V_REASON]],
-            }
-        ),
-        halts=pd.DataFrame(
-            {
-                "time": pd.to_datetime(ts[halts[:, 0]], unit="ns", utc=True),
-                "reason": [HALT_REASONS[int(c)] for c in halts[:, 1]],
-            }
-        ),
-        final_state=start.replace(int(ts[-1]), arrays),
+        final_state=start.replace(int(data.ts_ns[-1]), arrays),
         periods_per_year=ppy,
+        index=data.index,
+        run=run,
     )
 
 
-def _trades_frame(trades: np.ndarray, ids: np.ndarray, layout) -> pd.DataFrame:
-    sleeve = ids[:, T_SLEEVE]
-    return pd.DataFrame(
-        {
-            "sleeve": _names(layout.sleeves, sleeve),
-            "strategy": _names(layout.strategies, sleeve),
-            "symbol": _names(layout.symbols, ids[:, T_SYMBOL]),
-            "direction": np.where(trades[:, TR_DIRECTION] > 0, "long", "short"),
-            "entry_time": pd.to_datetime(ids[:, T_ENTRY_TS], unit="ns", utc=True),
-            "exit_time": pd.to_datetime(ids[:, T_EXIT_TS], unit="ns", utc=True),
-            "entry_price": trades[:, TR_ENTRY_PRICE],
-            "exit_price": trades[:, TR_EXIT_PRICE],
-            "units": trades[:, TR_UNITS],
-            "entry_fees": trades[:, TR_ENTRY_FEES],
-            "exit_fees": trades[:, TR_EXIT_FEES],
-            "pnl": trades[:, TR_PNL],
-            "return_pct": trades[:, TR_RETURN_PCT],
-            "exit_reason": _names(PORTFOLIO_EXIT_REASONS, trades[:, TR_EXIT_REASON].astype(int)),
-        },
-        columns=list(TRADE_COLUMNS),
-    )
-
-
-def _orders_frame(orders, order_bar, fills, ts, layout) -> pd.DataFrame:
+def _orders_frame(orders, fills, layout) -> pd.DataFrame:
     """The TargetOrder fields of every order (``decide`` returns the same records), the
     decision time, and how each filled."""
-    sleeve = orders[:, O_SLEEVE].astype(np.int64)
-    entry = orders[:, O_ACTION] == ACTION_ENTRY
-    exit_reason = np.where(entry, 0, orders[:, O_REASON]).astype(np.int64)
-    status = fills[:, F_STATUS]
+    status = fills["status"]
     done = status == FILL_DONE
-    filled_at = np.where(done, fills[:, F_BAR], 0).astype(np.int64)
-    capped = np.array([None, *VETO_REASONS[1:]], dtype=object)
     return pd.DataFrame(
-        {
-            "time": pd.to_datetime(ts[order_bar], unit="ns", utc=True),
-            "sleeve": _names(layout.sleeves, sleeve),
-            "strategy": _names(layout.strategies, sleeve),
-            "symbol": _names(layout.symbols, orders[:, O_SYMBOL].astype(np.int64)),
-            "action": np.where(entry, "entry", "exit"),
-            "side": np.where(orders[:, O_SIDE] > 0, "buy", "sell"),
-            "units": orders[:, O_UNITS],
-            "reason": np.where(entry, "entry", _names(PORTFOLIO_EXIT_REASONS, exit_reason)),
-            "ts_ns": ts[order_bar],
-            "reference_price": orders[:, O_PRICE],
-            "stop_distance": orders[:, O_STOP],
-            "take_profit_distance": orders[:, O_TAKE_PROFIT],
-            "trail_distance": orders[:, O_TRAIL],
-            "max_units": orders[:, O_MAX_UNITS],
-            "capped_by": capped[orders[:, O_CAPPED_BY].astype(np.int64)],
+        {"time": _times(orders["ts_ns"])}
+        | order_columns(orders, layout)
+        | {
             "status": np.where(done, "filled", np.where(status == FILL_PENDING, "pending", "none")),
-            "fill_time": pd.to_datetime(ts[filled_at], unit="ns", utc=True).where(done),
-            "fill_units": np.where(done, fills[:, F_UNITS], np.nan),
-            "fill_price": np.where(done, fills[:, F_PRICE], np.nan),
-            "fill_fees": np.where(done, fills[:, F_FEES], np.nan),
+            "fill_time": _times(np.where(done, fills["ts_ns"], 0)).where(done),
+            "fill_units": np.where(done, fills["units"], np.nan),
+            "fill_price": np.where(done, fills["price"], np.nan),
+            "fill_fees": np.where(done, fills["fees"], np.nan),
         }
     )
 
 
-def _names(names: tuple[str, ...], codes: np.ndarray) -> np.ndarray:
-    return np.array(names, dtype=object)[codes]
+def _times(ts_ns: np.ndarray) -> pd.DatetimeIndex:
+    return pd.to_datetime(ts_ns, unit="ns", utc=True)

@@ -13,18 +13,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from quantshift.engine.config import CFG_LEN, SimConfig
+from quantshift.engine.config import SimConfig
+from quantshift.engine.records import config_dt
 from quantshift.errors import ConfigError, QuantShiftError
-from quantshift.portfolio.rows import (
-    L_DAILY_LOSS,
-    L_DRAWDOWN,
-    L_GROSS,
-    L_HEAT,
-    L_LEN,
-    L_POLICY,
-    L_POSITION,
-    POLICIES,
-)
+from quantshift.portfolio.rows import POLICIES, PortfolioSetup, limits_dt
 from quantshift.strategies import Strategy, get_strategy
 from quantshift.tables import Table
 
@@ -98,16 +90,19 @@ class RiskLimits:
         alone (the single-strategy backtest, for one sleeve on one symbol)."""
         return cls(**{f.name: math.inf for f in dataclasses.fields(cls)})
 
-    def to_vector(self, conflict: str) -> np.ndarray:
-        """Return the kernels' limit vector: fractions of equity and the conflict policy code."""
-        v = np.zeros(L_LEN)
-        v[L_HEAT] = self.max_heat_pct / 100.0
-        v[L_POSITION] = self.max_position_pct / 100.0
-        v[L_GROSS] = self.max_gross_exposure_pct / 100.0
-        v[L_DAILY_LOSS] = self.daily_loss_limit_pct / 100.0
-        v[L_DRAWDOWN] = self.max_drawdown_pct / 100.0
-        v[L_POLICY] = POLICIES.index(conflict)
-        return v
+    def to_record(self, conflict: str, whole_units: bool) -> np.ndarray:
+        """Return the kernels' one-element ``limits_dt`` array: fractions of equity, the
+        conflict policy code and whether capped entries round down to whole units."""
+        out = np.zeros(1, limits_dt)
+        rec = out[0]
+        rec.max_heat = self.max_heat_pct / 100.0
+        rec.max_position = self.max_position_pct / 100.0
+        rec.max_gross = self.max_gross_exposure_pct / 100.0
+        rec.daily_loss = self.daily_loss_limit_pct / 100.0
+        rec.max_drawdown = self.max_drawdown_pct / 100.0
+        rec.policy = POLICIES.index(conflict)
+        rec.whole_units = whole_units
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -350,22 +345,19 @@ class Layout:
     symbols: tuple[str, ...]
     strategies: tuple[str, ...]
     member: np.ndarray  # bool (n_sleeves, n_symbols): the sleeve trades the symbol
-    sleeve_cfg: np.ndarray  # (n_sleeves, CFG_LEN): each sleeve's SimConfig vector
+    setup: PortfolioSetup  # what the kernels read: member, sleeve configs, limits, fill
     allocation: np.ndarray
-    limits: np.ndarray
     params: tuple[np.ndarray, ...]
-    whole_units: bool
-    fill_close: bool
     cash: float
 
     @classmethod
     def build(cls, config: PortfolioConfig) -> Layout:
         symbols = config.symbols
         member = np.zeros((len(config.sleeves), len(symbols)), dtype=np.bool_)
-        sleeve_cfg = np.zeros((len(config.sleeves), CFG_LEN))
+        sleeve_cfg = np.zeros(len(config.sleeves), config_dt)
         for s, sleeve in enumerate(config.sleeves):
             member[s, [symbols.index(x) for x in sleeve.symbols]] = True
-            sleeve_cfg[s] = sleeve.sim_config(config.sim).to_vector()
+            sleeve_cfg[s] = sleeve.sim_config(config.sim).to_record()[0]
         for array in (member, sleeve_cfg):
             array.flags.writeable = False
         return cls(
@@ -373,11 +365,13 @@ class Layout:
             symbols=symbols,
             strategies=tuple(s.strategy_name for s in config.sleeves),
             member=member,
-            sleeve_cfg=sleeve_cfg,
+            setup=PortfolioSetup(
+                member=member,
+                sleeve_cfg=sleeve_cfg,
+                limits=config.limits.to_record(config.conflict, config.sim.whole_units),
+                fill_close=config.sim.fill == "close",
+            ),
             allocation=np.array([s.allocation for s in config.sleeves]),
-            limits=config.limits.to_vector(config.conflict),
             params=tuple(s.strategy_object.vector(s.params) for s in config.sleeves),
-            whole_units=config.sim.whole_units,
-            fill_close=config.sim.fill == "close",
             cash=config.sim.cash,
         )

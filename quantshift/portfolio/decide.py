@@ -13,57 +13,22 @@ from typing import Any, Literal
 
 import numpy as np
 
-from quantshift.engine.simulate import (
-    TR_DIRECTION,
-    TR_ENTRY_FEES,
-    TR_ENTRY_PRICE,
-    TR_EXIT_FEES,
-    TR_EXIT_PRICE,
-    TR_EXIT_REASON,
-    TR_PNL,
-    TR_RETURN_PCT,
-    TR_UNITS,
-)
+from quantshift.engine.records import Signals, trade_columns
 from quantshift.errors import ConfigError
 from quantshift.portfolio.config import PortfolioConfig
 from quantshift.portfolio.loop import compiled
 from quantshift.portfolio.rows import (
     ACTION_ENTRY,
     ACTION_EXIT,
-    B_HALT,
-    B_LAST_EQUITY,
-    F_FEES,
-    F_PRICE,
-    F_STATUS,
-    F_UNITS,
     FILL_DONE,
     FILL_PENDING,
     LIMIT_NONE,
-    O_ACTION,
-    O_CAPPED_BY,
-    O_LEN,
-    O_MAX_UNITS,
-    O_PRICE,
-    O_REASON,
-    O_SIDE,
-    O_SLEEVE,
-    O_STOP,
-    O_SYMBOL,
-    O_TAKE_PROFIT,
-    O_TRAIL,
-    O_UNITS,
     PORTFOLIO_EXIT_REASONS,
     REASON_ENTRY,
     REASON_FLATTEN,
-    T_ENTRY_TS,
-    T_EXIT_TS,
-    T_SLEEVE,
-    T_SYMBOL,
-    V_REASON,
-    V_SIDE,
-    V_SLEEVE,
-    V_SYMBOL,
     VETO_REASONS,
+    fill_dt,
+    order_dt,
 )
 from quantshift.portfolio.signals import BarSignals
 from quantshift.portfolio.state import PortfolioState
@@ -193,42 +158,28 @@ def decide(state: PortfolioState, signals: BarSignals, config: PortfolioConfig) 
     state.check(config)
     layout = config.layout()
     arrays = state.arrays()
-    was_halted = arrays["book"][B_HALT] != 0.0
+    was_halted = arrays.book[0].halt != 0
     shape = layout.member.shape
-    orders, vetoes = compiled("decide")(
-        np.int64(signals.ts_ns),
-        _float_vector(signals.close, len(layout.symbols), "close"),
+    signal_grids = Signals(
         _grid(signals.entries, shape, "entries", np.bool_),
         _grid(signals.exits, shape, "exits", np.bool_),
         _grid(signals.stop_distance, shape, "stop_distance", np.float64),
         _grid(signals.take_profit_distance, shape, "take_profit_distance", np.float64),
         _grid(signals.trail_distance, shape, "trail_distance", np.float64),
-        layout.member,
-        layout.sleeve_cfg,
-        layout.limits,
-        layout.whole_units,
-        arrays["slots"],
-        arrays["cash"],
-        arrays["stats"],
-        arrays["marks"],
-        arrays["book"],
+    )
+    orders, vetoes = compiled("decide")(
+        np.int64(signals.ts_ns),
+        _float_vector(signals.close, len(layout.symbols), "close"),
+        signal_grids,
+        layout.setup,
+        arrays,
     )
     new_state = state.replace(signals.ts_ns, arrays)
-    ts_ns = int(signals.ts_ns)
     return Decision(
-        orders=tuple(order_from_row(row, ts_ns, layout) for row in orders),
-        vetoes=tuple(
-            Veto(
-                sleeve=layout.sleeves[int(v[V_SLEEVE])],
-                symbol=layout.symbols[int(v[V_SYMBOL])],
-                side="buy" if v[V_SIDE] > 0 else "sell",
-                reason=VETO_REASONS[int(v[V_REASON])],
-                ts_ns=ts_ns,
-            )
-            for v in vetoes
-        ),
+        orders=orders_from_records(orders, layout),
+        vetoes=tuple(Veto(**row) for row in _rows(veto_columns(vetoes, layout))),
         state=new_state,
-        equity_usd=float(arrays["book"][B_LAST_EQUITY]),
+        equity_usd=float(arrays.book[0].last_equity),
         halted_now=new_state.halted and not was_halted,
     )
 
@@ -275,8 +226,10 @@ def apply_executions(
                 f"execution of {order.key}: an exit must close the whole position of "
                 f"{position:g} units, got {units:g}"
             )
-        rows.append(values)
-    executed = np.array(rows, dtype=float).reshape(len(rows), 3)
+        rows.append((units, price, fees))
+    executed = np.zeros(len(rows), fill_dt)
+    for row, (units, price, fees) in zip(executed, rows, strict=True):
+        row.units, row.price, row.fees = units, price, fees
     prices = np.full(len(layout.symbols), np.nan)
     return _fill(state, [e[0] for e in executions], prices, ts_ns, config, -1, executed)
 
@@ -285,36 +238,28 @@ def _fill(state, orders, prices, ts_ns, config, bar, executed) -> FillResult:
     state.check(config)
     layout = config.layout()
     arrays = state.arrays()
-    rows = np.array([order_row(o, layout) for o in orders]).reshape(len(orders), O_LEN)
-    fills, trades, trade_ids = compiled("fill")(
-        rows,
+    fills, trades = compiled("fill")(
+        orders_to_records(orders, layout),
         _float_vector(prices, len(layout.symbols), "prices"),
         np.int64(bar),
         np.int64(ts_ns),
-        layout.sleeve_cfg,
-        arrays["slots"],
-        arrays["entry_ts_ns"],
-        arrays["cash"],
-        arrays["stats"],
-        arrays["marks"],
-        np.zeros((0, 3)) if executed is None else executed,
+        layout.setup,
+        arrays,
+        np.zeros(0, fill_dt) if executed is None else executed,
     )
+    status = fills["status"].tolist()
     done = tuple(
-        Fill(
-            order=o,
-            units=float(f[F_UNITS]),
-            price=float(f[F_PRICE]),
-            fees=float(f[F_FEES]),
-            ts_ns=int(ts_ns),
+        Fill(order=o, units=units, price=price, fees=fees, ts_ns=int(ts_ns))
+        for o, code, units, price, fees in zip(
+            orders, status, *(fills[f].tolist() for f in ("units", "price", "fees")), strict=True
         )
-        for o, f in zip(orders, fills, strict=True)
-        if f[F_STATUS] == FILL_DONE
+        if code == FILL_DONE
     )
     return FillResult(
         state=state.replace(None, arrays),
         fills=done,
-        trades=_trades(trades, trade_ids, layout),
-        pending=tuple(o for o, f in zip(orders, fills, strict=True) if f[F_STATUS] == FILL_PENDING),
+        trades=closed_trades(trades, layout),
+        pending=tuple(o for o, code in zip(orders, status, strict=True) if code == FILL_PENDING),
     )
 
 
@@ -334,22 +279,19 @@ def check_stops(
     layout = config.layout()
     arrays = state.arrays()
     n = len(layout.symbols)
-    trades, trade_ids = compiled("check_stops")(
+    trades = compiled("check_stops")(
         _float_vector(open_, n, "open"),
         _float_vector(high, n, "high"),
         _float_vector(low, n, "low"),
         np.int64(bar),
         np.int64(ts_ns),
-        layout.sleeve_cfg,
-        arrays["slots"],
-        arrays["entry_ts_ns"],
-        arrays["cash"],
-        arrays["stats"],
+        layout.setup,
+        arrays,
     )
     return FillResult(
         state=state.replace(None, arrays),
         fills=(),
-        trades=_trades(trades, trade_ids, layout),
+        trades=closed_trades(trades, layout),
         pending=(),
     )
 
@@ -379,82 +321,108 @@ def flatten_orders(state: PortfolioState, ts_ns: int, config: PortfolioConfig) -
     return tuple(orders)
 
 
-# ---------------------------------------------------------------------- rows <-> records
-def order_from_row(row: np.ndarray, ts_ns: int, layout) -> TargetOrder:
-    """Return the TargetOrder of a kernel order row decided at ``ts_ns``."""
-    s = int(row[O_SLEEVE])
-    entry = row[O_ACTION] == ACTION_ENTRY
-    capped = int(row[O_CAPPED_BY])
-    return TargetOrder(
-        sleeve=layout.sleeves[s],
-        strategy=layout.strategies[s],
-        symbol=layout.symbols[int(row[O_SYMBOL])],
-        action="entry" if entry else "exit",
-        side="buy" if row[O_SIDE] > 0 else "sell",
-        units=float(row[O_UNITS]),
-        reason="entry" if entry else PORTFOLIO_EXIT_REASONS[int(row[O_REASON])],
-        ts_ns=int(ts_ns),
-        reference_price=float(row[O_PRICE]),
-        stop_distance=float(row[O_STOP]),
-        take_profit_distance=float(row[O_TAKE_PROFIT]),
-        trail_distance=float(row[O_TRAIL]),
-        max_units=float(row[O_MAX_UNITS]),
-        capped_by=None if capped == LIMIT_NONE else VETO_REASONS[capped],
-    )
+# ---------------------------------------------------------------------- records <-> objects
+def order_columns(orders: np.ndarray, layout) -> dict[str, np.ndarray]:
+    """Decode ``order_dt`` records into the columns of :class:`TargetOrder`'s fields (the one
+    order decoder: ``decide`` and the portfolio backtest's orders table)."""
+    sleeve = orders["sleeve"]
+    entry = orders["action"] == ACTION_ENTRY
+    exit_reason = np.where(entry, 0, orders["reason"])
+    capped = np.array([None, *VETO_REASONS[1:]], dtype=object)
+    return {
+        "sleeve": _names(layout.sleeves, sleeve),
+        "strategy": _names(layout.strategies, sleeve),
+        "symbol": _names(layout.symbols, orders["symbol"]),
+        "action": np.where(entry, "entry", "exit").astype(object),
+        "side": np.where(orders["side"] > 0, "buy", "sell").astype(object),
+        "units": orders["units"],
+        "reason": np.where(entry, "entry", _names(PORTFOLIO_EXIT_REASONS, exit_reason)),
+        "ts_ns": orders["ts_ns"],
+        "reference_price": orders["price"],
+        "stop_distance": orders["stop"],
+        "take_profit_distance": orders["take_profit"],
+        "trail_distance": orders["trail"],
+        "max_units": orders["max_units"],
+        "capped_by": capped[orders["capped_by"]],
+    }
 
 
-def order_row(order: TargetOrder, layout) -> np.ndarray:
-    """Return the kernel row of ``order``."""
-    try:
-        s = layout.sleeves.index(order.sleeve)
-        k = layout.symbols.index(order.symbol)
-    except ValueError:
-        raise ConfigError(
-            f"order for sleeve '{order.sleeve}', symbol '{order.symbol}': not in the config"
-        ) from None
-    row = np.zeros(O_LEN)
-    row[O_SLEEVE] = s
-    row[O_SYMBOL] = k
-    row[O_ACTION] = ACTION_ENTRY if order.action == "entry" else ACTION_EXIT
-    row[O_SIDE] = 1.0 if order.side == "buy" else -1.0
-    row[O_REASON] = (
-        REASON_ENTRY if order.action == "entry" else PORTFOLIO_EXIT_REASONS.index(order.reason)
-    )
-    row[O_UNITS] = order.units
-    row[O_MAX_UNITS] = order.max_units
-    row[O_PRICE] = order.reference_price
-    row[O_STOP] = order.stop_distance
-    row[O_TAKE_PROFIT] = order.take_profit_distance
-    row[O_TRAIL] = order.trail_distance
-    row[O_CAPPED_BY] = (
-        LIMIT_NONE if order.capped_by is None else VETO_REASONS.index(order.capped_by)
-    )
-    return row
+def orders_from_records(orders: np.ndarray, layout) -> tuple[TargetOrder, ...]:
+    """Return the TargetOrders of ``order_dt`` records."""
+    return tuple(TargetOrder(**row) for row in _rows(order_columns(orders, layout)))
 
 
-def _trades(trades: np.ndarray, trade_ids: np.ndarray, layout) -> tuple[ClosedTrade, ...]:
-    out = []
-    for row, ids in zip(trades, trade_ids, strict=True):
-        s = int(ids[T_SLEEVE])
-        out.append(
-            ClosedTrade(
-                sleeve=layout.sleeves[s],
-                strategy=layout.strategies[s],
-                symbol=layout.symbols[int(ids[T_SYMBOL])],
-                direction="long" if row[TR_DIRECTION] > 0 else "short",
-                entry_ts_ns=int(ids[T_ENTRY_TS]),
-                exit_ts_ns=int(ids[T_EXIT_TS]),
-                entry_price=float(row[TR_ENTRY_PRICE]),
-                exit_price=float(row[TR_EXIT_PRICE]),
-                units=float(row[TR_UNITS]),
-                entry_fees=float(row[TR_ENTRY_FEES]),
-                exit_fees=float(row[TR_EXIT_FEES]),
-                pnl=float(row[TR_PNL]),
-                return_pct=float(row[TR_RETURN_PCT]),
-                exit_reason=PORTFOLIO_EXIT_REASONS[int(row[TR_EXIT_REASON])],
-            )
+def orders_to_records(orders: Sequence[TargetOrder], layout) -> np.ndarray:
+    """Return the ``order_dt`` records of ``orders`` (the one order encoder)."""
+    out = np.zeros(len(orders), order_dt)
+    for row, order in zip(out, orders, strict=True):
+        try:
+            row.sleeve = layout.sleeves.index(order.sleeve)
+            row.symbol = layout.symbols.index(order.symbol)
+        except ValueError:
+            raise ConfigError(
+                f"order for sleeve '{order.sleeve}', symbol '{order.symbol}': not in the config"
+            ) from None
+        entry = order.action == "entry"
+        row.action = ACTION_ENTRY if entry else ACTION_EXIT
+        row.side = 1.0 if order.side == "buy" else -1.0
+        row.reason = REASON_ENTRY if entry else PORTFOLIO_EXIT_REASONS.index(order.reason)
+        row.units = order.units
+        row.max_units = order.max_units
+        row.price = order.reference_price
+        row.stop = order.stop_distance
+        row.take_profit = order.take_profit_distance
+        row.trail = order.trail_distance
+        row.capped_by = (
+            LIMIT_NONE if order.capped_by is None else VETO_REASONS.index(order.capped_by)
         )
-    return tuple(out)
+        row.ts_ns = order.ts_ns
+    return out
+
+
+def veto_columns(vetoes: np.ndarray, layout) -> dict[str, np.ndarray]:
+    """Decode ``veto_dt`` records into the columns of :class:`Veto`'s fields."""
+    return {
+        "sleeve": _names(layout.sleeves, vetoes["sleeve"]),
+        "symbol": _names(layout.symbols, vetoes["symbol"]),
+        "side": np.where(vetoes["side"] > 0, "buy", "sell").astype(object),
+        "reason": _names(VETO_REASONS, vetoes["reason"]),
+        "ts_ns": vetoes["ts_ns"],
+    }
+
+
+def portfolio_trade_columns(trades: np.ndarray, layout) -> dict[str, Any]:
+    """Decode a portfolio's ``trade_dt`` records (sleeve, strategy and symbol names)."""
+    return trade_columns(
+        trades,
+        layout.symbols,
+        PORTFOLIO_EXIT_REASONS,
+        sleeves=layout.sleeves,
+        strategies=layout.strategies,
+        categorical=False,
+    )
+
+
+def closed_trades(trades: np.ndarray, layout) -> tuple[ClosedTrade, ...]:
+    """Return the ClosedTrades of a portfolio's ``trade_dt`` records."""
+    columns = portfolio_trade_columns(trades, layout)
+    columns["entry_ts_ns"] = trades["entry_ts_ns"]
+    columns["exit_ts_ns"] = trades["exit_ts_ns"]
+    fields = ClosedTrade.__dataclass_fields__
+    return tuple(
+        ClosedTrade(**row) for row in _rows({k: v for k, v in columns.items() if k in fields})
+    )
+
+
+def _rows(columns: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return one dict of Python scalars per row of equal-length ``columns``."""
+    names = list(columns)
+    values = [np.asarray(columns[k]).tolist() for k in names]
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+
+
+def _names(names: tuple[str, ...], codes: np.ndarray) -> np.ndarray:
+    return np.array(names, dtype=object)[codes]
 
 
 def _float_vector(values, n: int, name: str) -> np.ndarray:

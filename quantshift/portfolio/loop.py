@@ -6,30 +6,22 @@ Both run the kernels of ``quantshift.portfolio.kernels``: one decision layer, on
 from __future__ import annotations
 
 import math
-import types
 from functools import cache
 
 import numpy as np
 from numba import njit
 
-from quantshift.engine.simulate import S_POSITION, TR_LEN, write_open_trade_nb
+from quantshift.engine.compile import compile_template
+from quantshift.engine.records import Signals, trade_dt
 from quantshift.portfolio.kernels import (
     check_stops_nb,
+    close_open_positions_nb,
     decide_nb,
     fill_nb,
     portfolio_equity_nb,
     sleeve_equity_nb,
-    trade_id_nb,
 )
-from quantshift.portfolio.rows import (
-    B_HALT,
-    F_LEN,
-    F_STATUS,
-    FILL_PENDING,
-    O_LEN,
-    T_LEN,
-    V_LEN,
-)
+from quantshift.portfolio.rows import FILL_PENDING, fill_dt, halt_dt, order_dt, veto_dt
 from quantshift.provenance import package_digest
 
 
@@ -38,260 +30,104 @@ def _room_nb(buffer, needed):
     """Return ``buffer``, or a copy with at least ``needed`` rows (doubling) when it is short."""
     if buffer.shape[0] >= needed:
         return buffer
-    bigger = np.zeros((max(needed, 2 * buffer.shape[0]), buffer.shape[1]), buffer.dtype)
+    bigger = np.empty(max(needed, 2 * buffer.shape[0]), buffer.dtype)
     bigger[: buffer.shape[0]] = buffer
     return bigger
 
 
-def decide_template(
-    ts_ns,
-    close,
-    entries,
-    exits,
-    stop,
-    take_profit,
-    trail,
-    member,
-    sleeve_cfg,
-    limits,
-    whole_units,
-    slots,
-    cash,
-    stats,
-    marks,
-    book,
-):
-    n_slots = member.shape[0] * member.shape[1]
-    orders = np.zeros((2 * n_slots, O_LEN))
-    vetoes = np.zeros((n_slots, V_LEN))
-    n_orders, n_vetoes = decide_nb(
-        ts_ns,
-        close,
-        entries,
-        exits,
-        stop,
-        take_profit,
-        trail,
-        member,
-        sleeve_cfg,
-        limits,
-        whole_units,
-        slots,
-        cash,
-        stats,
-        marks,
-        book,
-        orders,
-        vetoes,
-    )
+def decide_template(ts_ns, close, signals, setup, state):
+    n_slots = setup.member.size
+    orders = np.empty(2 * n_slots, order_dt)
+    vetoes = np.empty(n_slots, veto_dt)
+    n_orders, n_vetoes = decide_nb(ts_ns, close, signals, setup, state, orders, vetoes)
     return orders[:n_orders], vetoes[:n_vetoes]
 
 
-def fill_template(
-    orders, prices, bar, ts_ns, sleeve_cfg, slots, entry_ts, cash, stats, marks, executed
-):
+def fill_template(orders, prices, bar, ts_ns, setup, state, executed):
     n = orders.shape[0]
-    fills = np.zeros((n, F_LEN))
-    trades = np.zeros((max(n, 1), TR_LEN))
-    trade_ids = np.zeros((max(n, 1), T_LEN), np.int64)
-    n_trades = fill_nb(
-        orders,
-        n,
-        prices,
-        bar,
-        ts_ns,
-        sleeve_cfg,
-        slots,
-        entry_ts,
-        cash,
-        stats,
-        marks,
-        executed,
-        fills,
-        trades,
-        trade_ids,
-        0,
-    )
-    return fills, trades[:n_trades], trade_ids[:n_trades]
+    fills = np.empty(n, fill_dt)
+    trades = np.empty(max(n, 1), trade_dt)
+    n_trades = fill_nb(orders, prices, bar, ts_ns, setup, state, executed, fills, trades, 0)
+    return fills, trades[:n_trades]
 
 
-def check_stops_template(open_, high, low, bar, ts_ns, sleeve_cfg, slots, entry_ts, cash, stats):
-    n_slots = slots.shape[0] * slots.shape[1]
-    trades = np.zeros((n_slots, TR_LEN))
-    trade_ids = np.zeros((n_slots, T_LEN), np.int64)
-    n_trades = check_stops_nb(
-        open_,
-        high,
-        low,
-        bar,
-        ts_ns,
-        sleeve_cfg,
-        slots,
-        entry_ts,
-        cash,
-        stats,
-        trades,
-        trade_ids,
-        0,
-    )
-    return trades[:n_trades], trade_ids[:n_trades]
+def check_stops_template(open_, high, low, bar, ts_ns, setup, state):
+    trades = np.empty(setup.member.size, trade_dt)
+    n_trades = check_stops_nb(open_, high, low, bar, ts_ns, setup, state, trades, 0)
+    return trades[:n_trades]
 
 
-def backtest_template(
-    ts_ns,
-    open_,
-    high,
-    low,
-    close,
-    entries,
-    exits,
-    stop,
-    take_profit,
-    trail,
-    member,
-    sleeve_cfg,
-    limits,
-    whole_units,
-    fill_close,
-    slots,
-    entry_ts,
-    cash,
-    stats,
-    marks,
-    book,
-):
+def backtest_template(ts_ns, open_, high, low, close, signals, setup, state):
     n_bars, n_symbols = close.shape
-    n_sleeves = member.shape[0]
+    n_sleeves = setup.member.shape[0]
     n_slots = n_sleeves * n_symbols
+    positions = state.slots
     equity = np.empty(n_bars)
     sleeve_equity = np.empty((n_bars, n_sleeves))
     net_units = np.zeros((n_bars, n_symbols))
-    orders = np.zeros((max(16, n_slots), O_LEN))
-    order_bar = np.zeros((orders.shape[0], 1), np.int64)
-    fills = np.zeros((orders.shape[0], F_LEN))
+    orders = np.empty(max(16, n_slots), order_dt)
+    fills = np.empty(orders.shape[0], fill_dt)
     n_orders = 0
-    vetoes = np.zeros((16, V_LEN))
-    veto_bar = np.zeros((16, 1), np.int64)
+    vetoes = np.empty(16, veto_dt)
     n_vetoes = 0
-    trades = np.zeros((max(16, n_slots), TR_LEN))
-    trade_ids = np.zeros((trades.shape[0], T_LEN), np.int64)
+    trades = np.empty(max(16, n_slots), trade_dt)
     n_trades = 0
-    halts = np.zeros((2, 2), np.int64)
+    halts = np.empty(2, halt_dt)
     n_halts = 0
     pending = np.zeros(orders.shape[0], np.int64)
     n_pending = 0
-    bar_orders = np.zeros((2 * n_slots, O_LEN))
-    bar_vetoes = np.zeros((n_slots, V_LEN))
-    bar_fills = np.zeros((2 * n_slots, F_LEN))
-    model_fills = np.zeros((0, 3))  # no broker executions: the fill model prices every fill
+    bar_orders = np.empty(2 * n_slots, order_dt)
+    bar_vetoes = np.empty(n_slots, veto_dt)
+    no_executions = np.empty(0, fill_dt)  # the fill model prices every fill
 
     for t in range(n_bars):
         trades = _room_nb(trades, n_trades + 3 * n_slots)
-        trade_ids = _room_nb(trade_ids, trades.shape[0])
         # 1. Orders decided on an earlier close fill at this bar's open (a symbol without a
         # bar keeps its orders for its next bar).
         if n_pending > 0:
             waiting = orders[pending[:n_pending]]
-            filled = np.zeros((n_pending, F_LEN))
+            filled = np.empty(n_pending, fill_dt)
             n_trades = fill_nb(
-                waiting,
-                n_pending,
-                open_[t],
-                t,
-                ts_ns[t],
-                sleeve_cfg,
-                slots,
-                entry_ts,
-                cash,
-                stats,
-                marks,
-                model_fills,
-                filled,
-                trades,
-                trade_ids,
+                waiting, open_[t], t, ts_ns[t], setup, state, no_executions, filled, trades,
                 n_trades,
-            )
+            )  # fmt: skip
             kept = 0
             for j in range(n_pending):
                 fills[pending[j]] = filled[j]
-                if filled[j, F_STATUS] == FILL_PENDING:
+                if filled[j].status == FILL_PENDING:
                     pending[kept] = pending[j]
                     kept += 1
             n_pending = kept
         # 2. Protective levels on this bar's range.
         n_trades = check_stops_nb(
-            open_[t],
-            high[t],
-            low[t],
-            t,
-            ts_ns[t],
-            sleeve_cfg,
-            slots,
-            entry_ts,
-            cash,
-            stats,
-            trades,
-            trade_ids,
-            n_trades,
+            open_[t], high[t], low[t], t, ts_ns[t], setup, state, trades, n_trades
         )
         # 3. The decision on this bar's close.
-        halted = book[B_HALT]
+        halted = state.book[0].halt
+        bar_signals = Signals(
+            signals.entries[t], signals.exits[t], signals.stop[t], signals.take_profit[t],
+            signals.trail[t],
+        )  # fmt: skip
         n_new, n_new_vetoes = decide_nb(
-            ts_ns[t],
-            close[t],
-            entries[t],
-            exits[t],
-            stop[t],
-            take_profit[t],
-            trail[t],
-            member,
-            sleeve_cfg,
-            limits,
-            whole_units,
-            slots,
-            cash,
-            stats,
-            marks,
-            book,
-            bar_orders,
-            bar_vetoes,
+            ts_ns[t], close[t], bar_signals, setup, state, bar_orders, bar_vetoes
         )
-        if book[B_HALT] != halted:
+        if state.book[0].halt != halted:
             halts = _room_nb(halts, n_halts + 1)
-            halts[n_halts, 0] = t
-            halts[n_halts, 1] = int(book[B_HALT])
+            halts[n_halts].ts_ns = ts_ns[t]
+            halts[n_halts].reason = state.book[0].halt
             n_halts += 1
         vetoes = _room_nb(vetoes, n_vetoes + n_new_vetoes)
-        veto_bar = _room_nb(veto_bar, vetoes.shape[0])
         vetoes[n_vetoes : n_vetoes + n_new_vetoes] = bar_vetoes[:n_new_vetoes]
-        veto_bar[n_vetoes : n_vetoes + n_new_vetoes, 0] = t
         n_vetoes += n_new_vetoes
         orders = _room_nb(orders, n_orders + n_new)
-        order_bar = _room_nb(order_bar, orders.shape[0])
         fills = _room_nb(fills, orders.shape[0])
         orders[n_orders : n_orders + n_new] = bar_orders[:n_new]
-        order_bar[n_orders : n_orders + n_new, 0] = t
         # 4. Fill at this close, or wait for the next open.
-        if fill_close:
+        if setup.fill_close:
             n_trades = fill_nb(
-                bar_orders,
-                n_new,
-                close[t],
-                t,
-                ts_ns[t],
-                sleeve_cfg,
-                slots,
-                entry_ts,
-                cash,
-                stats,
-                marks,
-                model_fills,
-                bar_fills,
-                trades,
-                trade_ids,
-                n_trades,
-            )
-            fills[n_orders : n_orders + n_new] = bar_fills[:n_new]
+                bar_orders[:n_new], close[t], t, ts_ns[t], setup, state, no_executions,
+                fills[n_orders : n_orders + n_new], trades, n_trades,
+            )  # fmt: skip
         else:
             if pending.shape[0] < n_pending + n_new:
                 grown = np.zeros(2 * (n_pending + n_new), np.int64)
@@ -302,11 +138,11 @@ def backtest_template(
                 n_pending += 1
         n_orders += n_new
         # 5. Mark to market.
-        equity[t] = portfolio_equity_nb(cash, slots, marks, book)
+        equity[t] = portfolio_equity_nb(state)
         for s in range(n_sleeves):
-            sleeve_equity[t, s] = sleeve_equity_nb(s, cash, slots, marks)
+            sleeve_equity[t, s] = sleeve_equity_nb(s, state)
             for k in range(n_symbols):
-                net_units[t, k] += slots[s, k, S_POSITION]
+                net_units[t, k] += positions[s, k].units
 
     # Positions still open are reported as trades marked at their symbol's last close.
     last_bar = np.full(n_symbols, -1, np.int64)
@@ -315,25 +151,15 @@ def backtest_template(
             if not math.isnan(close[t, k]):
                 last_bar[k] = t
     trades = _room_nb(trades, n_trades + n_slots)
-    trade_ids = _room_nb(trade_ids, trades.shape[0])
-    for s in range(n_sleeves):
-        for k in range(n_symbols):
-            if slots[s, k, S_POSITION] != 0.0:
-                write_open_trade_nb(trades[n_trades], slots[s, k], last_bar[k], marks[k])
-                trade_id_nb(trade_ids[n_trades], s, k, entry_ts[s, k], ts_ns[last_bar[k]])
-                n_trades += 1
+    n_trades = close_open_positions_nb(state, last_bar, ts_ns, trades, n_trades)
     return (
         equity,
         sleeve_equity,
         net_units,
         orders[:n_orders],
-        order_bar[:n_orders, 0],
         fills[:n_orders],
-        pending[:n_pending],
         vetoes[:n_vetoes],
-        veto_bar[:n_vetoes, 0],
         trades[:n_trades],
-        trade_ids[:n_trades],
         halts[:n_halts],
     )
 
@@ -346,11 +172,8 @@ def compiled(kind: str):
     Its name carries a digest of the package so numba's cache, which only watches this file,
     never serves machine code built from older fill-model sources.
     """
-    template = _TEMPLATES[kind]
     name = f"portfolio_{kind}__{package_digest().hex()[:12]}"
-    fn = types.FunctionType(template.__code__, globals(), name)
-    fn.__qualname__ = name
-    return njit(cache=True)(fn)
+    return compile_template(_TEMPLATES[kind], globals(), name, cache=True)
 
 
 _TEMPLATES = {

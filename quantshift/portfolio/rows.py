@@ -1,22 +1,30 @@
-"""Layouts of the decision layer's kernel arrays: book, limits, orders, vetoes, fills, trade ids.
+"""Records of the decision layer's kernels: book, limits, orders, vetoes, fills, halts, state.
 
-Numba kernels index float64 rows with these constants; the Python side maps codes to names.
+Numba kernels read and write these fields by name; the Python side maps codes to names.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
+
+from quantshift.engine.records import record_dtype
 from quantshift.engine.simulate import EXIT_REASONS
 
 DAY_NS = 86_400_000_000_000
 
-# Portfolio-wide book (float64 vector).
-B_RESERVE = 0  # cash no sleeve was allocated
-B_DAY = 1  # UTC day number of the last decision (NaN before the first)
-B_DAY_START_EQUITY = 2  # equity at the last decision of the previous day
-B_PEAK_EQUITY = 3
-B_LAST_EQUITY = 4  # equity at the last decision
-B_HALT = 5  # HALT_* code
-B_LEN = 6
+book_dt = record_dtype(
+    [
+        ("reserve", np.float64),  # cash no sleeve was allocated
+        ("day", np.float64),  # UTC day number of the last decision (NaN before the first)
+        ("day_start_equity", np.float64),  # equity at the last decision of the previous day
+        ("peak_equity", np.float64),
+        ("last_equity", np.float64),  # equity at the last decision
+        ("halt", np.int64),  # HALT_* code
+    ]
+)
+"""The portfolio-wide book."""
 
 HALT_NONE = 0
 HALT_DAILY_LOSS = 1
@@ -24,14 +32,18 @@ HALT_DRAWDOWN = 2
 HALT_EXTERNAL = 3  # set by the caller (an order guard, a person)
 HALT_REASONS = ("", "daily_loss_limit", "max_drawdown")
 
-# Risk limits (float64 vector): fractions of equity, inf = no limit.
-L_HEAT = 0
-L_POSITION = 1
-L_GROSS = 2
-L_DAILY_LOSS = 3
-L_DRAWDOWN = 4
-L_POLICY = 5
-L_LEN = 6
+limits_dt = record_dtype(
+    [
+        ("max_heat", np.float64),  # fractions of equity, inf: no limit
+        ("max_position", np.float64),
+        ("max_gross", np.float64),
+        ("daily_loss", np.float64),
+        ("max_drawdown", np.float64),
+        ("policy", np.int64),  # POLICY_* code
+        ("whole_units", np.bool_),  # round capped entries down to whole units
+    ]
+)
+"""The portfolio's risk limits and conflict policy."""
 
 POLICY_NET = 0
 POLICY_PRIORITY = 1
@@ -53,44 +65,71 @@ REASON_FLATTEN = REASON_CONFLICT + 1
 PORTFOLIO_EXIT_REASONS = (*EXIT_REASONS, "conflict", "flatten")
 REASON_ENTRY = -1
 
-# Order rows (float64).
-O_SLEEVE = 0
-O_SYMBOL = 1
-O_ACTION = 2  # ACTION_*
-O_SIDE = 3  # +1 buy, -1 sell
-O_REASON = 4  # exit reason code, REASON_ENTRY for entries
-O_UNITS = 5  # at the reference price
-O_MAX_UNITS = 6  # cap from the risk limits (inf: none); entries only
-O_PRICE = 7  # reference price: the close decided on
-O_STOP = 8  # distances from the entry fill price, read at the signal bar
-O_TAKE_PROFIT = 9
-O_TRAIL = 10
-O_CAPPED_BY = 11  # LIMIT_* that reduced the entry
-O_LEN = 12
+order_dt = record_dtype(
+    [
+        ("sleeve", np.int64),
+        ("symbol", np.int64),
+        ("action", np.int64),  # ACTION_*
+        ("side", np.float64),  # +1 buy, -1 sell
+        ("reason", np.int64),  # exit reason code, REASON_ENTRY for entries
+        ("units", np.float64),  # at the reference price
+        ("max_units", np.float64),  # cap from the risk limits (inf: none); entries only
+        ("price", np.float64),  # reference price: the close decided on
+        ("stop", np.float64),  # distances from the entry fill price, read at the signal bar
+        ("take_profit", np.float64),
+        ("trail", np.float64),
+        ("capped_by", np.int64),  # LIMIT_* that reduced the entry
+        ("ts_ns", np.int64),  # decision time
+    ]
+)
+"""An order the decision layer wants sent."""
 ACTION_EXIT = 0
 ACTION_ENTRY = 1
 
-# Veto rows (float64).
-V_SLEEVE = 0
-V_SYMBOL = 1
-V_SIDE = 2
-V_REASON = 3
-V_LEN = 4
+veto_dt = record_dtype(
+    [
+        ("sleeve", np.int64),
+        ("symbol", np.int64),
+        ("side", np.float64),
+        ("reason", np.int64),  # LIMIT_* or VETO_*
+        ("ts_ns", np.int64),
+    ]
+)
+"""An entry the decision skipped, and why."""
 
-# Fill rows (float64), one per order.
-F_STATUS = 0
-F_UNITS = 1
-F_PRICE = 2  # after slippage
-F_FEES = 3
-F_BAR = 4  # row it filled on
-F_LEN = 5
+fill_dt = record_dtype(
+    [
+        ("status", np.int64),  # FILL_*
+        ("units", np.float64),
+        ("price", np.float64),  # after slippage
+        ("fees", np.float64),
+        ("bar", np.int64),  # row it filled on
+        ("ts_ns", np.int64),
+    ]
+)
+"""How one order filled."""
 FILL_PENDING = 0  # the symbol had no bar: the order waits for its next one
 FILL_DONE = 1
 FILL_NOTHING = 2  # nothing to exit, already in a position, or sized to zero units
 
-# Trade identity rows (int64), beside the fill model's float64 trade rows.
-T_SLEEVE = 0
-T_SYMBOL = 1
-T_ENTRY_TS = 2
-T_EXIT_TS = 3
-T_LEN = 4
+halt_dt = record_dtype([("ts_ns", np.int64), ("reason", np.int64)])
+"""A circuit breaker tripping: when, and which (HALT_*)."""
+
+
+class PortfolioArrays(NamedTuple):
+    """The decision layer's state as the kernels update it in place."""
+
+    slots: np.ndarray  # position_dt (n_sleeves, n_symbols): each sleeve's position per symbol
+    cash: np.ndarray  # per sleeve
+    stats: np.ndarray  # stats_dt per sleeve (closed trades drive Kelly sizing)
+    marks: np.ndarray  # last close per symbol, NaN before its first bar
+    book: np.ndarray  # book_dt, one element
+
+
+class PortfolioSetup(NamedTuple):
+    """What the decision layer is configured with (read-only in the kernels)."""
+
+    member: np.ndarray  # bool (n_sleeves, n_symbols): the sleeve trades the symbol
+    sleeve_cfg: np.ndarray  # config_dt per sleeve
+    limits: np.ndarray  # limits_dt, one element
+    fill_close: bool  # orders fill at the decision's close (else the next open)

@@ -12,57 +12,22 @@ from typing import Any
 
 import numpy as np
 
-from quantshift.engine.metrics import (
-    ST_CLOSED,
-    ST_GROSS_LOSS,
-    ST_GROSS_WIN,
-    ST_LARGEST_LOSS,
-    ST_LARGEST_WIN,
-    ST_LEN,
-    ST_LOSS_RETURN_SUM,
-    ST_WIN_RETURN_SUM,
-    ST_WINS,
-)
-from quantshift.engine.simulate import (
-    S_BEST,
-    S_ENTRY_BAR,
-    S_ENTRY_FEES,
-    S_ENTRY_PRICE,
-    S_HAS_LEVELS,
-    S_LEN,
-    S_POSITION,
-    S_STOP,
-    S_TAKE_PROFIT,
-    S_TRAIL,
-)
+from quantshift.engine.records import TRADE_STATS, position_dt, stats_dt
 from quantshift.errors import ConfigError
 from quantshift.portfolio.config import PortfolioConfig
 from quantshift.portfolio.rows import (
-    B_DAY,
-    B_DAY_START_EQUITY,
-    B_HALT,
-    B_LAST_EQUITY,
-    B_LEN,
-    B_PEAK_EQUITY,
-    B_RESERVE,
     HALT_EXTERNAL,
     HALT_NONE,
     HALT_REASONS,
+    PortfolioArrays,
+    book_dt,
 )
 
 STATE_VERSION = 1
-
-# Closed-trade statistics kept per sleeve (they drive Kelly sizing), by name.
-_STATS = {
-    "closed_trades": ST_CLOSED,
-    "wins": ST_WINS,
-    "gross_win": ST_GROSS_WIN,
-    "gross_loss": ST_GROSS_LOSS,
-    "largest_win": ST_LARGEST_WIN,
-    "largest_loss": ST_LARGEST_LOSS,
-    "win_return_sum": ST_WIN_RETURN_SUM,
-    "loss_return_sum": ST_LOSS_RETURN_SUM,
-}
+_ARRAYS = PortfolioArrays._fields
+# What a saved position holds: its record's fields but the owner's cash and the derived flag.
+_POSITION_FIELDS = tuple(f for f in position_dt.names if f not in ("cash", "has_levels"))
+_LEVELS = ("stop_price", "take_profit_price", "trail_distance")  # NaN in a record, None saved
 
 
 @dataclass(frozen=True)
@@ -89,18 +54,18 @@ class Position:
 class PortfolioState:
     """What the decision layer knows between bars.
 
-    Arrays are read-only and follow the config's layout: ``slots`` (n_sleeves, n_symbols,
-    fill-model position fields), ``entry_ts_ns`` (n_sleeves, n_symbols), ``cash`` and
-    ``stats`` (per sleeve), ``marks`` (last close per symbol, NaN before its first bar) and
-    ``book`` (unallocated cash, day, day-start/peak/last equity, halt code). Build one with
-    :meth:`initial` or :meth:`from_dict`; two states are equal when their ``to_dict`` are.
+    Arrays are read-only and follow the config's layout: ``slots`` (``position_dt``,
+    n_sleeves x n_symbols), ``cash`` and ``stats`` (``stats_dt``) per sleeve, ``marks`` (last
+    close per symbol, NaN before its first bar) and ``book`` (one ``book_dt``: unallocated
+    cash, day, day-start/peak/last equity, halt code); :class:`PortfolioArrays` names them.
+    Build one with :meth:`initial` or :meth:`from_dict`; two states are equal when their
+    ``to_dict`` are.
     """
 
     sleeves: tuple[str, ...]
     symbols: tuple[str, ...]
     ts_ns: int | None
     slots: np.ndarray
-    entry_ts_ns: np.ndarray
     cash: np.ndarray
     stats: np.ndarray
     marks: np.ndarray
@@ -108,7 +73,7 @@ class PortfolioState:
     halt_reason: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("slots", "entry_ts_ns", "cash", "stats", "marks", "book"):
+        for name in _ARRAYS:
             getattr(self, name).flags.writeable = False
 
     # ------------------------------------------------------------------ construction
@@ -118,18 +83,18 @@ class PortfolioState:
         layout = config.layout()
         n_sleeves, n_symbols = len(layout.sleeves), len(layout.symbols)
         cash = layout.allocation * layout.cash
-        book = np.zeros(B_LEN)
-        book[B_RESERVE] = layout.cash - math.fsum(cash)
-        book[B_DAY] = math.nan
-        book[B_DAY_START_EQUITY] = book[B_PEAK_EQUITY] = book[B_LAST_EQUITY] = layout.cash
+        book = np.zeros(1, book_dt)
+        book["reserve"] = layout.cash - math.fsum(cash)
+        book["day"] = math.nan
+        for name in ("day_start_equity", "peak_equity", "last_equity"):
+            book[name] = layout.cash
         return cls(
             sleeves=layout.sleeves,
             symbols=layout.symbols,
             ts_ns=None,
-            slots=_empty_slots(n_sleeves, n_symbols),
-            entry_ts_ns=np.zeros((n_sleeves, n_symbols), np.int64),
+            slots=_flat_positions(n_sleeves, n_symbols),
             cash=cash,
-            stats=np.zeros((n_sleeves, ST_LEN)),
+            stats=np.zeros(n_sleeves, stats_dt),
             marks=np.full(n_symbols, math.nan),
             book=book,
         )
@@ -143,16 +108,13 @@ class PortfolioState:
                 f"config has {list(layout.sleeves)} and {list(layout.symbols)}"
             )
 
-    def arrays(self) -> dict[str, np.ndarray]:
+    def arrays(self) -> PortfolioArrays:
         """Return writable copies of the arrays, for a kernel to update."""
-        return {
-            name: getattr(self, name).copy()
-            for name in ("slots", "entry_ts_ns", "cash", "stats", "marks", "book")
-        }
+        return PortfolioArrays(*(getattr(self, name).copy() for name in _ARRAYS))
 
-    def replace(self, ts_ns: int | None, arrays: Mapping[str, np.ndarray]) -> PortfolioState:
+    def replace(self, ts_ns: int | None, arrays: PortfolioArrays) -> PortfolioState:
         """Return a new state with ``arrays`` (as from :meth:`arrays`, updated) at ``ts_ns``."""
-        code = int(arrays["book"][B_HALT])
+        code = int(arrays.book[0].halt)
         if code == HALT_NONE:
             reason = None
         elif code == HALT_EXTERNAL or self.halt_reason is not None:
@@ -164,7 +126,7 @@ class PortfolioState:
             symbols=self.symbols,
             ts_ns=self.ts_ns if ts_ns is None else int(ts_ns),
             halt_reason=reason,
-            **arrays,
+            **arrays._asdict(),
         )
 
     # ------------------------------------------------------------------ views
@@ -175,21 +137,21 @@ class PortfolioState:
     @property
     def reserve_cash(self) -> float:
         """Cash no sleeve was allocated."""
-        return float(self.book[B_RESERVE])
+        return float(self.book[0].reserve)
 
     @property
     def equity_usd(self) -> float:
         """Portfolio equity with positions at the last closes (the decision's own figure is
         ``Decision.equity_usd``)."""
-        return float(self.book[B_RESERVE] + self._sleeve_equity().sum())
+        return float(self.book[0].reserve + self._sleeve_equity().sum())
 
     @property
     def peak_equity(self) -> float:
-        return float(self.book[B_PEAK_EQUITY])
+        return float(self.book[0].peak_equity)
 
     @property
     def day_start_equity(self) -> float:
-        return float(self.book[B_DAY_START_EQUITY])
+        return float(self.book[0].day_start_equity)
 
     def sleeve_cash(self) -> dict[str, float]:
         return dict(zip(self.sleeves, self.cash.tolist(), strict=True))
@@ -199,7 +161,7 @@ class PortfolioState:
         return dict(zip(self.sleeves, self._sleeve_equity().tolist(), strict=True))
 
     def _sleeve_equity(self) -> np.ndarray:
-        units = self.slots[:, :, S_POSITION]
+        units = self.slots["units"]
         held = units != 0.0  # a symbol never marked (NaN) holds nothing yet
         value = np.where(held, units * np.where(held, self.marks, 0.0), 0.0).sum(axis=1)
         return self.cash + value
@@ -207,23 +169,12 @@ class PortfolioState:
     def positions(self) -> list[Position]:
         """Return the open positions, in sleeve then symbol order."""
         out = []
-        for s, k in zip(*np.nonzero(self.slots[:, :, S_POSITION]), strict=True):
-            slot = self.slots[s, k]
-            out.append(
-                Position(
-                    sleeve=self.sleeves[s],
-                    symbol=self.symbols[k],
-                    units=float(slot[S_POSITION]),
-                    entry_ts_ns=int(self.entry_ts_ns[s, k]),
-                    entry_bar=int(slot[S_ENTRY_BAR]),
-                    entry_price=float(slot[S_ENTRY_PRICE]),
-                    entry_fees=float(slot[S_ENTRY_FEES]),
-                    stop_price=_none_if_nan(slot[S_STOP]),
-                    take_profit_price=_none_if_nan(slot[S_TAKE_PROFIT]),
-                    trail_distance=_none_if_nan(slot[S_TRAIL]),
-                    best_price=float(slot[S_BEST]),
-                )
-            )
+        for s, k in zip(*np.nonzero(self.slots["units"]), strict=True):
+            values = self.slots[s, k].tolist()
+            fields = {f: values[position_dt.names.index(f)] for f in _POSITION_FIELDS}
+            for f in _LEVELS:
+                fields[f] = _none_if_nan(fields[f])
+            out.append(Position(sleeve=self.sleeves[s], symbol=self.symbols[k], **fields))
         return out
 
     # ------------------------------------------------------------------ transitions
@@ -233,38 +184,38 @@ class PortfolioState:
         if not reason:
             raise ConfigError("a halt needs a reason")
         arrays = self.arrays()
-        arrays["book"][B_HALT] = _halt_code(reason)
+        arrays.book[0].halt = _halt_code(reason)
         return PortfolioState(
             sleeves=self.sleeves,
             symbols=self.symbols,
             ts_ns=self.ts_ns,
             halt_reason=reason,
-            **arrays,
+            **arrays._asdict(),
         )
 
     def resumed(self) -> PortfolioState:
         """Return this state with the halt cleared, the peak and the day's start re-based on
         the equity at the last decision (else the breaker would trip again at once)."""
         arrays = self.arrays()
-        book = arrays["book"]
-        book[B_HALT] = HALT_NONE
-        book[B_PEAK_EQUITY] = book[B_DAY_START_EQUITY] = book[B_LAST_EQUITY]
+        book = arrays.book[0]
+        book.halt = HALT_NONE
+        book.peak_equity = book.day_start_equity = book.last_equity
         return PortfolioState(
-            sleeves=self.sleeves, symbols=self.symbols, ts_ns=self.ts_ns, **arrays
+            sleeves=self.sleeves, symbols=self.symbols, ts_ns=self.ts_ns, **arrays._asdict()
         )
 
     # ------------------------------------------------------------------ plain dicts
     def to_dict(self) -> dict[str, Any]:
         """Return plain JSON-ready data (no NaN: missing values are None)."""
-        book = self.book
+        book = self.book[0]
         return {
             "version": STATE_VERSION,
             "ts_ns": self.ts_ns,
-            "reserve_cash": float(book[B_RESERVE]),
+            "reserve_cash": float(book.reserve),
             "sleeves": {
                 name: {
                     "cash": float(self.cash[s]),
-                    **{key: float(self.stats[s, i]) for key, i in _STATS.items()},
+                    **{key: float(self.stats[s][key]) for key in TRADE_STATS},
                 }
                 for s, name in enumerate(self.sleeves)
             },
@@ -272,10 +223,10 @@ class PortfolioState:
             "marks": {
                 sym: float(m) for sym, m in zip(self.symbols, self.marks, strict=True) if m == m
             },
-            "day": None if math.isnan(book[B_DAY]) else int(book[B_DAY]),
-            "day_start_equity": float(book[B_DAY_START_EQUITY]),
-            "peak_equity": float(book[B_PEAK_EQUITY]),
-            "last_equity": float(book[B_LAST_EQUITY]),
+            "day": None if math.isnan(book.day) else int(book.day),
+            "day_start_equity": float(book.day_start_equity),
+            "peak_equity": float(book.peak_equity),
+            "last_equity": float(book.last_equity),
             "halted": self.halted,
             "halt_reason": self.halt_reason,
         }
@@ -292,40 +243,31 @@ class PortfolioState:
         try:
             for name, values in data["sleeves"].items():
                 s = _index(sleeves, name, "sleeve")
-                arrays["cash"][s] = values["cash"]
-                for key, i in _STATS.items():
-                    arrays["stats"][s, i] = values[key]
+                arrays.cash[s] = values["cash"]
+                for key in TRADE_STATS:
+                    arrays.stats[s][key] = values[key]
             for p in data["positions"]:
                 s = _index(sleeves, p["sleeve"], "sleeve")
                 k = _index(symbols, p["symbol"], "symbol")
-                slot = arrays["slots"][s, k]
-                slot[S_POSITION] = p["units"]
-                slot[S_ENTRY_BAR] = p["entry_bar"]
-                slot[S_ENTRY_PRICE] = p["entry_price"]
-                slot[S_ENTRY_FEES] = p["entry_fees"]
-                slot[S_STOP] = _nan_if_none(p["stop_price"])
-                slot[S_TAKE_PROFIT] = _nan_if_none(p["take_profit_price"])
-                slot[S_TRAIL] = _nan_if_none(p["trail_distance"])
-                slot[S_BEST] = p["best_price"]
-                slot[S_HAS_LEVELS] = float(
-                    not np.isnan(slot[[S_STOP, S_TAKE_PROFIT, S_TRAIL]]).all()
-                )
-                arrays["entry_ts_ns"][s, k] = p["entry_ts_ns"]
+                position = arrays.slots[s, k]
+                for f in _POSITION_FIELDS:
+                    position[f] = _nan_if_none(p[f]) if f in _LEVELS else p[f]
+                position.has_levels = any(p[f] is not None for f in _LEVELS)
             for sym, mark in data["marks"].items():
-                arrays["marks"][_index(symbols, sym, "symbol")] = mark
-            book = arrays["book"]
-            book[B_RESERVE] = data["reserve_cash"]
-            book[B_DAY] = math.nan if data["day"] is None else data["day"]
-            book[B_DAY_START_EQUITY] = data["day_start_equity"]
-            book[B_PEAK_EQUITY] = data["peak_equity"]
-            book[B_LAST_EQUITY] = data["last_equity"]
+                arrays.marks[_index(symbols, sym, "symbol")] = mark
+            book = arrays.book[0]
+            book.reserve = data["reserve_cash"]
+            book.day = math.nan if data["day"] is None else data["day"]
+            book.day_start_equity = data["day_start_equity"]
+            book.peak_equity = data["peak_equity"]
+            book.last_equity = data["last_equity"]
             reason = data["halt_reason"] if data["halted"] else None
             ts_ns = data["ts_ns"]
         except KeyError as e:
             raise ConfigError(f"state: missing key {e}") from None
-        book[B_HALT] = HALT_NONE if reason is None else _halt_code(reason)
+        book.halt = HALT_NONE if reason is None else _halt_code(reason)
         return PortfolioState(
-            sleeves=sleeves, symbols=symbols, ts_ns=ts_ns, halt_reason=reason, **arrays
+            sleeves=sleeves, symbols=symbols, ts_ns=ts_ns, halt_reason=reason, **arrays._asdict()
         )
 
     def __eq__(self, other: object) -> bool:
@@ -336,10 +278,11 @@ class PortfolioState:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _empty_slots(n_sleeves: int, n_symbols: int) -> np.ndarray:
-    slots = np.zeros((n_sleeves, n_symbols, S_LEN))
-    slots[:, :, [S_STOP, S_TAKE_PROFIT, S_TRAIL]] = math.nan
-    return slots
+def _flat_positions(n_sleeves: int, n_symbols: int) -> np.ndarray:
+    positions = np.zeros((n_sleeves, n_symbols), position_dt)
+    for name in _LEVELS:
+        positions[name] = math.nan
+    return positions
 
 
 def _halt_code(reason: str) -> int:

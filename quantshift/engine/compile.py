@@ -1,0 +1,50 @@
+"""Kernel compilation: templates compiled per strategy under names that carry a digest.
+
+numba's cache keys a kernel by its qualified name and watches only the file defining it, so
+the engine and the portfolio compile templates under names carrying a digest of everything the
+machine code depends on: the package's sources and, for strategy kernels, the signal function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import sys
+import types
+from pathlib import Path
+
+from numba import njit
+
+from quantshift.provenance import function_bytes, package_digest, source_file
+
+
+def compile_template(template, namespace: dict, name: str, **options):
+    """Return ``njit(**options)`` of ``template``'s code run with the globals ``namespace``
+    under the name ``name``.
+
+    numba's cache keys kernels by qualified name and watches only the template's file, so a
+    name carrying a digest of everything the kernel is compiled from (:func:`package_digest`,
+    a strategy's signal function) makes the cache miss whenever any of it changes.
+    """
+    fn = types.FunctionType(template.__code__, namespace, name)
+    fn.__qualname__ = name
+    return njit(**options)(fn)
+
+
+def importable(func) -> bool:
+    """Return True if numba can find the module ``func`` lives in (what its cache needs)."""
+    module = inspect.getmodule(func)
+    return module is not None and getattr(module, "__name__", "") in sys.modules
+
+
+def function_digest(signal) -> str:
+    """Return a digest of everything a kernel calling ``signal`` is compiled from: the
+    package, the function's identity and bytecode and those of the numba functions it calls,
+    and its source file (numba's own cache only sees the template)."""
+    func = getattr(signal, "py_func", signal)
+    h = hashlib.sha256(package_digest())
+    h.update(function_bytes(func, set()))
+    path = source_file(func)
+    if path is not None:
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()[:12]
