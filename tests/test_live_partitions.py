@@ -52,13 +52,15 @@ def partition_table(request, tmp_path_factory):
         return
     path = tmp_path_factory.getbasetemp() / "partition_table.json"
     path.write_text(json.dumps(ROWS, indent=2))
-    header = ("scenario", "takeover s", "orders/decision", "stale writes", "dup fills", "recon")
+    header = ("scenario", "takeover s", "orders/decision", "stale writes", "dup fills", "recon",
+              "epochs")  # fmt: skip
     lines = [" | ".join(header)]
     for row in ROWS:
         takeover = "-" if row["takeover_s"] is None else f"{row['takeover_s']:.2f}"
         lines.append(
             f"{row['scenario']} | {takeover} | {row['max_orders_per_decision']} | "
-            f"{row['stale_epoch_writes']} | {row['duplicate_fills']} | {row['reconciled']}"
+            f"{row['stale_epoch_writes']} | {row['duplicate_fills']} | {row['reconciled']} | "
+            f"{row['epochs']}"
         )
     lines.append(f"(written to {path})")
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
