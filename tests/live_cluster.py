@@ -36,6 +36,11 @@ def require(what: str, problem: object) -> None:
     pytest.skip(f"{what} unavailable: {problem}")
 
 
+def in_netns(netns: str | None) -> list[str]:
+    """The command prefix that runs a program inside network namespace ``netns`` (or none)."""
+    return [] if netns is None else ["ip", "netns", "exec", netns]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -57,13 +62,15 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, step_s
 # --------------------------------------------------------------------------- services
 class RedisServer:
     """A redis-server of the test's own on a free port: no persistence, so a restart forgets the
-    lease and the epoch counter (the store's fence must keep epochs increasing)."""
+    lease and the epoch counter (the store's fence must keep epochs increasing). In network
+    namespace ``netns`` (bound to ``host`` there) it takes the default port, alone there."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, host: str = "127.0.0.1", netns: str | None = None):
         if shutil.which("redis-server") is None:
             require("redis-server", "not on PATH")
-        self.workdir, self.port = workdir, free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir, self.host, self.netns = workdir, host, netns
+        self.port = free_port() if netns is None else 6379
+        self.url = f"redis://{host}:{self.port}/0"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> int:
@@ -71,11 +78,13 @@ class RedisServer:
         import redis
 
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+            [*in_netns(self.netns), "redis-server", "--port", str(self.port), "--bind", self.host,
+             "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+             # Off in a test namespace only: its address exists nowhere else.
+             "--protected-mode", "no" if self.netns else "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.2)
 
         def up() -> bool:
             try:
@@ -102,21 +111,22 @@ class RedisServer:
 
 class PostgresServer:
     """A PostgreSQL cluster of the test's own (initdb + pg_ctl, trust auth, on a free port), so
-    that the test can stop it; run as the ``postgres`` user when the test runs as root."""
+    that the test can stop it; run as the ``postgres`` user when the test runs as root. In
+    network namespace ``netns`` (listening on ``host`` there) it takes the default port."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, host: str = "127.0.0.1", netns: str | None = None) -> None:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
         if not found:
             require("PostgreSQL server binaries", "no /usr/lib/postgresql/*/bin/initdb")
         self.bin = Path(found[-1]).parent
         self.dir = Path(tempfile.mkdtemp(prefix="qs-pg-"))
         self.data = self.dir / "data"
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}"
-        self._user: list[str] = []
+        self.host, self.port = host, free_port() if netns is None else 5432
+        self.url = f"postgresql://postgres@{host}:{self.port}"
+        self._user: list[str] = in_netns(netns)
         if os.geteuid() == 0:  # initdb refuses to run as root
             shutil.chown(self.dir, user="postgres")
-            self._user = ["runuser", "-u", "postgres", "--"]
+            self._user += ["runuser", "-u", "postgres", "--"]
 
     def _run(self, *args: str) -> None:
         done = subprocess.run([*self._user, *args], capture_output=True, text=True, timeout=60)
@@ -127,12 +137,15 @@ class PostgresServer:
         """Create the cluster and start it."""
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U",
                   "postgres", "-E", "UTF8", "--no-sync")  # fmt: skip
+        if self.host != "127.0.0.1":  # in a test namespace: its hosts' links, also trusted
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write("host all all samenet trust\n")
         self.start()
 
     def start(self) -> None:
         # fsync off: this server is thrown away, and a crash of it is simulated, not real.
         options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
+            f"-p {self.port} -c listen_addresses={self.host} -c unix_socket_directories='' "
             "-c fsync=off -c full_page_writes=off"
         )
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options,
@@ -205,15 +218,19 @@ def _message(line: str) -> str:
 
 class RunnerProcess:
     """One ``live run --config FILE --json`` process; its stderr messages are kept with the time
-    (ns) they arrived, and its exit time is recorded."""
+    (ns) they arrived, and its exit time is recorded. With ``netns``, it runs in that network
+    namespace (`ip netns exec` execs the runner, so the process id is the runner's)."""
 
-    def __init__(self, config: Path, *, label: str, failpoints: str | None = None) -> None:
+    def __init__(
+        self, config: Path, *, label: str, failpoints: str | None = None, netns: str | None = None
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if k != "QUANTSHIFT_FAILPOINTS"}
         if failpoints:
             env["QUANTSHIFT_FAILPOINTS"] = failpoints
         self.label, self.failpoints = label, failpoints
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from live.cli import main; main()", "run", "--config",
+            [*in_netns(netns), sys.executable, "-c", "from live.cli import main; main()", "run",
+             "--config",
              str(config), "--json"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -337,15 +354,21 @@ class FenceWatch:
 
 # --------------------------------------------------------------------------- a test's cluster
 class Cluster:
-    """A private Redis, a fresh store database (on the shared PostgreSQL, or on ``postgres``),
-    a config for both, a :class:`FenceWatch`, and the runner processes started on them."""
+    """A private Redis (or ``redis``, not started), a fresh store database (on the shared
+    PostgreSQL, or on ``postgres``), a config for both, a :class:`FenceWatch`, and the runner
+    processes started on them."""
 
     def __init__(
-        self, workdir: Path, *, feed: dict[str, Any], postgres: PostgresServer | None = None
+        self,
+        workdir: Path,
+        *,
+        feed: dict[str, Any],
+        postgres: PostgresServer | None = None,
+        redis: RedisServer | None = None,
     ) -> None:
         self.postgres = postgres
         self.store_url = create_database(SHARED_PG if postgres is None else postgres.url)
-        self.redis = RedisServer(workdir)
+        self.redis = RedisServer(workdir) if redis is None else redis
         self.redis.start()
         self.config = write_config(
             workdir / "live.toml",
@@ -358,8 +381,10 @@ class Cluster:
         self.watch = FenceWatch(self.store_url)
         self.runners: list[RunnerProcess] = []
 
-    def spawn(self, label: str, failpoints: str | None = None) -> RunnerProcess:
-        runner = RunnerProcess(self.config, label=label, failpoints=failpoints)
+    def spawn(
+        self, label: str, failpoints: str | None = None, netns: str | None = None
+    ) -> RunnerProcess:
+        runner = RunnerProcess(self.config, label=label, failpoints=failpoints, netns=netns)
         self.runners.append(runner)
         return runner
 
@@ -373,7 +398,10 @@ class Cluster:
         wait_until(ready, timeout_s, "the runners to stand by")
 
     def start_pair(
-        self, primary_failpoints: str | None = None
+        self,
+        primary_failpoints: str | None = None,
+        *,
+        netns: tuple[str | None, str | None] = (None, None),
     ) -> tuple[RunnerProcess, RunnerProcess]:
         """Start a primary and a standby together, and make the primary the first leader.
 
@@ -381,15 +409,16 @@ class Cluster:
         keeps both in standby until both are up; the standby is paused (SIGSTOP) while the gate
         opens, so that the primary takes the lease (epoch 1), then resumed. The standby is thus
         waiting before the primary's first cycle, as when both hosts boot together, and every
-        takeover is timed from a standby already waiting.
+        takeover is timed from a standby already waiting. ``netns`` names the network
+        namespaces of the primary's and the standby's hosts (none: this one).
         """
         import redis
 
-        client = redis.Redis(port=self.redis.port)
+        client = redis.Redis(host=self.redis.host, port=self.redis.port)
         gate_key = f"quantshift:{self.lease_name}:lease"
         assert client.set(gate_key, "gate", nx=True, px=300_000)
-        primary = self.spawn("primary", primary_failpoints)
-        standby = self.spawn("standby")
+        primary = self.spawn("primary", primary_failpoints, netns[0])
+        standby = self.spawn("standby", netns=netns[1])
         self.wait_standing_by(primary, standby)
         standby.send(signal.SIGSTOP)
         client.delete(gate_key)
