@@ -29,6 +29,7 @@ from live.lease import NotLeaderError, open_lease
 from live.metrics import LiveMetrics
 from live.notify import note_auth_failure, start_alerts
 from live.paper import VENUE, PaperVenue
+from live.status import FLATTEN_MARK
 from live.store import Store, client_order_id
 from live.store.errors import HaltedError, StaleEpochError, StoreUnavailableError
 from live.systemd import Notifier
@@ -47,7 +48,6 @@ from quantshift.portfolio import (
 
 log = logging.getLogger("quantshift.live")
 
-FLATTEN_MARK = "(flatten)"
 PROTECTIVE = -1  # halt_exempt of a venue exit a stop level triggered: it goes out during a HALT
 STORE_RETRY_S = 1.0  # pause before standing by again after losing the lease or the store
 LEASE_POLL_S = 0.25  # a standby's poll for the lease

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+FLATTEN_MARK = "(flatten)"
+"""Ends the reason of a HALT that also closes every position (the runner reads it back)."""
+
 
 def gather_status(cfg, store) -> dict[str, Any]:
     """Return the runner's status: the store's snapshot, its owner, promotions in use, lease.
@@ -54,7 +57,7 @@ def halt_trading(store, reason: str, *, flatten: bool, by: str):
     live.store.records.Halt
         The active HALT (an earlier one if trading was already halted).
     """
-    text = f"{reason} (flatten)" if flatten else reason
+    text = f"{reason} {FLATTEN_MARK}" if flatten else reason
     return store.halt(text, by=by)
 
 
