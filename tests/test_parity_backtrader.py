@@ -28,9 +28,10 @@ to 1e-9 relative. How each rule is mapped:
   executes at the open (``checksubmit`` stays off, as above, so this is the only check) and
   rejects the whole order (``Order.Margin``) when a gap up makes it cost more than the cash;
   we fill the units the cash and ``max_leverage`` allow at that open instead. The parity runs
-  size below the whole equity (0.9-0.95) and assert backtrader rejected nothing, so both engines execute every order as decided;
-  ``test_cash_short_at_the_open_is_where_the_engines_part`` runs at size 1 and checks that
-  the first difference is a rejection at a gap-up open where we bought what the cash allowed.
+  size below the whole equity (0.9-0.95) and assert backtrader rejected nothing, so both
+  engines execute every order as decided; ``test_cash_short_at_the_open_is_where_the_engines_
+  part`` runs at size 1 and checks that the first difference is a rejection at a gap-up open
+  where we bought what the cash allowed.
 * Stops and take-profits: a Stop and a Limit order (one-cancels-other) submitted together with
   the entry, at our levels (entry fill price -/+ the distances read at the signal bar). They
   are standalone orders, so backtrader checks them on the entry bar itself, right after the

@@ -99,11 +99,11 @@ def simulate_nb(bars, signals, cfg, out):
     check, its high/low). Levels are distances from the entry fill price read at the signal bar.
     Entries are sized at the fill, or at the decision with ``cfg.size_at_decision`` (SimConfig
     ``size_at``): units from the signal bar's close and the equity then, cut at the fill to
-    what ``max_leverage`` allows at the fill price. Fees and slippage apply to every fill. Statistics for the metrics accumulate in
-    ``out.stats`` as the bars pass. ``out.trades`` may have zero rows (sweeps): then nothing else
-    is recorded and ``out.equity``/``out.position`` may be empty. An open position at the end is
-    reported as a trade with reason "open", marked at the last close, and is not in the
-    closed-trade stats.
+    what ``max_leverage`` allows at the fill price. Fees and slippage apply to every fill.
+    Statistics for the metrics accumulate in ``out.stats`` as the bars pass. ``out.trades``
+    may have zero rows (sweeps): then nothing else is recorded and ``out.equity``/
+    ``out.position`` may be empty. An open position at the end is reported as a trade with
+    reason "open", marked at the last close, and is not in the closed-trade stats.
     """
     open_, high, low, close = bars.open, bars.high, bars.low, bars.close
     entries, exits = signals.entries, signals.exits
