@@ -23,6 +23,7 @@ from test_portfolio_parity import (
     replay,
     sim_settings,
 )
+from test_promotion_record import record as promotion_record
 
 import quantshift as qs
 from quantshift.errors import ConfigError
@@ -421,3 +422,21 @@ def test_live_calls_sized_at_the_decision_equal_the_backtest_loop():
     filled = loop.orders[(loop.orders["action"] == "entry") & (loop.orders["status"] == "filled")]
     assert (filled["fill_units"] <= filled["units"]).all()
     assert (filled["fill_units"] < filled["units"]).any(), "no entry cut at the fill"
+
+
+# ----------------------------------------------------------------- the promotion record
+
+
+def test_a_record_knows_which_sizing_its_study_used():
+    decision = qs.SimConfig(size_at="decision").to_dict()
+    fill = qs.SimConfig().to_dict()
+    studied = promotion_record(research_settings=fill)
+    assert studied.size_at == "fill"
+    assert studied.other_terms(fill) == []
+    assert studied.other_terms(decision) == ["size_at 'fill' in the study, 'decision' here"]
+    assert promotion_record(research_settings=decision).other_terms(decision) == []
+    # A record written before size_at existed holds a study sized at the fill.
+    older = promotion_record(research_settings={k: v for k, v in fill.items() if k != "size_at"})
+    assert older.size_at == "fill"
+    assert older.other_terms(decision) == ["size_at 'fill' in the study, 'decision' here"]
+    assert promotion_record().size_at is None and promotion_record().other_terms(decision) == []
