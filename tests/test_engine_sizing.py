@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from probe import run_json
 from test_engine_rules import check_trade, run
 from test_portfolio_parity import (
     SYNTHETIC,
@@ -440,3 +441,32 @@ def test_a_record_knows_which_sizing_its_study_used():
     assert older.size_at == "fill"
     assert older.other_terms(decision) == ["size_at 'fill' in the study, 'decision' here"]
     assert promotion_record().size_at is None and promotion_record().other_terms(decision) == []
+
+
+# ----------------------------------------------------------------- plain Python
+
+NO_JIT_PROBE = """
+import json
+import quantshift as qs
+from quantshift.portfolio import PortfolioConfig, RiskLimits, Sleeve, portfolio_backtest
+bars = qs.load_bars("synthetic:symbols=2,bars=250,seed=4,gaps=0.02")
+cfg = qs.SimConfig(fees_bps=2.0, slippage_bps=1.0, size_at="decision", whole_units=True)
+single = qs.backtest("rsi_reversion", bars, config=cfg, sizing="risk", risk_per_trade=0.05)
+grid = qs.sweep("ma_crossover", bars, {"fast": [3, 5], "slow": [12, 20]}, config=cfg)
+config = PortfolioConfig(
+    sleeves=(Sleeve(strategy="rsi_reversion", symbols=bars.symbols, allocation=1.0),),
+    sim=cfg,
+    limits=RiskLimits.none(),
+)
+r = portfolio_backtest(config, bars)
+print(json.dumps({"single": single.trades["units"].tolist(),
+                  "sweep": grid["final_equity"].tolist(), "portfolio": r.equity.tolist()}))
+"""
+
+
+def test_plain_python_path_matches_compiled():
+    compiled = run_json(NO_JIT_PROBE, NUMBA_DISABLE_JIT=None)
+    interpreted = run_json(NO_JIT_PROBE, NUMBA_DISABLE_JIT="1")
+    assert len(compiled["single"]) > 3
+    for key in compiled:
+        np.testing.assert_allclose(interpreted[key], compiled[key], rtol=1e-12, err_msg=key)
