@@ -78,6 +78,10 @@ def test_setting_is_validated_and_reaches_the_kernels():
         PortfolioConfig.from_dict(raw, source="portfolio.toml")
     raw["sim"]["size_at"] = "decision"
     assert PortfolioConfig.from_dict(raw).sim.size_at == "decision"
+    # When units are fixed is the fill model's, so portfolio-wide, never one sleeve's.
+    raw["sleeves"][0]["settings"] = {"size_at": "fill"}
+    with pytest.raises(ConfigError, match=r"settings: unknown key\(s\) size_at"):
+        PortfolioConfig.from_dict(raw)
 
 
 # ----------------------------------------------------------------- hand-computed fills
