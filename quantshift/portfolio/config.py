@@ -30,7 +30,8 @@ SLEEVE_SETTINGS = (
     "max_leverage",
     "use_stops",
 )
-"""SimConfig fields a sleeve may set for itself; the rest (cash, costs, fill) are portfolio-wide."""
+"""SimConfig fields a sleeve may set for itself; the rest (cash, costs, fill, size_at) are
+portfolio-wide."""
 
 _ALLOCATION_SLACK = 1e-9  # 0.33 + 0.33 + 0.34 is 1.0000000000000002 in floating point
 
