@@ -154,6 +154,8 @@ class Runner:
             self.alerts.stop()
         if getattr(self, "server", None) is not None:
             self.server.close()
+        if getattr(self, "feed", None) is not None:
+            self.feed.close()
         if getattr(self, "broker", None) is not None:
             self.broker.close()
         for name in ("lease", "venue", "store"):
