@@ -199,12 +199,12 @@ class Runner:
                         continue  # still standby (or stopping): wait again
                 elif self._redo_under_halt:
                     self._load()
+                if self.max_bars is not None and summary.bars >= self.max_bars:
+                    summary.ended = "max_bars"  # before waiting: a venue's next bar is a bar away
+                    break
                 t = self._next_bar()
                 if t is None:
                     summary.ended = "replay finished"
-                    break
-                if self.max_bars is not None and summary.bars >= self.max_bars:
-                    summary.ended = "max_bars"
                     break
                 self._cycle(t, summary)
                 if self._redo_under_halt:

@@ -223,3 +223,48 @@ def test_stream_must_be_a_boolean(venue, tmp_path):
     raw["feed"]["stream"] = "yes"
     with pytest.raises(ConfigError, match=r"stream.*must be true or false"):
         parse_config(raw, source="stream-test.toml")
+
+
+def zigzag(k: int) -> tuple[float, ...]:
+    """Up four bars, down four: a 2/5-bar MA crossover turns twice in every eight bars."""
+    base = 100.0 + (k % 8 if k % 8 < 4 else 8 - k % 8) * 2.0
+    return (base, base + 1.0, base - 1.0, base + 0.5, 1000.0)
+
+
+def test_the_runner_decides_each_streamed_bar_once_and_sends_its_orders(venue, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    import live.runner as runner_module
+    from live.runner import Runner
+
+    raw = _config(venue, tmp_path, "1m")
+    raw["sleeves"][0]["params"] = {"fast": 2, "slow": 5}
+    raw["risk"] = {"daily_loss_limit_pct": 100.0, "max_drawdown_pct": 100.0}
+    config = parse_config(raw, source="stream-test.toml")
+    venue.set_price("AAPL", ohlcv("AAPL", -1)[3])
+    clock = Clock()
+    decided: list[int] = []
+    decide = runner_module.decide
+
+    def recording_decide(state, signals, portfolio):
+        decided.append(int(signals.ts_ns))
+        return decide(state, signals, portfolio)
+
+    monkeypatch.setattr(runner_module, "decide", recording_decide)
+    runner = Runner(config, max_bars=13, now_ns=clock)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(summary=runner.run()), daemon=True)
+    thread.start()
+    # The newest bar of the history; the first cycle may compile the decision kernels.
+    until(lambda: getattr(runner, "last_ts_ns", None) == T0 - MINUTE, timeout_s=300.0)
+    for k in range(12):
+        bar = zigzag(k)
+        clock.after_close(k)
+        venue.publish_bar("AAPL", T0 + k * MINUTE, bar)
+        venue.set_price("AAPL", bar[3])  # what a market order fills at after this bar
+        until(lambda k=k: len(decided) == k + 2, timeout_s=10.0)
+    thread.join(timeout=30.0)
+    assert not thread.is_alive()
+    assert decided == [T0 - MINUTE] + [T0 + k * MINUTE for k in range(12)]
+    assert result["summary"].bars == 13
+    assert result["summary"].orders > 0 and venue.orders
+    assert venue.data_connects == 1 and not venue.data_conns  # closed when the runner stopped

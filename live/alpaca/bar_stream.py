@@ -23,7 +23,7 @@ from live.streaming import StreamedBar
 log = logging.getLogger("quantshift.live")
 
 STOP_WAIT_S = 7.0
-"""alpaca-py notices a stop request between receives, which wait up to 5 s (``_consume``)."""
+"""How long ``stop`` waits for the thread (the socket is closed, so it ends at once)."""
 
 
 class AlpacaBarStream:
@@ -79,7 +79,7 @@ class AlpacaBarStream:
             return
         loop = self._stream.loop
         if loop is not None and loop.is_running():
-            asyncio.run_coroutine_threadsafe(self._stream.stop_ws(), loop)
+            asyncio.run_coroutine_threadsafe(self._stream.halt(), loop)
         self._thread.join(timeout=STOP_WAIT_S)
 
     def _run(self) -> None:
@@ -121,6 +121,12 @@ class _ReportingStream(StockDataStream):
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         return self._loop
+
+    async def halt(self) -> None:
+        """Stop, and close the socket: alpaca-py alone notices a stop only between receives,
+        which wait up to 5 s."""
+        await self.stop_ws()
+        await self.close()
 
     async def _start_ws(self) -> None:
         try:
