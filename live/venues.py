@@ -37,8 +37,9 @@ def venue(kind: str) -> Venue:
         return Venue(AlpacaConfig, AlpacaBroker, bar_pages, AlpacaBarStream, 60)
     if kind == "coinbase":
         from live.coinbase import CoinbaseBroker, CoinbaseConfig, bar_pages
+        from live.coinbase.candles import CANDLE_S, CoinbaseBarStream
 
-        return Venue(CoinbaseConfig, CoinbaseBroker, bar_pages)
+        return Venue(CoinbaseConfig, CoinbaseBroker, bar_pages, CoinbaseBarStream, CANDLE_S)
     raise ConfigError(f"unknown venue {kind!r}; venues: {', '.join(VENUES)}")
 
 

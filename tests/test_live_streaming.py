@@ -268,3 +268,74 @@ def test_the_runner_decides_each_streamed_bar_once_and_sends_its_orders(venue, t
     assert result["summary"].bars == 13
     assert result["summary"].orders > 0 and venue.orders
     assert venue.data_connects == 1 and not venue.data_conns  # closed when the runner stopped
+
+
+# ----------------------------------------------------------------------------- Coinbase
+FIVE = 300 * 10**9
+C0 = pd.Timestamp("2024-01-02 15:00", tz="UTC").value  # open of the first streamed candle
+
+
+@pytest.fixture
+def coinbase_feed(monkeypatch):
+    from live.coinbase import CoinbaseBroker
+    from tests.fakes.coinbase_server import FakeCoinbase
+    from tests.test_broker_coinbase import KEY_ENV as CB_KEY
+    from tests.test_broker_coinbase import KEY_NAME, SECRET_ENV as CB_SECRET
+    from tests.test_broker_coinbase import config_for as coinbase_config
+    from tests.test_broker_coinbase import new_key
+
+    fake = FakeCoinbase().start()
+    fake.set_price("BTC-USD", 100.0)
+    private_pem, public = new_key()
+    fake.add_key(KEY_NAME, public)
+    monkeypatch.setenv(CB_KEY, KEY_NAME)
+    monkeypatch.setenv(CB_SECRET, private_pem)
+    broker = CoinbaseBroker(coinbase_config(fake, market_ws_url=fake.ws_url, stream_silence_s=2.0))
+    now = {"ns": C0 + 3 * 10**9}  # the last history candle (opened C0 - 5 min) has settled
+    open_stream = venue_bar_stream(broker, 300, "coinbase-stream-test.toml")
+    feed = StreamingFeed(venue_bar_pages(broker), open_stream, ["BTC-USD"],
+                         MarketClock("crypto", 300), history_bars=50, poll_s=0.2, settle_s=2.0,
+                         late_after_s=30.0, now_ns=lambda: now["ns"])  # fmt: skip
+    feed.now = now
+    feed.start()
+    until(lambda: "candles" in fake.subscriptions)
+    yield fake, feed
+    feed.close()
+    broker.close()
+    fake.stop()
+
+
+def candle_close(start_ns: int) -> float:
+    from tests.fakes.coinbase_server import FakeCoinbase
+
+    return float(FakeCoinbase.candle(start_ns // 10**9)["close"])
+
+
+def test_a_coinbase_candle_is_decided_once_the_next_one_starts(coinbase_feed):
+    fake, feed = coinbase_feed
+    last = decide_next(feed, None)
+    assert last == C0 - FIVE
+    fake.send_candle("BTC-USD", C0 // 10**9, kind="snapshot")  # forming: not a bar yet
+    fake.send_candle("BTC-USD", C0 // 10**9)
+    fake.send_candle("BTC-USD", (C0 + FIVE) // 10**9)  # the next candle starts: C0 closed
+    feed.now["ns"] = C0 + FIVE + 10**8
+    last = decide_next(feed, last)
+    assert last == C0
+    fake.send_candle("BTC-USD", C0 // 10**9, bump=3.0)  # an update of a closed candle: late
+    fake.send_candle("BTC-USD", (C0 + 2 * FIVE) // 10**9)
+    feed.now["ns"] = C0 + 2 * FIVE + 10**8
+    assert decide_next(feed, last) == C0 + FIVE
+    assert feed.bars.close[feed.bars.ts_ns.tolist().index(C0), 0] == candle_close(C0)
+    assert feed.counts["late"] == 1
+
+
+def test_a_coinbase_drop_is_backfilled_from_rest_after_the_reconnect(coinbase_feed):
+    fake, feed = coinbase_feed
+    last = decide_next(feed, None)
+    fake.drop_stream()  # the candles closed while away come from REST
+    feed.now["ns"] = C0 + 2 * FIVE + 3 * 10**9
+    until(lambda: fake.subscriptions.count("candles") >= 2, timeout_s=10.0)
+    decided = [decide_next(feed, last)]
+    decided.append(decide_next(feed, decided[-1]))
+    assert decided == [C0, C0 + FIVE]
+    assert feed.counts["backfill"] >= 2
