@@ -52,7 +52,7 @@ def run(stream: bool, n_symbols: int, n_bars: int, settle_s: float = 2.0,
     class TimedVenue(FakeAlpaca):
         """The fake venue, noting when each order request arrived."""
 
-        order_times: list[float] = []
+        order_times: list[float]
 
         def handle(self, method, path, query, headers, body):
             if (method, path) == ("POST", "/v2/orders"):
@@ -151,10 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         report[name] = run(stream, n_symbols, n_bars, poll_s=1.0 if args.quick else 5.0)
     for name, row in (("streaming feed", report["stream"]), ("REST polling", report["poll"])):
         d, o = row["to_decision_ms"], row["to_first_order_ms"]
-        print(f"{name:<15} bar close -> decision {d['median']:8.1f} ms median, p99 "
-              f"{d['p99']:8.1f}; -> first order at the venue {o['median']:8.1f} ms median, p99 "
-              f"{o['p99']:8.1f} ({row['bars_with_orders']} of {row['bars']} bars traded)")  # fmt: skip
-    ratio = report["poll"]["to_first_order_ms"]["median"] / report["stream"]["to_first_order_ms"]["median"]
+        print(
+            f"{name:<15} bar close -> decision {d['median']:8.1f} ms median, p99 "
+            f"{d['p99']:8.1f}; -> first order at the venue {o['median']:8.1f} ms median, p99 "
+            f"{o['p99']:8.1f} ({row['bars_with_orders']} of {row['bars']} bars traded)"
+        )
+    ratio = (
+        report["poll"]["to_first_order_ms"]["median"]
+        / report["stream"]["to_first_order_ms"]["median"]
+    )
     print(f"\npolling takes {ratio:.1f}x as long to the first order (before its settle_s)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -150,7 +150,9 @@ def divergence(
             typer.echo(f"figure: {plot}")
     if abs(report.drift_pct) > max_drift_pct:
         if not json_out:
-            typer.echo(f"drift {report.drift_pct:+.3f}% is beyond --max-drift-pct {max_drift_pct:g}")
+            typer.echo(
+                f"drift {report.drift_pct:+.3f}% is beyond --max-drift-pct {max_drift_pct:g}"
+            )
         raise typer.Exit(1)
 
 

@@ -83,7 +83,9 @@ class Divergence:
         if self.by_cause:
             out.append("by cause:")
             out += [f"  {cause:<14} {amount:+14,.2f}" for cause, amount in self.by_cause.items()]
-        differing = [r for r in self.rows if abs(r["pnl_difference"]) > 1e-9 or r["kind"] != "matched"]
+        differing = [
+            r for r in self.rows if abs(r["pnl_difference"]) > 1e-9 or r["kind"] != "matched"
+        ]
         if differing:
             out.append(f"{'kind':<8} {'sleeve':<12} {'symbol':<10} {'entry':<17} {'qty live':>10} "
                        f"{'qty bt':>10} {'P&L diff':>12}  cause / reason")  # fmt: skip
@@ -91,9 +93,11 @@ class Divergence:
                 why = r["reason"] or ", ".join(
                     f"{c} {v:+,.2f}" for c, v in r["causes"].items() if v != 0.0
                 )
-                out.append(f"{r['kind']:<8} {r['sleeve']:<12} {r['symbol']:<10} "
-                           f"{_day(r['entry_ns']):<17} {r['live_qty']:>10,.4g} "
-                           f"{r['backtest_qty']:>10,.4g} {r['pnl_difference']:>+12,.2f}  {why}")  # fmt: skip
+                out.append(
+                    f"{r['kind']:<8} {r['sleeve']:<12} {r['symbol']:<10} "
+                    f"{_day(r['entry_ns']):<17} {r['live_qty']:>10,.4g} "
+                    f"{r['backtest_qty']:>10,.4g} {r['pnl_difference']:>+12,.2f}  {why}"
+                )
         else:
             out.append("every trade matches the backtest")
         return out
@@ -238,8 +242,11 @@ def _why_missing(intents) -> str:
     if not intents:
         return "not decided live (no order for that bar: a HALT, a guard, or other signals)"
     states = {i.state for i in intents}
-    for state, why in (("REJECTED", "rejected by the venue"), ("UNKNOWN", "unresolved at the venue"),
-                       ("CANCELLED", "cancelled before it filled")):  # fmt: skip
+    for state, why in (
+        ("REJECTED", "rejected by the venue"),
+        ("UNKNOWN", "unresolved at the venue"),
+        ("CANCELLED", "cancelled before it filled"),
+    ):
         if state in states:
             return why
     if all(i.filled_qty <= 0 for i in intents):

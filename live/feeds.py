@@ -116,10 +116,14 @@ class VenueFeed:
             t = after(self.bars.ts_ns, last_ts_ns)
             if t < n:
                 return t
-            self._wait(stop, self.poll_s)
-            if not stop.is_set():
-                self._poll(self._now())
+            self._wait_for_bars(stop)
         return None
+
+    def _wait_for_bars(self, stop: threading.Event) -> None:
+        """Wait a poll period, then ask the venue for what closed meanwhile."""
+        self._wait(stop, self.poll_s)
+        if not stop.is_set():
+            self._poll(self._now())
 
     def now_ns(self, t: int, interval_ns: int) -> int:
         return self._now()

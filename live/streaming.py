@@ -93,24 +93,20 @@ class StreamingFeed(VenueFeed):
             stop()
 
     def next_index(self, last_ts_ns: int | None, stop: threading.Event) -> int | None:
-        self._decided_ns = last_ts_ns
-        while not stop.is_set():
-            n = self.bars.n_bars
-            if last_ts_ns is None and n:
-                return n - 1  # a fresh start decides on the newest closed bar
-            t = after(self.bars.ts_ns, last_ts_ns)
-            if t < n:
-                return t
-            wait_s = self.poll_s
-            if self._second_look_ns is not None:
-                wait_s = min(wait_s, max((self._second_look_ns - self._now()) / NS, 0.0))
-            try:
-                first = self._inbox.get(timeout=wait_s)
-            except queue.Empty:
-                first = None
-            if not stop.is_set():
-                self._take(first)
-        return None
+        self._decided_ns = last_ts_ns  # what arrives for this time or before is late
+        return super().next_index(last_ts_ns, stop)
+
+    def _wait_for_bars(self, stop: threading.Event) -> None:
+        """Wait for the stream (or the next look at REST), then merge what came."""
+        wait_s = self.poll_s
+        if self._second_look_ns is not None:
+            wait_s = min(wait_s, max((self._second_look_ns - self._now()) / NS, 0.0))
+        try:
+            first = self._inbox.get(timeout=wait_s)
+        except queue.Empty:
+            first = None
+        if not stop.is_set():
+            self._take(first)
 
     # ------------------------------------------------------------------ merging
     def _take(self, first) -> None:
@@ -143,7 +139,7 @@ class StreamingFeed(VenueFeed):
             self._poll(now)
         before = self.bars.ts_ns[-1] if self.bars.n_bars else None
         self._assemble(now)
-        for ts in self.bars.ts_ns[after(self.bars.ts_ns, before):]:
+        for ts in self.bars.ts_ns[after(self.bars.ts_ns, before) :]:
             self.admitted_ns.setdefault(int(ts), now)
 
     def _missing(self, now: int, *, silent: bool) -> bool:

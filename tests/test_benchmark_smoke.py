@@ -78,8 +78,13 @@ def test_live_benchmark_quick_run(tmp_path):
 def test_streaming_benchmark_quick_run(tmp_path):
     target = tmp_path / "streaming.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_streaming.py"), "--quick", "--json",
-         target],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_streaming.py"),
+            "--quick",
+            "--json",
+            target,
+        ],
         capture_output=True,
         text=True,
         timeout=900,

@@ -19,7 +19,7 @@ from live.cli import app
 from live.config import parse_config
 from live.divergence import divergence
 from live.runner import Runner
-from live.store import Store, client_order_id
+from live.store import Store
 from quantshift.data import load_bars
 from quantshift.errors import QuantShiftError
 from tests.fakes.alpaca_server import FakeAlpaca
@@ -186,8 +186,12 @@ def test_each_injected_difference_is_found_on_its_trade_and_attributed(tmp_path,
                                                         rel=0.01)  # fmt: skip
     assert row_of(unfilled)["kind"] == "missing"
     assert row_of(unfilled)["reason"] in ("sent, never filled", "cancelled before it filled")
-    untouched = [r for r in report.rows if r["kind"] == "matched"
-                 and r["entry_ns"] not in {row_of(c)["entry_ns"] for c in (slipped, partial)}]
+    untouched = [
+        r
+        for r in report.rows
+        if r["kind"] == "matched"
+        and r["entry_ns"] not in {row_of(c)["entry_ns"] for c in (slipped, partial)}
+    ]
     assert untouched and all(abs(r["entry_slippage_bps"]) < 1e-6 for r in untouched)
     path = tmp_path / "venue.toml"
     path.write_text(_toml(raw))

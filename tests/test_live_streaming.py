@@ -145,9 +145,7 @@ def test_out_of_order_bars_are_decided_in_time_order(venue, feed):
     assert decided == [T0, T0 + MINUTE]
 
 
-def test_a_drop_in_the_middle_of_a_minute_is_backfilled_from_rest_after_the_reconnect(
-    venue, feed
-):
+def test_a_drop_in_the_middle_of_a_minute_is_backfilled_from_rest_after_the_reconnect(venue, feed):
     last = decide_next(feed, None)
     publish(venue, feed, 0)
     last = decide_next(feed, last)
@@ -213,8 +211,8 @@ def test_a_bar_length_the_venue_does_not_stream_is_refused_naming_the_key(venue,
     config = parse_config(_config(venue, tmp_path, "1d"), source="stream-test.toml")
     broker = AlpacaBroker(config_for(venue, data_stream_url=venue.data_stream_url))
     clock = MarketClock("equities", 86_400)
-    with pytest.raises(ConfigError, match=r"stream-test: \[feed\] stream = true, but alpaca"
-                                          r"'s stream carries only 60 s bars, not 86400 s"):  # fmt: skip
+    expected = r"stream-test: \[feed\] stream = true, but alpaca's stream carries only 60 s bars"
+    with pytest.raises(ConfigError, match=expected + r", not 86400 s"):
         open_feed(config, config.portfolio, clock, broker)
 
 
@@ -280,9 +278,9 @@ def coinbase_feed(monkeypatch):
     from live.coinbase import CoinbaseBroker
     from tests.fakes.coinbase_server import FakeCoinbase
     from tests.test_broker_coinbase import KEY_ENV as CB_KEY
-    from tests.test_broker_coinbase import KEY_NAME, SECRET_ENV as CB_SECRET
+    from tests.test_broker_coinbase import KEY_NAME, new_key
+    from tests.test_broker_coinbase import SECRET_ENV as CB_SECRET
     from tests.test_broker_coinbase import config_for as coinbase_config
-    from tests.test_broker_coinbase import new_key
 
     fake = FakeCoinbase().start()
     fake.set_price("BTC-USD", 100.0)

@@ -151,5 +151,8 @@ def _check_sdk_shape() -> None:
     """The subclass relies on ``_start_ws`` and ``_loop`` of alpaca-py's DataStream."""
     start = getattr(StockDataStream, "_start_ws", None)
     if start is None or not inspect.iscoroutinefunction(start):
-        raise BrokerError("alpaca", "the installed alpaca-py has no DataStream._start_ws; "
-                          "the bar stream needs a version this adapter was tested with")  # fmt: skip
+        raise BrokerError(
+            "alpaca",
+            "the installed alpaca-py has no DataStream._start_ws; the bar stream needs a "
+            "version this adapter was tested with",
+        )

@@ -44,9 +44,9 @@ class AlpacaConfig(VenueSettings):
         environment variable is unset.
     trading_url, stream_url, data_url, data_stream_url : str or None
         Endpoint overrides (the SDK's ``url_override``; ``data_stream_url`` is the market data
-        stream the venue feed takes bars from when ``[feed] stream = true``). A non-loopback override must be
-        Alpaca's own endpoint for ``mode``; any loopback host (127.0.0.1, ::1, localhost) is
-        accepted so tests can run against a local fake venue.
+        stream the venue feed takes bars from when ``[feed] stream = true``). A non-loopback
+        override must be Alpaca's own endpoint for ``mode``; any loopback host (127.0.0.1, ::1,
+        localhost) is accepted so tests can run against a local fake venue.
     data_feed : {"iex", "sip"}
         Market data feed for bars (free accounts get ``iex``).
     timeout_s : float

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Sequence
 
 from coinbase.websocket import WSClientException
@@ -16,10 +15,10 @@ from coinbase.websocket import WSClientException
 from live.coinbase import parse
 from live.coinbase.stream import (
     VerifiedMarketClient,
-    alive,
     check_sdk_shape,
     check_verified,
     close_client,
+    follow,
     tls_context,
 )
 from live.streaming import StreamedBar
@@ -73,30 +72,13 @@ class CoinbaseBarStream:
             self._thread.join(timeout=3 * self._config.timeout_s + 1.0)
 
     def _run(self) -> None:
-        tick = max(min(self._config.stream_silence_s / 4, 0.25), 0.005)
-        while not self._stop.is_set():
-            client = self._open()
-            reason = "connection failed" if client is None else ""
-            if client is not None:
-                self._forming.clear()
-                self._on_connect()
-            last_message = time.monotonic()
-            while not self._stop.is_set() and not reason:
-                try:
-                    text = self._messages.get(timeout=tick)
-                except queue.Empty:
-                    text = None
-                if text is not None:
-                    last_message = time.monotonic()
-                    self._handle(text)
-                if not alive(client):
-                    reason = "connection lost"
-                elif time.monotonic() - last_message > self._config.stream_silence_s:
-                    reason = f"no message for {self._config.stream_silence_s}s"
-            close_client(client)
-            if not self._stop.is_set():
-                log.warning("coinbase candles channel: %s; reconnecting", reason)
-                self._stop.wait(self._config.stream_reconnect_s)
+        follow("candles channel", self._messages, self._open, self._opened, self._handle,
+               self._config, self._stop)  # fmt: skip
+
+    def _opened(self, client) -> None:
+        if client is not None:
+            self._forming.clear()  # updates were missed while away: REST has the closed bars
+            self._on_connect()
 
     def _open(self) -> VerifiedMarketClient | None:
         # Public market data: no key is sent (the JWT stays on the user channel).

@@ -178,7 +178,9 @@ def _check_market_ws_url(url: str) -> None:
     """The public market data endpoint (candles): any TLS host, or a loopback test venue."""
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ConfigError(f"coinbase config: market_ws_url must be a ws:// or wss:// URL, got {url!r}")
+        raise ConfigError(
+            f"coinbase config: market_ws_url must be a ws:// or wss:// URL, got {url!r}"
+        )
     if parts.scheme == "ws" and not is_loopback_host(parts.hostname):
         raise ConfigError(f"coinbase config: market_ws_url={url!r}: ws:// is for loopback test "
                           "venues only; use wss://")  # fmt: skip

@@ -79,29 +79,15 @@ class FillStream:
 
     # ------------------------------------------------------------------ the loop
     def _run(self) -> None:
-        tick = max(min(self._config.stream_silence_s / 4, 0.25), 0.005)
-        while not self._stop.is_set():
-            client = self._open()
-            self._guarded("backfill", self._backfill)
-            last_message = time.monotonic()
-            reason = "connection failed" if client is None else ""
-            while not self._stop.is_set() and not reason:
-                try:
-                    text = self._messages.get(timeout=tick)
-                except queue.Empty:
-                    text = None
-                if text is not None:
-                    last_message = time.monotonic()
-                    if self._guarded("message", lambda t=text: self._handle(t)) is False:
-                        reason = "the venue reported an error"
-                if not reason and not alive(client):
-                    reason = "connection lost"
-                if not reason and time.monotonic() - last_message > self._config.stream_silence_s:
-                    reason = f"no message for {self._config.stream_silence_s}s"
-            close_client(client)
-            if not self._stop.is_set():
-                logger.warning("coinbase user channel: %s; reconnecting", reason)
-                self._stop.wait(self._config.stream_reconnect_s)
+        follow(
+            "user channel",
+            self._messages,
+            self._open,
+            lambda client: self._guarded("backfill", self._backfill),
+            lambda text: self._guarded("message", lambda: self._handle(text)),
+            self._config,
+            self._stop,
+        )
 
     def _guarded(self, what: str, step: Callable[[], object]) -> object:
         # The thread must outlive any single failure: the next reconnect backfills what a
@@ -166,6 +152,45 @@ class FillStream:
                 self._on_fill(fill)
             except Exception:  # the caller's bug must not stop the feed
                 logger.exception("coinbase on_fill failed for fill %s", fill.fill_id)
+
+
+# ----------------------------------------------------------------------------- the loop
+def follow(
+    channel: str,
+    messages: queue.Queue,
+    open_client: Callable[[], Any],
+    on_open: Callable[[Any], object],
+    handle: Callable[[str], object],
+    config: CoinbaseConfig,
+    stop: threading.Event,
+) -> None:
+    """Keep one channel followed until ``stop``: open it, call ``on_open`` (with None when the
+    connection failed), hand each message to ``handle`` (False: the venue reported an error),
+    and reconnect after ``stream_reconnect_s`` on an error, a drop, or ``stream_silence_s``
+    without a message (heartbeats come every second)."""
+    tick = max(min(config.stream_silence_s / 4, 0.25), 0.005)
+    while not stop.is_set():
+        client = open_client()
+        on_open(client)
+        last_message = time.monotonic()
+        reason = "connection failed" if client is None else ""
+        while not stop.is_set() and not reason:
+            try:
+                text = messages.get(timeout=tick)
+            except queue.Empty:
+                text = None
+            if text is not None:
+                last_message = time.monotonic()
+                if handle(text) is False:
+                    reason = "the venue reported an error"
+            if not reason and not alive(client):
+                reason = "connection lost"
+            if not reason and time.monotonic() - last_message > config.stream_silence_s:
+                reason = f"no message for {config.stream_silence_s}s"
+        close_client(client)
+        if not stop.is_set():
+            logger.warning("coinbase %s: %s; reconnecting", channel, reason)
+            stop.wait(config.stream_reconnect_s)
 
 
 # ----------------------------------------------------------------------------- TLS
