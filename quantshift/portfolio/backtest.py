@@ -145,7 +145,11 @@ class PortfolioResult:
 
 
 def portfolio_backtest(
-    config: PortfolioConfig, bars: Bars | str, *, state: PortfolioState | None = None
+    config: PortfolioConfig,
+    bars: Bars | str,
+    *,
+    state: PortfolioState | None = None,
+    trade_from_ns: int | None = None,
 ) -> PortfolioResult:
     """Run the decision layer over ``bars`` bar by bar with the shared fill model.
 
@@ -161,6 +165,9 @@ def portfolio_backtest(
         Bars holding every sleeve's symbols, or a data spec for :func:`quantshift.load_bars`.
     state : PortfolioState, optional
         Start from this state instead of all cash.
+    trade_from_ns : int, optional
+        Decide nothing before the bar at this time (UTC ns): the bars before it only warm the
+        indicators up, as a live runner's history does before its first decision.
     """
     if isinstance(bars, str):
         from quantshift.data import load_bars
@@ -176,6 +183,10 @@ def portfolio_backtest(
     start = PortfolioState.initial(config) if state is None else state
     start.check(config)
     arrays = start.arrays()
+    if trade_from_ns is not None:
+        first = int(np.searchsorted(data.ts_ns, int(trade_from_ns), "left"))
+        history.entries[:first] = False
+        history.exits[:first] = False
     signals = Signals(
         history.entries,
         history.exits,
