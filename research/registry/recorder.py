@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +20,7 @@ import numpy as np
 from quantshift.data.bars import Bars
 from quantshift.engine.config import SimConfig
 from quantshift.engine.metrics import METRICS, infer_periods_per_year
-from quantshift.engine.sweep import SweepTrials, sweep_tags
+from quantshift.engine.sweep import SweepTrials, current_sweep_tags, sweep_tags
 from quantshift.strategies import Strategy
 from research.registry.effective import return_signature
 from research.registry.keys import DataKey, registry_url, source_hash
@@ -30,7 +32,7 @@ TAGS = ("source", "study", "stage", "spec_hash", "seed", "worker", "evaluation",
 DEFAULT_SOURCE = "sweep"
 _SHARPE = METRICS.index("sharpe")
 _TRADES = METRICS.index("trades")
-_REGISTRIES: dict[tuple[str, int], TrialRegistry] = {}
+_DEFAULT: list[tuple[str, int, TrialRegistry]] = []  # this process's open default registry
 
 
 @contextmanager
@@ -48,16 +50,34 @@ def trial_context(**tags: Any) -> Iterator[Mapping[str, Any]]:
         yield merged
 
 
+@contextmanager
+def trial_defaults(**tags: Any) -> Iterator[Mapping[str, Any]]:
+    """Like :func:`trial_context`, but only for tags an outer block has not set (a walk-forward
+    calling the optimiser stays ``source="walk-forward"``)."""
+    current = current_tags()
+    with trial_context(**{k: v for k, v in tags.items() if k not in current}) as merged:
+        yield merged
+
+
+def current_tags() -> Mapping[str, Any]:
+    """Return the tags the enclosing :func:`trial_context` blocks set."""
+    return current_sweep_tags()
+
+
 def default_registry(url: str | None = None) -> TrialRegistry:
     """Return this process's open registry at ``url`` (default :func:`registry_url`: env
     ``QUANTSHIFT_REGISTRY_URL``, the PostgreSQL tracking database, or experiments/registry.db)."""
-    resolved = registry_url(url)
-    key = (resolved, os.getpid())
-    found = _REGISTRIES.get(key)
-    if found is None:
-        found = TrialRegistry.open(resolved)
-        _REGISTRIES[key] = found
-    return found
+    resolved, pid = registry_url(url), os.getpid()
+    if _DEFAULT:
+        open_url, open_pid, registry = _DEFAULT[0]
+        if (open_url, open_pid) == (resolved, pid):
+            return registry
+        _DEFAULT.clear()
+        if open_pid == pid:  # the URL changed (tests, a notebook): one connection at a time
+            registry.close()
+    registry = TrialRegistry.open(resolved)
+    _DEFAULT.append((resolved, pid, registry))
+    return registry
 
 
 def record_sweep(trials: SweepTrials) -> None:
@@ -110,7 +130,7 @@ def sweep_batch(
         interval=key.interval,
         start_ns=key.start_ns,
         end_ns=key.end_ns,
-        source=str(tags.get("source", DEFAULT_SOURCE)),
+        source=str(tags.get("source") or _default_source()),
         evaluation=str(tags.get("evaluation") or uuid.uuid4().hex),
         params=params_json(strategy.param_names, matrix, [p.integer for p in strategy.params]),
         sharpe_per_bar=sharpe,
@@ -125,6 +145,31 @@ def sweep_batch(
         seed=None if seed is None else int(seed),
         signature=signature,
     )
+
+
+def _default_source() -> str:
+    # A sweep typed into a Jupyter kernel is a notebook's; anything else a plain sweep.
+    return "notebook" if "ipykernel" in sys.modules else DEFAULT_SOURCE
+
+
+def record_unevaluated(
+    strategy: Strategy, bars: Bars, config: SimConfig, matrix: np.ndarray, state: str
+) -> None:
+    """Record parameter sets that were never run on data (``state``: "infeasible"), under the
+    current tags; a registry that cannot be written warns (the caller's work goes on)."""
+    tags = current_tags()
+    if tags.get("record", True) is False or matrix.shape[0] == 0:
+        return
+    try:
+        batch = sweep_batch(strategy, bars, config, matrix, None, None, tags, state=state)
+        default_registry().record(batch)
+    except Exception as exc:
+        warnings.warn(
+            f"trial registry: {matrix.shape[0]} {state} set(s) not recorded "
+            f"({type(exc).__name__}: {exc})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def trial_sharpes(
