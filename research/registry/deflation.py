@@ -43,7 +43,7 @@ def dsr_report(
     independent trials instead (:func:`research.registry.effective_trials`), reported only.
 
     Keys: ``dsr``, ``dsr_trials``, ``dsr_trial_variance``, ``dsr_hurdle_sharpe_per_bar``,
-    ``registry_trials``, ``registry_data_key``, ``registry``, ``n_effective``,
+    ``registry_trials``, ``registry_data``, ``registry``, ``n_effective``,
     ``n_effective_method``, ``dsr_n_effective``, ``dsr_hurdle_sharpe_per_bar_effective``.
     """
     from research.stats import deflated_sharpe_ratio, expected_max_sharpe
@@ -52,10 +52,9 @@ def dsr_report(
     key = data_key(bars)
     n_study, variance_study = ledger.dsr_inputs()
     frame = registry.frame(strategy.name, key, spec_hash=spec_hash, states=COUNTED_STATES)
-    signatures, params = registry.signatures(strategy.name, key, spec_hash=spec_hash)
-    found = lineage_statistics(
-        frame["sharpe_per_bar"].to_numpy(dtype=np.float64), len(frame), signatures, params
-    )
+    signatures, _ = registry.signatures(strategy.name, key, spec_hash=spec_hash)
+    sharpes = frame["sharpe_per_bar"].to_numpy(dtype=np.float64)
+    found = lineage_statistics(sharpes, len(frame), signatures, frame["params"])
     n = max(n_study, len(frame))
     variance = found["sharpe_variance"] if found["sharpe_trials"] > 1 else variance_study
 
@@ -75,7 +74,7 @@ def dsr_report(
         "dsr_trial_variance": variance,
         "dsr_hurdle_sharpe_per_bar": hurdle,
         "registry_trials": len(frame),
-        "registry_data_key": key,
+        "registry_data": key,
         "registry": registry.shown,
         "n_effective": n_effective,
         "n_effective_method": found["n_effective_method"],

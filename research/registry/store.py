@@ -454,15 +454,9 @@ class TrialRegistry:
             "source_hashes": list(dict.fromkeys(counted["source_hash"])),
             "seeds": sorted({int(s) for s in counted["seed"].dropna()}),
         }
-        signatures, params = self.signatures(strategy, data_key, spec_hash=spec_hash)
-        out.update(
-            lineage_statistics(
-                counted["sharpe_per_bar"].to_numpy(dtype=np.float64),
-                len(counted),
-                signatures,
-                params,
-            )
-        )
+        signatures, _ = self.signatures(strategy, data_key, spec_hash=spec_hash)
+        sharpes = counted["sharpe_per_bar"].to_numpy(dtype=np.float64)
+        out.update(lineage_statistics(sharpes, len(counted), signatures, counted["params"]))
         return out
 
 
