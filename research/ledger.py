@@ -489,6 +489,7 @@ def record_grid(
     objective: str,
     study: str,
     stage: str,
+    seed: int | None = None,
     progress=False,
 ) -> np.ndarray:
     """Evaluate every row of ``matrix`` on all of ``bars`` in one sweep and record each as a
@@ -499,7 +500,7 @@ def record_grid(
 
     n = matrix.shape[0]
     evaluation = FoldEvaluation(strategy, matrix, make_folds(bars, config, None), config)
-    with trial_defaults(source="study", study=study, stage=stage):
+    with trial_defaults(source="study", study=study, stage=stage, seed=seed):
         metrics = evaluation.run(0, np.arange(n), progress=progress)
     values = metrics[:, METRICS.index(objective)]
     ok = np.isfinite(values)

@@ -244,6 +244,7 @@ def _grid_search(spec, bars, ledger, progress):
         objective=objective,
         study=spec.name,
         stage="optimize",
+        seed=spec.seed,
         progress=progress,
     )
     return _best_by(ledger, objective, spec.search.min_trades)

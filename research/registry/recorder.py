@@ -55,7 +55,8 @@ def trial_defaults(**tags: Any) -> Iterator[Mapping[str, Any]]:
     """Like :func:`trial_context`, but only for tags an outer block has not set (a walk-forward
     calling the optimiser stays ``source="walk-forward"``)."""
     current = current_tags()
-    with trial_context(**{k: v for k, v in tags.items() if k not in current}) as merged:
+    fresh = {k: v for k, v in tags.items() if k not in current and v is not None}
+    with trial_context(**fresh) as merged:
         yield merged
 
 

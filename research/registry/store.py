@@ -265,6 +265,11 @@ class TrialRegistry:
                 c.execute("ROLLBACK")
                 raise
 
+    def schema_versions(self) -> list[int]:
+        """Return the schema migrations applied, in order (each exactly once)."""
+        rows = self._query("SELECT version FROM quantshift_trials_schema ORDER BY version")
+        return [int(r[0]) for r in rows]
+
     def record(self, batch: TrialBatch | Iterable[TrialBatch]) -> int:
         """Append one batch (or several) in one transaction; return the number of rows."""
         batches = [batch] if isinstance(batch, TrialBatch) else list(batch)
