@@ -233,7 +233,7 @@ def _writer(url: str, worker: int, batches: int) -> None:
 
 
 def _concurrent(url: str) -> None:
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")
     procs = [context.Process(target=_writer, args=(url, w, 5)) for w in range(4)]
     for p in procs:
         p.start()
@@ -274,7 +274,7 @@ def test_postgresql_registry_records_counts_and_takes_concurrent_writers(pg_url,
 
 
 def _concurrent_pg(url: str) -> None:
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")
     procs = [context.Process(target=_writer, args=(url, w, 3)) for w in range(3)]
     for p in procs:
         p.start()
