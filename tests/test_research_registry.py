@@ -296,3 +296,22 @@ def test_schema_is_created_once_and_bad_urls_name_the_url(tmp_path):
     with pytest.raises(qs.ConfigError, match="cannot connect") as info:
         TrialRegistry.open("postgresql://u:hunter2@127.0.0.1:1/db", timeout_s=2)
     assert "hunter2" not in str(info.value) and "127.0.0.1:1/db" in str(info.value)
+
+
+def test_registry_benchmark_runs_on_tiny_sizes(monkeypatch, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_registry.py"
+    spec = importlib.util.spec_from_file_location("bench_registry", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    target = tmp_path / "registry.json"
+    monkeypatch.setenv("QUANTSHIFT_REGISTRY_URL", "")  # restored after; the benchmark sets its own
+    assert bench.main(["--quick", "--json", str(target)]) == 0
+    report = json.loads(target.read_text())
+    rows = [v for v in report.values() if isinstance(v, dict)]
+    assert len(rows) == 2 and all(r["on_s"] > 0 and r["off_s"] > 0 for r in rows)
+    # One recorded call and two timed ones per workload; the warm-up and the "off" runs not.
+    assert report["rows_written"] == 3 * 400 + 3 * 50
+    assert "us/trial" in capsys.readouterr().out

@@ -71,7 +71,7 @@ def default_registry(url: str | None = None) -> TrialRegistry:
     resolved, pid = registry_url(url), os.getpid()
     if _DEFAULT:
         open_url, open_pid, registry = _DEFAULT[0]
-        if (open_url, open_pid) == (resolved, pid):
+        if (open_url, open_pid) == (resolved, pid) and not registry.closed:
             return registry
         _DEFAULT.clear()
         if open_pid == pid:  # the URL changed (tests, a notebook): one connection at a time
@@ -135,7 +135,7 @@ def sweep_batch(
         evaluation=str(tags.get("evaluation") or uuid.uuid4().hex),
         params=params_json(strategy.param_names, matrix, [p.integer for p in strategy.params]),
         sharpe_per_bar=sharpe,
-        n_bars=np.full(n, int(bars.valid.any(axis=1).sum())),
+        n_bars=int(bars.valid.any(axis=1).sum()),
         trades=trades,
         states=states,
         n_symbols=m,

@@ -4,7 +4,6 @@ migrations, batch writes and the queries the deflated Sharpe ratio and the CLI n
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sqlite3
@@ -24,34 +23,21 @@ from quantshift.urls import mask_secrets, postgres_url
 from research.registry.keys import registry_url
 
 TABLE = "quantshift_trials"
+EVALUATIONS = "quantshift_evaluations"
 STATES = ("complete", "pruned", "infeasible", "failed")
 COUNTED_STATES = ("complete", "pruned", "failed")
 """States that count as a trial: run on data (infeasible sets never were)."""
 
-COLUMNS = (
-    "recorded_ns",
-    "lineage",
-    "source_hash",
-    "data_key",
-    "universe",
-    "interval",
-    "start_ns",
-    "end_ns",
-    "spec_hash",
-    "source",
-    "study",
-    "stage",
-    "evaluation",
-    "params",
-    "sharpe_per_bar",
-    "n_bars",
-    "n_symbols",
-    "trades",
-    "state",
-    "worker",
-    "seed",
-    "signature",
-)
+EVALUATION_COLUMNS = (
+    "recorded_ns", "lineage", "source_hash", "data_key", "universe", "interval", "start_ns",
+    "end_ns", "spec_hash", "source", "study", "stage", "evaluation", "n_bars", "n_symbols",
+    "worker", "seed",
+)  # fmt: skip
+"""One row per evaluation (a sweep call, an optimiser's batch): what its trials share."""
+TRIAL_COLUMNS = ("evaluation_id", "params", "sharpe_per_bar", "trades", "state", "signature")
+"""One row per trial (parameter set)."""
+COLUMNS = ("id", *EVALUATION_COLUMNS, *TRIAL_COLUMNS[1:-1])
+"""The columns of :meth:`TrialRegistry.frame`: each trial with its evaluation's fields."""
 
 _PG_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 _SQLITE_TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "int": "INTEGER", "blob": "BLOB"}
@@ -59,24 +45,30 @@ _PG_TYPES = {"id": "BIGSERIAL PRIMARY KEY", "int": "BIGINT", "blob": "BYTEA"}
 # Each migration runs once, in order, inside the lock that creates the schema.
 _MIGRATIONS = (
     (
-        f"CREATE TABLE IF NOT EXISTS {TABLE} (id {{id}}, recorded_ns {{int}} NOT NULL, "
+        f"CREATE TABLE IF NOT EXISTS {EVALUATIONS} (id {{id}}, recorded_ns {{int}} NOT NULL, "
         "lineage TEXT NOT NULL, source_hash TEXT NOT NULL, data_key TEXT NOT NULL, "
         "universe TEXT NOT NULL, interval TEXT NOT NULL, start_ns {int} NOT NULL, "
         "end_ns {int} NOT NULL, spec_hash TEXT, source TEXT NOT NULL, study TEXT, stage TEXT, "
-        "evaluation TEXT NOT NULL, params TEXT NOT NULL, sharpe_per_bar DOUBLE PRECISION, "
-        "n_bars {int} NOT NULL, n_symbols {int} NOT NULL, trades {int}, state TEXT NOT NULL, "
-        "worker TEXT NOT NULL, seed {int}, signature {blob})",
-        f"CREATE INDEX IF NOT EXISTS {TABLE}_lineage_data ON {TABLE} (lineage, data_key)",
-        f"CREATE INDEX IF NOT EXISTS {TABLE}_spec ON {TABLE} (spec_hash)",
+        "evaluation TEXT NOT NULL, n_bars {int} NOT NULL, n_symbols {int} NOT NULL, "
+        "worker TEXT NOT NULL, seed {int})",
+        f"CREATE INDEX IF NOT EXISTS {EVALUATIONS}_lineage_data ON {EVALUATIONS} "
+        "(lineage, data_key)",
+        f"CREATE INDEX IF NOT EXISTS {EVALUATIONS}_spec ON {EVALUATIONS} (spec_hash)",
+        f"CREATE TABLE IF NOT EXISTS {TABLE} (id {{id}}, evaluation_id {{int}} NOT NULL "
+        f"REFERENCES {EVALUATIONS} (id), params TEXT NOT NULL, sharpe_per_bar DOUBLE PRECISION, "
+        "trades {int}, state TEXT NOT NULL, signature {blob})",
+        f"CREATE INDEX IF NOT EXISTS {TABLE}_evaluation ON {TABLE} (evaluation_id)",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+_JOIN = f"{TABLE} t JOIN {EVALUATIONS} e ON t.evaluation_id = e.id"
 
 
 @dataclass(frozen=True, eq=False)
 class TrialBatch:
-    """Trials of one evaluation (one sweep, one batch of an optimiser): shared keys and one
-    entry per trial in each per-trial field.
+    """Trials of one evaluation (one sweep, one batch of an optimiser): the fields they share
+    and one entry per trial in ``params``, ``sharpe_per_bar``, ``trades``, ``states`` and
+    ``signature``.
 
     ``params`` holds each trial's parameters as a JSON object string; ``sharpe_per_bar`` the
     per-bar Sharpe ratio in the unit the winner is judged on (NaN when not known in that unit);
@@ -95,9 +87,9 @@ class TrialBatch:
     evaluation: str
     params: Sequence[str]
     sharpe_per_bar: np.ndarray
-    n_bars: np.ndarray
     trades: np.ndarray
     states: Sequence[str]
+    n_bars: int = 0
     n_symbols: int = 1
     spec_hash: str | None = None
     study: str | None = None
@@ -109,10 +101,19 @@ class TrialBatch:
     def __len__(self) -> int:
         return len(self.params)
 
-    def rows(self) -> list[tuple]:
-        """The batch as table rows in :data:`COLUMNS` order."""
+    def head(self) -> tuple:
+        """The evaluation's row in :data:`EVALUATION_COLUMNS` order."""
+        return (
+            time.time_ns(), self.lineage, self.source_hash, self.data_key, self.universe,
+            self.interval, int(self.start_ns), int(self.end_ns), self.spec_hash, self.source,
+            self.study, self.stage, self.evaluation, int(self.n_bars), int(self.n_symbols),
+            self.worker, None if self.seed is None else int(self.seed),
+        )  # fmt: skip
+
+    def rows(self, evaluation_id: int) -> list[tuple]:
+        """The trials as rows in :data:`TRIAL_COLUMNS` order."""
         n = len(self.params)
-        for name in ("sharpe_per_bar", "n_bars", "trades", "states"):
+        for name in ("sharpe_per_bar", "trades", "states"):
             if len(getattr(self, name)) != n:
                 raise ConfigError(
                     f"trial batch: {name} has {len(getattr(self, name))} entries, params {n}"
@@ -120,52 +121,22 @@ class TrialBatch:
         unknown = sorted(set(self.states) - set(STATES))
         if unknown:
             raise ConfigError(f"trial batch: unknown state(s) {unknown}; states: {STATES}")
-        now = time.time_ns()
-        shared_head = (
-            now,
-            self.lineage,
-            self.source_hash,
-            self.data_key,
-            self.universe,
-            self.interval,
-            int(self.start_ns),
-            int(self.end_ns),
-            self.spec_hash,
-            self.source,
-            self.study,
-            self.stage,
-            self.evaluation,
-        )
-        seed = None if self.seed is None else int(self.seed)
-        sharpe = [
-            None if not math.isfinite(v) else v
-            for v in np.asarray(self.sharpe_per_bar, dtype=float).tolist()
-        ]
-        trades = [
-            None if not math.isfinite(v) else int(v)
-            for v in np.asarray(self.trades, dtype=float).tolist()
-        ]
-        bars = np.asarray(self.n_bars, dtype=np.int64).tolist()
+        sharpe = np.asarray(self.sharpe_per_bar, dtype=np.float64)
+        sharpe_values = np.where(np.isfinite(sharpe), sharpe, np.nan).tolist()
+        trades = np.asarray(self.trades, dtype=np.float64)
+        trade_values = [None if v != v else int(v) for v in trades.tolist()]
         blobs = (
             [None] * n
             if self.signature is None
             else [row.tobytes() for row in np.asarray(self.signature, dtype=np.float32)]
         )
-        return [
-            (
-                *shared_head,
-                self.params[i],
-                sharpe[i],
-                bars[i],
-                int(self.n_symbols),
-                trades[i],
-                self.states[i],
-                self.worker,
-                seed,
-                blobs[i],
+        return list(
+            zip(
+                [evaluation_id] * n, self.params,
+                [None if v != v else v for v in sharpe_values], trade_values, self.states, blobs,
+                strict=True,
             )
-            for i in range(n)
-        ]
+        )  # fmt: skip
 
 
 class TrialRegistry:
@@ -183,6 +154,7 @@ class TrialRegistry:
         self._connection = connection
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self.closed = False
 
     def __repr__(self) -> str:
         return f"TrialRegistry({self.shown!r})"
@@ -226,6 +198,7 @@ class TrialRegistry:
 
     def close(self) -> None:
         """Close the connection."""
+        self.closed = True
         self._connection.close()
 
     def __enter__(self) -> TrialRegistry:
@@ -271,32 +244,37 @@ class TrialRegistry:
         return [int(r[0]) for r in rows]
 
     def record(self, batch: TrialBatch | Iterable[TrialBatch]) -> int:
-        """Append one batch (or several) in one transaction; return the number of rows."""
+        """Append one batch (or several) in one transaction; return the number of trials."""
         batches = [batch] if isinstance(batch, TrialBatch) else list(batch)
-        rows = [row for b in batches for row in b.rows()]
-        if not rows:
-            return 0
+        head = f"INSERT INTO {EVALUATIONS} ({', '.join(EVALUATION_COLUMNS)}) VALUES "
+        head += f"({', '.join('?' * len(EVALUATION_COLUMNS))})"
         with self._lock:
             self._check_process()
             c = self._connection
             if self.dialect == "sqlite":
+                trial_sql = (
+                    f"INSERT INTO {TABLE} ({', '.join(TRIAL_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(TRIAL_COLUMNS))})"
+                )
                 c.execute("BEGIN IMMEDIATE")
                 try:
-                    c.executemany(
-                        f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) "
-                        f"VALUES ({', '.join('?' * len(COLUMNS))})",
-                        rows,
-                    )
+                    for b in batches:
+                        evaluation_id = c.execute(head, b.head()).lastrowid
+                        c.executemany(trial_sql, b.rows(evaluation_id))
                     c.execute("COMMIT")
                 except BaseException:
                     c.execute("ROLLBACK")
                     raise
             else:
+                copy_sql = f"COPY {TABLE} ({', '.join(TRIAL_COLUMNS)}) FROM STDIN"
                 with c.transaction(), c.cursor() as cursor:
-                    with cursor.copy(f"COPY {TABLE} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                        for row in rows:
-                            copy.write_row(row)
-        return len(rows)
+                    for b in batches:
+                        cursor.execute(self._sql(head) + " RETURNING id", b.head())
+                        evaluation_id = cursor.fetchone()[0]
+                        with cursor.copy(copy_sql) as copy:
+                            for row in b.rows(evaluation_id):
+                                copy.write_row(row)
+        return sum(len(b) for b in batches)
 
     def _check_process(self) -> None:
         # A forked child must not share its parent's connection.
@@ -307,10 +285,10 @@ class TrialRegistry:
     def _where(self, lineage, data_key, spec_hash, states) -> tuple[str, list]:
         clauses, args = [], []
         for column, wanted in (
-            ("lineage", lineage),
-            ("data_key", data_key),
-            ("spec_hash", spec_hash),
-            ("state", states),
+            ("e.lineage", lineage),
+            ("e.data_key", data_key),
+            ("e.spec_hash", spec_hash),
+            ("t.state", states),
         ):
             if wanted is None:
                 continue
@@ -335,7 +313,7 @@ class TrialRegistry:
         """Return the number of trials of ``lineage`` (a strategy name: every source hash it
         has had), on ``data_key`` (one key or several; default any) and ``spec_hash``."""
         where, args = self._where(lineage, data_key, spec_hash, states)
-        return int(self._query(f"SELECT COUNT(*) FROM {TABLE}{where}", args)[0][0])
+        return int(self._query(f"SELECT COUNT(*) FROM {_JOIN}{where}", args)[0][0])
 
     def sharpes(
         self,
@@ -347,8 +325,8 @@ class TrialRegistry:
         """Return the finite per-bar Sharpe ratios of the counted trials (winner's unit)."""
         where, args = self._where(lineage, data_key, spec_hash, COUNTED_STATES)
         rows = self._query(
-            f"SELECT sharpe_per_bar FROM {TABLE}{where}"
-            f"{' AND' if where else ' WHERE'} sharpe_per_bar IS NOT NULL",
+            f"SELECT t.sharpe_per_bar FROM {_JOIN}{where}"
+            f"{' AND' if where else ' WHERE'} t.sharpe_per_bar IS NOT NULL",
             args,
         )
         return np.array([r[0] for r in rows], dtype=np.float64)
@@ -374,10 +352,11 @@ class TrialRegistry:
         states: Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """Return the matching rows (every column but ``signature``) in the order written."""
-        columns = ["id", *(c for c in COLUMNS if c != "signature")]
+        selected = ["t.id", *(f"e.{c}" for c in EVALUATION_COLUMNS)]
+        selected += [f"t.{c}" for c in TRIAL_COLUMNS[1:-1]]
         where, args = self._where(lineage, data_key, spec_hash, states)
-        rows = self._query(f"SELECT {', '.join(columns)} FROM {TABLE}{where} ORDER BY id", args)
-        return pd.DataFrame(rows, columns=columns)
+        rows = self._query(f"SELECT {', '.join(selected)} FROM {_JOIN}{where} ORDER BY t.id", args)
+        return pd.DataFrame(rows, columns=list(COLUMNS))
 
     def signatures(
         self,
@@ -390,8 +369,8 @@ class TrialRegistry:
         length: the most common length) and their parameters (JSON strings)."""
         where, args = self._where(lineage, data_key, spec_hash, COUNTED_STATES)
         rows = self._query(
-            f"SELECT signature, params FROM {TABLE}{where}"
-            f"{' AND' if where else ' WHERE'} signature IS NOT NULL ORDER BY id",
+            f"SELECT t.signature, t.params FROM {_JOIN}{where}"
+            f"{' AND' if where else ' WHERE'} t.signature IS NOT NULL ORDER BY t.id",
             args,
         )
         vectors = [np.frombuffer(bytes(r[0]), dtype=np.float32) for r in rows]
@@ -406,7 +385,7 @@ class TrialRegistry:
         """Return one row per strategy name: trials, source hashes, data keys, first and last
         write (UTC)."""
         rows = self._query(
-            f"SELECT lineage, source_hash, data_key, state, recorded_ns FROM {TABLE}"
+            f"SELECT e.lineage, e.source_hash, e.data_key, t.state, e.recorded_ns FROM {_JOIN}"
         )
         frame = pd.DataFrame(rows, columns=["lineage", "source_hash", "data_key", "state", "ns"])
         if frame.empty:
@@ -466,13 +445,8 @@ class TrialRegistry:
 
 
 def params_json(names: Sequence[str], matrix: np.ndarray, integer: Sequence[bool]) -> list[str]:
-    """Return each row of a parameter matrix as a JSON object string (integers as integers)."""
-    values = matrix.tolist()
-    flags = list(integer)
-    return [
-        json.dumps(
-            {n: (int(v) if f else v) for n, v, f in zip(names, row, flags, strict=True)},
-            separators=(",", ":"),
-        )
-        for row in values
-    ]
+    """Return each row of a parameter matrix as a JSON object string (integers as integers,
+    floats in their shortest exact form): one format string for every row, cheap per trial."""
+    fields = [f'"{n}":{"%d" if f else "%r"}' for n, f in zip(names, integer, strict=True)]
+    template = "{" + ",".join(fields) + "}"
+    return [template % tuple(row) for row in np.asarray(matrix, dtype=np.float64).tolist()]

@@ -1,0 +1,113 @@
+"""Trial registry benchmark: what recording every parameter set of a sweep costs.
+
+Each workload runs the same sweep with the registry on (a fresh SQLite file, or PostgreSQL with
+``--postgres URL``) and off (``trial_context(record=False)``), interleaved, and reports the
+medians, their ratio and the cost per trial.
+
+Run ``uv run python benchmarks/bench_registry.py --help``; ``--quick`` for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+
+def bench_registry(
+    n_sets: int = 10_000,
+    equity_sets: int = 1_000,
+    n_bars: int = 2_520,
+    repeat: int = 5,
+    url: str | None = None,
+) -> dict[str, Any]:
+    """Time ``qs.sweep`` of ``n_sets`` MA-crossover sets on one synthetic symbol and
+    ``qs.sweep_equity`` of ``equity_sets`` sets on four symbols, registry on and off; print
+    and return the medians (seconds), the ratio on/off and the registry's cost per trial."""
+    import numpy as np
+
+    import quantshift as qs
+    from quantshift.data.synthetic import synthetic_bars
+    from research.registry import default_registry, trial_context
+
+    with tempfile.TemporaryDirectory() as scratch:
+        os.environ["QUANTSHIFT_REGISTRY_URL"] = url or f"sqlite:///{scratch}/registry.db"
+        registry = default_registry()
+        one = synthetic_bars(1, n_bars, seed=1)
+        four = synthetic_bars(4, n_bars, seed=2)
+        side = int(np.ceil(np.sqrt(n_sets)))
+        grid = {"fast": range(2, 2 + side), "slow": range(2 + side, 2 + 2 * side)}
+        matrix = qs.get_strategy("ma_crossover").grid(grid)[:n_sets]
+        equity_matrix = matrix[:: max(1, len(matrix) // equity_sets)][:equity_sets]
+        workloads = {
+            f"sweep {len(matrix):,} sets x 1 symbol": lambda: qs.sweep("ma_crossover", one, matrix),
+            f"sweep_equity {len(equity_matrix):,} sets x 4 symbols": lambda: qs.sweep_equity(
+                "ma_crossover", four, equity_matrix
+            ),
+        }
+        sizes = dict(zip(workloads, (len(matrix), len(equity_matrix)), strict=True))
+        print(f"trial registry: {registry.shown}, {n_bars:,} bars, medians of {repeat}")
+        print(f"  {'workload':<34}{'off s':>9}{'on s':>9}{'on/off':>8}{'us/trial':>10}")
+        out: dict[str, Any] = {"registry": registry.dialect, "bars": n_bars, "repeat": repeat}
+        for name, call in workloads.items():
+            with trial_context(record=False):
+                call()  # warm-up: numba kernels, imports
+            call()
+            off, on = [], []
+            for _ in range(repeat):
+                with trial_context(record=False):
+                    tick = time.perf_counter()
+                    call()
+                    off.append(time.perf_counter() - tick)
+                tick = time.perf_counter()
+                call()
+                on.append(time.perf_counter() - tick)
+            m_off, m_on = statistics.median(off), statistics.median(on)
+            per_trial_us = (m_on - m_off) / sizes[name] * 1e6
+            out[name] = {
+                "sets": sizes[name],
+                "off_s": m_off,
+                "on_s": m_on,
+                "ratio": m_on / m_off,
+                "registry_us_per_trial": per_trial_us,
+                "off_runs_s": off,
+                "on_runs_s": on,
+            }
+            print(f"  {name:<34}{m_off:>9.3f}{m_on:>9.3f}{m_on / m_off:>8.2f}{per_trial_us:>10.1f}")
+        out["rows_written"] = registry.count("ma_crossover")
+        registry.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sweeps, 2 runs (smoke run)")
+    parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL registry to write to")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write results as JSON")
+    args = parser.parse_args(argv)
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores at start\n")
+    started = time.perf_counter()
+    if args.quick:
+        report = bench_registry(n_sets=400, equity_sets=50, n_bars=500, repeat=2, url=args.postgres)
+    else:
+        report = bench_registry(url=args.postgres)
+    report["quick"] = args.quick
+    print(f"\ntotal {time.perf_counter() - started:.1f} s")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
