@@ -34,8 +34,6 @@ def bench_registry(
     """Time ``qs.sweep`` of ``n_sets`` MA-crossover sets on one synthetic symbol and
     ``qs.sweep_equity`` of ``equity_sets`` sets on four symbols, registry on and off; print
     and return the medians (seconds), the ratio on/off and the registry's cost per trial."""
-    import numpy as np
-
     import quantshift as qs
     from quantshift.data.synthetic import synthetic_bars
     from research.registry import default_registry, trial_context
@@ -45,8 +43,8 @@ def bench_registry(
         registry = default_registry()
         one = synthetic_bars(1, n_bars, seed=1)
         four = synthetic_bars(4, n_bars, seed=2)
-        side = int(np.ceil(np.sqrt(n_sets)))
-        grid = {"fast": range(2, 2 + side), "slow": range(2 + side, 2 + 2 * side)}
+        # fast 2..51 x as many slow lengths from 60 as it takes: every set has fast < slow.
+        grid = {"fast": range(2, 52), "slow": range(60, 60 + -(-n_sets // 50))}
         matrix = qs.get_strategy("ma_crossover").grid(grid)[:n_sets]
         equity_matrix = matrix[:: max(1, len(matrix) // equity_sets)][:equity_sets]
         workloads = {

@@ -232,23 +232,26 @@ def _writer(url: str, worker: int, batches: int) -> None:
             registry.record(sweep_batch(strat, bars, SimConfig(), matrix, metrics, None, tags))
 
 
-def _concurrent(url: str) -> None:
+def _concurrent(url: str, writers: int, batches: int) -> int:
+    """Run ``writers`` processes recording ``batches`` of 200 trials each at once; return the
+    registry's count after."""
     context = multiprocessing.get_context("fork")
-    procs = [context.Process(target=_writer, args=(url, w, 5)) for w in range(4)]
+    procs = [context.Process(target=_writer, args=(url, w, batches)) for w in range(writers)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert [p.exitcode for p in procs] == [0] * writers
     with TrialRegistry.open(url) as registry:
-        frame = registry.frame("ma_crossover")
-        assert len(frame) == 4 * 5 * 200 and frame["id"].is_unique
-        assert frame.groupby("worker").size().tolist() == [1000] * 4
-        assert registry.count("ma_crossover", spec_hash=None) == 4000
+        frame = registry.frame("ma_crossover", states=["complete"])
+        assert not frame.duplicated(["evaluation_id", "trial"]).any()
+        workers = frame[frame["source"] == "test"].groupby("worker").size()
+        assert workers.tolist() == [batches * 200] * writers
+        return registry.count("ma_crossover")
 
 
 def test_concurrent_writers_sqlite(tmp_path):
-    _concurrent(f"sqlite:///{tmp_path / 'shared.db'}")
+    assert _concurrent(f"sqlite:///{tmp_path / 'shared.db'}", 4, 5) == 4 * 5 * 200
 
 
 @pytest.fixture
@@ -270,20 +273,8 @@ def test_postgresql_registry_records_counts_and_takes_concurrent_writers(pg_url,
     assert registry.sharpes("ma_crossover").size == 6
     assert registry.summary("ma_crossover")["n_effective"] >= 1
     assert registry.lineages()["trials"].tolist() == [6]
-    _concurrent_pg(pg_url)
-
-
-def _concurrent_pg(url: str) -> None:
-    context = multiprocessing.get_context("fork")
-    procs = [context.Process(target=_writer, args=(url, w, 3)) for w in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0, 0]
-    with TrialRegistry.open(url) as registry:
-        assert registry.count("ma_crossover") == 6 + 3 * 3 * 200
-        assert registry.schema_versions() == [1]
+    assert _concurrent(pg_url, 3, 3) == 6 + 3 * 3 * 200
+    assert registry.schema_versions() == [1]
 
 
 def test_schema_is_created_once_and_bad_urls_name_the_url(tmp_path):

@@ -52,7 +52,7 @@ def dsr_report(
     key = data_key(bars)
     n_study, variance_study = ledger.dsr_inputs()
     frame = registry.frame(strategy.name, key, spec_hash=spec_hash, states=COUNTED_STATES)
-    signatures, _ = registry.signatures(strategy.name, key, spec_hash=spec_hash)
+    signatures = registry.signatures(strategy.name, key, spec_hash=spec_hash)
     sharpes = frame["sharpe_per_bar"].to_numpy(dtype=np.float64)
     found = lineage_statistics(sharpes, len(frame), signatures, frame["params"])
     n = max(n_study, len(frame))

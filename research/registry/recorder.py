@@ -9,6 +9,7 @@ import math
 import os
 import socket
 import sys
+import time
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
@@ -21,10 +22,11 @@ from quantshift.data.bars import Bars
 from quantshift.engine.config import SimConfig
 from quantshift.engine.metrics import METRICS, infer_periods_per_year
 from quantshift.engine.sweep import SweepTrials, current_sweep_tags, sweep_tags
+from quantshift.errors import ConfigError
 from quantshift.strategies import Strategy
 from research.registry.effective import return_signature
 from research.registry.keys import DataKey, registry_url, source_hash
-from research.registry.store import TrialBatch, TrialRegistry, params_json
+from research.registry.store import TrialBatch, TrialRegistry
 
 TAGS = ("source", "study", "stage", "spec_hash", "seed", "worker", "evaluation", "record")
 """What :func:`trial_context` accepts."""
@@ -32,7 +34,11 @@ TAGS = ("source", "study", "stage", "spec_hash", "seed", "worker", "evaluation",
 DEFAULT_SOURCE = "sweep"
 _SHARPE = METRICS.index("sharpe")
 _TRADES = METRICS.index("trades")
+OPEN_TIMEOUT_S = 10.0
+RETRY_AFTER_S = 60.0
+"""A registry that could not be opened is not tried again for this long (each sweep warns)."""
 _DEFAULT: list[tuple[str, int, TrialRegistry]] = []  # this process's open default registry
+_FAILED: dict[str, tuple[float, str]] = {}  # URL -> (monotonic time, error) of a failed open
 
 
 @contextmanager
@@ -43,8 +49,6 @@ def trial_context(**tags: Any) -> Iterator[Mapping[str, Any]]:
     recorded (PBO's equity curves) out of the registry. Nested blocks add to the outer tags."""
     unknown = sorted(set(tags) - set(TAGS))
     if unknown:
-        from quantshift.errors import ConfigError
-
         raise ConfigError(f"trial_context: unknown tag(s) {unknown}; tags: {', '.join(TAGS)}")
     with sweep_tags(**tags) as merged:
         yield merged
@@ -76,7 +80,15 @@ def default_registry(url: str | None = None) -> TrialRegistry:
         _DEFAULT.clear()
         if open_pid == pid:  # the URL changed (tests, a notebook): one connection at a time
             registry.close()
-    registry = TrialRegistry.open(resolved)
+    failed = _FAILED.get(resolved)
+    if failed is not None and time.monotonic() - failed[0] < RETRY_AFTER_S:
+        raise ConfigError(f"{failed[1]} (not retried for {RETRY_AFTER_S:.0f} s)")
+    try:
+        registry = TrialRegistry.open(resolved, timeout_s=OPEN_TIMEOUT_S)
+    except Exception as exc:
+        _FAILED[resolved] = (time.monotonic(), str(exc))
+        raise
+    _FAILED.pop(resolved, None)
     _DEFAULT.append((resolved, pid, registry))
     return registry
 
@@ -133,7 +145,9 @@ def sweep_batch(
         end_ns=key.end_ns,
         source=str(tags.get("source") or _default_source()),
         evaluation=str(tags.get("evaluation") or uuid.uuid4().hex),
-        params=params_json(strategy.param_names, matrix, [p.integer for p in strategy.params]),
+        param_names=strategy.param_names,
+        params=matrix,
+        integer_params=[p.integer for p in strategy.params],
         sharpe_per_bar=sharpe,
         n_bars=int(bars.valid.any(axis=1).sum()),
         trades=trades,
