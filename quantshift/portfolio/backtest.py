@@ -218,12 +218,11 @@ def portfolio_backtest(
         history.take_profit_distance,
         history.trail_distance,
     )
-    run = PortfolioRun(
-        *compiled("backtest")(
-            data.ts_ns, data.open, data.high, data.low, data.close, signals, regime_codes,
-            scores, layout.setup, arrays,
-        )  # fmt: skip
-    )
+    raw = compiled("backtest")(
+        data.ts_ns, data.open, data.high, data.low, data.close, signals, regime_codes, scores,
+        layout.setup, arrays,
+    )  # fmt: skip
+    run = PortfolioRun(*raw)
     if config.sim.periods_per_year is not None:
         ppy = float(config.sim.periods_per_year)
     else:

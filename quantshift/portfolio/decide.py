@@ -195,10 +195,11 @@ def decide(
             f"signals.recent_close must be (rows, {n}) closes ending with this bar's, "
             f"got shape {recent.shape}"
         )
+    symbols = layout.symbols
     inputs = BarInputs(
         recent,
-        np.full(n, REGIME_UNKNOWN, np.int64) if regime is None else regime_row(regime, layout.symbols),
-        np.full(n, np.nan) if sentiment is None else sentiment_row(sentiment, layout.symbols),
+        np.full(n, REGIME_UNKNOWN, np.int64) if regime is None else regime_row(regime, symbols),
+        np.full(n, np.nan) if sentiment is None else sentiment_row(sentiment, symbols),
     )
     orders, vetoes = compiled("decide")(
         np.int64(signals.ts_ns), close, signal_grids, inputs, layout.setup, arrays

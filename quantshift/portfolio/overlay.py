@@ -105,9 +105,7 @@ class RegimeRule:
         if not isinstance(self.allocation, Mapping):
             raise ConfigError(f"allocation must be a table of sleeve = multiplier, got "
                               f"{self.allocation!r}")  # fmt: skip
-        allocation = {
-            str(k): _fraction(v, f"allocation.{k}") for k, v in self.allocation.items()
-        }
+        allocation = {str(k): _fraction(v, f"allocation.{k}") for k, v in self.allocation.items()}
         object.__setattr__(self, "allocation", allocation)
         object.__setattr__(self, "exposure_scale", _fraction(self.exposure_scale, "exposure_scale"))
         s = self.stop_scale
@@ -317,7 +315,7 @@ class SectorMap:
         if inline.raw:
             sources.append(f"{table.source} [{inline.name}]")
         if not sources:
-            raise table.table_error("needs file = \"PATH.csv\" or a map table")
+            raise table.table_error('needs file = "PATH.csv" or a map table')
         return cls(sectors, " + ".join(sources))
 
     def codes(self, symbols: Sequence[str]) -> np.ndarray:
@@ -369,7 +367,8 @@ def regime_row(value: Any, symbols: Sequence[str]) -> np.ndarray:
     values = list(value)
     if len(values) != n:
         raise ConfigError(f"regime must have one label per symbol ({n}), got {len(values)}")
-    return np.array([regime_code(v, f"regime[{s}]") for v, s in zip(values, symbols)], np.int64)
+    pairs = zip(values, symbols, strict=True)
+    return np.array([regime_code(v, f"regime[{s}]") for v, s in pairs], np.int64)
 
 
 def sentiment_row(value: Any, symbols: Sequence[str]) -> np.ndarray:
@@ -409,7 +408,8 @@ def regime_history(
         ) from None
     labels = labels.reshape(len(rows), -1)
     known = ~np.isnan(labels)
-    bad = known & ((labels != np.round(labels)) | (labels < REGIME_UNKNOWN) | (labels >= len(REGIMES)))
+    outside = (labels < REGIME_UNKNOWN) | (labels >= len(REGIMES))
+    bad = known & ((labels != np.round(labels)) | outside)
     if bad.any():
         regime_code(labels[bad][0], "regime")  # raises, naming the value
     codes = np.where(known, labels, REGIME_UNKNOWN).astype(np.int64)
