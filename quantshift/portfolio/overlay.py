@@ -411,7 +411,8 @@ def regime_history(
     outside = (labels < REGIME_UNKNOWN) | (labels >= len(REGIMES))
     bad = known & ((labels != np.round(labels)) | outside)
     if bad.any():
-        regime_code(labels[bad][0], "regime")  # raises, naming the value
+        value = float(labels[bad][0])
+        regime_code(int(value) if value.is_integer() else value, "regime")  # raises
     codes = np.where(known, labels, REGIME_UNKNOWN).astype(np.int64)
     return np.ascontiguousarray(np.broadcast_to(codes, (len(rows), len(symbols))))
 
