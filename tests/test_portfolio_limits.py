@@ -192,9 +192,7 @@ def test_only_the_window_counts():
     assert vetoed(decision) == {"BBB": "max_position_correlation"}
     wide = correlation_config(window=7)
     state = holding(wide, CLOSE, longs=["AAA"])
-    assert set(entries(decide(state, bar(1, CLOSE, longs=["BBB"], recent=recent), wide))) == {
-        "BBB"
-    }
+    assert set(entries(decide(state, bar(1, CLOSE, longs=["BBB"], recent=recent), wide))) == {"BBB"}
 
 
 @pytest.mark.parametrize("window", [5, 20])
@@ -436,7 +434,7 @@ def test_inputs_and_config_must_agree():
     sentiment = config(sentiment=SENTIMENT)
     with pytest.raises(ConfigError, match="scores must be in"):
         decide(PortfolioState.initial(sentiment), signals, sentiment, sentiment={"AAA": 1.5})
-    with pytest.raises(ConfigError, match="symbol.s. ZZZ not in the config"):
+    with pytest.raises(ConfigError, match=r"symbol\(s\) ZZZ not in the config"):
         decide(PortfolioState.initial(sentiment), signals, sentiment, sentiment={"ZZZ": 0.1})
 
 
@@ -588,9 +586,7 @@ def test_inputs_align_by_time_and_arrays_by_row():
     regime, sentiment = random_inputs(bars, seed=4)
     framed = portfolio_backtest(cfg, bars, regime=regime, sentiment=sentiment)
     shuffled = regime.sample(frac=1.0, random_state=1)
-    arrays = portfolio_backtest(
-        cfg, bars, regime=regime.to_numpy(), sentiment=sentiment.to_numpy()
-    )
+    arrays = portfolio_backtest(cfg, bars, regime=regime.to_numpy(), sentiment=sentiment.to_numpy())
     again = portfolio_backtest(cfg, bars, regime=shuffled, sentiment=sentiment)
     pd.testing.assert_frame_equal(framed.orders, arrays.orders)
     pd.testing.assert_frame_equal(framed.orders, again.orders)
@@ -606,7 +602,7 @@ import json
 import numpy as np
 import quantshift as qs
 from quantshift.portfolio import *
-bars = qs.load_bars("synthetic:symbols=3,bars=160,seed=2")
+bars = qs.load_bars("synthetic:symbols=3,bars=120,seed=2")
 config = PortfolioConfig(
     sleeves=(
         Sleeve(strategy="rsi_reversion", symbols=bars.symbols, allocation=0.5),
@@ -623,14 +619,16 @@ regime = rng.integers(-1, 5, bars.n_bars)
 sentiment = np.where(rng.random((bars.n_bars, 3)) < 0.5, rng.uniform(-1, 1, (bars.n_bars, 3)),
                      np.nan)
 r = portfolio_backtest(config, bars, regime=regime, sentiment=sentiment)
-print(json.dumps({"equity": r.equity.tolist(), "units": r.orders["units"].tolist(),
-                  "vetoes": r.vetoes["reason"].tolist()}))
+out = {"equity": r.equity.tolist(), "units": r.orders["units"].tolist(),
+       "vetoes": r.vetoes["reason"].tolist()}
+print(json.dumps(out))
 """
 
 
-@pytest.mark.slow
 def test_plain_python_path_matches_compiled():
-    compiled = run_json(PROBE, NUMBA_DISABLE_JIT=None)
+    namespace: dict = {}
+    exec(PROBE, namespace)  # compiled, in this process
+    compiled = namespace["out"]
     interpreted = run_json(PROBE, NUMBA_DISABLE_JIT="1")
     assert interpreted["vetoes"] == compiled["vetoes"] and len(compiled["vetoes"]) > 0
     for key in ("equity", "units"):
