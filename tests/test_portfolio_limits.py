@@ -8,6 +8,8 @@ tables with pandas.
 from __future__ import annotations
 
 import math
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,7 @@ import pytest
 from probe import run_json
 
 import quantshift as qs
+from live.config import parse_config
 from quantshift.errors import ConfigError
 from quantshift.portfolio import (
     REGIMES,
@@ -281,6 +284,40 @@ def test_a_config_file_reads_its_sector_file_relative_to_itself(tmp_path):
     raw["sectors"] = {"file": "sectors.csv", "map": {"BBB": "energy", "CCC": "energy"}}
     with pytest.raises(ConfigError, match=r"\[sectors.map\] BBB: is 'energy' here but 'tech'"):
         PortfolioConfig.from_dict(raw, "portfolio.toml", base_dir=tmp_path)
+
+
+LIVE_EXAMPLE = Path(__file__).resolve().parents[1] / "live" / "examples" / "paper_sp500.toml"
+
+
+def test_a_live_config_reads_the_overlay_tables_and_its_sector_file_beside_it(tmp_path):
+    raw = tomllib.loads(LIVE_EXAMPLE.read_text())
+    symbols = PortfolioConfig.from_dict(
+        {"sleeves": raw["sleeves"]}
+    ).symbols  # the example's symbols
+    (tmp_path / "sectors.csv").write_text(
+        "symbol,sector\n" + "".join(f"{s},index\n" for s in symbols[1:])
+    )
+    raw["risk"] |= {"max_position_correlation": 0.7, "max_sector_exposure_pct": 30.0}
+    raw["sectors"] = {"file": "sectors.csv", "map": {symbols[0]: "other"}}
+    raw["regimes"] = {"bear_trending": {"exposure_scale": 0.5, "stop_scale": 0.75}}
+    raw["sentiment"] = {"min_score": -0.3}
+    path = tmp_path / "live.toml"
+    loaded = parse_config(raw, source=str(path), path=path)
+    portfolio = loaded.portfolio
+    assert portfolio.limits.max_position_correlation == 0.7
+    assert portfolio.sectors.sectors[symbols[-1]] == "index"
+    assert portfolio.regimes.rules["bear_trending"].stop_scale == 0.75
+    assert portfolio.sentiment == SentimentFilter(min_score=-0.3)
+    assert portfolio.warmup_bars() >= 61
+    raw["sectors"] = {"file": "sectors.csv"}
+    with pytest.raises(ConfigError, match=rf"sectors\.csv: no sector for symbol '{symbols[0]}'"):
+        parse_config(raw, source=str(path), path=path)
+    raw["sectors"] = {"file": "sectors.csv", "map": {symbols[0]: "other"}}
+    raw["runner"]["warmup_bars"] = 30
+    with pytest.raises(
+        ConfigError, match=r"\[runner\] warmup_bars: the correlation limit reads 61"
+    ):
+        parse_config(raw, source=str(path), path=path)
 
 
 # ---------------------------------------------------------------------- regimes
