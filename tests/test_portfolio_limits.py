@@ -34,7 +34,7 @@ from quantshift.portfolio import (
     fill_orders,
     portfolio_backtest,
 )
-from quantshift.portfolio.limit_kernels import returns_correlation_nb
+from quantshift.portfolio.limit_kernels import pair_correlation_nb, window_returns_nb
 from quantshift.tables import Table
 
 SYMBOLS = ("AAA", "BBB", "CCC")
@@ -210,7 +210,7 @@ def test_rolling_correlation_equals_pandas(window):
     expected = returns[0].rolling(window, min_periods=min_returns).corr(returns[1]).to_numpy()
     got = np.array(
         [
-            returns_correlation_nb(close[max(0, t - window) : t + 1], 0, 1, window, min_returns)
+            pair_correlation_nb(window_returns_nb(close[: t + 1], window), 0, 1, min_returns)
             for t in range(n)
         ]
     )
