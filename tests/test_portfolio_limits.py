@@ -104,7 +104,8 @@ def neutral_inputs(cfg) -> dict:
 def holding(cfg, close, longs=(), shorts=()) -> PortfolioState:
     """The state after entries in ``longs``/``shorts`` filled at ``close`` on day 0."""
     state = PortfolioState.initial(cfg)
-    decision = decide(state, bar(0, close, longs, shorts), cfg, **neutral_inputs(cfg))
+    first = bar(0, close, longs, shorts, recent=np.asarray(close, dtype=float)[None, :])
+    decision = decide(state, first, cfg, **neutral_inputs(cfg))
     return fill_orders(decision.state, decision.orders, close, 0, cfg).state
 
 
@@ -183,6 +184,14 @@ def test_the_limit_is_strict_and_an_unknown_correlation_never_skips():
     assert set(entries(decide(state, one_return, cfg))) == {"BBB"}
     two_returns = bar(1, CLOSE, longs=["BBB"], recent=RECENT[-3:])
     assert vetoed(decide(state, two_returns, cfg)) == {"BBB": "max_position_correlation"}
+
+
+def test_the_correlation_limit_refuses_signals_without_recent_closes():
+    cfg = correlation_config()
+    with pytest.raises(ConfigError, match=r"give BarSignals\.recent_close"):
+        decide(PortfolioState.initial(cfg), bar(1, CLOSE, longs=["BBB"]), cfg)
+    with pytest.raises(ConfigError, match="closes ending with this bar's"):
+        decide(PortfolioState.initial(cfg), bar(1, CLOSE, recent=RECENT[:-1]), cfg)
 
 
 def test_only_the_window_counts():

@@ -188,6 +188,11 @@ def decide(
     n = len(layout.symbols)
     close = _float_vector(signals.close, n, "close")
     check_overlay_inputs(config, regime, sentiment)
+    if signals.recent_close is None and config.limits.history_rows > 1:
+        raise ConfigError(
+            "max_position_correlation reads the closes before this bar: give "
+            "BarSignals.recent_close (SignalHistory.at does)"
+        )
     recent = close[None, :] if signals.recent_close is None else signals.recent_close
     recent = np.ascontiguousarray(recent, dtype=np.float64)
     if recent.ndim != 2 or recent.shape[1] != n or not np.array_equal(recent[-1], close, True):
