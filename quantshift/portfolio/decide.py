@@ -42,8 +42,9 @@ class TargetOrder:
 
     ``units`` are sized at ``reference_price`` (the close decided on). The shared fill model
     sizes an entry again at its own fill price from the sleeve's sizing rule, never above
-    ``max_units`` (the room the risk limits left; inf when none bound), which is what the
-    backtest and the paper broker do; a real broker gets ``units``. Distances are in price
+    ``max_units`` (the room the risk limits left, or the size after a regime or sentiment
+    multiplier when that is smaller; inf when none bound), which is what the backtest and the
+    paper broker do; a real broker gets ``units``. Distances are in price
     units from the entry fill price (NaN: none), for the protective orders.
     """
 
