@@ -176,7 +176,7 @@ def test_study_to_paper_to_replay_to_live_to_rollback(backend, caplog, tmp_path)
     )
     assert not refused.promoted
     text = "\n".join(refused.lines())
-    assert "FAIL  paper days: 0 >= 30  (counted on the wall clock;" in text
+    assert "FAIL paper days 0 (needs >= 30; counted on the wall clock;" in text
     assert "do not count: a replay (paper-trend/trend traded bars from 2014-" in text
     # A person may force it; the record says so.
     live = promote(
@@ -291,7 +291,7 @@ def test_the_cli_prints_every_check_and_force_is_loud_and_recorded(backend, tmp_
     base = ["promote", report.run_id, "--store", url, "--tracking-uri", tracker.tracking_uri]
     failed = cli.invoke(app, [*base, "--name", "trend"])
     assert failed.exit_code == 1
-    assert "FAIL  deflated Sharpe ratio" in failed.output and "PASS  out-of-sample" in failed.output
+    assert "FAIL deflated Sharpe ratio" in failed.output and "PASS out-of-sample" in failed.output
     assert "nothing changed" in failed.output
     no_reason = cli.invoke(app, [*base, "--name", "trend", "--force"])
     assert no_reason.exit_code == 2 and "--reason" in no_reason.output

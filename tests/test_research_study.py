@@ -178,7 +178,7 @@ def test_regression_a_peeking_strategy_is_refused_by_the_gate_with_the_reason():
     result = evaluate_paper_gate(evidence, PaperGate())
     assert [c.name for c in result.failed] == ["strategy causal on the study's data"]
     assert (
-        "FAIL  strategy causal on the study's data: False == True  (SP500: peeking_next_close: "
+        "FAIL strategy causal on the study's data no (needs yes; SP500: peeking_next_close: "
         "LOOKS AHEAD: entries at bar 0 computed on the first 1 bars changes with the values "
         "past the prefix's end (it reads beyond bar t)"
     ) in "\n".join(result.lines())
