@@ -90,7 +90,7 @@ def elapsed(seconds: float | None) -> str:
         return f"{seconds:.2f} s"
     if seconds < 60:
         return f"{seconds:.1f} s"
-    minutes, rest = divmod(int(round(seconds)), 60)
+    minutes, rest = divmod(round(seconds), 60)
     return f"{minutes} min {rest:02d} s"
 
 
@@ -110,3 +110,18 @@ def metric(name: str, value: Any) -> str:
     if any(word in name for word in ("equity", "pnl", "_win", "_loss", "cash", "notional")):
         return money(value)
     return ratio(value)
+
+
+def table(headers: list[str], rows: list[list[str]], right: tuple[int, ...] = ()) -> list[str]:
+    """Return a plain-text table as lines: a header, a rule, then one line per row, columns
+    padded to their widest cell (those in ``right`` aligned right, for numbers)."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        padded = (
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "  ".join(padded).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
