@@ -135,14 +135,21 @@ def worker(
 @app.command()
 def ui(
     tracking_uri: UriOpt = None,
+    port: Annotated[int, typer.Option(help="Port to serve the UI on.")] = 5000,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (loopback by default: the UI has no login).")
+    ] = "127.0.0.1",
     print_only: Annotated[
         bool, typer.Option("--print", help="Print the command instead of running it.")
     ] = False,
 ) -> None:
     """Open the MLflow UI on the tracking store (the local one under experiments/ by default)."""
+    from quantshift.errors import ConfigError
     from research.tracking import ui_command
 
-    command = ui_command(tracking_uri)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be within 1 and 65535, got {port}")
+    command = ui_command(tracking_uri, port=port, host=host)
     if print_only:
         typer.echo(command)
         return
