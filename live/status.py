@@ -220,10 +220,12 @@ def status_lines(info: dict[str, Any]) -> list[tuple[str, bool]]:
             out.append((f"WARNING: leader {leader['host']} looks {info['leader_stale']}", True))
     beats = info.get("heartbeats") or []
     if beats:
+        # A standby has no epoch (stored as 0).
         rows = [
-            [b["host"], b["role"], number(b["epoch"]), utc_time(b["ts_ns"]), duration(b["age_s"])]
+            [b["host"], b["role"], number(b["epoch"] or None), utc_time(b["ts_ns"]),
+             duration(b["age_s"])]
             for b in beats
-        ]
+        ]  # fmt: skip
         headers = ["host", "role", "epoch", "last heartbeat (UTC)", "age"]
         out += [(line, False) for line in table(headers, rows, right=(2, 4))]
     if "lease" in info:
