@@ -33,11 +33,12 @@ def money(value: float | None, currency: str = "") -> str:
     return f"{currency} {text}" if currency else text
 
 
-def percent(value_pct: float | None, decimals: int = 2) -> str:
-    """Return a value already in percent units: ``12.34%``."""
+def percent(value_pct: float | None, decimals: int = 2, *, sign: bool = True) -> str:
+    """Return a value already in percent units: ``12.34%`` (``12.34`` without ``sign``, in a
+    column whose header says %)."""
     if _missing(value_pct):
         return MISSING
-    return (_infinite(value_pct) or f"{value_pct:,.{decimals}f}") + "%"
+    return (_infinite(value_pct) or f"{value_pct:,.{decimals}f}") + ("%" if sign else "")
 
 
 def ratio(value: float | None) -> str:

@@ -52,6 +52,7 @@ class StudyReport:
     summary: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict, repr=False)
     run_id: str | None = None
+    run_name: str | None = None
     child_runs: dict[str, str] = field(default_factory=dict)
     tracking_uri: str | None = None
     parts: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -122,6 +123,7 @@ def run(
                 tracker.run(spec.name, kind=command, params=_run_params(spec))
             )
             handle.rename(study_run_name(spec.name, handle.run_id))
+            report.run_name = handle.name
             handle.log_fingerprints(
                 data_fingerprint=bars.fingerprint(), code=code_fingerprint(spec.strategy)
             )
