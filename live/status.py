@@ -211,7 +211,7 @@ def status_lines(info: dict[str, Any]) -> list[tuple[str, bool]]:
         )
     leader = info.get("leader")
     if leader is None:
-        out.append(("no leader heartbeat yet", False))
+        out.append(("no leader heartbeat" + ("" if info.get("heartbeats") else " yet"), False))
     else:
         age = duration(leader["age_s"])
         line = f"leader {leader['host']}, epoch {leader['epoch']}, heartbeat {age} ago"
