@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from quantshift.engine.metrics import METRIC_DESCRIPTIONS
-from quantshift.formatting import metric, percent
+from quantshift.formatting import count, metric, percent
 
 
 def fmt(name: str, value) -> str:
@@ -39,7 +39,8 @@ def backtest_table(result, symbol: str) -> Table:
 def trades_table(trades: pd.DataFrame, last: int) -> Table:
     """Return a table of the last ``last`` trades."""
     shown = trades.tail(last)
-    table = Table(title=f"last {len(shown)} of {len(trades)} trades", title_justify="left")
+    title = f"last {count(len(shown))} of {count(len(trades))} trades"
+    table = Table(title=title, title_justify="left")
     for col in (
         "symbol",
         "direction",
