@@ -111,3 +111,25 @@ def test_the_runner_logs_a_halt_in_effect_and_a_finished_replay_says_so(tmp_path
         f"stored in {config.store_url}); use a new store ([store] url) or delete that one to "
         "replay again"
     )
+
+
+def test_the_lease_reads_as_fields_not_a_python_dict():
+    from live.status import status_lines
+
+    base = {
+        "runner": "r", "store": "sqlite:///s.db", "schema_version": 5, "fence_epoch": 4,
+        "owner": {"runner": "r", "lease_name": "l"}, "leader": None, "heartbeats": [],
+        "equity": None, "realized_pnl": 0.0, "day_pnl": None, "open_orders": 0,
+    }  # fmt: skip
+    held = {"held": True, "epoch": 4, "ttl_left_ms": 2_150, "last_epoch": 4}
+    free = {"held": False, "epoch": None, "ttl_left_ms": None, "last_epoch": 4}
+    lines = {
+        name: [text for text, _ in status_lines({**base, "lease": lease}) if "lease" in text]
+        for name, lease in (("held", held), ("free", free), ("down", {"error": "refused"}))
+    }
+    assert lines == {
+        "held": ["lease: held by epoch 4, 2.1 s left (last epoch 4)"],
+        "free": ["lease: free (last epoch 4)"],
+        "down": ["lease: cannot read it: refused"],
+    }
+    assert not any("{" in text for text, _ in status_lines({**base, "lease": held}))
