@@ -12,6 +12,7 @@ import logging
 
 from live.config import LiveConfig
 from quantshift.errors import ConfigError
+from quantshift.formatting import number
 from quantshift.promotion import PromotionRecord, fingerprint_mismatch
 from quantshift.provenance import code_fingerprint
 
@@ -51,6 +52,9 @@ class PromotionAdopter:
                 continue
             self._adopted[sleeve] = adoption.promotion_id
             portfolio = _with_params(portfolio, sleeve, row)
+            record = PromotionRecord.from_json(row.record)
+            self.metrics.set_promoted(sleeve, record.record_id, forced=record.forced)
+            _warn_forced(sleeve, record, {"epoch": epoch, "sleeve": sleeve})
         return portfolio
 
     def _refuse(self, sleeve, promotion_id, problem, ts, epoch) -> None:
@@ -103,16 +107,17 @@ class PromotionAdopter:
                     bar_ts_ns=ts,
                     epoch=epoch,
                 )
-                self.metrics.set_promoted(sleeve, record.record_id)
+                self.metrics.set_promoted(sleeve, record.record_id, forced=record.forced)
                 self._warn_other_terms(portfolio, sleeve, record)
                 log.info(
                     "sleeve %s adopts %s record %s (%s)",
                     sleeve,
                     stage,
                     record.record_id,
-                    ", ".join(f"{k}={v:g}" for k, v in record.params.items()),
+                    ", ".join(f"{k}={number(v)}" for k, v in record.params.items()),
                     extra={"cycle": ts, "epoch": epoch, "sleeve": sleeve},
                 )
+                _warn_forced(sleeve, record, {"cycle": ts, "epoch": epoch, "sleeve": sleeve})
                 continue
             if current is None and sleeve in self._unverified:
                 if active.promotion_id not in self._refused or self.store.active_halt() is None:
@@ -172,6 +177,31 @@ class PromotionAdopter:
         if differs:
             return "code fingerprint does not match the running code: " + "; ".join(differs)
         return None
+
+
+def _warn_forced(sleeve: str, record: PromotionRecord, extra: dict) -> None:
+    """Say loudly that a sleeve trades a record a person published past a failed gate."""
+    if not record.forced:
+        return
+    failed = "; ".join(
+        f"{g.stage}: " + ", ".join(c.name for c in g.failed) for g in record.gates if not g.passed
+    )
+    log.warning(
+        "sleeve %s trades record %s that was FORCED past a failed gate (%s)",
+        sleeve,
+        record.record_id,
+        failed,
+        extra=extra,
+    )
+
+
+def record_forced(record: dict) -> bool:
+    """Whether a stored record (its parsed JSON) was published past a failed gate; a record
+    that does not load is not (``adoption_problem`` says what is wrong with it)."""
+    try:
+        return PromotionRecord.from_dict(record).forced
+    except ConfigError:
+        return False
 
 
 def adoption_problem(row, record_id: str) -> str | None:

@@ -84,11 +84,33 @@ def run(
     }
     if json_out:
         typer.echo(json.dumps(info))
+    elif summary.bars == 0 and summary.ended == "replay finished":
+        typer.echo(_finished_replay(cfg))
     else:
+        from quantshift.formatting import count, number
+        from quantshift.formatting import elapsed as took
+
         typer.echo(
-            f"{cfg.name}: {summary.bars} bars, {summary.orders} orders, {summary.trades} trades "
-            f"in {elapsed:.1f} s ({info['bars_per_s']} bars/s); {summary.ended}"
+            f"{cfg.name}: {count(summary.bars)} bars, {count(summary.orders)} orders, "
+            f"{count(summary.trades)} trades in {took(elapsed)} "
+            f"({number(info['bars_per_s'])} bars/s); {summary.ended}"
         )
+
+
+def _finished_replay(cfg) -> str:
+    """What a rerun of a finished replay says: nothing left, and how to replay again."""
+    from live.status import utc_time
+    from live.store import Store
+    from quantshift.urls import mask_secrets
+
+    with Store.open(cfg.store_url, create=False) as store:
+        saved = store.load_runner_state(cfg.name)
+    last = "-" if saved is None else utc_time(saved["bar_ts_ns"])
+    return (
+        f"{cfg.name}: 0 bars to run: the replay has finished (last bar {last} UTC, stored in "
+        f"{mask_secrets(cfg.store_url)}); use a new store ([store] url) or delete that one "
+        "to replay again"
+    )
 
 
 @app.command()
@@ -322,62 +344,7 @@ def _iso(ts_ns: int | None) -> str:
 
 
 def _print_status(info: dict[str, Any]) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+    from live.status import status_lines
 
-    from quantshift.report import console
-
-    out = console()
-    leader = info.get("leader") or {}
-    out.print(
-        f"runner {info['runner']}: store {info['store']} (schema v{info['schema_version']}), "
-        f"fence epoch {info['fence_epoch']}"
-    )
-    owner = info.get("owner")
-    if owner is None:
-        out.print("no runner has started on this store yet")
-    elif owner["runner"] != info["runner"]:
-        out.print(
-            f"[bold red]this store belongs to runner {owner['runner']!r}[/] "
-            f"(lease {owner['lease_name']!r}), not to this config's runner {info['runner']!r}"
-        )
-    if leader:
-        out.print(
-            f"leader {leader.get('host')} epoch {leader.get('epoch')}, last heartbeat "
-            f"{_iso(info.get('last_heartbeat_ns'))}"
-        )
-    else:
-        out.print("no leader heartbeat yet")
-    if "lease" in info:
-        out.print(f"lease: {info['lease']}")
-    halt_info = info.get("halt")
-    if halt_info:
-        out.print(
-            f"[bold red]HALT[/] since {_iso(halt_info.get('ts_created_ns'))}: "
-            f"{halt_info.get('reason')} (by {halt_info.get('created_by')}); "
-            "clear with `live resume`"
-        )
-    for sleeve, row in (info.get("promotions") or {}).items():
-        if row is None:
-            out.print(f"sleeve {sleeve}: parameters from the config")
-        else:
-            out.print(
-                f"sleeve {sleeve}: promotion record {row['record_id']} ({row['name']}, "
-                f"{row['params']}) since bar {_iso(row['bar_ts_ns'])}, "
-                + ("verified" if row["verified"] else f"NOT VERIFIED: {escape(row['problem'])}")
-            )
-    equity = info.get("equity") or {}
-    out.print(
-        f"equity {equity.get('equity', '-')}, realized P&L {info.get('realized_pnl')}, "
-        f"day P&L {info.get('day_pnl')}, open orders {info.get('open_orders')}"
-    )
-    positions = info.get("positions") or []
-    if positions:
-        table = Table(title="positions", title_justify="left")
-        for col in ("strategy", "symbol", "qty", "avg_price"):
-            table.add_column(col)
-        for p in positions:
-            price = p.get("avg_price")
-            shown = "-" if price is None else f"{price:.4f}"
-            table.add_row(p["strategy"], p["symbol"], f"{p['qty']:g}", shown)
-        out.print(table)
+    for line, alarming in status_lines(info):
+        typer.secho(line, fg="red" if alarming else None, bold=alarming)

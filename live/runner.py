@@ -31,7 +31,7 @@ from live.lease import NotLeaderError, open_lease
 from live.metrics import LiveMetrics
 from live.notify import note_auth_failure, start_alerts
 from live.paper import VENUE, PaperVenue
-from live.status import FLATTEN_MARK
+from live.status import FLATTEN_MARK, HaltWatch
 from live.store import Store, client_order_id
 from live.store.errors import HaltedError, StaleEpochError, StoreUnavailableError
 from live.systemd import Notifier
@@ -144,6 +144,7 @@ class Runner:
         )  # fmt: skip
         self.bars: Bars = self.feed.bars
         self.adopter = PromotionAdopter(cfg, self.store, self.metrics, self.host)
+        self.halt_watch = HaltWatch(self.store)
         self.interval_ns = cfg.bar_interval_s * 1_000_000_000
         self._periods_per_year = periods_per_year(cfg.market, cfg.bar_interval_s)
         self.metrics.started(clock, cfg.portfolio.limits)
@@ -415,6 +416,7 @@ class Runner:
                     decision.halt_reason, by=f"runner {self.host}", epoch=epoch
                 ).halt_id
             halt = self.store.active_halt()
+            self.halt_watch.observe(halt, ts, epoch)
             if halt is not None and halt.halt_id != own_halt:
                 orders = (
                     list(flatten_orders(state, ts, portfolio))

@@ -13,6 +13,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from quantshift.errors import ConfigError
+from quantshift.formatting import number
 
 FORMAT_VERSION = 1
 STAGES = ("paper", "live")
@@ -46,10 +47,13 @@ class GateCheck:
     note: str = ""
 
     def line(self) -> str:
+        """``FAIL deflated Sharpe ratio 0.937 (needs >= 0.95; over 300 trials)``: what was
+        measured and what the gate needs, never a comparison that reads as a false statement."""
         mark = ("WAIVED" if self.note.startswith("WAIVED") else "PASS") if self.passed else "FAIL"
-        value = "missing" if self.value is None else _fmt(self.value)
-        text = f"{mark}  {self.name}: {value} {self.op} {_fmt(self.threshold)}"
-        return f"{text}  ({self.note})" if self.note else text
+        value = "missing" if self.value is None else number(self.value)
+        op = "" if self.op == "==" else f"{self.op} "
+        needs = "; ".join(filter(None, (f"needs {op}{number(self.threshold)}", self.note)))
+        return f"{mark} {self.name} {value} ({needs})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
