@@ -237,7 +237,7 @@ def _print_trials(summary: dict[str, Any]) -> None:
         ("DSR hurdle per bar, effective N", summary["hurdle_sharpe_per_bar_effective"]),
     )
     for label, value in rows:
-        table.add_row(label, _shown(_json_ready(value)))
+        table.add_row(label, _trial_value(_json_ready(value)))
     out = console()
     out.print(table)
     if len(summary["by_data"]) > 1:
@@ -337,6 +337,18 @@ def _print_summary(command, summary: dict[str, Any], report, tracker, written) -
             f"{tracker.experiment!r} of {mask_secrets(report.tracking_uri)}"
         )
         out.print(f"open the UI: {ui_command(report.tracking_uri)}")
+
+
+def _trial_value(value: Any) -> str:
+    """Counts with separators; per-bar Sharpe ratios and variances with 4 significant digits
+    (they are small: 3 fixed decimals would show a variance of 2e-4 as 0.000)."""
+    from quantshift.formatting import count, number
+
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_trial_value(v)}" for k, v in value.items())
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return number(value)
+    return count(value) if isinstance(value, int) else f"{value:.4g}"
 
 
 def _shown(key: str, value: Any) -> str:
