@@ -34,8 +34,8 @@ def load_registered_model(
         found = client.get_model_version(name, str(version))
     except mlflow.exceptions.MlflowException:
         try:
-            kept = sorted((int(v.version) for v in client.search_model_versions(f"name = '{name}'")),
-                          reverse=True)  # fmt: skip
+            versions = client.search_model_versions(f"name = '{name}'")
+            kept = sorted((int(v.version) for v in versions), reverse=True)
         except mlflow.exceptions.MlflowException:
             kept = []
         listed = ", ".join(map(str, kept)) or "none"
