@@ -83,6 +83,7 @@ class NewsSentiment:
     def scores_at(self, symbols: Sequence[str], close_ns: int) -> dict[str, float]:
         """Score per symbol at the bar closing at ``close_ns`` (NaN: no news); a headline
         published at or after the close is not counted."""
-        items = self.news.fetch(symbols, close_ns - self.lookback.value, close_ns)
+        fetched = self.news.fetch(symbols, close_ns - self.lookback.value, close_ns)
+        items = [item for item in fetched if item.published_ns < close_ns]  # end is inclusive
         row = sentiment_scores(items, self.scorer, [close_ns], symbols, lookback=self.lookback)
         return dict(zip(symbols, map(float, row[0]), strict=True))
