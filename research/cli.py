@@ -38,6 +38,12 @@ def _run(command: str, spec_path: Path, seed, json_out, track, tracking_uri, out
 
     if out is not None:
         check_output_dir("--out", out)
+    if command == "report":
+        from research.regime.overlay import is_overlay_spec
+
+        if is_overlay_spec(spec_path):
+            _run_overlay(spec_path, json_out, track, tracking_uri, out)
+            return
     spec = load_spec(spec_path)
     if seed is not None:
         spec = spec.with_seed(seed)
@@ -130,6 +136,49 @@ def worker(
         f"worker done: evaluated {result.n_trials} trials of study '{result.study_name}' "
         f"({result.trials_per_second:.1f} trials/s) in {result.storage}"
     )
+
+
+def _run_overlay(spec_path: Path, json_out, track, tracking_uri, out) -> None:
+    """``research report`` on an overlay study (a spec with ``[overlay]``)."""
+    from research.regime.overlay import load_overlay_spec, run_overlay
+
+    spec = load_overlay_spec(spec_path)
+    tracker = None
+    if track:
+        from research.tracking import Tracker
+
+        tracker = Tracker(tracking_uri or spec.regime.tracking_uri, experiment=spec.name)
+
+    def advance(done: int, total: int) -> None:
+        typer.echo(f"regime model: walk-forward fold {done}/{total}", err=True)
+
+    report = run_overlay(spec, tracker=tracker, track=track, progress=None if json_out else advance)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, fig in {**report.figures, **report.regime_report.figures}.items():
+            fig.savefig(out / f"{name}.png", dpi=110)
+    if json_out:
+        rows = report.table.reset_index().to_dict(orient="records")
+        typer.echo(json.dumps({**report.summary, "variants": rows}, default=str))
+        return
+    from rich.table import Table
+
+    from quantshift.report import console
+
+    table = Table(
+        title=f"{spec.name}: out of sample {report.summary['oos_start']}.."
+        f"{report.summary['oos_end']} (DSR over {report.summary['trials']} variants)",
+        title_justify="left",
+    )
+    columns = ("sharpe", "cagr_pct", "max_drawdown_pct", "trades", "vetoes", "psr", "dsr")
+    table.add_column("variant")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, row in report.table.iterrows():
+        table.add_row(name, *(_shown(float(row[c])) for c in columns))
+    console().print(table)
+    console().print(report.regime_report.summary["verdict"])
+    console().print(report.summary["verdict"])
 
 
 regime_app = typer.Typer(

@@ -196,7 +196,40 @@ def run_overlay(
     report = OverlayReport(spec, regime_report, table, pd.DataFrame(curves))
     report.summary = _overlay_summary(report, bars, first)
     report.figures["overlay_equity"] = _plot(report)
+    if track:
+        _track(report, tracker)
     return report
+
+
+def _track(report: OverlayReport, tracker) -> None:
+    spec = report.spec
+    if tracker is None:
+        from research.tracking import Tracker
+
+        tracker = Tracker(spec.regime.tracking_uri, experiment=spec.name)
+    params = {
+        "regime_spec": spec.regime.name,
+        "regime_model": f"{spec.regime.model_name}/{report.regime_report.model_version}",
+        "limits": {
+            "max_position_correlation": spec.max_position_correlation,
+            "correlation_window_bars": spec.correlation_window_bars,
+            "max_sector_exposure_pct": spec.max_sector_exposure_pct,
+        },
+        "regimes": spec.regimes.to_dict(),
+    }
+    with tracker.run(f"{spec.name}:report", kind="overlay-report", params=params) as run:
+        numbers = {
+            k: v for k, v in report.summary.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        }  # fmt: skip
+        run.log_metrics(numbers)
+        run.log_dict(report.summary, "summary.json")
+        run.log_frame(report.table.reset_index(), "variants")
+        for name, fig in report.figures.items():
+            run.log_figure(fig, f"plots/{name}.png")
+        if spec.path is not None:
+            run.log_file(spec.path, artifact_path="spec")
+        report.summary["run_id"] = run.run_id
 
 
 def _persistence(regime_report: RegimeReport) -> np.ndarray:
