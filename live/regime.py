@@ -53,3 +53,25 @@ def load_registered_model(
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def pinned_model_problem(overlay, cache_dir: str | Path | None = None) -> str | None:
+    """Why the regime model a promotion record pins (``overlay["regime_model"]``) cannot be
+    loaded here (None: it loads, or the record pins none). The tracking URI is the record's,
+    else ``MLFLOW_TRACKING_URI``; the download is kept under the data folder."""
+    import os
+
+    from quantshift.data.sources import data_dir
+
+    pin = (overlay or {}).get("regime_model")
+    if not pin:
+        return None
+    uri = pin.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return "the record pins a regime model but names no MLflow store (tracking_uri)"
+    folder = Path(cache_dir) if cache_dir is not None else data_dir() / "regime_models"
+    try:
+        load_registered_model(uri, pin["name"], pin["version"], folder)
+    except ConfigError as exc:
+        return f"cannot load its pinned {exc}"
+    return None

@@ -200,12 +200,15 @@ def test_registry_keeps_the_last_versions_and_live_loads_a_pinned_one(spec_path,
     spec = load_regime_spec(spec_path)
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="regime-test",
                       artifact_root=(tmp_path / "artifacts").as_uri())  # fmt: skip
-    versions = []
-    for _ in range(4):
-        report = train(spec, tracker=tracker, bars=bars)
-        report.close_figures()
-        versions.append(report.model_version)
-    assert versions == ["1", "2", "3", "4"]
+    report = train(spec, tracker=tracker, bars=bars)
+    report.close_figures()
+    versions = [report.model_version]
+    first = tracker.model_versions(spec.model_name)[0]
+    for _ in range(3):  # as a weekly retraining would, without paying for three more fits
+        versions.append(
+            tracker.register_model_version(spec.model_name, report.run_id, "regime_model",
+                                           tags=first["tags"], keep=spec.keep_versions)
+        )  # fmt: skip
     kept = tracker.model_versions(spec.model_name)
     assert [v["version"] for v in kept] == ["4", "3", "2"]
     tags = kept[0]["tags"]
@@ -222,6 +225,36 @@ def test_registry_keeps_the_last_versions_and_live_loads_a_pinned_one(spec_path,
     assert model.predict_last(bars).shape == (2,)
     with pytest.raises(ConfigError, match="version 1"):
         load_registered_model(tracker.resolved_tracking_uri, spec.model_name, "1", tmp_path / "c")
+    # the runner's adoption check: a record pinning a deleted version is refused
+    from live.regime import pinned_model_problem
+
+    def pin(version):
+        return {"regime_model": {"name": spec.model_name, "version": version,
+                                 "tracking_uri": tracker.resolved_tracking_uri}}  # fmt: skip
+
+    assert pinned_model_problem(pin("4"), tmp_path / "runner") is None
+    problem = pinned_model_problem(pin("1"), tmp_path / "runner")
+    assert "version 1" in problem and "versions kept: 4, 3, 2" in problem
+    assert pinned_model_problem({}, tmp_path / "runner") is None
+
+
+def test_a_promotion_record_pins_an_exact_model_version_and_the_sentiment_settings():
+    from tests.test_promotion_record import record
+
+    plain = record()
+    sentiment = {"scorer": "lexicon", "ttl_s": 3600.0, "lookback": "1D", "min_score": -0.5,
+                 "size_scaling": 0.5}  # fmt: skip
+    pinned = record(overlay={"regime_model": {"name": "quantshift.regime.x", "version": "3"},
+                             "sentiment": sentiment})  # fmt: skip
+    assert pinned.record_id != plain.record_id
+    assert "overlay" not in plain.to_dict()  # records written before the field keep their ids
+    from quantshift.promotion import PromotionRecord
+
+    assert PromotionRecord.from_json(pinned.to_json()).overlay == pinned.overlay
+    with pytest.raises(ConfigError, match="must pin a version number"):
+        record(overlay={"regime_model": {"name": "quantshift.regime.x", "version": "latest"}})
+    with pytest.raises(ConfigError, match="lacks"):
+        record(overlay={"sentiment": {"scorer": "lexicon"}})
 
 
 def test_a_tampered_model_file_is_refused(tmp_path, bars, spec_path):
