@@ -13,8 +13,7 @@ from typing import Any
 from quantshift.errors import ConfigError
 from quantshift.regime_features import RegimeSettings
 from quantshift.tables import Table, read_toml
-from research.spec import DataSpec
-from research.spec import _data as parse_data_table
+from research.spec import DataSpec, parse_data_table
 
 MODELS = ("random_forest", "gradient_boosting")
 """Model kinds a spec can fit (scikit-learn's RandomForestClassifier and
