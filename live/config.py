@@ -19,6 +19,7 @@ from live.notify.config import NotifyConfig, parse_notify
 from live.store.db import resolve_sqlite_url
 from quantshift.errors import ConfigError
 from quantshift.portfolio import PortfolioConfig
+from quantshift.portfolio.config import OVERLAY_TABLES
 from quantshift.tables import Table, is_number, read_toml
 
 BROKERS = ("paper", "alpaca", "coinbase")
@@ -110,6 +111,7 @@ _TOP = {
     "guards",
     "metrics",
     "notify",
+    *OVERLAY_TABLES,  # [sectors], [regimes], [sentiment]: quantshift.portfolio.overlay
 }
 
 
@@ -143,7 +145,15 @@ def parse_config(
         sim=top.table("costs"),
         limits=risk.without("conflict"),
         conflict_in=risk,
+        overlay_in=top,
+        base_dir=None if path is None else path.resolve().parent,  # [sectors] file
     )
+    if warmup is not None and warmup < portfolio.limits.history_rows:
+        raise runner.error(
+            "warmup_bars",
+            f"the correlation limit reads {portfolio.limits.history_rows} closes "
+            "([risk] correlation_window_bars + 1); set at least that many",
+        )
 
     feed_table = top.table("feed")
     venue_keys = {"history_bars", "poll_s", "settle_s", "late_after_s"}

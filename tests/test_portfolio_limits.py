@@ -8,6 +8,8 @@ tables with pandas.
 from __future__ import annotations
 
 import math
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,7 @@ import pytest
 from probe import run_json
 
 import quantshift as qs
+from live.config import parse_config
 from quantshift.errors import ConfigError
 from quantshift.portfolio import (
     REGIMES,
@@ -31,7 +34,7 @@ from quantshift.portfolio import (
     fill_orders,
     portfolio_backtest,
 )
-from quantshift.portfolio.limit_kernels import returns_correlation_nb
+from quantshift.portfolio.limit_kernels import pair_correlation_nb, window_returns_nb
 from quantshift.tables import Table
 
 SYMBOLS = ("AAA", "BBB", "CCC")
@@ -101,7 +104,8 @@ def neutral_inputs(cfg) -> dict:
 def holding(cfg, close, longs=(), shorts=()) -> PortfolioState:
     """The state after entries in ``longs``/``shorts`` filled at ``close`` on day 0."""
     state = PortfolioState.initial(cfg)
-    decision = decide(state, bar(0, close, longs, shorts), cfg, **neutral_inputs(cfg))
+    first = bar(0, close, longs, shorts, recent=np.asarray(close, dtype=float)[None, :])
+    decision = decide(state, first, cfg, **neutral_inputs(cfg))
     return fill_orders(decision.state, decision.orders, close, 0, cfg).state
 
 
@@ -182,6 +186,14 @@ def test_the_limit_is_strict_and_an_unknown_correlation_never_skips():
     assert vetoed(decide(state, two_returns, cfg)) == {"BBB": "max_position_correlation"}
 
 
+def test_the_correlation_limit_refuses_signals_without_recent_closes():
+    cfg = correlation_config()
+    with pytest.raises(ConfigError, match=r"give BarSignals\.recent_close"):
+        decide(PortfolioState.initial(cfg), bar(1, CLOSE, longs=["BBB"]), cfg)
+    with pytest.raises(ConfigError, match="closes ending with this bar's"):
+        decide(PortfolioState.initial(cfg), bar(1, CLOSE, recent=RECENT[:-1]), cfg)
+
+
 def test_only_the_window_counts():
     cfg = correlation_config(window=4)
     state = holding(cfg, CLOSE, longs=["AAA"])
@@ -207,7 +219,7 @@ def test_rolling_correlation_equals_pandas(window):
     expected = returns[0].rolling(window, min_periods=min_returns).corr(returns[1]).to_numpy()
     got = np.array(
         [
-            returns_correlation_nb(close[max(0, t - window) : t + 1], 0, 1, window, min_returns)
+            pair_correlation_nb(window_returns_nb(close[: t + 1], window), 0, 1, min_returns)
             for t in range(n)
         ]
     )
@@ -281,6 +293,40 @@ def test_a_config_file_reads_its_sector_file_relative_to_itself(tmp_path):
     raw["sectors"] = {"file": "sectors.csv", "map": {"BBB": "energy", "CCC": "energy"}}
     with pytest.raises(ConfigError, match=r"\[sectors.map\] BBB: is 'energy' here but 'tech'"):
         PortfolioConfig.from_dict(raw, "portfolio.toml", base_dir=tmp_path)
+
+
+LIVE_EXAMPLE = Path(__file__).resolve().parents[1] / "live" / "examples" / "paper_sp500.toml"
+
+
+def test_a_live_config_reads_the_overlay_tables_and_its_sector_file_beside_it(tmp_path):
+    raw = tomllib.loads(LIVE_EXAMPLE.read_text())
+    symbols = PortfolioConfig.from_dict(
+        {"sleeves": raw["sleeves"]}
+    ).symbols  # the example's symbols
+    (tmp_path / "sectors.csv").write_text(
+        "symbol,sector\n" + "".join(f"{s},index\n" for s in symbols[1:])
+    )
+    raw["risk"] |= {"max_position_correlation": 0.7, "max_sector_exposure_pct": 30.0}
+    raw["sectors"] = {"file": "sectors.csv", "map": {symbols[0]: "other"}}
+    raw["regimes"] = {"bear_trending": {"exposure_scale": 0.5, "stop_scale": 0.75}}
+    raw["sentiment"] = {"min_score": -0.3}
+    path = tmp_path / "live.toml"
+    loaded = parse_config(raw, source=str(path), path=path)
+    portfolio = loaded.portfolio
+    assert portfolio.limits.max_position_correlation == 0.7
+    assert portfolio.sectors.sectors[symbols[-1]] == "index"
+    assert portfolio.regimes.rules["bear_trending"].stop_scale == 0.75
+    assert portfolio.sentiment == SentimentFilter(min_score=-0.3)
+    assert portfolio.warmup_bars() >= 61
+    raw["sectors"] = {"file": "sectors.csv"}
+    with pytest.raises(ConfigError, match=rf"sectors\.csv: no sector for symbol '{symbols[0]}'"):
+        parse_config(raw, source=str(path), path=path)
+    raw["sectors"] = {"file": "sectors.csv", "map": {symbols[0]: "other"}}
+    raw["runner"]["warmup_bars"] = 30
+    with pytest.raises(
+        ConfigError, match=r"\[runner\] warmup_bars: the correlation limit reads 61"
+    ):
+        parse_config(raw, source=str(path), path=path)
 
 
 # ---------------------------------------------------------------------- regimes

@@ -42,8 +42,9 @@ class TargetOrder:
 
     ``units`` are sized at ``reference_price`` (the close decided on). The shared fill model
     sizes an entry again at its own fill price from the sleeve's sizing rule, never above
-    ``max_units`` (the room the risk limits left; inf when none bound), which is what the
-    backtest and the paper broker do; a real broker gets ``units``. Distances are in price
+    ``max_units`` (the room the risk limits left, or the size after a regime or sentiment
+    multiplier when that is smaller; inf when none bound), which is what the backtest and the
+    paper broker do; a real broker gets ``units``. Distances are in price
     units from the entry fill price (NaN: none), for the protective orders.
     """
 
@@ -188,6 +189,11 @@ def decide(
     n = len(layout.symbols)
     close = _float_vector(signals.close, n, "close")
     check_overlay_inputs(config, regime, sentiment)
+    if signals.recent_close is None and config.limits.history_rows > 1:
+        raise ConfigError(
+            "max_position_correlation reads the closes before this bar: give "
+            "BarSignals.recent_close (SignalHistory.at does)"
+        )
     recent = close[None, :] if signals.recent_close is None else signals.recent_close
     recent = np.ascontiguousarray(recent, dtype=np.float64)
     if recent.ndim != 2 or recent.shape[1] != n or not np.array_equal(recent[-1], close, True):

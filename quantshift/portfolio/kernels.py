@@ -33,6 +33,7 @@ from quantshift.portfolio.limit_kernels import (
     entry_scale_nb,
     sector_notional_nb,
     sentiment_vetoes_nb,
+    window_returns_nb,
 )
 from quantshift.portfolio.rows import (
     ACTION_ENTRY,
@@ -278,12 +279,13 @@ def _entry_orders_nb(
     """Write the entry orders; return (orders written, vetoes written) in all.
 
     Each entry, in sleeve then symbol order, is vetoed when its side-aligned news score is
-    below the threshold ("sentiment"), then when it is too correlated with a holding
-    ("max_position_correlation"); then capped by the room heat, position, gross exposure (times
-    the regime's exposure scale) and sector limits leave, and by its size multiplier (the
-    regime's sleeve allocation times the sentiment cut); a veto names the binding cap when
-    nothing fits. Stop and trail distances are scaled by the regime's stop scale. The holdings
-    the limits see are the positions left after the exits plus the entries before it.
+    below the threshold ("sentiment"); then capped by the room heat, position, gross exposure
+    (times the regime's exposure scale) and sector limits leave, and by its size multiplier
+    (the regime's sleeve allocation times the sentiment cut), a veto naming the binding cap
+    when nothing fits; then vetoed when it is too correlated with a holding
+    ("max_position_correlation"). Stop and trail distances are scaled by the regime's stop
+    scale. The holdings the limits see are the positions left after the exits plus the entries
+    before it.
     """
     n_sleeves, n_symbols = enter_side.shape
     positions, marks = state.slots, state.marks
@@ -303,6 +305,7 @@ def _entry_orders_nb(
                 heat += units * _open_risk_per_unit_nb(positions[s, k], marks[k])
     sector = setup.sector
     sector_notional = sector_notional_nb(sector, notional)
+    returns = np.empty((0, n_symbols))
     scratch_owner = np.zeros(1, position_dt)
     scratch = scratch_owner[0]
     for s in range(n_sleeves):
@@ -314,12 +317,6 @@ def _entry_orders_nb(
                 continue
             if sentiment_vetoes_nb(k, side, inputs, limits):
                 _veto_nb(vetoes_out[n_vetoes], ts_ns, s, k, side, VETO_SENTIMENT)
-                n_vetoes += 1
-                continue
-            if limits.max_correlation < math.inf and correlated_holding_nb(
-                k, side, held_side, inputs.recent_close, limits
-            ):
-                _veto_nb(vetoes_out[n_vetoes], ts_ns, s, k, side, LIMIT_CORRELATION)
                 n_vetoes += 1
                 continue
             price = close[k]
@@ -368,6 +365,13 @@ def _entry_orders_nb(
                 _veto_nb(vetoes_out[n_vetoes], ts_ns, s, k, side, binding)
                 n_vetoes += 1
                 continue
+            if limits.max_correlation < math.inf:
+                if returns.shape[0] == 0:  # the first entry to check reads the window once
+                    returns = window_returns_nb(inputs.recent_close, limits.correlation_window)
+                if correlated_holding_nb(k, side, held_side, returns, limits):
+                    _veto_nb(vetoes_out[n_vetoes], ts_ns, s, k, side, LIMIT_CORRELATION)
+                    n_vetoes += 1
+                    continue
             units = min(wanted, cap)
             row = orders_out[n_orders]
             _order_nb(row, ts_ns, s, k, ACTION_ENTRY, side, REASON_ENTRY, units, price)

@@ -15,52 +15,57 @@ from quantshift.portfolio.rows import LIMIT_NONE, LIMIT_REGIME, LIMIT_SENTIMENT
 
 
 @njit
-def returns_correlation_nb(recent_close, a, b, window, min_returns):
-    """Return Pearson's correlation of symbols ``a`` and ``b``'s one-bar returns over the last
-    ``window`` steps of ``recent_close`` (rows: bars up to the decision bar; a step whose
-    either return is NaN is left out), NaN with fewer than ``min_returns`` paired returns or
-    a constant series. What ``pandas`` gives with ``rolling(window, min_periods).corr()``."""
+def window_returns_nb(recent_close, window):
+    """Return the one-bar returns of the last ``window`` steps of ``recent_close`` (rows: bars
+    up to the decision bar), NaN where either close is missing; fewer rows early on."""
     n = recent_close.shape[0]
     lo = max(1, n - window)
+    out = np.empty((n - lo, recent_close.shape[1]))
+    for i in range(lo, n):
+        for k in range(recent_close.shape[1]):
+            out[i - lo, k] = recent_close[i, k] / recent_close[i - 1, k] - 1.0
+    return out
+
+
+@njit
+def pair_correlation_nb(returns, a, b, min_returns):
+    """Return Pearson's correlation of columns ``a`` and ``b`` of ``returns`` over the rows
+    where both are known; NaN with fewer than ``min_returns`` such rows (at least 2) or a
+    constant series. What pandas gives with ``rolling(window, min_periods).corr()``."""
     count = 0
     sum_a = sum_b = 0.0
-    for i in range(lo, n):
-        ra = recent_close[i, a] / recent_close[i - 1, a] - 1.0
-        rb = recent_close[i, b] / recent_close[i - 1, b] - 1.0
-        if math.isnan(ra) or math.isnan(rb):
-            continue
-        count += 1
-        sum_a += ra
-        sum_b += rb
+    for i in range(returns.shape[0]):
+        ra, rb = returns[i, a], returns[i, b]
+        if not (math.isnan(ra) or math.isnan(rb)):
+            count += 1
+            sum_a += ra
+            sum_b += rb
     if count < max(min_returns, 2):
         return math.nan
     mean_a, mean_b = sum_a / count, sum_b / count
     cov = var_a = var_b = 0.0
-    for i in range(lo, n):
-        ra = recent_close[i, a] / recent_close[i - 1, a] - 1.0
-        rb = recent_close[i, b] / recent_close[i - 1, b] - 1.0
-        if math.isnan(ra) or math.isnan(rb):
-            continue
-        cov += (ra - mean_a) * (rb - mean_b)
-        var_a += (ra - mean_a) ** 2
-        var_b += (rb - mean_b) ** 2
+    for i in range(returns.shape[0]):
+        ra, rb = returns[i, a], returns[i, b]
+        if not (math.isnan(ra) or math.isnan(rb)):
+            cov += (ra - mean_a) * (rb - mean_b)
+            var_a += (ra - mean_a) ** 2
+            var_b += (rb - mean_b) ** 2
     if not (var_a > 0.0 and var_b > 0.0):
         return math.nan
     return cov / math.sqrt(var_a * var_b)
 
 
 @njit
-def correlated_holding_nb(k, side, held_side, recent_close, limits):
+def correlated_holding_nb(k, side, held_side, returns, limits):
     """Return whether an entry of ``side`` in symbol ``k`` is too correlated with a holding:
     ``side * held * correlation > max_correlation`` for another symbol held on a side
-    (``held_side[j, 0]`` long, ``held_side[j, 1]`` short)."""
+    (``held_side[j, 0]`` long, ``held_side[j, 1]`` short); ``returns`` from
+    :func:`window_returns_nb`."""
     limit = limits.max_correlation
     for j in range(held_side.shape[0]):
         if j == k or not (held_side[j, 0] or held_side[j, 1]):
             continue
-        rho = returns_correlation_nb(
-            recent_close, k, j, limits.correlation_window, limits.correlation_min_returns
-        )
+        rho = pair_correlation_nb(returns, k, j, limits.correlation_min_returns)
         if math.isnan(rho):
             continue
         if held_side[j, 0] and side * rho > limit:

@@ -25,7 +25,10 @@ reads the value at the decision bar and nothing else; it cannot check where it c
 - Live, bar by bar: ``decide(state, signals, config, regime=..., sentiment=...)`` with
   ``regime`` an int label (or a :data:`REGIMES` name), or one per symbol (a mapping symbol ->
   label, or a sequence in ``config.symbols`` order), and ``sentiment`` a mapping symbol ->
-  score (missing: no news) or a sequence in ``config.symbols`` order.
+  score (missing: no news) or a sequence in ``config.symbols`` order. ``signals`` is
+  ``compute_signals(config, window).at(-1)`` on a window of at least ``config.warmup_bars()``
+  bars: it carries the recent closes the correlation limit reads (``BarSignals.recent_close``),
+  so a runner passes nothing more for the correlation and sector limits.
 
 A config with ``regimes`` needs a regime input and one with ``sentiment`` needs a sentiment
 input (pass unknown / NaN when there is none), and an input the config does not use is an
