@@ -27,11 +27,12 @@ import pandas as pd
 
 from quantshift.errors import ConfigError
 from quantshift.indicators import atr_nb, macd_nb, rsi_nb, sma_nb, volume_mean_nb
+from quantshift.portfolio.overlay import REGIME_UNKNOWN, REGIMES
 
-REGIMES = ("bull_trending", "bear_trending", "high_volatility", "low_volatility", "range_bound")
-"""Regime names; a label is the index of its name here (-1: not enough history)."""
-BULL, BEAR, HIGH_VOL, LOW_VOL, RANGE = range(5)
-NO_REGIME = -1
+# A label is the index of its name in REGIMES, the codes the decision layer reads.
+_NAMES = ("bull_trending", "bear_trending", "high_volatility", "low_volatility", "range_bound")
+BULL, BEAR, HIGH_VOL, LOW_VOL, RANGE = (REGIMES.index(name) for name in _NAMES)
+NO_REGIME = REGIME_UNKNOWN
 
 
 @dataclass(frozen=True, kw_only=True)
