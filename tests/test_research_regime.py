@@ -311,3 +311,53 @@ def test_cli_trains_and_prints_json(spec_path):
     assert summary["folds"] == 3
     assert 0.0 <= summary["random_forest_accuracy"] <= 1.0
     assert "persistence_accuracy" in summary and "majority_accuracy" in summary
+
+
+OVERLAY = """
+[overlay]
+name = "overlay-test"
+regime_spec = "regime.toml"
+
+[[portfolio.sleeves]]
+name = "breakout"
+strategy = "breakout_momentum"
+symbols = ["SYN000", "SYN001"]
+allocation = 0.5
+
+[[portfolio.sleeves]]
+name = "reversion"
+strategy = "rsi_reversion"
+symbols = ["SYN000", "SYN001"]
+allocation = 0.5
+
+[limits]
+max_position_correlation = 0.7
+max_sector_exposure_pct = 10.0
+
+[sectors]
+map = { SYN000 = "a", SYN001 = "b" }
+
+[regimes]
+legacy = true
+"""
+
+
+def test_research_report_on_an_overlay_spec_compares_the_variants_out_of_sample(spec_path):
+    overlay = spec_path.with_name("overlay.toml")
+    overlay.write_text(OVERLAY)
+    result = CliRunner().invoke(app, ["research", "report", str(overlay), "--no-track", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    variants = {row["variant"]: row for row in summary["variants"]}
+    assert list(variants) == ["base", "limits", "regime", "regime+limits",
+                              "persistence-regime+limits"]  # fmt: skip
+    assert summary["trials"] == 5 and summary["oos_start"] > "2000"
+    assert all(0.0 <= row["dsr"] <= row["psr"] <= 1.0 for row in variants.values())
+    # the sector cap and the regime table change what the portfolio trades
+    assert variants["limits"]["cagr_pct"] != variants["base"]["cagr_pct"]
+    assert variants["regime"]["cagr_pct"] != variants["base"]["cagr_pct"]
+    bad = spec_path.with_name("bad_overlay.toml")
+    bad.write_text(OVERLAY.replace(', SYN001 = "b"', ""))
+    result = CliRunner().invoke(app, ["research", "report", str(bad), "--no-track"])
+    assert isinstance(result.exception, ConfigError)
+    assert "no sector for SYN001" in str(result.exception)
