@@ -349,8 +349,8 @@ def test_research_report_on_an_overlay_spec_compares_the_variants_out_of_sample(
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     variants = {row["variant"]: row for row in summary["variants"]}
-    assert list(variants) == ["base", "limits", "regime", "regime+limits",
-                              "persistence-regime+limits"]  # fmt: skip
+    assert list(variants) == ["base", "limits", "regime", "regime-and-limits",
+                              "persistence-regime-and-limits"]  # fmt: skip
     assert summary["trials"] == 5 and summary["oos_start"] > "2000"
     assert all(0.0 <= row["dsr"] <= row["psr"] <= 1.0 for row in variants.values())
     # the sector cap and the regime table change what the portfolio trades

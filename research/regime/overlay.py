@@ -31,8 +31,8 @@ VARIANTS = (
     ("base", False, False, None),
     ("limits", True, False, None),
     ("regime", False, True, "model"),
-    ("regime+limits", True, True, "model"),
-    ("persistence-regime+limits", True, True, "persistence"),
+    ("regime-and-limits", True, True, "model"),
+    ("persistence-regime-and-limits", True, True, "persistence"),
 )
 """(name, correlation and sector limits on, regime allocation on, regime source)."""
 
@@ -256,7 +256,7 @@ def _deflate(table: pd.DataFrame) -> pd.DataFrame:
 
 def _overlay_summary(report: OverlayReport, bars: Bars, first: int) -> dict[str, Any]:
     table = report.table
-    base, full = table.loc["base"], table.loc["regime+limits"]
+    base, full = table.loc["base"], table.loc["regime-and-limits"]
     regime_summary = report.regime_report.summary
     out: dict[str, Any] = {
         "spec": report.spec.name,
