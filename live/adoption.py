@@ -18,9 +18,6 @@ from quantshift.provenance import code_fingerprint
 
 log = logging.getLogger("quantshift.live")
 
-TERMS = ("direction", "sizing", "size", "risk_per_trade", "fees_bps", "slippage_bps", "use_stops")
-"""Backtest settings compared between a record's study and the sleeve that trades it."""
-
 
 class PromotionAdopter:
     """Which promotion record each promoted sleeve of one runner trades."""
@@ -143,12 +140,7 @@ class PromotionAdopter:
         """Say when the sleeve sizes, trades or pays otherwise than the study did: its paper
         record then measures these terms, not the study's."""
         sleeve = next(s for s in portfolio.sleeves if s.name == sleeve_name)
-        here = sleeve.sim_config(portfolio.sim).to_dict()
-        differs = [
-            f"{key} {record.research_settings[key]!r} in the study, {here[key]!r} here"
-            for key in TERMS
-            if key in record.research_settings and record.research_settings[key] != here[key]
-        ]
+        differs = record.other_terms(sleeve.sim_config(portfolio.sim).to_dict())
         if differs:
             log.warning(
                 "sleeve %s trades record %s on other terms than its study (%s); the portfolio's "

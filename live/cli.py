@@ -109,6 +109,62 @@ def reconcile(config: ConfigOpt, json_out: JsonOpt = False) -> None:
 
 
 @app.command()
+def divergence(
+    config: ConfigOpt,
+    since: Annotated[
+        str | None, typer.Option(help="Compare trades entered from this date (UTC) on.")
+    ] = None,
+    json_out: JsonOpt = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a figure: equity and the P&L difference by cause.")
+    ] = None,
+    max_drift_pct: Annotated[
+        float, typer.Option("--max-drift-pct", help="Exit 1 when |live - backtest P&L| is more "
+                            "than this share of the starting cash (percent).")
+    ] = 1.0,
+) -> None:  # fmt: skip
+    """Rebuild the backtest on the bars the runner decided on and compare it with the venue's
+    trades: missing and extra trades, prices, slippage, fees and the P&L by cause."""
+    from live.divergence import divergence as compare
+    from live.divergence import plot as draw
+
+    if not max_drift_pct >= 0:
+        raise ConfigError(f"--max-drift-pct must be >= 0, got {max_drift_pct}")
+    since_ns = None
+    if since is not None:
+        try:
+            since_ns = int(pd_timestamp(since).value)
+        except ValueError:
+            raise ConfigError(f"--since {since!r} is not a date (use YYYY-MM-DD)") from None
+    cfg, store = _open_store(config)
+    with store:
+        report = compare(cfg, store, since_ns=since_ns)
+    if plot is not None:
+        draw(report, plot)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict() | {"max_drift_pct": max_drift_pct}))
+    else:
+        for line in report.lines():
+            typer.echo(line)
+        if plot is not None:
+            typer.echo(f"figure: {plot}")
+    if abs(report.drift_pct) > max_drift_pct:
+        if not json_out:
+            typer.echo(
+                f"drift {report.drift_pct:+.3f}% is beyond --max-drift-pct {max_drift_pct:g}"
+            )
+        raise typer.Exit(1)
+
+
+def pd_timestamp(text: str):
+    """A date or time as a UTC timestamp (naive input is read as UTC)."""
+    import pandas as pd
+
+    stamp = pd.Timestamp(text)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+@app.command()
 def status(config: ConfigOpt, json_out: JsonOpt = False) -> None:
     """Show the leader, its epoch and last heartbeat, positions, P&L and any HALT."""
     from live.status import gather_status

@@ -18,6 +18,9 @@ from probe import run_json
 
 import quantshift as qs
 from live.config import parse_config
+from live.runner import Runner
+from live.store import Store
+from quantshift.data import load_bars
 from quantshift.errors import ConfigError
 from quantshift.portfolio import (
     REGIMES,
@@ -327,6 +330,42 @@ def test_a_live_config_reads_the_overlay_tables_and_its_sector_file_beside_it(tm
         ConfigError, match=r"\[runner\] warmup_bars: the correlation limit reads 61"
     ):
         parse_config(raw, source=str(path), path=path)
+
+
+def test_the_live_runner_applies_the_limits_as_the_backtest_does(tmp_path):
+    """`live run` on the paper broker, unchanged, with the correlation and sector limits in its
+    config: the same trades as the portfolio backtest, correlation vetoes included."""
+    raw = tomllib.loads(LIVE_EXAMPLE.read_text())
+    raw["store"]["url"] = f"sqlite:///{tmp_path}/state.db"
+    raw["metrics"]["enabled"] = False
+    raw["feed"].update(start="2016-03-01", end="2016-12-01")
+    raw["risk"] |= {
+        "max_position_correlation": 0.7,
+        "correlation_window_bars": 30,
+        "max_sector_exposure_pct": 60.0,
+    }
+    raw["sectors"] = {"map": {"SP500": "us", "NASDAQ": "us"}}
+    config = parse_config(raw, source="live.toml")
+    summary = Runner(config).run()
+    assert summary.ended == "replay finished"
+    with Store.open(config.store_url) as store:
+        live = sorted(
+            (t.strategy, t.symbol, t.entry_ts_ns, t.exit_ts_ns, t.qty, t.pnl, t.exit_reason)
+            for t in store.trades()
+        )
+    bars = load_bars(
+        config.feed.source, symbols=list(config.portfolio.symbols), start="2016-03-01",
+        end="2016-12-01",
+    )  # fmt: skip
+    result = portfolio_backtest(config.portfolio, bars)
+    closed = result.trades[result.trades["exit_reason"] != "open"]
+    backtest = sorted(
+        (r.sleeve, r.symbol, r.entry_time.value, r.exit_time.value, r.units, r.pnl,
+         r.exit_reason)
+        for r in closed.itertuples()
+    )  # fmt: skip
+    assert live == backtest and len(live) > 0
+    assert (result.vetoes["reason"] == "max_position_correlation").any()
 
 
 # ---------------------------------------------------------------------- regimes

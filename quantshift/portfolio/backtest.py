@@ -157,6 +157,7 @@ def portfolio_backtest(
     state: PortfolioState | None = None,
     regime: Any = None,
     sentiment: Any = None,
+    trade_from_ns: int | None = None,
 ) -> PortfolioResult:
     """Run the decision layer over ``bars`` bar by bar with the shared fill model.
 
@@ -182,6 +183,9 @@ def portfolio_backtest(
         symbol; missing times and symbols: no news) or an (n_bars, n_symbols) array in
         ``config.symbols`` order. Required when ``config.sentiment`` is set, refused when it
         is not. See ``quantshift.portfolio.overlay``.
+    trade_from_ns : int, optional
+        Decide nothing before the bar at this time (UTC ns): the bars before it only warm the
+        indicators up, as a live runner's history does before its first decision.
     """
     if isinstance(bars, str):
         from quantshift.data import load_bars
@@ -211,6 +215,10 @@ def portfolio_backtest(
     start = PortfolioState.initial(config) if state is None else state
     start.check(config)
     arrays = start.arrays()
+    if trade_from_ns is not None:
+        first = int(np.searchsorted(data.ts_ns, int(trade_from_ns), "left"))
+        history.entries[:first] = False
+        history.exits[:first] = False
     signals = Signals(
         history.entries,
         history.exits,

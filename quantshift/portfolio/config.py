@@ -32,7 +32,8 @@ SLEEVE_SETTINGS = (
     "max_leverage",
     "use_stops",
 )
-"""SimConfig fields a sleeve may set for itself; the rest (cash, costs, fill) are portfolio-wide."""
+"""SimConfig fields a sleeve may set for itself; the rest (cash, costs, fill, size_at) are
+portfolio-wide."""
 OVERLAY_TABLES = ("sectors", "regimes", "sentiment")
 """The optional tables of ``quantshift.portfolio.overlay`` a config file may hold."""
 

@@ -21,6 +21,7 @@ from quantshift.engine.simulate import (
     check_levels_nb,
     close_position_nb,
     closing_reason_nb,
+    enter_decided_nb,
     enter_nb,
     exit_nb,
     open_position_nb,
@@ -325,7 +326,8 @@ def _entry_orders_nb(
             distance = signals.stop[s, k] * stop_scale
             take_profit = signals.take_profit[s, k]
             trail = signals.trail[s, k] * stop_scale
-            # The fill sizes the entry again at its own price; this is the estimate here.
+            # The units as sized on this close: the order's under decision-time sizing; under
+            # fill-time sizing the fill sizes the entry again at its own price.
             scratch.units = 0.0
             wanted = enter_nb(
                 scratch, side, price, -1, sleeve_equity, math.inf, cfg, state.stats[s],
@@ -399,7 +401,10 @@ def fill_nb(orders, prices, bar, ts_ns, setup, state, executed, fills_out, trade
     The fill model of the single-symbol simulation, on each (sleeve, symbol) position with its
     sleeve's cash: an exit closes the whole position; an entry into a flat position is sized at
     its fill price against the sleeve's equity (its cash after this bar's earlier fills plus its
-    other positions at the marks), at most the order's ``max_units``.
+    other positions at the marks), at most the order's ``max_units``. Under decision-time
+    sizing (the sleeve's ``size_at_decision``) it fills the order's ``units`` instead, cut to
+    what ``max_leverage`` allows against that equity at the fill price when a gap makes the
+    cash short.
 
     With records in ``executed`` (``fill_dt``: units, price after slippage, fees per order) a
     broker's reported executions are applied as they are instead: no sizing, no slippage, no
@@ -455,10 +460,16 @@ def fill_nb(orders, prices, bar, ts_ns, setup, state, executed, fills_out, trade
             else:
                 # The flat position adds nothing: this is the cash plus the sleeve's others.
                 equity = cash[s] + positions_value_nb(s, state.slots, state.marks)
-                units = enter_nb(
-                    position, order.side, price, bar, equity, order.max_units, cfg, stats,
-                    order.stop, order.take_profit, order.trail,
-                )  # fmt: skip
+                if cfg.size_at_decision:
+                    units = enter_decided_nb(
+                        position, order.side, price, bar, equity, order.units, cfg,
+                        order.stop, order.take_profit, order.trail,
+                    )  # fmt: skip
+                else:
+                    units = enter_nb(
+                        position, order.side, price, bar, equity, order.max_units, cfg, stats,
+                        order.stop, order.take_profit, order.trail,
+                    )  # fmt: skip
             if units > 0.0:
                 position.entry_ts_ns = ts_ns
                 fill.status = FILL_DONE

@@ -106,8 +106,9 @@ class RegimeRule:
 
     def __post_init__(self) -> None:
         if not isinstance(self.allocation, Mapping):
-            raise ConfigError(f"allocation must be a table of sleeve = multiplier, got "
-                              f"{self.allocation!r}")  # fmt: skip
+            raise ConfigError(
+                f"allocation must be a table of sleeve = multiplier, got {self.allocation!r}"
+            )
         allocation = {str(k): _fraction(v, f"allocation.{k}") for k, v in self.allocation.items()}
         object.__setattr__(self, "allocation", allocation)
         object.__setattr__(self, "exposure_scale", _fraction(self.exposure_scale, "exposure_scale"))
