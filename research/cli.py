@@ -234,7 +234,7 @@ def _print_regime(report) -> None:
     summary, scores = report.summary, report.evaluation.scores
     table = Table(
         title=f"{report.spec.name}: out-of-sample regime prediction "
-        f"({summary['folds']} purged walk-forward folds, {summary['oos_samples']} bars)",
+        f"({summary['folds']} purged walk-forward folds, {summary['oos_samples']} bar-symbols)",
         title_justify="left",
     )
     for column in ("model", "accuracy", "balanced accuracy", "kappa"):

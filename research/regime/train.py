@@ -176,7 +176,12 @@ def verdict(summary: dict[str, Any], kind: str, best_baseline: float) -> str:
         f"{summary['legacy_style_shuffled_cv_accuracy']:.1%}, in sample "
         f"{summary['legacy_style_in_sample_accuracy']:.1%}). The legacy "
         f"{LEGACY_ACCURACY:.1%} came with no labels, evaluation or baseline, so it has no "
-        "measurable baseline-adjusted skill: the measured result here is the better one"
+        "measurable baseline-adjusted skill; "
+        + (
+            "the measured edge here is the better result"
+            if lift > 0
+            else "here the model does not beat the naive baseline"
+        )
     )
 
 
