@@ -11,6 +11,7 @@ import dataclasses
 import logging
 
 from live.config import LiveConfig
+from live.regime import pinned_model_problem
 from quantshift.errors import ConfigError
 from quantshift.formatting import number
 from quantshift.promotion import PromotionRecord, fingerprint_mismatch
@@ -176,7 +177,7 @@ class PromotionAdopter:
         differs = fingerprint_mismatch(record.code, self._running_code[sleeve.strategy_name])
         if differs:
             return "code fingerprint does not match the running code: " + "; ".join(differs)
-        return None
+        return pinned_model_problem(record.overlay)
 
 
 def _warn_forced(sleeve: str, record: PromotionRecord, extra: dict) -> None:

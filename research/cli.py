@@ -38,6 +38,12 @@ def _run(command: str, spec_path: Path, seed, json_out, track, tracking_uri, out
 
     if out is not None:
         check_output_dir("--out", out)
+    if command == "report":
+        from research.regime.overlay import is_overlay_spec
+
+        if is_overlay_spec(spec_path):
+            _run_overlay(spec_path, json_out, track, tracking_uri, out)
+            return
     spec = load_spec(spec_path)
     if seed is not None:
         spec = spec.with_seed(seed)
@@ -130,6 +136,126 @@ def worker(
         f"worker done: evaluated {result.n_trials} trials of study '{result.study_name}' "
         f"({result.trials_per_second:.1f} trials/s) in {result.storage}"
     )
+
+
+def _run_overlay(spec_path: Path, json_out, track, tracking_uri, out) -> None:
+    """``research report`` on an overlay study (a spec with ``[overlay]``)."""
+    from research.regime.overlay import load_overlay_spec, run_overlay
+
+    spec = load_overlay_spec(spec_path)
+    tracker = None
+    if track:
+        from research.tracking import Tracker
+
+        tracker = Tracker(tracking_uri or spec.regime.tracking_uri, experiment=spec.name)
+
+    def advance(done: int, total: int) -> None:
+        typer.echo(f"regime model: walk-forward fold {done}/{total}", err=True)
+
+    report = run_overlay(spec, tracker=tracker, track=track, progress=None if json_out else advance)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, fig in {**report.figures, **report.regime_report.figures}.items():
+            fig.savefig(out / f"{name}.png", dpi=110)
+    if json_out:
+        rows = report.table.reset_index().to_dict(orient="records")
+        typer.echo(json.dumps({**report.summary, "variants": rows}, default=str))
+        return
+    from rich.table import Table
+
+    from quantshift.report import console
+
+    table = Table(
+        title=f"{spec.name}: out of sample {report.summary['oos_start']}.."
+        f"{report.summary['oos_end']} (DSR over {report.summary['trials']} variants)",
+        title_justify="left",
+    )
+    columns = ("sharpe", "cagr_pct", "max_drawdown_pct", "trades", "vetoes", "psr", "dsr")
+    table.add_column("variant")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, row in report.table.iterrows():
+        table.add_row(name, *(_shown(float(row[c])) for c in columns))
+    console().print(table)
+    console().print(report.regime_report.summary["verdict"])
+    console().print(report.summary["verdict"])
+
+
+regime_app = typer.Typer(
+    help="Regime models: train, judge out of sample against naive baselines, register.",
+    no_args_is_help=True,
+)
+app.add_typer(regime_app, name="regime")
+
+
+@regime_app.command("train")
+def regime_train(
+    spec: Annotated[Path, typer.Argument(help="Regime spec (experiments/regime_*.toml).")],
+    json_out: JsonOpt = False,
+    track: TrackOpt = True,
+    tracking_uri: UriOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """Fit the spec's models in purged walk-forward folds, score them and the baselines
+    (majority class, persistence) out of sample, then register the chosen model in MLflow."""
+    from quantshift.cli import check_output_dir
+    from research.regime.spec import load_regime_spec
+    from research.regime.train import train
+
+    if out is not None:
+        check_output_dir("--out", out)
+    loaded = load_regime_spec(spec)
+    tracker = None
+    if track:
+        from research.tracking import Tracker
+
+        tracker = Tracker(tracking_uri or loaded.tracking_uri, experiment=loaded.experiment)
+
+    def advance(done: int, total: int) -> None:
+        typer.echo(f"walk-forward fold {done}/{total}", err=True)
+
+    report = train(loaded, tracker=tracker, track=track, progress=None if json_out else advance)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, fig in report.figures.items():
+            fig.savefig(out / f"{name}.png", dpi=110)
+    report.close_figures()
+    if json_out:
+        typer.echo(json.dumps(report.summary, default=str))
+        return
+    _print_regime(report)
+
+
+def _print_regime(report) -> None:
+    from rich.table import Table
+
+    from quantshift.report import console
+
+    summary, scores = report.summary, report.evaluation.scores
+    table = Table(
+        title=f"{report.spec.name}: out-of-sample regime prediction "
+        f"({summary['folds']} purged walk-forward folds, {summary['oos_samples']} bar-symbols)",
+        title_justify="left",
+    )
+    for column in ("model", "accuracy", "balanced accuracy", "kappa"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, s in scores.items():
+        table.add_row(
+            name, f"{s['accuracy']:.1%}", f"{s['balanced_accuracy']:.1%}", f"{s['kappa']:.3f}"
+        )
+    table.add_row("legacy claim", f"{summary['legacy_claim_accuracy']:.1%}", "-", "-", style="dim")
+    table.add_row(
+        f"{report.spec.register}, shuffled unpurged CV",
+        f"{summary['legacy_style_shuffled_cv_accuracy']:.1%}", "-", "-", style="dim",
+    )  # fmt: skip
+    out = console()
+    out.print(table)
+    out.print(summary["verdict"])
+    if report.model_version is not None:
+        out.print(
+            f"registered {summary['model_name']} version {report.model_version} "
+            f"(MLflow run {report.run_id})"
+        )
 
 
 @app.command()

@@ -806,6 +806,52 @@ class Tracker:
             return None
         return str(version.version), version.tags.get("record_id", "")
 
+    def register_model_version(
+        self,
+        model: str,
+        run_id: str,
+        artifact_path: str,
+        *,
+        tags: Mapping[str, Any] | None = None,
+        description: str = "",
+        keep: int | None = None,
+    ) -> str:
+        """Register the run's artifact folder ``artifact_path`` as a new version of registered
+        model ``model`` (created if missing), tagged with ``tags``; with ``keep``, delete all
+        but the newest ``keep`` versions. Return the new version."""
+        mlflow = _mlflow()
+        try:
+            self._client.create_registered_model(model)
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise ConfigError(f"MLflow registry {self._where}: {exc.message}") from None
+        entities = _entities(mlflow.entities.RunTag, tags, "tag", 5000)
+        version = self._client.create_model_version(
+            model,
+            source=f"runs:/{run_id}/{artifact_path.strip('/')}",
+            run_id=run_id,
+            tags={tag.key: tag.value for tag in entities},
+            description=description,
+        )
+        if keep is not None:
+            for old in self.model_versions(model)[keep:]:
+                self._client.delete_model_version(model, old["version"])
+        return str(version.version)
+
+    def model_versions(self, model: str) -> list[dict[str, Any]]:
+        """Versions of registered model ``model``, newest first: version, run_id, source, tags."""
+        found = self._client.search_model_versions(f"name = '{model}'")
+        rows = [
+            {
+                "version": str(v.version),
+                "run_id": v.run_id,
+                "source": v.source,
+                "tags": dict(v.tags),
+            }
+            for v in found
+        ]
+        return sorted(rows, key=lambda row: -int(row["version"]))
+
     def ui_url(self, run_id: str, experiment_id: str | None = None) -> str:
         """Return the run's page on the MLflow server of an http store, else on the UI that
         :func:`ui_command` starts."""

@@ -144,6 +144,10 @@ class PromotionRecord:
     causality: Mapping[str, Any] = field(default_factory=dict)
     """The strategy's causality verdict on the study's data
     (``quantshift.strategies.causality.CausalityVerdict.to_dict``)."""
+    overlay: Mapping[str, Any] = field(default_factory=dict)
+    """What the study's regime and sentiment overlay used (see :func:`check_overlay_pin`):
+    ``regime_model`` (registered ``name``, pinned ``version``, ``tracking_uri``) and
+    ``sentiment`` (``scorer``, ``ttl_s``, ``lookback``, ``min_score``, ``size_scaling``)."""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -182,6 +186,7 @@ class PromotionRecord:
             raise ConfigError(f"{where}: gates must list at least one gate result")
         if self.gates[-1].stage != self.stage:
             raise ConfigError(f"{where}: the last gate is to {self.gates[-1].stage!r}")
+        check_overlay_pin(self.overlay, where)
 
     @property
     def record_id(self) -> str:
@@ -219,7 +224,7 @@ class PromotionRecord:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "causality" and not value:
+            if f.name in ("causality", "overlay") and not value:
                 continue  # a record written before the field keeps its id
             if f.name == "gates":
                 value = [g.to_dict() for g in value]
@@ -328,6 +333,36 @@ def fingerprint_mismatch(record_code: Mapping[str, Any], running: Mapping[str, A
     if ours and theirs and ours != theirs:
         out.append(f"git_commit: record {theirs[:12]}, running {ours[:12]}")
     return out
+
+
+# --------------------------------------------------------------------------- overlay pin
+SENTIMENT_PIN_KEYS = ("scorer", "ttl_s", "lookback", "min_score", "size_scaling")
+
+
+def check_overlay_pin(overlay: Mapping[str, Any], where: str) -> None:
+    """Raise ConfigError unless ``overlay`` pins a regime model by name and an exact version
+    (never "latest") and names every sentiment setting; both parts are optional."""
+    if not isinstance(overlay, Mapping):
+        raise ConfigError(f"{where}: overlay must be a table")
+    unknown = sorted(set(overlay) - {"regime_model", "sentiment"})
+    if unknown:
+        raise ConfigError(f"{where}: overlay has unknown key(s) {unknown}")
+    model = overlay.get("regime_model")
+    if model is not None:
+        if not isinstance(model, Mapping) or not isinstance(model.get("name"), str):
+            raise ConfigError(f"{where}: overlay.regime_model needs a registered model name")
+        version = str(model.get("version", ""))
+        if not version.isdigit():
+            raise ConfigError(
+                f"{where}: overlay.regime_model.version must pin a version number, got "
+                f"{model.get('version')!r}"
+            )
+    sentiment = overlay.get("sentiment")
+    if sentiment is not None:
+        missing = [k for k in SENTIMENT_PIN_KEYS if not isinstance(sentiment, Mapping)
+                   or k not in sentiment]  # fmt: skip
+        if missing:
+            raise ConfigError(f"{where}: overlay.sentiment lacks {missing}")
 
 
 def _require(data: Mapping[str, Any], keys, where: str) -> None:

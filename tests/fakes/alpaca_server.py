@@ -82,6 +82,8 @@ class FakeAlpaca:
         self.activities: list[dict] = []
         self.positions: dict[str, float] = {}
         self.bars: dict[str, list[dict]] = {}
+        self.news: list[dict] = []
+        """Articles of GET /v1beta1/news, as the API writes them (see :meth:`add_news`)."""
         self.whole_shares_only: set[str] = set()
         self.clock = {"is_open": True, "next_open": "2024-01-03T09:30:00-05:00"}
         self.clock["next_close"] = "2024-01-02T16:00:00-05:00"
@@ -160,6 +162,27 @@ class FakeAlpaca:
     def calls(self, method: str, path: str) -> int:
         with self.lock:
             return sum(1 for m, p, _ in self.requests if m == method and p == path)
+
+    def add_news(
+        self, headline: str, symbols: list[str], created_at: str, *, summary: str = ""
+    ) -> dict:
+        """Publish an article with the fields the news API returns for each one."""
+        with self.lock:
+            article = {
+                "id": 24_000_000 + len(self.news),
+                "headline": headline,
+                "author": "Fake Newswire",
+                "created_at": created_at,
+                "updated_at": created_at,
+                "summary": summary,
+                "content": "",
+                "url": f"https://news.invalid/{len(self.news)}",
+                "images": [],
+                "symbols": list(symbols),
+                "source": "benzinga",
+            }
+            self.news.append(article)
+            return article
 
     def mute_stream(self) -> None:
         """Keep current stream connections open but send nothing more on them."""
@@ -265,6 +288,8 @@ class FakeAlpaca:
             return 200, {}, self._activities(one)
         if (method, path) == ("GET", "/v2/stocks/bars"):
             return self._bars(one)
+        if (method, path) == ("GET", "/v1beta1/news"):
+            return self._news(one)
         if (method, path) == ("GET", "/v2/stocks/bars/latest"):
             symbol = one["symbols"]
             return (
@@ -534,6 +559,28 @@ class FakeAlpaca:
         more = offset + limit < len(rows)
         token = base64.b64encode(str(offset + limit).encode()).decode() if more else None
         return 200, {}, {"bars": {symbol: page} if page else {}, "next_page_token": token}
+
+    def _news(self, q: dict):
+        """The news API's filters and paging: symbols (comma-separated, any match), start and
+        end (inclusive, on created_at), sort (desc by default), limit (at most 50)."""
+        limit = int(q.get("limit") or 10)
+        if not 1 <= limit <= 50:
+            return 400, {}, {"code": 40010001, "message": "limit must be between 1 and 50"}
+        wanted = set(filter(None, q.get("symbols", "").split(",")))
+        start = _epoch(q["start"]) if q.get("start") else float("-inf")
+        end = _epoch(q["end"]) if q.get("end") else float("inf")
+        rows = [
+            a
+            for a in self.news
+            if (not wanted or wanted & set(a["symbols"]))
+            and start <= _epoch(a["created_at"]) <= end
+        ]
+        rows.sort(key=lambda a: (_epoch(a["created_at"]), a["id"]), reverse=q.get("sort") != "asc")
+        offset = int(base64.b64decode(q["page_token"]).decode()) if q.get("page_token") else 0
+        page = rows[offset : offset + limit]
+        more = offset + limit < len(rows)
+        token = base64.b64encode(str(offset + limit).encode()).decode() if more else None
+        return 200, {}, {"news": page, "next_page_token": token}
 
     # ------------------------------------------------------------------ stream
     def _broadcast(self, message: bytes) -> None:
