@@ -25,7 +25,7 @@ from quantshift.engine.sweep import sweep_equity
 from quantshift.errors import ConfigError
 from quantshift.provenance import code_fingerprint
 from research.ledger import TrialLedger, default_direction, record_grid
-from research.spec import ExperimentSpec, grid_values
+from research.spec import ExperimentSpec, grid_values, space_from_plain
 from research.stats import (
     deflated_sharpe_ratio,
     pbo,
@@ -71,7 +71,16 @@ class StudyReport:
 
 
 def load_experiment_bars(spec: ExperimentSpec) -> Bars:
-    """Load the spec's data: its source, universe and window (end exclusive)."""
+    """Load the spec's data for research: its source, universe and window (end exclusive),
+    without the lockbox (the window's last ``[lockbox] fraction``, read only by ``promote``)."""
+    from research.lockbox import split_lockbox
+
+    return split_lockbox(load_window(spec), spec.lockbox.fraction)[0]
+
+
+def load_window(spec: ExperimentSpec) -> Bars:
+    """The spec's whole data window, lockbox included (``promote`` reads it; research must
+    call :func:`load_experiment_bars`)."""
     return load_bars(
         spec.data.source, symbols=spec.data.symbols, start=spec.data.start, end=spec.data.end
     )
@@ -102,8 +111,19 @@ def run(
     """
     if command not in COMMANDS:
         raise ConfigError(f"unknown research command {command!r}; commands: {', '.join(COMMANDS)}")
-    bars = load_experiment_bars(spec)
+    from research.lockbox import lockbox_window, split_lockbox
+    from research.preregistration import database_url, register_study
+
+    bars, lockbox = split_lockbox(load_window(spec), spec.lockbox.fraction)
     report = StudyReport(command=command, spec=spec)
+    # Registered before the first trial, in the tracking database (kept with --no-track too).
+    registration = register_study(
+        spec, bars, database_url(tracker.resolved_tracking_uri if tracker else spec.tracking_uri)
+    )
+    report.parts["registration"] = registration
+    report.summary["preregistration"] = registration.summary()
+    report.summary["lockbox"] = lockbox_window(lockbox, spec.lockbox.fraction)
+    report.summary["data_window"] = {"start": spec.data.start, "end": spec.data.end}
     started = time.perf_counter()
     with ExitStack() as stack:
         handle = None
@@ -328,7 +348,15 @@ def _walk_forward(spec, bars, report, run, progress) -> None:
     from research.walkforward import walk_forward
 
     wf = spec.walk_forward
-    search = spec.search
+    # The space registered first for this lineage and data, before any full-sample result: a
+    # space narrowed after seeing one would leak the test windows into the evidence.
+    registered = report.parts["registration"].root.spec["search"]
+    search = dataclasses.replace(
+        spec.search,
+        method=registered["method"],
+        sampler=registered["sampler"],
+        space=space_from_plain(registered["space"]),
+    )
     if search.method == "grid":
         space = {name: grid_values(entry) for name, entry in search.space.items()} or None
     else:
