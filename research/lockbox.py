@@ -110,7 +110,9 @@ class LookRegistry:
     def __init__(self, url: str) -> None:
         import sqlalchemy as sa
 
-        self.engine = sa.create_engine(url, future=True)
+        from research.preregistration import sql_engine
+
+        self.engine = sql_engine(url)
         meta = sa.MetaData()
         self.table = sa.Table(
             LOOK_TABLE,

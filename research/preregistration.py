@@ -129,7 +129,7 @@ class SpecRegistry:
         import sqlalchemy as sa
 
         self.url = url
-        self.engine = sa.create_engine(url, future=True)
+        self.engine = sql_engine(url)
         meta = sa.MetaData()
         self.table = sa.Table(
             SPEC_TABLE,
@@ -231,27 +231,32 @@ class SpecRegistry:
         ]
 
 
-def database_url(tracking_uri: str | None) -> str:
-    """The SQL database beside the MLflow store: the tracking database itself when it is SQLite
-    or PostgreSQL, else ``registry.db`` in the experiments directory."""
-    from research.tracking import default_tracking_uri, resolve_experiments_dir
+def sql_engine(url: str):
+    """A SQLAlchemy engine on the registry's database (``postgresql://`` through psycopg 3)."""
+    import sqlalchemy as sa
 
-    uri = tracking_uri or default_tracking_uri()
-    if uri.split(":", 1)[0].split("+")[0] in ("sqlite", "postgresql"):
-        return uri
-    return f"sqlite:///{resolve_experiments_dir() / 'registry.db'}"
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            url = "postgresql+psycopg://" + url[len(scheme) :]
+    return sa.create_engine(url, future=True)
 
 
 def study_keys(spec: ExperimentSpec, bars) -> tuple[str, str]:
-    """The (lineage, data key) a study's trials and specs are counted under."""
-    return spec.strategy, bars.fingerprint()[:16]
+    """The (lineage, data key) a study's trials and specs are counted under, as the trial
+    registry keys them (``research.registry``)."""
+    from research.registry import data_key
+
+    return spec.get_strategy().name, data_key(bars)
 
 
-def register_study(spec: ExperimentSpec, bars, url: str) -> Registration:
+def register_study(spec: ExperimentSpec, bars, url: str | None = None) -> Registration:
     """Register ``spec`` (studying ``bars``, the lockbox already cut off) before its first
-    trial; see :meth:`SpecRegistry.register`."""
+    trial in the trial registry's database (default ``research.registry.registry_url()``);
+    see :meth:`SpecRegistry.register`."""
+    from research.registry import registry_url
+
     lineage, data_key = study_keys(spec, bars)
-    registry = SpecRegistry(url)
+    registry = SpecRegistry(registry_url(url))
     try:
         return registry.register(canonical_spec(spec), lineage=lineage, data_key=data_key)
     finally:

@@ -112,14 +112,12 @@ def run(
     if command not in COMMANDS:
         raise ConfigError(f"unknown research command {command!r}; commands: {', '.join(COMMANDS)}")
     from research.lockbox import lockbox_window, split_lockbox
-    from research.preregistration import database_url, register_study
+    from research.preregistration import register_study
 
     bars, lockbox = split_lockbox(load_window(spec), spec.lockbox.fraction)
     report = StudyReport(command=command, spec=spec)
     # Registered before the first trial, in the tracking database (kept with --no-track too).
-    registration = register_study(
-        spec, bars, database_url(tracker.resolved_tracking_uri if tracker else spec.tracking_uri)
-    )
+    registration = register_study(spec, bars)
     report.parts["registration"] = registration
     report.summary["preregistration"] = registration.summary()
     report.summary["lockbox"] = lockbox_window(lockbox, spec.lockbox.fraction)
@@ -143,6 +141,17 @@ def run(
                 handle.log_file(spec.path, artifact_path="spec")
             report.run_id = handle.run_id
             report.tracking_uri = tracker.resolved_tracking_uri
+        from research.registry import trial_context
+
+        # Every trial the parts run is registered under the spec's hash.
+        stack.enter_context(
+            trial_context(
+                source="study",
+                study=spec.name,
+                spec_hash=registration.spec.spec_hash,
+                seed=spec.seed,
+            )
+        )
         parts = _parts(spec, command)
         for part in parts:
             child = None
