@@ -27,7 +27,7 @@ LOOK_TABLE = "quantshift_lockbox_looks"
 def split_lockbox(bars: Bars, fraction: float) -> tuple[Bars, Bars | None]:
     """The research bars and the lockbox: the last ``round(fraction * n_bars)`` bars (None for
     no lockbox). Research must never see the second part."""
-    n_locked = int(round(fraction * bars.n_bars))
+    n_locked = round(fraction * bars.n_bars)
     if n_locked == 0:
         return bars, None
     return bars[: bars.n_bars - n_locked], bars[bars.n_bars - n_locked :]
@@ -81,8 +81,8 @@ def evaluate_lockbox(
         "total_return_pct": _finite(metrics["total_return_pct"]),
         "max_drawdown_pct": _finite(metrics["max_drawdown_pct"]),
         "psr": _finite(psr),
-        "trades_closed": int(len(closed)),
-        "bars": int(len(window)),
+        "trades_closed": len(closed),
+        "bars": len(window),
     }
 
 

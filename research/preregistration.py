@@ -107,7 +107,7 @@ class Registration:
         return {
             "spec_hash": self.spec.spec_hash,
             "lineage": self.spec.lineage,
-            "data_key": self.spec.data_key,
+            "data": self.spec.data_key,
             "parent_hash": self.spec.parent_hash,
             "chain": [s.spec_hash for s in self.chain],
             "root_hash": self.root.spec_hash,
