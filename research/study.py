@@ -49,6 +49,13 @@ class StudyReport:
     child_runs: dict[str, str] = field(default_factory=dict)
     tracking_uri: str | None = None
     parts: dict[str, Any] = field(default_factory=dict, repr=False)
+    plots: bool = True
+    """False: draw no figures (a harness running many studies needs only the numbers)."""
+
+    def add_figure(self, name: str, draw: Callable[[], Any]) -> None:
+        """Draw and keep a figure, unless the report draws none."""
+        if self.plots:
+            self.figures[name] = draw()
 
     def save_figures(self, directory: str | Path) -> list[Path]:
         """Write every figure as PNG under ``directory``; return the paths."""
@@ -93,6 +100,7 @@ def run(
     tracker=None,
     track: bool = True,
     progress: bool | Callable[[int, int], None] = False,
+    plots: bool = True,
 ) -> StudyReport:
     """Run ``command`` on ``spec`` and log it as one MLflow run (parts as nested runs).
 
@@ -108,6 +116,8 @@ def run(
         False runs without MLflow (notebooks exploring, tests of the numbers alone).
     progress : bool or callable
         Progress bars on stderr for the long parts.
+    plots : bool
+        False draws no figures (the numbers are the same).
     """
     if command not in COMMANDS:
         raise ConfigError(f"unknown research command {command!r}; commands: {', '.join(COMMANDS)}")
@@ -115,7 +125,7 @@ def run(
     from research.preregistration import register_study
 
     bars, lockbox = split_lockbox(load_window(spec), spec.lockbox.fraction)
-    report = StudyReport(command=command, spec=spec)
+    report = StudyReport(command=command, spec=spec, plots=plots)
     # Registered before the first trial, in the tracking database (kept with --no-track too).
     registration = register_study(spec, bars)
     report.parts["registration"] = registration
@@ -208,7 +218,7 @@ def _optimize(spec, bars, report, run, progress) -> None:
             # The history to plot is the whole study's, whichever worker evaluated it.
             result = dataclasses.replace(result, ledger=ledger)
         best_params = _best_by(ledger, objective, search.min_trades)
-        report.figures["optimization"] = result.plot()
+        report.add_figure("optimization", result.plot)
         if result.pareto is not None:
             report.parts["pareto"] = result.pareto
     best = backtest(strat, bars, best_params, config=spec.costs)
@@ -238,10 +248,11 @@ def _optimize(spec, bars, report, run, progress) -> None:
         else math.nan
     )
     out["causality"] = _causality(strat, bars, best_params)
-    report.figures["best_equity"] = _curve_figure(best, f"{strat.name} {best_params}")
-    heat = _heatmap(ledger, strat, objective)
-    if heat is not None:
-        report.figures["parameter_heatmap"] = heat
+    report.add_figure("best_equity", lambda: _curve_figure(best, f"{strat.name} {best_params}"))
+    if report.plots:
+        heat = _heatmap(ledger, strat, objective)
+        if heat is not None:
+            report.figures["parameter_heatmap"] = heat
     if spec.pbo is not None:
         _pbo(spec, bars, ledger, report)
     if spec.monte_carlo is not None:
@@ -348,7 +359,7 @@ def _pbo(spec, bars, ledger, report) -> None:
         pbo_degradation_slope=result.degradation_slope,
         pbo_prob_oos_loss=result.prob_oos_loss,
     )
-    report.figures["pbo"] = result.plot()
+    report.add_figure("pbo", result.plot)
 
 
 # --------------------------------------------------------------------------- walk-forward
@@ -403,7 +414,7 @@ def _walk_forward(spec, bars, report, run, progress) -> None:
     sharpe_pp, skew, kurt = _per_period(returns)
     out["oos_psr"] = probabilistic_sharpe_ratio(sharpe_pp, 0.0, len(returns), skew, kurt)
     out["wf_params"] = result.folds[list(result.stability.index)].to_dict(orient="list")
-    report.figures["walk_forward"] = result.plot()
+    report.add_figure("walk_forward", result.plot)
     if spec.monte_carlo is not None and len(result.trades) >= 2:
         _spec_monte_carlo(
             spec,
@@ -433,7 +444,9 @@ def _montecarlo(spec, bars, report, run, progress) -> None:
     report.summary["strategy"] = spec.strategy
     report.summary["params"] = dict(spec.params)
     report.summary.update({f"bt_{k}": v for k, v in _combined(result).items()})
-    report.figures["equity"] = _curve_figure(result, f"{spec.strategy} {dict(spec.params)}")
+    report.add_figure(
+        "equity", lambda: _curve_figure(result, f"{spec.strategy} {dict(spec.params)}")
+    )
     _monte_carlo_of(spec, result, report, prefix="mc")
     if run is not None:
         _log_figures(run, report.figures)
@@ -492,7 +505,7 @@ def _record_monte_carlo(outcome, report: StudyReport, prefix: str) -> None:
     report.parts[prefix] = outcome
     report.summary.update({f"{prefix}_{k}": v for k, v in outcome.summary().items()})
     report.summary[f"{prefix}_method"] = outcome.method
-    report.figures[f"{prefix}_fan"] = outcome.plot()
+    report.add_figure(f"{prefix}_fan", outcome.plot)
 
 
 _PARTS = {
