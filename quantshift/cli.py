@@ -332,6 +332,7 @@ def sweep(
     """Evaluate a parameter grid in one parallel pass and rank the results."""
     import quantshift as qs
     from quantshift.engine.metrics import METRICS
+    from quantshift.engine.sweep import sweep_tags
 
     if rank_by not in METRICS:
         raise ConfigError(f"--rank-by {rank_by!r} is not a metric; metrics: {', '.join(METRICS)}")
@@ -344,16 +345,12 @@ def sweep(
         name: parse_grid_axis(strat, name, text)
         for name, text in parse_assignments(grid, "grid").items()
     }
-    table = qs.sweep(
-        strat,
-        data,
-        strat.parameter_grid(axes, max_sets=max_sets),
-        symbol=symbol,
-        progress=not json_out,
-        **_settings(
-            cash, size, fees_bps, slippage_bps, fill, direction, sizing, risk, stops, whole_units
-        ),
+    settings = _settings(
+        cash, size, fees_bps, slippage_bps, fill, direction, sizing, risk, stops, whole_units
     )
+    grid_sets = strat.parameter_grid(axes, max_sets=max_sets)
+    with sweep_tags(source="cli-sweep"):  # for the trial recorders (research's registry)
+        table = qs.sweep(strat, data, grid_sets, symbol=symbol, progress=not json_out, **settings)
     if csv is not None:
         table.to_csv(csv, index=False)
     ranked = table.sort_values(rank_by, ascending=False, na_position="last")

@@ -133,6 +133,124 @@ def worker(
 
 
 @app.command()
+def trials(
+    strategy: Annotated[str, typer.Argument(help="Strategy name: its lineage in the registry.")],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="The data: a data spec (builtin:sp500, a file, synthetic:...), an experiment "
+            "spec (.toml) or a registry data key; default: every data.",
+        ),
+    ] = None,
+    symbol: Annotated[
+        list[str] | None, typer.Option("--symbol", "-s", help="With a data spec: symbols.")
+    ] = None,
+    start: Annotated[str | None, typer.Option(help="With a data spec: first bar (date).")] = None,
+    end: Annotated[str | None, typer.Option(help="With a data spec: end (exclusive).")] = None,
+    registry_url: Annotated[
+        str | None,
+        typer.Option(
+            "--registry", help="Registry URL (default $QUANTSHIFT_REGISTRY_URL or local)."
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a strategy lineage's trials: how many, from which studies, specs and sources, and
+    the DSR hurdle (expected best Sharpe of unskilled trials) that count implies."""
+    from research.registry import TrialRegistry
+
+    key = _data_key(data, symbol, start, end) if data is not None else None
+    with TrialRegistry.open(registry_url) as registry:
+        summary = registry.summary(strategy, key)
+        by_data = registry.frame(strategy, key)
+    if by_data.empty and not _known_strategy(strategy):
+        from quantshift.errors import UnknownNameError
+
+        raise UnknownNameError(
+            f"no strategy and no registry lineage is named {strategy!r} ({summary['registry']})"
+        )
+    counted = by_data[by_data["state"].isin(("complete", "pruned", "failed"))]
+    summary["by_data"] = {str(k): int(v) for k, v in counted["data_key"].value_counts().items()}
+    if json_out:
+        typer.echo(json.dumps(_json_ready(summary)))
+        return
+    _print_trials(summary)
+
+
+def _known_strategy(strategy: str) -> bool:
+    from quantshift.strategies import list_strategies
+
+    return strategy in {s.name for s in list_strategies()}
+
+
+def _data_key(data: str, symbol, start, end) -> str:
+    """The registry data key ``--data`` names: a key as stored, an experiment spec's data, or
+    a data spec loaded with ``--symbol/--start/--end``."""
+    if "|" in data:
+        return data
+    from research.registry import data_key
+
+    if data.endswith(".toml") and Path(data).is_file():
+        from research.spec import load_spec
+        from research.study import load_experiment_bars
+
+        return data_key(load_experiment_bars(load_spec(Path(data))))
+    from quantshift.data import load_bars
+
+    return data_key(load_bars(data, symbols=symbol or None, start=start, end=end))
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def _print_trials(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from quantshift.report import console
+
+    where = summary["data_key"] or "every data"
+    table = Table(title=f"{summary['strategy']}: trial registry ({where})", title_justify="left")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = (
+        ("trials (run on data: the DSR's N)", summary["trials"]),
+        ("by state", summary["states"]),
+        ("by source", summary["sources"]),
+        ("studies", summary["studies"]),
+        ("pre-registered specs", summary["specs"]),
+        ("evaluations (sweep calls)", summary["evaluations"]),
+        ("data keys", len(summary["data_keys"])),
+        ("source hashes (lineage)", ", ".join(summary["source_hashes"]) or "-"),
+        ("seeds", ", ".join(map(str, summary["seeds"])) or "-"),
+        ("distinct parameter sets", summary["distinct_params"]),
+        ("per-bar Sharpe variance V", summary["sharpe_variance"]),
+        ("DSR hurdle: E(max SR) per bar, N", summary["hurdle_sharpe_per_bar"]),
+        ("effective N (clustered)", summary["n_effective"]),
+        ("DSR hurdle per bar, effective N", summary["hurdle_sharpe_per_bar_effective"]),
+    )
+    for label, value in rows:
+        table.add_row(label, _shown(_json_ready(value)))
+    out = console()
+    out.print(table)
+    if len(summary["by_data"]) > 1:
+        data_table = Table(title="trials by data", title_justify="left")
+        data_table.add_column("data key")
+        data_table.add_column("trials", justify="right")
+        for key, count in summary["by_data"].items():
+            data_table.add_row(key, str(count))
+        out.print(data_table)
+    out.print(f"registry: {summary['registry']}; the gate's DSR uses N (every trial)")
+
+
+@app.command()
 def ui(
     tracking_uri: UriOpt = None,
     print_only: Annotated[
@@ -157,7 +275,9 @@ def ui(
 
 _HEADLINE = (
     ("best_params", "best parameters"),
-    ("trials", "trials (all states, feed the DSR)"),
+    ("trials", "trials of this study"),
+    ("dsr_trials", "trials the DSR counts (registry)"),
+    ("n_effective", "effective trials (clustered)"),
     ("is_sharpe", "in-sample Sharpe"),
     ("is_cagr_pct", "in-sample CAGR %"),
     ("is_max_drawdown_pct", "in-sample max drawdown %"),

@@ -25,13 +25,9 @@ from quantshift.engine.sweep import sweep_equity
 from quantshift.errors import ConfigError
 from quantshift.provenance import code_fingerprint
 from research.ledger import TrialLedger, default_direction, record_grid
+from research.registry import dsr_report, trial_context
 from research.spec import ExperimentSpec, grid_values, space_from_plain
-from research.stats import (
-    deflated_sharpe_ratio,
-    pbo,
-    probabilistic_sharpe_ratio,
-    return_moments,
-)
+from research.stats import pbo, probabilistic_sharpe_ratio, return_moments
 
 COMMANDS = ("optimize", "walk-forward", "montecarlo", "report")
 TOP_TRIALS_LOGGED = 5
@@ -151,8 +147,6 @@ def run(
                 handle.log_file(spec.path, artifact_path="spec")
             report.run_id = handle.run_id
             report.tracking_uri = tracker.resolved_tracking_uri
-        from research.registry import trial_context
-
         # Every trial the parts run is registered under the spec's hash.
         stack.enter_context(
             trial_context(
@@ -223,11 +217,10 @@ def _optimize(spec, bars, report, run, progress) -> None:
             report.parts["pareto"] = result.pareto
     best = backtest(strat, bars, best_params, config=spec.costs)
     report.parts.update(ledger=ledger, best=best, best_params=best_params)
-    n_trials, variance = ledger.dsr_inputs()
     out = report.summary
     out["strategy"] = strat.name
     out["best_params"] = best_params
-    out["trials"] = n_trials
+    out["trials"] = ledger.n_trials(states=("complete", "pruned", "fail"))
     out["trial_states"] = ledger.counts()
     out.update({f"is_{k}": v for k, v in _combined(best).items()})
     returns = _returns(best)
@@ -235,18 +228,8 @@ def _optimize(spec, bars, report, run, progress) -> None:
     out["is_sharpe_per_period"] = sharpe_pp
     out["return_skew"], out["return_kurtosis"] = skew, kurt
     out["psr"] = probabilistic_sharpe_ratio(sharpe_pp, 0.0, len(returns), skew, kurt)
-    out["dsr"] = (
-        deflated_sharpe_ratio(
-            sharpe_pp,
-            n_observations=len(returns),
-            skew=skew,
-            kurtosis=kurt,
-            n_trials=n_trials,
-            trial_sharpe_variance=variance,
-        )
-        if n_trials > 1 and math.isfinite(variance)
-        else math.nan
-    )
+    # N and V from the trial registry: every trial of this lineage on this data (dsr_report).
+    out.update(dsr_report(ledger, strat, bars, sharpe_pp, len(returns), skew, kurt))
     out["causality"] = _causality(strat, bars, best_params)
     report.add_figure("best_equity", lambda: _curve_figure(best, f"{strat.name} {best_params}"))
     if report.plots:
@@ -299,6 +282,7 @@ def _grid_search(spec, bars, ledger, progress):
         objective=objective,
         study=spec.name,
         stage="optimize",
+        seed=spec.seed,
         progress=progress,
     )
     return _best_by(ledger, objective, spec.search.min_trades)
@@ -344,7 +328,8 @@ def _pbo(spec, bars, ledger, report) -> None:
         pick = np.random.default_rng(spec.seed).choice(len(rows), spec.pbo.max_trials, False)
         rows = rows.iloc[np.sort(pick)]
     matrix = rows[list(strat.param_names)].to_numpy(dtype=float)
-    _, equity = sweep_equity(strat, bars, matrix, config=spec.costs)
+    with trial_context(record=False):  # these trials are in the registry already
+        _, equity = sweep_equity(strat, bars, matrix, config=spec.costs)
     portfolio = equity.sum(axis=1)  # (trials, bars): the symbols' sleeves together
     previous = np.concatenate(
         (np.full((portfolio.shape[0], 1), spec.costs.cash * bars.n_symbols), portfolio[:, :-1]),

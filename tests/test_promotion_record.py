@@ -295,7 +295,10 @@ def test_gate_thresholds_come_from_toml_and_unknown_keys_are_refused(tmp_path):
     assert gate.live.min_trades == 25 and gate.live.allow_halts is True
     assert load_gate_config(None) == GateConfig()
     for text, match in [
-        ("[paper]\nmin_dsr_pct = 1\n", r"\[paper\] min_dsr_pct: unknown key; allowed: allow_lockbox_relook, max_mc"),
+        (
+            "[paper]\nmin_dsr_pct = 1\n",
+            r"\[paper\] min_dsr_pct: unknown key; allowed: allow_lockbox_relook",
+        ),
         ("[paper]\nmin_dsr = 'high'\n", r"\[paper\] min_dsr: must be a number, got 'high'"),
         ("[paper]\nmin_dsr = -1\n", r"gate.toml: \[paper\] min_dsr = -1 must be a number >= 0"),
         ("[live]\nmin_trades = 2.5\n", r"\[live\] min_trades: must be an integer, got 2.5"),

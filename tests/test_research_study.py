@@ -75,6 +75,9 @@ def test_dsr_is_recomputable_from_the_logged_ledger(report, tracker):
     ledger = tracker.load_frame(report.child_runs["optimize"], "ledger")
     sharpes = ledger.loc[ledger["state"] == "complete", "sharpe_per_period"].to_numpy()
     s = report.summary
+    # The module's registry held nothing else of this data: N and V are the study's own.
+    assert s["dsr_trials"] == s["registry_trials"] == len(sharpes)
+    assert s["dsr_trial_variance"] == pytest.approx(np.var(sharpes), rel=1e-12)
     n_returns = len(report.parts["best"].equity)
     dsr = deflated_sharpe_ratio(
         s["is_sharpe_per_period"],
@@ -106,9 +109,12 @@ def test_mlflow_run_has_children_metrics_plots_and_fingerprints(report, tracker)
 def test_same_seed_same_numbers_and_optuna_is_seeded():
     a = run(_spec(method="optuna", trials=24, batch_size=8, sampler="tpe"), "optimize", track=False)
     b = run(_spec(method="optuna", trials=24, batch_size=8, sampler="tpe"), "optimize", track=False)
+    # The DSR's N and V come from the trial registry, which the rerun itself grew by 24.
+    assert b.summary["registry_trials"] == a.summary["registry_trials"] + 24
     drop = ("elapsed_s",)
-    sa = {k: v for k, v in json_summary(a).items() if k not in drop}
-    sb = {k: v for k, v in json_summary(b).items() if k not in drop}
+    registry = ("dsr", "registry", "n_effective")
+    sa = {k: v for k, v in json_summary(a).items() if k not in drop and not k.startswith(registry)}
+    sb = {k: v for k, v in json_summary(b).items() if k not in drop and not k.startswith(registry)}
     assert sa == sb
     ledger = a.parts["ledger"].frame
     assert len(ledger) == 24

@@ -71,6 +71,11 @@ def sweep_tags(**tags: Any) -> Iterator[Mapping[str, Any]]:
         _TAGS.reset(token)
 
 
+def current_sweep_tags() -> Mapping[str, Any]:
+    """Return the tags the enclosing :func:`sweep_tags` blocks set."""
+    return _TAGS.get()
+
+
 def _recorders() -> list[tuple[str, Callable[[SweepTrials], None]]]:
     global _RECORDERS
     if _RECORDERS is None:

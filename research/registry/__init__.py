@@ -36,9 +36,12 @@ API
                                                      N, N_eff and the DSR hurdles they imply
 ``trial_context(source=..., study=..., spec_hash=..., seed=..., record=False)``
                                                      tag the sweeps inside a block
+``trial_defaults(...)``                              the same for tags not set outside
+``dsr_report(ledger, strategy, bars, sharpe, ...)``   the gate's DSR: N = max(study, registry)
 ``effective_trials(signatures)``                     N_eff by clustering correlated trials
 """
 
+from research.registry.deflation import dsr_report
 from research.registry.effective import (
     EffectiveTrials,
     effective_trials,
@@ -47,12 +50,15 @@ from research.registry.effective import (
 )
 from research.registry.keys import ENV_REGISTRY_URL, DataKey, data_key, registry_url, source_hash
 from research.registry.recorder import (
+    current_tags,
     default_registry,
     portfolio_returns,
     record_sweep,
+    record_unevaluated,
     sharpe_per_bar,
     sweep_batch,
     trial_context,
+    trial_defaults,
     trial_sharpes,
 )
 from research.registry.store import COUNTED_STATES, STATES, TrialBatch, TrialRegistry
@@ -65,17 +71,21 @@ __all__ = [
     "EffectiveTrials",
     "TrialBatch",
     "TrialRegistry",
+    "current_tags",
     "data_key",
     "default_registry",
+    "dsr_report",
     "effective_trials",
     "lineage_statistics",
     "portfolio_returns",
     "record_sweep",
+    "record_unevaluated",
     "registry_url",
     "return_signature",
     "sharpe_per_bar",
     "source_hash",
     "sweep_batch",
     "trial_context",
+    "trial_defaults",
     "trial_sharpes",
 ]

@@ -20,6 +20,7 @@ MAX_NAMED_SYMBOLS = 8
 
 _MEMORY_SOURCE = "<memory>"
 _source_hashes: dict[tuple[int, str], str] = {}
+_source_files: dict[int, str | None] = {}
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,9 @@ def source_hash(strategy: Strategy) -> str:
     from quantshift.provenance import source_file, strategy_hash
 
     func = getattr(strategy.signal_nb, "py_func", strategy.signal_nb)
-    path = source_file(func)
+    if id(func) not in _source_files:
+        _source_files[id(func)] = source_file(func)
+    path = _source_files[id(func)]
     stamp = ""
     if path is not None:
         try:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
+import time
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -18,11 +21,12 @@ import numpy as np
 from quantshift.data.bars import Bars
 from quantshift.engine.config import SimConfig
 from quantshift.engine.metrics import METRICS, infer_periods_per_year
-from quantshift.engine.sweep import SweepTrials, sweep_tags
+from quantshift.engine.sweep import SweepTrials, current_sweep_tags, sweep_tags
+from quantshift.errors import ConfigError
 from quantshift.strategies import Strategy
 from research.registry.effective import return_signature
 from research.registry.keys import DataKey, registry_url, source_hash
-from research.registry.store import TrialBatch, TrialRegistry, params_json
+from research.registry.store import TrialBatch, TrialRegistry
 
 TAGS = ("source", "study", "stage", "spec_hash", "seed", "worker", "evaluation", "record")
 """What :func:`trial_context` accepts."""
@@ -30,7 +34,11 @@ TAGS = ("source", "study", "stage", "spec_hash", "seed", "worker", "evaluation",
 DEFAULT_SOURCE = "sweep"
 _SHARPE = METRICS.index("sharpe")
 _TRADES = METRICS.index("trades")
-_REGISTRIES: dict[tuple[str, int], TrialRegistry] = {}
+OPEN_TIMEOUT_S = 10.0
+RETRY_AFTER_S = 60.0
+"""A registry that could not be opened is not tried again for this long (each sweep warns)."""
+_DEFAULT: list[tuple[str, int, TrialRegistry]] = []  # this process's open default registry
+_FAILED: dict[str, tuple[float, str]] = {}  # URL -> (monotonic time, error) of a failed open
 
 
 @contextmanager
@@ -41,23 +49,48 @@ def trial_context(**tags: Any) -> Iterator[Mapping[str, Any]]:
     recorded (PBO's equity curves) out of the registry. Nested blocks add to the outer tags."""
     unknown = sorted(set(tags) - set(TAGS))
     if unknown:
-        from quantshift.errors import ConfigError
-
         raise ConfigError(f"trial_context: unknown tag(s) {unknown}; tags: {', '.join(TAGS)}")
     with sweep_tags(**tags) as merged:
         yield merged
 
 
+@contextmanager
+def trial_defaults(**tags: Any) -> Iterator[Mapping[str, Any]]:
+    """Like :func:`trial_context`, but only for tags an outer block has not set (a walk-forward
+    calling the optimiser stays ``source="walk-forward"``)."""
+    current = current_tags()
+    fresh = {k: v for k, v in tags.items() if k not in current and v is not None}
+    with trial_context(**fresh) as merged:
+        yield merged
+
+
+def current_tags() -> Mapping[str, Any]:
+    """Return the tags the enclosing :func:`trial_context` blocks set."""
+    return current_sweep_tags()
+
+
 def default_registry(url: str | None = None) -> TrialRegistry:
     """Return this process's open registry at ``url`` (default :func:`registry_url`: env
     ``QUANTSHIFT_REGISTRY_URL``, the PostgreSQL tracking database, or experiments/registry.db)."""
-    resolved = registry_url(url)
-    key = (resolved, os.getpid())
-    found = _REGISTRIES.get(key)
-    if found is None:
-        found = TrialRegistry.open(resolved)
-        _REGISTRIES[key] = found
-    return found
+    resolved, pid = registry_url(url), os.getpid()
+    if _DEFAULT:
+        open_url, open_pid, registry = _DEFAULT[0]
+        if (open_url, open_pid) == (resolved, pid) and not registry.closed:
+            return registry
+        _DEFAULT.clear()
+        if open_pid == pid:  # the URL changed (tests, a notebook): one connection at a time
+            registry.close()
+    failed = _FAILED.get(resolved)
+    if failed is not None and time.monotonic() - failed[0] < RETRY_AFTER_S:
+        raise ConfigError(f"{failed[1]} (not retried for {RETRY_AFTER_S:.0f} s)")
+    try:
+        registry = TrialRegistry.open(resolved, timeout_s=OPEN_TIMEOUT_S)
+    except Exception as exc:
+        _FAILED[resolved] = (time.monotonic(), str(exc))
+        raise
+    _FAILED.pop(resolved, None)
+    _DEFAULT.append((resolved, pid, registry))
+    return registry
 
 
 def record_sweep(trials: SweepTrials) -> None:
@@ -110,11 +143,13 @@ def sweep_batch(
         interval=key.interval,
         start_ns=key.start_ns,
         end_ns=key.end_ns,
-        source=str(tags.get("source", DEFAULT_SOURCE)),
+        source=str(tags.get("source") or _default_source()),
         evaluation=str(tags.get("evaluation") or uuid.uuid4().hex),
-        params=params_json(strategy.param_names, matrix, [p.integer for p in strategy.params]),
+        param_names=strategy.param_names,
+        params=matrix,
+        integer_params=[p.integer for p in strategy.params],
         sharpe_per_bar=sharpe,
-        n_bars=np.full(n, int(bars.valid.any(axis=1).sum())),
+        n_bars=int(bars.valid.any(axis=1).sum()),
         trades=trades,
         states=states,
         n_symbols=m,
@@ -125,6 +160,31 @@ def sweep_batch(
         seed=None if seed is None else int(seed),
         signature=signature,
     )
+
+
+def _default_source() -> str:
+    # A sweep typed into a Jupyter kernel is a notebook's; anything else a plain sweep.
+    return "notebook" if "ipykernel" in sys.modules else DEFAULT_SOURCE
+
+
+def record_unevaluated(
+    strategy: Strategy, bars: Bars, config: SimConfig, matrix: np.ndarray, state: str
+) -> None:
+    """Record parameter sets that were never run on data (``state``: "infeasible"), under the
+    current tags; a registry that cannot be written warns (the caller's work goes on)."""
+    tags = current_tags()
+    if tags.get("record", True) is False or matrix.shape[0] == 0:
+        return
+    try:
+        batch = sweep_batch(strategy, bars, config, matrix, None, None, tags, state=state)
+        default_registry().record(batch)
+    except Exception as exc:
+        warnings.warn(
+            f"trial registry: {matrix.shape[0]} {state} set(s) not recorded "
+            f"({type(exc).__name__}: {exc})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def trial_sharpes(
