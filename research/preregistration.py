@@ -111,7 +111,6 @@ class Registration:
             "parent_hash": self.spec.parent_hash,
             "chain": [s.spec_hash for s in self.chain],
             "root_hash": self.root.spec_hash,
-            "new": self.new,
             "walk_forward_space": "root" if self.narrowed else "own",
             "walk_forward_space_note": (
                 f"the walk-forward searches the root spec {self.root.spec_hash}'s space, "

@@ -236,7 +236,7 @@ def _own_registry(monkeypatch, tmp_path):
 
 
 def test_noise_passes_the_default_gate_no_more_often_than_its_thresholds_imply(tmp_path):
-    table = run_routes(3, tmp_path)
+    table = run_routes(2, tmp_path)
     print(format_table(table, "default run"))
     _check(table)
 
