@@ -274,6 +274,7 @@ def ui(
 
 
 _HEADLINE = (
+    ("spec", "registered spec"),
     ("best_params", "best parameters"),
     ("trials", "trials of this study"),
     ("dsr_trials", "trials the DSR counts (registry)"),

@@ -102,6 +102,13 @@ class Registration:
             self.spec.spec["search"]["method"] != self.root.spec["search"]["method"]
         )
 
+    def headline(self) -> str:
+        """One line: the spec, its lineage and parents, where the walk-forward's space is from."""
+        text = f"{self.spec.spec_hash} ({self.spec.lineage})"
+        if len(self.chain) > 1:
+            text += " child of " + " <- ".join(s.spec_hash for s in self.chain[1:])
+        return text + ("; walk-forward on the root's space" if self.narrowed else "")
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready: the hashes, the lineage and where the walk-forward's space comes from."""
         return {

@@ -127,6 +127,7 @@ def run(
     report.parts["registration"] = registration
     report.summary["preregistration"] = registration.summary()
     report.summary["lockbox"] = lockbox_window(lockbox, spec.lockbox.fraction)
+    report.summary["spec"] = registration.headline()
     report.summary["data_window"] = {"start": spec.data.start, "end": spec.data.end}
     started = time.perf_counter()
     with ExitStack() as stack:

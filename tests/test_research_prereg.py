@@ -78,6 +78,10 @@ def test_a_narrowed_spec_is_a_child_that_inherits_the_count_and_walks_forward_on
     assert c["parent_hash"] == pre["spec_hash"] and c["chain"] == [c["spec_hash"], pre["spec_hash"]]
     assert c["root_hash"] == pre["spec_hash"] and c["walk_forward_space"] == "root"
     assert "root spec" in c["walk_forward_space_note"]
+    assert child.summary["spec"] == (
+        f"{c['spec_hash']} (ma_crossover) child of {pre['spec_hash']}; "
+        "walk-forward on the root's space"
+    )
     # The child's count on this lineage and data includes every trial its parent ran.
     assert registry.count(c["lineage"], c["data"]) >= before + 1 > before >= 9
     # The walk-forward searched the root's 3 x 3 grid, not the narrowed single point.
