@@ -165,6 +165,9 @@ def run_routes(n_datasets: int, workdir: Path, *, first_seed: int = 1000) -> pd.
         _use_registry(base)
         row["honest"] = _passes(honest, f"noise-{d}-honest")
         rows.append(row)
+        print(
+            f"data set {d}: " + ", ".join(f"{k}={int(v)}" for k, v in row.items()), file=sys.stderr
+        )
     return pd.DataFrame(rows, columns=list(ROUTES))
 
 
