@@ -122,12 +122,7 @@ def run(
 
     bars, lockbox = split_lockbox(load_window(spec), spec.lockbox.fraction)
     report = StudyReport(command=command, spec=spec, plots=plots)
-    # Registered before the first trial, in the tracking database (kept with --no-track too).
-    registration = register_study(spec, bars)
-    report.parts["registration"] = registration
-    report.summary["preregistration"] = registration.summary()
     report.summary["lockbox"] = lockbox_window(lockbox, spec.lockbox.fraction)
-    report.summary["spec"] = registration.headline()
     report.summary["data_window"] = {"start": spec.data.start, "end": spec.data.end}
     started = time.perf_counter()
     with ExitStack() as stack:
@@ -148,7 +143,12 @@ def run(
                 handle.log_file(spec.path, artifact_path="spec")
             report.run_id = handle.run_id
             report.tracking_uri = tracker.resolved_tracking_uri
-        # Every trial the parts run is registered under the spec's hash.
+        # Registered before the first trial, in the trial registry's database (--no-track
+        # too); every trial the parts run is recorded under the spec's hash.
+        registration = register_study(spec, bars)
+        report.parts["registration"] = registration
+        report.summary["preregistration"] = registration.summary()
+        report.summary["spec"] = registration.headline()
         stack.enter_context(
             trial_context(
                 source="study",
