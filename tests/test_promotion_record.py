@@ -118,7 +118,7 @@ def test_the_paper_gate_passes_good_evidence_and_names_each_failing_check():
         mc_max_drawdown_pct_p95=31.0, mc_source="in-sample bar or trade returns",
         mc_method="reshuffle", code_dirty=True, strategy_file="mine.py",
         strategy_file_git="untracked", causality="SP500: peeking: LOOKS AHEAD", causal=False,
-        lockbox_sharpe=-0.1, lockbox_note="lockbox looked at 2 times", lockbox_other_choices_before=1,
+        lockbox_sharpe=-0.1, lockbox_note="looked at 2 times", lockbox_other_choices_before=1,
     )  # fmt: skip
     result = evaluate_paper_gate(bad, PaperGate())
     assert not result.passed

@@ -130,8 +130,8 @@ class PromotionRecord:
     """The strategy's causality verdict on the study's data
     (``quantshift.strategies.causality.CausalityVerdict.to_dict``)."""
     preregistration: Mapping[str, Any] = field(default_factory=dict)
-    """The study's registered spec: ``spec_hash``, ``lineage``, ``data`` (the registry's data key), its ``chain`` of
-    parents up to the root, and which space the walk-forward searched."""
+    """The study's registered spec: ``spec_hash``, ``lineage``, ``data`` (the registry's data
+    key), its ``chain`` of parents up to the root, and which space the walk-forward searched."""
     registry: Mapping[str, Any] = field(default_factory=dict)
     """The trial registry's counts for the lineage on the study's data when promoted:
     ``trials`` (cumulative), ``n_effective``, ``studies``, ``specs``, ``sources``."""
