@@ -183,13 +183,15 @@ def run_routes(n_datasets: int, workdir: Path, *, first_seed: int = 1000) -> dic
         _use_registry(base)
         row["honest"] = _passes(honest, f"noise-{d}-honest")
         rows.append(row)
-        print(
-            f"data set {d}: " + ", ".join(f"{k}={int(v)}" for k, v in row.items()), file=sys.stderr
-        )
-    return pd.DataFrame(rows, columns=list(ROUTES))
+        shown = ", ".join(f"{k}={''.join(str(int(x)) for x in v.values())}" for k, v in row.items())
+        print(f"data set {d} ({'/'.join(MEASURES)}): {shown}", file=sys.stderr)
+    return {
+        m: pd.DataFrame([{r: row[r][m] for r in ROUTES} for row in rows], columns=list(ROUTES))
+        for m in MEASURES
+    }
 
 
-def _route(route: str, honest, one: str, many: str, best: dict, d: int) -> bool:
+def _route(route: str, honest, one: str, many: str, best: dict, d: int) -> dict[str, bool]:
     run_id = f"noise-{d}-{route}"
     if route == "rename":
         return _passes(dataclasses.replace(honest, name=f"noise-{d}-renamed"), run_id)
