@@ -362,6 +362,7 @@ def sweep(
             )
         )
         return
+    from quantshift.formatting import count
     from quantshift.report import SWEEP_COLUMNS, console, frame_table
 
     columns = [*strat.param_names, "symbol", *SWEEP_COLUMNS]
@@ -369,7 +370,8 @@ def sweep(
     out.print(
         frame_table(
             ranked.head(top),
-            f"{strat.name}: top {min(top, len(table))} of {len(table)} by {rank_by} (in-sample)",
+            f"{strat.name}: top {min(top, len(table))} of {count(len(table))} by {rank_by} "
+            "(in-sample)",
             columns,
         )
     )

@@ -253,14 +253,21 @@ def _print_trials(summary: dict[str, Any]) -> None:
 @app.command()
 def ui(
     tracking_uri: UriOpt = None,
+    port: Annotated[int, typer.Option(help="Port to serve the UI on.")] = 5000,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (loopback by default: the UI has no login).")
+    ] = "127.0.0.1",
     print_only: Annotated[
         bool, typer.Option("--print", help="Print the command instead of running it.")
     ] = False,
 ) -> None:
     """Open the MLflow UI on the tracking store (the local one under experiments/ by default)."""
+    from quantshift.errors import ConfigError
     from research.tracking import ui_command
 
-    command = ui_command(tracking_uri)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be within 1 and 65535, got {port}")
+    command = ui_command(tracking_uri, port=port, host=host)
     if print_only:
         typer.echo(command)
         return
@@ -280,29 +287,29 @@ _HEADLINE = (
     ("dsr_trials", "trials the DSR counts (registry)"),
     ("n_effective", "effective trials (clustered)"),
     ("is_sharpe", "in-sample Sharpe"),
-    ("is_cagr_pct", "in-sample CAGR %"),
-    ("is_max_drawdown_pct", "in-sample max drawdown %"),
+    ("is_cagr_pct", "in-sample CAGR"),
+    ("is_max_drawdown_pct", "in-sample max drawdown"),
     ("is_trades", "in-sample trades"),
     ("psr", "PSR (vs Sharpe 0)"),
     ("dsr", "deflated Sharpe ratio"),
     ("pbo", "PBO"),
     ("pbo_prob_oos_loss", "PBO: P(OOS loss)"),
     ("bt_sharpe", "Sharpe"),
-    ("bt_cagr_pct", "CAGR %"),
-    ("bt_max_drawdown_pct", "max drawdown %"),
+    ("bt_cagr_pct", "CAGR"),
+    ("bt_max_drawdown_pct", "max drawdown"),
     ("wf_folds", "walk-forward folds"),
     ("oos_sharpe", "out-of-sample Sharpe"),
-    ("oos_cagr_pct", "out-of-sample CAGR %"),
-    ("oos_max_drawdown_pct", "out-of-sample max drawdown %"),
+    ("oos_cagr_pct", "out-of-sample CAGR"),
+    ("oos_max_drawdown_pct", "out-of-sample max drawdown"),
     ("oos_trades", "out-of-sample trades"),
     ("oos_psr", "out-of-sample PSR (vs 0)"),
     ("walk_forward_efficiency", "walk-forward efficiency"),
-    ("mc_max_drawdown_pct_p95", "Monte Carlo max drawdown % p95"),
-    ("mc_cagr_pct_low", "Monte Carlo CAGR % low"),
+    ("mc_max_drawdown_pct_p95", "Monte Carlo max drawdown p95"),
+    ("mc_cagr_pct_low", "Monte Carlo CAGR low"),
     ("mc_prob_ruin", "Monte Carlo P(ruin)"),
-    ("oos_mc_max_drawdown_pct_p95", "OOS Monte Carlo max drawdown % p95"),
+    ("oos_mc_max_drawdown_pct_p95", "OOS Monte Carlo max drawdown p95"),
     ("oos_mc_prob_ruin", "OOS Monte Carlo P(ruin)"),
-    ("elapsed_s", "wall time s"),
+    ("elapsed_s", "wall time"),
 )
 
 
@@ -317,23 +324,25 @@ def _print_summary(command, summary: dict[str, Any], report, tracker, written) -
     for key, label in _HEADLINE:
         if key not in summary:
             continue
-        table.add_row(label, _shown(summary[key]))
+        table.add_row(label, _shown(key, summary[key]))
     out = console()
     out.print(table)
     for path in written:
         out.print(f"plot written to {path}")
     if report.run_id is not None:
+        from quantshift.urls import mask_secrets
         from research.tracking import ui_command
 
-        out.print(f"MLflow run {report.run_id} in {tracker!r}")
+        out.print(
+            f"MLflow run {report.run_name} ({report.run_id}) in experiment "
+            f"{tracker.experiment!r} of {mask_secrets(report.tracking_uri)}"
+        )
         out.print(f"open the UI: {ui_command(report.tracking_uri)}")
 
 
-def _shown(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+def _shown(key: str, value: Any) -> str:
+    from quantshift.formatting import metric, number
+
     if isinstance(value, dict):
-        return ", ".join(f"{k}={_shown(v)}" for k, v in value.items())
-    return str(value)
+        return ", ".join(f"{k}={number(v)}" for k, v in value.items())
+    return metric(key, value)

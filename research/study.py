@@ -28,9 +28,15 @@ from research.ledger import TrialLedger, default_direction, record_grid
 from research.registry import dsr_report, trial_context
 from research.spec import ExperimentSpec, grid_values, space_from_plain
 from research.stats import pbo, probabilistic_sharpe_ratio, return_moments
+from research.tracking import study_run_name
 
 COMMANDS = ("optimize", "walk-forward", "montecarlo", "report")
 TOP_TRIALS_LOGGED = 5
+KEY_PLOTS = (
+    "best_equity", "parameter_heatmap", "optimization", "walk_forward", "oos_mc_fan", "mc_fan",
+    "pbo",
+)  # fmt: skip
+"""Figures a study's parent run carries as well as the part that drew them."""
 
 
 @dataclass(eq=False)
@@ -42,6 +48,7 @@ class StudyReport:
     summary: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict, repr=False)
     run_id: str | None = None
+    run_name: str | None = None
     child_runs: dict[str, str] = field(default_factory=dict)
     tracking_uri: str | None = None
     parts: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -133,8 +140,10 @@ def run(
 
                 tracker = Tracker(spec.tracking_uri, experiment=spec.experiment)
             handle = stack.enter_context(
-                tracker.run(f"{spec.name}:{command}", kind=command, params=_run_params(spec))
+                tracker.run(spec.name, kind=command, params=_run_params(spec))
             )
+            handle.rename(study_run_name(spec.name, handle.run_id))
+            report.run_name = handle.name
             handle.log_fingerprints(
                 data_fingerprint=bars.fingerprint(), code=code_fingerprint(spec.strategy)
             )
@@ -162,7 +171,7 @@ def run(
             child = None
             if handle is not None and len(parts) > 1:
                 child = stack.enter_context(
-                    tracker.run(f"{spec.name}:{part}", kind=part, parent=handle)
+                    tracker.run(f"{handle.name}:{part}", kind=part, parent=handle)
                 )
                 report.child_runs[part] = child.run_id
             target = child or handle
@@ -177,8 +186,14 @@ def run(
         report.summary["data_bars"] = int(bars.n_bars)
         report.summary["research_settings"] = spec.costs.to_dict()
         if handle is not None:
+            # The parent alone compares studies in the runs table: the parameters that won
+            # (or, for montecarlo, that traded), the headline numbers and the key plots.
+            handle.log_params(_param_values(report.summary.get("best_params") or {}))
             handle.log_metrics(_numbers(report.summary))
             handle.log_dict(_json_safe(report.summary), "summary.json")
+            if len(parts) > 1:
+                key = {k: report.figures[k] for k in KEY_PLOTS if k in report.figures}
+                _log_figures(handle, key)
     if handle is not None:
         report.summary["run_id"] = report.run_id
     return report
@@ -213,7 +228,11 @@ def _optimize(spec, bars, report, run, progress) -> None:
             # The history to plot is the whole study's, whichever worker evaluated it.
             result = dataclasses.replace(result, ledger=ledger)
         best_params = _best_by(ledger, objective, search.min_trades)
-        report.add_figure("optimization", result.plot)
+        from research.plots import plot_optimization
+
+        report.add_figure(
+            "optimization", lambda: plot_optimization(result, min_trades=search.min_trades)
+        )
         if result.pareto is not None:
             report.parts["pareto"] = result.pareto
     best = backtest(strat, bars, best_params, config=spec.costs)
@@ -243,7 +262,7 @@ def _optimize(spec, bars, report, run, progress) -> None:
         _monte_carlo_of(spec, best, report, prefix="mc")
     if run is not None:
         run.log_frame(ledger.frame, "ledger")
-        _log_top_trials(run, ledger, objective)
+        _log_top_trials(run, ledger, objective, search.min_trades)
         _log_figures(run, report.figures)
 
 
@@ -435,6 +454,7 @@ def _montecarlo(spec, bars, report, run, progress) -> None:
     )
     _monte_carlo_of(spec, result, report, prefix="mc")
     if run is not None:
+        run.log_params(_param_values(spec.params))
         _log_figures(run, report.figures)
 
 
@@ -561,9 +581,13 @@ def _heatmap(ledger: TrialLedger, strat, objective: str):
     return plot_parameter_heatmap(frame, x, y, objective)
 
 
-def _log_top_trials(run, ledger: TrialLedger, objective: str) -> None:
+def _log_top_trials(run, ledger: TrialLedger, objective: str, min_trades: int) -> None:
+    """The best distinct parameter sets that pass the feasibility rules, as child runs (a
+    sampler that repeats a set, or a set with too few trades, is not a contender)."""
     frame = ledger.frame
-    frame = frame[frame["state"] == "complete"]
+    frame = frame[(frame["state"] == "complete") & (frame["trades"] >= min_trades)]
+    frame = frame[np.isfinite(frame[objective].to_numpy(dtype=float))]
+    frame = frame.drop_duplicates(subset=list(ledger.param_names))
     ascending = default_direction(objective) == "minimize"
     top = frame.sort_values(objective, ascending=ascending).head(TOP_TRIALS_LOGGED)
     for rank, (_, row) in enumerate(top.iterrows(), start=1):
@@ -599,7 +623,6 @@ def _run_params(spec: ExperimentSpec) -> dict[str, Any]:
             "min_trades": spec.search.min_trades,
             "space": {k: str(v) for k, v in spec.search.space.items()},
         },
-        "params": dict(spec.params),
     }
     if spec.walk_forward is not None:
         params["walk_forward"] = dict(vars(spec.walk_forward))
@@ -608,6 +631,11 @@ def _run_params(spec: ExperimentSpec) -> dict[str, Any]:
     if spec.pbo is not None:
         params["pbo"] = dict(vars(spec.pbo))
     return params
+
+
+def _param_values(params) -> dict[str, Any]:
+    """Parameter values as a person reads them in the runs table (``10``, not ``10.0``)."""
+    return {k: int(v) if float(v).is_integer() else float(v) for k, v in params.items()}
 
 
 def _numbers(summary: dict[str, Any]) -> dict[str, float]:

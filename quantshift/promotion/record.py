@@ -13,10 +13,24 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from quantshift.errors import ConfigError
+from quantshift.formatting import number
 
 FORMAT_VERSION = 1
 STAGES = ("paper", "live")
 CODE_KEYS = ("version", "strategy_hash", "git_commit", "git_dirty")
+STUDY_TERMS = (
+    "direction",
+    "sizing",
+    "size",
+    "risk_per_trade",
+    "size_at",
+    "fees_bps",
+    "slippage_bps",
+    "use_stops",
+)
+"""Backtest settings (SimConfig fields) a sleeve trading a record shares with its study when
+it trades on the study's terms: how it sizes, when (at the fill or at the decision), and pays."""
+_TERMS_BEFORE_RECORDED = {"size_at": "fill"}  # studies sized at the fill before size_at existed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,10 +47,13 @@ class GateCheck:
     note: str = ""
 
     def line(self) -> str:
+        """``FAIL deflated Sharpe ratio 0.937 (needs >= 0.95; over 300 trials)``: what was
+        measured and what the gate needs, never a comparison that reads as a false statement."""
         mark = ("WAIVED" if self.note.startswith("WAIVED") else "PASS") if self.passed else "FAIL"
-        value = "missing" if self.value is None else _fmt(self.value)
-        text = f"{mark}  {self.name}: {value} {self.op} {_fmt(self.threshold)}"
-        return f"{text}  ({self.note})" if self.note else text
+        value = "missing" if self.value is None else number(self.value)
+        op = "" if self.op == "==" else f"{self.op} "
+        needs = "; ".join(filter(None, (f"needs {op}{number(self.threshold)}", self.note)))
+        return f"{mark} {self.name} {value} ({needs})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -182,6 +199,28 @@ class PromotionRecord:
         """``pr`` + 24 hex digits of a SHA-256 over the canonical JSON of the record."""
         text = json.dumps(self._body(), sort_keys=True, separators=(",", ":"), default=_plain)
         return "pr" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    @property
+    def size_at(self) -> str | None:
+        """When the study fixed an entry's units: "fill" or "decision" (None: not recorded)."""
+        return self.study_terms().get("size_at")
+
+    def study_terms(self) -> dict[str, Any]:
+        """Return the study's :data:`STUDY_TERMS` (empty when the record holds no settings; a
+        record written before a term existed gets the value every study had then)."""
+        if not self.research_settings:
+            return {}
+        settings = {**_TERMS_BEFORE_RECORDED, **self.research_settings}
+        return {key: settings[key] for key in STUDY_TERMS if key in settings}
+
+    def other_terms(self, settings: Mapping[str, Any]) -> list[str]:
+        """Return how ``settings`` (a SimConfig's ``to_dict()``) trade otherwise than the study,
+        one "key <study> in the study, <here> here" per term (empty: the same terms)."""
+        return [
+            f"{key} {value!r} in the study, {settings[key]!r} here"
+            for key, value in self.study_terms().items()
+            if key in settings and settings[key] != value
+        ]
 
     @property
     def forced(self) -> bool:

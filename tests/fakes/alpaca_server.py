@@ -1,5 +1,6 @@
-"""A fake Alpaca venue on 127.0.0.1 for alpaca-py: trading REST (/v2/...), market data bars and
-the trade_updates WebSocket, with a small matching engine and knobs for the faults we test.
+"""A fake Alpaca venue on 127.0.0.1 for alpaca-py: trading REST (/v2/...), market data bars, the
+trade_updates WebSocket and the market data stream (msgpack bars, as StockDataStream reads them),
+with a small matching engine and knobs for the faults we test.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import msgpack
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
@@ -56,6 +58,7 @@ class _Conn:
     queue: queue.Queue = field(default_factory=queue.Queue)
     muted: bool = False
     drop: bool = False
+    symbols: set = field(default_factory=set)
 
 
 class FakeAlpaca:
@@ -93,6 +96,8 @@ class FakeAlpaca:
         self.held: list[bytes] = []
         self.conns: list[_Conn] = []
         self.stream_connects = 0
+        self.data_conns: list[_Conn] = []
+        self.data_connects = 0
         self._http: ThreadingHTTPServer | None = None
         self._ws = None
 
@@ -124,6 +129,11 @@ class FakeAlpaca:
     @property
     def stream_url(self) -> str:
         return f"ws://127.0.0.1:{self._ws.socket.getsockname()[1]}/stream"
+
+    @property
+    def data_stream_url(self) -> str:
+        """The market data stream (the SDK's ``url_override``: Alpaca's path is /v2/{feed})."""
+        return f"ws://127.0.0.1:{self._ws.socket.getsockname()[1]}/v2/iex"
 
     # ------------------------------------------------------------------ knobs
     def fail(self, method: str, path: str, status: int, **kwargs: Any) -> Fault:
@@ -160,6 +170,32 @@ class FakeAlpaca:
     def drop_stream(self) -> None:
         with self.lock:
             for conn in self.conns:
+                conn.drop = True
+
+    def publish_bar(
+        self, symbol: str, ts_ns: int, ohlcv: tuple[float, float, float, float, float], *,
+        rest: bool = True, stream: bool = True,
+    ) -> None:  # fmt: skip
+        """A minute bar opening at ``ts_ns`` has closed: serve it on REST (``rest``) and send it
+        to the data stream's subscribers of ``symbol`` (``stream``), as Alpaca does."""
+        o, h, low, c, v = (float(x) for x in ohlcv)
+        row = {"t": iso(ts_ns).replace(".000000000", ""), "o": o, "h": h, "l": low, "c": c,
+               "v": v, "n": 1, "vw": c}  # fmt: skip
+        with self.lock:
+            if rest:
+                rows = [r for r in self.bars.get(symbol, []) if _epoch(r["t"]) * 1e9 != ts_ns]
+                self.bars[symbol] = sorted([*rows, row], key=lambda r: _epoch(r["t"]))
+            if stream:
+                wire = dict(row, T="b", S=symbol, t=msgpack.Timestamp.from_unix_nano(ts_ns))
+                message = msgpack.packb([wire])
+                for conn in self.data_conns:
+                    if symbol in conn.symbols:
+                        conn.queue.put(message)
+
+    def drop_data_stream(self) -> None:
+        """Close every market data stream connection (the SDK reconnects)."""
+        with self.lock:
+            for conn in self.data_conns:
                 conn.drop = True
 
     def release_events(self, *, reverse: bool = False) -> None:
@@ -507,6 +543,9 @@ class FakeAlpaca:
                     conn.queue.put(message)
 
     def _stream(self, ws) -> None:
+        if ws.request.path.startswith("/v2/"):
+            self._data_stream(ws)
+            return
         try:
             hello = json.loads(ws.recv(timeout=5))
             data = hello.get("data", {})
@@ -534,6 +573,34 @@ class FakeAlpaca:
             finally:
                 with self.lock:
                     self.conns.remove(conn)
+        except (ConnectionClosed, TimeoutError):
+            return
+
+    def _data_stream(self, ws) -> None:
+        """Alpaca's market data protocol: connected, auth, subscribe, then msgpack frames."""
+        try:
+            ws.send(msgpack.packb([{"T": "success", "msg": "connected"}]))
+            auth = msgpack.unpackb(ws.recv(timeout=5))
+            if (auth.get("action"), auth.get("key"), auth.get("secret")) != (
+                "auth", self.key_id, self.secret_key,
+            ):  # fmt: skip
+                ws.send(msgpack.packb([{"T": "error", "code": 402, "msg": "auth failed"}]))
+                return
+            ws.send(msgpack.packb([{"T": "success", "msg": "authenticated"}]))
+            subscribe = msgpack.unpackb(ws.recv(timeout=5))
+            symbols = list(subscribe.get("bars", []))
+            ws.send(msgpack.packb([{"T": "subscription", "trades": [], "quotes": [],
+                                    "bars": symbols}]))  # fmt: skip
+            conn = _Conn(ws)
+            conn.symbols = set(symbols)
+            with self.lock:
+                self.data_conns.append(conn)
+                self.data_connects += 1
+            try:
+                self._pump(conn)
+            finally:
+                with self.lock:
+                    self.data_conns.remove(conn)
         except (ConnectionClosed, TimeoutError):
             return
 
