@@ -183,7 +183,9 @@ def run_routes(n_datasets: int, workdir: Path, *, first_seed: int = 1000) -> dic
         _use_registry(base)
         row["honest"] = _passes(honest, f"noise-{d}-honest")
         rows.append(row)
-        shown = ", ".join(f"{k}={''.join(str(int(x)) for x in v.values())}" for k, v in row.items())
+        shown = ", ".join(
+            f"{k}={''.join(str(int(v[m])) for m in MEASURES)}" for k, v in row.items()
+        )
         print(f"data set {d} ({'/'.join(MEASURES)}): {shown}", file=sys.stderr)
     return {
         m: pd.DataFrame([{r: row[r][m] for r in ROUTES} for row in rows], columns=list(ROUTES))
