@@ -214,6 +214,7 @@ def _json_ready(value: Any) -> Any:
 def _print_trials(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
+    from quantshift.formatting import number
     from quantshift.report import console
 
     where = summary["data_key"] or "every data"
@@ -237,7 +238,8 @@ def _print_trials(summary: dict[str, Any]) -> None:
         ("DSR hurdle per bar, effective N", summary["hurdle_sharpe_per_bar_effective"]),
     )
     for label, value in rows:
-        table.add_row(label, _shown(_json_ready(value)))
+        value = _json_ready(value)
+        table.add_row(label, _shown(label, value) if isinstance(value, dict) else number(value))
     out = console()
     out.print(table)
     if len(summary["by_data"]) > 1:
