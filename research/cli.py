@@ -340,6 +340,7 @@ def _json_ready(value: Any) -> Any:
 def _print_trials(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
+    from quantshift.formatting import number
     from quantshift.report import console
 
     where = summary["data_key"] or "every data"
@@ -407,6 +408,7 @@ def ui(
 
 
 _HEADLINE = (
+    ("spec", "registered spec"),
     ("best_params", "best parameters"),
     ("trials", "trials of this study"),
     ("dsr_trials", "trials the DSR counts (registry)"),

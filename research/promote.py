@@ -10,6 +10,7 @@ import dataclasses
 import getpass
 import math
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -122,6 +123,15 @@ def research_evidence(tracker: Tracker, run_id: str) -> tuple[ResearchEvidence, 
     }
     if not code["version"] or not code["strategy_hash"]:
         raise ConfigError(f"MLflow run {run_id} has no code fingerprint tags")
+    return evidence_from_summary(summary, code, run.tags.get("quantshift.data_fingerprint"))
+
+
+def evidence_from_summary(
+    summary: Mapping[str, Any], code: Mapping[str, Any], data_fingerprint: str | None
+) -> tuple[ResearchEvidence, dict[str, Any]]:
+    """The paper gate's evidence and the record's research fields from a study's summary
+    (``StudyReport.summary`` as JSON) and the code fingerprint it ran with; the lockbox is not
+    looked at here (see :func:`look_at_lockbox`)."""
     folds = int(summary.get("wf_folds") or 0)
     mc_key = next(
         (k for k in ("oos_mc_max_drawdown_pct_p95", "mc_max_drawdown_pct_p95") if k in summary),
@@ -161,7 +171,7 @@ def research_evidence(tracker: Tracker, run_id: str) -> tuple[ResearchEvidence, 
             "first_bar": summary.get("data_first_bar"),
             "last_bar": summary.get("data_last_bar"),
             "bars": summary.get("data_bars"),
-            "fingerprint": run.tags.get("quantshift.data_fingerprint"),
+            "fingerprint": data_fingerprint,
         },
         "in_sample": _section(summary, "is_"),
         "out_of_sample": _section(summary, "oos_", skip="oos_mc_"),
@@ -177,8 +187,95 @@ def research_evidence(tracker: Tracker, run_id: str) -> tuple[ResearchEvidence, 
         "monte_carlo": _section(summary, "oos_mc_" if mc_key and mc_key[0] == "o" else "mc_"),
         "research_settings": dict(summary.get("research_settings") or {}),
         "causality": dict(causality),
+        "preregistration": dict(summary.get("preregistration") or {}),
     }
     return evidence, fields_
+
+
+def look_at_lockbox(
+    summary: Mapping[str, Any], run_id: str, registry_url: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate the study's chosen parameters on its lockbox once, record the look, and return
+    (the lockbox result with its look count, the registry's counts for the lineage on the
+    study's data). A study without a lockbox returns ``({}, counts)``.
+
+    The whole data window is loaded again and its research part must be the study's bars
+    (same fingerprint): a lockbox measured on other data would not be the one kept back.
+    """
+    from quantshift.data import load_bars
+    from quantshift.engine.config import SimConfig
+    from research.lockbox import LookRegistry, evaluate_lockbox, split_lockbox
+    from research.registry import default_registry
+    from research.registry import registry_url as resolve_url
+
+    pre = summary.get("preregistration") or {}
+    box = summary.get("lockbox") or {}
+    counts = _registry_counts(default_registry(registry_url), pre)
+    if not pre or not box.get("bars"):
+        return {}, counts
+    window = summary.get("data_window") or {}
+    bars = load_bars(
+        summary["data_source"],
+        symbols=list(summary["symbols"]),
+        start=window.get("start"),
+        end=window.get("end"),
+    )
+    research, lockbox = split_lockbox(bars, float(box["fraction"]))
+    if research.fingerprint() != summary.get("data_fingerprint") or lockbox is None:
+        raise ConfigError(
+            f"MLflow run {run_id}: the data {summary['data_source']} no longer gives the "
+            "study's bars (fingerprint differs), so its lockbox cannot be evaluated"
+        )
+    config = SimConfig.build(**dict(summary.get("research_settings") or {}))
+    params = {k: float(v) for k, v in summary["best_params"].items()}
+    result = evaluate_lockbox(summary["strategy"], bars, params, config, int(box["first_ns"]))
+    looks_registry = LookRegistry(resolve_url(registry_url))
+    try:
+        looks = looks_registry.record(
+            lineage=pre["lineage"],
+            data_source=f"{summary['data_source']}[{','.join(summary['symbols'])}]",
+            first_ns=int(box["first_ns"]),
+            last_ns=int(box["last_ns"]),
+            spec_hash=pre["spec_hash"],
+            params=params,
+            run_id=run_id,
+            result=result,
+        )
+    finally:
+        looks_registry.close()
+    out = {
+        **{k: box[k] for k in ("fraction", "first_bar", "last_bar")},
+        **result,
+        "looks": looks.looks,
+        "choices": looks.choices,
+        "other_choices_before": looks.other_choices_before,
+        "note": looks.note(),
+    }
+    return out, counts
+
+
+def with_lockbox(evidence: ResearchEvidence, lockbox: Mapping[str, Any]) -> ResearchEvidence:
+    """``evidence`` with the lockbox look's result (unchanged if the study kept no lockbox)."""
+    if not lockbox:
+        return evidence
+    return dataclasses.replace(
+        evidence,
+        lockbox_sharpe=lockbox["sharpe"],
+        lockbox_note=(
+            f"{lockbox['first_bar'][:10]}..{lockbox['last_bar'][:10]} ({lockbox['bars']} bars, "
+            f"return {lockbox['total_return_pct'] or 0.0:.2f}%): {lockbox['note']}"
+        ),
+        lockbox_other_choices_before=lockbox["other_choices_before"],
+    )
+
+
+def _registry_counts(registry, pre: Mapping[str, Any]) -> dict[str, Any]:
+    """The registry's counts for the study's lineage and data (empty without a registration)."""
+    if not pre:
+        return {}
+    summary = registry.summary(pre["lineage"], pre["data"])
+    keys = ("trials", "n_effective", "studies", "specs", "sources", "evaluations")
+    return {"lineage": pre["lineage"], "data": pre["data"]} | {k: summary[k] for k in keys}
 
 
 def promote(
@@ -207,6 +304,9 @@ def promote(
     try:
         if stage == "paper":
             evidence, fields_ = research_evidence(tracker, run_id)
+            lockbox, counts = look_at_lockbox(tracker.load_dict(run_id, "summary.json"), run_id)
+            evidence = with_lockbox(evidence, lockbox)
+            fields_.update(lockbox=lockbox, registry=counts)
             result = evaluate_paper_gate(evidence, gate.paper, force=force)
             name = name or _spec_name(tracker, run_id)
             outcome = PromotionOutcome(stage=stage, gate=result, evidence=vars(evidence).copy())

@@ -20,6 +20,7 @@ from quantshift.tables import Table, is_number, read_toml
 SEARCH_METHODS = ("optuna", "grid")
 SAMPLERS = ("tpe", "cmaes", "nsga2", "random", "grid")
 MONTE_CARLO_METHODS = ("reshuffle", "bootstrap", "block")
+MAX_LOCKBOX_FRACTION = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +86,19 @@ class PBOSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LockboxSpec:
+    """The most recent part of the data that research never reads.
+
+    ``fraction`` of the data window's bars (the last ones) is cut off before any search,
+    walk-forward, Monte Carlo or PBO sees the data; ``quantshift promote`` evaluates the chosen
+    parameters there once and records the look. 0 turns the lockbox off (the gate then fails
+    its lockbox check unless waived).
+    """
+
+    fraction: float = 0.2
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExperimentSpec:
     """A validated experiment spec (see ``experiments/*.toml``)."""
 
@@ -100,6 +114,7 @@ class ExperimentSpec:
     pbo: PBOSpec | None
     tracking_uri: str | None
     experiment: str
+    lockbox: LockboxSpec = LockboxSpec()
     path: Path | None = None
     text: str = ""
 
@@ -122,6 +137,7 @@ _TOP = {
     "walk_forward",
     "monte_carlo",
     "pbo",
+    "lockbox",
     "tracking",
 }
 
@@ -177,6 +193,7 @@ def parse_spec(
         walk_forward=_walk(top.table("walk_forward")) if "walk_forward" in top else None,
         monte_carlo=_monte(top.table("monte_carlo")) if "monte_carlo" in top else None,
         pbo=_pbo(top.table("pbo")) if "pbo" in top else None,
+        lockbox=_lockbox(top.table("lockbox")),
         tracking_uri=tracking.string("uri"),
         experiment=tracking.string("experiment") or name,
         path=path,
@@ -325,6 +342,43 @@ def _pbo(table: Table) -> PBOSpec:
     if splits % 2:
         raise table.error("splits", f"must be even, got {splits}")
     return PBOSpec(splits=splits, max_trials=table.integer("max_trials", default=1000, minimum=2))
+
+
+def _lockbox(table: Table) -> LockboxSpec:
+    table.refuse_unknown({"fraction"})
+    fraction = table.number("fraction", default=LockboxSpec.fraction)
+    if not 0.0 <= fraction <= MAX_LOCKBOX_FRACTION:
+        raise table.error(
+            "fraction", f"must be in [0, {MAX_LOCKBOX_FRACTION}] (0: no lockbox), got {fraction}"
+        )
+    return LockboxSpec(fraction=fraction)
+
+
+def space_to_plain(space: Mapping[str, Any]) -> dict[str, Any]:
+    """A validated search space as plain JSON: a range is ``{low, high[, step]}``, a list stays
+    a list, a fixed value a number (a range and a list are both sequences in ``SearchSpec``)."""
+    out: dict[str, Any] = {}
+    for name, entry in space.items():
+        if isinstance(entry, tuple):
+            low, high, *rest = entry
+            out[name] = {"low": low, "high": high, **({"step": rest[0]} if rest else {})}
+        else:
+            out[name] = list(entry) if isinstance(entry, list) else entry
+    return out
+
+
+def space_from_plain(plain: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`space_to_plain`."""
+    out: dict[str, Any] = {}
+    for name, entry in plain.items():
+        if isinstance(entry, Mapping):
+            bounds = (float(entry["low"]), float(entry["high"]))
+            out[name] = (*bounds, entry["step"]) if "step" in entry else bounds
+        elif isinstance(entry, list):
+            out[name] = [float(v) for v in entry]
+        else:
+            out[name] = float(entry)
+    return out
 
 
 def _is_number(value: Any) -> bool:

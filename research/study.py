@@ -26,7 +26,7 @@ from quantshift.errors import ConfigError
 from quantshift.provenance import code_fingerprint
 from research.ledger import TrialLedger, default_direction, record_grid
 from research.registry import dsr_report, trial_context
-from research.spec import ExperimentSpec, grid_values
+from research.spec import ExperimentSpec, grid_values, space_from_plain
 from research.stats import pbo, probabilistic_sharpe_ratio, return_moments
 from research.tracking import study_run_name
 
@@ -52,6 +52,13 @@ class StudyReport:
     child_runs: dict[str, str] = field(default_factory=dict)
     tracking_uri: str | None = None
     parts: dict[str, Any] = field(default_factory=dict, repr=False)
+    plots: bool = True
+    """False: draw no figures (a harness running many studies needs only the numbers)."""
+
+    def add_figure(self, name: str, draw: Callable[[], Any]) -> None:
+        """Draw and keep a figure, unless the report draws none."""
+        if self.plots:
+            self.figures[name] = draw()
 
     def save_figures(self, directory: str | Path) -> list[Path]:
         """Write every figure as PNG under ``directory``; return the paths."""
@@ -74,7 +81,16 @@ class StudyReport:
 
 
 def load_experiment_bars(spec: ExperimentSpec) -> Bars:
-    """Load the spec's data: its source, universe and window (end exclusive)."""
+    """Load the spec's data for research: its source, universe and window (end exclusive),
+    without the lockbox (the window's last ``[lockbox] fraction``, read only by ``promote``)."""
+    from research.lockbox import split_lockbox
+
+    return split_lockbox(load_window(spec), spec.lockbox.fraction)[0]
+
+
+def load_window(spec: ExperimentSpec) -> Bars:
+    """The spec's whole data window, lockbox included (``promote`` reads it; research must
+    call :func:`load_experiment_bars`)."""
     return load_bars(
         spec.data.source, symbols=spec.data.symbols, start=spec.data.start, end=spec.data.end
     )
@@ -87,6 +103,7 @@ def run(
     tracker=None,
     track: bool = True,
     progress: bool | Callable[[int, int], None] = False,
+    plots: bool = True,
 ) -> StudyReport:
     """Run ``command`` on ``spec`` and log it as one MLflow run (parts as nested runs).
 
@@ -102,11 +119,18 @@ def run(
         False runs without MLflow (notebooks exploring, tests of the numbers alone).
     progress : bool or callable
         Progress bars on stderr for the long parts.
+    plots : bool
+        False draws no figures (the numbers are the same).
     """
     if command not in COMMANDS:
         raise ConfigError(f"unknown research command {command!r}; commands: {', '.join(COMMANDS)}")
-    bars = load_experiment_bars(spec)
-    report = StudyReport(command=command, spec=spec)
+    from research.lockbox import lockbox_window, split_lockbox
+    from research.preregistration import register_study
+
+    bars, lockbox = split_lockbox(load_window(spec), spec.lockbox.fraction)
+    report = StudyReport(command=command, spec=spec, plots=plots)
+    report.summary["lockbox"] = lockbox_window(lockbox, spec.lockbox.fraction)
+    report.summary["data_window"] = {"start": spec.data.start, "end": spec.data.end}
     started = time.perf_counter()
     with ExitStack() as stack:
         handle = None
@@ -128,6 +152,20 @@ def run(
                 handle.log_file(spec.path, artifact_path="spec")
             report.run_id = handle.run_id
             report.tracking_uri = tracker.resolved_tracking_uri
+        # Registered before the first trial, in the trial registry's database (--no-track
+        # too); every trial the parts run is recorded under the spec's hash.
+        registration = register_study(spec, bars)
+        report.parts["registration"] = registration
+        report.summary["preregistration"] = registration.summary()
+        report.summary["spec"] = registration.headline()
+        stack.enter_context(
+            trial_context(
+                source="study",
+                study=spec.name,
+                spec_hash=registration.spec.spec_hash,
+                seed=spec.seed,
+            )
+        )
         parts = _parts(spec, command)
         for part in parts:
             child = None
@@ -192,7 +230,9 @@ def _optimize(spec, bars, report, run, progress) -> None:
         best_params = _best_by(ledger, objective, search.min_trades)
         from research.plots import plot_optimization
 
-        report.figures["optimization"] = plot_optimization(result, min_trades=search.min_trades)
+        report.add_figure(
+            "optimization", lambda: plot_optimization(result, min_trades=search.min_trades)
+        )
         if result.pareto is not None:
             report.parts["pareto"] = result.pareto
     best = backtest(strat, bars, best_params, config=spec.costs)
@@ -211,10 +251,11 @@ def _optimize(spec, bars, report, run, progress) -> None:
     # N and V from the trial registry: every trial of this lineage on this data (dsr_report).
     out.update(dsr_report(ledger, strat, bars, sharpe_pp, len(returns), skew, kurt))
     out["causality"] = _causality(strat, bars, best_params)
-    report.figures["best_equity"] = _curve_figure(best, f"{strat.name} {best_params}")
-    heat = _heatmap(ledger, strat, objective)
-    if heat is not None:
-        report.figures["parameter_heatmap"] = heat
+    report.add_figure("best_equity", lambda: _curve_figure(best, f"{strat.name} {best_params}"))
+    if report.plots:
+        heat = _heatmap(ledger, strat, objective)
+        if heat is not None:
+            report.figures["parameter_heatmap"] = heat
     if spec.pbo is not None:
         _pbo(spec, bars, ledger, report)
     if spec.monte_carlo is not None:
@@ -323,7 +364,7 @@ def _pbo(spec, bars, ledger, report) -> None:
         pbo_degradation_slope=result.degradation_slope,
         pbo_prob_oos_loss=result.prob_oos_loss,
     )
-    report.figures["pbo"] = result.plot()
+    report.add_figure("pbo", result.plot)
 
 
 # --------------------------------------------------------------------------- walk-forward
@@ -332,7 +373,15 @@ def _walk_forward(spec, bars, report, run, progress) -> None:
     from research.walkforward import walk_forward
 
     wf = spec.walk_forward
-    search = spec.search
+    # The space registered first for this lineage and data, before any full-sample result: a
+    # space narrowed after seeing one would leak the test windows into the evidence.
+    registered = report.parts["registration"].root.spec["search"]
+    search = dataclasses.replace(
+        spec.search,
+        method=registered["method"],
+        sampler=registered["sampler"],
+        space=space_from_plain(registered["space"]),
+    )
     if search.method == "grid":
         space = {name: grid_values(entry) for name, entry in search.space.items()} or None
     else:
@@ -370,7 +419,7 @@ def _walk_forward(spec, bars, report, run, progress) -> None:
     sharpe_pp, skew, kurt = _per_period(returns)
     out["oos_psr"] = probabilistic_sharpe_ratio(sharpe_pp, 0.0, len(returns), skew, kurt)
     out["wf_params"] = result.folds[list(result.stability.index)].to_dict(orient="list")
-    report.figures["walk_forward"] = result.plot()
+    report.add_figure("walk_forward", result.plot)
     if spec.monte_carlo is not None and len(result.trades) >= 2:
         _spec_monte_carlo(
             spec,
@@ -400,7 +449,9 @@ def _montecarlo(spec, bars, report, run, progress) -> None:
     report.summary["strategy"] = spec.strategy
     report.summary["params"] = dict(spec.params)
     report.summary.update({f"bt_{k}": v for k, v in _combined(result).items()})
-    report.figures["equity"] = _curve_figure(result, f"{spec.strategy} {dict(spec.params)}")
+    report.add_figure(
+        "equity", lambda: _curve_figure(result, f"{spec.strategy} {dict(spec.params)}")
+    )
     _monte_carlo_of(spec, result, report, prefix="mc")
     if run is not None:
         run.log_params(_param_values(spec.params))
@@ -460,7 +511,7 @@ def _record_monte_carlo(outcome, report: StudyReport, prefix: str) -> None:
     report.parts[prefix] = outcome
     report.summary.update({f"{prefix}_{k}": v for k, v in outcome.summary().items()})
     report.summary[f"{prefix}_method"] = outcome.method
-    report.figures[f"{prefix}_fan"] = outcome.plot()
+    report.add_figure(f"{prefix}_fan", outcome.plot)
 
 
 _PARTS = {

@@ -45,6 +45,9 @@ GOOD = ResearchEvidence(
     strategy_file_git="committed",
     causality="SP500: ma_crossover: causal",
     causal=True,
+    lockbox_sharpe=0.5,
+    lockbox_note="2016-01-04..2017-12-29 (503 bars): lockbox looked at once",
+    lockbox_other_choices_before=0,
 )
 
 
@@ -115,6 +118,7 @@ def test_the_paper_gate_passes_good_evidence_and_names_each_failing_check():
         mc_max_drawdown_pct_p95=31.0, mc_source="in-sample bar or trade returns",
         mc_method="reshuffle", code_dirty=True, strategy_file="mine.py",
         strategy_file_git="untracked", causality="SP500: peeking: LOOKS AHEAD", causal=False,
+        lockbox_sharpe=-0.1, lockbox_note="looked at 2 times", lockbox_other_choices_before=1,
     )  # fmt: skip
     result = evaluate_paper_gate(bad, PaperGate())
     assert not result.passed
@@ -130,6 +134,8 @@ def test_the_paper_gate_passes_good_evidence_and_names_each_failing_check():
         "Monte Carlo is a block bootstrap of out-of-sample bars": (False, True),
         "code committed (git clean)": (False, True),
         "strategy causal on the study's data": (False, True),
+        "lockbox Sharpe": (-0.1, 0.0),
+        "lockbox looks by other choices before this one": (1, 0),
     }
     text = "\n".join(result.lines())
     assert "FAIL deflated Sharpe ratio 0.8 (needs >= 0.95; over 300 trials)" in text
@@ -176,6 +182,8 @@ def test_regression_missing_evidence_fails_its_check_and_a_missing_pbo_fails_lik
         "Monte Carlo is a block bootstrap of out-of-sample bars",
         "code committed (git clean)",
         "strategy causal on the study's data",
+        "lockbox Sharpe",
+        "lockbox looks by other choices before this one",
     }
     text = "\n".join(result.lines())
     assert "FAIL PBO missing (needs <= 0.2; not measured: the study has no [pbo] section" in text
@@ -287,7 +295,10 @@ def test_gate_thresholds_come_from_toml_and_unknown_keys_are_refused(tmp_path):
     assert gate.live.min_trades == 25 and gate.live.allow_halts is True
     assert load_gate_config(None) == GateConfig()
     for text, match in [
-        ("[paper]\nmin_dsr_pct = 1\n", r"\[paper\] min_dsr_pct: unknown key; allowed: max_mc"),
+        (
+            "[paper]\nmin_dsr_pct = 1\n",
+            r"\[paper\] min_dsr_pct: unknown key; allowed: allow_lockbox_relook",
+        ),
         ("[paper]\nmin_dsr = 'high'\n", r"\[paper\] min_dsr: must be a number, got 'high'"),
         ("[paper]\nmin_dsr = -1\n", r"gate.toml: \[paper\] min_dsr = -1 must be a number >= 0"),
         ("[live]\nmin_trades = 2.5\n", r"\[live\] min_trades: must be an integer, got 2.5"),

@@ -35,7 +35,7 @@ class _Thresholds:
             value = getattr(self, f.name)
             if isinstance(value, bool):
                 continue
-            signed = f.name == "min_oos_sharpe"
+            signed = f.name in ("min_oos_sharpe", "min_lockbox_sharpe")
             if not (is_number(value, finite=True) and (signed or value >= 0)):
                 wanted = "a finite number" if signed else "a number >= 0"
                 raise ConfigError(f"{f.name} = {value!r} must be {wanted}")
@@ -58,6 +58,14 @@ class PaperGate(_Thresholds):
     returns: a trade-order reshuffle misses the drawdowns inside trades."""
     min_oos_trades: int = 20
     require_committed_code: bool = True
+    min_lockbox_sharpe: float = 0.0
+    """The chosen parameters' Sharpe ratio on the lockbox (the data no research step read,
+    evaluated once by ``promote``) must be above this."""
+    require_lockbox: bool = True
+    allow_lockbox_relook: bool = False
+    """A lockbox another choice (spec or parameters) has already looked at is spent: the gate
+    fails unless this waives it (shown WAIVED). The same choice looking again adds nothing and
+    is only counted."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +135,11 @@ class ResearchEvidence:
     causality: str | None
     """The study's causality verdict on its data, one line (None: not checked)."""
     causal: bool | None
+    lockbox_sharpe: float | None = None
+    """The chosen parameters' annualised Sharpe ratio on the lockbox (None: none looked at)."""
+    lockbox_note: str = "the study kept no lockbox"
+    lockbox_other_choices_before: int | None = None
+    """Earlier looks at an overlapping lockbox by another spec or parameters."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -337,6 +350,29 @@ def evaluate_paper_gate(
             "==",
             True,
             evidence.causality or "the study did not run the causality check",
+        ),
+        _required(
+            gate.require_lockbox,
+            "require_lockbox",
+            _check(
+                "lockbox Sharpe",
+                evidence.lockbox_sharpe,
+                ">",
+                gate.min_lockbox_sharpe,
+                evidence.lockbox_note,
+            ),
+        ),
+        _required(
+            not gate.allow_lockbox_relook,
+            "allow_lockbox_relook",
+            _check(
+                "lockbox looks by other choices before this one",
+                evidence.lockbox_other_choices_before,
+                "==",
+                0,
+                evidence.lockbox_note,
+            ),
+            waived_when="true",
         ),
     ]
     return GateResult(stage="paper", checks=tuple(checks), forced=force)

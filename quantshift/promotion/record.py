@@ -110,6 +110,8 @@ class GateResult:
 
 
 _CHECK_KEYS = ("name", "value", "op", "threshold", "passed", "note")
+_ADDED_FIELDS = ("causality", "overlay", "preregistration", "registry", "lockbox")
+"""Fields added after format version 1 was first written: left out of the hash when empty."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,6 +150,15 @@ class PromotionRecord:
     """What the study's regime and sentiment overlay used (see :func:`check_overlay_pin`):
     ``regime_model`` (registered ``name``, pinned ``version``, ``tracking_uri``) and
     ``sentiment`` (``scorer``, ``ttl_s``, ``lookback``, ``min_score``, ``size_scaling``)."""
+    preregistration: Mapping[str, Any] = field(default_factory=dict)
+    """The study's registered spec: ``spec_hash``, ``lineage``, ``data`` (the registry's data
+    key), its ``chain`` of parents up to the root, and which space the walk-forward searched."""
+    registry: Mapping[str, Any] = field(default_factory=dict)
+    """The trial registry's counts for the lineage on the study's data when promoted:
+    ``trials`` (cumulative), ``n_effective``, ``studies``, ``specs``, ``sources``."""
+    lockbox: Mapping[str, Any] = field(default_factory=dict)
+    """The lockbox look ``promote`` took: window, bars, Sharpe, return, drawdown, and how many
+    looks (and distinct choices) that lockbox has had."""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -224,7 +235,7 @@ class PromotionRecord:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("causality", "overlay") and not value:
+            if f.name in _ADDED_FIELDS and not value:
                 continue  # a record written before the field keeps its id
             if f.name == "gates":
                 value = [g.to_dict() for g in value]
@@ -307,7 +318,35 @@ class PromotionRecord:
             + f", strategy hash {str(code.get('strategy_hash'))[:12]}"
             + (f" ({code['strategy_file']})" if code.get("strategy_file") else ""),
             f"  from MLflow run {self.mlflow_run_id}, by {self.created_by} at {self.created_at}",
+            *self._evidence_lines(),
         ]
+
+    def _evidence_lines(self) -> list[str]:
+        """The spec, trial count and lockbox lines (records written before them have none)."""
+        out = []
+        pre = self.preregistration
+        if pre:
+            chain = list(pre.get("chain") or [pre.get("spec_hash")])
+            lineage = " <- ".join(str(h) for h in chain)
+            out.append(
+                f"  spec {pre.get('spec_hash')} of lineage {pre.get('lineage')}"
+                + (f" (parents: {lineage})" if len(chain) > 1 else " (a root spec)")
+            )
+        reg = self.registry
+        if reg:
+            out.append(
+                f"  registry: {reg.get('trials')} trials of {pre.get('lineage', self.strategy)} "
+                f"on this data (effective N {_fmt(reg.get('n_effective'))}) over "
+                f"{reg.get('studies')} studies and {reg.get('specs')} specs"
+            )
+        box = self.lockbox
+        if box:
+            out.append(
+                f"  lockbox {str(box.get('first_bar'))[:10]}..{str(box.get('last_bar'))[:10]} "
+                f"({box.get('bars')} bars): Sharpe {_fmt(box.get('sharpe'))}, return "
+                f"{_fmt(box.get('total_return_pct'))}%; {box.get('note', '')}"
+            )
+        return out
 
 
 def fingerprint_mismatch(record_code: Mapping[str, Any], running: Mapping[str, Any]) -> list[str]:
