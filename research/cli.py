@@ -340,7 +340,6 @@ def _json_ready(value: Any) -> Any:
 def _print_trials(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from quantshift.formatting import number
     from quantshift.report import console
 
     where = summary["data_key"] or "every data"
