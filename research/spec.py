@@ -13,8 +13,9 @@ from typing import Any
 from quantshift.engine.config import SimConfig
 from quantshift.engine.metrics import METRICS
 from quantshift.errors import QuantShiftError
-from quantshift.strategies import Strategy, get_strategy
+from quantshift.strategies import Strategy, add_strategy_path, get_strategy
 from quantshift.strategies.grid import GridAxis
+from quantshift.strategies.loading import absolute_reference, is_reference
 from quantshift.tables import Table, is_number, read_toml
 
 SEARCH_METHODS = ("optuna", "grid")
@@ -102,8 +103,11 @@ class ExperimentSpec:
     experiment: str
     path: Path | None = None
     text: str = ""
+    strategy_path: tuple[str, ...] = ()
+    """Where the strategy comes from when not from quantshift (absolute files, modules)."""
 
     def get_strategy(self) -> Strategy:
+        add_strategy_path(self.strategy_path)
         return get_strategy(self.strategy)
 
     def with_seed(self, seed: int) -> ExperimentSpec:
@@ -146,12 +150,23 @@ def parse_spec(
     top = Table(raw, source)
     top.refuse_unknown(_TOP)
     exp = top.table("experiment", required=True)
-    exp.refuse_unknown({"name", "strategy", "seed"})
+    exp.refuse_unknown({"name", "strategy", "strategy_path", "seed"})
     name = exp.string("name", required=True)
     strategy_name = exp.string("strategy", required=True)
     seed = exp.integer("seed", default=0, minimum=0)
+    # A reference or strategy_path entry in the spec is relative to the spec's directory.
+    strategy_path = exp.get("strategy_path", [])
+    if isinstance(strategy_path, str):
+        strategy_path = [strategy_path]
+    if not isinstance(strategy_path, list) or not all(isinstance(e, str) for e in strategy_path):
+        raise exp.error("strategy_path", "must be a path or a list of paths")
+    base = None if path is None else Path(path).resolve().parent
+    strategy_path = [absolute_reference(entry, base) for entry in strategy_path]
+    if is_reference(strategy_name):
+        strategy_path.append(absolute_reference(strategy_name, base))
     try:
-        strategy = get_strategy(strategy_name)
+        add_strategy_path(strategy_path[:-1] if is_reference(strategy_name) else strategy_path)
+        strategy = get_strategy(strategy_path[-1] if is_reference(strategy_name) else strategy_name)
     except QuantShiftError as exc:
         raise exp.error("strategy", str(exc)) from None
 
@@ -169,6 +184,7 @@ def parse_spec(
     return ExperimentSpec(
         name=name,
         strategy=strategy.name,
+        strategy_path=tuple(strategy_path),
         seed=seed,
         data=data,
         costs=costs,

@@ -2,7 +2,8 @@
 user's own files.
 
 Sources, in order: every module here that defines ``STRATEGY``; the ``quantshift.strategies``
-entry point group; ``QUANTSHIFT_STRATEGY_PATH`` (files, directories, modules); references
+entry point group; ``QUANTSHIFT_STRATEGY_PATH`` (files, directories, modules); the
+``[tool.quantshift] strategy-path`` of the project's ``pyproject.toml``; references
 (``module:STRATEGY``, ``path/file.py[:STRATEGY]``) given where a name is expected; and
 :func:`register`. A module that fails to import is reported once (a warning, and in
 :func:`broken_modules`) and breaks only the strategies it defines.
@@ -30,6 +31,7 @@ from quantshift.strategies.loading import (
     import_target,
     is_reference,
     path_entries,
+    project_strategy_path,
     split_reference,
 )
 
@@ -198,6 +200,10 @@ def _discover() -> None:
     path = os.environ.get(PATH_VARIABLE, "")
     if path.strip():
         add_strategy_path(path)
+    try:
+        add_strategy_path(project_strategy_path(Path.cwd()))
+    except StrategyLoadError as exc:
+        _record_broken("pyproject.toml", exc)
 
 
 def list_strategies() -> list[Strategy]:

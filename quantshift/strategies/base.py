@@ -137,9 +137,7 @@ class Strategy:
                         f"strategy '{self.name}': constraint '{c}' names unknown parameter '{side}'"
                     )
         check_signal(self.name, self.signal_nb, names)
-        object.__setattr__(
-            self, "warmup", warmup_function(self.name, self.warmup, self.defaults())
-        )
+        object.__setattr__(self, "warmup", warmup_function(self.name, self.warmup, self.defaults()))
 
     @property
     def param_names(self) -> tuple[str, ...]:

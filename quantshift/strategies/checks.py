@@ -94,7 +94,7 @@ def _constant_param_indexes(code, params_name: str) -> set[int]:
     """The constant indexes ``k`` of ``params[k]`` read in ``code``."""
     found: set[int] = set()
     instructions = list(dis.get_instructions(code))
-    for first, second, third in zip(instructions, instructions[1:], instructions[2:]):
+    for first, second, third in zip(instructions, instructions[1:], instructions[2:], strict=False):
         if (
             first.opname == "LOAD_FAST"
             and first.argval == params_name
@@ -139,3 +139,43 @@ def warmup_function(strategy_name: str, warmup, defaults: dict[str, float]):
             f"{value!r} at the default parameters"
         )
     return rule
+
+
+def typing_error_line(exc: BaseException) -> str | None:
+    """One line for a numba compile error (what failed and the first user file and line it
+    names), or None if ``exc`` is not one; the CLI prints it instead of numba's report."""
+    from numba.core.errors import NumbaError
+
+    if not isinstance(exc, NumbaError):
+        return None
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    problem = next(
+        (
+            line
+            for line in lines
+            if not line.startswith(("Failed in", "During:", "File ", "<source", "- ", "^"))
+        ),
+        type(exc).__name__,
+    )
+    place = [line.rstrip(":") for line in lines if line.startswith('File "')]
+    user = [p for p in place if "/quantshift/" not in p and "/numba/" not in p]
+    shown = f" ({(user or place)[0]})" if place else ""
+    return f"the strategy code does not compile with numba: {problem[:300]}{shown}"
+
+
+def one_line_warnings() -> None:
+    """Show a StrategyImportWarning as one ``warning: ...`` line (the CLI's habit)."""
+    import sys
+    import warnings
+
+    from quantshift.strategies import StrategyImportWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, StrategyImportWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show

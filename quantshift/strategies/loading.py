@@ -125,3 +125,36 @@ def files_of(entry: str, base: Path | None) -> list[str] | None:
     if path.is_file() or target.endswith(".py") or "/" in target:
         return [str(path) + (f":{attribute}" if attribute else "")]
     return None
+
+
+def project_strategy_path(start: Path) -> list[str]:
+    """The ``strategy-path`` entries of ``[tool.quantshift]`` in the nearest ``pyproject.toml``
+    at or above ``start`` (a project made by ``quantshift init``), relative to that file."""
+    import tomllib
+
+    for folder in (start, *start.parents):
+        file = folder / "pyproject.toml"
+        if not file.is_file():
+            continue
+        try:
+            tool = tomllib.loads(file.read_text(encoding="utf-8")).get("tool", {})
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return []
+        entries = tool.get("quantshift", {}).get("strategy-path", [])
+        entries = [entries] if isinstance(entries, str) else entries
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise StrategyLoadError(
+                f"{file}: [tool.quantshift] strategy-path must be a list of paths, got {entries!r}"
+            )
+        return [str(resolve_path(entry, folder)) for entry in entries]
+    return []
+
+
+def absolute_reference(text: str, base: Path | None) -> str:
+    """``text`` (a path entry or reference) with a relative file or directory made absolute
+    from ``base``; module names are left as they are."""
+    target, attribute = split_reference(text)
+    path = resolve_path(target, base)
+    if target.endswith(".py") or "/" in target or "\\" in target or path.exists():
+        target = str(path.resolve())
+    return target + (f":{attribute}" if attribute else "")
