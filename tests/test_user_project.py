@@ -207,6 +207,7 @@ def test_fingerprint_marks_an_edited_user_strategy_dirty(project, tmp_path):
     assert untracked == {"strategy_file_git": "untracked", "strategy_git_dirty": True}
 
 
+SIGNATURE = "open_, high, low, close, volume, params, entries, exits, stop, take_profit, trail"
 BAD_SIGNATURE = """
 from numba import njit
 from quantshift import Param, Strategy
@@ -254,6 +255,23 @@ def test_a_wrong_signature_is_one_line_and_exit_2_and_breaks_no_other_command(tm
         f"error: strategy module {folder / 'needs_missing.py'} failed to import: "
         "ModuleNotFoundError: No module named 'package_that_is_not_installed'"
     )
+
+    # A typing error inside a well-declared function is one line naming the user's file too.
+    (folder / "typo.py").write_text(
+        BAD_SIGNATURE.replace("close, params, entries, exits", SIGNATURE)
+        .replace("close[t] > params[0]", "close[t].level > params[0]")
+        .replace("bad_signature", "typo")
+    )
+    typo = cli("backtest", "typo", "--data", "builtin:sp500", cwd=tmp_path, ok=False, **env)
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr, typo.stderr
+    assert (
+        typo.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: the strategy code does not compile with numba: Unknown attribute 'level'"
+        )
+    )
+    assert '(File "strategies/typo.py", line 9)' in typo.stderr  # numba shows it from the cwd
 
     # A command not using them runs, with one warning line per broken module.
     other = cli(
