@@ -185,6 +185,11 @@ def test_a_user_project_runs_end_to_end_through_the_cli(project):
                  command="live")  # fmt: skip
     summary = json.loads(replay.stdout.strip().splitlines()[-1])
     assert summary["bars"] == 30, summary
+    # It traded the promoted record: the runner's fingerprint check matched the user's code.
+    status = cli("status", "--config", str(config), "--json", cwd=project, command="live")
+    adopted = json.loads(status.stdout)["promotions"]["breakout"]
+    assert adopted["verified"] and adopted["record_id"] == outcome["record"]["record_id"]
+    assert adopted["params"] == outcome["record"]["params"]
 
 
 def test_fingerprint_marks_an_edited_user_strategy_dirty(project, tmp_path):
