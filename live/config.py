@@ -20,7 +20,7 @@ from live.store.db import resolve_sqlite_url
 from quantshift.errors import ConfigError, QuantShiftError
 from quantshift.portfolio import PortfolioConfig
 from quantshift.strategies import add_strategy_path, get_strategy
-from quantshift.strategies.loading import absolute_reference, is_reference
+from quantshift.strategies.loading import absolute_reference, is_reference, strategy_path_entries
 from quantshift.tables import Table, is_number, read_toml
 
 BROKERS = ("paper", "alpaca", "coinbase")
@@ -125,11 +125,10 @@ def _user_strategies(runner: Table, sleeves: list[Table], path: Path | None) -> 
     """Load ``[runner] strategy_path`` and sleeves' strategy references (``file.py:STRATEGY``,
     ``module:STRATEGY``; relative to this file); return the sleeves naming strategies by name."""
     base = None if path is None else path.resolve().parent
-    entries = runner.get("strategy_path", [])
-    entries = [entries] if isinstance(entries, str) else entries
-    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-        raise runner.error("strategy_path", "must be a path or a list of paths")
-    add_strategy_path([absolute_reference(entry, base) for entry in entries])
+    try:
+        add_strategy_path(strategy_path_entries(runner.get("strategy_path", []), base))
+    except QuantShiftError as exc:
+        raise runner.error("strategy_path", str(exc)) from None
     out = []
     for sleeve in sleeves:
         named = sleeve.get("strategy")

@@ -15,7 +15,7 @@ from quantshift.engine.metrics import METRICS
 from quantshift.errors import QuantShiftError
 from quantshift.strategies import Strategy, add_strategy_path, get_strategy
 from quantshift.strategies.grid import GridAxis
-from quantshift.strategies.loading import absolute_reference, is_reference
+from quantshift.strategies.loading import absolute_reference, is_reference, strategy_path_entries
 from quantshift.tables import Table, is_number, read_toml
 
 SEARCH_METHODS = ("optuna", "grid")
@@ -155,13 +155,11 @@ def parse_spec(
     strategy_name = exp.string("strategy", required=True)
     seed = exp.integer("seed", default=0, minimum=0)
     # A reference or strategy_path entry in the spec is relative to the spec's directory.
-    strategy_path = exp.get("strategy_path", [])
-    if isinstance(strategy_path, str):
-        strategy_path = [strategy_path]
-    if not isinstance(strategy_path, list) or not all(isinstance(e, str) for e in strategy_path):
-        raise exp.error("strategy_path", "must be a path or a list of paths")
     base = None if path is None else Path(path).resolve().parent
-    strategy_path = [absolute_reference(entry, base) for entry in strategy_path]
+    try:
+        strategy_path = strategy_path_entries(exp.get("strategy_path", []), base)
+    except QuantShiftError as exc:
+        raise exp.error("strategy_path", str(exc)) from None
     if is_reference(strategy_name):
         strategy_path.append(absolute_reference(strategy_name, base))
     try:

@@ -314,3 +314,48 @@ def test_an_installed_package_is_found_through_the_entry_point_group(tmp_path, p
     # Without the package on the path the name is unknown: the entry point is what found it.
     gone = cli("backtest", "house_breakout", "--data", "builtin:sp500", cwd=tmp_path, ok=False)
     assert gone.returncode == 2 and "unknown strategy 'house_breakout'" in gone.stderr
+
+
+def test_specs_and_live_configs_name_strategies_relative_to_their_file(project, tmp_path):
+    from live.config import load_config
+    from quantshift.errors import ConfigError
+    from research.spec import load_spec
+
+    folder = tmp_path / "elsewhere" / "experiments"
+    folder.mkdir(parents=True)
+    spec_text = QUICK_SPEC.replace(
+        'strategy = "../strategies/donchian_breakout.py:STRATEGY"',
+        f'strategy = "donchian_breakout"\nstrategy_path = ["{project}/strategies"]',
+    )
+    (folder / "by_path.toml").write_text(spec_text)
+    spec = load_spec(folder / "by_path.toml")
+    assert spec.get_strategy().name == "donchian_breakout"
+    assert spec.strategy_path == (str(project.resolve() / "strategies"),)
+
+    (folder / "missing.toml").write_text(
+        QUICK_SPEC.replace("../strategies/donchian_breakout.py", "../strategies/nowhere.py")
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_spec(folder / "missing.toml")
+    assert str(caught.value) == (
+        f"{folder / 'missing.toml'}: [experiment] strategy: strategy file "
+        f"{tmp_path / 'elsewhere' / 'strategies' / 'nowhere.py'} does not exist"
+    )
+
+    live = tmp_path / "elsewhere" / "live"
+    live.mkdir()
+    config = (project / "live" / "paper.toml").read_text()
+    config = config.replace('strategy_path = ["../strategies"]', "").replace(
+        'strategy = "donchian_breakout"',
+        f'strategy = "{project}/strategies/donchian_breakout.py:STRATEGY"',
+    )
+    (live / "by_reference.toml").write_text(config)
+    loaded = load_config(live / "by_reference.toml")
+    assert loaded.portfolio.sleeves[0].strategy_name == "donchian_breakout"
+    (live / "bad.toml").write_text(config.replace(":STRATEGY", ":NOT_THERE"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(live / "bad.toml")
+    assert "[sleeves[0]] strategy: " in str(caught.value)
+    assert "NOT_THERE in " in str(caught.value) and "is nothing, not a Strategy" in str(
+        caught.value
+    )

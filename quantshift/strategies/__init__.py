@@ -204,6 +204,8 @@ def _discover() -> None:
         add_strategy_path(project_strategy_path(Path.cwd()))
     except StrategyLoadError as exc:
         _record_broken("pyproject.toml", exc)
+    except FileNotFoundError:  # the working directory was removed
+        pass
 
 
 def list_strategies() -> list[Strategy]:

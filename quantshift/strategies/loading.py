@@ -158,3 +158,12 @@ def absolute_reference(text: str, base: Path | None) -> str:
     if target.endswith(".py") or "/" in target or "\\" in target or path.exists():
         target = str(path.resolve())
     return target + (f":{attribute}" if attribute else "")
+
+
+def strategy_path_entries(value: object, base: Path | None) -> list[str]:
+    """A spec's or config's ``strategy_path`` (a path or a list of them) with relative entries
+    made absolute from ``base`` (the file's directory); raise ConfigError if malformed."""
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise ConfigError("must be a path or a list of paths")
+    return [absolute_reference(entry, base) for entry in entries]
