@@ -2,12 +2,14 @@
 cost of one order through each venue adapter.
 
 Latency: 100 symbols x 3 strategies, signals on the warm-up window + the decision + the order
-guards, per bar, against the issue's 20 ms goal. Replay: `live run` on the paper broker with
-the SQLite store, against the portfolio backtest of the same configuration in the same run.
-Orders: submit + lookup by client order id + cancel-of-a-final-order through the paper broker,
-alpaca-py and coinbase-advanced-py, the two SDKs against the test suite's fake venues on
-loopback (so this is the adapters' and SDKs' own cost: a real venue adds its network round
-trips). Run ``uv run python benchmarks/bench_live.py`` (``--quick`` for a smoke run).
+guards, per bar, against the issue's 20 ms goal, without and with the overlay (correlation
+and sector limits, a regime label and news scores per bar). Overlay: the portfolio backtest's
+bars per second without and with the same overlay, in the same run. Replay: `live run` on the
+paper broker with the SQLite store, against the portfolio backtest of the same configuration
+in the same run. Orders: submit + lookup by client order id + cancel-of-a-final-order through
+the paper broker, alpaca-py and coinbase-advanced-py, the two SDKs against the test suite's fake
+venues on loopback (so this is the adapters' and SDKs' own cost: a real venue adds its network
+round trips). Run ``uv run python benchmarks/bench_live.py`` (``--quick`` for a smoke run).
 """
 
 from __future__ import annotations
@@ -33,68 +35,162 @@ if str(ROOT) not in sys.path:
 GOAL_MS = 20.0
 
 
+def _latency_config(symbols, overlay: bool):
+    """3 sleeves on ``symbols``; with ``overlay``, the correlation limit (0.7 over 60 bars),
+    a 30% sector cap over 10 sectors, the legacy regime table and the sentiment filter."""
+    from quantshift.portfolio import (
+        PortfolioConfig,
+        RegimeOverlay,
+        RiskLimits,
+        SectorMap,
+        SentimentFilter,
+        Sleeve,
+    )
+
+    sleeves = (
+        Sleeve(strategy="ma_crossover", symbols=symbols, allocation=0.33),
+        Sleeve(strategy="rsi_reversion", symbols=symbols, allocation=0.33, stop_atr=3.0),
+        Sleeve(strategy="breakout_momentum", symbols=symbols, allocation=0.34),
+    )
+    if not overlay:
+        return PortfolioConfig(sleeves=sleeves, limits=RiskLimits(max_position_pct=100.0))
+    return PortfolioConfig(
+        sleeves=sleeves,
+        limits=RiskLimits(
+            max_position_pct=100.0,
+            max_position_correlation=0.7,
+            correlation_window_bars=60,
+            max_sector_exposure_pct=30.0,
+        ),
+        sectors=SectorMap({s: f"sector{k % 10}" for k, s in enumerate(symbols)}),
+        regimes=RegimeOverlay.legacy(bollinger=None),
+        sentiment=SentimentFilter(),
+    )
+
+
+def _overlay_inputs(bars, seed: int = 5):
+    """Seeded regime labels (market, per bar) and news scores (70% of bars without news)."""
+    rng = np.random.default_rng(seed)
+    regime = rng.integers(0, 5, bars.n_bars)
+    scores = rng.uniform(-1.0, 1.0, (bars.n_bars, bars.n_symbols))
+    scores[rng.random(scores.shape) < 0.7] = np.nan
+    return regime, scores
+
+
 def bench_decision_latency(n_symbols: int = 100, cycles: int = 200) -> dict[str, Any]:
-    """Per-bar latency of signals (warm-up window) + decide + guards for n_symbols x 3 sleeves."""
+    """Per-bar latency of signals (warm-up window) + decide + guards for n_symbols x 3 sleeves,
+    without and with the overlay's limits and inputs, the two interleaved bar by bar so that
+    machine load falls on both alike; ``decide_*`` times the decision call alone."""
     import quantshift as qs
     from live.guards import GuardLimits, OrderGuards
     from live.runner import _Guarded
-    from quantshift.portfolio import (
-        PortfolioConfig,
-        PortfolioState,
-        RiskLimits,
-        Sleeve,
-        compute_signals,
-        decide,
-    )
+    from quantshift.portfolio import PortfolioState, compute_signals, decide
 
     bars = qs.load_bars(f"synthetic:symbols={n_symbols},bars={cycles + 400},seed=11")
     symbols = list(bars.symbols)
-    config = PortfolioConfig(
-        sleeves=(
-            Sleeve(strategy="ma_crossover", symbols=symbols, allocation=0.33),
-            Sleeve(strategy="rsi_reversion", symbols=symbols, allocation=0.33, stop_atr=3.0),
-            Sleeve(strategy="breakout_momentum", symbols=symbols, allocation=0.34),
-        ),
-        limits=RiskLimits(max_position_pct=100.0),
-    )
-    window = max(config.warmup_bars() + 1, 300)
-    guards = OrderGuards(GuardLimits(max_orders_per_minute=None, price_collar_pct=None))
-    state = PortfolioState.initial(config)
-    last_close = dict.fromkeys(symbols, 1.0)
-    compute_signals(config, bars[:window])  # compile / load kernels
-    times, n_orders = [], 0
-    for t in range(window, window + cycles):
-        started = time.perf_counter()
-        signals = compute_signals(config, bars[t + 1 - window : t + 1]).at(-1)
-        decision = decide(state, signals, config)
-        for k, s in enumerate(symbols):
-            last_close[s] = float(signals.close[k])
-        verdict = guards.check(
-            [_Guarded.of(o) for o in decision.orders],
-            last_close=last_close,
-            positions={},
-            now_ns=signals.ts_ns,
-            bar_interval_ns=86_400 * 10**9,
+    regime, scores = _overlay_inputs(bars)
+    runs = {}
+    for name in ("plain", "overlay"):
+        config = _latency_config(symbols, name == "overlay")
+        runs[name] = {
+            "config": config,
+            "window": max(config.warmup_bars() + 1, 300),
+            "guards": OrderGuards(GuardLimits(max_orders_per_minute=None, price_collar_pct=None)),
+            "state": PortfolioState.initial(config),
+            "last_close": dict.fromkeys(symbols, 1.0),
+            "times": [],
+            "decide": [],
+            "orders": 0,
+            "vetoes": 0,
+        }
+        compute_signals(config, bars[:300])  # compile / load kernels
+    first = max(run["window"] for run in runs.values())
+    for t in range(first, first + cycles):
+        for name, run in runs.items():
+            config, window = run["config"], run["window"]
+            started = time.perf_counter()
+            signals = compute_signals(config, bars[t + 1 - window : t + 1]).at(-1)
+            inputs = {"regime": int(regime[t]), "sentiment": scores[t]} if name == "overlay" else {}
+            deciding = time.perf_counter()
+            decision = decide(run["state"], signals, config, **inputs)
+            run["decide"].append(time.perf_counter() - deciding)
+            last_close = run["last_close"]
+            for k, s in enumerate(symbols):
+                last_close[s] = float(signals.close[k])
+            verdict = run["guards"].check(
+                [_Guarded.of(o) for o in decision.orders],
+                last_close=last_close,
+                positions={},
+                now_ns=signals.ts_ns,
+                bar_interval_ns=86_400 * 10**9,
+            )
+            run["times"].append(time.perf_counter() - started)
+            run["orders"] += len(verdict.accepted)
+            run["vetoes"] += len(decision.vetoes)
+            run["state"] = decision.state
+    out = {}
+    for name, run in runs.items():
+        ms, decide_ms = np.array(run["times"]) * 1e3, np.array(run["decide"]) * 1e3
+        out[name] = {
+            "symbols": n_symbols,
+            "sleeves": 3,
+            "window_bars": run["window"],
+            "cycles": cycles,
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "decide_p50_ms": float(np.percentile(decide_ms, 50)),
+            "decide_p99_ms": float(np.percentile(decide_ms, 99)),
+            "orders": run["orders"],
+            "vetoes": run["vetoes"],
+        }
+        row = out[name]
+        what = "with the overlay" if name == "overlay" else "no overlay"
+        print(
+            f"decision latency, {n_symbols} symbols x 3 strategies, {what}, window "
+            f"{row['window_bars']} bars: p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms "
+            f"(decide alone p50 {row['decide_p50_ms']:.3f} ms, p99 {row['decide_p99_ms']:.3f}) "
+            f"over {cycles} cycles, {row['orders']} orders, {row['vetoes']} vetoes "
+            f"(goal {GOAL_MS:g} ms: p50 is {GOAL_MS / row['p50_ms']:.1f}x under it)"
         )
-        times.append(time.perf_counter() - started)
-        n_orders += len(verdict.accepted)
-        state = decision.state
-    ms = np.array(times) * 1e3
-    out = {
-        "symbols": n_symbols,
-        "sleeves": 3,
-        "window_bars": window,
-        "cycles": cycles,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "orders": n_orders,
-    }
-    print(
-        f"decision latency, {n_symbols} symbols x 3 strategies, window {window} bars: "
-        f"p50 {out['p50_ms']:.2f} ms, p99 {out['p99_ms']:.2f} ms over {cycles} cycles "
-        f"(goal {GOAL_MS:g} ms: p50 is {GOAL_MS / out['p50_ms']:.1f}x under it)"
-    )
     return out
+
+
+def bench_overlay_backtest(
+    n_symbols: int = 100, n_bars: int = 2000, repeat: int = 3
+) -> dict[str, Any]:
+    """The portfolio backtest's bars per second without and with the overlay, interleaved."""
+    import quantshift as qs
+    from quantshift.portfolio import portfolio_backtest
+
+    bars = qs.load_bars(f"synthetic:symbols={n_symbols},bars={n_bars},seed=11")
+    symbols = list(bars.symbols)
+    plain, overlay = _latency_config(symbols, False), _latency_config(symbols, True)
+    regime, scores = _overlay_inputs(bars)
+    runs = {
+        "plain": lambda: portfolio_backtest(plain, bars),
+        "overlay": lambda: portfolio_backtest(overlay, bars, regime=regime, sentiment=scores),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    results = {name: run() for name, run in runs.items()}  # compile / load kernels
+    for _ in range(repeat):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            rates[name].append(bars.n_bars / (time.perf_counter() - started))
+    out = {name: statistics.median(r) for name, r in rates.items()}
+    vetoes = results["overlay"].vetoes["reason"].value_counts().to_dict()
+    print(
+        f"portfolio backtest, {n_symbols} symbols x 3 strategies x {n_bars} bars: "
+        f"{out['plain']:,.0f} bars/s without the overlay, {out['overlay']:,.0f} with it "
+        f"({out['overlay'] / out['plain']:.2f}x); vetoes with it: {vetoes}"
+    )
+    return {
+        "symbols": n_symbols,
+        "bars": n_bars,
+        "plain_bars_per_s": out["plain"],
+        "overlay_bars_per_s": out["overlay"],
+        "overlay_vetoes": vetoes,
+    }
 
 
 def bench_replay(repeat: int = 3, max_bars: int | None = None) -> dict[str, Any]:
@@ -224,13 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores at start\n")
     report: dict[str, Any] = {"quick": args.quick}
     if args.quick:
-        report["latency"] = bench_decision_latency(n_symbols=20, cycles=30)
+        latency = bench_decision_latency(n_symbols=20, cycles=30)
+        report["overlay_backtest"] = bench_overlay_backtest(n_symbols=20, n_bars=300, repeat=1)
         report["replay"] = bench_replay(repeat=1, max_bars=100)
         report["orders"] = bench_orders(n_orders=20)
     else:
-        report["latency"] = bench_decision_latency()
+        latency = bench_decision_latency()
+        report["overlay_backtest"] = bench_overlay_backtest()
         report["replay"] = bench_replay()
         report["orders"] = bench_orders()
+    report["latency"], report["latency_overlay"] = latency["plain"], latency["overlay"]
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")

@@ -11,14 +11,13 @@ import dataclasses
 import logging
 
 from live.config import LiveConfig
+from live.regime import pinned_model_problem
 from quantshift.errors import ConfigError
+from quantshift.formatting import number
 from quantshift.promotion import PromotionRecord, fingerprint_mismatch
 from quantshift.provenance import code_fingerprint
 
 log = logging.getLogger("quantshift.live")
-
-TERMS = ("direction", "sizing", "size", "risk_per_trade", "fees_bps", "slippage_bps", "use_stops")
-"""Backtest settings compared between a record's study and the sleeve that trades it."""
 
 
 class PromotionAdopter:
@@ -54,6 +53,9 @@ class PromotionAdopter:
                 continue
             self._adopted[sleeve] = adoption.promotion_id
             portfolio = _with_params(portfolio, sleeve, row)
+            record = PromotionRecord.from_json(row.record)
+            self.metrics.set_promoted(sleeve, record.record_id, forced=record.forced)
+            _warn_forced(sleeve, record, {"epoch": epoch, "sleeve": sleeve})
         return portfolio
 
     def _refuse(self, sleeve, promotion_id, problem, ts, epoch) -> None:
@@ -106,16 +108,17 @@ class PromotionAdopter:
                     bar_ts_ns=ts,
                     epoch=epoch,
                 )
-                self.metrics.set_promoted(sleeve, record.record_id)
+                self.metrics.set_promoted(sleeve, record.record_id, forced=record.forced)
                 self._warn_other_terms(portfolio, sleeve, record)
                 log.info(
                     "sleeve %s adopts %s record %s (%s)",
                     sleeve,
                     stage,
                     record.record_id,
-                    ", ".join(f"{k}={v:g}" for k, v in record.params.items()),
+                    ", ".join(f"{k}={number(v)}" for k, v in record.params.items()),
                     extra={"cycle": ts, "epoch": epoch, "sleeve": sleeve},
                 )
+                _warn_forced(sleeve, record, {"cycle": ts, "epoch": epoch, "sleeve": sleeve})
                 continue
             if current is None and sleeve in self._unverified:
                 if active.promotion_id not in self._refused or self.store.active_halt() is None:
@@ -142,12 +145,7 @@ class PromotionAdopter:
         """Say when the sleeve sizes, trades or pays otherwise than the study did: its paper
         record then measures these terms, not the study's."""
         sleeve = next(s for s in portfolio.sleeves if s.name == sleeve_name)
-        here = sleeve.sim_config(portfolio.sim).to_dict()
-        differs = [
-            f"{key} {record.research_settings[key]!r} in the study, {here[key]!r} here"
-            for key in TERMS
-            if key in record.research_settings and record.research_settings[key] != here[key]
-        ]
+        differs = record.other_terms(sleeve.sim_config(portfolio.sim).to_dict())
         if differs:
             log.warning(
                 "sleeve %s trades record %s on other terms than its study (%s); the portfolio's "
@@ -179,7 +177,32 @@ class PromotionAdopter:
         differs = fingerprint_mismatch(record.code, self._running_code[sleeve.strategy_name])
         if differs:
             return "code fingerprint does not match the running code: " + "; ".join(differs)
-        return None
+        return pinned_model_problem(record.overlay)
+
+
+def _warn_forced(sleeve: str, record: PromotionRecord, extra: dict) -> None:
+    """Say loudly that a sleeve trades a record a person published past a failed gate."""
+    if not record.forced:
+        return
+    failed = "; ".join(
+        f"{g.stage}: " + ", ".join(c.name for c in g.failed) for g in record.gates if not g.passed
+    )
+    log.warning(
+        "sleeve %s trades record %s that was FORCED past a failed gate (%s)",
+        sleeve,
+        record.record_id,
+        failed,
+        extra=extra,
+    )
+
+
+def record_forced(record: dict) -> bool:
+    """Whether a stored record (its parsed JSON) was published past a failed gate; a record
+    that does not load is not (``adoption_problem`` says what is wrong with it)."""
+    try:
+        return PromotionRecord.from_dict(record).forced
+    except ConfigError:
+        return False
 
 
 def adoption_problem(row, record_id: str) -> str | None:

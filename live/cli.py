@@ -84,11 +84,33 @@ def run(
     }
     if json_out:
         typer.echo(json.dumps(info))
+    elif summary.bars == 0 and summary.ended == "replay finished":
+        typer.echo(_finished_replay(cfg))
     else:
+        from quantshift.formatting import count, number
+        from quantshift.formatting import elapsed as took
+
         typer.echo(
-            f"{cfg.name}: {summary.bars} bars, {summary.orders} orders, {summary.trades} trades "
-            f"in {elapsed:.1f} s ({info['bars_per_s']} bars/s); {summary.ended}"
+            f"{cfg.name}: {count(summary.bars)} bars, {count(summary.orders)} orders, "
+            f"{count(summary.trades)} trades in {took(elapsed)} "
+            f"({number(info['bars_per_s'])} bars/s); {summary.ended}"
         )
+
+
+def _finished_replay(cfg) -> str:
+    """What a rerun of a finished replay says: nothing left, and how to replay again."""
+    from live.status import utc_time
+    from live.store import Store
+    from quantshift.urls import mask_secrets
+
+    with Store.open(cfg.store_url, create=False) as store:
+        saved = store.load_runner_state(cfg.name)
+    last = "-" if saved is None else utc_time(saved["bar_ts_ns"])
+    return (
+        f"{cfg.name}: 0 bars to run: the replay has finished (last bar {last} UTC, stored in "
+        f"{mask_secrets(cfg.store_url)}); use a new store ([store] url) or delete that one "
+        "to replay again"
+    )
 
 
 @app.command()
@@ -106,6 +128,62 @@ def reconcile(config: ConfigOpt, json_out: JsonOpt = False) -> None:
             typer.echo(line)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def divergence(
+    config: ConfigOpt,
+    since: Annotated[
+        str | None, typer.Option(help="Compare trades entered from this date (UTC) on.")
+    ] = None,
+    json_out: JsonOpt = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a figure: equity and the P&L difference by cause.")
+    ] = None,
+    max_drift_pct: Annotated[
+        float, typer.Option("--max-drift-pct", help="Exit 1 when |live - backtest P&L| is more "
+                            "than this share of the starting cash (percent).")
+    ] = 1.0,
+) -> None:  # fmt: skip
+    """Rebuild the backtest on the bars the runner decided on and compare it with the venue's
+    trades: missing and extra trades, prices, slippage, fees and the P&L by cause."""
+    from live.divergence import divergence as compare
+    from live.divergence import plot as draw
+
+    if not max_drift_pct >= 0:
+        raise ConfigError(f"--max-drift-pct must be >= 0, got {max_drift_pct}")
+    since_ns = None
+    if since is not None:
+        try:
+            since_ns = int(pd_timestamp(since).value)
+        except ValueError:
+            raise ConfigError(f"--since {since!r} is not a date (use YYYY-MM-DD)") from None
+    cfg, store = _open_store(config)
+    with store:
+        report = compare(cfg, store, since_ns=since_ns)
+    if plot is not None:
+        draw(report, plot)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict() | {"max_drift_pct": max_drift_pct}))
+    else:
+        for line in report.lines():
+            typer.echo(line)
+        if plot is not None:
+            typer.echo(f"figure: {plot}")
+    if abs(report.drift_pct) > max_drift_pct:
+        if not json_out:
+            typer.echo(
+                f"drift {report.drift_pct:+.3f}% is beyond --max-drift-pct {max_drift_pct:g}"
+            )
+        raise typer.Exit(1)
+
+
+def pd_timestamp(text: str):
+    """A date or time as a UTC timestamp (naive input is read as UTC)."""
+    import pandas as pd
+
+    stamp = pd.Timestamp(text)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 @app.command()
@@ -266,62 +344,7 @@ def _iso(ts_ns: int | None) -> str:
 
 
 def _print_status(info: dict[str, Any]) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+    from live.status import status_lines
 
-    from quantshift.report import console
-
-    out = console()
-    leader = info.get("leader") or {}
-    out.print(
-        f"runner {info['runner']}: store {info['store']} (schema v{info['schema_version']}), "
-        f"fence epoch {info['fence_epoch']}"
-    )
-    owner = info.get("owner")
-    if owner is None:
-        out.print("no runner has started on this store yet")
-    elif owner["runner"] != info["runner"]:
-        out.print(
-            f"[bold red]this store belongs to runner {owner['runner']!r}[/] "
-            f"(lease {owner['lease_name']!r}), not to this config's runner {info['runner']!r}"
-        )
-    if leader:
-        out.print(
-            f"leader {leader.get('host')} epoch {leader.get('epoch')}, last heartbeat "
-            f"{_iso(info.get('last_heartbeat_ns'))}"
-        )
-    else:
-        out.print("no leader heartbeat yet")
-    if "lease" in info:
-        out.print(f"lease: {info['lease']}")
-    halt_info = info.get("halt")
-    if halt_info:
-        out.print(
-            f"[bold red]HALT[/] since {_iso(halt_info.get('ts_created_ns'))}: "
-            f"{halt_info.get('reason')} (by {halt_info.get('created_by')}); "
-            "clear with `live resume`"
-        )
-    for sleeve, row in (info.get("promotions") or {}).items():
-        if row is None:
-            out.print(f"sleeve {sleeve}: parameters from the config")
-        else:
-            out.print(
-                f"sleeve {sleeve}: promotion record {row['record_id']} ({row['name']}, "
-                f"{row['params']}) since bar {_iso(row['bar_ts_ns'])}, "
-                + ("verified" if row["verified"] else f"NOT VERIFIED: {escape(row['problem'])}")
-            )
-    equity = info.get("equity") or {}
-    out.print(
-        f"equity {equity.get('equity', '-')}, realized P&L {info.get('realized_pnl')}, "
-        f"day P&L {info.get('day_pnl')}, open orders {info.get('open_orders')}"
-    )
-    positions = info.get("positions") or []
-    if positions:
-        table = Table(title="positions", title_justify="left")
-        for col in ("strategy", "symbol", "qty", "avg_price"):
-            table.add_column(col)
-        for p in positions:
-            price = p.get("avg_price")
-            shown = "-" if price is None else f"{price:.4f}"
-            table.add_row(p["strategy"], p["symbol"], f"{p['qty']:g}", shown)
-        out.print(table)
+    for line, alarming in status_lines(info):
+        typer.secho(line, fg="red" if alarming else None, bold=alarming)

@@ -19,6 +19,7 @@ from live.notify.config import NotifyConfig, parse_notify
 from live.store.db import resolve_sqlite_url
 from quantshift.errors import ConfigError, QuantShiftError
 from quantshift.portfolio import PortfolioConfig
+from quantshift.portfolio.config import OVERLAY_TABLES
 from quantshift.strategies import add_strategy_path, get_strategy
 from quantshift.strategies.loading import absolute_reference, is_reference, strategy_path_entries
 from quantshift.tables import Table, is_number, read_toml
@@ -35,7 +36,8 @@ class FeedConfig:
     """Where closed bars come from. ``replay`` plays a data set bar by bar; ``speed`` is bars per
     second (0: as fast as the cycle runs). ``venue`` polls the broker's own bars on the wall
     clock: ``history_bars`` of warm-up, a poll every ``poll_s``, a bar asked for ``settle_s``
-    after its close, and a symbol without a bar waited for ``late_after_s``."""
+    after its close, and a symbol without a bar waited for ``late_after_s``; with ``stream``
+    each bar comes from the venue's stream as it closes (REST backfills after a reconnect)."""
 
     kind: str = "replay"
     source: str = "builtin:sp500"
@@ -46,6 +48,7 @@ class FeedConfig:
     poll_s: float = 5.0
     settle_s: float = 2.0
     late_after_s: float = 60.0
+    stream: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +115,7 @@ _TOP = {
     "guards",
     "metrics",
     "notify",
+    *OVERLAY_TABLES,  # [sectors], [regimes], [sentiment]: quantshift.portfolio.overlay
 }
 
 
@@ -168,10 +172,18 @@ def parse_config(
         sim=top.table("costs"),
         limits=risk.without("conflict"),
         conflict_in=risk,
+        overlay_in=top,
+        base_dir=None if path is None else path.resolve().parent,  # [sectors] file
     )
+    if warmup is not None and warmup < portfolio.limits.history_rows:
+        raise runner.error(
+            "warmup_bars",
+            f"the correlation limit reads {portfolio.limits.history_rows} closes "
+            "([risk] correlation_window_bars + 1); set at least that many",
+        )
 
     feed_table = top.table("feed")
-    venue_keys = {"history_bars", "poll_s", "settle_s", "late_after_s"}
+    venue_keys = {"history_bars", "poll_s", "settle_s", "late_after_s", "stream"}
     replay_keys = {"source", "start", "end", "speed"}
     feed_table.refuse_unknown({"kind"} | venue_keys | replay_keys)
     feed_kind = feed_table.choice("kind", FEEDS, "replay")
@@ -179,7 +191,8 @@ def parse_config(
     if wrong:
         raise feed_table.error(wrong[0], f"does not apply to a {feed_kind!r} feed")
     timing = {}
-    for key in sorted(venue_keys & set(feed_table.raw)):
+    stream = feed_table.boolean("stream", False)
+    for key in sorted((venue_keys - {"stream"}) & set(feed_table.raw)):
         value = feed_table.get(key)
         integer = key == "history_bars"
         ok = isinstance(value, int) if integer else isinstance(value, int | float)
@@ -196,6 +209,7 @@ def parse_config(
         start=feed_table.string("start"),
         end=feed_table.string("end"),
         speed=float(speed),
+        stream=stream,
     )
 
     broker_table = top.table("broker")

@@ -1,5 +1,6 @@
 """Where the runner's closed bars come from: a replayed data set, or the venue's own bars on the
-wall clock (history at start, then each bar once it has closed, polled from the venue).
+wall clock (history at start, then each bar once it has closed, polled from the venue or taken
+from its stream: ``live.streaming``).
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ class ReplayFeed:
 
     def next_index(self, last_ts_ns: int | None, stop: threading.Event) -> int | None:
         """Position of the bar after ``last_ts_ns``; None when the replay is over."""
-        t = _after(self.bars.ts_ns, last_ts_ns)
+        t = after(self.bars.ts_ns, last_ts_ns)
         return t if t < self.bars.n_bars else None
 
     def now_ns(self, t: int, interval_ns: int) -> int:
         """The replay's "now" during bar ``t``'s cycle: half an interval after its close."""
         return int(self.bars.ts_ns[t]) + interval_ns // 2
+
+    def close(self) -> None:
+        """Nothing to release (a streaming feed stops its thread here)."""
 
 
 class VenueFeed:
@@ -109,16 +113,23 @@ class VenueFeed:
             n = self.bars.n_bars
             if last_ts_ns is None and n:
                 return n - 1  # a fresh start decides on the newest closed bar
-            t = _after(self.bars.ts_ns, last_ts_ns)
+            t = after(self.bars.ts_ns, last_ts_ns)
             if t < n:
                 return t
-            self._wait(stop, self.poll_s)
-            if not stop.is_set():
-                self._poll(self._now())
+            self._wait_for_bars(stop)
         return None
+
+    def _wait_for_bars(self, stop: threading.Event) -> None:
+        """Wait a poll period, then ask the venue for what closed meanwhile."""
+        self._wait(stop, self.poll_s)
+        if not stop.is_set():
+            self._poll(self._now())
 
     def now_ns(self, t: int, interval_ns: int) -> int:
         return self._now()
+
+    def close(self) -> None:
+        """Nothing to release: polling holds no connection of its own."""
 
     # ------------------------------------------------------------------ polling
     def _poll(self, now: int) -> None:
@@ -175,7 +186,7 @@ class VenueFeed:
         return 1.6 if self.clock.bar_interval_s >= DAY_S else 24 / 6.5 * 1.6
 
 
-def _after(ts_ns: np.ndarray, last_ts_ns: int | None) -> int:
+def after(ts_ns: np.ndarray, last_ts_ns: int | None) -> int:
     """Position of the first bar after ``last_ts_ns`` (0 when nothing was traded yet)."""
     return 0 if last_ts_ns is None else int(np.searchsorted(ts_ns, last_ts_ns, "right"))
 
@@ -214,18 +225,21 @@ def open_feed(config, portfolio, clock: MarketClock, broker=None, *, now_ns=time
         replay = ReplayFeed(feed.source, symbols, start=feed.start, end=feed.end)
         _check_interval(config, replay.bars)
         return replay
-    from live.venues import venue_bar_pages
+    from live.venues import venue_bar_pages, venue_bar_stream
 
-    venue = VenueFeed(
-        venue_bar_pages(broker),
-        symbols,
-        clock,
+    options = dict(
         history_bars=max(feed.history_bars, portfolio.warmup_bars() + 1),
         poll_s=feed.poll_s,
         settle_s=feed.settle_s,
         late_after_s=feed.late_after_s,
         now_ns=now_ns,
-        wait=wait,
     )
+    if feed.stream:
+        from live.streaming import StreamingFeed
+
+        open_stream = venue_bar_stream(broker, clock.bar_interval_s, config.path or config.name)
+        venue = StreamingFeed(venue_bar_pages(broker), open_stream, symbols, clock, **options)
+    else:
+        venue = VenueFeed(venue_bar_pages(broker), symbols, clock, wait=wait, **options)
     venue.start()
     return venue

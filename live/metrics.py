@@ -18,6 +18,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest, make_wsgi_app
 
 from live.guards import GUARDS
@@ -80,6 +81,28 @@ class MetricsServer:
         self.close()
 
 
+class _GaugeOnceSet:
+    """A gauge with no sample until its first value: a runner exports no portfolio value
+    before its first cycle, where a 0 would fire every alert on a restart."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name, self.documentation = name, documentation
+        self.value: float | None = None
+        registry.register(self)
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.name, self.documentation)
+        if self.value is not None:
+            family.add_metric([], self.value)
+        yield family
+
+
 class LiveMetrics:
     """The metrics one runner exports, in a registry of its own (never the global one).
 
@@ -107,10 +130,10 @@ class LiveMetrics:
             buckets=CYCLE_BUCKETS_S,
             registry=r,
         )
-        self._portfolio_value = Gauge(
-            f"{ns}_portfolio_value", "Portfolio value (account currency)", registry=r
+        self._portfolio_value = _GaugeOnceSet(
+            f"{ns}_portfolio_value", "Portfolio value (account currency)", r
         )
-        self._daily_pnl = Gauge(f"{ns}_daily_pnl", "P&L since the day began", registry=r)
+        self._daily_pnl = _GaugeOnceSet(f"{ns}_daily_pnl", "P&L since the day began", r)
         self._open_positions = Gauge(f"{ns}_open_positions", "Open positions", registry=r)
         self._signals = Counter(f"{ns}_signals", "Signals by strategy", ["strategy"], registry=r)
         self._orders = Counter(
@@ -122,6 +145,12 @@ class LiveMetrics:
         self._halts = Counter(f"{ns}_halts", "HALTs raised, by reason", ["reason"], registry=r)
         self._promoted = Info(
             f"{ns}_promoted_record", "Promotion record in use", ["strategy"], registry=r
+        )
+        self._forced = Gauge(
+            f"{ns}_record_forced",
+            "1 while the sleeve trades a promotion record FORCED past a failed gate",
+            ["strategy"],
+            registry=r,
         )
         self._terms = Counter(
             f"{ns}_leader_terms", "Terms this runner won (lease acquisitions)", registry=r
@@ -317,9 +346,11 @@ class LiveMetrics:
         self._halted = bool(active)
         self._halt_active.set(1 if active else 0)
 
-    def set_promoted(self, strategy: str, record_id: str | None) -> None:
-        """Export the promotion record ``strategy`` trades (None: parameters from the config)."""
+    def set_promoted(self, strategy: str, record_id: str | None, *, forced: bool = False) -> None:
+        """Export the promotion record ``strategy`` trades (None: parameters from the config),
+        and whether it was FORCED past a failed gate (``record_forced`` 1)."""
         strategy = self._strategy(strategy)
+        self._forced.labels(strategy=strategy).set(1 if record_id is not None and forced else 0)
         if record_id is None:
             if strategy in self._promoted_strategies:
                 self._promoted.remove(strategy)

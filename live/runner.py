@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from live.adoption import PromotionAdopter
 from live.broker import BrokerAuthError
 from live.clock import MarketClock
@@ -29,7 +31,7 @@ from live.lease import NotLeaderError, open_lease
 from live.metrics import LiveMetrics
 from live.notify import note_auth_failure, start_alerts
 from live.paper import VENUE, PaperVenue
-from live.status import FLATTEN_MARK
+from live.status import FLATTEN_MARK, HaltWatch
 from live.store import Store, client_order_id
 from live.store.errors import HaltedError, StaleEpochError, StoreUnavailableError
 from live.systemd import Notifier
@@ -142,6 +144,7 @@ class Runner:
         )  # fmt: skip
         self.bars: Bars = self.feed.bars
         self.adopter = PromotionAdopter(cfg, self.store, self.metrics, self.host)
+        self.halt_watch = HaltWatch(self.store)
         self.interval_ns = cfg.bar_interval_s * 1_000_000_000
         self._periods_per_year = periods_per_year(cfg.market, cfg.bar_interval_s)
         self.metrics.started(clock, cfg.portfolio.limits)
@@ -154,6 +157,8 @@ class Runner:
             self.alerts.stop()
         if getattr(self, "server", None) is not None:
             self.server.close()
+        if getattr(self, "feed", None) is not None:
+            self.feed.close()
         if getattr(self, "broker", None) is not None:
             self.broker.close()
         for name in ("lease", "venue", "store"):
@@ -197,12 +202,12 @@ class Runner:
                         continue  # still standby (or stopping): wait again
                 elif self._redo_under_halt:
                     self._load()
+                if self.max_bars is not None and summary.bars >= self.max_bars:
+                    summary.ended = "max_bars"  # before waiting: a venue's next bar is a bar away
+                    break
                 t = self._next_bar()
                 if t is None:
                     summary.ended = "replay finished"
-                    break
-                if self.max_bars is not None and summary.bars >= self.max_bars:
-                    summary.ended = "max_bars"
                     break
                 self._cycle(t, summary)
                 if self._redo_under_halt:
@@ -396,8 +401,11 @@ class Runner:
                         self._send(_stop_order(trade, ts), trade.units, epoch, PROTECTIVE, True)
             else:
                 state = stopped.state
-            # 3. Decide on this close, from signals on the history so far.
-            history = compute_signals(portfolio, self._window(t))
+            # 3. Decide on this close, from signals on the history so far (kept in the store,
+            # so the cycle can be replayed and `live divergence` sees the same bars).
+            window = self._window(t)
+            self._keep_bars(window, ts)
+            history = compute_signals(portfolio, window)
             decision = decide(state, history.at(-1), portfolio)
             state = decision.state
             for order in decision.orders:
@@ -408,6 +416,7 @@ class Runner:
                     decision.halt_reason, by=f"runner {self.host}", epoch=epoch
                 ).halt_id
             halt = self.store.active_halt()
+            self.halt_watch.observe(halt, ts, epoch)
             if halt is not None and halt.halt_id != own_halt:
                 orders = (
                     list(flatten_orders(state, ts, portfolio))
@@ -565,6 +574,14 @@ class Runner:
         warmup = self.config.warmup_bars
         lo = 0 if warmup is None else max(0, t + 1 - warmup)
         return self.bars[lo : t + 1]
+
+    def _keep_bars(self, window: Bars, ts: int) -> None:
+        stored = getattr(self, "_bars_kept_ns", None)
+        first = 0 if stored is None else int(np.searchsorted(window.ts_ns, stored, "right"))
+        self.store.record_bars(window, first)
+        if stored is None:
+            self.store.mark_decided_from(self.config.name, ts)
+        self._bars_kept_ns = ts
 
     def _execute(
         self, order, units, price, fee, ts_fill_ns, epoch, halt=None, protective=False

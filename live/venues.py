@@ -18,23 +18,28 @@ log = logging.getLogger("quantshift.live")
 
 @dataclass(frozen=True)
 class Venue:
-    """One venue's package: its config (``VenueSettings``), its adapter and its bar pages."""
+    """One venue's package: its config (``VenueSettings``), its adapter, its bar pages, and
+    its bar stream with the one bar length the venue streams (None: the venue has none)."""
 
     settings: type
     adapter: type
     bar_pages: Callable
+    bar_stream: Callable | None = None
+    stream_interval_s: int | None = None
 
 
 def venue(kind: str) -> Venue:
     """The package of venue ``kind`` (imported on first use: the SDKs take a while)."""
     if kind == "alpaca":
         from live.alpaca import AlpacaBroker, AlpacaConfig, bar_pages
+        from live.alpaca.bar_stream import AlpacaBarStream
 
-        return Venue(AlpacaConfig, AlpacaBroker, bar_pages)
+        return Venue(AlpacaConfig, AlpacaBroker, bar_pages, AlpacaBarStream, 60)
     if kind == "coinbase":
         from live.coinbase import CoinbaseBroker, CoinbaseConfig, bar_pages
+        from live.coinbase.candles import CANDLE_S, CoinbaseBarStream
 
-        return Venue(CoinbaseConfig, CoinbaseBroker, bar_pages)
+        return Venue(CoinbaseConfig, CoinbaseBroker, bar_pages, CoinbaseBarStream, CANDLE_S)
     raise ConfigError(f"unknown venue {kind!r}; venues: {', '.join(VENUES)}")
 
 
@@ -56,6 +61,25 @@ def venue_bar_pages(broker: Broker):
     return lambda symbol, start_ns, end_ns, timeframe: bar_pages(
         broker, symbol, start_ns, end_ns, timeframe
     )
+
+
+def venue_bar_stream(broker: Broker, bar_interval_s: int, where: str):
+    """``open_stream(symbols, on_bar, on_connect)`` for the venue's bar stream (see
+    ``live.streaming``); refuses a bar length the venue does not stream."""
+    package = venue(broker.venue)
+    if package.bar_stream is None or package.stream_interval_s != bar_interval_s:
+        streams = (f"only {package.stream_interval_s} s bars" if package.bar_stream
+                   else "no bars")  # fmt: skip
+        raise ConfigError(
+            f"{where}: [feed] stream = true, but {broker.venue}'s stream carries {streams}, not "
+            f"{bar_interval_s} s bars; set stream = false to poll its REST bars"
+        )
+
+    def open_stream(symbols, on_bar, on_connect):
+        stream = package.bar_stream(broker, symbols, on_bar, on_connect)
+        return stream.start()
+
+    return open_stream
 
 
 def connect_venue(config: LiveConfig) -> Broker:

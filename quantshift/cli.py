@@ -371,6 +371,7 @@ def sweep(
     """Evaluate a parameter grid in one parallel pass and rank the results."""
     import quantshift as qs
     from quantshift.engine.metrics import METRICS
+    from quantshift.engine.sweep import sweep_tags
 
     if rank_by not in METRICS:
         raise ConfigError(f"--rank-by {rank_by!r} is not a metric; metrics: {', '.join(METRICS)}")
@@ -383,16 +384,12 @@ def sweep(
         name: parse_grid_axis(strat, name, text)
         for name, text in parse_assignments(grid, "grid").items()
     }
-    table = qs.sweep(
-        strat,
-        data,
-        strat.parameter_grid(axes, max_sets=max_sets),
-        symbol=symbol,
-        progress=not json_out,
-        **_settings(
-            cash, size, fees_bps, slippage_bps, fill, direction, sizing, risk, stops, whole_units
-        ),
+    settings = _settings(
+        cash, size, fees_bps, slippage_bps, fill, direction, sizing, risk, stops, whole_units
     )
+    grid_sets = strat.parameter_grid(axes, max_sets=max_sets)
+    with sweep_tags(source="cli-sweep"):  # for the trial recorders (research's registry)
+        table = qs.sweep(strat, data, grid_sets, symbol=symbol, progress=not json_out, **settings)
     if csv is not None:
         table.to_csv(csv, index=False)
     ranked = table.sort_values(rank_by, ascending=False, na_position="last")
@@ -404,6 +401,7 @@ def sweep(
             )
         )
         return
+    from quantshift.formatting import count
     from quantshift.report import SWEEP_COLUMNS, console, frame_table
 
     columns = [*strat.param_names, "symbol", *SWEEP_COLUMNS]
@@ -411,7 +409,8 @@ def sweep(
     out.print(
         frame_table(
             ranked.head(top),
-            f"{strat.name}: top {min(top, len(table))} of {len(table)} by {rank_by} (in-sample)",
+            f"{strat.name}: top {min(top, len(table))} of {count(len(table))} by {rank_by} "
+            "(in-sample)",
             columns,
         )
     )

@@ -13,26 +13,15 @@ from rich.console import Console
 from rich.table import Table
 
 from quantshift.engine.metrics import METRIC_DESCRIPTIONS
-
-_FORMATS = {
-    "final_equity": "{:,.2f}",
-    "trades": "{:,.0f}",
-    "avg_win": "{:,.2f}",
-    "avg_loss": "{:,.2f}",
-    "largest_win": "{:,.2f}",
-    "largest_loss": "{:,.2f}",
-}
+from quantshift.formatting import count, metric, percent
 
 
 def fmt(name: str, value) -> str:
-    """Format a metric value for display (NaN as '-', infinities as 'inf')."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if isinstance(value, int | float):
-        return _FORMATS.get(name, "{:,.2f}" if name.endswith("_pct") else "{:.3f}").format(value)
-    return str(value)
+    """Format a metric value for display (NaN as '-', infinities as 'inf'); percentages
+    without their sign, which the metric's name and the column header carry."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and name.endswith("_pct"):
+        return percent(value, sign=False)
+    return metric(name, value)
 
 
 def backtest_table(result, symbol: str) -> Table:
@@ -50,7 +39,8 @@ def backtest_table(result, symbol: str) -> Table:
 def trades_table(trades: pd.DataFrame, last: int) -> Table:
     """Return a table of the last ``last`` trades."""
     shown = trades.tail(last)
-    table = Table(title=f"last {len(shown)} of {len(trades)} trades", title_justify="left")
+    title = f"last {count(len(shown))} of {count(len(trades))} trades"
+    table = Table(title=title, title_justify="left")
     for col in (
         "symbol",
         "direction",

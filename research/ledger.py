@@ -23,6 +23,7 @@ from quantshift.data.bars import Bars
 from quantshift.engine.config import SimConfig
 from quantshift.engine.metrics import METRICS, infer_periods_per_year
 from quantshift.errors import ConfigError, UnknownNameError
+from quantshift.progress import Progress
 
 STATES = ("complete", "pruned", "fail", "infeasible")
 """Trial states: told COMPLETE; PRUNED; FAIL (e.g. the objective was undefined); FAIL because
@@ -30,6 +31,9 @@ the parameter set violated a strategy constraint and was never run on data."""
 
 MINIMIZED_METRICS = ("max_drawdown_pct", "volatility_pct")
 """Metrics where smaller is better; every other metric of METRICS is maximised."""
+
+EQUITY_FLOATS_PER_SWEEP = 4_000_000
+"""Equity values one evaluation sweep keeps at once (32 MB): sets per chunk x symbols x bars."""
 
 _HEAD = ("study", "stage", "trial", "state", "worker")
 _TAIL = ("sharpe_per_period", "n_bars", "periods_per_year")
@@ -420,9 +424,11 @@ class FoldEvaluation:
     """Sweeps of a parameter matrix over folds, folded into the ledger's per-trial numbers.
 
     Each metric is the mean over the symbols where it is defined, then over the folds a set
-    ran; ``sharpe_per_period`` likewise (each symbol's Sharpe over the root of its own periods
-    per year); ``n_bars`` sums the folds' mean bars per symbol; ``seconds`` is each set's share
-    of the sweep wall time.
+    ran; ``sharpe_per_period`` is in the unit the winner is judged on (the symbol's per-bar
+    Sharpe ratio; with several symbols the per-bar Sharpe ratio of their summed equity, see
+    :func:`research.registry.trial_sharpes`), the mean over folds; ``n_bars`` sums the folds'
+    mean bars per symbol; ``seconds`` is each set's share of the sweep wall time. Every sweep
+    is recorded in the trial registry (tagged by the caller's ``trial_context``).
     """
 
     def __init__(self, strategy, matrix: np.ndarray, folds: Sequence[Fold], config: SimConfig):
@@ -435,20 +441,29 @@ class FoldEvaluation:
         self._seconds = np.zeros(n)
 
     def run(self, fold: int, rows: np.ndarray, progress=False) -> np.ndarray:
-        """Evaluate sets ``rows`` on fold ``fold`` in ONE sweep; return their (rows, METRICS).
-        ``progress`` is passed to the sweep (a progress bar, or a callback)."""
+        """Evaluate sets ``rows`` on fold ``fold`` (sweeps keeping equity curves, in chunks of
+        bounded memory); return their (rows, METRICS). ``progress``: a bar or a callback."""
+        from research.registry import trial_sharpes
+
         part = self.folds[fold]
         tick = time.perf_counter()
-        table = qs.sweep(
-            self.strategy, part.bars, self.matrix[rows], config=self.config, progress=progress
-        )
+        m, width = part.bars.n_symbols, len(METRICS)
+        raw = np.empty((rows.size, m, width))
+        spp = np.empty(rows.size)
+        step = max(1, EQUITY_FLOATS_PER_SWEEP // max(1, m * part.bars.n_bars))
+        with Progress(progress, rows.size, f"sweep {self.strategy.name}") as report:
+            for lo in range(0, rows.size, step):
+                hi = min(lo + step, rows.size)
+                table, equity = qs.sweep_equity(
+                    self.strategy, part.bars, self.matrix[rows[lo:hi]], config=self.config
+                )
+                metrics = table[list(METRICS)].to_numpy(dtype=np.float64)
+                raw[lo:hi] = metrics.reshape(hi - lo, m, width)
+                spp[lo:hi] = trial_sharpes(part.bars, self.config, metrics, equity)[0]
+                report(hi)
         self._seconds[rows] += (time.perf_counter() - tick) / rows.size
-        raw = table[list(METRICS)].to_numpy(dtype=np.float64)
-        raw = raw.reshape(rows.size, part.bars.n_symbols, len(METRICS))
         self.metrics[fold, rows] = mean_defined(raw, axis=1)
-        self._spp[fold, rows] = mean_defined(
-            raw[:, :, METRICS.index("sharpe")] / np.sqrt(part.periods_per_year), axis=1
-        )
+        self._spp[fold, rows] = spp
         self._bars[fold, rows] = part.n_bars.mean()
         self._ppy[fold, rows] = part.periods_per_year.mean()
         return self.metrics[fold, rows]
@@ -474,14 +489,19 @@ def record_grid(
     objective: str,
     study: str,
     stage: str,
+    seed: int | None = None,
     progress=False,
 ) -> np.ndarray:
     """Evaluate every row of ``matrix`` on all of ``bars`` in one sweep and record each as a
     trial (complete, or fail where ``objective`` is undefined); return the (rows, METRICS)
-    metrics, the mean over symbols as for Optuna trials."""
+    metrics, the mean over symbols as for Optuna trials. The sweep goes to the trial registry
+    as ``source="study"`` unless an enclosing ``trial_context`` says otherwise."""
+    from research.registry import trial_defaults
+
     n = matrix.shape[0]
     evaluation = FoldEvaluation(strategy, matrix, make_folds(bars, config, None), config)
-    metrics = evaluation.run(0, np.arange(n), progress=progress)
+    with trial_defaults(source="study", study=study, stage=stage, seed=seed):
+        metrics = evaluation.run(0, np.arange(n), progress=progress)
     values = metrics[:, METRICS.index(objective)]
     ok = np.isfinite(values)
     ledger.record(

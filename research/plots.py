@@ -95,9 +95,12 @@ def _mid(interval) -> float:
     return float(interval.mid)
 
 
-def plot_optimization(result, path: str | Path | None = None):
+def plot_optimization(result, path: str | Path | None = None, *, min_trades: int = 0):
     """Plot a search's history (one objective: each trial and the best so far) or its Pareto
-    front (two objectives) from an :class:`~research.optimize.OptimizeResult`."""
+    front (two objectives) from an :class:`~research.optimize.OptimizeResult`.
+
+    A trial with fewer than ``min_trades`` trades is drawn apart and never becomes the best so
+    far: the study cannot choose it."""
     if len(result.objectives) > 2:
         raise ConfigError("plot shows one objective's history or a two-objective front")
     plt = pyplot()
@@ -107,10 +110,20 @@ def plot_optimization(result, path: str | Path | None = None):
     done = done.sort_values("trial")
     fig, ax = plt.subplots(figsize=(9, 5.5))
     if len(result.objectives) == 1:
-        values = done["value_0"].to_numpy()
-        best = (np.maximum if result.directions[0] == "maximize" else np.minimum).accumulate(values)
-        ax.scatter(done["trial"], values, s=12, color="#1f4e79", label="complete trial")
-        ax.step(done["trial"], best, where="post", color="#d62728", label="best so far")
+        values = done["value_0"].to_numpy(dtype=float)
+        feasible = done["trades"].to_numpy() >= min_trades
+        # fmax/fmin skip NaN: the best so far stays on the last feasible best.
+        accumulate = np.fmax if result.directions[0] == "maximize" else np.fmin
+        best = accumulate.accumulate(np.where(feasible, values, np.nan))
+        ax.scatter(
+            done["trial"][feasible], values[feasible], s=12, color="#1f4e79", label="complete trial"
+        )
+        if not feasible.all():
+            ax.scatter(
+                done["trial"][~feasible], values[~feasible], s=12, marker="x", color="#9a9a9a",
+                label=f"fewer than {min_trades} trades (not eligible)",
+            )  # fmt: skip
+        ax.step(done["trial"], best, where="post", color="#d62728", label="best eligible so far")
         ax.set_xlabel("trial")
         ax.set_ylabel(result.objectives[0])
         ax.set_title(f"{result.study_name}: optimisation history")

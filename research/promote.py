@@ -255,7 +255,7 @@ def promote(
             return outcome
         outcome.stored = store.add(record, by=by, reason=(reason or f"promote{forced_note}"))
         outcome.registry_version = tracker.register_promotion(
-            record.name, stage, run_id, record.to_dict()
+            record.name, stage, run_id, record.to_dict(), forced=record.forced, reason=reason
         )
         return outcome
     finally:

@@ -118,6 +118,7 @@ def list_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Every stored record, oldest first; * marks the active one of each (name, stage)."""
+    from quantshift.formatting import number, table
     from research.promote import history
 
     rows = history(name, store_url=_store_url(store))
@@ -127,15 +128,26 @@ def list_command(
     if not rows:
         typer.echo("no promotion records" + (f" named {name!r}" if name else ""))
         return
+    rows_shown = []
     for p in rows:
         r = p.record
-        params = ", ".join(f"{k}={v:g}" for k, v in r.params.items())
-        mark = "*" if p.active else " "
-        forced = " FORCED" if r.forced else ""
-        typer.echo(
-            f"{mark} {p.promotion_id:>4}  {r.name:<24} {r.stage:<5} {r.record_id}  "
-            f"{r.strategy}({params})  {_when(p.ts_created_ns)} by {p.created_by}{forced}"
+        params = ", ".join(f"{k}={number(v)}" for k, v in r.params.items())
+        rows_shown.append(
+            [
+                "*" if p.active else "",
+                str(p.promotion_id),
+                r.name,
+                r.stage,
+                r.record_id,
+                f"{r.strategy}({params})",
+                _when(p.ts_created_ns),
+                p.created_by,
+                "FORCED" if r.forced else "passed",
+            ]
         )
+    headers = ["active", "id", "name", "stage", "record", "parameters", "created", "by", "gate"]
+    for line in table(headers, rows_shown, right=(1,)):
+        typer.echo(line)
 
 
 @promotions_app.command("show")
@@ -213,4 +225,6 @@ def _when(ts_ns: int) -> str:
 
 
 def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    from quantshift.formatting import number
+
+    return number(value)

@@ -168,7 +168,7 @@ def parse_spec(
     except QuantShiftError as exc:
         raise exp.error("strategy", str(exc)) from None
 
-    data = _data(top.table("data", required=True))
+    data = parse_data_table(top.table("data", required=True))
     costs = top.table("costs").build(SimConfig)
     params_raw = top.table("params")
     try:
@@ -198,7 +198,8 @@ def parse_spec(
     )
 
 
-def _data(table: Table) -> DataSpec:
+def parse_data_table(table: Table) -> DataSpec:
+    """Validate a spec's [data] table (source, symbols, start, end) into a DataSpec."""
     table.refuse_unknown({"source", "symbols", "start", "end"})
     symbols = table.get("symbols")
     if symbols is not None:

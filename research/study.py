@@ -25,16 +25,18 @@ from quantshift.engine.sweep import sweep_equity
 from quantshift.errors import ConfigError
 from quantshift.provenance import code_fingerprint
 from research.ledger import TrialLedger, default_direction, record_grid
+from research.registry import dsr_report, trial_context
 from research.spec import ExperimentSpec, grid_values
-from research.stats import (
-    deflated_sharpe_ratio,
-    pbo,
-    probabilistic_sharpe_ratio,
-    return_moments,
-)
+from research.stats import pbo, probabilistic_sharpe_ratio, return_moments
+from research.tracking import study_run_name
 
 COMMANDS = ("optimize", "walk-forward", "montecarlo", "report")
 TOP_TRIALS_LOGGED = 5
+KEY_PLOTS = (
+    "best_equity", "parameter_heatmap", "optimization", "walk_forward", "oos_mc_fan", "mc_fan",
+    "pbo",
+)  # fmt: skip
+"""Figures a study's parent run carries as well as the part that drew them."""
 
 
 @dataclass(eq=False)
@@ -46,6 +48,7 @@ class StudyReport:
     summary: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict, repr=False)
     run_id: str | None = None
+    run_name: str | None = None
     child_runs: dict[str, str] = field(default_factory=dict)
     tracking_uri: str | None = None
     parts: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -113,8 +116,10 @@ def run(
 
                 tracker = Tracker(spec.tracking_uri, experiment=spec.experiment)
             handle = stack.enter_context(
-                tracker.run(f"{spec.name}:{command}", kind=command, params=_run_params(spec))
+                tracker.run(spec.name, kind=command, params=_run_params(spec))
             )
+            handle.rename(study_run_name(spec.name, handle.run_id))
+            report.run_name = handle.name
             handle.log_fingerprints(
                 data_fingerprint=bars.fingerprint(), code=code_fingerprint(spec.strategy)
             )
@@ -128,7 +133,7 @@ def run(
             child = None
             if handle is not None and len(parts) > 1:
                 child = stack.enter_context(
-                    tracker.run(f"{spec.name}:{part}", kind=part, parent=handle)
+                    tracker.run(f"{handle.name}:{part}", kind=part, parent=handle)
                 )
                 report.child_runs[part] = child.run_id
             target = child or handle
@@ -143,8 +148,14 @@ def run(
         report.summary["data_bars"] = int(bars.n_bars)
         report.summary["research_settings"] = spec.costs.to_dict()
         if handle is not None:
+            # The parent alone compares studies in the runs table: the parameters that won
+            # (or, for montecarlo, that traded), the headline numbers and the key plots.
+            handle.log_params(_param_values(report.summary.get("best_params") or {}))
             handle.log_metrics(_numbers(report.summary))
             handle.log_dict(_json_safe(report.summary), "summary.json")
+            if len(parts) > 1:
+                key = {k: report.figures[k] for k in KEY_PLOTS if k in report.figures}
+                _log_figures(handle, key)
     if handle is not None:
         report.summary["run_id"] = report.run_id
     return report
@@ -179,16 +190,17 @@ def _optimize(spec, bars, report, run, progress) -> None:
             # The history to plot is the whole study's, whichever worker evaluated it.
             result = dataclasses.replace(result, ledger=ledger)
         best_params = _best_by(ledger, objective, search.min_trades)
-        report.figures["optimization"] = result.plot()
+        from research.plots import plot_optimization
+
+        report.figures["optimization"] = plot_optimization(result, min_trades=search.min_trades)
         if result.pareto is not None:
             report.parts["pareto"] = result.pareto
     best = backtest(strat, bars, best_params, config=spec.costs)
     report.parts.update(ledger=ledger, best=best, best_params=best_params)
-    n_trials, variance = ledger.dsr_inputs()
     out = report.summary
     out["strategy"] = strat.name
     out["best_params"] = best_params
-    out["trials"] = n_trials
+    out["trials"] = ledger.n_trials(states=("complete", "pruned", "fail"))
     out["trial_states"] = ledger.counts()
     out.update({f"is_{k}": v for k, v in _combined(best).items()})
     returns = _returns(best)
@@ -196,18 +208,8 @@ def _optimize(spec, bars, report, run, progress) -> None:
     out["is_sharpe_per_period"] = sharpe_pp
     out["return_skew"], out["return_kurtosis"] = skew, kurt
     out["psr"] = probabilistic_sharpe_ratio(sharpe_pp, 0.0, len(returns), skew, kurt)
-    out["dsr"] = (
-        deflated_sharpe_ratio(
-            sharpe_pp,
-            n_observations=len(returns),
-            skew=skew,
-            kurtosis=kurt,
-            n_trials=n_trials,
-            trial_sharpe_variance=variance,
-        )
-        if n_trials > 1 and math.isfinite(variance)
-        else math.nan
-    )
+    # N and V from the trial registry: every trial of this lineage on this data (dsr_report).
+    out.update(dsr_report(ledger, strat, bars, sharpe_pp, len(returns), skew, kurt))
     out["causality"] = _causality(strat, bars, best_params)
     report.figures["best_equity"] = _curve_figure(best, f"{strat.name} {best_params}")
     heat = _heatmap(ledger, strat, objective)
@@ -219,7 +221,7 @@ def _optimize(spec, bars, report, run, progress) -> None:
         _monte_carlo_of(spec, best, report, prefix="mc")
     if run is not None:
         run.log_frame(ledger.frame, "ledger")
-        _log_top_trials(run, ledger, objective)
+        _log_top_trials(run, ledger, objective, search.min_trades)
         _log_figures(run, report.figures)
 
 
@@ -259,6 +261,7 @@ def _grid_search(spec, bars, ledger, progress):
         objective=objective,
         study=spec.name,
         stage="optimize",
+        seed=spec.seed,
         progress=progress,
     )
     return _best_by(ledger, objective, spec.search.min_trades)
@@ -304,7 +307,8 @@ def _pbo(spec, bars, ledger, report) -> None:
         pick = np.random.default_rng(spec.seed).choice(len(rows), spec.pbo.max_trials, False)
         rows = rows.iloc[np.sort(pick)]
     matrix = rows[list(strat.param_names)].to_numpy(dtype=float)
-    _, equity = sweep_equity(strat, bars, matrix, config=spec.costs)
+    with trial_context(record=False):  # these trials are in the registry already
+        _, equity = sweep_equity(strat, bars, matrix, config=spec.costs)
     portfolio = equity.sum(axis=1)  # (trials, bars): the symbols' sleeves together
     previous = np.concatenate(
         (np.full((portfolio.shape[0], 1), spec.costs.cash * bars.n_symbols), portfolio[:, :-1]),
@@ -399,6 +403,7 @@ def _montecarlo(spec, bars, report, run, progress) -> None:
     report.figures["equity"] = _curve_figure(result, f"{spec.strategy} {dict(spec.params)}")
     _monte_carlo_of(spec, result, report, prefix="mc")
     if run is not None:
+        run.log_params(_param_values(spec.params))
         _log_figures(run, report.figures)
 
 
@@ -525,9 +530,13 @@ def _heatmap(ledger: TrialLedger, strat, objective: str):
     return plot_parameter_heatmap(frame, x, y, objective)
 
 
-def _log_top_trials(run, ledger: TrialLedger, objective: str) -> None:
+def _log_top_trials(run, ledger: TrialLedger, objective: str, min_trades: int) -> None:
+    """The best distinct parameter sets that pass the feasibility rules, as child runs (a
+    sampler that repeats a set, or a set with too few trades, is not a contender)."""
     frame = ledger.frame
-    frame = frame[frame["state"] == "complete"]
+    frame = frame[(frame["state"] == "complete") & (frame["trades"] >= min_trades)]
+    frame = frame[np.isfinite(frame[objective].to_numpy(dtype=float))]
+    frame = frame.drop_duplicates(subset=list(ledger.param_names))
     ascending = default_direction(objective) == "minimize"
     top = frame.sort_values(objective, ascending=ascending).head(TOP_TRIALS_LOGGED)
     for rank, (_, row) in enumerate(top.iterrows(), start=1):
@@ -563,7 +572,6 @@ def _run_params(spec: ExperimentSpec) -> dict[str, Any]:
             "min_trades": spec.search.min_trades,
             "space": {k: str(v) for k, v in spec.search.space.items()},
         },
-        "params": dict(spec.params),
     }
     if spec.walk_forward is not None:
         params["walk_forward"] = dict(vars(spec.walk_forward))
@@ -572,6 +580,11 @@ def _run_params(spec: ExperimentSpec) -> dict[str, Any]:
     if spec.pbo is not None:
         params["pbo"] = dict(vars(spec.pbo))
     return params
+
+
+def _param_values(params) -> dict[str, Any]:
+    """Parameter values as a person reads them in the runs table (``10``, not ``10.0``)."""
+    return {k: int(v) if float(v).is_integer() else float(v) for k, v in params.items()}
 
 
 def _numbers(summary: dict[str, Any]) -> dict[str, float]:

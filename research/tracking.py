@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""MLflow 3 opens an experiment without this tag in its GenAI view (traces, no metric columns);
+with it, in the classic runs table that compares runs by their params and metrics."""
 ENV_EXPERIMENTS_DIR = "QUANTSHIFT_EXPERIMENTS_DIR"
 KIND_TAG = "quantshift.kind"
 PARENT_TAG = "mlflow.parentRunId"
@@ -130,8 +134,9 @@ def default_artifact_root(tracking_uri: str) -> str | None:
     return resolve_experiments_dir().joinpath("artifacts").as_uri()
 
 
-def ui_command(tracking_uri: str | None = None, *, port: int = UI_PORT) -> str:
-    """Return the shell command that opens the MLflow UI on ``tracking_uri``'s store.
+def ui_command(tracking_uri: str | None = None, *, port: int = UI_PORT, host: str = UI_HOST) -> str:
+    """Return the shell command that opens the MLflow UI on ``tracking_uri``'s store, served
+    on ``host``:``port`` (loopback by default: the UI has no login).
 
     ``mlflow ui`` serves the store's runs; artifacts of runs logged to a local ``file:`` root
     are read from disk by the UI itself, and ``--default-artifact-root`` keeps experiments
@@ -145,8 +150,17 @@ def ui_command(tracking_uri: str | None = None, *, port: int = UI_PORT) -> str:
     root = default_artifact_root(uri)
     if root is not None:
         parts += ["--default-artifact-root", root]
-    parts += ["--host", UI_HOST, "--port", str(port)]
+    parts += ["--host", host, "--port", str(port)]
     return shlex.join(parts)
+
+
+def study_run_name(spec_name: str, run_id: str, start_time_ms: int | None = None) -> str:
+    """``<spec>-<YYYYMMDD>-<short id>``: a study run's name, distinct per run of one spec (the
+    UTC date it started, the first 8 characters of its run id)."""
+    from datetime import UTC, datetime
+
+    when = datetime.fromtimestamp((start_time_ms or _now_ms()) / 1000, UTC)
+    return f"{spec_name}-{when:%Y%m%d}-{run_id[:8]}"
 
 
 # --------------------------------------------------------------------------- MLflow access
@@ -331,6 +345,12 @@ class RunHandle:
             tracker = self._tracker
             tracker._call(tracker._client.log_artifact, self.run_id, str(local), directory or None)
 
+    def rename(self, name: str) -> None:
+        """Give the run another name (shown in the runs table)."""
+        tracker = self._tracker
+        tracker._call(tracker._client.update_run, self.run_id, name=mask_secrets(name))
+        self.name = name
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters; nested mappings become dotted keys, values are stringified."""
         self._tracker._log_batch(self.run_id, params=params)
@@ -498,10 +518,15 @@ class Tracker:
             if found is None:
                 location = self.artifact_root or default_artifact_root(self.resolved_tracking_uri)
                 try:
-                    client.create_experiment(self.experiment, location)
+                    client.create_experiment(
+                        self.experiment, location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                    )
                 except _mlflow().exceptions.MlflowException:
                     pass  # another worker created it between our lookup and create
                 found = client.get_experiment_by_name(self.experiment)
+            if EXPERIMENT_KIND_TAG not in found.tags:
+                # An experiment made before (or by MLflow's defaults): show it as runs too.
+                client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             self._experiment_id = found.experiment_id
         return self._experiment_id
 
@@ -719,11 +744,20 @@ class Tracker:
 
     # ------------------------------------------------------------------ model registry
     def register_promotion(
-        self, name: str, stage: str, run_id: str, record: Mapping[str, Any]
+        self,
+        name: str,
+        stage: str,
+        run_id: str,
+        record: Mapping[str, Any],
+        *,
+        forced: bool = False,
+        reason: str = "",
     ) -> str:
         """Register a promotion record in the MLflow Model Registry: the record as an artifact
         of its run, a version of model ``quantshift.<name>`` pointing at it, and the alias
-        ``stage`` on that version (the UI then shows which run trades). Return the version."""
+        ``stage`` on that version (the UI then shows which run trades). A record ``forced``
+        past a failed gate is marked in the version's tags (``gate`` FORCED, and the reason)
+        and description. Return the version."""
         record_id = str(record["record_id"])
         folder = f"promotion/{stage}/{record_id}"
         self._call(self._client.log_dict, run_id, dict(record), f"{folder}/record.json")
@@ -737,12 +771,17 @@ class Tracker:
         except mlflow.exceptions.MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise ConfigError(f"MLflow registry {self._where}: {exc.message}") from None
+        tags = {"record_id": record_id, "stage": stage, "gate": "FORCED" if forced else "passed"}
+        description = f"{stage} record {record_id}"
+        if forced:
+            tags["forced_reason"] = _text(reason, 5000)
+            description += f", FORCED past a failed gate: {mask_secrets(reason)}"
         version = self._client.create_model_version(
             model,
             source=f"runs:/{run_id}/{folder}",
             run_id=run_id,
-            tags={"record_id": record_id, "stage": stage},
-            description=f"{stage} record {record_id}",
+            tags=tags,
+            description=description,
         )
         self._client.set_registered_model_alias(model, stage, version.version)
         return str(version.version)
@@ -766,6 +805,52 @@ class Tracker:
         except mlflow.exceptions.MlflowException:
             return None
         return str(version.version), version.tags.get("record_id", "")
+
+    def register_model_version(
+        self,
+        model: str,
+        run_id: str,
+        artifact_path: str,
+        *,
+        tags: Mapping[str, Any] | None = None,
+        description: str = "",
+        keep: int | None = None,
+    ) -> str:
+        """Register the run's artifact folder ``artifact_path`` as a new version of registered
+        model ``model`` (created if missing), tagged with ``tags``; with ``keep``, delete all
+        but the newest ``keep`` versions. Return the new version."""
+        mlflow = _mlflow()
+        try:
+            self._client.create_registered_model(model)
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise ConfigError(f"MLflow registry {self._where}: {exc.message}") from None
+        entities = _entities(mlflow.entities.RunTag, tags, "tag", 5000)
+        version = self._client.create_model_version(
+            model,
+            source=f"runs:/{run_id}/{artifact_path.strip('/')}",
+            run_id=run_id,
+            tags={tag.key: tag.value for tag in entities},
+            description=description,
+        )
+        if keep is not None:
+            for old in self.model_versions(model)[keep:]:
+                self._client.delete_model_version(model, old["version"])
+        return str(version.version)
+
+    def model_versions(self, model: str) -> list[dict[str, Any]]:
+        """Versions of registered model ``model``, newest first: version, run_id, source, tags."""
+        found = self._client.search_model_versions(f"name = '{model}'")
+        rows = [
+            {
+                "version": str(v.version),
+                "run_id": v.run_id,
+                "source": v.source,
+                "tags": dict(v.tags),
+            }
+            for v in found
+        ]
+        return sorted(rows, key=lambda row: -int(row["version"]))
 
     def ui_url(self, run_id: str, experiment_id: str | None = None) -> str:
         """Return the run's page on the MLflow server of an http store, else on the UI that

@@ -1,6 +1,7 @@
 """Walk-forward optimisation: choose parameters in sample, trade them out of sample, stitch.
 
-Every in-sample evaluation goes to the trial ledger; the out-of-sample segments form one curve.
+Every in-sample evaluation goes to the trial ledger (and the trial registry, as
+``source="walk-forward"``); the out-of-sample segments form one curve.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from quantshift.errors import ConfigError
 from quantshift.strategies import Strategy
 from research.ledger import TrialLedger, default_direction, record_grid
 from research.montecarlo import trade_equity_returns
+from research.registry import trial_defaults
 from research.splitters import WalkForward
 
 FOLD_COLUMNS = (
@@ -192,7 +194,10 @@ def walk_forward(
     rows, segments, trade_parts = [], [], []
     from quantshift.progress import Progress
 
-    with Progress(progress, len(windows), f"walk-forward {strat.name}") as report:
+    with (
+        trial_defaults(source="walk-forward", study=study, seed=int(seed)),
+        Progress(progress, len(windows), f"walk-forward {strat.name}") as report,
+    ):
         for k, (train_lo, train_hi, test_lo, test_hi) in enumerate(windows):
             train = data[train_lo:train_hi]
             stage = f"wf-fold-{k}"

@@ -72,3 +72,26 @@ def test_live_benchmark_quick_run(tmp_path):
     assert report["latency"]["p50_ms"] > 0 and report["replay"]["bars"] == 100
     assert len(report["orders"]) == 3  # the paper broker and both SDKs against the fake venues
     assert all(row["median_ms"] > 0 for row in report["orders"].values())
+
+
+@pytest.mark.slow
+def test_streaming_benchmark_quick_run(tmp_path):
+    target = tmp_path / "streaming.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_streaming.py"),
+            "--quick",
+            "--json",
+            target,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(target.read_text())
+    for feed in ("stream", "poll"):
+        assert report[feed]["bars"] == 6 and report[feed]["to_decision_ms"]["median"] > 0
+        assert report[feed]["bars_with_orders"] > 0

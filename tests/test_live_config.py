@@ -47,7 +47,7 @@ def _changed(section, key, value):
         (_changed("guards", "price_collar", 3), r"\[guards\] price_collar: unknown key; allowed"),
         (_changed("metrics", "port", 70000), r"\[metrics\] port: must be 0-65535"),
         (_changed("risk", "max_drawdown_pct", -1), r"live.toml: \[risk\] max_drawdown_pct=-1"),
-        (_changed("risk", "max_heat", 1), r"\[risk\] max_heat: unknown key; allowed: daily"),
+        (_changed("risk", "max_heat", 1), r"\[risk\] max_heat: unknown key; allowed: correl"),
         (_changed("risk", "conflict", "vote"), r"\[risk\] conflict: must be one of net, prio"),
         (_changed("costs", "fees", 1), r"\[costs\] fees: unknown key; allowed: cash"),
         (_changed("costs", "whole_units", "yes"), r"\[costs\] whole_units: must be true or"),

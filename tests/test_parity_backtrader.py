@@ -21,6 +21,17 @@ to 1e-9 relative. How each rule is mapped:
   sizing at size=1. backtrader refuses a buy whose cost exceeds the cash by one rounding error,
   so the broker holds ``CUSHION`` extra cash that is never committed and is subtracted from
   every value read.
+* Decision-time sizing (``size_at="decision"``) is backtrader's own way: the order is sized in
+  ``next()`` from the signal bar's close (our fraction sizing with slippage and fees counted
+  at that close, whole units floored) and executed
+  at the next open. Margin rejections: backtrader checks the cash again when the order
+  executes at the open (``checksubmit`` stays off, as above, so this is the only check) and
+  rejects the whole order (``Order.Margin``) when a gap up makes it cost more than the cash;
+  we fill the units the cash and ``max_leverage`` allow at that open instead. The parity runs
+  size below the whole equity (0.9-0.95) and assert backtrader rejected nothing, so both
+  engines execute every order as decided; ``test_cash_short_at_the_open_is_where_the_engines_
+  part`` runs at size 1 and checks that the first difference is a rejection at a gap-up open
+  where we bought what the cash allowed.
 * Stops and take-profits: a Stop and a Limit order (one-cancels-other) submitted together with
   the entry, at our levels (entry fill price -/+ the distances read at the signal bar). They
   are standalone orders, so backtrader checks them on the entry bar itself, right after the
@@ -48,6 +59,8 @@ Documented differences, where exact equality is impossible:
 
 from __future__ import annotations
 
+import math
+
 import backtrader as bt
 import numpy as np
 import pandas as pd
@@ -63,6 +76,7 @@ REL = 1e-9
 CASH = 100_000.0
 CUSHION = 1.0  # currency units the broker holds on top of CASH; see the module docstring
 FIELDS = ("open", "high", "low", "close", "volume")
+SIZING_KEYS = ("size_at", "size", "whole_units")
 REASONS = {bt.Order.Market: "signal", bt.Order.Stop: "stop_loss", bt.Order.Limit: "take_profit"}
 
 DATASETS = {
@@ -95,6 +109,10 @@ class SignalReplay(bt.Strategy):
         ("fee_rate", 0.0),
         ("slippage_rate", 0.0),
         ("use_stops", False),
+        ("size_at", "fill"),
+        ("size", 1.0),
+        ("whole_units", False),
+        ("cushion", CUSHION),
     )
 
     def __init__(self):
@@ -102,8 +120,12 @@ class SignalReplay(bt.Strategy):
         self.pnl_closed = []
         self.values = []
         self.levels = []
+        self.rejected = []  # (time, units) of entries refused for want of cash
 
     def notify_order(self, order):
+        if order.status == order.Margin:
+            when = pd.Timestamp(self.data.datetime.datetime(0), tz="UTC")
+            self.rejected.append((when, abs(order.size)))
         if order.status == order.Completed:
             self.fills.append(
                 (
@@ -124,7 +146,7 @@ class SignalReplay(bt.Strategy):
         t = len(self) - 1
         if t >= p.n_bars:  # the flat bar appended for close fills
             return
-        self.values.append(self.broker.getvalue() - CUSHION)
+        self.values.append(self.broker.getvalue() - p.cushion)
         if p.entries[t] and p.exits[t]:
             return  # conflicting signals are ignored
         in_position = self.position.size * p.side > 0
@@ -133,7 +155,10 @@ class SignalReplay(bt.Strategy):
                 return  # no next bar to fill at
             price = self.data.open[1] if p.next_open else self.data.close[0]
             fill = price * (1.0 + p.side * p.slippage_rate)
-            units = (self.broker.getcash() - CUSHION) / (fill * (1.0 + p.fee_rate))
+            # Fill-time sizing peeks at the fill price; decision-time sizing is backtrader's
+            # own way: sized on this bar's close, executed at the next open.
+            sizing_price = price if p.size_at == "fill" else self.data.close[0]
+            units = self._units(sizing_price * (1.0 + p.side * p.slippage_rate))
             (self.buy if p.side > 0 else self.sell)(size=units)
             if p.use_stops:
                 self._place_levels(t, fill, units)
@@ -142,6 +167,13 @@ class SignalReplay(bt.Strategy):
                 self.cancel(order)
             self.levels = []
             self.close()
+
+    def _units(self, price):
+        """Units our fraction sizing gives at ``price`` (after slippage) against the cash (the
+        position is flat), fees included."""
+        p = self.p
+        units = p.size * (self.broker.getcash() - p.cushion) / (price * (1.0 + p.fee_rate))
+        return math.floor(units + 1e-9) if p.whole_units else units
 
     def _place_levels(self, t, fill, units):
         p = self.p
@@ -156,7 +188,7 @@ class SignalReplay(bt.Strategy):
             self.levels.append(leave(size=units, exectype=bt.Order.Limit, price=target, oco=oco))
 
 
-def run_backtrader(frame, entries, exits, stop_dist, take_profit_dist, cfg):
+def run_backtrader(frame, entries, exits, stop_dist, take_profit_dist, cfg, cushion=CUSHION):
     feed = frame.tz_localize(None)
     next_open = cfg.get("fill", "next-open") == "next-open"
     if not next_open:
@@ -184,9 +216,11 @@ def run_backtrader(frame, entries, exits, stop_dist, take_profit_dist, cfg):
         fee_rate=fee_rate,
         slippage_rate=slippage_rate,
         use_stops=cfg.get("use_stops", True),
+        **{k: cfg[k] for k in SIZING_KEYS if k in cfg},
+        cushion=cushion,
     )
     broker = cerebro.broker
-    broker.set_cash(CASH + CUSHION)
+    broker.set_cash(CASH + cushion)
     broker.set_coc(not next_open)
     # Orders are accepted as submitted: the pre-check would net a resting stop and target
     # against each other and refuse the pair for margin.
@@ -194,7 +228,7 @@ def run_backtrader(frame, entries, exits, stop_dist, take_profit_dist, cfg):
     broker.setcommission(commission=fee_rate)
     broker.set_slippage_perc(slippage_rate, slip_open=True, slip_match=True, slip_out=True)
     replay = cerebro.run()[0]
-    return replay, broker.getvalue() - CUSHION
+    return replay, broker.getvalue() - cushion
 
 
 def trade_table(replay) -> pd.DataFrame:
@@ -240,12 +274,12 @@ def compare_trades(ours: pd.DataFrame, theirs: pd.DataFrame, n: int | None = Non
         np.testing.assert_allclose(ours[col][closed], theirs[col][closed], rtol=REL, err_msg=col)
 
 
-def both_engines(bars: Bars, strategy_name: str, params, cfg):
+def both_engines(bars: Bars, strategy_name: str, params, cfg, cushion=CUSHION):
     """Run our backtest on ``bars`` and backtrader on the symbol's bars without the missing ones."""
     strategy = get_strategy(strategy_name)
     frame = bars.to_frame()
     sig = signals(strategy, frame, params)
-    replay, final_value = run_backtrader(frame, *sig[:4], cfg)
+    replay, final_value = run_backtrader(frame, *sig[:4], cfg, cushion)
     ours = backtest(strategy, bars, params, **cfg)
     return ours, replay, final_value, sig
 
@@ -342,3 +376,53 @@ def test_take_profit_slippage_is_the_only_difference(bars):
     assert ours.trades["exit_price"].iloc[first] == pytest.approx(
         theirs["exit_price"].iloc[first] * (1 - slippage_rate), rel=REL
     )
+
+
+DECISION = {
+    "fraction-costs": ("ma_crossover", {**COSTS["costs"], "size": 0.95, "use_stops": False}),
+    "short-whole": (
+        "ma_crossover",
+        {**COSTS["costs"], "size": 0.9, "direction": "short", "whole_units": True},
+    ),
+    # Risk sizing names the same units at the close as at the open unless the leverage cap
+    # binds, so it is checked by hand (tests/test_engine_sizing.py), not here.
+    "stops-whole": ("rsi_reversion", {"fees_bps": 10.0, "size": 0.9, "whole_units": True}),
+}
+
+
+@pytest.mark.parametrize("case", list(DECISION))
+def test_decision_time_sizing_matches(bars, case):
+    strategy, settings = DECISION[case]
+    cfg = {"use_stops": True, **settings, "size_at": "decision"}
+    ours, replay, final_value, _ = both_engines(bars, strategy, None, cfg)
+    assert replay.rejected == [], "a gap made the cash short: see the module docstring"
+    assert (ours.trades["exit_reason"] != "open").sum() >= 10, "too few trades to compare"
+    fill_sized = backtest(strategy, bars, None, **{**cfg, "size_at": "fill"})
+    assert not np.array_equal(ours.trades["units"], fill_sized.trades["units"]), "not exercised"
+    compare_trades(ours.trades, trade_table(replay))
+    np.testing.assert_allclose(replay.values, own_equity(ours, bars), rtol=REL)
+    assert final_value == pytest.approx(ours.metrics["final_equity"], rel=REL)
+
+
+def test_cash_short_at_the_open_is_where_the_engines_part(bars):
+    """At size 1 a gap up makes the units decided on the close cost more than the cash at the
+    open: backtrader rejects the order, we buy what the cash allows. Everything before agrees
+    (a cushion of a millionth keeps backtrader from accepting a small shortfall)."""
+    cfg = {**COSTS["costs"], "use_stops": False, "size_at": "decision"}
+    ours, replay, _, _ = both_engines(bars, "ma_crossover", None, cfg, cushion=1e-6)
+    assert replay.rejected, "no cash-short gap in this data: not exercised"
+    when, decided = replay.rejected[0]
+    k = int(np.flatnonzero(ours.trades["entry_time"] == when)[0])
+    theirs = trade_table(replay)
+    compare_trades(ours.trades, theirs, n=k)
+    assert theirs["entry_time"].iloc[k] > when  # backtrader stayed out
+    frame = bars.to_frame()
+    i = frame.index.get_loc(when)
+    cash = own_equity(ours, bars)[i - 1]  # flat at the decision: equity is cash
+    fee, slip = 1.0 + 10.0 / 1e4, 1.0 + 5.0 / 1e4
+    assert frame["open"].iloc[i] > frame["close"].iloc[i - 1]  # a gap up
+    assert decided == pytest.approx(cash / (frame["close"].iloc[i - 1] * slip * fee), rel=REL)
+    row = ours.trades.iloc[k]
+    assert row["units"] == pytest.approx(cash / (frame["open"].iloc[i] * slip * fee), rel=REL)
+    assert row["units"] < decided
+    assert row["units"] * row["entry_price"] + row["entry_fees"] == pytest.approx(cash, rel=REL)

@@ -401,7 +401,7 @@ def test_config_round_trips_through_a_dict():
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"risk": {}}, r"live.toml: risk: unknown section; allowed: conflict, limits, sim"),
+        ({"risk": {}}, r"live.toml: risk: unknown section; allowed: conflict, limits, regimes"),
         ({"sim": {"fee_bps": 1}}, r"live.toml: \[sim\] fee_bps: unknown key; allowed: cash"),
         ({"limits": {"max_heat": 5}}, r"live.toml: \[limits\] max_heat: unknown key; allowed"),
         ({"limits": {"max_heat_pct": -1}}, r"live.toml: \[limits\] max_heat_pct=-1"),

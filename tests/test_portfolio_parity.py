@@ -14,9 +14,14 @@ from hypothesis import strategies as st
 
 import quantshift as qs
 from quantshift.portfolio import (
+    REGIMES,
     PortfolioConfig,
     PortfolioState,
+    RegimeOverlay,
+    RegimeRule,
     RiskLimits,
+    SectorMap,
+    SentimentFilter,
     Sleeve,
     check_stops,
     compute_signals,
@@ -174,9 +179,11 @@ def test_sleeves_split_the_capital_as_declared():
     assert result.final_state.reserve_cash == pytest.approx(0.0, abs=1e-6)
 
 
-def replay(config: PortfolioConfig, bars) -> dict:
+def replay(config: PortfolioConfig, bars, regime=None, sentiment=None) -> dict:
     """Drive the portfolio bar by bar through the public calls, as a live runner with the
-    paper broker would: fill waiting orders at the open, check stops, decide, (fill at close)."""
+    paper broker would: fill waiting orders at the open, check stops, decide, (fill at close).
+    ``regime`` (Series) and ``sentiment`` (DataFrame) on the bars' times are handed to each
+    decision as a live runner would: the bar's label, and its scores by symbol."""
     history = compute_signals(config, bars)
     data = history.bars
     state = PortfolioState.initial(config)
@@ -191,7 +198,12 @@ def replay(config: PortfolioConfig, bars) -> dict:
         stopped = check_stops(state, data.open[t], data.high[t], data.low[t], ts, config, bar=t)
         state = stopped.state
         trades += stopped.trades
-        decision = decide(state, history.at(t), config)
+        inputs = {}
+        if regime is not None:
+            inputs["regime"] = int(regime.at[data.index[t]])
+        if sentiment is not None:
+            inputs["sentiment"] = sentiment.loc[data.index[t]].dropna().to_dict()
+        decision = decide(state, history.at(t), config, **inputs)
         state = decision.state
         orders += decision.orders
         vetoes += decision.vetoes
@@ -225,8 +237,12 @@ def replay(config: PortfolioConfig, bars) -> dict:
     ids=["caps-priority", "defaults-flat", "daily-loss", "drawdown-gross"],
 )
 def test_live_calls_bar_by_bar_equal_the_backtest_loop(fill, conflict, limits):
+    assert_live_calls_equal_the_loop(three_sleeves(fill, conflict, limits))
+
+
+def three_sleeves(fill, conflict, limits, **overlay) -> PortfolioConfig:
     symbols = list(SYNTHETIC.symbols)
-    config = PortfolioConfig(
+    return PortfolioConfig(
         sleeves=(
             Sleeve(strategy="rsi_reversion", symbols=symbols, allocation=0.4, name="rsi"),
             Sleeve(
@@ -247,9 +263,45 @@ def test_live_calls_bar_by_bar_equal_the_backtest_loop(fill, conflict, limits):
         sim=qs.SimConfig(fill=fill, fees_bps=3.0, slippage_bps=2.0, whole_units=True),
         limits=limits,
         conflict=conflict,
+        **overlay,
     )
-    loop = portfolio_backtest(config, SYNTHETIC)
-    live = replay(config, SYNTHETIC)
+
+
+@pytest.mark.parametrize("fill", ["next-open", "close"])
+def test_live_calls_with_the_overlay_equal_the_backtest_loop(fill):
+    """Correlation and sector limits, regime labels and news scores: the live decision call
+    fed the bar's inputs gives the backtest's orders, vetoes and trades."""
+    limits = RiskLimits(
+        max_heat_pct=6.0,
+        max_position_correlation=0.2,
+        correlation_window_bars=20,
+        max_sector_exposure_pct=35.0,
+    )
+    symbols = SYNTHETIC.symbols
+    overlay = {
+        "sectors": SectorMap({symbols[0]: "a", symbols[1]: "a", symbols[2]: "b"}),
+        "regimes": RegimeOverlay(
+            dict(RegimeOverlay.legacy(None, "rsi", "bollinger_bounce").rules)
+            | {"bull_trending": RegimeRule(allocation={"ma": 0.0}, stop_scale=0.5)}
+        ),
+        "sentiment": SentimentFilter(min_score=-0.4, size_scaling=0.6),
+    }
+    rng = np.random.default_rng(8)
+    index = SYNTHETIC.index
+    regime = pd.Series(rng.integers(-1, len(REGIMES), len(index)), index=index)
+    scores = rng.uniform(-1.0, 1.0, (len(index), len(symbols)))
+    scores[rng.random(scores.shape) < 0.6] = np.nan
+    sentiment = pd.DataFrame(scores, index=index, columns=list(symbols))
+    config = three_sleeves(fill, "priority", limits, **overlay)
+    loop = assert_live_calls_equal_the_loop(config, regime=regime, sentiment=sentiment)
+    reasons = set(loop.vetoes["reason"]) | set(loop.orders["capped_by"].dropna())
+    assert reasons >= {"max_position_correlation", "max_sector_exposure", "regime", "sentiment"}
+
+
+def assert_live_calls_equal_the_loop(config, **inputs):
+    """Assert the portfolio backtest equals :func:`replay` order for order; return it."""
+    loop = portfolio_backtest(config, SYNTHETIC, **inputs)
+    live = replay(config, SYNTHETIC, **inputs)
     assert len(loop.orders) == len(live["orders"]) > 0
     assert len(loop.orders) + len(loop.vetoes) > 100
     for column in ("sleeve", "symbol", "action", "side", "reason", "ts_ns", "capped_by"):
@@ -276,3 +328,4 @@ def test_live_calls_bar_by_bar_equal_the_backtest_loop(fill, conflict, limits):
     assert loop.halts["reason"].tolist() == [reason for _, reason in live["halts"]]
     np.testing.assert_allclose(loop.equity.to_numpy(), live["equity"], rtol=1e-12)
     assert loop.final_state == live["state"]
+    return loop

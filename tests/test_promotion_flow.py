@@ -176,7 +176,7 @@ def test_study_to_paper_to_replay_to_live_to_rollback(backend, caplog, tmp_path)
     )
     assert not refused.promoted
     text = "\n".join(refused.lines())
-    assert "FAIL  paper days: 0 >= 30  (counted on the wall clock;" in text
+    assert "FAIL paper days 0 (needs >= 30; counted on the wall clock;" in text
     assert "do not count: a replay (paper-trend/trend traded bars from 2014-" in text
     # A person may force it; the record says so.
     live = promote(
@@ -291,7 +291,7 @@ def test_the_cli_prints_every_check_and_force_is_loud_and_recorded(backend, tmp_
     base = ["promote", report.run_id, "--store", url, "--tracking-uri", tracker.tracking_uri]
     failed = cli.invoke(app, [*base, "--name", "trend"])
     assert failed.exit_code == 1
-    assert "FAIL  deflated Sharpe ratio" in failed.output and "PASS  out-of-sample" in failed.output
+    assert "FAIL deflated Sharpe ratio" in failed.output and "PASS out-of-sample" in failed.output
     assert "nothing changed" in failed.output
     no_reason = cli.invoke(app, [*base, "--name", "trend", "--force"])
     assert no_reason.exit_code == 2 and "--reason" in no_reason.output
@@ -415,3 +415,58 @@ def test_a_stored_record_edited_after_adoption_is_refused_and_halts_not_traded(
     with Store.open(url) as store:
         assert store.active_halt() is not None
         assert [i for i in store.intents() if i.details["action"] == "entry"] == entries_before
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_the_readme_walk_through_ends_trading_the_promoted_forced_record(
+    backend, tmp_path, monkeypatch, caplog
+):
+    """The README promoted into data/live/paper.db while its live example read another store
+    with fixed parameters; and a FORCED record was adopted without a word in the log, the
+    metrics or the registry."""
+    from pathlib import Path
+
+    from live.config import load_config
+
+    tracker, report, _ = backend
+    example = Path(__file__).resolve().parents[1] / "live/examples/paper_promoted.toml"
+    config_path = tmp_path / "live/examples/paper_promoted.toml"
+    config_path.parent.mkdir(parents=True)
+    # As shipped, but without the metrics port (tests run side by side).
+    config_path.write_text(example.read_text().replace("enabled = true", "enabled = false"))
+    (name,) = load_config(config_path).promotions.values()
+    monkeypatch.chdir(tmp_path)  # the README's commands run in the project's root
+    promoted = CliRunner().invoke(
+        app,
+        [
+            "promote", report.run_id, "--stage", "paper", "--store",
+            "sqlite:///data/live/paper.db", "--tracking-uri", tracker.tracking_uri, "--name",
+            name, "--force", "--reason", "walk-through",
+        ],
+    )  # fmt: skip
+    assert promoted.exit_code == 0, promoted.output
+    assert "FAIL " in promoted.output and "FORCED" in promoted.output  # the default gate
+    record_id = json.loads(
+        CliRunner()
+        .invoke(app, ["promotions", "list", "--store", "sqlite:///data/live/paper.db", "--json"])
+        .output
+    )[0]["record"]["record_id"]
+    cfg = load_config(config_path)
+    assert cfg.store_url == f"sqlite:///{tmp_path / 'data/live/paper.db'}"
+    with caplog.at_level(logging.WARNING, logger="quantshift.live"):
+        runner = Runner(cfg, max_bars=3)
+        assert runner.run().bars == 3
+    with Store.open(cfg.store_url) as store:
+        (adoption,) = store.adoptions()
+    assert adoption.record_id == record_id and adoption.sleeve == "trend"
+    assert f"sleeve trend trades record {record_id} that was FORCED past a failed gate" in (
+        caplog.text
+    )
+    assert 'quantshift_live_record_forced{strategy="trend"} 1.0' in runner.metrics.render()
+    status = CliRunner().invoke(live_app, ["status", "--config", str(config_path)])
+    assert f"promotion record {record_id}" in status.output
+    assert "FORCED past a failed gate" in status.output
+    version, registered = tracker.promotion_alias(name, "paper")
+    assert registered == record_id
+    tags = tracker._client.get_model_version(f"quantshift.{name}", version).tags
+    assert tags["gate"] == "FORCED" and tags["forced_reason"] == "walk-through"

@@ -132,10 +132,10 @@ def test_the_paper_gate_passes_good_evidence_and_names_each_failing_check():
         "strategy causal on the study's data": (False, True),
     }
     text = "\n".join(result.lines())
-    assert "FAIL  deflated Sharpe ratio: 0.8 >= 0.95  (over 300 trials)" in text
+    assert "FAIL deflated Sharpe ratio 0.8 (needs >= 0.95; over 300 trials)" in text
     assert "reshuffle of in-sample bar or trade returns; the bound needs the stationary" in text
     assert "the strategy's source mine.py is untracked in git" in text
-    assert "FAIL  strategy causal on the study's data: False == True  (SP500: peeking" in text
+    assert "FAIL strategy causal on the study's data no (needs yes; SP500: peeking" in text
 
 
 def test_regression_a_reshuffled_drawdown_bound_is_refused_unless_waived_and_shown_waived():
@@ -147,7 +147,7 @@ def test_regression_a_reshuffled_drawdown_bound_is_refused_unless_waived_and_sho
     waived = evaluate_paper_gate(reshuffled, PaperGate(require_block_bootstrap=False))
     assert waived.passed
     assert any(
-        line.strip().startswith("WAIVED  Monte Carlo is a block bootstrap")
+        line.strip().startswith("WAIVED Monte Carlo is a block bootstrap")
         and "require_block_bootstrap = false" in line
         for line in waived.lines()
     )
@@ -178,7 +178,7 @@ def test_regression_missing_evidence_fails_its_check_and_a_missing_pbo_fails_lik
         "strategy causal on the study's data",
     }
     text = "\n".join(result.lines())
-    assert "FAIL  PBO: missing <= 0.2  (not measured: the study has no [pbo] section" in text
+    assert "FAIL PBO missing (needs <= 0.2; not measured: the study has no [pbo] section" in text
     assert "the study did not run the causality check" in text
     assert all(c.value is None for c in result.failed if c.name != "code committed (git clean)")
 
@@ -256,11 +256,11 @@ def test_regression_a_replay_only_paper_record_is_refused_and_the_gate_says_why(
     assert not result.passed
     text = "\n".join(result.lines())
     assert (
-        "FAIL  paper days: 0 >= 30  (counted on the wall clock; 363 days traded otherwise do "
+        "FAIL paper days 0 (needs >= 30; counted on the wall clock; 363 days traded otherwise do "
         "not count: a replay (paper-trend/trend traded bars from 2022-01-08 on 2024-10-04, "
         "1000 days after they happened; only trading on the wall clock counts))"
     ) in text
-    assert "FAIL  paper trades: 0 >= 10  (counted on the wall clock; 20 trades traded" in text
+    assert "FAIL paper trades 0 (needs >= 10; counted on the wall clock; 20 trades traded" in text
 
 
 def test_paper_trading_before_publication_or_inside_the_study_window_does_not_count():
@@ -327,7 +327,7 @@ def test_a_waived_check_stays_in_the_report_and_says_it_would_fail():
     assert result.passed
     (check,) = [c for c in result.checks if c.name == "code committed (git clean)"]
     assert check.passed and check.value is False
-    assert "WAIVED  code committed (git clean)" in check.line()
+    assert "WAIVED code committed (git clean)" in check.line()
     assert "WAIVED by require_committed_code = false; would fail" in check.line()
     clean = evaluate_paper_gate(GOOD, PaperGate(require_committed_code=False))
     assert [c.line().split()[0] for c in clean.checks].count("WAIVED") == 0
@@ -401,6 +401,6 @@ def test_regression_an_untracked_or_modified_strategy_file_fails_the_code_check(
         return
     assert not result.passed and [c.name for c in result.failed] == [check.name]
     assert check.line() == (
-        f"FAIL  code committed (git clean): False == True  (the strategy's source "
+        f"FAIL code committed (git clean) no (needs yes; the strategy's source "
         f"{path.resolve()} is {state} in git)"
     )

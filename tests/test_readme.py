@@ -61,3 +61,33 @@ def test_cli_examples_parse(program, at_least):
             leaf.make_context(name, leaf_args)  # raises on an unknown option
         else:
             sub.make_context(name, rest)
+
+
+def test_the_promotion_walk_through_ends_in_a_config_that_trades_the_promoted_record():
+    """The walk-through promoted into data/live/paper.db, and the live example it pointed to
+    read data/live/paper-sp500.db with fixed parameters: the promoted record never traded."""
+    from live.config import load_config
+    from research.spec import load_spec
+
+    root = README.parent
+    lines = [" ".join(args) for args in _cli_examples("quantshift")]
+    (report,) = {a for a in lines if a.startswith("research report")}
+    (promote,) = [a for a in lines if a.startswith("promote ") and "--stage paper" in a]
+    (config_path,) = [
+        args[args.index("--config") + 1]
+        for args in _cli_examples("live")
+        if args[:1] == ["run"] and "promoted" in " ".join(args)
+    ]
+    spec = load_spec(root / report.split()[2])
+    cfg = load_config(root / config_path)
+    store = promote.split("--store ")[1].split()[0]
+    # The promote command runs in the repository root; the config's store is relative to it.
+    assert store.startswith("sqlite:///") and not store.startswith("sqlite:////")
+    assert cfg.store_url == f"sqlite:///{(root / store[len('sqlite:///') :]).resolve()}"
+    # Its sleeve trades the record named after the study, on the study's universe and costs.
+    assert list(cfg.promotions.values()) == [spec.name]
+    (sleeve,) = cfg.portfolio.sleeves
+    assert sleeve.strategy_name == spec.strategy and list(sleeve.symbols) == ["SP500"]
+    assert spec.data.source == "builtin:sp500" and cfg.mode == "paper"
+    assert cfg.portfolio.sim.fees_bps == spec.costs.fees_bps
+    assert cfg.portfolio.sim.slippage_bps == spec.costs.slippage_bps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -73,7 +74,9 @@ def test_tracked_run_prints_a_summary_with_the_run_id(spec, tmp_path):
         "research", "montecarlo", str(spec), "--tracking-uri", uri, "--out", str(tmp_path / "p")
     )
     assert code == 0, out
-    assert "MLflow run" in out and "Monte Carlo max drawdown % p95" in out
+    assert "MLflow run" in out and "Monte Carlo max drawdown p95" in out
+    assert "Tracker(" not in out  # the run by name, not the tracker's repr
+    assert re.search(r"MLflow run cli-test-\d{8}-[0-9a-f]{8} \([0-9a-f]{32}\) in experiment", out)
     assert "mlflow" in out.split("open the UI:")[1]
     assert (tmp_path / "p" / "mc_fan.png").stat().st_size > 10_000
 

@@ -565,3 +565,59 @@ def test_mlflow_server_that_answers_its_health_check_passes_the_probe(http_answe
 
     answer = f"HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK".encode()
     assert _check_reachable(http_answering(answer), "shown") is None
+
+
+# --------------------------------------------------------------------------- issue 14
+def test_experiments_open_as_classic_ml_experiments_not_the_genai_view(tracker, store_dir):
+    """MLflow 3 opened our experiments in its GenAI view (a traces page, no metric columns)."""
+    from mlflow import MlflowClient
+
+    with tracker.run("kind", kind="report") as run:
+        pass
+    client = MlflowClient(tracking_uri=tracker.resolved_tracking_uri)
+    tags = client.get_experiment(run.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    # An experiment made before (here by MLflow itself, untagged) is tagged on first use.
+    old = client.create_experiment("made-elsewhere")
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+    with Tracker(tracker.resolved_tracking_uri, experiment="made-elsewhere").run(
+        "again", kind="report"
+    ):
+        pass
+    tags = client.get_experiment(old).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_forced_promotion_is_marked_in_the_registry_version(tracker):
+    with tracker.run("promoted", kind="report") as run:
+        pass
+    name = f"forced-{uuid.uuid4().hex[:6]}"
+    kept = tracker.register_promotion(name, "paper", run.run_id, {"record_id": "pr1"})
+    forced = tracker.register_promotion(
+        name, "paper", run.run_id, {"record_id": "pr2"}, forced=True, reason="desk override"
+    )
+    client = tracker._client
+    first = client.get_model_version(f"quantshift.{name}", kept)
+    second = client.get_model_version(f"quantshift.{name}", forced)
+    assert first.tags["gate"] == "passed" and "forced_reason" not in first.tags
+    assert second.tags["gate"] == "FORCED" and second.tags["forced_reason"] == "desk override"
+    assert "FORCED past a failed gate: desk override" in second.description
+
+
+def test_research_ui_takes_a_port_and_a_host(store_dir):
+    from typer.testing import CliRunner
+
+    from quantshift.cli import app
+
+    uri = f"sqlite:///{store_dir / 'mlflow.db'}"
+    shown = CliRunner().invoke(
+        app, ["research", "ui", "--tracking-uri", uri, "--port", "5123", "--print"]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.strip().endswith("--host 127.0.0.1 --port 5123")
+    shown = CliRunner().invoke(
+        app, ["research", "ui", "--tracking-uri", uri, "--host", "0.0.0.0", "--print"]
+    )
+    assert shown.output.strip().endswith("--host 0.0.0.0 --port 5000")
+    refused = CliRunner().invoke(app, ["research", "ui", "--port", "70000", "--print"])
+    assert isinstance(refused.exception, ConfigError) and "--port" in str(refused.exception)

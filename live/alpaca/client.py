@@ -138,6 +138,10 @@ class AlpacaBroker(Broker):
     def __repr__(self) -> str:
         return f"AlpacaBroker(mode={self.config.mode!r}, key from {self._key_id.source})"
 
+    def credentials(self) -> tuple[str, str]:
+        """The key id and secret key, revealed for an SDK client of this adapter's own."""
+        return self._key_id.reveal(), self._secret.reveal()
+
     def _trading_client(self) -> TradingClient:
         return _our_policy(
             TradingClient(

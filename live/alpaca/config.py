@@ -21,6 +21,7 @@ STREAM_URLS = {
     "live": "wss://api.alpaca.markets/stream",
 }
 DATA_URL = "https://data.alpaca.markets"
+DATA_STREAM_URL = "wss://stream.data.alpaca.markets/v2/{feed}"
 
 KEY_ID_NAME = "alpaca_key_id"
 SECRET_KEY_NAME = "alpaca_secret_key"
@@ -41,10 +42,11 @@ class AlpacaConfig(VenueSettings):
     secrets_file : str or None
         A TOML file (mode 600) with ``alpaca_key_id`` and ``alpaca_secret_key``, read when the
         environment variable is unset.
-    trading_url, stream_url, data_url : str or None
-        Endpoint overrides (the SDK's ``url_override``). A non-loopback override must be
-        Alpaca's own endpoint for ``mode``; any loopback host (127.0.0.1, ::1, localhost) is
-        accepted so tests can run against a local fake venue.
+    trading_url, stream_url, data_url, data_stream_url : str or None
+        Endpoint overrides (the SDK's ``url_override``; ``data_stream_url`` is the market data
+        stream the venue feed takes bars from when ``[feed] stream = true``). A non-loopback
+        override must be Alpaca's own endpoint for ``mode``; any loopback host (127.0.0.1, ::1,
+        localhost) is accepted so tests can run against a local fake venue.
     data_feed : {"iex", "sip"}
         Market data feed for bars (free accounts get ``iex``).
     timeout_s : float
@@ -76,6 +78,7 @@ class AlpacaConfig(VenueSettings):
     trading_url: str | None = None
     stream_url: str | None = None
     data_url: str | None = None
+    data_stream_url: str | None = None
     data_feed: str = "iex"
     timeout_s: float = 10.0
     rate_limit_attempts: int = 5
@@ -120,6 +123,8 @@ class AlpacaConfig(VenueSettings):
         _check_url(self.trading_url, "trading_url", {TRADING_URLS[self.mode]}, self.mode)
         _check_url(self.stream_url, "stream_url", {STREAM_URLS[self.mode]}, self.mode)
         _check_url(self.data_url, "data_url", {DATA_URL}, self.mode)
+        streams = {DATA_STREAM_URL.format(feed=feed) for feed in DATA_FEEDS}
+        _check_url(self.data_stream_url, "data_stream_url", streams, self.mode)
 
     @property
     def uses_test_venue(self) -> bool:
@@ -134,6 +139,10 @@ class AlpacaConfig(VenueSettings):
     @property
     def resolved_stream_url(self) -> str:
         return self.stream_url or STREAM_URLS[self.mode]
+
+    @property
+    def resolved_data_stream_url(self) -> str:
+        return self.data_stream_url or DATA_STREAM_URL.format(feed=self.data_feed)
 
 
 def is_loopback_url(url: str) -> bool:

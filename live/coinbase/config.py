@@ -16,6 +16,7 @@ MODES = ("paper", "live")
 REST_HOST = "api.coinbase.com"
 SANDBOX_REST_HOST = "api-sandbox.coinbase.com"
 USER_WS_URL = "wss://advanced-trade-ws-user.coinbase.com"
+MARKET_WS_URL = "wss://advanced-trade-ws.coinbase.com"
 MAX_CANDLES_PER_REQUEST = 350
 
 API_KEY_NAME = "coinbase_api_key"
@@ -101,6 +102,7 @@ class CoinbaseConfig(VenueSettings):
     secrets_file: str | None = None
     base_url: str = REST_HOST
     ws_url: str = USER_WS_URL
+    market_ws_url: str = MARKET_WS_URL
     ca_file: str | None = None
     quote_currency: str = "USD"
     products: tuple[str, ...] = ()
@@ -140,6 +142,7 @@ class CoinbaseConfig(VenueSettings):
             raise ConfigError(f"{where}: products must be a list of product ids like 'BTC-USD'")
         _check_rest_host(self.base_url, self.mode)
         _check_ws_url(self.ws_url, self.mode)
+        _check_market_ws_url(self.market_ws_url)
 
     @property
     def uses_test_venue(self) -> bool:
@@ -169,6 +172,18 @@ def _check_rest_host(base_url: str, mode: str) -> None:
         )
     if mode == "live" and host == SANDBOX_REST_HOST:
         raise ConfigError(f"{where}={base_url!r} is the sandbox; mode 'live' needs {REST_HOST}")
+
+
+def _check_market_ws_url(url: str) -> None:
+    """The public market data endpoint (candles): any TLS host, or a loopback test venue."""
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigError(
+            f"coinbase config: market_ws_url must be a ws:// or wss:// URL, got {url!r}"
+        )
+    if parts.scheme == "ws" and not is_loopback_host(parts.hostname):
+        raise ConfigError(f"coinbase config: market_ws_url={url!r}: ws:// is for loopback test "
+                          "venues only; use wss://")  # fmt: skip
 
 
 def _check_ws_url(ws_url: str, mode: str) -> None:

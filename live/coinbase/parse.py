@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from live.broker import BrokerFill, BrokerOrder, OrderRequest, OrderStatus
+from live.streaming import StreamedBar
 
 VENUE_SIDES = {"buy": "BUY", "sell": "SELL"}
 GRANULARITIES = {
@@ -305,6 +306,26 @@ def user_order_updates(message: Mapping[str, Any]) -> list[UserOrderUpdate]:
 
 
 # ----------------------------------------------------------------------------- candles
+def streamed_candles(message: Mapping[str, Any]) -> list[StreamedBar]:
+    """The candles of a ``candles`` channel message (snapshot or update; ``start`` in UNIX
+    seconds, the 5-minute candle forming or just closed); [] for any other channel."""
+    if message.get("channel") != "candles":
+        return []
+    return [
+        StreamedBar(
+            symbol=str(c["product_id"]),
+            ts_ns=int(c["start"]) * 1_000_000_000,
+            open=float(c["open"]),
+            high=float(c["high"]),
+            low=float(c["low"]),
+            close=float(c["close"]),
+            volume=float(c["volume"]),
+        )
+        for event in message.get("events") or []
+        for c in event.get("candles") or []
+    ]
+
+
 def candles_frame(candles: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Turn ``get_candles`` entries (``start`` in UNIX seconds, newest first) into bars:
     ``ts_ns`` int64 UTC open time and float64 OHLCV, ascending, one row per time."""

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import websockets
 from coinbase.constants import USER_AGENT
-from coinbase.websocket import WSClientException, WSUserClient
+from coinbase.websocket import WSClient, WSClientException, WSUserClient
 
 from live.broker import BrokerError, BrokerFill
 from live.coinbase import parse
@@ -54,10 +54,10 @@ class FillStream:
     """
 
     def __init__(self, venue: _Venue, on_fill: Callable[[BrokerFill], None]) -> None:
-        _check_sdk_shape()
+        check_sdk_shape()
         self._venue = venue
         self._config = venue.config
-        self._tls = _tls_context(self._config)
+        self._tls = tls_context(self._config)
         self._on_fill = on_fill
         self._messages: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
@@ -79,29 +79,15 @@ class FillStream:
 
     # ------------------------------------------------------------------ the loop
     def _run(self) -> None:
-        tick = max(min(self._config.stream_silence_s / 4, 0.25), 0.005)
-        while not self._stop.is_set():
-            client = self._open()
-            self._guarded("backfill", self._backfill)
-            last_message = time.monotonic()
-            reason = "connection failed" if client is None else ""
-            while not self._stop.is_set() and not reason:
-                try:
-                    text = self._messages.get(timeout=tick)
-                except queue.Empty:
-                    text = None
-                if text is not None:
-                    last_message = time.monotonic()
-                    if self._guarded("message", lambda t=text: self._handle(t)) is False:
-                        reason = "the venue reported an error"
-                if not reason and not _alive(client):
-                    reason = "connection lost"
-                if not reason and time.monotonic() - last_message > self._config.stream_silence_s:
-                    reason = f"no message for {self._config.stream_silence_s}s"
-            _close(client)
-            if not self._stop.is_set():
-                logger.warning("coinbase user channel: %s; reconnecting", reason)
-                self._stop.wait(self._config.stream_reconnect_s)
+        follow(
+            "user channel",
+            self._messages,
+            self._open,
+            lambda client: self._guarded("backfill", self._backfill),
+            lambda text: self._guarded("message", lambda: self._handle(text)),
+            self._config,
+            self._stop,
+        )
 
     def _guarded(self, what: str, step: Callable[[], object]) -> object:
         # The thread must outlive any single failure: the next reconnect backfills what a
@@ -127,13 +113,13 @@ class FillStream:
         )
         try:
             client.open()
-            _check_verified(client)  # before subscribing sends the JWT
+            check_verified(client)  # before subscribing sends the JWT
             self.connections += 1
             client.user(list(self._config.products))
             client.heartbeats()
         except (WSClientException, OSError) as exc:
             logger.warning("coinbase user channel: cannot connect to %s: %s", client.base_url, exc)
-            _close(client)
+            close_client(client)
             return None
         return client
 
@@ -168,8 +154,47 @@ class FillStream:
                 logger.exception("coinbase on_fill failed for fill %s", fill.fill_id)
 
 
+# ----------------------------------------------------------------------------- the loop
+def follow(
+    channel: str,
+    messages: queue.Queue,
+    open_client: Callable[[], Any],
+    on_open: Callable[[Any], object],
+    handle: Callable[[str], object],
+    config: CoinbaseConfig,
+    stop: threading.Event,
+) -> None:
+    """Keep one channel followed until ``stop``: open it, call ``on_open`` (with None when the
+    connection failed), hand each message to ``handle`` (False: the venue reported an error),
+    and reconnect after ``stream_reconnect_s`` on an error, a drop, or ``stream_silence_s``
+    without a message (heartbeats come every second)."""
+    tick = max(min(config.stream_silence_s / 4, 0.25), 0.005)
+    while not stop.is_set():
+        client = open_client()
+        on_open(client)
+        last_message = time.monotonic()
+        reason = "connection failed" if client is None else ""
+        while not stop.is_set() and not reason:
+            try:
+                text = messages.get(timeout=tick)
+            except queue.Empty:
+                text = None
+            if text is not None:
+                last_message = time.monotonic()
+                if handle(text) is False:
+                    reason = "the venue reported an error"
+            if not reason and not alive(client):
+                reason = "connection lost"
+            if not reason and time.monotonic() - last_message > config.stream_silence_s:
+                reason = f"no message for {config.stream_silence_s}s"
+        close_client(client)
+        if not stop.is_set():
+            logger.warning("coinbase %s: %s; reconnecting", channel, reason)
+            stop.wait(config.stream_reconnect_s)
+
+
 # ----------------------------------------------------------------------------- TLS
-def _tls_context(config: CoinbaseConfig) -> ssl.SSLContext:
+def tls_context(config: CoinbaseConfig) -> ssl.SSLContext:
     """The TLS context of the user channel: certificate and host name verified against the
     system trust store, or against ``config.ca_file`` alone when it is set (as for REST)."""
     try:
@@ -180,15 +205,15 @@ def _tls_context(config: CoinbaseConfig) -> ssl.SSLContext:
         ) from None
 
 
-class _VerifiedUserClient(WSUserClient):
-    """The SDK's user-channel client, connecting with a TLS context that verifies the venue.
+class _VerifyingOpen:
+    """The SDK's ``open_async`` with a TLS context that verifies the venue.
 
     coinbase-advanced-py 1.8.4 opens every ``wss://`` URL with ``ssl=ssl.SSLContext()``
     (``WSBase.open_async``, coinbase/websocket/websocket_base.py line 150): no certificate or
     host-name check and no parameter to pass another context, so a man in the middle would
-    receive the JWT sent on subscribe. This is that method with ``ssl_context`` in its place
-    (the SDK's debug logging left out); everything else is the SDK's. ``_check_sdk_shape``
-    refuses to stream if an SDK upgrade moves what it relies on.
+    receive the JWT sent on subscribe (and could feed us made-up bars). This is that method
+    with ``ssl_context`` in its place (the SDK's debug logging left out); everything else is
+    the SDK's. ``_check_sdk_shape`` refuses to stream if an SDK upgrade moves what it relies on.
     """
 
     def __init__(self, *, ssl_context: ssl.SSLContext, **kwargs: Any) -> None:
@@ -215,11 +240,20 @@ class _VerifiedUserClient(WSUserClient):
             self._task = asyncio.create_task(self._message_handler())
 
 
+class _VerifiedUserClient(_VerifyingOpen, WSUserClient):
+    """The SDK's user-channel client, connecting through :class:`_VerifyingOpen`."""
+
+
+class VerifiedMarketClient(_VerifyingOpen, WSClient):
+    """The SDK's market data client (candles, heartbeats), connecting through
+    :class:`_VerifyingOpen`."""
+
+
 _SDK_METHODS = ("_ensure_websocket_not_open", "_set_headers", "_message_handler")
 _SDK_ATTRIBUTES = ("base_url", "timeout", "max_size", "on_open", "websocket", "_retrying")
 
 
-def _check_sdk_shape() -> None:
+def check_sdk_shape() -> None:
     """Raise ``BrokerError`` unless the SDK still opens through ``open_async`` and has what
     ``_VerifiedUserClient.open_async`` uses: otherwise the SDK's unverified connect could run
     instead of ours, or ours would break at every connect."""
@@ -239,7 +273,7 @@ def _check_sdk_shape() -> None:
         )
 
 
-def _check_verified(client: WSUserClient) -> None:
+def check_verified(client: WSUserClient) -> None:
     """Raise ``WSClientException`` if a ``wss://`` connection was opened without certificate
     and host-name verification (the SDK's own connect ran after all)."""
     if not client.base_url.startswith("wss://"):
@@ -253,7 +287,7 @@ def _check_verified(client: WSUserClient) -> None:
         )
 
 
-def _alive(client: WSUserClient | None) -> bool:
+def alive(client: WSUserClient | None) -> bool:
     if client is None or client.websocket is None or not client.websocket.open:
         return False
     try:
@@ -263,7 +297,7 @@ def _alive(client: WSUserClient | None) -> bool:
     return True
 
 
-def _close(client: WSUserClient | None) -> None:
+def close_client(client: WSUserClient | None) -> None:
     """Close the SDK client and its event-loop thread. ``WSClient.close`` raises when the
     socket is already gone and then leaves its loop running, so stop the loop here."""
     if client is None or client.loop is None or client.loop.is_closed():

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from live.store import checks
+from live.store.bars import BarBook
 from live.store.db import Database, parse_url
 from live.store.errors import (
     HaltedError,
@@ -46,7 +47,7 @@ _FILLED_TOLERANCE = 1e-9  # relative: float sums of partial fills may miss the t
 _OPEN_STATES = tuple(s.value for s in OrderState if TRANSITIONS[s])
 
 
-class Store(Operations, PromotionBook, Identity, Outbox):
+class Store(Operations, PromotionBook, Identity, Outbox, BarBook):
     """Persistent state of the live runner on SQLite or PostgreSQL, one schema for both.
 
     Open with :meth:`Store.open`. Writes that cause or record trading (intents, transitions,

@@ -18,6 +18,7 @@ from quantshift.errors import ConfigError
 FILLS = ("next-open", "close")
 DIRECTIONS = ("long", "short", "both")
 SIZINGS = ("fraction", "risk", "kelly")
+SIZE_AT = ("fill", "decision")
 
 FILL_NEXT_OPEN = 0
 FILL_CLOSE = 1
@@ -57,6 +58,19 @@ class SimConfig:
         Fraction of equity at risk per trade for "risk" sizing.
     kelly_fraction, kelly_min_trades
         Scale of the Kelly fraction and how many closed trades it needs first.
+    size_at : {"fill", "decision"}
+        When an entry's units are fixed. "fill" (default, the research convention): at the
+        fill, from the fill price and the equity then. "decision": when the order is decided,
+        from the decision bar's close (slippage and fees counted as if it filled there) and the
+        equity then (cash plus positions marked at that close), as a venue's market order must
+        name its quantity before the open; the live runner sizes this way. Every sizing rule
+        and ``whole_units`` apply at the decision. The fill buys or sells those units at its
+        own price, except when a gap makes the cash short: the units are then cut to what
+        ``max_leverage`` allows at the fill price (units x fill price after slippage x (1 + fee
+        rate) <= ``max_leverage`` x equity at the fill, rounded down with ``whole_units``), so
+        with ``max_leverage`` <= 1 a symbol's cash never goes negative; after a gap the other
+        way the decided units fill and the cash left over stays. Stop-loss, take-profit and
+        trailing levels are distances from the fill price under either setting.
     max_leverage : float
         Cap on position notional as a multiple of equity, for every sizing rule.
     whole_units : bool
@@ -77,13 +91,19 @@ class SimConfig:
     risk_per_trade: float = 0.01
     kelly_fraction: float = 0.5
     kelly_min_trades: int = 20
+    size_at: Literal["fill", "decision"] = "fill"
     max_leverage: float = 1.0
     whole_units: bool = False
     use_stops: bool = True
     periods_per_year: float | None = None
 
     def __post_init__(self) -> None:
-        for name, allowed in (("fill", FILLS), ("direction", DIRECTIONS), ("sizing", SIZINGS)):
+        for name, allowed in (
+            ("fill", FILLS),
+            ("direction", DIRECTIONS),
+            ("sizing", SIZINGS),
+            ("size_at", SIZE_AT),
+        ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
                     f"{name}={getattr(self, name)!r} is not allowed; choose one of "
@@ -127,6 +147,7 @@ class SimConfig:
         rec.risk_per_trade = self.risk_per_trade
         rec.kelly_fraction = self.kelly_fraction
         rec.kelly_min_trades = self.kelly_min_trades
+        rec.size_at_decision = self.size_at == "decision"
         rec.max_leverage = self.max_leverage
         rec.whole_units = self.whole_units
         rec.use_stops = self.use_stops

@@ -39,6 +39,7 @@ config_dt = record_dtype(
         ("risk_per_trade", np.float64),
         ("kelly_fraction", np.float64),
         ("kelly_min_trades", np.float64),
+        ("size_at_decision", np.bool_),  # SimConfig.size_at == "decision"
         ("max_leverage", np.float64),
         ("whole_units", np.bool_),
         ("use_stops", np.bool_),

@@ -97,11 +97,13 @@ def simulate_nb(bars, signals, cfg, out):
     touching both the stop and the target fills at the stop (the worse one). The trailing level
     follows the best price seen since entry (the entry fill, then each bar's open and, after the
     check, its high/low). Levels are distances from the entry fill price read at the signal bar.
-    Fees and slippage apply to every fill. Statistics for the metrics accumulate in
-    ``out.stats`` as the bars pass. ``out.trades`` may have zero rows (sweeps): then nothing else
-    is recorded and ``out.equity``/``out.position`` may be empty. An open position at the end is
-    reported as a trade with reason "open", marked at the last close, and is not in the
-    closed-trade stats.
+    Entries are sized at the fill, or at the decision with ``cfg.size_at_decision`` (SimConfig
+    ``size_at``): units from the signal bar's close and the equity then, cut at the fill to
+    what ``max_leverage`` allows at the fill price. Fees and slippage apply to every fill.
+    Statistics for the metrics accumulate in ``out.stats`` as the bars pass. ``out.trades``
+    may have zero rows (sweeps): then nothing else is recorded and ``out.equity``/
+    ``out.position`` may be empty. An open position at the end is reported as a trade with
+    reason "open", marked at the last close, and is not in the closed-trade stats.
     """
     open_, high, low, close = bars.open, bars.high, bars.low, bars.close
     entries, exits = signals.entries, signals.exits
@@ -116,6 +118,7 @@ def simulate_nb(bars, signals, cfg, out):
     state.cash = cfg.cash
     pending = ACT_NONE
     pending_bar = -1
+    pending_units = math.nan
     n_trades = 0
     last_equity = peak = cfg.cash
     return_sum = return_sq_sum = downside_sq = max_drawdown = 0.0
@@ -125,8 +128,9 @@ def simulate_nb(bars, signals, cfg, out):
         # 1. Orders decided on the previous close fill at this open.
         if pending != ACT_NONE:
             n_trades = _execute_nb(
-                state, pending, open_[t], t, pending_bar, cfg, signals, trades_out, n_trades, stats
-            )
+                state, pending, open_[t], t, pending_bar, pending_units, cfg, signals, trades_out,
+                n_trades, stats,
+            )  # fmt: skip
             pending = ACT_NONE
         # 2. Protective levels, checked on the bar's range.
         if state.units != 0.0 and state.has_levels:
@@ -136,13 +140,19 @@ def simulate_nb(bars, signals, cfg, out):
         # 3. This bar's signals, decided on its close.
         act = decide_nb(entries[t], exits[t], state.units, direction)
         if act != ACT_NONE:
+            units = math.nan  # sized at the fill
+            if cfg.size_at_decision and act != ACT_EXIT:
+                side = 1.0 if act == ACT_LONG else -1.0
+                equity = state.cash + state.units * close[t]
+                units = decision_units_nb(cfg, stats, side, close[t], equity, signals.stop[t])
             if not next_open:
                 n_trades = _execute_nb(
-                    state, act, close[t], t, t, cfg, signals, trades_out, n_trades, stats
+                    state, act, close[t], t, t, units, cfg, signals, trades_out, n_trades, stats
                 )
             elif t + 1 < n:
                 pending = act
                 pending_bar = t
+                pending_units = units
         position = state.units
         equity = state.cash + position * close[t]
         return_sum, return_sq_sum, downside_sq, peak, max_drawdown = equity_step_nb(
@@ -177,26 +187,26 @@ def write_open_trade_nb(row, state, bar, price):
 
 
 @njit
-def _execute_nb(state, act, price, bar, signal_bar, cfg, signals, trades_out, n_trades, stats):
-    """Fill a signal action at ``price``: close (or reverse) the position, then maybe enter."""
+def _execute_nb(
+    state, act, price, bar, signal_bar, units, cfg, signals, trades_out, n_trades, stats
+):
+    """Fill a signal action at ``price``: close (or reverse) the position, then maybe enter
+    with ``units`` fixed at the decision (NaN: sized here, at the fill)."""
     reason = closing_reason_nb(act, state.units)
     if reason >= 0:
         n_trades = exit_nb(state, price, bar, reason, cfg, trades_out, n_trades, stats)
     if act == ACT_EXIT or state.units != 0.0:
         return n_trades
-    enter_nb(
-        state,
-        1.0 if act == ACT_LONG else -1.0,
-        price,
-        bar,
-        state.cash,
-        math.inf,
-        cfg,
-        stats,
-        signals.stop[signal_bar],
-        signals.take_profit[signal_bar],
-        signals.trail[signal_bar],
-    )
+    side = 1.0 if act == ACT_LONG else -1.0
+    stop = signals.stop[signal_bar]
+    take_profit = signals.take_profit[signal_bar]
+    trail = signals.trail[signal_bar]
+    if math.isnan(units):
+        enter_nb(
+            state, side, price, bar, state.cash, math.inf, cfg, stats, stop, take_profit, trail
+        )
+    else:
+        enter_decided_nb(state, side, price, bar, state.cash, units, cfg, stop, take_profit, trail)
     return n_trades
 
 
@@ -223,13 +233,51 @@ def enter_nb(
     """
     exec_price = price * (1.0 + cfg.slippage_rate * side)
     units = min(_entry_units_nb(cfg, stats, equity, exec_price, stop_distance), max_units)
+    _open_units_nb(
+        state, side, exec_price, units, bar, cfg, stop_distance, tp_distance, trail_distance
+    )
+    return units
+
+
+@njit
+def decision_units_nb(cfg, stats, side, price, equity, stop_distance):
+    """Return the units a ``side`` entry decided at ``price`` (the decision bar's close) names
+    under decision-time sizing: sized as if it filled there, against ``equity`` then."""
+    return _entry_units_nb(
+        cfg, stats, equity, price * (1.0 + cfg.slippage_rate * side), stop_distance
+    )
+
+
+@njit
+def enter_decided_nb(
+    state, side, price, bar, equity, units, cfg, stop_distance, tp_distance, trail_distance
+):
+    """Open ``units`` decided before the fill (:func:`decision_units_nb`) on the flat
+    ``state`` at ``price`` (before slippage); return the units bought or sold (0: none).
+
+    When a gap makes the cash short the units are cut to what ``max_leverage`` allows against
+    ``equity`` at this fill price (fees included), rounded down to whole units if asked.
+    """
+    exec_price = price * (1.0 + cfg.slippage_rate * side)
+    affordable = _whole_nb(cfg, _leverage_cap_nb(cfg, equity, exec_price))
+    units = min(units, affordable)
+    _open_units_nb(
+        state, side, exec_price, units, bar, cfg, stop_distance, tp_distance, trail_distance
+    )
+    return units
+
+
+@njit
+def _open_units_nb(
+    state, side, exec_price, units, bar, cfg, stop_distance, tp_distance, trail_distance
+):
+    """Open ``units`` (if any) at ``exec_price`` paying the fee model's fees."""
     if units > 0.0:
         fees = units * exec_price * cfg.fee_rate
         open_position_nb(
             state, side, exec_price, units, fees, bar, cfg, stop_distance, tp_distance,
             trail_distance,
         )  # fmt: skip
-    return units
 
 
 @njit
@@ -340,19 +388,33 @@ def _write_trade_nb(row, state, exit_bar, exit_price, exit_fees, pnl, ret, reaso
 @njit
 def _entry_units_nb(cfg, stats, equity, exec_price, stop_distance):
     """Units to buy or sell short at ``exec_price`` with ``equity`` (the position is flat)."""
-    if equity <= 0.0 or not exec_price > 0.0:
+    max_units = _leverage_cap_nb(cfg, equity, exec_price)
+    if max_units == 0.0:
         return 0.0
     cost_per_unit = exec_price * (1.0 + cfg.fee_rate)
-    max_units = cfg.max_leverage * equity / cost_per_unit
     if cfg.sizing == SIZING_RISK:
         if not stop_distance > 0.0:
             return 0.0
         units = min(cfg.risk_per_trade * equity / stop_distance, max_units)
     else:
         units = min(entry_fraction_nb(cfg, stats) * equity / cost_per_unit, max_units)
+    return _whole_nb(cfg, units)
+
+
+@njit
+def _leverage_cap_nb(cfg, equity, exec_price):
+    """Most units ``max_leverage`` x ``equity`` buys at ``exec_price``, fees included."""
+    if equity <= 0.0 or not exec_price > 0.0:
+        return 0.0
+    return cfg.max_leverage * equity / (exec_price * (1.0 + cfg.fee_rate))
+
+
+@njit
+def _whole_nb(cfg, units):
+    """``units`` rounded down to a whole number when the config asks for whole units."""
     if cfg.whole_units:
         # The epsilon keeps 10.0 from flooring to 9 when division leaves 9.999999999999998.
-        units = math.floor(units + 1e-9)
+        return math.floor(units + 1e-9)
     return units
 
 

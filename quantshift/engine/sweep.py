@@ -1,11 +1,18 @@
 """Public parameter sweep: many parameter sets x symbols in one parallel fused numba kernel.
 
 Signals, fills and metrics run per (parameter set, symbol) in O(bars) memory per worker.
+Every sweep is offered to the trial recorders a driver declares (entry point group
+``quantshift.trial_recorders``): research keeps a registry of every evaluation that way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import contextlib
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -24,6 +31,78 @@ from quantshift.strategies import Strategy
 from quantshift.strategies.grid import ParameterGrid
 
 ParamSets = Mapping[str, Any] | Sequence[Mapping[str, Any]] | np.ndarray | ParameterGrid | None
+
+TRIAL_RECORDERS = "quantshift.trial_recorders"
+"""Entry point group: callables given a :class:`SweepTrials` after every sweep."""
+
+_TAGS: ContextVar[Mapping[str, Any]] = ContextVar(
+    "quantshift_sweep_tags", default=MappingProxyType({})
+)
+_RECORDERS: list[tuple[str, Callable[[SweepTrials], None]]] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class SweepTrials:
+    """What one sweep evaluated, as offered to trial recorders.
+
+    ``metrics`` is the (n_sets * n_symbols, len(METRICS)) float matrix of the sweep's table
+    (parameter-set major); ``equity`` the (n_sets, n_symbols, n_bars) curves of
+    :func:`sweep_equity` (None for :func:`sweep`); ``tags`` what :func:`sweep_tags` set.
+    """
+
+    strategy: Strategy
+    bars: Bars
+    config: SimConfig
+    matrix: np.ndarray
+    metrics: np.ndarray
+    equity: np.ndarray | None = None
+    tags: Mapping[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def sweep_tags(**tags: Any) -> Iterator[Mapping[str, Any]]:
+    """Tag every sweep run inside the block for the trial recorders (nested blocks add to and
+    override the outer tags; ``record=False`` asks recorders to skip a re-evaluation)."""
+    merged = MappingProxyType({**_TAGS.get(), **tags})
+    token = _TAGS.set(merged)
+    try:
+        yield merged
+    finally:
+        _TAGS.reset(token)
+
+
+def current_sweep_tags() -> Mapping[str, Any]:
+    """Return the tags the enclosing :func:`sweep_tags` blocks set."""
+    return _TAGS.get()
+
+
+def _recorders() -> list[tuple[str, Callable[[SweepTrials], None]]]:
+    global _RECORDERS
+    if _RECORDERS is None:
+        from importlib.metadata import entry_points
+
+        found = []
+        for entry in entry_points(group=TRIAL_RECORDERS):
+            try:
+                found.append((entry.name, entry.load()))
+            except Exception as exc:  # a broken driver must not break sweeps
+                warnings.warn(f"trial recorder '{entry.name}' not loaded: {exc}", stacklevel=3)
+        _RECORDERS = found
+    return _RECORDERS
+
+
+def _offer(trials: SweepTrials) -> None:
+    """Give the sweep to every recorder; a failing recorder warns, the result is kept."""
+    for name, recorder in _recorders():
+        try:
+            recorder(trials)
+        except Exception as exc:
+            warnings.warn(
+                f"trial recorder '{name}' failed ({type(exc).__name__}: {exc}); "
+                "the sweep's result is returned unrecorded",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 def sweep(
@@ -76,8 +155,8 @@ def sweep(
         for lo, hi in chunks:
             parts.append(kernel(kernel_bars, np.ascontiguousarray(matrix[lo:hi]), cfg_record))
             report(hi)
-    metrics = np.concatenate(parts) if len(parts) > 1 else parts[0]
-
+    metrics = float_matrix(np.concatenate(parts) if len(parts) > 1 else parts[0])
+    _offer(SweepTrials(strat, data, cfg, matrix, metrics, None, _TAGS.get()))
     return _table(strat, data, matrix, metrics)
 
 
@@ -121,18 +200,22 @@ def sweep_equity(
             equity[:, s, rows] = packed_equity[:, s, : rows.shape[0]]
         equity = pd.DataFrame(equity.reshape(-1, data.n_bars).T).ffill().fillna(cfg.cash)
         equity = equity.to_numpy().T.reshape(n_sets, m, data.n_bars)
-    return _table(strat, data, matrix, metrics), np.ascontiguousarray(equity)
+    equity = np.ascontiguousarray(equity)
+    metrics = float_matrix(metrics)
+    _offer(SweepTrials(strat, data, cfg, matrix, metrics, equity, _TAGS.get()))
+    return _table(strat, data, matrix, metrics), equity
 
 
 def _table(strat: Strategy, data: Bars, matrix: np.ndarray, metrics: np.ndarray) -> pd.DataFrame:
-    """One row per (parameter set, symbol): the parameters, the symbol and every metric."""
+    """One row per (parameter set, symbol): the parameters, the symbol and every metric
+    (``metrics``: the float matrix of the kernel's records)."""
     n_sets, m = matrix.shape[0], data.n_symbols
     table = pd.DataFrame(np.repeat(matrix, m, axis=0), columns=list(strat.param_names))
     for p in strat.params:
         if p.integer:
             table[p.name] = table[p.name].astype(np.int64)
     table["symbol"] = np.tile(np.array(data.symbols, dtype=object), n_sets)
-    return pd.concat([table, pd.DataFrame(float_matrix(metrics), columns=list(METRICS))], axis=1)
+    return pd.concat([table, pd.DataFrame(metrics, columns=list(METRICS))], axis=1)
 
 
 def parameter_matrix(strategy: Strategy, params: ParamSets) -> np.ndarray:

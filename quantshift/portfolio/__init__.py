@@ -1,6 +1,7 @@
 """The decision layer: allocation, conflicts, sizing and risk limits over several strategies.
 
-``decide`` is one pure function shared by the portfolio backtest and the live runner.
+``decide`` is one pure function shared by the portfolio backtest and the live runner; regime
+and sentiment inputs and the sector map are described in ``quantshift.portfolio.overlay``.
 """
 
 from quantshift.portfolio.backtest import PortfolioResult, portfolio_backtest
@@ -18,10 +19,20 @@ from quantshift.portfolio.decide import (
     fill_orders,
     flatten_orders,
 )
+from quantshift.portfolio.overlay import (
+    REGIME_UNKNOWN,
+    REGIMES,
+    RegimeOverlay,
+    RegimeRule,
+    SectorMap,
+    SentimentFilter,
+)
 from quantshift.portfolio.signals import BarSignals, SignalHistory, compute_signals
 from quantshift.portfolio.state import PortfolioState, Position
 
 __all__ = [
+    "REGIMES",
+    "REGIME_UNKNOWN",
     "SLEEVE_SETTINGS",
     "BarSignals",
     "ClosedTrade",
@@ -32,7 +43,11 @@ __all__ = [
     "PortfolioResult",
     "PortfolioState",
     "Position",
+    "RegimeOverlay",
+    "RegimeRule",
     "RiskLimits",
+    "SectorMap",
+    "SentimentFilter",
     "SignalHistory",
     "Sleeve",
     "TargetOrder",

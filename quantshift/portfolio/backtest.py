@@ -18,8 +18,14 @@ from quantshift.engine.records import Signals
 from quantshift.engine.simulate import REASON_OPEN
 from quantshift.errors import DataError
 from quantshift.portfolio.config import PortfolioConfig
-from quantshift.portfolio.decide import order_columns, portfolio_trade_columns, veto_columns
+from quantshift.portfolio.decide import (
+    check_overlay_inputs,
+    order_columns,
+    portfolio_trade_columns,
+    veto_columns,
+)
 from quantshift.portfolio.loop import compiled
+from quantshift.portfolio.overlay import regime_history, sentiment_history
 from quantshift.portfolio.rows import FILL_DONE, FILL_PENDING, HALT_REASONS
 from quantshift.portfolio.signals import compute_signals
 from quantshift.portfolio.state import PortfolioState
@@ -145,7 +151,13 @@ class PortfolioResult:
 
 
 def portfolio_backtest(
-    config: PortfolioConfig, bars: Bars | str, *, state: PortfolioState | None = None
+    config: PortfolioConfig,
+    bars: Bars | str,
+    *,
+    state: PortfolioState | None = None,
+    regime: Any = None,
+    sentiment: Any = None,
+    trade_from_ns: int | None = None,
 ) -> PortfolioResult:
     """Run the decision layer over ``bars`` bar by bar with the shared fill model.
 
@@ -161,6 +173,19 @@ def portfolio_backtest(
         Bars holding every sleeve's symbols, or a data spec for :func:`quantshift.load_bars`.
     state : PortfolioState, optional
         Start from this state instead of all cash.
+    regime : Series, DataFrame or array, optional
+        Regime labels per bar (0..4, see ``REGIMES``; NaN / -1: unknown), causal: a Series on
+        the bars' times (one market regime per bar), a DataFrame (time x symbol), or an array
+        with one row per bar of ``bars`` (2-D: columns in ``config.symbols`` order). Required
+        when ``config.regimes`` is set, refused when it is not.
+    sentiment : DataFrame or array, optional
+        News scores per bar and symbol in [-1, 1] (NaN: no news), causal: a DataFrame (time x
+        symbol; missing times and symbols: no news) or an (n_bars, n_symbols) array in
+        ``config.symbols`` order. Required when ``config.sentiment`` is set, refused when it
+        is not. See ``quantshift.portfolio.overlay``.
+    trade_from_ns : int, optional
+        Decide nothing before the bar at this time (UTC ns): the bars before it only warm the
+        indicators up, as a live runner's history does before its first decision.
     """
     if isinstance(bars, str):
         from quantshift.data import load_bars
@@ -169,13 +194,31 @@ def portfolio_backtest(
     if not isinstance(bars, Bars):
         raise DataError(f"bars must be a Bars object or a data spec string, got {type(bars)}")
     layout = config.layout()
+    check_overlay_inputs(config, regime, sentiment)
     history = compute_signals(config, bars)
     data = history.bars
     if data.n_bars == 0:
         raise DataError(f"{data.source}: no bars to backtest")
+    # Inputs are given on the bars as passed; the backtest runs on the rows its symbols trade.
+    rows = np.searchsorted(bars.ts_ns, data.ts_ns)
+    n = len(layout.symbols)
+    regime_codes = (
+        np.zeros((0, n), np.int64)
+        if regime is None
+        else regime_history(regime, bars.ts_ns, rows, layout.symbols)
+    )
+    scores = (
+        np.zeros((0, n))
+        if sentiment is None
+        else sentiment_history(sentiment, bars.ts_ns, rows, layout.symbols)
+    )
     start = PortfolioState.initial(config) if state is None else state
     start.check(config)
     arrays = start.arrays()
+    if trade_from_ns is not None:
+        first = int(np.searchsorted(data.ts_ns, int(trade_from_ns), "left"))
+        history.entries[:first] = False
+        history.exits[:first] = False
     signals = Signals(
         history.entries,
         history.exits,
@@ -183,11 +226,11 @@ def portfolio_backtest(
         history.take_profit_distance,
         history.trail_distance,
     )
-    run = PortfolioRun(
-        *compiled("backtest")(
-            data.ts_ns, data.open, data.high, data.low, data.close, signals, layout.setup, arrays
-        )
-    )
+    raw = compiled("backtest")(
+        data.ts_ns, data.open, data.high, data.low, data.close, signals, regime_codes, scores,
+        layout.setup, arrays,
+    )  # fmt: skip
+    run = PortfolioRun(*raw)
     if config.sim.periods_per_year is not None:
         ppy = float(config.sim.periods_per_year)
     else:

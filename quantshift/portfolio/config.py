@@ -9,6 +9,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from quantshift.engine.config import SimConfig
 from quantshift.engine.records import config_dt
 from quantshift.errors import ConfigError, QuantShiftError
+from quantshift.portfolio.overlay import RegimeOverlay, SectorMap, SentimentFilter, regime_arrays
 from quantshift.portfolio.rows import POLICIES, PortfolioSetup, limits_dt
 from quantshift.strategies import Strategy, get_strategy
 from quantshift.tables import Table
@@ -30,9 +32,22 @@ SLEEVE_SETTINGS = (
     "max_leverage",
     "use_stops",
 )
-"""SimConfig fields a sleeve may set for itself; the rest (cash, costs, fill) are portfolio-wide."""
+"""SimConfig fields a sleeve may set for itself; the rest (cash, costs, fill, size_at) are
+portfolio-wide."""
+OVERLAY_TABLES = ("sectors", "regimes", "sentiment")
+"""The optional tables of ``quantshift.portfolio.overlay`` a config file may hold."""
 
 _ALLOCATION_SLACK = 1e-9  # 0.33 + 0.33 + 0.34 is 1.0000000000000002 in floating point
+_LIMIT_BOUNDS = {
+    "max_heat_pct": 100.0,
+    "max_position_pct": 10_000.0,
+    "max_gross_exposure_pct": 10_000.0,
+    "daily_loss_limit_pct": 100.0,
+    "max_drawdown_pct": 100.0,
+    "max_position_correlation": 1.0,
+    "max_sector_exposure_pct": 10_000.0,
+}
+"""Each limit and its largest value (inf or None turns it off)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +69,21 @@ class RiskLimits:
         last decision of the previous UTC day).
     max_drawdown_pct : float
         Halt new entries once equity falls this far below its peak (the circuit breaker).
+    max_position_correlation : float
+        In (0, 1]: skip an entry when the rolling correlation of its symbol's one-bar returns
+        with a symbol already held (after this bar's exits, and counting the entries decided
+        before it on this bar), times the two sides (+1 long, -1 short), exceeds this. So a
+        long is skipped beside a correlated long, but a short against a correlated long is a
+        hedge and passes. The correlation is Pearson's over the last
+        ``correlation_window_bars`` returns up to the decision bar, on the returns both symbols
+        have (a return needs the symbol's close at both ends of the step); with fewer than
+        half the window of them it is unknown and does not skip. Off by default.
+    correlation_window_bars : int
+        Returns in that correlation (2..10000; default 60).
+    max_sector_exposure_pct : float
+        Cap on the summed notional (long and short alike) of the positions in one sector,
+        the new entry included; an entry that would exceed it is reduced to fit, skipped when
+        nothing fits. Needs the config's sector map. Off by default.
 
     A halt stays until :meth:`PortfolioState.resumed` clears it (a person does, live); exits
     and protective stops go on while halted. Entries are capped in sleeve then symbol order.
@@ -64,16 +94,12 @@ class RiskLimits:
     max_gross_exposure_pct: float | None = 100.0
     daily_loss_limit_pct: float | None = 5.0
     max_drawdown_pct: float | None = 15.0
+    max_position_correlation: float | None = None
+    correlation_window_bars: int = 60
+    max_sector_exposure_pct: float | None = None
 
     def __post_init__(self) -> None:
-        bounds = {
-            "max_heat_pct": 100.0,
-            "max_position_pct": 10_000.0,
-            "max_gross_exposure_pct": 10_000.0,
-            "daily_loss_limit_pct": 100.0,
-            "max_drawdown_pct": 100.0,
-        }
-        for name, high in bounds.items():
+        for name, high in _LIMIT_BOUNDS.items():
             value = getattr(self, name)
             if value is None:
                 object.__setattr__(self, name, math.inf)
@@ -83,12 +109,20 @@ class RiskLimits:
                 raise ConfigError(
                     f"{name}={value!r} must be a number in (0, {high:g}], or inf/None for no limit"
                 )
+        window = self.correlation_window_bars
+        if isinstance(window, bool) or not isinstance(window, int) or not 2 <= window <= 10_000:
+            raise ConfigError(f"correlation_window_bars={window!r} must be an integer in 2..10000")
 
     @classmethod
     def none(cls) -> RiskLimits:
         """Return limits that never bind: the portfolio then trades exactly as its sleeves would
         alone (the single-strategy backtest, for one sleeve on one symbol)."""
-        return cls(**{f.name: math.inf for f in dataclasses.fields(cls)})
+        return cls(**dict.fromkeys(_LIMIT_BOUNDS, math.inf))
+
+    @property
+    def history_rows(self) -> int:
+        """Closes up to the decision bar the decision reads (the correlation's window)."""
+        return self.correlation_window_bars + 1 if self.max_position_correlation < math.inf else 1
 
     def to_record(self, conflict: str, whole_units: bool) -> np.ndarray:
         """Return the kernels' one-element ``limits_dt`` array: fractions of equity, the
@@ -102,6 +136,13 @@ class RiskLimits:
         rec.max_drawdown = self.max_drawdown_pct / 100.0
         rec.policy = POLICIES.index(conflict)
         rec.whole_units = whole_units
+        rec.max_correlation = self.max_position_correlation
+        rec.correlation_window = self.correlation_window_bars
+        rec.correlation_min_returns = max(2, (self.correlation_window_bars + 1) // 2)
+        rec.history_rows = self.history_rows
+        rec.max_sector = self.max_sector_exposure_pct / 100.0
+        rec.min_sentiment = -math.inf
+        rec.sentiment_scaling = 0.0
         return out
 
 
@@ -236,12 +277,23 @@ class PortfolioConfig:
         would alone. "priority": the first sleeve in ``sleeves`` order that is long or short
         decides; a sleeve on the other side has its entry skipped and its position closed
         (exit reason "conflict"). "flat": no sleeve holds the symbol while they disagree.
+    sectors : SectorMap, optional
+        Symbol -> sector, for ``limits.max_sector_exposure_pct``; every symbol must have one.
+    regimes : RegimeOverlay, optional
+        Per-regime entry multipliers per sleeve, exposure and stop scales; the backtest and
+        ``decide`` then need a regime input (``quantshift.portfolio.overlay``).
+    sentiment : SentimentFilter, optional
+        News-score veto and resizing of entries; the backtest and ``decide`` then need a
+        sentiment input.
     """
 
     sleeves: tuple[Sleeve, ...]
     sim: SimConfig = field(default_factory=SimConfig)
     limits: RiskLimits = field(default_factory=RiskLimits)
     conflict: Literal["net", "priority", "flat"] = "net"
+    sectors: SectorMap | None = None
+    regimes: RegimeOverlay | None = None
+    sentiment: SentimentFilter | None = None
 
     def __post_init__(self) -> None:
         sleeves = tuple(self.sleeves)
@@ -268,6 +320,32 @@ class PortfolioConfig:
             )
         for sleeve in sleeves:
             sleeve.sim_config(self.sim)
+        self._check_overlay()
+
+    def _check_overlay(self) -> None:
+        for name, kind in (
+            ("sectors", SectorMap),
+            ("regimes", RegimeOverlay),
+            ("sentiment", SentimentFilter),
+        ):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                raise ConfigError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+        if self.sectors is not None:
+            self.sectors.codes(self.symbols)
+        elif self.limits.max_sector_exposure_pct < math.inf:
+            raise ConfigError(
+                "limits.max_sector_exposure_pct needs a sector map (sectors: a CSV file or a "
+                "symbol = sector table)"
+            )
+        if self.regimes is not None:
+            self.regimes.check_sleeves(self.sleeve_names)
+            scaled = [n for n, r in self.regimes.rules.items() if r.exposure_scale < 1.0]
+            if scaled and self.limits.max_gross_exposure_pct == math.inf:
+                raise ConfigError(
+                    f"regimes.{scaled[0]}.exposure_scale scales max_gross_exposure_pct, "
+                    "which is off; set a gross exposure limit"
+                )
 
     # ------------------------------------------------------------------ derived
     @property
@@ -280,8 +358,9 @@ class PortfolioConfig:
         return tuple(dict.fromkeys(sym for s in self.sleeves for sym in s.symbols))
 
     def warmup_bars(self) -> int:
-        """Return the history (bars) the slowest sleeve needs before its signals can fire."""
-        return max(s.warmup_bars() for s in self.sleeves)
+        """Return the history (bars) the slowest sleeve needs before its signals can fire, or
+        the correlation limit's window of closes when that is longer."""
+        return max(self.limits.history_rows, *(s.warmup_bars() for s in self.sleeves))
 
     def layout(self) -> Layout:
         """Return the kernels' arrays for this configuration (built once)."""
@@ -293,34 +372,62 @@ class PortfolioConfig:
 
     # ------------------------------------------------------------------ plain dicts
     @classmethod
-    def from_dict(cls, mapping: Mapping[str, Any], source: str = "<dict>") -> PortfolioConfig:
+    def from_dict(
+        cls, mapping: Mapping[str, Any], source: str = "<dict>", base_dir: Path | None = None
+    ) -> PortfolioConfig:
         """Build a config from plain data (a parsed TOML/YAML file); errors name ``source``,
         the table and the key.
 
         Keys: ``sleeves`` (list of tables with the Sleeve fields), ``sim`` (SimConfig
-        fields), ``limits`` (RiskLimits fields), ``conflict``. Unknown keys are refused.
+        fields), ``limits`` (RiskLimits fields), ``conflict``, and the overlay tables
+        ``sectors``, ``regimes``, ``sentiment`` (``quantshift.portfolio.overlay``; a sector
+        file is relative to ``base_dir``). Unknown keys are refused.
         """
         top = Table(mapping, source)
-        top.refuse_unknown(("sleeves", "sim", "limits", "conflict"))
+        top.refuse_unknown(("sleeves", "sim", "limits", "conflict", *OVERLAY_TABLES))
         return cls.from_tables(
             sleeves=top.tables("sleeves"),
             sim=top.table("sim"),
             limits=top.table("limits"),
             conflict_in=top,
+            overlay_in=top,
+            base_dir=base_dir,
         )
 
     @classmethod
     def from_tables(
-        cls, *, sleeves: Sequence[Table], sim: Table, limits: Table, conflict_in: Table
+        cls,
+        *,
+        sleeves: Sequence[Table],
+        sim: Table,
+        limits: Table,
+        conflict_in: Table,
+        overlay_in: Table | None = None,
+        base_dir: Path | None = None,
     ) -> PortfolioConfig:
         """Build a config from a file's tables, whatever that file names them (the live
         config's ``[costs]`` and ``[risk]``); ``conflict_in`` is the table holding the
-        ``conflict`` key. Errors name the file, the table and the key."""
+        ``conflict`` key, ``overlay_in`` the one holding the :data:`OVERLAY_TABLES` (a sector
+        file is relative to ``base_dir``). Errors name the file, the table and the key."""
         built = [table.build(Sleeve) for table in sleeves]
         sim_config, risk_limits = sim.build(SimConfig), limits.build(RiskLimits)
         conflict = conflict_in.choice("conflict", POLICIES, "net")
+        overlay: dict[str, Any] = {}
+        if overlay_in is not None:
+            if "sectors" in overlay_in:
+                overlay["sectors"] = SectorMap.from_table(overlay_in.table("sectors"), base_dir)
+            if "regimes" in overlay_in:
+                overlay["regimes"] = RegimeOverlay.from_table(overlay_in.table("regimes"))
+            if "sentiment" in overlay_in:
+                overlay["sentiment"] = overlay_in.table("sentiment").build(SentimentFilter)
         try:
-            return cls(sleeves=tuple(built), sim=sim_config, limits=risk_limits, conflict=conflict)
+            return cls(
+                sleeves=tuple(built),
+                sim=sim_config,
+                limits=risk_limits,
+                conflict=conflict,
+                **overlay,
+            )
         except ConfigError as e:
             raise ConfigError(f"{sim.source}: {e}") from None
 
@@ -334,6 +441,10 @@ class PortfolioConfig:
                 for k, v in dataclasses.asdict(self.limits).items()
             },
             "conflict": self.conflict,
+        } | {
+            name: getattr(self, name).to_dict()
+            for name in OVERLAY_TABLES
+            if getattr(self, name) is not None
         }
 
 
@@ -358,7 +469,16 @@ class Layout:
         for s, sleeve in enumerate(config.sleeves):
             member[s, [symbols.index(x) for x in sleeve.symbols]] = True
             sleeve_cfg[s] = sleeve.sim_config(config.sim).to_record()[0]
-        for array in (member, sleeve_cfg):
+        limits = config.limits.to_record(config.conflict, config.sim.whole_units)
+        if config.sentiment is not None:
+            limits["min_sentiment"] = config.sentiment.min_score
+            limits["sentiment_scaling"] = config.sentiment.size_scaling
+        if config.sectors is not None and config.limits.max_sector_exposure_pct < math.inf:
+            sector = config.sectors.codes(symbols)
+        else:
+            sector = np.full(len(symbols), -1, np.int64)
+        allocation, exposure, stop = regime_arrays(config.regimes, config.sleeve_names)
+        for array in (member, sleeve_cfg, limits, sector):
             array.flags.writeable = False
         return cls(
             sleeves=config.sleeve_names,
@@ -368,8 +488,12 @@ class Layout:
             setup=PortfolioSetup(
                 member=member,
                 sleeve_cfg=sleeve_cfg,
-                limits=config.limits.to_record(config.conflict, config.sim.whole_units),
+                limits=limits,
                 fill_close=config.sim.fill == "close",
+                sector=sector,
+                regime_allocation=allocation,
+                regime_exposure=exposure,
+                regime_stop=stop,
             ),
             allocation=np.array([s.allocation for s in config.sleeves]),
             params=tuple(s.strategy_object.vector(s.params) for s in config.sleeves),

@@ -17,6 +17,7 @@ from quantshift.engine.records import Signals, trade_columns
 from quantshift.errors import ConfigError
 from quantshift.portfolio.config import PortfolioConfig
 from quantshift.portfolio.loop import compiled
+from quantshift.portfolio.overlay import REGIME_UNKNOWN, regime_row, sentiment_row
 from quantshift.portfolio.rows import (
     ACTION_ENTRY,
     ACTION_EXIT,
@@ -27,6 +28,7 @@ from quantshift.portfolio.rows import (
     REASON_ENTRY,
     REASON_FLATTEN,
     VETO_REASONS,
+    BarInputs,
     fill_dt,
     order_dt,
 )
@@ -40,8 +42,9 @@ class TargetOrder:
 
     ``units`` are sized at ``reference_price`` (the close decided on). The shared fill model
     sizes an entry again at its own fill price from the sleeve's sizing rule, never above
-    ``max_units`` (the room the risk limits left; inf when none bound), which is what the
-    backtest and the paper broker do; a real broker gets ``units``. Distances are in price
+    ``max_units`` (the room the risk limits left, or the size after a regime or sentiment
+    multiplier when that is smaller; inf when none bound), which is what the backtest and the
+    paper broker do; a real broker gets ``units``. Distances are in price
     units from the entry fill price (NaN: none), for the protective orders.
     """
 
@@ -137,7 +140,14 @@ class FillResult:
     pending: tuple[TargetOrder, ...]  # orders for symbols without a price: fill them later
 
 
-def decide(state: PortfolioState, signals: BarSignals, config: PortfolioConfig) -> Decision:
+def decide(
+    state: PortfolioState,
+    signals: BarSignals,
+    config: PortfolioConfig,
+    *,
+    regime: Any = None,
+    sentiment: Any = None,
+) -> Decision:
     """Decide on one bar's close: which positions to close and which to open, and how big.
 
     Parameters
@@ -146,8 +156,17 @@ def decide(state: PortfolioState, signals: BarSignals, config: PortfolioConfig) 
         The state after this bar's fills and stop exits (:func:`fill_orders`,
         :func:`check_stops`); it is not modified.
     signals : BarSignals
-        This bar's time, closes and each sleeve's signals (``SignalHistory.at``).
+        This bar's time, closes and each sleeve's signals (``SignalHistory.at``, which also
+        carries the recent closes the correlation limit reads).
     config : PortfolioConfig
+    regime : int, str, mapping or sequence, optional
+        This bar's regime label (index or name in ``REGIMES``; -1 or None: unknown), or one
+        per symbol (mapping symbol -> label, or a sequence in ``config.symbols`` order).
+        Required when ``config.regimes`` is set, refused when it is not.
+    sentiment : mapping or sequence, optional
+        This bar's news score per symbol in [-1, 1] (mapping symbol -> score, missing: no
+        news; or a sequence in ``config.symbols`` order, NaN: no news). Required when
+        ``config.sentiment`` is set, refused when it is not.
 
     Returns
     -------
@@ -167,12 +186,29 @@ def decide(state: PortfolioState, signals: BarSignals, config: PortfolioConfig) 
         _grid(signals.take_profit_distance, shape, "take_profit_distance", np.float64),
         _grid(signals.trail_distance, shape, "trail_distance", np.float64),
     )
+    n = len(layout.symbols)
+    close = _float_vector(signals.close, n, "close")
+    check_overlay_inputs(config, regime, sentiment)
+    if signals.recent_close is None and config.limits.history_rows > 1:
+        raise ConfigError(
+            "max_position_correlation reads the closes before this bar: give "
+            "BarSignals.recent_close (SignalHistory.at does)"
+        )
+    recent = close[None, :] if signals.recent_close is None else signals.recent_close
+    recent = np.ascontiguousarray(recent, dtype=np.float64)
+    if recent.ndim != 2 or recent.shape[1] != n or not np.array_equal(recent[-1], close, True):
+        raise ConfigError(
+            f"signals.recent_close must be (rows, {n}) closes ending with this bar's, "
+            f"got shape {recent.shape}"
+        )
+    symbols = layout.symbols
+    inputs = BarInputs(
+        recent,
+        np.full(n, REGIME_UNKNOWN, np.int64) if regime is None else regime_row(regime, symbols),
+        np.full(n, np.nan) if sentiment is None else sentiment_row(sentiment, symbols),
+    )
     orders, vetoes = compiled("decide")(
-        np.int64(signals.ts_ns),
-        _float_vector(signals.close, len(layout.symbols), "close"),
-        signal_grids,
-        layout.setup,
-        arrays,
+        np.int64(signals.ts_ns), close, signal_grids, inputs, layout.setup, arrays
     )
     new_state = state.replace(signals.ts_ns, arrays)
     return Decision(
@@ -423,6 +459,21 @@ def _rows(columns: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _names(names: tuple[str, ...], codes: np.ndarray) -> np.ndarray:
     return np.array(names, dtype=object)[codes]
+
+
+def check_overlay_inputs(config: PortfolioConfig, regime: Any, sentiment: Any) -> None:
+    """Raise ConfigError when a regime or sentiment input is missing for a config that uses
+    it, or given to one that does not (the overlay is never on or off by accident)."""
+    for name, value in (("regime", regime), ("sentiment", sentiment)):
+        table = "regimes" if name == "regime" else "sentiment"
+        used = getattr(config, table) is not None
+        if used and value is None:
+            raise ConfigError(
+                f"the config has [{table}] but no {name} input was given "
+                f"(pass unknown labels / NaN scores when there is none)"
+            )
+        if not used and value is not None:
+            raise ConfigError(f"a {name} input was given but the config has no [{table}] table")
 
 
 def _float_vector(values, n: int, name: str) -> np.ndarray:

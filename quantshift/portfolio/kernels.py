@@ -2,7 +2,8 @@
 
 Plain ``njit`` (inlined into the cached entry points of ``quantshift.portfolio.loop``). They take
 the records of ``quantshift.portfolio.rows``: ``setup`` a PortfolioSetup, ``state`` a
-PortfolioArrays (updated in place), ``signals`` a Signals of (n_sleeves, n_symbols) arrays.
+PortfolioArrays (updated in place), ``signals`` a Signals of (n_sleeves, n_symbols) arrays,
+``inputs`` a BarInputs (recent closes, regime and sentiment at the decision bar).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from quantshift.engine.simulate import (
     check_levels_nb,
     close_position_nb,
     closing_reason_nb,
+    enter_decided_nb,
     enter_nb,
     exit_nb,
     open_position_nb,
@@ -27,6 +29,13 @@ from quantshift.engine.simulate import (
     write_open_trade_nb,
 )
 from quantshift.engine.simulate import decide_nb as signal_action_nb
+from quantshift.portfolio.limit_kernels import (
+    correlated_holding_nb,
+    entry_scale_nb,
+    sector_notional_nb,
+    sentiment_vetoes_nb,
+    window_returns_nb,
+)
 from quantshift.portfolio.rows import (
     ACTION_ENTRY,
     ACTION_EXIT,
@@ -37,16 +46,20 @@ from quantshift.portfolio.rows import (
     HALT_DAILY_LOSS,
     HALT_DRAWDOWN,
     HALT_NONE,
+    LIMIT_CORRELATION,
     LIMIT_GROSS,
     LIMIT_HEAT,
     LIMIT_NONE,
     LIMIT_POSITION,
+    LIMIT_REGIME,
+    LIMIT_SECTOR,
     POLICY_FLAT,
     POLICY_NET,
     REASON_CONFLICT,
     REASON_ENTRY,
     VETO_CONFLICT,
     VETO_HALTED,
+    VETO_SENTIMENT,
 )
 
 
@@ -170,7 +183,7 @@ def _order_nb(row, ts_ns, s, k, action, side, reason, units, price):
 
 
 @njit
-def decide_nb(ts_ns, close, signals, setup, state, orders_out, vetoes_out):
+def decide_nb(ts_ns, close, signals, inputs, setup, state, orders_out, vetoes_out):
     """Decide on one bar's close: return (orders written, vetoes written).
 
     ``close`` holds each symbol's close at ``ts_ns`` (NaN: no bar, so no decision for it).
@@ -178,8 +191,8 @@ def decide_nb(ts_ns, close, signals, setup, state, orders_out, vetoes_out):
     orders fill. Each sleeve acts on its signals as the single-symbol simulation would (exits,
     reversals, entries by its direction); the conflict policy then settles symbols the sleeves
     disagree on; a halt vetoes every entry; exits are written first, then entries in sleeve
-    then symbol order, each capped by the risk limits left after the exits and the entries
-    before it.
+    then symbol order, each checked and capped by the risk limits left after the exits and the
+    entries before it (:func:`_entry_orders_nb`).
     """
     n_sleeves, n_symbols = setup.member.shape
     marks = state.marks
@@ -209,7 +222,7 @@ def decide_nb(ts_ns, close, signals, setup, state, orders_out, vetoes_out):
                     enter_side[s, k] = 0.0
     n_orders = _exit_orders_nb(ts_ns, exit_reason, state, orders_out)
     return _entry_orders_nb(
-        ts_ns, equity, close, signals, enter_side, exit_reason, setup, state, orders_out,
+        ts_ns, equity, close, signals, inputs, enter_side, exit_reason, setup, state, orders_out,
         n_orders, vetoes_out, n_vetoes,
     )  # fmt: skip
 
@@ -261,24 +274,39 @@ def _exit_orders_nb(ts_ns, exit_reason, state, orders_out):
 
 @njit
 def _entry_orders_nb(
-    ts_ns, equity, close, signals, enter_side, exit_reason, setup, state, orders_out, n_orders,
-    vetoes_out, n_vetoes,
+    ts_ns, equity, close, signals, inputs, enter_side, exit_reason, setup, state, orders_out,
+    n_orders, vetoes_out, n_vetoes,
 ):  # fmt: skip
-    """Write the entry orders, each capped by the room the risk limits leave (a veto when
-    none); return (orders written, vetoes written) in all."""
+    """Write the entry orders; return (orders written, vetoes written) in all.
+
+    Each entry, in sleeve then symbol order, is vetoed when its side-aligned news score is
+    below the threshold ("sentiment"); then capped by the room heat, position, gross exposure
+    (times the regime's exposure scale) and sector limits leave, and by its size multiplier
+    (the regime's sleeve allocation times the sentiment cut), a veto naming the binding cap
+    when nothing fits; then vetoed when it is too correlated with a holding
+    ("max_position_correlation"). Stop and trail distances are scaled by the regime's stop
+    scale. The holdings the limits see are the positions left after the exits plus the entries
+    before it.
+    """
     n_sleeves, n_symbols = enter_side.shape
     positions, marks = state.slots, state.marks
     limits = setup.limits[0]
     # What stays open after the exits sets the heat and exposure the entries may add to.
     heat = gross = 0.0
     notional = np.zeros(n_symbols)
+    held_side = np.zeros((n_symbols, 2), np.bool_)  # [k, 0]: held long, [k, 1]: held short
     for s in range(n_sleeves):
         for k in range(n_symbols):
-            units = abs(positions[s, k].units)
+            units = positions[s, k].units
             if units != 0.0 and exit_reason[s, k] < 0:
+                held_side[k, 0 if units > 0.0 else 1] = True
+                units = abs(units)
                 notional[k] += units * marks[k]
                 gross += units * marks[k]
                 heat += units * _open_risk_per_unit_nb(positions[s, k], marks[k])
+    sector = setup.sector
+    sector_notional = sector_notional_nb(sector, notional)
+    returns = np.empty((0, n_symbols))
     scratch_owner = np.zeros(1, position_dt)
     scratch = scratch_owner[0]
     for s in range(n_sleeves):
@@ -288,11 +316,18 @@ def _entry_orders_nb(
             side = enter_side[s, k]
             if side == 0.0:
                 continue
+            if sentiment_vetoes_nb(k, side, inputs, limits):
+                _veto_nb(vetoes_out[n_vetoes], ts_ns, s, k, side, VETO_SENTIMENT)
+                n_vetoes += 1
+                continue
             price = close[k]
-            distance = signals.stop[s, k]
+            regime = inputs.regime[k]
+            stop_scale = setup.regime_stop[regime] if regime >= 0 else 1.0
+            distance = signals.stop[s, k] * stop_scale
             take_profit = signals.take_profit[s, k]
-            trail = signals.trail[s, k]
-            # The fill sizes the entry again at its own price; this is the estimate here.
+            trail = signals.trail[s, k] * stop_scale
+            # The units as sized on this close: the order's under decision-time sizing; under
+            # fill-time sizing the fill sizes the entry again at its own price.
             scratch.units = 0.0
             wanted = enter_nb(
                 scratch, side, price, -1, sleeve_equity, math.inf, cfg, state.stats[s],
@@ -311,16 +346,34 @@ def _entry_orders_nb(
                     cap = room
                     binding = LIMIT_POSITION
             if limits.max_gross < math.inf:
-                room = (limits.max_gross * equity - gross) / price
+                exposure = setup.regime_exposure[regime] if regime >= 0 else 1.0
+                room = (exposure * limits.max_gross * equity - gross) / price
                 if not room >= cap:
                     cap = room
-                    binding = LIMIT_GROSS
+                    binding = LIMIT_REGIME if exposure < 1.0 else LIMIT_GROSS
+            if limits.max_sector < math.inf:
+                room = (limits.max_sector * equity - sector_notional[sector[k]]) / price
+                if not room >= cap:
+                    cap = room
+                    binding = LIMIT_SECTOR
+            # A multiplier caps the fill's own sizing too, so it travels as the order's cap.
+            scale, scaled_by = entry_scale_nb(s, k, side, inputs, setup)
+            if scale < 1.0 and not wanted * scale >= cap:
+                cap = wanted * scale
+                binding = scaled_by
             if limits.whole_units and cap < math.inf:
                 cap = math.floor(cap + 1e-9)
             if not cap > 0.0:
                 _veto_nb(vetoes_out[n_vetoes], ts_ns, s, k, side, binding)
                 n_vetoes += 1
                 continue
+            if limits.max_correlation < math.inf:
+                if returns.shape[0] == 0:  # the first entry to check reads the window once
+                    returns = window_returns_nb(inputs.recent_close, limits.correlation_window)
+                if correlated_holding_nb(k, side, held_side, returns, limits):
+                    _veto_nb(vetoes_out[n_vetoes], ts_ns, s, k, side, LIMIT_CORRELATION)
+                    n_vetoes += 1
+                    continue
             units = min(wanted, cap)
             row = orders_out[n_orders]
             _order_nb(row, ts_ns, s, k, ACTION_ENTRY, side, REASON_ENTRY, units, price)
@@ -333,6 +386,9 @@ def _entry_orders_nb(
             heat += units * risk_per_unit
             notional[k] += units * price
             gross += units * price
+            if sector[k] >= 0:
+                sector_notional[sector[k]] += units * price
+            held_side[k, 0 if side > 0.0 else 1] = True
     scratch_owner[0].units = 0.0  # keeps the array that owns `scratch` alive until here
     return n_orders, n_vetoes
 
@@ -345,7 +401,10 @@ def fill_nb(orders, prices, bar, ts_ns, setup, state, executed, fills_out, trade
     The fill model of the single-symbol simulation, on each (sleeve, symbol) position with its
     sleeve's cash: an exit closes the whole position; an entry into a flat position is sized at
     its fill price against the sleeve's equity (its cash after this bar's earlier fills plus its
-    other positions at the marks), at most the order's ``max_units``.
+    other positions at the marks), at most the order's ``max_units``. Under decision-time
+    sizing (the sleeve's ``size_at_decision``) it fills the order's ``units`` instead, cut to
+    what ``max_leverage`` allows against that equity at the fill price when a gap makes the
+    cash short.
 
     With records in ``executed`` (``fill_dt``: units, price after slippage, fees per order) a
     broker's reported executions are applied as they are instead: no sizing, no slippage, no
@@ -401,10 +460,16 @@ def fill_nb(orders, prices, bar, ts_ns, setup, state, executed, fills_out, trade
             else:
                 # The flat position adds nothing: this is the cash plus the sleeve's others.
                 equity = cash[s] + positions_value_nb(s, state.slots, state.marks)
-                units = enter_nb(
-                    position, order.side, price, bar, equity, order.max_units, cfg, stats,
-                    order.stop, order.take_profit, order.trail,
-                )  # fmt: skip
+                if cfg.size_at_decision:
+                    units = enter_decided_nb(
+                        position, order.side, price, bar, equity, order.units, cfg,
+                        order.stop, order.take_profit, order.trail,
+                    )  # fmt: skip
+                else:
+                    units = enter_nb(
+                        position, order.side, price, bar, equity, order.max_units, cfg, stats,
+                        order.stop, order.take_profit, order.trail,
+                    )  # fmt: skip
             if units > 0.0:
                 position.entry_ts_ns = ts_ns
                 fill.status = FILL_DONE

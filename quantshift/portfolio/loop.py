@@ -21,7 +21,14 @@ from quantshift.portfolio.kernels import (
     portfolio_equity_nb,
     sleeve_equity_nb,
 )
-from quantshift.portfolio.rows import FILL_PENDING, fill_dt, halt_dt, order_dt, veto_dt
+from quantshift.portfolio.rows import (
+    FILL_PENDING,
+    BarInputs,
+    fill_dt,
+    halt_dt,
+    order_dt,
+    veto_dt,
+)
 from quantshift.provenance import package_digest
 
 
@@ -35,11 +42,11 @@ def _room_nb(buffer, needed):
     return bigger
 
 
-def decide_template(ts_ns, close, signals, setup, state):
+def decide_template(ts_ns, close, signals, inputs, setup, state):
     n_slots = setup.member.size
     orders = np.empty(2 * n_slots, order_dt)
     vetoes = np.empty(n_slots, veto_dt)
-    n_orders, n_vetoes = decide_nb(ts_ns, close, signals, setup, state, orders, vetoes)
+    n_orders, n_vetoes = decide_nb(ts_ns, close, signals, inputs, setup, state, orders, vetoes)
     return orders[:n_orders], vetoes[:n_vetoes]
 
 
@@ -57,7 +64,7 @@ def check_stops_template(open_, high, low, bar, ts_ns, setup, state):
     return trades[:n_trades]
 
 
-def backtest_template(ts_ns, open_, high, low, close, signals, setup, state):
+def backtest_template(ts_ns, open_, high, low, close, signals, regime, sentiment, setup, state):
     n_bars, n_symbols = close.shape
     n_sleeves = setup.member.shape[0]
     n_slots = n_sleeves * n_symbols
@@ -79,6 +86,10 @@ def backtest_template(ts_ns, open_, high, low, close, signals, setup, state):
     bar_orders = np.empty(2 * n_slots, order_dt)
     bar_vetoes = np.empty(n_slots, veto_dt)
     no_executions = np.empty(0, fill_dt)  # the fill model prices every fill
+    # Without a regime / sentiment history (zero rows), every bar is unknown / without news.
+    no_regime = np.full(n_symbols, -1, np.int64)
+    no_sentiment = np.full(n_symbols, np.nan)
+    history_rows = setup.limits[0].history_rows
 
     for t in range(n_bars):
         trades = _room_nb(trades, n_trades + 3 * n_slots)
@@ -108,8 +119,13 @@ def backtest_template(ts_ns, open_, high, low, close, signals, setup, state):
             signals.entries[t], signals.exits[t], signals.stop[t], signals.take_profit[t],
             signals.trail[t],
         )  # fmt: skip
+        bar_inputs = BarInputs(
+            close[max(0, t + 1 - history_rows) : t + 1],
+            regime[t] if regime.shape[0] > 0 else no_regime,
+            sentiment[t] if sentiment.shape[0] > 0 else no_sentiment,
+        )
         n_new, n_new_vetoes = decide_nb(
-            ts_ns[t], close[t], bar_signals, setup, state, bar_orders, bar_vetoes
+            ts_ns[t], close[t], bar_signals, bar_inputs, setup, state, bar_orders, bar_vetoes
         )
         if state.book[0].halt != halted:
             halts = _room_nb(halts, n_halts + 1)

@@ -41,9 +41,16 @@ limits_dt = record_dtype(
         ("max_drawdown", np.float64),
         ("policy", np.int64),  # POLICY_* code
         ("whole_units", np.bool_),  # round capped entries down to whole units
+        ("max_correlation", np.float64),  # inf: no limit
+        ("correlation_window", np.int64),  # returns in the rolling correlation
+        ("correlation_min_returns", np.int64),  # fewer paired returns: correlation unknown
+        ("history_rows", np.int64),  # closes up to the decision bar the decision reads
+        ("max_sector", np.float64),  # fraction of equity per sector, inf: no limit
+        ("min_sentiment", np.float64),  # side-aligned score below it vetoes, -inf: no filter
+        ("sentiment_scaling", np.float64),  # size cut per unit of adverse score, 0: none
     ]
 )
-"""The portfolio's risk limits and conflict policy."""
+"""The portfolio's risk limits, overlay filters and conflict policy."""
 
 POLICY_NET = 0
 POLICY_PRIORITY = 1
@@ -57,7 +64,23 @@ LIMIT_POSITION = 2
 LIMIT_GROSS = 3
 VETO_HALTED = 4
 VETO_CONFLICT = 5
-VETO_REASONS = ("", "max_heat", "max_position", "max_gross_exposure", "halted", "conflict")
+LIMIT_CORRELATION = 6
+LIMIT_SECTOR = 7
+LIMIT_REGIME = 8  # a regime's allocation multiplier or exposure scale
+LIMIT_SENTIMENT = 9  # a veto below the threshold, or the size cut
+VETO_SENTIMENT = LIMIT_SENTIMENT
+VETO_REASONS = (
+    "",
+    "max_heat",
+    "max_position",
+    "max_gross_exposure",
+    "halted",
+    "conflict",
+    "max_position_correlation",
+    "max_sector_exposure",
+    "regime",
+    "sentiment",
+)
 
 # Exit reasons: the fill model's, then the decision layer's own.
 REASON_CONFLICT = len(EXIT_REASONS)
@@ -133,3 +156,18 @@ class PortfolioSetup(NamedTuple):
     sleeve_cfg: np.ndarray  # config_dt per sleeve
     limits: np.ndarray  # limits_dt, one element
     fill_close: bool  # orders fill at the decision's close (else the next open)
+    sector: np.ndarray  # int64 per symbol: its sector's code (0..n_sectors-1), -1: no map
+    regime_allocation: np.ndarray  # (n_regimes, n_sleeves): entry size multiplier in [0, 1]
+    regime_exposure: np.ndarray  # per regime: multiplier of the gross exposure cap, in [0, 1]
+    regime_stop: np.ndarray  # per regime: multiplier of entries' stop and trail distances
+
+
+class BarInputs(NamedTuple):
+    """What the decision reads at one bar besides the signals (``quantshift.portfolio.overlay``).
+
+    All causal: the caller supplies values known at the decision bar's close.
+    """
+
+    recent_close: np.ndarray  # (rows, n_symbols): closes up to and including the decision bar
+    regime: np.ndarray  # int64 per symbol: index into REGIMES, -1 unknown (neutral)
+    sentiment: np.ndarray  # float per symbol in [-1, 1], NaN: no news (neutral)

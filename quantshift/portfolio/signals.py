@@ -19,7 +19,11 @@ from quantshift.portfolio.config import PortfolioConfig
 @dataclass(frozen=True, eq=False)
 class BarSignals:
     """What the decision reads at one bar: its time, each symbol's close (NaN: no bar, so no
-    decision for that symbol) and each sleeve's signals, arrays of (n_sleeves, n_symbols)."""
+    decision for that symbol) and each sleeve's signals, arrays of (n_sleeves, n_symbols).
+
+    ``recent_close`` holds the closes of the bars up to and including this one (rows: bars,
+    last row: this bar), as many as the correlation limit reads; None: this bar's only.
+    """
 
     ts_ns: int
     close: np.ndarray
@@ -28,13 +32,15 @@ class BarSignals:
     stop_distance: np.ndarray
     take_profit_distance: np.ndarray
     trail_distance: np.ndarray
+    recent_close: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
 class SignalHistory:
     """Signals of every sleeve on the bars' time axis: (n_bars, n_sleeves, n_symbols) arrays
     beside the (n_bars, n_symbols) prices; False/NaN where a sleeve does not trade a symbol or
-    the symbol has no bar."""
+    the symbol has no bar. ``history_rows`` is how many closes up to a bar ``at`` hands the
+    decision (the correlation limit's window)."""
 
     bars: Bars
     entries: np.ndarray
@@ -42,9 +48,11 @@ class SignalHistory:
     stop_distance: np.ndarray
     take_profit_distance: np.ndarray
     trail_distance: np.ndarray
+    history_rows: int = 1
 
     def at(self, t: int) -> BarSignals:
         """Return bar ``t``'s signals (``-1``: the last bar, what a live runner decides on)."""
+        t = range(self.bars.n_bars)[t]
         return BarSignals(
             ts_ns=int(self.bars.ts_ns[t]),
             close=self.bars.close[t],
@@ -53,6 +61,7 @@ class SignalHistory:
             stop_distance=self.stop_distance[t],
             take_profit_distance=self.take_profit_distance[t],
             trail_distance=self.trail_distance[t],
+            recent_close=self.bars.close[max(0, t + 1 - self.history_rows) : t + 1],
         )
 
 
@@ -105,4 +114,5 @@ def compute_signals(config: PortfolioConfig, bars: Bars) -> SignalHistory:
         stop_distance=stop,
         take_profit_distance=take_profit,
         trail_distance=trail,
+        history_rows=config.limits.history_rows,
     )

@@ -13,10 +13,24 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from quantshift.errors import ConfigError
+from quantshift.formatting import number
 
 FORMAT_VERSION = 1
 STAGES = ("paper", "live")
 CODE_KEYS = ("version", "strategy_hash", "git_commit", "git_dirty")
+STUDY_TERMS = (
+    "direction",
+    "sizing",
+    "size",
+    "risk_per_trade",
+    "size_at",
+    "fees_bps",
+    "slippage_bps",
+    "use_stops",
+)
+"""Backtest settings (SimConfig fields) a sleeve trading a record shares with its study when
+it trades on the study's terms: how it sizes, when (at the fill or at the decision), and pays."""
+_TERMS_BEFORE_RECORDED = {"size_at": "fill"}  # studies sized at the fill before size_at existed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,10 +47,13 @@ class GateCheck:
     note: str = ""
 
     def line(self) -> str:
+        """``FAIL deflated Sharpe ratio 0.937 (needs >= 0.95; over 300 trials)``: what was
+        measured and what the gate needs, never a comparison that reads as a false statement."""
         mark = ("WAIVED" if self.note.startswith("WAIVED") else "PASS") if self.passed else "FAIL"
-        value = "missing" if self.value is None else _fmt(self.value)
-        text = f"{mark}  {self.name}: {value} {self.op} {_fmt(self.threshold)}"
-        return f"{text}  ({self.note})" if self.note else text
+        value = "missing" if self.value is None else number(self.value)
+        op = "" if self.op == "==" else f"{self.op} "
+        needs = "; ".join(filter(None, (f"needs {op}{number(self.threshold)}", self.note)))
+        return f"{mark} {self.name} {value} ({needs})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,6 +144,10 @@ class PromotionRecord:
     causality: Mapping[str, Any] = field(default_factory=dict)
     """The strategy's causality verdict on the study's data
     (``quantshift.strategies.causality.CausalityVerdict.to_dict``)."""
+    overlay: Mapping[str, Any] = field(default_factory=dict)
+    """What the study's regime and sentiment overlay used (see :func:`check_overlay_pin`):
+    ``regime_model`` (registered ``name``, pinned ``version``, ``tracking_uri``) and
+    ``sentiment`` (``scorer``, ``ttl_s``, ``lookback``, ``min_score``, ``size_scaling``)."""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -165,12 +186,35 @@ class PromotionRecord:
             raise ConfigError(f"{where}: gates must list at least one gate result")
         if self.gates[-1].stage != self.stage:
             raise ConfigError(f"{where}: the last gate is to {self.gates[-1].stage!r}")
+        check_overlay_pin(self.overlay, where)
 
     @property
     def record_id(self) -> str:
         """``pr`` + 24 hex digits of a SHA-256 over the canonical JSON of the record."""
         text = json.dumps(self._body(), sort_keys=True, separators=(",", ":"), default=_plain)
         return "pr" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    @property
+    def size_at(self) -> str | None:
+        """When the study fixed an entry's units: "fill" or "decision" (None: not recorded)."""
+        return self.study_terms().get("size_at")
+
+    def study_terms(self) -> dict[str, Any]:
+        """Return the study's :data:`STUDY_TERMS` (empty when the record holds no settings; a
+        record written before a term existed gets the value every study had then)."""
+        if not self.research_settings:
+            return {}
+        settings = {**_TERMS_BEFORE_RECORDED, **self.research_settings}
+        return {key: settings[key] for key in STUDY_TERMS if key in settings}
+
+    def other_terms(self, settings: Mapping[str, Any]) -> list[str]:
+        """Return how ``settings`` (a SimConfig's ``to_dict()``) trade otherwise than the study,
+        one "key <study> in the study, <here> here" per term (empty: the same terms)."""
+        return [
+            f"{key} {value!r} in the study, {settings[key]!r} here"
+            for key, value in self.study_terms().items()
+            if key in settings and settings[key] != value
+        ]
 
     @property
     def forced(self) -> bool:
@@ -180,7 +224,7 @@ class PromotionRecord:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "causality" and not value:
+            if f.name in ("causality", "overlay") and not value:
                 continue  # a record written before the field keeps its id
             if f.name == "gates":
                 value = [g.to_dict() for g in value]
@@ -289,6 +333,36 @@ def fingerprint_mismatch(record_code: Mapping[str, Any], running: Mapping[str, A
     if ours and theirs and ours != theirs:
         out.append(f"git_commit: record {theirs[:12]}, running {ours[:12]}")
     return out
+
+
+# --------------------------------------------------------------------------- overlay pin
+SENTIMENT_PIN_KEYS = ("scorer", "ttl_s", "lookback", "min_score", "size_scaling")
+
+
+def check_overlay_pin(overlay: Mapping[str, Any], where: str) -> None:
+    """Raise ConfigError unless ``overlay`` pins a regime model by name and an exact version
+    (never "latest") and names every sentiment setting; both parts are optional."""
+    if not isinstance(overlay, Mapping):
+        raise ConfigError(f"{where}: overlay must be a table")
+    unknown = sorted(set(overlay) - {"regime_model", "sentiment"})
+    if unknown:
+        raise ConfigError(f"{where}: overlay has unknown key(s) {unknown}")
+    model = overlay.get("regime_model")
+    if model is not None:
+        if not isinstance(model, Mapping) or not isinstance(model.get("name"), str):
+            raise ConfigError(f"{where}: overlay.regime_model needs a registered model name")
+        version = str(model.get("version", ""))
+        if not version.isdigit():
+            raise ConfigError(
+                f"{where}: overlay.regime_model.version must pin a version number, got "
+                f"{model.get('version')!r}"
+            )
+    sentiment = overlay.get("sentiment")
+    if sentiment is not None:
+        missing = [k for k in SENTIMENT_PIN_KEYS if not isinstance(sentiment, Mapping)
+                   or k not in sentiment]  # fmt: skip
+        if missing:
+            raise ConfigError(f"{where}: overlay.sentiment lacks {missing}")
 
 
 def _require(data: Mapping[str, Any], keys, where: str) -> None:

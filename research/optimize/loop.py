@@ -1,5 +1,6 @@
 """The ask/tell loop: batches of trials asked from a study, evaluated in one fused sweep call
-per fold (pruned between folds), told back and recorded in the trial ledger.
+per fold (pruned between folds), told back and recorded in the trial ledger (and, through the
+sweeps, in the trial registry; infeasible sets are recorded there directly).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from quantshift.data.bars import Bars
 from quantshift.engine.config import SimConfig
 from quantshift.engine.metrics import METRICS
 from quantshift.strategies import Strategy
@@ -24,6 +26,7 @@ from research.ledger import (
     TrialLedger,
 )
 from research.optimize.space import SearchSpace, satisfies_constraints
+from research.registry import record_unevaluated
 
 OVER_BUDGET = "over_budget"
 
@@ -42,6 +45,7 @@ class TrialLoop:
     worker: str
     ledger: TrialLedger
     stage: str
+    data: Bars | None = None  # the whole data the folds cut (where infeasible sets are keyed)
 
     def loop(self, batch: int, report: Callable[[int], None]) -> None:
         """Ask, evaluate and tell batches until the study holds ``budget`` trials.
@@ -84,6 +88,9 @@ class TrialLoop:
         matrix = np.array([space.row(space.suggest(t)) for t in trials], dtype=np.float64)
         feasible = np.array([satisfies_constraints(strat, row) for row in matrix], dtype=bool)
         state = np.where(feasible, "complete", "infeasible").astype(object)
+        if not feasible.all():
+            data = self.data if self.data is not None else self.folds[0].bars
+            record_unevaluated(strat, data, self.config, matrix[~feasible], "infeasible")
         alive = feasible.copy()
         columns = [METRICS.index(o) for o in self.objectives]
         n_folds = len(self.folds)

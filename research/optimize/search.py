@@ -40,6 +40,7 @@ from research.optimize.storage import (
     wait_for_settings,
     worker_seed,
 )
+from research.registry import trial_defaults
 
 
 @dataclass(frozen=True, eq=False)
@@ -238,9 +239,13 @@ def optimize(
         study, creator = open_study(backend, study_name, settings, pruner_obj, shown)
         study.sampler = make_sampler(sampler_name, worker_seed(seed, worker, creator), grid)
         run = TrialLoop(
-            study, strat, cfg, space, fold_list, objectives, budget, worker, ledger, stage
+            study, strat, cfg, space, fold_list, objectives, budget, worker, ledger, stage, data
         )
-        with Progress(progress, budget, f"optimize {strat.name}") as report:
+        tags = {"study": study.study_name, "stage": stage, "seed": int(seed), "worker": worker}
+        with (
+            trial_defaults(source="optimize", **tags),
+            Progress(progress, budget, f"optimize {strat.name}") as report,
+        ):
             run.loop(batch, report)
         best_params, best_values, pareto = _best(study, strat, space, objectives)
     elapsed = time.perf_counter() - started

@@ -1,5 +1,6 @@
-"""A fake Alpaca venue on 127.0.0.1 for alpaca-py: trading REST (/v2/...), market data bars and
-the trade_updates WebSocket, with a small matching engine and knobs for the faults we test.
+"""A fake Alpaca venue on 127.0.0.1 for alpaca-py: trading REST (/v2/...), market data bars, the
+trade_updates WebSocket and the market data stream (msgpack bars, as StockDataStream reads them),
+with a small matching engine and knobs for the faults we test.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import msgpack
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
@@ -56,6 +58,7 @@ class _Conn:
     queue: queue.Queue = field(default_factory=queue.Queue)
     muted: bool = False
     drop: bool = False
+    symbols: set = field(default_factory=set)
 
 
 class FakeAlpaca:
@@ -79,6 +82,8 @@ class FakeAlpaca:
         self.activities: list[dict] = []
         self.positions: dict[str, float] = {}
         self.bars: dict[str, list[dict]] = {}
+        self.news: list[dict] = []
+        """Articles of GET /v1beta1/news, as the API writes them (see :meth:`add_news`)."""
         self.whole_shares_only: set[str] = set()
         self.clock = {"is_open": True, "next_open": "2024-01-03T09:30:00-05:00"}
         self.clock["next_close"] = "2024-01-02T16:00:00-05:00"
@@ -93,6 +98,8 @@ class FakeAlpaca:
         self.held: list[bytes] = []
         self.conns: list[_Conn] = []
         self.stream_connects = 0
+        self.data_conns: list[_Conn] = []
+        self.data_connects = 0
         self._http: ThreadingHTTPServer | None = None
         self._ws = None
 
@@ -125,6 +132,11 @@ class FakeAlpaca:
     def stream_url(self) -> str:
         return f"ws://127.0.0.1:{self._ws.socket.getsockname()[1]}/stream"
 
+    @property
+    def data_stream_url(self) -> str:
+        """The market data stream (the SDK's ``url_override``: Alpaca's path is /v2/{feed})."""
+        return f"ws://127.0.0.1:{self._ws.socket.getsockname()[1]}/v2/iex"
+
     # ------------------------------------------------------------------ knobs
     def fail(self, method: str, path: str, status: int, **kwargs: Any) -> Fault:
         fault = Fault(method, path, status, **kwargs)
@@ -151,6 +163,27 @@ class FakeAlpaca:
         with self.lock:
             return sum(1 for m, p, _ in self.requests if m == method and p == path)
 
+    def add_news(
+        self, headline: str, symbols: list[str], created_at: str, *, summary: str = ""
+    ) -> dict:
+        """Publish an article with the fields the news API returns for each one."""
+        with self.lock:
+            article = {
+                "id": 24_000_000 + len(self.news),
+                "headline": headline,
+                "author": "Fake Newswire",
+                "created_at": created_at,
+                "updated_at": created_at,
+                "summary": summary,
+                "content": "",
+                "url": f"https://news.invalid/{len(self.news)}",
+                "images": [],
+                "symbols": list(symbols),
+                "source": "benzinga",
+            }
+            self.news.append(article)
+            return article
+
     def mute_stream(self) -> None:
         """Keep current stream connections open but send nothing more on them."""
         with self.lock:
@@ -160,6 +193,32 @@ class FakeAlpaca:
     def drop_stream(self) -> None:
         with self.lock:
             for conn in self.conns:
+                conn.drop = True
+
+    def publish_bar(
+        self, symbol: str, ts_ns: int, ohlcv: tuple[float, float, float, float, float], *,
+        rest: bool = True, stream: bool = True,
+    ) -> None:  # fmt: skip
+        """A minute bar opening at ``ts_ns`` has closed: serve it on REST (``rest``) and send it
+        to the data stream's subscribers of ``symbol`` (``stream``), as Alpaca does."""
+        o, h, low, c, v = (float(x) for x in ohlcv)
+        row = {"t": iso(ts_ns).replace(".000000000", ""), "o": o, "h": h, "l": low, "c": c,
+               "v": v, "n": 1, "vw": c}  # fmt: skip
+        with self.lock:
+            if rest:
+                rows = [r for r in self.bars.get(symbol, []) if _epoch(r["t"]) * 1e9 != ts_ns]
+                self.bars[symbol] = sorted([*rows, row], key=lambda r: _epoch(r["t"]))
+            if stream:
+                wire = dict(row, T="b", S=symbol, t=msgpack.Timestamp.from_unix_nano(ts_ns))
+                message = msgpack.packb([wire])
+                for conn in self.data_conns:
+                    if symbol in conn.symbols:
+                        conn.queue.put(message)
+
+    def drop_data_stream(self) -> None:
+        """Close every market data stream connection (the SDK reconnects)."""
+        with self.lock:
+            for conn in self.data_conns:
                 conn.drop = True
 
     def release_events(self, *, reverse: bool = False) -> None:
@@ -229,6 +288,8 @@ class FakeAlpaca:
             return 200, {}, self._activities(one)
         if (method, path) == ("GET", "/v2/stocks/bars"):
             return self._bars(one)
+        if (method, path) == ("GET", "/v1beta1/news"):
+            return self._news(one)
         if (method, path) == ("GET", "/v2/stocks/bars/latest"):
             symbol = one["symbols"]
             return (
@@ -499,6 +560,28 @@ class FakeAlpaca:
         token = base64.b64encode(str(offset + limit).encode()).decode() if more else None
         return 200, {}, {"bars": {symbol: page} if page else {}, "next_page_token": token}
 
+    def _news(self, q: dict):
+        """The news API's filters and paging: symbols (comma-separated, any match), start and
+        end (inclusive, on created_at), sort (desc by default), limit (at most 50)."""
+        limit = int(q.get("limit") or 10)
+        if not 1 <= limit <= 50:
+            return 400, {}, {"code": 40010001, "message": "limit must be between 1 and 50"}
+        wanted = set(filter(None, q.get("symbols", "").split(",")))
+        start = _epoch(q["start"]) if q.get("start") else float("-inf")
+        end = _epoch(q["end"]) if q.get("end") else float("inf")
+        rows = [
+            a
+            for a in self.news
+            if (not wanted or wanted & set(a["symbols"]))
+            and start <= _epoch(a["created_at"]) <= end
+        ]
+        rows.sort(key=lambda a: (_epoch(a["created_at"]), a["id"]), reverse=q.get("sort") != "asc")
+        offset = int(base64.b64decode(q["page_token"]).decode()) if q.get("page_token") else 0
+        page = rows[offset : offset + limit]
+        more = offset + limit < len(rows)
+        token = base64.b64encode(str(offset + limit).encode()).decode() if more else None
+        return 200, {}, {"news": page, "next_page_token": token}
+
     # ------------------------------------------------------------------ stream
     def _broadcast(self, message: bytes) -> None:
         for conn in self.conns:
@@ -507,6 +590,9 @@ class FakeAlpaca:
                     conn.queue.put(message)
 
     def _stream(self, ws) -> None:
+        if ws.request.path.startswith("/v2/"):
+            self._data_stream(ws)
+            return
         try:
             hello = json.loads(ws.recv(timeout=5))
             data = hello.get("data", {})
@@ -534,6 +620,34 @@ class FakeAlpaca:
             finally:
                 with self.lock:
                     self.conns.remove(conn)
+        except (ConnectionClosed, TimeoutError):
+            return
+
+    def _data_stream(self, ws) -> None:
+        """Alpaca's market data protocol: connected, auth, subscribe, then msgpack frames."""
+        try:
+            ws.send(msgpack.packb([{"T": "success", "msg": "connected"}]))
+            auth = msgpack.unpackb(ws.recv(timeout=5))
+            if (auth.get("action"), auth.get("key"), auth.get("secret")) != (
+                "auth", self.key_id, self.secret_key,
+            ):  # fmt: skip
+                ws.send(msgpack.packb([{"T": "error", "code": 402, "msg": "auth failed"}]))
+                return
+            ws.send(msgpack.packb([{"T": "success", "msg": "authenticated"}]))
+            subscribe = msgpack.unpackb(ws.recv(timeout=5))
+            symbols = list(subscribe.get("bars", []))
+            ws.send(msgpack.packb([{"T": "subscription", "trades": [], "quotes": [],
+                                    "bars": symbols}]))  # fmt: skip
+            conn = _Conn(ws)
+            conn.symbols = set(symbols)
+            with self.lock:
+                self.data_conns.append(conn)
+                self.data_connects += 1
+            try:
+                self._pump(conn)
+            finally:
+                with self.lock:
+                    self.data_conns.remove(conn)
         except (ConnectionClosed, TimeoutError):
             return
 

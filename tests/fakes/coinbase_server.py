@@ -163,6 +163,7 @@ class _Conn:
     queue: queue.Queue = field(default_factory=queue.Queue)
     user: bool = False
     heartbeats: bool = False
+    candles: bool = False
     silenced: bool = False
     sequence: int = 0
 
@@ -455,12 +456,25 @@ class FakeCoinbase:
         first = -(-start // step) * step
         candles = []
         for t in range(first, end + 1, step):
-            if t in self.candle_gaps:
-                continue
-            base = 100.0 + (t // step) % 50
-            candles.append({"start": str(t), "low": str(base - 1), "high": str(base + 2),
-                            "open": str(base), "close": str(base + 1), "volume": "2"})  # fmt: skip
+            if t not in self.candle_gaps:
+                candles.append(self.candle(t, step))
         return 200, {"candles": candles[::-1]}
+
+    @staticmethod
+    def candle(start_s: int, step_s: int = 300, *, bump: float = 0.0) -> dict[str, str]:
+        """The venue's candle opening at ``start_s`` (REST and the candles channel agree)."""
+        base = 100.0 + (start_s // step_s) % 50 + bump
+        return {"start": str(start_s), "low": str(base - 1), "high": str(base + 2),
+                "open": str(base), "close": str(base + 1), "volume": "2"}  # fmt: skip
+
+    def send_candle(self, product_id: str, start_s: int, *, bump: float = 0.0,
+                    kind: str = "update") -> None:  # fmt: skip
+        """Send a candles channel event for the 5-minute candle opening at ``start_s`` (the
+        venue sends the forming candle on every trade; it is closed once the next one starts)."""
+        candle = dict(self.candle(start_s, bump=bump), product_id=product_id)
+        message = {"channel": "candles", "client_id": "",
+                   "events": [{"type": kind, "candles": [candle]}]}  # fmt: skip
+        self._broadcast(message, channel="candles")
 
     def _list_orders(self, query: dict) -> list[dict]:
         statuses = set(query.get("order_status") or [])
@@ -630,6 +644,8 @@ class FakeCoinbase:
                     conn.user = True
                 elif channel == "heartbeats":
                     conn.heartbeats = True
+                elif channel == "candles":
+                    conn.candles = True
                 subscribed = {channel: request.get("product_ids", [])}
                 conn.queue.put({"channel": "subscriptions", "client_id": "",
                                 "events": [{"subscriptions": subscribed}]})  # fmt: skip

@@ -1,0 +1,77 @@
+"""The registered regime model a live runner predicts with: a pinned version from the MLflow
+Model Registry, downloaded once, its pickle checked against the digest the registry recorded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantshift.errors import ConfigError
+from quantshift.regime_model import RegimeModel, load_regime_model
+from quantshift.urls import mask_secrets
+
+MODEL_ARTIFACT = "regime_model"
+"""The run's artifact folder research registers (research/regime/train.py writes it)."""
+
+
+def load_registered_model(
+    tracking_uri: str, name: str, version: str | int, cache_dir: str | Path
+) -> RegimeModel:
+    """Load version ``version`` of registered model ``name`` (never "latest": a runner trades
+    the version its promotion record pins).
+
+    Raises
+    ------
+    ConfigError
+        One line naming the model, the version and the store when the version is not
+        registered (deleted versions included) or its file does not match the registry.
+    """
+    import mlflow
+
+    where = f"regime model {name!r} version {version} in {mask_secrets(tracking_uri)}"
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        found = client.get_model_version(name, str(version))
+    except mlflow.exceptions.MlflowException:
+        try:
+            versions = client.search_model_versions(f"name = '{name}'")
+            kept = sorted((int(v.version) for v in versions), reverse=True)
+        except mlflow.exceptions.MlflowException:
+            kept = []
+        listed = ", ".join(map(str, kept)) or "none"
+        raise ConfigError(f"{where}: not in the registry (versions kept: {listed})") from None
+    target = Path(cache_dir) / name / str(found.version)
+    if not (target / MODEL_ARTIFACT).is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            client.download_artifacts(found.run_id, MODEL_ARTIFACT, str(target))
+        except (mlflow.exceptions.MlflowException, OSError) as exc:
+            raise ConfigError(f"{where}: artifacts unavailable ({type(exc).__name__})") from None
+    try:
+        return load_regime_model(
+            target / MODEL_ARTIFACT, expected_sha256=found.tags.get("quantshift.model_sha256")
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def pinned_model_problem(overlay, cache_dir: str | Path | None = None) -> str | None:
+    """Why the regime model a promotion record pins (``overlay["regime_model"]``) cannot be
+    loaded here (None: it loads, or the record pins none). The tracking URI is the record's,
+    else ``MLFLOW_TRACKING_URI``; the download is kept under the data folder."""
+    import os
+
+    from quantshift.data.sources import data_dir
+
+    pin = (overlay or {}).get("regime_model")
+    if not pin:
+        return None
+    uri = pin.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return "the record pins a regime model but names no MLflow store (tracking_uri)"
+    folder = Path(cache_dir) if cache_dir is not None else data_dir() / "regime_models"
+    try:
+        load_registered_model(uri, pin["name"], pin["version"], folder)
+    except ConfigError as exc:
+        return f"cannot load its pinned {exc}"
+    return None

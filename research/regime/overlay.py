@@ -1,0 +1,297 @@
+"""Does the regime overlay earn its place? The same portfolio with and without regime allocation
+and the correlation / sector limits, on the bars the regime model predicted out of sample
+(walk-forward), with each variant's deflated Sharpe ratio over all the variants tried.
+
+Run by ``quantshift research report SPEC`` when the spec has an ``[overlay]`` section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from quantshift.data import Bars
+from quantshift.engine.metrics import equity_metrics
+from quantshift.portfolio import PortfolioConfig, portfolio_backtest
+from quantshift.portfolio.overlay import RegimeOverlay, SectorMap
+from quantshift.regime_features import FEATURES, NO_REGIME
+from quantshift.tables import read_toml
+from research.regime.spec import RegimeSpec, load_regime_spec
+from research.regime.train import RegimeReport, load_regime_bars, train
+from research.stats import deflated_sharpe_ratio, probabilistic_sharpe_ratio, return_moments
+
+VARIANTS = (
+    ("base", False, False, None),
+    ("limits", True, False, None),
+    ("regime", False, True, "model"),
+    ("regime-and-limits", True, True, "model"),
+    ("persistence-regime-and-limits", True, True, "persistence"),
+)
+"""(name, correlation and sector limits on, regime allocation on, regime source)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OverlaySpec:
+    """A validated overlay study: the regime spec, the portfolio, the limits and the rules."""
+
+    name: str
+    regime: RegimeSpec
+    portfolio: PortfolioConfig
+    max_position_correlation: float
+    correlation_window_bars: int
+    max_sector_exposure_pct: float
+    sectors: SectorMap
+    regimes: RegimeOverlay
+    path: Path | None = None
+
+
+def is_overlay_spec(path: str | Path) -> bool:
+    """True when the TOML file at ``path`` is an overlay study (has an ``[overlay]`` table)."""
+    top, _ = read_toml(path, "experiment spec")
+    return "overlay" in top
+
+
+def load_overlay_spec(path: str | Path) -> OverlaySpec:
+    """Read and validate an overlay study; errors name the file, the table and the key."""
+    path = Path(path)
+    top, _ = read_toml(path, "overlay spec")
+    top.refuse_unknown({"overlay", "portfolio", "limits", "sectors", "regimes"})
+    head = top.table("overlay", required=True)
+    head.refuse_unknown({"name", "regime_spec"})
+    regime_file = path.parent / head.string("regime_spec", required=True)
+    if not regime_file.is_file():
+        raise head.error("regime_spec", f"{regime_file} not found")
+    portfolio = top.table("portfolio", required=True)
+    config = PortfolioConfig.from_dict(portfolio.raw, f"{path}: [portfolio]", path.parent)
+    if config.regimes is not None or config.sentiment is not None:
+        raise portfolio.table_error("regimes belong in [regimes] of the study, not the portfolio")
+    limits = top.table("limits", required=True)
+    limits.refuse_unknown({"max_position_correlation", "correlation_window_bars",
+                           "max_sector_exposure_pct"})  # fmt: skip
+    sectors = top.table("sectors", required=True)
+    sectors.refuse_unknown({"map"})
+    mapping = sectors.get("map")
+    if not isinstance(mapping, Mapping) or not mapping:
+        raise sectors.error("map", "must be a table of symbol = sector")
+    missing = [s for s in config.symbols if s not in mapping]
+    if missing:
+        raise sectors.error("map", f"has no sector for {', '.join(missing)}")
+    rules = top.table("regimes", required=True)
+    if rules.raw.get("legacy") is True:
+        rules.refuse_unknown({"legacy"})
+        regimes = RegimeOverlay.legacy(*_legacy_roles(config))
+    else:
+        regimes = RegimeOverlay.from_table(rules)
+    regimes.check_sleeves(config.sleeve_names)
+    return OverlaySpec(
+        name=head.string("name", required=True),
+        regime=load_regime_spec(regime_file),
+        portfolio=config,
+        max_position_correlation=limits.number("max_position_correlation", 0.7),
+        correlation_window_bars=limits.integer("correlation_window_bars", 60, 2),
+        max_sector_exposure_pct=limits.number("max_sector_exposure_pct", 30.0),
+        sectors=SectorMap(dict(mapping), f"{path}: [sectors]"),
+        regimes=regimes,
+        path=path,
+    )
+
+
+def _legacy_roles(config: PortfolioConfig) -> tuple[str | None, str | None, str | None]:
+    """Sleeve names of the legacy table's roles, by the strategy each sleeve runs."""
+    by_strategy = {s.strategy_name: s.name for s in config.sleeves}
+    return tuple(by_strategy.get(k) for k in ("breakout_momentum", "rsi_reversion",
+                                                "bollinger_bounce"))  # fmt: skip
+
+
+@dataclass(eq=False)
+class OverlayReport:
+    """Each variant's out-of-sample metrics and DSR, its equity, and the regime model's run."""
+
+    spec: OverlaySpec
+    regime_report: RegimeReport
+    table: pd.DataFrame
+    equity: pd.DataFrame
+    summary: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def variant_config(spec: OverlaySpec, limits: bool, regimes: bool) -> PortfolioConfig:
+    """The study's portfolio with the limits and/or the regime rules switched on."""
+    config = spec.portfolio
+    if limits:
+        config = dataclasses.replace(
+            config,
+            limits=dataclasses.replace(
+                config.limits,
+                max_position_correlation=spec.max_position_correlation,
+                correlation_window_bars=spec.correlation_window_bars,
+                max_sector_exposure_pct=spec.max_sector_exposure_pct,
+            ),
+            sectors=spec.sectors,
+        )
+    if regimes:
+        config = dataclasses.replace(config, regimes=spec.regimes)
+    return config
+
+
+def run_overlay(
+    spec: OverlaySpec,
+    *,
+    regime_report: RegimeReport | None = None,
+    tracker=None,
+    track: bool = False,
+    progress=None,
+) -> OverlayReport:
+    """Train (or take) the regime model's walk-forward predictions, then backtest every
+    variant over the out-of-sample bars and deflate each Sharpe ratio over all variants."""
+    bars = load_regime_bars(spec.regime)
+    if regime_report is None:
+        regime_report = train(spec.regime, tracker=tracker, track=track, progress=progress,
+                              bars=bars)  # fmt: skip
+    tested = regime_report.evaluation.tested
+    first = int(np.flatnonzero(tested.any(axis=1))[0])
+    start = max(0, first - spec.portfolio.warmup_bars())
+    window = bars[start:]
+    sources = {
+        "model": regime_report.predictions().to_numpy(dtype=np.int64),
+        "persistence": _persistence(regime_report),
+    }
+    symbols = list(spec.portfolio.symbols)
+    columns = [bars.symbols.index(s) for s in symbols]
+    rows, curves = [], {}
+    for name, limits, regimes, source in VARIANTS:
+        config = variant_config(spec, limits, regimes)
+        regime = None
+        if regimes:
+            labels = sources[source][:, columns].copy()
+            labels[~tested[:, columns]] = NO_REGIME
+            regime = labels[start:]
+        result = portfolio_backtest(config, window, regime=regime)
+        equity = result.equity.to_numpy()[first - start :]
+        initial = float(result.equity.to_numpy()[first - start - 1]) if first > start else (
+            config.sim.cash)  # fmt: skip
+        metrics = equity_metrics(equity, initial, result.periods_per_year)
+        returns = equity / np.concatenate(([initial], equity[:-1])) - 1.0
+        trades = result.trades
+        oos_trades = int((trades["entry_time"] >= bars.index[first]).sum()) if len(trades) else 0
+        vetoes = result.vetoes
+        rows.append({
+            "variant": name,
+            "sharpe": metrics["sharpe"],
+            "cagr_pct": metrics["cagr_pct"],
+            "max_drawdown_pct": metrics["max_drawdown_pct"],
+            "trades": oos_trades,
+            "vetoes": int((vetoes["time"] >= bars.index[first]).sum()) if len(vetoes) else 0,
+            "_returns": returns,
+        })  # fmt: skip
+        curves[name] = pd.Series(equity, index=bars.index[first:])
+    table = _deflate(pd.DataFrame(rows))
+    report = OverlayReport(spec, regime_report, table, pd.DataFrame(curves))
+    report.summary = _overlay_summary(report, bars, first)
+    report.figures["overlay_equity"] = _plot(report)
+    if track:
+        _track(report, tracker)
+    return report
+
+
+def _track(report: OverlayReport, tracker) -> None:
+    spec = report.spec
+    if tracker is None:
+        from research.tracking import Tracker
+
+        tracker = Tracker(spec.regime.tracking_uri, experiment=spec.name)
+    params = {
+        "regime_spec": spec.regime.name,
+        "regime_model": f"{spec.regime.model_name}/{report.regime_report.model_version}",
+        "limits": {
+            "max_position_correlation": spec.max_position_correlation,
+            "correlation_window_bars": spec.correlation_window_bars,
+            "max_sector_exposure_pct": spec.max_sector_exposure_pct,
+        },
+        "regimes": spec.regimes.to_dict(),
+    }
+    with tracker.run(f"{spec.name}:report", kind="overlay-report", params=params) as run:
+        numbers = {
+            k: v for k, v in report.summary.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        }  # fmt: skip
+        run.log_metrics(numbers)
+        run.log_dict(report.summary, "summary.json")
+        run.log_frame(report.table.reset_index(), "variants")
+        for name, fig in report.figures.items():
+            run.log_figure(fig, f"plots/{name}.png")
+        if spec.path is not None:
+            run.log_file(spec.path, artifact_path="spec")
+        report.summary["run_id"] = run.run_id
+
+
+def _persistence(regime_report: RegimeReport) -> np.ndarray:
+    current = regime_report.panel.features[..., FEATURES.index("current_regime")]
+    out = np.where(np.isfinite(current), current, NO_REGIME).astype(np.int64)
+    return out
+
+
+def _deflate(table: pd.DataFrame) -> pd.DataFrame:
+    """Per-period Sharpe, PSR (vs 0) and DSR over all variants (every variant is a trial)."""
+    from research.stats import sharpe_ratio
+
+    per_period = [sharpe_ratio(r) for r in table["_returns"]]
+    psr, dsr = [], []
+    for returns, sr in zip(table["_returns"], per_period, strict=True):
+        skew, kurt = return_moments(returns)
+        psr.append(probabilistic_sharpe_ratio(sr, 0.0, len(returns), skew, kurt))
+        dsr.append(deflated_sharpe_ratio(sr, per_period, len(returns), skew, kurt))
+    table = table.drop(columns="_returns")
+    table["psr"] = psr
+    table["dsr"] = dsr
+    return table.set_index("variant")
+
+
+def _overlay_summary(report: OverlayReport, bars: Bars, first: int) -> dict[str, Any]:
+    table = report.table
+    base, full = table.loc["base"], table.loc["regime-and-limits"]
+    regime_summary = report.regime_report.summary
+    out: dict[str, Any] = {
+        "spec": report.spec.name,
+        "oos_start": str(bars.index[first].date()),
+        "oos_end": str(bars.index[-1].date()),
+        "oos_bars": len(bars.index) - first,
+        "trials": len(table),
+        "regime_model_accuracy": regime_summary[f"{report.spec.regime.register}_accuracy"],
+        "persistence_accuracy": regime_summary["persistence_accuracy"],
+        "best_variant": str(table["sharpe"].idxmax()),
+    }
+    for name, row in table.iterrows():
+        for key in ("sharpe", "cagr_pct", "max_drawdown_pct", "dsr"):
+            out[f"{name}_{key}"] = float(row[key])
+    out["overlay_sharpe_change"] = float(full["sharpe"] - base["sharpe"])
+    out["verdict"] = (
+        f"out of sample ({out['oos_start']}..{out['oos_end']}), the full overlay has Sharpe "
+        f"{full['sharpe']:.2f} vs {base['sharpe']:.2f} without it, max drawdown "
+        f"{full['max_drawdown_pct']:.1f}% vs {base['max_drawdown_pct']:.1f}%; the best of "
+        f"{len(table)} variants ({out['best_variant']}) has DSR "
+        f"{table['dsr'].max():.2f}"
+    )
+    if not math.isfinite(out["overlay_sharpe_change"]):
+        out["overlay_sharpe_change"] = None
+    return out
+
+
+def _plot(report: OverlayReport):
+    from quantshift.engine.plotting import pyplot
+
+    fig, ax = pyplot().subplots(figsize=(8, 4))
+    for name in report.equity.columns:
+        ax.plot(report.equity.index, report.equity[name], label=name, lw=1)
+    ax.set_title(f"{report.spec.name}: out-of-sample equity by variant")
+    ax.set_ylabel("equity")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,15 @@
+"""Suite-wide fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _trial_registry_per_module(tmp_path_factory):
+    """Every sweep is recorded in the trial registry: each test module's go to a fresh
+    temporary file (never experiments/registry.db), so counts do not depend on other modules."""
+    path = tmp_path_factory.mktemp("registry") / "registry.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QUANTSHIFT_REGISTRY_URL", f"sqlite:///{path}")
+        yield
