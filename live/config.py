@@ -17,9 +17,11 @@ from live.guards import GuardLimits
 from live.lease import lease_timing
 from live.notify.config import NotifyConfig, parse_notify
 from live.store.db import resolve_sqlite_url
-from quantshift.errors import ConfigError
+from quantshift.errors import ConfigError, QuantShiftError
 from quantshift.portfolio import PortfolioConfig
 from quantshift.portfolio.config import OVERLAY_TABLES
+from quantshift.strategies import add_strategy_path, get_strategy
+from quantshift.strategies.loading import absolute_reference, is_reference, strategy_path_entries
 from quantshift.tables import Table, is_number, read_toml
 
 BROKERS = ("paper", "alpaca", "coinbase")
@@ -123,6 +125,27 @@ def load_config(path: str | os.PathLike) -> LiveConfig:
     return parse_config(top.raw, source=top.source, path=Path(path))
 
 
+def _user_strategies(runner: Table, sleeves: list[Table], path: Path | None) -> list[Table]:
+    """Load ``[runner] strategy_path`` and sleeves' strategy references (``file.py:STRATEGY``,
+    ``module:STRATEGY``; relative to this file); return the sleeves naming strategies by name."""
+    base = None if path is None else path.resolve().parent
+    try:
+        add_strategy_path(strategy_path_entries(runner.get("strategy_path", []), base))
+    except QuantShiftError as exc:
+        raise runner.error("strategy_path", str(exc)) from None
+    out = []
+    for sleeve in sleeves:
+        named = sleeve.get("strategy")
+        if isinstance(named, str) and is_reference(named):
+            try:
+                named = get_strategy(absolute_reference(named, base)).name
+            except QuantShiftError as exc:
+                raise sleeve.error("strategy", str(exc)) from None
+            sleeve = Table({**sleeve.raw, "strategy": named}, sleeve.source, sleeve.name)
+        out.append(sleeve)
+    return out
+
+
 def parse_config(
     raw: Mapping[str, Any], *, source: str = "<live config>", path: Path | None = None
 ) -> LiveConfig:
@@ -130,7 +153,9 @@ def parse_config(
     top = Table(raw, source)
     top.refuse_unknown(_TOP)
     runner = top.table("runner", required=True)
-    runner.refuse_unknown({"name", "market", "mode", "bar_interval", "warmup_bars"})
+    runner.refuse_unknown(
+        {"name", "market", "mode", "bar_interval", "warmup_bars", "strategy_path"}
+    )
     name = runner.string("name", required=True)
     market = runner.choice("market", MARKETS, "equities")
     mode = runner.choice("mode", MODES, "paper")
@@ -139,7 +164,7 @@ def parse_config(
 
     # `promotion = "<name>"`: the sleeve trades the active promotion record of that name for
     # this mode's stage; the runner adopts records at cycle boundaries.
-    sleeves = top.tables("sleeves")
+    sleeves = _user_strategies(runner, top.tables("sleeves"), path)
     promotion_names = [sleeve.string("promotion") for sleeve in sleeves]
     risk = top.table("risk")
     portfolio = PortfolioConfig.from_tables(

@@ -109,11 +109,50 @@ WholeOpt = Annotated[
 
 def main() -> None:
     """Run the CLI, turning QuantShift errors into one clear line and exit code 2."""
+    from quantshift.strategies.checks import one_line_warnings, typing_error_line
+
+    one_line_warnings()
     try:
         app()
     except QuantShiftError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except Exception as exc:
+        line = typing_error_line(exc)
+        if line is None:
+            raise
+        typer.echo(f"error: {line}", err=True)
+        sys.exit(2)
+
+
+@app.callback()
+def _options(
+    strategy_path: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--strategy-path",
+            help="Load strategies from this file, directory (its *.py), module or reference "
+            "(module:STRATEGY, file.py:STRATEGY); repeatable; adds to $QUANTSHIFT_STRATEGY_PATH.",
+        ),
+    ] = None,
+) -> None:
+    """QuantShift: backtest, sweep and inspect causal numba trading strategies."""
+    if strategy_path:
+        from quantshift.strategies import add_strategy_path
+
+        add_strategy_path(strategy_path)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="The new project's directory (new or empty).")],
+) -> None:
+    """Lay out a project of your own: strategies/, experiments/, live/, data/, pyproject.toml."""
+    from quantshift.project import init_project
+
+    written = init_project(directory)
+    typer.echo(f"created project in {directory}: {', '.join(written)}")
+    typer.echo(f"next: cd {directory} && quantshift strategies check donchian_breakout")
 
 
 def _settings(cash, size, fees_bps, slippage_bps, fill, direction, sizing, risk, stops, whole):

@@ -15,20 +15,19 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from quantshift.strategies import Strategy, get_strategy
+from quantshift.strategies import FRAMEWORK_MODULES, Strategy, get_strategy
 
 _ROOT = Path(__file__).resolve().parents[1]
 
 
 def strategy_hash(strategy: str | Strategy) -> str:
     """Return a SHA-256 over the strategy's signal function, the numba functions it calls and
-    its source file, so any edit to what decides its trades changes the hash."""
+    their source files outside the core, so any edit to what decides its trades changes it."""
     strat = get_strategy(strategy)
     func = getattr(strat.signal_nb, "py_func", strat.signal_nb)
     h = hashlib.sha256(function_bytes(func, set()))
-    path = source_file(func)
-    if path is not None:
-        h.update(Path(path).read_bytes())
+    for path in strategy_sources(func):
+        h.update(path.read_bytes())
     h.update(repr([(p.name, p.low, p.high, p.integer) for p in strat.params]).encode())
     return h.hexdigest()
 
@@ -59,19 +58,32 @@ def strategy_source(strategy: str | Strategy) -> dict[str, Any]:
         ``strategy_file`` (path, None for a strategy defined without a file, as in a notebook),
         ``strategy_file_sha256`` and ``strategy_file_git``: ``committed`` (tracked and equal
         to the commit), ``untracked`` (unknown to git, or ignored), ``modified`` (differs from
-        the commit, staged or not), ``outside git`` or ``no file``.
+        the commit, staged or not), ``outside git`` or ``no file``; ``strategy_git_commit``,
+        the commit of the repository holding the file (the user's own for their strategy),
+        and ``strategy_git_dirty``: the file is not committed or tracked files there differ
+        (both None outside git).
     """
     strat = get_strategy(strategy)
     path = source_file(getattr(strat.signal_nb, "py_func", strat.signal_nb))
     if path is None:
-        return {"strategy_file": None, "strategy_file_sha256": None, "strategy_file_git": "no file"}
+        return {
+            "strategy_file": None,
+            "strategy_file_sha256": None,
+            "strategy_file_git": "no file",
+            "strategy_git_commit": None,
+            "strategy_git_dirty": None,
+        }
     file = Path(path).resolve()
+    state = _file_git_state(file)
+    commit, dirty = git_state(file.parent)
     return {
         "strategy_file": (
             file.relative_to(_ROOT).as_posix() if file.is_relative_to(_ROOT) else str(file)
         ),
         "strategy_file_sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
-        "strategy_file_git": _file_git_state(file),
+        "strategy_file_git": state,
+        "strategy_git_commit": commit,
+        "strategy_git_dirty": None if commit is None else bool(dirty or state != "committed"),
     }
 
 
@@ -96,11 +108,13 @@ def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
     -------
     dict
         ``version`` (quantshift package version), ``strategy_hash`` (see :func:`strategy_hash`),
-        ``core_hash`` (SHA-256 over every source file of the ``quantshift`` package: the
-        engine, the decision layer and the strategies, so a commit that changes only docs or
-        drivers leaves it alone), ``git_commit`` and ``git_dirty`` (None when the code is not in
-        a git checkout; dirty means tracked files differ from the commit, so the commit alone
-        does not pin the code), and the strategy's own source (see :func:`strategy_source`).
+        ``core_hash`` (SHA-256 over the core's source files, :func:`core_files`: the engine,
+        the decision layer and the strategy framework, so a commit that changes only docs,
+        drivers or another strategy leaves it alone), ``git_commit`` and ``git_dirty`` of
+        quantshift's checkout (None when the code is not in a git checkout; dirty means
+        tracked files differ from the commit, so the commit alone does not pin the code), and
+        the strategy's own source and the state of the repository holding it, which is the
+        user's own for a strategy of theirs (see :func:`strategy_source`).
     """
     from quantshift import __version__
 
@@ -115,29 +129,64 @@ def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
     }
 
 
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def core_files() -> list[Path]:
+    """Return the core's source files: every module of the ``quantshift`` package except the
+    strategies (each keyed by its own sources) and the ``quantshift init`` templates."""
+    strategies = _PACKAGE / "strategies"
+    return [
+        path
+        for path in sorted(_PACKAGE.rglob("*.py"))
+        if not path.is_relative_to(_PACKAGE / "templates")
+        and not (path.parent == strategies and path.stem not in FRAMEWORK_MODULES | {"__init__"})
+    ]
+
+
 @cache
 def package_digest() -> bytes:
-    """Return a SHA-256 over every source file of the ``quantshift`` package (paths and
-    contents): the key of compiled kernels' caches and the ``core_hash`` of a fingerprint."""
+    """Return a SHA-256 over the core's source files (:func:`core_files`, paths and contents):
+    the key of compiled kernels' caches, with a strategy's own sources for its kernels, and
+    the ``core_hash`` of a fingerprint."""
     h = hashlib.sha256()
-    root = Path(__file__).resolve().parent
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode())
+    for path in core_files():
+        h.update(path.relative_to(_PACKAGE).as_posix().encode())
         h.update(path.read_bytes())
     return h.digest()
+
+
+def strategy_sources(func) -> list[Path]:
+    """Return the source files of ``func`` and of the numba functions it calls, outside the
+    core (:func:`core_files`): a strategy's module and the user's helper modules."""
+    core = set(core_files())
+    files = set()
+    for each in _called(func, set()):
+        path = source_file(each)
+        if path is not None and Path(path).resolve() not in core:
+            files.add(Path(path).resolve())
+    return sorted(files)
+
+
+def _called(func, seen: set[int]) -> list:
+    """``func`` and the numba functions it calls, directly or not."""
+    if id(func) in seen:
+        return []
+    seen.add(id(func))
+    out = [func]
+    for name in func.__code__.co_names:
+        called = getattr(func.__globals__.get(name), "py_func", None)
+        if called is not None:
+            out.extend(_called(called, seen))
+    return out
 
 
 def function_bytes(func, seen: set[int]) -> bytes:
     """Return the name and code of ``func`` and of the numba functions it calls (a helper
     defined without a file, as in a notebook cell, changes no file digest)."""
-    if id(func) in seen:
-        return b""
-    seen.add(id(func))
-    parts = [f"{func.__module__}.{func.__qualname__}".encode(), _code_bytes(func.__code__)]
-    for name in func.__code__.co_names:
-        called = getattr(func.__globals__.get(name), "py_func", None)
-        if called is not None:
-            parts.append(function_bytes(called, seen))
+    parts = []
+    for each in _called(func, seen):
+        parts += [f"{each.__module__}.{each.__qualname__}".encode(), _code_bytes(each.__code__)]
     return b"\x1f".join(parts)
 
 

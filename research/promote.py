@@ -120,6 +120,10 @@ def research_evidence(tracker: Tracker, run_id: str) -> tuple[ResearchEvidence, 
         "strategy_file": code.get("strategy_file"),
         "strategy_file_sha256": code.get("strategy_file_sha256"),
         "strategy_file_git": code.get("strategy_file_git"),
+        "strategy_git_commit": code.get("strategy_git_commit"),
+        "strategy_git_dirty": {"true": True, "false": False}.get(
+            code.get("strategy_git_dirty", "")
+        ),
     }
     if not code["version"] or not code["strategy_hash"]:
         raise ConfigError(f"MLflow run {run_id} has no code fingerprint tags")

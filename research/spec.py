@@ -13,8 +13,9 @@ from typing import Any
 from quantshift.engine.config import SimConfig
 from quantshift.engine.metrics import METRICS
 from quantshift.errors import QuantShiftError
-from quantshift.strategies import Strategy, get_strategy
+from quantshift.strategies import Strategy, add_strategy_path, get_strategy
 from quantshift.strategies.grid import GridAxis
+from quantshift.strategies.loading import absolute_reference, is_reference, strategy_path_entries
 from quantshift.tables import Table, is_number, read_toml
 
 SEARCH_METHODS = ("optuna", "grid")
@@ -117,8 +118,11 @@ class ExperimentSpec:
     lockbox: LockboxSpec = LockboxSpec()
     path: Path | None = None
     text: str = ""
+    strategy_path: tuple[str, ...] = ()
+    """Where the strategy comes from when not from quantshift (absolute files, modules)."""
 
     def get_strategy(self) -> Strategy:
+        add_strategy_path(self.strategy_path)
         return get_strategy(self.strategy)
 
     def with_seed(self, seed: int) -> ExperimentSpec:
@@ -162,12 +166,21 @@ def parse_spec(
     top = Table(raw, source)
     top.refuse_unknown(_TOP)
     exp = top.table("experiment", required=True)
-    exp.refuse_unknown({"name", "strategy", "seed"})
+    exp.refuse_unknown({"name", "strategy", "strategy_path", "seed"})
     name = exp.string("name", required=True)
     strategy_name = exp.string("strategy", required=True)
     seed = exp.integer("seed", default=0, minimum=0)
+    # A reference or strategy_path entry in the spec is relative to the spec's directory.
+    base = None if path is None else Path(path).resolve().parent
     try:
-        strategy = get_strategy(strategy_name)
+        strategy_path = strategy_path_entries(exp.get("strategy_path", []), base)
+    except QuantShiftError as exc:
+        raise exp.error("strategy_path", str(exc)) from None
+    if is_reference(strategy_name):
+        strategy_path.append(absolute_reference(strategy_name, base))
+    try:
+        add_strategy_path(strategy_path[:-1] if is_reference(strategy_name) else strategy_path)
+        strategy = get_strategy(strategy_path[-1] if is_reference(strategy_name) else strategy_name)
     except QuantShiftError as exc:
         raise exp.error("strategy", str(exc)) from None
 
@@ -185,6 +198,7 @@ def parse_spec(
     return ExperimentSpec(
         name=name,
         strategy=strategy.name,
+        strategy_path=tuple(strategy_path),
         seed=seed,
         data=data,
         costs=costs,

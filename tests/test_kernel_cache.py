@@ -98,3 +98,70 @@ def test_regression_exec_defined_strategy_runs_in_a_second_process(tmp_path):
     first = run_json(EXEC_PROBE, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_DISABLE_JIT=None)
     second = run_json(EXEC_PROBE, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_DISABLE_JIT=None)
     assert first == second and first["trades"] > 0
+
+
+USER_PROBE = """
+import json
+import quantshift as qs
+from quantshift.engine.fused import kernels_for
+bars = qs.load_bars("synthetic:symbols=2,bars=300,seed=5")
+counts = {}
+for name in ("user_alpha", "user_beta", "ma_crossover"):
+    qs.backtest(name, bars)
+    stats = kernels_for(qs.get_strategy(name)).backtest.stats
+    counts[name] = [sum(stats.cache_hits.values()), sum(stats.cache_misses.values())]
+print(json.dumps(counts))
+"""
+USER_STRATEGY = """
+from numba import njit
+from quantshift import Param, Strategy
+from quantshift.indicators import sma_nb
+
+
+@njit
+def signal_nb(open_, high, low, close, volume, params, entries, exits, stop, take_profit, trail):
+    average = sma_nb(close, int(params[0]))
+    for t in range(1, close.shape[0]):
+        entries[t] = close[t] > average[t] * THRESHOLD
+        exits[t] = close[t] < average[t]
+
+
+THRESHOLD = 1.0
+STRATEGY = Strategy(
+    name="NAME",
+    description="a user's strategy in the user's own folder",
+    params=(Param(name="window", default=10, low=2, high=50, integer=True),),
+    signal_nb=signal_nb,
+    warmup=lambda values: int(values["window"]),
+)
+"""
+
+
+def test_editing_one_user_strategy_recompiles_only_its_kernels(tmp_path):
+    """The kernel key covers the core and the strategy's own sources: after an edit to
+    user_alpha's file, its kernels compile again while user_beta's and ma_crossover's load
+    from numba's cache (they used to key on every source file of the package)."""
+    folder = tmp_path / "strategies"
+    folder.mkdir()
+    for name in ("user_alpha", "user_beta"):
+        (folder / f"{name}.py").write_text(USER_STRATEGY.replace("NAME", name))
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_DISABLE_JIT": None}
+    env["QUANTSHIFT_STRATEGY_PATH"] = str(folder)
+    cold = run_json(USER_PROBE, **env)
+    alpha = folder / "user_alpha.py"
+    alpha.write_text(alpha.read_text().replace("THRESHOLD = 1.0", "THRESHOLD = 1.01"))
+    edited = run_json(USER_PROBE, **env)
+    # [hits, misses] of each strategy's backtest kernel
+    assert cold["user_alpha"] == [0, 1] and cold["user_beta"] == [0, 1], cold
+    assert edited == {"user_alpha": [0, 1], "user_beta": [1, 0], "ma_crossover": [1, 0]}, edited
+
+
+def test_core_digest_leaves_out_the_strategy_modules_and_templates():
+    from quantshift.provenance import core_files
+
+    names = {path.relative_to(path.parents[1]).as_posix() for path in core_files()}
+    assert "engine/fused.py" in names and "quantshift/indicators.py" in names
+    assert "strategies/base.py" in names and "strategies/checks.py" in names
+    for strategy in ("ma_crossover", "rsi_reversion", "bollinger_bounce", "breakout_momentum"):
+        assert f"strategies/{strategy}.py" not in names
+    assert not any("templates" in name for name in names)

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from numba import njit
+from probe import run_json
 
 from quantshift.errors import ConfigError, UnknownNameError
 from quantshift.strategies import Param, Strategy, get_strategy, list_strategies, ma_crossover
@@ -236,12 +237,99 @@ def test_regression_a_peek_past_the_end_of_a_view_is_caught_on_copies():
     assert "peeking: LOOKS AHEAD" in verdict.summary()
 
 
+NOJIT_PEEK = """
+import json
+import numpy as np
+from numba import njit
+import quantshift as qs
+from quantshift.strategies.causality import check_causality
+
+
+@njit
+def peek(open_, high, low, close, volume, params, entries, exits, stop, tp, trail):
+    for t in range(close.shape[0]):
+        entries[t] = close[t + 1] > close[t]
+
+
+strategy = qs.Strategy(name="peeking", description="looks ahead", params=(), signal_nb=peek,
+                       warmup=0)
+bars = qs.load_bars("builtin:sp500")
+columns = [np.ascontiguousarray(getattr(bars, f)[3000:3100, 0]) for f in
+           ("open", "high", "low", "close", "volume")]
+verdict = check_causality(strategy, columns, np.empty(0))
+print(json.dumps({"causal": verdict.causal, "cut": verdict.cut, "bar": verdict.bar,
+                  "summary": verdict.summary()}))
+"""
+
+
 def test_a_peek_past_the_end_in_plain_python_is_a_verdict_not_a_crash():
-    # Without numba (NUMBA_DISABLE_JIT=1) the read past the end raises IndexError.
-    strategy = _peeking(_peek_next_close_every_bar_nb.py_func)
-    verdict = check_causality(strategy, sp500_bars(3000, 3100), np.empty(0))
-    assert not verdict.causal and verdict.cut == 100 and verdict.bar == 99
-    assert "raise IndexError: it reads beyond bar t" in verdict.summary()
+    # Without numba (NUMBA_DISABLE_JIT=1, where @njit returns the plain function, which
+    # Strategy() then accepts) the read past the end raises IndexError.
+    verdict = run_json(NOJIT_PEEK, NUMBA_DISABLE_JIT="1")
+    assert not verdict["causal"] and verdict["cut"] == 100 and verdict["bar"] == 99
+    assert "raise IndexError: it reads beyond bar t" in verdict["summary"]
+
+
+@njit
+def _good_signal_nb(open_, high, low, close, volume, params, entries, exits, stop, tp, trail):
+    for t in range(close.shape[0]):
+        entries[t] = close[t] > params[0]
+
+
+@njit
+def _ten_arguments_nb(high, low, close, volume, params, entries, exits, stop, tp, trail):
+    entries[0] = True
+
+
+@njit
+def _swapped_nb(open_, high, low, volume, close, params, entries, exits, stop, tp, trail):
+    entries[0] = True
+
+
+@njit
+def _reads_undeclared_nb(open_, high, low, close, volume, params, entries, exits, stop, tp, trail):
+    for t in range(close.shape[0]):
+        entries[t] = close[t] > params[0] + params[2]
+
+
+def _plain(open_, high, low, close, volume, params, entries, exits, stop, tp, trail):
+    entries[0] = True
+
+
+LEVEL = (Param(name="level", default=1.0, low=0.0, high=10.0),)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"signal_nb": _ten_arguments_nb}, "function _ten_arguments_nb): takes 10 arguments"),
+        ({"signal_nb": _swapped_nb}, "argument 4 is 'volume', expected 'close'"),
+        ({"signal_nb": _plain}, "signal_nb must be decorated with @numba.njit, got function"),
+        ({"signal_nb": _reads_undeclared_nb}, "reads params[2] but declares 1 parameter(s)"),
+        ({"warmup": 2.5}, "warmup must be a whole number of bars or a function"),
+        ({"warmup": lambda v: v["level"] * 2}, "warmup must return a whole number of bars"),
+        ({"warmup": lambda v: v["window"]}, "warmup at the default parameters raised KeyError"),
+        ({"params": ("level",)}, "params must be a tuple of Param(...)"),
+    ],
+)
+def test_strategy_refuses_a_bad_declaration_in_one_line_naming_file_and_function(changes, expected):
+    declaration = {
+        "name": "declared", "description": "d", "params": LEVEL,
+        "signal_nb": _good_signal_nb, "warmup": 0,
+    } | changes  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        Strategy(**declaration)
+    message = str(caught.value)
+    assert expected in message and "\n" not in message, message
+    if "signal_nb" in changes:
+        assert message.startswith("strategy 'declared' (tests/test_strategies.py:"), message
+
+
+def test_a_good_declaration_passes_and_an_int_warmup_is_a_constant():
+    strategy = Strategy(
+        name="declared", description="d", params=LEVEL, signal_nb=_good_signal_nb, warmup=3
+    )
+    assert strategy.warmup_bars({"level": 5.0}) == 3
 
 
 def test_strategies_check_command_exits_1_on_a_peeking_strategy():
@@ -257,6 +345,41 @@ def test_strategies_check_command_exits_1_on_a_peeking_strategy():
     assert "peeking_cli: LOOKS AHEAD: entries at bar 0 computed on the first 1 bars" in peek.output
     fine = CliRunner().invoke(app, ["strategies", "check", "ma_crossover", "--data", data])
     assert fine.exit_code == 0 and "ma_crossover: causal (" in fine.output
+
+
+PEEK_FILE = """
+from numba import njit
+from quantshift import Strategy
+
+
+@njit
+def signal_nb(open_, high, low, close, volume, params, entries, exits, stop, tp, trail):
+    for t in range(close.shape[0]):
+        entries[t] = close[t + 1] > close[t]
+
+
+STRATEGY = Strategy(name="user_peek", description="reads close[t + 1] on every bar", params=(),
+                    signal_nb=signal_nb, warmup=0)
+"""
+
+
+def test_strategies_check_fails_a_peeking_user_strategy_loaded_from_its_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from quantshift.cli import app
+
+    source = tmp_path / "user_peek.py"
+    source.write_text(PEEK_FILE)
+    data = "synthetic:symbols=1,bars=300,seed=3"
+    peek = CliRunner().invoke(
+        app, ["--strategy-path", str(source), "strategies", "check", "user_peek", "--data", data]
+    )
+    assert peek.exit_code == 1, peek.output
+    assert "user_peek: LOOKS AHEAD: entries at bar 0 computed on the first 1 bars" in peek.output
+    by_reference = CliRunner().invoke(
+        app, ["strategies", "check", f"{source}:STRATEGY", "--data", data]
+    )
+    assert by_reference.exit_code == 1 and "LOOKS AHEAD" in by_reference.output
 
 
 def test_causality_verdict_names_the_parameter_set():

@@ -2,7 +2,7 @@
 
 numba's cache keys a kernel by its qualified name and watches only the file defining it, so
 the engine and the portfolio compile templates under names carrying a digest of everything the
-machine code depends on: the package's sources and, for strategy kernels, the signal function.
+machine code depends on: the core's sources and, for strategy kernels, the strategy's own.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ import hashlib
 import inspect
 import sys
 import types
-from pathlib import Path
 
 from numba import njit
 
-from quantshift.provenance import function_bytes, package_digest, source_file
+from quantshift.provenance import function_bytes, package_digest, strategy_sources
 
 
 def compile_template(template, namespace: dict, name: str, **options):
@@ -38,13 +37,13 @@ def importable(func) -> bool:
 
 
 def function_digest(signal) -> str:
-    """Return a digest of everything a kernel calling ``signal`` is compiled from: the
-    package, the function's identity and bytecode and those of the numba functions it calls,
-    and its source file (numba's own cache only sees the template)."""
+    """Return a digest of everything a kernel calling ``signal`` is compiled from: the core
+    (engine, indicators, ...; not the other strategies), the function's identity and bytecode
+    and those of the numba functions it calls, and their source files outside the core (the
+    strategy's module, a user's helpers); numba's own cache only sees the template."""
     func = getattr(signal, "py_func", signal)
     h = hashlib.sha256(package_digest())
     h.update(function_bytes(func, set()))
-    path = source_file(func)
-    if path is not None:
-        h.update(Path(path).read_bytes())
+    for path in strategy_sources(func):
+        h.update(path.read_bytes())
     return h.hexdigest()[:12]

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from quantshift.errors import ConfigError, UnknownNameError
+from quantshift.strategies.checks import check_signal, warmup_function
 from quantshift.strategies.grid import ParameterGrid
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -98,30 +99,45 @@ class Strategy:
     Decorate the signal function with plain ``@numba.njit`` (no ``cache``): the engine inlines it
     into cached per-strategy kernels whose cache key covers the strategy's source, so an edit
     never runs stale machine code.
+
+    The constructor checks the declaration (a numba function with these arguments, reading only
+    declared ``params[k]``; ``warmup`` a function giving whole bars, or an int) and raises a
+    one-line ConfigError naming the file, the function and what is wrong.
     """
 
     name: str
     description: str
     params: tuple[Param, ...]
     signal_nb: Any
-    warmup: Callable[[Mapping[str, float]], int]
+    warmup: Callable[[Mapping[str, float]], int] | int
     constraints: tuple[Constraint, ...] = ()
     uses_stops: bool = False
     _names: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        names = tuple(p.name for p in self.params)
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(f"a strategy needs a non-empty name, got {self.name!r}")
+        params = tuple(self.params) if isinstance(self.params, list | tuple) else None
+        if params is None or not all(isinstance(p, Param) for p in params):
+            raise ConfigError(
+                f"strategy '{self.name}': params must be a tuple of Param(...), got {self.params!r}"
+            )
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "constraints", tuple(self.constraints))
+        names = tuple(p.name for p in params)
         object.__setattr__(self, "_names", names)
         if len(set(names)) != len(names):
             raise ConfigError(f"strategy '{self.name}': duplicate parameter names {names}")
         for c in self.constraints:
+            if not isinstance(c, Constraint):
+                raise ConfigError(f"strategy '{self.name}': constraints must be Constraint(...)")
             for side in (c.left, c.right):
                 if side not in names:
                     raise ConfigError(
                         f"strategy '{self.name}': constraint '{c}' names unknown parameter '{side}'"
                     )
-        if not hasattr(self.signal_nb, "py_func") and not callable(self.signal_nb):
-            raise ConfigError(f"strategy '{self.name}': signal_nb must be a numba function")
+        check_signal(self.name, self.signal_nb, names)
+        object.__setattr__(self, "warmup", warmup_function(self.name, self.warmup, self.defaults()))
 
     @property
     def param_names(self) -> tuple[str, ...]:
