@@ -71,7 +71,7 @@ def test_the_promotion_walk_through_ends_in_a_config_that_trades_the_promoted_re
 
     root = README.parent
     lines = [" ".join(args) for args in _cli_examples("quantshift")]
-    (report,) = {a for a in lines if a.startswith("research report")}
+    (report,) = {a for a in lines if a.startswith("research report") and "ma_crossover" in a}
     (promote,) = [a for a in lines if a.startswith("promote ") and "--stage paper" in a]
     (config_path,) = [
         args[args.index("--config") + 1]
