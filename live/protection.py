@@ -132,7 +132,8 @@ class RestingProtection:
             epoch=epoch, client_order_id=cid,
             order_type="trailing_stop" if leg.kind == "trailing_stop" else leg.kind,
             stop_price=request.stop_price, limit_price=request.limit_price,
-            details={"action": "protect", "leg": leg.kind, "oco_group": request.oco_group,
+            details={"action": "protect", "leg": leg.kind, "reason": _REASON[leg.kind],
+                     "oco_group": request.oco_group,
                      "trail_amount": request.trail_amount},
         )  # fmt: skip
         failpoint("after_intent")
