@@ -162,17 +162,20 @@ class RestingProtection:
         executions, best = [], {}
         layout = portfolio.layout()
         for position in state.positions():
-            for leg in legs_of(position):
+            filled = None
+            for leg in legs_of(position):  # every leg is brought up to date, siblings too
                 found = self._resolve(leg, epoch)
                 if found is None:
                     continue
-                if found.status == OrderStatus.FILLED:
-                    strategy = layout.strategies[layout.sleeves.index(position.sleeve)]
-                    order = _exit_order(position, strategy, leg.kind, ts_ns, found.avg_fill_price)
-                    executions.append((order, found.filled_qty, found.avg_fill_price, found.fees))
-                    break
-                if leg.kind == "trailing_stop" and found.trail_best_price is not None:
+                if found.status == OrderStatus.FILLED and filled is None:
+                    filled = leg, found
+                elif leg.kind == "trailing_stop" and found.trail_best_price is not None:
                     best[(position.sleeve, position.symbol)] = found.trail_best_price
+            if filled is not None:
+                leg, found = filled
+                strategy = layout.strategies[layout.sleeves.index(position.sleeve)]
+                order = _exit_order(position, strategy, leg.kind, ts_ns, found.avg_fill_price)
+                executions.append((order, found.filled_qty, found.avg_fill_price, found.fees))
         return apply_executions(_with_best_prices(state, layout, best), executions, ts_ns,
                                 portfolio)  # fmt: skip
 
@@ -211,8 +214,7 @@ class RestingProtection:
             if done is not None and done.filled_qty > 0:
                 log.warning("%s of %s %s filled before its cancel; no exit sent", leg.kind,
                             position.sleeve, position.symbol)  # fmt: skip
-                self._resolve(leg, epoch)
-                return False
+                return False  # the settlement applies the fill and resolves every leg
             self._resolve(leg, epoch)
         return True
 
