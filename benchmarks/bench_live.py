@@ -36,8 +36,8 @@ GOAL_MS = 20.0
 def bench_decision_latency(n_symbols: int = 100, cycles: int = 200) -> dict[str, Any]:
     """Per-bar latency of signals (warm-up window) + decide + guards for n_symbols x 3 sleeves."""
     import quantshift as qs
+    from live.book import Guarded
     from live.guards import GuardLimits, OrderGuards
-    from live.runner import _Guarded
     from quantshift.portfolio import (
         PortfolioConfig,
         PortfolioState,
@@ -70,7 +70,7 @@ def bench_decision_latency(n_symbols: int = 100, cycles: int = 200) -> dict[str,
         for k, s in enumerate(symbols):
             last_close[s] = float(signals.close[k])
         verdict = guards.check(
-            [_Guarded.of(o) for o in decision.orders],
+            [Guarded.of(o) for o in decision.orders],
             last_close=last_close,
             positions={},
             now_ns=signals.ts_ns,

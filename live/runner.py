@@ -9,17 +9,22 @@ orders, fills and trades.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import signal
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from live.adoption import PromotionAdopter
+from live.book import (
+    Guarded,
+    order_from_dict,
+    periods_per_year,
+    record_book,
+    record_trades,
+    stop_order,
+)
 from live.broker import BrokerAuthError
 from live.clock import MarketClock
 from live.config import LiveConfig
@@ -337,7 +342,9 @@ class Runner:
                     f"{self.config.name}: the saved state holds {len(unsent)} order(s) of the "
                     "old paper path; finish that run with the version that wrote it"
                 )
-            self.working = [WorkingOrder.from_dict(p, _order(p["order"])) for p in saved["pending"]]
+            self.working = [
+                WorkingOrder.from_dict(p, order_from_dict(p["order"])) for p in saved["pending"]
+            ]
             self.last_ts_ns = saved["bar_ts_ns"]
         self._reconcile_venue(None)
 
@@ -423,7 +430,7 @@ class Runner:
                 self.metrics.set_halt(False)
             # 4. Guards: a tripped guard blocks the order and halts.
             verdict = self.guards.check(
-                [_Guarded.of(o) for o in orders],
+                [Guarded.of(o) for o in orders],
                 # The decision marked each symbol at its last close (what the collar anchors to).
                 last_close=dict(zip(state.symbols, state.marks.tolist(), strict=True)),
                 positions=net_positions(state.positions()),
@@ -441,7 +448,7 @@ class Runner:
                 self.metrics.set_halt(True, verdict.blocked[0].guard)
             self._send_decisions([g.order for g in verdict.accepted], state, own_halt, epoch)
             # 5. Persist: positions, equity, where to resume; then tell the world.
-            self._record_book(state, ts, epoch)
+            record_book(self.store, self.state, state, ts, epoch)
             self.lease.assert_leader()
             self.store.save_runner_state(
                 cfg.name,
@@ -483,7 +490,9 @@ class Runner:
                        "symbol": fill.order.symbol},
             )  # fmt: skip
         summary.orders += settled.finished
-        summary.trades += self._record_trades(settled.result.trades, epoch)
+        summary.trades += record_trades(
+            self.store, settled.result.trades, epoch, self._periods_per_year
+        )
         self.working = settled.working
         failpoint("after_fill")
         return settled.result.state
@@ -509,7 +518,7 @@ class Runner:
                 extra={"cycle": ts, "epoch": epoch, "sleeve": trade.sleeve, "symbol": trade.symbol},
             )  # fmt: skip
         summary.orders += len(settled.trades)
-        summary.trades += self._record_trades(settled.trades, epoch)
+        summary.trades += self._record(settled.trades, epoch)
         self.resting.cancel_orphans(settled.state, epoch)
         return settled.state
 
@@ -522,7 +531,7 @@ class Runner:
         busy = {(w.order.sleeve, w.order.symbol) for w in self.working}
         for trade in stopped.trades:
             if (trade.sleeve, trade.symbol) not in busy:
-                self._send(_stop_order(trade, ts), trade.units, epoch, PROTECTIVE, True)
+                self._send(stop_order(trade, ts), trade.units, epoch, PROTECTIVE, True)
 
     def _send_decisions(self, orders, state, own_halt, epoch) -> None:
         """Send the accepted decisions to the venue; a position with an order still working
@@ -579,121 +588,13 @@ class Runner:
         lo = 0 if warmup is None else max(0, t + 1 - warmup)
         return self.bars[lo : t + 1]
 
-    def _record_trades(self, trades, epoch) -> int:
-        """Record closed trades and refresh the performance of the sleeves they belong to."""
-        for trade in trades:
-            self.store.record_trade(
-                trade_id=trade_id(trade),
-                strategy=trade.sleeve,
-                symbol=trade.symbol,
-                direction=trade.direction,
-                qty=trade.units,
-                entry_ts_ns=trade.entry_ts_ns,
-                exit_ts_ns=trade.exit_ts_ns,
-                entry_price=trade.entry_price,
-                exit_price=trade.exit_price,
-                pnl=trade.pnl,
-                epoch=epoch,
-                fees=trade.entry_fees + trade.exit_fees,
-                exit_reason=trade.exit_reason,
-            )
-        for sleeve in dict.fromkeys(t.sleeve for t in trades):
-            self.store.update_performance(sleeve, periods_per_year=self._periods_per_year)
-        return len(trades)
-
-    def _record_book(self, state: PortfolioState, ts: int, epoch: int) -> None:
-        now = {(p.sleeve, p.symbol): p for p in state.positions()}
-        before = {(p.sleeve, p.symbol): p for p in self.state.positions()}
-        for key in before.keys() - now.keys():
-            self.store.upsert_position(
-                strategy=key[0], symbol=key[1], qty=0.0, avg_price=None, ts_ns=ts, epoch=epoch
-            )
-        for key, p in now.items():
-            if key not in before or before[key].to_dict() != p.to_dict():
-                self.store.upsert_position(
-                    strategy=p.sleeve,
-                    symbol=p.symbol,
-                    qty=p.units,
-                    avg_price=p.entry_price,
-                    ts_ns=ts,
-                    epoch=epoch,
-                    details=p.to_dict(),
-                )
-        cash = state.sleeve_cash()
-        snapshots = {"*": (state.equity_usd, None, None, None)}
-        for sleeve, equity in state.sleeve_equity().items():
-            snapshots[sleeve] = (equity, cash[sleeve], None, None)
-        self.store.record_equities(ts_ns=ts, epoch=epoch, snapshots=snapshots)
+    def _record(self, trades, epoch: int) -> int:
+        return record_trades(self.store, trades, epoch, self._periods_per_year)
 
     def _heartbeat(self, role: str, epoch: int | None) -> None:
         self.store.heartbeat(self.host, role, epoch, time.time_ns())
         self.metrics.heartbeat()
         self.notifier.alive(role if epoch is None else f"{role} epoch {epoch}")
-
-
-@dataclass(frozen=True)
-class _Guarded:
-    """The fields of a decision's order that the guards read."""
-
-    order: TargetOrder
-    strategy: str
-    symbol: str
-    side: str
-    units: float
-    price: float
-    ts_ns: int
-    is_entry: bool
-
-    @classmethod
-    def of(cls, order: TargetOrder) -> _Guarded:
-        return cls(
-            order=order,
-            strategy=order.sleeve,
-            symbol=order.symbol,
-            side=order.side,
-            units=order.units,
-            price=order.reference_price,
-            ts_ns=order.ts_ns,
-            is_entry=order.action == "entry",
-        )
-
-
-def trade_id(trade) -> str:
-    """A closed trade's id: sleeve, symbol, entry and exit time (the same after a redo)."""
-    key = f"{trade.sleeve}|{trade.symbol}|{trade.entry_ts_ns}|{trade.exit_ts_ns}"
-    return "t" + hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-def _stop_order(trade, ts_ns: int) -> TargetOrder:
-    """The exit a protective stop made, as an order (the venue's stop order that filled)."""
-    return TargetOrder(
-        sleeve=trade.sleeve,
-        strategy=trade.strategy,
-        symbol=trade.symbol,
-        action="exit",
-        side="sell" if trade.direction == "long" else "buy",
-        units=trade.units,
-        reason=trade.exit_reason,
-        ts_ns=ts_ns,
-        reference_price=trade.exit_price,
-    )
-
-
-def _order(data: dict[str, Any]) -> TargetOrder:
-    values = {k: (math.nan if v is None and k.endswith("distance") else v) for k, v in data.items()}
-    if values.get("max_units") is None:
-        values["max_units"] = math.inf
-    return TargetOrder(**values)
-
-
-def periods_per_year(market: str, bar_interval_s: int) -> float:
-    """Bars a year: daily equity bars trade ~252 sessions, intraday equity bars 6.5 hours of
-    each; crypto trades every interval of the year."""
-    if market == "crypto":
-        return 365 * 86_400 / bar_interval_s
-    if bar_interval_s >= 86_400:
-        return 252.0
-    return 252 * 6.5 * 3600 / bar_interval_s
 
 
 def _pid() -> int:

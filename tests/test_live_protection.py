@@ -81,8 +81,8 @@ def test_the_paper_venue_fills_resting_orders_as_the_fill_model_does(paper, bar,
                                                                       expected_leg):  # fmt: skip
     _protect(paper, **levels)
     paper.trade_bar(1, {"X": bar})
-    model = _model(*bar, stop=levels.get("stop", math.nan), target=levels.get("target", math.nan),
-                   trail=levels.get("trail", math.nan), best=levels.get("best", math.nan))  # fmt: skip
+    level = {k: levels.get(k, math.nan) for k in ("stop", "target", "trail", "best")}
+    model = _model(*bar, **level)
     filled = [o for o in (paper.order(c) for c in ("qsstop", "qslimit", "qstrailing_stop"))
               if o is not None and o.status == OrderStatus.FILLED]  # fmt: skip
     if expected_leg is None:
