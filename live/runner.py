@@ -567,6 +567,8 @@ class Runner:
         settlement with nothing working); a mismatch HALTs, it is never fixed silently."""
         if self.store.active_halt() is not None:
             return  # already stopped; a person looks at `live reconcile` before resuming
+        if self.working:
+            return  # orders in flight (e.g. filled before a crash): the settlement compares
         newest = self.store.latest_intent_bar()
         if newest is not None and self.last_ts_ns is not None and newest > self.last_ts_ns:
             # Orders of a bar a crashed leader did not finish are at the venue but not yet in

@@ -233,3 +233,48 @@ def test_replay_parity_on_gappy_synthetic_data_with_stops_targets_and_trailing(t
     reasons = {t[-1] for t in live}
     assert len(live) >= 10 and {"stop_loss", "trailing_stop"} <= reasons, reasons
     assert sized_alike(live) == sized_alike(_backtest_trades(config))
+
+
+# ----------------------------------------------------------------------------- kill -9
+@pytest.mark.parametrize("point", ["after_entry_fill", "after_cancel"])
+def test_a_kill_between_a_fill_and_its_protection_leaves_no_naked_or_doubled_position(
+    tmp_path, point
+):
+    """SIGKILL between an entry's fill and its protection, and between a strategy exit's
+    cancel of its protection and the exit; the restarted runner finishes the replay with the
+    backtest's trades, one OCO group per position, no resting order without a position."""
+    import subprocess
+    import sys
+
+    from test_live_runner import _backtest_trades, _store_trades, sized_alike
+
+    config = _config(tmp_path)
+    text = EXAMPLE.read_text()
+    for old, new in (
+        ('url = "sqlite:///../../data/live/paper-sp500.db"', f'url = "{config.store_url}"'),
+        ("enabled = true", "enabled = false"),
+        ('start = "2015-01-01"', 'start = "2015-01-01"\nend = "2016-01-01"'),
+    ):
+        text = text.replace(old, new)
+    path = tmp_path / "live.toml"
+    path.write_text(text)
+    command = [sys.executable, "-c", "from live.cli import main; main()", "run", "-c", str(path)]
+    env = {**__import__("os").environ, "QUANTSHIFT_FAILPOINTS": f"{point}=2"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -9, done.stderr[-2000:]
+    assert Runner(config).run().ended == "replay finished"
+    assert sized_alike(_store_trades(config)) == sized_alike(_backtest_trades(config))
+    with Store.open(config.store_url) as store:
+        protective = [i for i in store.intents() if i.details.get("action") == "protect"]
+        groups: dict[str, list] = {}
+        for intent in protective:
+            groups.setdefault(intent.details["oco_group"], []).append(intent)
+        # never two fills in one group (no double exit), never two stops for one position
+        assert all(sum(i.state == "FILLED" for i in g) <= 1 for g in groups.values())
+        assert all(len({i.details["leg"] for i in g}) == len(g) for g in groups.values())
+        held = {(p.strategy, p.symbol) for p in store.positions() if p.qty != 0}
+    broker = PaperBroker(config.store_url, cash=1e6)
+    resting = {(o.symbol, o.oco_group) for o in broker.open_orders()}
+    assert {s for s, _ in resting} <= {s for _, s in held}  # no resting order without position
+    assert len(broker.fills()) == len({f.client_order_id for f in broker.fills()})
+    broker.close()
