@@ -282,3 +282,20 @@ def test_a_kill_between_a_fill_and_its_protection_leaves_no_naked_or_doubled_pos
     assert resting <= {symbol for _, symbol in held}  # no resting order without a position
     assert len(broker.fills()) == len({f.client_order_id for f in broker.fills()})
     broker.close()
+
+
+def test_live_reconcile_reports_a_resting_order_without_its_position(tmp_path):
+    from live.reconcile import reconcile
+
+    config = _config(tmp_path)
+    with Store.open(config.store_url) as store:
+        broker = PaperBroker(config.store_url, cash=1e6)
+        state = _open_position(config, store, broker)
+        RestingProtection(broker, store).protect(state, 0, fresh={("reversion", "SP500")})
+        report = reconcile(config, store, broker)
+        # the store holds no position row for it: both legs are orphans (and reported)
+        assert sorted(report.resting_without_position) == sorted(
+            leg.request.client_order_id for leg in legs_of(state.positions()[0])
+        )
+        assert not report.ok and any(line.startswith("ORPHAN") for line in report.lines())
+        broker.close()
