@@ -201,6 +201,20 @@ class RestingProtection:
             self.store.transition(cid, to, epoch=epoch, reason=f"venue: {found.status}")
         return found
 
+    def unsettled(self, state: PortfolioState) -> dict[str, float]:
+        """Units per symbol that legs the venue filled have moved and ``state`` does not know
+        yet (a crash between the fill and its settlement): what reconciliation adds to ours."""
+        out: dict[str, float] = {}
+        for position in state.positions():
+            for leg in legs_of(position):
+                if self.store.intent(leg.request.client_order_id) is None:
+                    continue
+                found = self.broker.order(leg.request.client_order_id)
+                if found is not None and found.filled_qty > 0:
+                    out[position.symbol] = out.get(position.symbol, 0.0) - position.units
+                    break
+        return out
+
     # ------------------------------------------------------------------ exits and orphans
     def release(self, position: Position, epoch: int) -> bool:
         """Cancel a position's protection before a strategy exit; False if a leg filled first

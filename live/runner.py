@@ -574,7 +574,11 @@ class Runner:
             # Orders of a bar a crashed leader did not finish are at the venue but not yet in
             # our state; the redo settles them, and the next settlement compares.
             return
-        ours = net_positions((state or self.state).positions())
+        state = state or self.state
+        ours = net_positions(state.positions())
+        if self.resting is not None:
+            for symbol, units in self.resting.unsettled(state).items():
+                ours[symbol] = ours.get(symbol, 0.0) + units  # the next settlement applies it
         differs = positions_differ(self.broker.positions(), ours)
         if not differs:
             return
