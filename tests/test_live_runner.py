@@ -98,7 +98,10 @@ def test_every_order_reached_the_venue_once_and_the_books_agree(replayed):
         assert all(i.state == "FILLED" for i in intents if i.order_type == "market")
         # a protective leg fills or is cancelled (its OCO sibling filled, or a strategy exit)
         assert {i.state for i in intents if i.order_type != "market"} <= {
-            "FILLED", "CANCELLED", "ACKED"}
+            "FILLED",
+            "CANCELLED",
+            "ACKED",
+        }
         assert store.status().leader.epoch == 0
 
 
