@@ -123,27 +123,6 @@ class VenueExecution:
         order = working.order
         action = order.action if attempt == 0 else f"{order.action}-rest{attempt}"
         cid = decision_id(order.sleeve, action, order.symbol, bar_ts_ns, order.side)
-        intent = self.store.record_intent(
-            strategy=order.sleeve,
-            symbol=order.symbol,
-            side=order.side,
-            qty=units,
-            bar_ts_ns=bar_ts_ns,
-            venue=self.broker.venue,
-            epoch=epoch,
-            client_order_id=cid,
-            details={"action": order.action, "reason": order.reason, "attempt": attempt},
-        )
-        working.client_order_ids.append(cid)
-        failpoint("after_intent")
-        if intent.state == OrderState.NEW:
-            self.store.transition(
-                cid, "SUBMITTING", epoch=epoch, expected_state="NEW", during_halt=during_halt
-            )
-        elif intent.state != OrderState.SUBMITTING:
-            # A redo of a bar already sent: settle() looks it up. SUBMITTING (a crash between
-            # the commit and the answer) is sent again: the venue adopts a known id.
-            return cid
         request = OrderRequest(
             client_order_id=cid,
             symbol=order.symbol,
@@ -151,20 +130,62 @@ class VenueExecution:
             qty=units,
             time_in_force=self.time_in_force,
         )
+        details = {"action": order.action, "reason": order.reason, "attempt": attempt}
+        working.client_order_ids.append(cid)
+        if self.place(request, order.sleeve, bar_ts_ns, epoch, during_halt, details):
+            return cid
+        working.client_order_ids.pop()
+        return None
+
+    def place(
+        self,
+        request: OrderRequest,
+        sleeve: str,
+        bar_ts_ns: int,
+        epoch: int,
+        during_halt: bool,
+        details: dict[str, Any],
+    ) -> bool:
+        """The one intent-first protocol, for every order the runner sends: commit the intent,
+        then call the venue; False if the venue refused it. An ambiguous answer leaves the
+        intent UNKNOWN for a lookup; an intent already past SUBMITTING (a redo) is not sent
+        again, and SUBMITTING (a crash between the commit and the answer) is: the venue adopts
+        a known id."""
+        cid = request.client_order_id
+        intent = self.store.record_intent(
+            strategy=sleeve,
+            symbol=request.symbol,
+            side=request.side,
+            qty=request.qty,
+            bar_ts_ns=bar_ts_ns,
+            venue=self.broker.venue,
+            epoch=epoch,
+            client_order_id=cid,
+            order_type=request.order_type,
+            limit_price=request.limit_price,
+            stop_price=request.stop_price,
+            details=details,
+        )
+        failpoint("after_intent")
+        if intent.state == OrderState.NEW:
+            self.store.transition(
+                cid, "SUBMITTING", epoch=epoch, expected_state="NEW", during_halt=during_halt
+            )
+        elif intent.state != OrderState.SUBMITTING:
+            return True
         try:
             answer = self.broker.submit(request)
         except BrokerAmbiguousError as exc:
             log.warning("order %s: no definite answer (%s); resolving by lookup", cid, exc)
             self.store.transition(cid, "UNKNOWN", epoch=epoch, reason=str(exc)[:200])
-            return cid
+            return True
         except (BrokerRejectedError, BrokerRateLimitedError) as exc:
             log.error("order %s refused: %s", cid, exc, extra={"client_order_id": cid})
             self.store.transition(cid, "REJECTED", epoch=epoch, reason=str(exc)[:200])
-            working.client_order_ids.pop()
-            return None
+            return False
         failpoint("after_submit")
         self._acknowledge(cid, answer, epoch)
-        return cid
+        return True
 
     def _acknowledge(self, cid: str, answer: BrokerOrder, epoch: int) -> None:
         intent = self.store.intent(cid)

@@ -13,14 +13,11 @@ from dataclasses import dataclass
 
 from live.broker import (
     Broker,
-    BrokerAmbiguousError,
     BrokerOrder,
-    BrokerRateLimitedError,
-    BrokerRejectedError,
     OrderRequest,
     OrderStatus,
 )
-from live.execution import decision_id
+from live.execution import VenueExecution, decision_id
 from live.failpoints import failpoint
 from live.store import Store
 from live.store.records import TERMINAL_STATES
@@ -101,6 +98,7 @@ class RestingProtection:
 
     def __init__(self, broker: Broker, store: Store, metrics=None) -> None:
         self.broker, self.store, self.metrics = broker, store, metrics
+        self.execution = VenueExecution(broker, store)
 
     # ------------------------------------------------------------------ placing
     def protect(self, state: PortfolioState, epoch: int, fresh=frozenset()) -> int:
@@ -124,36 +122,18 @@ class RestingProtection:
         return sent
 
     def _send(self, leg: Leg, epoch: int) -> int:
-        request, position = leg.request, leg.position
-        cid = request.client_order_id
-        intent = self.store.record_intent(
-            strategy=position.sleeve, symbol=position.symbol, side=request.side,
-            qty=request.qty, bar_ts_ns=position.entry_ts_ns, venue=self.broker.venue,
-            epoch=epoch, client_order_id=cid,
-            order_type="trailing_stop" if leg.kind == "trailing_stop" else leg.kind,
-            stop_price=request.stop_price, limit_price=request.limit_price,
-            details={"action": "protect", "leg": leg.kind, "reason": _REASON[leg.kind],
-                     "oco_group": request.oco_group,
-                     "trail_amount": request.trail_amount},
-        )  # fmt: skip
-        failpoint("after_intent")
-        if intent.state == "NEW":
-            self.store.transition(cid, "SUBMITTING", epoch=epoch, expected_state="NEW",
-                                  during_halt=True)  # fmt: skip
-        try:
-            answer = self.broker.submit(request)
-        except BrokerAmbiguousError as exc:
-            log.warning("protective order %s: no definite answer (%s)", cid, exc)
-            self.store.transition(cid, "UNKNOWN", epoch=epoch, reason=str(exc)[:200])
-            return 1
-        except (BrokerRejectedError, BrokerRateLimitedError) as exc:
-            log.error("protective order %s refused: %s", cid, exc, extra={"client_order_id": cid})
-            self.store.transition(cid, "REJECTED", epoch=epoch, reason=str(exc)[:200])
-            return 0
-        failpoint("after_submit")
-        self.store.transition(cid, "ACKED", epoch=epoch, broker_order_id=answer.venue_order_id,
-                              broker_status=answer.status)  # fmt: skip
-        return 1
+        request = leg.request
+        details = {
+            "action": "protect",
+            "leg": leg.kind,
+            "reason": _REASON[leg.kind],
+            "oco_group": request.oco_group,
+            "trail_amount": request.trail_amount,
+        }
+        # Protection goes out during a HALT too: it only ever closes a position.
+        sent = self.execution.place(request, leg.position.sleeve, leg.position.entry_ts_ns,
+                                    epoch, True, details)  # fmt: skip
+        return int(sent)
 
     # ------------------------------------------------------------------ settling
     def settle(self, state: PortfolioState, portfolio, ts_ns: int, epoch: int) -> FillResult:
