@@ -82,8 +82,8 @@ def bench_decision_latency(n_symbols: int = 100, cycles: int = 200) -> dict[str,
     without and with the overlay's limits and inputs, the two interleaved bar by bar so that
     machine load falls on both alike; ``decide_*`` times the decision call alone."""
     import quantshift as qs
+    from live.book import Guarded
     from live.guards import GuardLimits, OrderGuards
-    from live.runner import _Guarded
     from quantshift.portfolio import PortfolioState, compute_signals, decide
 
     bars = qs.load_bars(f"synthetic:symbols={n_symbols},bars={cycles + 400},seed=11")
@@ -118,7 +118,7 @@ def bench_decision_latency(n_symbols: int = 100, cycles: int = 200) -> dict[str,
             for k, s in enumerate(symbols):
                 last_close[s] = float(signals.close[k])
             verdict = run["guards"].check(
-                [_Guarded.of(o) for o in decision.orders],
+                [Guarded.of(o) for o in decision.orders],
                 last_close=last_close,
                 positions={},
                 now_ns=signals.ts_ns,
@@ -228,7 +228,60 @@ def bench_replay(repeat: int = 3, max_bars: int | None = None) -> dict[str, Any]
         f"backtest of the same config: {theirs:,.0f} bars/s ({theirs / ours:,.0f}x: the "
         "runner's cost is its durable writes, several commits per bar)"
     )
-    return {"bars": bars_done, "bars_per_s": ours, "backtest_bars_per_s": theirs}
+    out = {"bars": bars_done, "bars_per_s": ours, "backtest_bars_per_s": theirs}
+    base = os.environ.get("QS_BENCH_BASE_REF", "main")
+    before = [_replay_rate_at(base, max_bars) for _ in range(repeat)]
+    if all(r is not None for r in before):
+        old = statistics.median(before)
+        print(
+            f"the same replay through {base}'s runner (its paper branches, in a subprocess on "
+            f"the same machine): {old:,.0f} bars/s (runs {', '.join(f'{r:,.0f}' for r in before)}"
+            f"); the one execution path runs at {ours / old:.2f}x its rate"
+        )
+        out.update({"base_ref": base, "base_bars_per_s": old})
+    return out
+
+
+_RATE_SCRIPT = """
+import copy, sys, tempfile, time, tomllib
+from live.config import parse_config
+from live.runner import Runner
+raw = tomllib.loads(open(sys.argv[1]).read())
+with tempfile.TemporaryDirectory() as tmp:
+    raw["store"]["url"] = f"sqlite:///{tmp}/state.db"
+    raw["metrics"]["enabled"] = False
+    config = parse_config(raw, source="bench")
+    max_bars = None if sys.argv[2] == "None" else int(sys.argv[2])
+    started = time.perf_counter()
+    summary = Runner(config, max_bars=max_bars).run()
+    print(summary.bars / (time.perf_counter() - started))
+"""
+
+
+def _replay_rate_at(ref: str, max_bars: int | None) -> float | None:
+    """Bars per second of the same replay through the ``live`` and ``quantshift`` packages of
+    git ``ref``, in a subprocess (after a short run that warms its kernels' cache); None when
+    ``ref`` cannot be read."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", ref, "live", "quantshift"],
+            capture_output=True,
+            check=False,
+        )
+        if archive.returncode != 0:
+            print(f"(no comparison: git cannot read {ref!r})")
+            return None
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([tmp, str(ROOT)])}
+        example = ROOT / "live" / "examples" / "paper_sp500.toml"
+        for bars in ("5", str(max_bars)):
+            done = subprocess.run(
+                [sys.executable, "-c", _RATE_SCRIPT, str(example), bars],
+                capture_output=True, text=True, env=env, cwd=tmp, check=True,
+            )  # fmt: skip
+        return float(done.stdout.strip().splitlines()[-1])
 
 
 def _venues():

@@ -23,7 +23,9 @@ VENUES = ("alpaca", "coinbase")
 TIMEFRAME_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86_400}
 """Bar lengths the runner trades on and every venue's ``bar_pages`` serves."""
 SIDES = ("buy", "sell")
-ORDER_TYPES = ("market", "limit", "stop")
+ORDER_TYPES = ("market", "limit", "stop", "trailing_stop")
+RESTING_TYPES = ("limit", "stop", "trailing_stop")
+"""Order types that rest at the venue until the market reaches their level."""
 TIME_IN_FORCE = ("day", "gtc", "ioc")
 
 
@@ -119,6 +121,13 @@ class OrderRequest:
 
     Bracket legs (``take_profit_price``, ``stop_loss_price``) go with a market or limit entry
     where the venue supports them (``Broker.capabilities`` has ``"bracket"``).
+
+    Resting orders: a ``stop`` triggers at ``stop_price``, a ``limit`` fills at ``limit_price``
+    or better, a ``trailing_stop`` follows the best price seen by ``trail_amount`` (price
+    units), starting from ``trail_from_price`` where the venue accepts one (the entry's fill
+    price; a venue that cannot takes its own market price). Orders sharing an ``oco_group``
+    cancel each other: at most one of them ever fills (a position's stop, target and trailing
+    stop).
     """
 
     client_order_id: str
@@ -130,6 +139,9 @@ class OrderRequest:
     stop_price: float | None = None
     take_profit_price: float | None = None
     stop_loss_price: float | None = None
+    trail_amount: float | None = None
+    trail_from_price: float | None = None
+    oco_group: str | None = None
     time_in_force: str = "day"
 
     def __post_init__(self) -> None:
@@ -146,10 +158,16 @@ class OrderRequest:
             raise ValueError(f"{where}: time_in_force must be one of {TIME_IN_FORCE}")
         if not (isinstance(self.qty, int | float) and math.isfinite(self.qty) and self.qty > 0):
             raise ValueError(f"{where}: qty must be a positive finite number, got {self.qty!r}")
-        needs = {"limit": "limit_price", "stop": "stop_price"}.get(self.order_type)
-        if needs is not None and getattr(self, needs) is None:
-            raise ValueError(f"{where}: a {self.order_type} order needs {needs}")
-        for name in ("limit_price", "stop_price", "take_profit_price", "stop_loss_price"):
+        needs = {"limit": "limit_price", "stop": "stop_price", "trailing_stop": "trail_amount"}
+        need = needs.get(self.order_type)
+        if need is not None and getattr(self, need) is None:
+            raise ValueError(f"{where}: a {self.order_type} order needs {need}")
+        if self.oco_group is not None and self.order_type not in RESTING_TYPES:
+            raise ValueError(f"{where}: only resting orders ({RESTING_TYPES}) join an oco_group")
+        for name in (
+            "limit_price", "stop_price", "take_profit_price", "stop_loss_price", "trail_amount",
+            "trail_from_price",
+        ):  # fmt: skip
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{where}: {name} must be a positive price, got {value!r}")
@@ -170,6 +188,12 @@ class BrokerOrder:
     avg_fill_price: float | None = None
     fees: float = 0.0
     ts_updated_ns: int = 0
+    stop_price: float | None = None
+    limit_price: float | None = None
+    trail_amount: float | None = None
+    trail_best_price: float | None = None
+    """The best price a trailing stop has followed so far (Alpaca's ``hwm``)."""
+    oco_group: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -249,7 +273,12 @@ class Broker(ABC):
 
     venue: ClassVar[str]
     capabilities: ClassVar[frozenset[str]] = frozenset({"market"})
-    """Order kinds supported: ``market``, ``limit``, ``stop``, ``bracket``, ``stream``."""
+    """Order kinds supported: ``market``, ``limit``, ``stop``, ``trailing_stop``, ``oco``,
+    ``bracket``, ``stream``."""
+    supports_resting_protection: ClassVar[bool] = False
+    """Whether a position's stop, target and trailing stop rest at this venue as orders (stop,
+    limit and trailing-stop orders in one OCO group). Without it the runner watches the levels
+    after each bar closes and sends a market exit."""
 
     @abstractmethod
     def connect(self) -> Account:
@@ -282,6 +311,24 @@ class Broker(ABC):
     @abstractmethod
     def fills(self, since_ns: int = 0) -> list[BrokerFill]:
         """Executions at or after ``since_ns``, oldest first (the backfill after a reconnect)."""
+
+    def replace(self, client_order_id: str, request: OrderRequest) -> BrokerOrder | None:
+        """Move a resting order to ``request`` (a new client order id, derived
+        deterministically by the caller): cancel the old one, then send the new one, unless
+        the old one filled before the cancel landed (then its final state is returned and
+        nothing is sent). Venues with an atomic replace override this."""
+        old = self.cancel(client_order_id)
+        if old is not None and old.filled_qty > 0:
+            return old
+        return self.submit(request)
+
+    def open_bar(self, ts_ns: int, opens: Mapping[str, float]) -> None:  # noqa: B027
+        """A bar opened at these prices. A venue whose market is simulated (paper) fills its
+        market orders here; a real venue's market moves by itself, so this does nothing."""
+
+    def trade_bar(self, ts_ns: int, ranges: Mapping[str, tuple[float, float, float]]) -> None:  # noqa: B027
+        """The rest of a bar traded: ``{symbol: (open, high, low)}``. A simulated venue
+        executes its resting orders on this range; a real venue has already done so."""
 
     def quantity_step(self, symbol: str) -> float:
         """The smallest quantity increment the venue accepts for ``symbol`` (0: any). Entry

@@ -1,4 +1,5 @@
-"""Orders through a real venue: send decisions as market orders, apply what the venue executed.
+"""Orders through the venue (paper, Alpaca, Coinbase): send decisions as market orders, apply
+what the venue executed.
 
 Intent first (committed), then the venue; an ambiguous answer leaves the intent UNKNOWN until a
 lookup by client order id resolves it. Fills are applied as reported, never re-priced.
@@ -45,6 +46,14 @@ class WorkingOrder:
     filled: float = 0.0
     notional: float = 0.0
     fees: float = 0.0
+    price: float = 0.0  # the last finished order's average fill price, as the venue said it
+
+    @property
+    def average_price(self) -> float:
+        """The average fill price (the venue's own, unrounded, when one order filled it)."""
+        if len(self.client_order_ids) == 1:
+            return self.price
+        return self.notional / self.filled
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +65,7 @@ class WorkingOrder:
                 "filled": self.filled,
                 "notional": self.notional,
                 "fees": self.fees,
+                "price": self.price,
             },
         }
 
@@ -70,6 +80,7 @@ class WorkingOrder:
             filled=float(venue["filled"]),
             notional=float(venue["notional"]),
             fees=float(venue["fees"]),
+            price=float(venue.get("price", 0.0)),
         )
 
 
@@ -111,28 +122,7 @@ class VenueExecution:
     def _send(self, working, units, bar_ts_ns, epoch, during_halt, attempt=0) -> str | None:
         order = working.order
         action = order.action if attempt == 0 else f"{order.action}-rest{attempt}"
-        cid = client_order_id(f"{order.sleeve}/{action}", order.symbol, bar_ts_ns, order.side)
-        intent = self.store.record_intent(
-            strategy=order.sleeve,
-            symbol=order.symbol,
-            side=order.side,
-            qty=units,
-            bar_ts_ns=bar_ts_ns,
-            venue=self.broker.venue,
-            epoch=epoch,
-            client_order_id=cid,
-            details={"action": order.action, "reason": order.reason, "attempt": attempt},
-        )
-        working.client_order_ids.append(cid)
-        failpoint("after_intent")
-        if intent.state == OrderState.NEW:
-            self.store.transition(
-                cid, "SUBMITTING", epoch=epoch, expected_state="NEW", during_halt=during_halt
-            )
-        elif intent.state != OrderState.SUBMITTING:
-            # A redo of a bar already sent: settle() looks it up. SUBMITTING (a crash between
-            # the commit and the answer) is sent again: the venue adopts a known id.
-            return cid
+        cid = decision_id(order.sleeve, action, order.symbol, bar_ts_ns, order.side)
         request = OrderRequest(
             client_order_id=cid,
             symbol=order.symbol,
@@ -140,20 +130,62 @@ class VenueExecution:
             qty=units,
             time_in_force=self.time_in_force,
         )
+        details = {"action": order.action, "reason": order.reason, "attempt": attempt}
+        working.client_order_ids.append(cid)
+        if self.place(request, order.sleeve, bar_ts_ns, epoch, during_halt, details):
+            return cid
+        working.client_order_ids.pop()
+        return None
+
+    def place(
+        self,
+        request: OrderRequest,
+        sleeve: str,
+        bar_ts_ns: int,
+        epoch: int,
+        during_halt: bool,
+        details: dict[str, Any],
+    ) -> bool:
+        """The one intent-first protocol, for every order the runner sends: commit the intent,
+        then call the venue; False if the venue refused it. An ambiguous answer leaves the
+        intent UNKNOWN for a lookup; an intent already past SUBMITTING (a redo) is not sent
+        again, and SUBMITTING (a crash between the commit and the answer) is: the venue adopts
+        a known id."""
+        cid = request.client_order_id
+        intent = self.store.record_intent(
+            strategy=sleeve,
+            symbol=request.symbol,
+            side=request.side,
+            qty=request.qty,
+            bar_ts_ns=bar_ts_ns,
+            venue=self.broker.venue,
+            epoch=epoch,
+            client_order_id=cid,
+            order_type=request.order_type,
+            limit_price=request.limit_price,
+            stop_price=request.stop_price,
+            details=details,
+        )
+        failpoint("after_intent")
+        if intent.state == OrderState.NEW:
+            self.store.transition(
+                cid, "SUBMITTING", epoch=epoch, expected_state="NEW", during_halt=during_halt
+            )
+        elif intent.state != OrderState.SUBMITTING:
+            return True
         try:
             answer = self.broker.submit(request)
         except BrokerAmbiguousError as exc:
             log.warning("order %s: no definite answer (%s); resolving by lookup", cid, exc)
             self.store.transition(cid, "UNKNOWN", epoch=epoch, reason=str(exc)[:200])
-            return cid
+            return True
         except (BrokerRejectedError, BrokerRateLimitedError) as exc:
             log.error("order %s refused: %s", cid, exc, extra={"client_order_id": cid})
             self.store.transition(cid, "REJECTED", epoch=epoch, reason=str(exc)[:200])
-            working.client_order_ids.pop()
-            return None
+            return False
         failpoint("after_submit")
         self._acknowledge(cid, answer, epoch)
-        return cid
+        return True
 
     def _acknowledge(self, cid: str, answer: BrokerOrder, epoch: int) -> None:
         intent = self.store.intent(cid)
@@ -212,6 +244,7 @@ class VenueExecution:
                 self._finish(cid, found, epoch)
                 item.filled += found.filled_qty
                 item.notional += found.filled_qty * (found.avg_fill_price or 0.0)
+                item.price = found.avg_fill_price or 0.0
                 item.fees += found.fees
             if item.order.action == "exit" and resend_exits:
                 rest = held.get((item.order.sleeve, item.order.symbol), 0.0) - item.filled
@@ -225,7 +258,7 @@ class VenueExecution:
                     continue
             if item.filled > _TOLERANCE:
                 done.append(item)
-        executions = [(i.order, i.filled, i.notional / i.filled, i.fees) for i in done]
+        executions = [(i.order, i.filled, i.average_price, i.fees) for i in done]
         return Settled(apply_executions(state, executions, ts_ns, portfolio), still, len(done))
 
     def _finish(self, cid: str, found: BrokerOrder, epoch: int) -> None:
@@ -246,6 +279,19 @@ class VenueExecution:
         if intent.state not in TERMINAL_STATES:
             log.warning("order %s never reached the venue", cid, extra={"client_order_id": cid})
             self.store.transition(cid, "CANCELLED", epoch=epoch, reason="not at the venue")
+
+
+def decision_id(sleeve: str, purpose: str, symbol: str, ts_ns: int, side: str) -> str:
+    """The one client order id derivation of the runner: (sleeve and purpose, symbol, time,
+    side). ``purpose`` is the decision's action ("entry", "exit", "exit-rest1" for the rest of
+    a partly cancelled exit) or a protective leg ("stop", "limit", "trailing_stop"), whose time
+    is the entry's fill time."""
+    return client_order_id(f"{sleeve}/{purpose}", symbol, ts_ns, side)
+
+
+def order_id(order: TargetOrder) -> str:
+    """The client order id of a decision's first order at the venue."""
+    return decision_id(order.sleeve, order.action, order.symbol, order.ts_ns, order.side)
 
 
 def net_positions(positions) -> dict[str, float]:

@@ -13,7 +13,14 @@ import signal
 from collections.abc import Callable
 
 ENV = "QUANTSHIFT_FAILPOINTS"
-NAMES = ("after_intent", "after_submit", "after_fill", "after_state")
+NAMES = (
+    "after_intent",
+    "after_submit",
+    "after_fill",
+    "after_entry_fill",
+    "after_cancel",
+    "after_state",
+)
 
 
 def _parse(text: str) -> dict[str, int]:

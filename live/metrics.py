@@ -25,6 +25,9 @@ from live.guards import GUARDS
 from quantshift.errors import ConfigError
 
 ORDER_OUTCOMES = ("submitted", "filled", "rejected", "unknown", "blocked_by_guard")
+PROTECTION_OUTCOMES = ("reprotected", "orphan_cancelled")
+"""What reconciliation of resting protective orders did: a naked position protected again, a
+resting order without its position cancelled."""
 """Outcomes an order is counted under (``unknown``: the broker's answer was ambiguous)."""
 
 HALT_REASONS = (
@@ -138,6 +141,12 @@ class LiveMetrics:
         self._signals = Counter(f"{ns}_signals", "Signals by strategy", ["strategy"], registry=r)
         self._orders = Counter(
             f"{ns}_orders", "Orders by strategy and outcome", ["strategy", "outcome"], registry=r
+        )
+        self._protection = Counter(
+            f"{ns}_protection_repairs",
+            "Resting protective orders repaired by reconciliation, by strategy and outcome",
+            ["strategy", "outcome"],
+            registry=r,
         )
         self._leader = Gauge(f"{ns}_leader", "1 while this runner holds the lease", registry=r)
         self._epoch = Gauge(f"{ns}_epoch", "Fencing epoch of the current or last term", registry=r)
@@ -312,6 +321,13 @@ class LiveMetrics:
                 f"metrics: unknown order outcome {outcome!r}; allowed: {', '.join(ORDER_OUTCOMES)}"
             )
         self._orders.labels(strategy=self._strategy(strategy), outcome=outcome).inc(count)
+
+    def record_protection(self, strategy: str, outcome: str) -> None:
+        """Count a repair of resting protection (one of :data:`PROTECTION_OUTCOMES`)."""
+        if outcome not in PROTECTION_OUTCOMES:
+            raise ConfigError(f"metrics: unknown protection outcome {outcome!r}; allowed: "
+                              f"{', '.join(PROTECTION_OUTCOMES)}")  # fmt: skip
+        self._protection.labels(strategy=self._strategy(strategy), outcome=outcome).inc()
 
     def set_leader(self, is_leader: bool, epoch: int | None) -> None:
         """Export leadership (0/1) and the epoch (left unchanged when ``epoch`` is None)."""

@@ -1,15 +1,17 @@
-"""The paper broker's venue: an order book beside the store that executes what it is sent once.
+"""The paper venue: an order book in the live store, matched against bars by the shared fill model.
 
-Prices come from the shared fill model (the runner computes them as the backtest does); the venue
-remembers each client order id, so a resubmission after a crash is answered with the first fill.
+Market orders fill at the next bar's open; stop, limit and trailing-stop orders rest until a bar
+reaches their level and fill by the fill model's intrabar rules (``check_levels_nb``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from live.broker import (
     Account,
@@ -22,8 +24,21 @@ from live.broker import (
 )
 from live.store.db import Database, parse_url
 from live.store.migrate import migrate
+from quantshift.engine.records import config_dt, position_dt, stats_dt, trade_dt
+from quantshift.engine.simulate import (
+    REASON_STOP,
+    REASON_TAKE_PROFIT,
+    REASON_TRAILING,
+    check_levels_nb,
+    exit_nb,
+)
 
 VENUE = "paper"
+_LEG_OF_REASON = {
+    REASON_STOP: "stop",
+    REASON_TRAILING: "trailing_stop",
+    REASON_TAKE_PROFIT: "limit",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +57,7 @@ class VenueOrder:
 
 
 class PaperVenue:
-    """The paper broker's order book, in the live store's database (its own connection).
+    """The paper venue's executions, in the live store's database (its own connection).
 
     Parameters
     ----------
@@ -57,44 +72,17 @@ class PaperVenue:
     def close(self) -> None:
         self._db.close()
 
-    def submit(
-        self,
-        *,
-        client_order_id: str,
-        symbol: str,
-        side: str,
-        qty: float,
-        price: float,
-        fee: float,
-        ts_fill_ns: int,
-    ) -> VenueOrder:
-        """Execute a market order at ``price`` (after slippage) with ``fee``; a client order id
-        seen before returns the first execution unchanged (and counts the submit)."""
-        if side not in ("buy", "sell") or not (math.isfinite(qty) and qty > 0):
-            raise ValueError(f"paper venue: malformed order {client_order_id}: {side} {qty}")
-        now = time.time_ns()
-        with self._db.write(f"paper order {client_order_id}", None) as tx:
-            tx.run(
-                "INSERT INTO paper_orders (client_order_id, symbol, side, qty, price, fee, "
-                "ts_fill_ns, submits, ts_created_ns) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?) "
-                "ON CONFLICT (client_order_id) DO UPDATE SET submits = paper_orders.submits + 1",
-                (client_order_id, symbol, side, float(qty), float(price), float(fee),
-                 int(ts_fill_ns), now),
-            )  # fmt: skip
-            row = tx.one("SELECT * FROM paper_orders WHERE client_order_id = ?", (client_order_id,))
-        return _order(row)
-
     def order(self, client_order_id: str) -> VenueOrder | None:
-        """Look an order up by client order id (how an ambiguous answer is resolved)."""
+        """Look an execution up by client order id."""
         with self._db.read("read paper order") as tx:
             row = tx.one("SELECT * FROM paper_orders WHERE client_order_id = ?", (client_order_id,))
-        return None if row is None else _order(row)
+        return None if row is None else _execution(row)
 
     def orders(self) -> list[VenueOrder]:
         """Every executed order, in fill time order."""
         with self._db.read("read paper orders") as tx:
             rows = tx.all("SELECT * FROM paper_orders ORDER BY ts_fill_ns, ts_created_ns")
-        return [_order(r) for r in rows]
+        return [_execution(r) for r in rows]
 
     def positions(self) -> dict[str, float]:
         """Net units per symbol, from every execution (what reconciliation compares)."""
@@ -104,7 +92,7 @@ class PaperVenue:
         return out
 
 
-def _order(row) -> VenueOrder:
+def _execution(row) -> VenueOrder:
     return VenueOrder(
         client_order_id=row["client_order_id"],
         symbol=row["symbol"],
@@ -118,35 +106,42 @@ def _order(row) -> VenueOrder:
 
 
 class PaperBroker(Broker):
-    """The paper venue behind the broker contract: market orders fill at once at ``quote`` of
-    the symbol (moved by ``slippage_rate`` against the order) with a ``fee_rate`` commission.
+    """The paper venue behind the broker contract, priced by the shared fill model.
 
-    The runner's replay prices each fill with the shared fill model and calls the venue
-    directly; this adapter is how the paper venue passes the same contract suite as Alpaca
-    and Coinbase, and how a wall-clock paper runner would be driven.
+    Market orders fill at the next bar's open (``open_bar``), moved by ``slippage_rate``
+    against the order, with a ``fee_rate`` commission; resting orders fill on a bar's range
+    (``trade_bar``) as the backtest fills protective levels: a gap through a level fills at
+    the open, a touched level at the level, a bar touching both a stop and a target of one
+    OCO group fills the stop. With ``quote`` (a wall-clock paper account, no bars) market
+    orders fill at once at the quote.
     """
 
     venue = VENUE
-    capabilities = frozenset({"market"})
+    capabilities = frozenset({"market", "limit", "stop", "trailing_stop", "oco"})
+    supports_resting_protection = True
 
     def __init__(
         self,
         url: str,
         *,
-        quote: Callable[[str], float],
         cash: float,
+        quote: Callable[[str], float] | None = None,
         fee_rate: float = 0.0,
         slippage_rate: float = 0.0,
     ) -> None:
         self._venue = PaperVenue(url)
+        self._db = self._venue._db
         self._quote = quote
         self._cash = float(cash)
-        self._fee_rate = float(fee_rate)
-        self._slippage_rate = float(slippage_rate)
+        self._cfg = np.zeros(1, config_dt)
+        self._cfg[0].fee_rate = float(fee_rate)
+        self._cfg[0].slippage_rate = float(slippage_rate)
+        self._marks: dict[str, float] = {}
 
     def close(self) -> None:
         self._venue.close()
 
+    # ------------------------------------------------------------------ the account
     def connect(self) -> Account:
         return self.account()
 
@@ -154,45 +149,73 @@ class PaperBroker(Broker):
         cash = self._cash
         for o in self._venue.orders():
             cash -= (o.qty if o.side == "buy" else -o.qty) * o.price + o.fee
-        value = sum(units * self._quote(s) for s, units in self.positions().items())
+        value = sum(units * self._mark(s) for s, units in self.positions().items())
         return Account(cash=cash, equity=cash + value, buying_power=max(cash, 0.0))
+
+    def _mark(self, symbol: str) -> float:
+        return self._marks[symbol] if self._quote is None else float(self._quote(symbol))
 
     def positions(self) -> dict[str, float]:
         return {s: u for s, u in self._venue.positions().items() if abs(u) > 1e-12}
 
+    # ------------------------------------------------------------------ orders
     def submit(self, request: OrderRequest) -> BrokerOrder:
-        if request.order_type != "market" or request.take_profit_price or request.stop_loss_price:
+        if request.take_profit_price or request.stop_loss_price:
             raise BrokerRejectedError(
-                VENUE, f"order {request.client_order_id}: only market orders are supported"
+                VENUE, f"order {request.client_order_id}: no bracket legs; send an OCO group"
             )
-        known = self._venue.order(request.client_order_id)
+        known = self.order(request.client_order_id)
         if known is not None:
-            return _broker_order(known)
-        price = float(self._quote(request.symbol))
-        if not (math.isfinite(price) and price > 0):
-            raise BrokerRejectedError(VENUE, f"no price for {request.symbol!r}")
-        sign = 1.0 if request.side == "buy" else -1.0
-        fill_price = price * (1.0 + sign * self._slippage_rate)
-        executed = self._venue.submit(
-            client_order_id=request.client_order_id,
-            symbol=request.symbol,
-            side=request.side,
-            qty=float(request.qty),
-            price=fill_price,
-            fee=float(request.qty) * fill_price * self._fee_rate,
-            ts_fill_ns=time.time_ns(),
-        )
-        return _broker_order(executed)
+            with self._db.write(f"paper resubmit {request.client_order_id}", None) as tx:
+                tx.run("UPDATE paper_book SET submits = submits + 1 WHERE client_order_id = ?",
+                       (request.client_order_id,))  # fmt: skip
+                tx.run("UPDATE paper_orders SET submits = submits + 1 WHERE client_order_id = ?",
+                       (request.client_order_id,))  # fmt: skip
+            return known
+        if request.oco_group is not None and self._group_done(request.oco_group):
+            raise BrokerRejectedError(
+                VENUE, f"order {request.client_order_id}: OCO group {request.oco_group} is done"
+            )
+        now = time.time_ns()
+        best = request.trail_from_price if request.order_type == "trailing_stop" else None
+        with self._db.write(f"paper order {request.client_order_id}", None) as tx:
+            tx.run(
+                "INSERT INTO paper_book (client_order_id, symbol, side, qty, order_type, "
+                "stop_price, limit_price, trail_amount, best_price, oco_group, status, submits, "
+                "ts_created_ns, ts_updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                (request.client_order_id, request.symbol, request.side, float(request.qty),
+                 request.order_type, request.stop_price, request.limit_price,
+                 request.trail_amount, best, request.oco_group, OrderStatus.OPEN, now, now),
+            )  # fmt: skip
+        if request.order_type == "market" and self._quote is not None:
+            price = float(self._quote(request.symbol))
+            if not (math.isfinite(price) and price > 0):
+                self._set_status(request.client_order_id, OrderStatus.REJECTED)
+                raise BrokerRejectedError(VENUE, f"no price for {request.symbol!r}")
+            self._fill_market(request.client_order_id, price, now)
+        return self.order(request.client_order_id)
 
     def order(self, client_order_id: str) -> BrokerOrder | None:
-        found = self._venue.order(client_order_id)
-        return None if found is None else _broker_order(found)
+        with self._db.read("read paper book") as tx:
+            row = tx.one(
+                "SELECT b.*, o.price AS fill_price, o.fee AS fill_fee, o.ts_fill_ns "
+                "FROM paper_book b LEFT JOIN paper_orders o "
+                "ON o.client_order_id = b.client_order_id WHERE b.client_order_id = ?",
+                (client_order_id,),
+            )
+        return None if row is None else _broker_order(row)
 
     def cancel(self, client_order_id: str) -> BrokerOrder | None:
-        return self.order(client_order_id)  # market orders are final the moment they exist
+        with self._db.write(f"paper cancel {client_order_id}", None) as tx:
+            tx.run(
+                "UPDATE paper_book SET status = ?, ts_updated_ns = ? "
+                "WHERE client_order_id = ? AND status = ?",
+                (OrderStatus.CANCELLED, time.time_ns(), client_order_id, OrderStatus.OPEN),
+            )
+        return self.order(client_order_id)
 
     def open_orders(self) -> list[BrokerOrder]:
-        return []
+        return [_broker_order(r) for r in self._open_rows()]
 
     def fills(self, since_ns: int = 0) -> list[BrokerFill]:
         return [
@@ -210,18 +233,134 @@ class PaperBroker(Broker):
             if o.ts_fill_ns >= since_ns
         ]
 
+    # ------------------------------------------------------------------ the simulated market
+    def open_bar(self, ts_ns: int, opens: Mapping[str, float]) -> None:
+        """Fill the market orders waiting for this open, in the order they were sent."""
+        self._marks.update({s: p for s, p in opens.items() if math.isfinite(p)})
+        for row in self._open_rows():
+            price = opens.get(row["symbol"], math.nan)
+            if row["order_type"] == "market" and math.isfinite(price):
+                self._fill_market(row["client_order_id"], price, ts_ns)
 
-def _broker_order(order: VenueOrder) -> BrokerOrder:
+    def trade_bar(self, ts_ns: int, ranges: Mapping[str, tuple[float, float, float]]) -> None:
+        """Execute the resting orders this bar's range reaches, one OCO group at a time, with
+        the fill model's intrabar rules; trailing stops follow the bar's best price."""
+        groups: dict[str, list[dict]] = {}
+        for row in self._open_rows():
+            if row["order_type"] != "market" and row["symbol"] in ranges:
+                groups.setdefault(row["oco_group"] or row["client_order_id"], []).append(row)
+        for legs in groups.values():
+            open_, high, low = ranges[legs[0]["symbol"]]
+            if math.isfinite(open_):
+                self._match(legs, float(open_), float(high), float(low), ts_ns)
+
+    def _match(self, legs: list[dict], open_: float, high: float, low: float, ts_ns: int) -> None:
+        # The legs protect (close) a position on the other side: model that position.
+        position = np.zeros(1, position_dt)
+        p = position[0]
+        side = 1.0 if legs[0]["side"] == "sell" else -1.0
+        qty = max(float(r["qty"]) for r in legs)
+        p.units = side * qty
+        p.stop_price = p.take_profit_price = p.trail_distance = math.nan
+        p.best_price = p.entry_price = open_  # the trade's P&L is not the venue's concern
+        by_leg = {}
+        for row in legs:
+            by_leg[row["order_type"]] = row
+            if row["order_type"] == "stop":
+                p.stop_price = row["stop_price"]
+            elif row["order_type"] == "limit":
+                p.take_profit_price = row["limit_price"]
+            else:
+                p.trail_distance = row["trail_amount"]
+                if row["best_price"] is not None:
+                    p.best_price = row["best_price"]
+        p.has_levels = True
+        trades, stats = np.zeros(1, trade_dt), np.zeros(1, stats_dt)
+        hit = check_levels_nb(p, open_, high, low, 0, self._cfg[0], trades, 0, stats[0])
+        trailing = by_leg.get("trailing_stop")
+        if not hit:
+            if trailing is not None and p.best_price != trailing["best_price"]:
+                with self._db.write("paper trail", None) as tx:
+                    tx.run("UPDATE paper_book SET best_price = ?, ts_updated_ns = ? "
+                           "WHERE client_order_id = ?",
+                           (float(p.best_price), ts_ns, trailing["client_order_id"]))  # fmt: skip
+            return
+        trade = trades[0]
+        filled = by_leg[_LEG_OF_REASON[int(trade.exit_reason)]]
+        # The modelled position is the largest leg; a smaller leg pays its share of the fee.
+        fee = float(trade.exit_fees) * float(filled["qty"]) / qty
+        self._execute(filled, float(trade.exit_price), fee, ts_ns, cancel_group=True)
+
+    def _fill_market(self, client_order_id: str, price: float, ts_ns: int) -> None:
+        """Fill a market order at ``price`` before slippage, priced by the fill model (an order
+        is the exit of the position on its other side)."""
+        with self._db.read("read paper order") as tx:
+            row = tx.one("SELECT * FROM paper_book WHERE client_order_id = ?", (client_order_id,))
+        position = np.zeros(1, position_dt)
+        position[0].units = (-1.0 if row["side"] == "buy" else 1.0) * float(row["qty"])
+        position[0].entry_price = price
+        trades = np.zeros(1, trade_dt)
+        exit_nb(position[0], price, 0, 0, self._cfg[0], trades, 0, np.zeros(1, stats_dt)[0])
+        self._execute(row, float(trades[0].exit_price), float(trades[0].exit_fees), ts_ns)
+
+    def _execute(self, row, price: float, fee: float, ts_ns: int, cancel_group=False) -> None:
+        cid, now = row["client_order_id"], time.time_ns()
+        with self._db.write(f"paper fill {cid}", None) as tx:
+            if not tx.run(
+                "UPDATE paper_book SET status = ?, ts_updated_ns = ? "
+                "WHERE client_order_id = ? AND status = ?",
+                (OrderStatus.FILLED, now, cid, OrderStatus.OPEN),
+            ):
+                return  # cancelled meanwhile: nothing executes
+            tx.run(
+                "INSERT INTO paper_orders (client_order_id, symbol, side, qty, price, fee, "
+                "ts_fill_ns, submits, ts_created_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cid, row["symbol"], row["side"], float(row["qty"]), price, fee, int(ts_ns),
+                 int(row["submits"]), now),
+            )  # fmt: skip
+            if cancel_group and row["oco_group"] is not None:
+                tx.run(
+                    "UPDATE paper_book SET status = ?, ts_updated_ns = ? "
+                    "WHERE oco_group = ? AND status = ?",
+                    (OrderStatus.CANCELLED, now, row["oco_group"], OrderStatus.OPEN),
+                )
+
+    def _group_done(self, group: str) -> bool:
+        with self._db.read("read paper oco group") as tx:
+            return tx.one("SELECT 1 AS x FROM paper_book WHERE oco_group = ? AND status = ?",
+                          (group, OrderStatus.FILLED)) is not None  # fmt: skip
+
+    def _open_rows(self) -> list[dict]:
+        with self._db.read("read paper book") as tx:
+            return tx.all(
+                "SELECT * FROM paper_book WHERE status = ? ORDER BY ts_created_ns, client_order_id",
+                (OrderStatus.OPEN,),
+            )
+
+    def _set_status(self, client_order_id: str, status: str) -> None:
+        with self._db.write(f"paper order {client_order_id}", None) as tx:
+            tx.run("UPDATE paper_book SET status = ? WHERE client_order_id = ?",
+                   (status, client_order_id))  # fmt: skip
+
+
+def _broker_order(row) -> BrokerOrder:
+    filled = row["status"] == OrderStatus.FILLED
+    price = row.get("fill_price")
     return BrokerOrder(
-        client_order_id=order.client_order_id,
-        venue_order_id=order.client_order_id,
-        symbol=order.symbol,
-        side=order.side,
-        qty=order.qty,
-        order_type="market",
-        status=OrderStatus.FILLED,
-        filled_qty=order.qty,
-        avg_fill_price=order.price,
-        fees=order.fee,
-        ts_updated_ns=order.ts_fill_ns,
+        client_order_id=row["client_order_id"],
+        venue_order_id=row["client_order_id"],
+        symbol=row["symbol"],
+        side=row["side"],
+        qty=float(row["qty"]),
+        order_type=row["order_type"],
+        status=row["status"],
+        filled_qty=float(row["qty"]) if filled else 0.0,
+        avg_fill_price=float(price) if filled and price is not None else None,
+        fees=float(row.get("fill_fee") or 0.0) if filled else 0.0,
+        ts_updated_ns=int(row.get("ts_fill_ns") or row["ts_updated_ns"]),
+        stop_price=row["stop_price"],
+        limit_price=row["limit_price"],
+        trail_amount=row["trail_amount"],
+        trail_best_price=row["best_price"],
+        oco_group=row["oco_group"],
     )

@@ -25,11 +25,17 @@ class ReconcileReport:
     position_mismatches: dict[str, tuple[float, float]] = field(default_factory=dict)
     orders_missing_in_store: list[str] = field(default_factory=list)
     intents_unresolved: list[str] = field(default_factory=list)
+    resting_without_position: list[str] = field(default_factory=list)
+    """Protective orders resting at the venue whose position is gone (the runner cancels them
+    at its next cycle)."""
 
     @property
     def ok(self) -> bool:
         return not (
-            self.position_mismatches or self.orders_missing_in_store or self.intents_unresolved
+            self.position_mismatches
+            or self.orders_missing_in_store
+            or self.intents_unresolved
+            or self.resting_without_position
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -40,6 +46,7 @@ class ReconcileReport:
             "position_mismatches": {k: list(v) for k, v in self.position_mismatches.items()},
             "orders_missing_in_store": self.orders_missing_in_store,
             "intents_unresolved": self.intents_unresolved,
+            "resting_without_position": self.resting_without_position,
         }
 
     def lines(self) -> list[str]:
@@ -51,6 +58,8 @@ class ReconcileReport:
         out += [f"MISSING in store: broker order {c}" for c in self.orders_missing_in_store]
         out += [f"UNRESOLVED intent {c}: not final and unknown to the broker" for c in
                 self.intents_unresolved]  # fmt: skip
+        out += [f"ORPHAN resting order {c}: its position is gone" for c in
+                self.resting_without_position]  # fmt: skip
         return out
 
 
@@ -84,6 +93,12 @@ def _compare(broker: Broker, store: Store, since_ns: int) -> ReconcileReport:
         for i in store.intents(open_only=True)
         if i.state != "NEW" and broker.order(i.client_order_id) is None
     )
+    held = {(p.strategy, p.symbol) for p in store.positions() if abs(p.qty) > 0}
+    for order in broker.open_orders():
+        intent = store.intent(order.client_order_id)
+        protective = intent is not None and (intent.details or {}).get("action") == "protect"
+        if protective and (intent.strategy, intent.symbol) not in held:
+            report.resting_without_position.append(order.client_order_id)
     return report
 
 

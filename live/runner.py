@@ -1,38 +1,52 @@
 """The live runner: one cycle per closed bar, driving the shared decision layer with a broker.
 
-Per bar: fill the orders decided on the previous close, apply protective stops, decide on this
-close, guard, persist, export. Every write of a cycle is idempotent, so a standby that takes over
-redoes the unfinished bar and arrives at the same orders, fills and trades.
+Per bar: settle what the venue executed of the orders decided on the previous close, keep every
+position's protection resting at the venue, decide on this close, guard, send, persist, export.
+Every venue (paper, Alpaca, Coinbase) goes through the same path. Every write of a cycle is
+idempotent, so a standby that takes over redoes the unfinished bar and arrives at the same
+orders, fills and trades.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import signal
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from live.adoption import PromotionAdopter
+from live.book import (
+    Guarded,
+    order_from_dict,
+    periods_per_year,
+    record_book,
+    record_trades,
+    stop_order,
+)
 from live.broker import BrokerAuthError
 from live.clock import MarketClock
 from live.config import LiveConfig
-from live.execution import VenueExecution, WorkingOrder, net_positions, positions_differ
+from live.execution import (
+    VenueExecution,
+    WorkingOrder,
+    net_positions,
+    order_id,
+    positions_differ,
+)
 from live.failpoints import failpoint
 from live.feeds import open_feed
 from live.guards import OrderGuards
 from live.lease import NotLeaderError, open_lease
 from live.metrics import LiveMetrics
 from live.notify import note_auth_failure, start_alerts
-from live.paper import VENUE, PaperVenue
+from live.paper import PaperBroker
+from live.protection import RestingProtection
 from live.status import FLATTEN_MARK, HaltWatch
-from live.store import Store, client_order_id
+from live.store import Store
 from live.store.errors import HaltedError, StaleEpochError, StoreUnavailableError
 from live.systemd import Notifier
 from live.venues import connect_venue
@@ -44,7 +58,6 @@ from quantshift.portfolio import (
     check_stops,
     compute_signals,
     decide,
-    fill_orders,
     flatten_orders,
 )
 
@@ -107,17 +120,14 @@ class Runner:
         self.store = Store.open(cfg.store_url)
         self.store.claim_owner(cfg.name, cfg.lease.name)  # one store, one runner identity
         self.alerts = start_alerts(cfg, self.host)  # sends the store's events, off-cycle
-        self.broker = self.execution = self.venue = None
-        if cfg.broker.kind == "paper":
-            self.venue = PaperVenue(cfg.store_url)
-        else:
-            try:
-                self.broker = connect_venue(cfg)
-            except BrokerAuthError as exc:
-                note_auth_failure(self.store, cfg, self.host, exc)
-                self._close()  # the alerts thread sends it before the process ends
-                raise
-            self.execution = VenueExecution(self.broker, self.store)
+        self.broker = None
+        try:
+            self.broker = connect_venue(cfg) if cfg.broker.kind != "paper" else paper_broker(cfg)
+        except BrokerAuthError as exc:
+            note_auth_failure(self.store, cfg, self.host, exc)
+            self._close()  # the alerts thread sends it before the process ends
+            raise
+        self.execution = VenueExecution(self.broker, self.store)
         self.lease = open_lease(
             cfg.lease.redis_url,
             cfg.lease.name,
@@ -132,6 +142,15 @@ class Runner:
             ),
         )
         self.metrics = LiveMetrics(strategies=list(cfg.portfolio.sleeve_names))
+        self.resting = None
+        if self.broker.supports_resting_protection:
+            self.resting = RestingProtection(self.broker, self.store, self.metrics)
+        else:
+            log.warning(
+                "%s: protective exits are watched by the runner after each bar closes and sent "
+                "as market orders, not resting at the venue (the adapter cannot rest them yet)",
+                self.broker.venue,
+            )
         self.server = (
             self.metrics.serve(cfg.metrics.port, cfg.metrics.host) if cfg.metrics.enabled else None
         )
@@ -161,7 +180,7 @@ class Runner:
             self.feed.close()
         if getattr(self, "broker", None) is not None:
             self.broker.close()
-        for name in ("lease", "venue", "store"):
+        for name in ("lease", "store"):
             part = getattr(self, name, None)
             if part is not None:
                 part.close() if name != "lease" else part.release()
@@ -317,21 +336,22 @@ class Runner:
         self.working: list[WorkingOrder] = []
         if saved is None:
             self.state = PortfolioState.initial(self.portfolio)
-            self.pending: list[tuple[TargetOrder, int | None]] = []
             self.last_ts_ns = None
         else:
             self.state = PortfolioState.from_dict(saved["state"], self.portfolio)
-            self.pending = [
-                (_order(p["order"]), p["halt_exempt"]) for p in saved["pending"] if "venue" not in p
-            ]
+            unsent = [p for p in saved["pending"] if "venue" not in p]
+            if unsent:
+                # A store written by a runner from before the one execution path: its paper
+                # orders waited in the runner, not at the venue. Refuse rather than drop them.
+                raise ConfigError(
+                    f"{self.config.name}: the saved state holds {len(unsent)} order(s) of the "
+                    "old paper path; finish that run with the version that wrote it"
+                )
             self.working = [
-                WorkingOrder.from_dict(p, _order(p["order"]))
-                for p in saved["pending"]
-                if "venue" in p
+                WorkingOrder.from_dict(p, order_from_dict(p["order"])) for p in saved["pending"]
             ]
             self.last_ts_ns = saved["bar_ts_ns"]
-        if self.broker is not None:
-            self._reconcile_venue(None)
+        self._reconcile_venue(None)
 
     def _cancel_unsent(self) -> None:
         """After a redo under a HALT that landed mid-cycle: the order it stopped between its
@@ -371,36 +391,23 @@ class Runner:
             halt = self.store.active_halt()
             if halt is None and state.halted:
                 state = state.resumed()  # a person cleared the HALT with `live resume`
-            # 1. Orders decided on the previous close fill at this open (shared fill model), or
-            # whatever the venue executed of them. Orders accepted in the cycle whose own guard
-            # or breaker wrote the active HALT were already in flight; a HALT a person wrote
-            # since cancels whatever has not filled.
-            if self.broker is None:
-                state, pending = self._fill_paper(t, state, halt, epoch, summary)
+            # 1. The bar opens: the venue fills what was sent on the previous close (a simulated
+            # venue at this open, by the shared fill model). A HALT a person wrote since cancels
+            # what has not filled (the HALT's own orders and protective exits excepted).
+            if halt is not None:
+                for item in self.working:
+                    if item.halt_exempt not in (halt.halt_id, PROTECTIVE):
+                        self.broker.cancel(item.client_order_ids[-1])
+            self.broker.open_bar(ts, self._prices(bars.open[t]))
+            state = self._settle_venue(ts, state, halt, epoch, summary)
+            # 2. Protective exits on this bar's range: resting at the venue from the entry's
+            # fill on, or watched by the runner after the close where the venue cannot rest them.
+            if self.resting is not None:
+                state = self._rest_protection(t, state, epoch, summary)
             else:
-                state = self._settle_venue(ts, state, halt, epoch, summary)
-                pending = []
-            # 2. Protective stops on this bar's range.
-            stopped = check_stops(state, bars.open[t], bars.high[t], bars.low[t], ts, portfolio, t)
-            if self.broker is None:
-                for trade in stopped.trades:
-                    order = _stop_order(trade, ts)
-                    # A protective stop rests at the venue: it fills even during a HALT.
-                    self._execute(
-                        order, trade.units, trade.exit_price, trade.exit_fees, ts, epoch, halt, True
-                    )
-                    summary.orders += 1
-                summary.trades += self._record_trades(stopped.trades, epoch)
-                state = stopped.state
-            elif stopped.trades:
-                # The runner watches the levels; the venue executes a market exit, and the
-                # position closes when its fills are reported (at their price, not the level).
-                busy = {(w.order.sleeve, w.order.symbol) for w in self.working}
-                for trade in stopped.trades:
-                    if (trade.sleeve, trade.symbol) not in busy:
-                        self._send(_stop_order(trade, ts), trade.units, epoch, PROTECTIVE, True)
-            else:
-                state = stopped.state
+                self._watch_protection(t, state, epoch)
+            if not self.working:
+                self._reconcile_venue(epoch, state)
             # 3. Decide on this close, from signals on the history so far (kept in the store,
             # so the cycle can be replayed and `live divergence` sees the same bars).
             window = self._window(t)
@@ -432,7 +439,7 @@ class Runner:
                 self.metrics.set_halt(False)
             # 4. Guards: a tripped guard blocks the order and halts.
             verdict = self.guards.check(
-                [_Guarded.of(o) for o in orders],
+                [Guarded.of(o) for o in orders],
                 # The decision marked each symbol at its last close (what the collar anchors to).
                 last_close=dict(zip(state.symbols, state.marks.tolist(), strict=True)),
                 positions=net_positions(state.positions()),
@@ -448,54 +455,28 @@ class Runner:
                 )
                 own_halt = own_halt if own_halt is not None else tripped.halt_id
                 self.metrics.set_halt(True, verdict.blocked[0].guard)
-            accepted = [g.order for g in verdict.accepted]
-            if self.broker is not None:
-                self._send_decisions(accepted, state, own_halt, epoch)
-                accepted = []
-            elif cfg.portfolio.sim.fill == "close":
-                active = self.store.active_halt()
-                done = fill_orders(state, accepted, bars.close[t], ts, portfolio, bar=t)
-                for fill in done.fills:
-                    self._execute(fill.order, fill.units, fill.price, fill.fees, ts, epoch, active)
-                    summary.orders += 1
-                summary.trades += self._record_trades(done.trades, epoch)
-                state, accepted = done.state, list(done.pending)
-            pending.extend((order, own_halt) for order in accepted)
+            self._send_decisions([g.order for g in verdict.accepted], state, own_halt, epoch)
             # 5. Persist: positions, equity, where to resume; then tell the world.
-            self._record_book(state, ts, epoch)
+            record_book(self.store, self.state, state, ts, epoch)
             self.lease.assert_leader()
             self.store.save_runner_state(
                 cfg.name,
                 bar_ts_ns=ts,
                 epoch=epoch,
                 state=state.to_dict(),
-                pending=[{"order": o.to_dict(), "halt_exempt": e} for o, e in pending]
-                + [w.to_dict() for w in self.working],
+                pending=[w.to_dict() for w in self.working],
             )
             failpoint("after_state")
-            self.state, self.pending, self.last_ts_ns = state, pending, ts
+            self.state, self.last_ts_ns = state, ts
             self._heartbeat("leader", epoch)
             self.metrics.set_portfolio(
                 state.equity_usd, state.equity_usd - state.day_start_equity, len(state.positions())
             )
             self.metrics.set_state(state, ts)
 
-    # ------------------------------------------------------------------ paper and venue fills
-    def _fill_paper(self, t, state, halt, epoch, summary):
-        """Fill the pending orders at this bar's open with the shared fill model."""
-        ts = int(self.bars.ts_ns[t])
-        due = [
-            order
-            for order, exempt in self.pending
-            if halt is None or halt.halt_id == exempt or self._went_out(order)
-        ]
-        filled = fill_orders(state, due, self.bars.open[t], ts, self.portfolio, bar=t)
-        for fill in filled.fills:
-            self._execute(fill.order, fill.units, fill.price, fill.fees, ts, epoch, halt)
-            summary.orders += 1
-        summary.trades += self._record_trades(filled.trades, epoch)
-        exempt = {id(o): e for o, e in self.pending}
-        return filled.state, [(o, exempt.get(id(o))) for o in filled.pending]
+    # ------------------------------------------------------------------ the venue
+    def _prices(self, row) -> dict[str, float]:
+        return dict(zip(self.bars.symbols, row.tolist(), strict=True))
 
     def _settle_venue(self, ts, state, halt, epoch, summary) -> PortfolioState:
         """Apply what the venue executed of the working orders; a HALT a person wrote cancels
@@ -518,17 +499,55 @@ class Runner:
                        "symbol": fill.order.symbol},
             )  # fmt: skip
         summary.orders += settled.finished
-        summary.trades += self._record_trades(settled.result.trades, epoch)
+        summary.trades += record_trades(
+            self.store, settled.result.trades, epoch, self._periods_per_year
+        )
         self.working = settled.working
-        if not self.working:
-            self._reconcile_venue(epoch, settled.result.state)
+        failpoint("after_fill")
         return settled.result.state
+
+    def _rest_protection(self, t, state, epoch, summary) -> PortfolioState:
+        """Send the protection of positions opened at this open (and of any position found
+        without it), let the bar trade, then apply what the protection executed."""
+        bars, ts = self.bars, int(self.bars.ts_ns[t])
+        fresh = {(p.sleeve, p.symbol) for p in state.positions() if p.entry_ts_ns == ts}
+        if fresh:
+            failpoint("after_entry_fill")
+        self.resting.protect(state, epoch, fresh)
+        ranges = zip(bars.symbols, bars.open[t].tolist(), bars.high[t].tolist(),
+                     bars.low[t].tolist(), strict=True)  # fmt: skip
+        self.broker.trade_bar(ts, {s: (o, h, lo) for s, o, h, lo in ranges})
+        settled = self.resting.settle(state, self.portfolio, ts, epoch)
+        for trade in settled.trades:
+            self.metrics.record_order(trade.sleeve, "filled")
+            log.info(
+                "%s exit %s %.6g @ %.6g (%s, resting at %s)",
+                trade.sleeve, trade.symbol, trade.units, trade.exit_price, trade.exit_reason,
+                self.broker.venue,
+                extra={"cycle": ts, "epoch": epoch, "sleeve": trade.sleeve, "symbol": trade.symbol},
+            )  # fmt: skip
+        summary.orders += len(settled.trades)
+        summary.trades += self._record(settled.trades, epoch)
+        self.resting.cancel_orphans(settled.state, epoch)
+        return settled.state
+
+    def _watch_protection(self, t, state, epoch) -> None:
+        """The runner watches the levels on the closed bar; the venue executes a market exit,
+        and the position closes when its fills are reported (at their price, not the level)."""
+        bars, ts = self.bars, int(self.bars.ts_ns[t])
+        stopped = check_stops(state, bars.open[t], bars.high[t], bars.low[t], ts,
+                              self.portfolio, t)  # fmt: skip
+        busy = {(w.order.sleeve, w.order.symbol) for w in self.working}
+        for trade in stopped.trades:
+            if (trade.sleeve, trade.symbol) not in busy:
+                self._send(stop_order(trade, ts), trade.units, epoch, PROTECTIVE, True)
 
     def _send_decisions(self, orders, state, own_halt, epoch) -> None:
         """Send the accepted decisions to the venue; a position with an order still working
         gets no new one until that order is done."""
         busy = {(w.order.sleeve, w.order.symbol) for w in self.working}
-        held = {(p.sleeve, p.symbol): abs(p.units) for p in state.positions()}
+        positions = {(p.sleeve, p.symbol): p for p in state.positions()}
+        held = {key: abs(p.units) for key, p in positions.items()}
         during_halt = self.store.active_halt() is not None
         for order in orders:
             key = (order.sleeve, order.symbol)
@@ -536,6 +555,9 @@ class Runner:
                 log.warning("%s: an order is still working at the venue; skipped", order.key)
                 continue
             units = order.units if order.action == "entry" else held.get(key, 0.0)
+            if units > 0 and order.action == "exit" and self.resting is not None:
+                if not self.resting.release(positions[key], epoch):
+                    continue  # its protection filled first: the position is closed already
             if units > 0:
                 self._send(order, units, epoch, own_halt, during_halt)
 
@@ -554,12 +576,18 @@ class Runner:
         settlement with nothing working); a mismatch HALTs, it is never fixed silently."""
         if self.store.active_halt() is not None:
             return  # already stopped; a person looks at `live reconcile` before resuming
+        if self.working:
+            return  # orders in flight (e.g. filled before a crash): the settlement compares
         newest = self.store.latest_intent_bar()
         if newest is not None and self.last_ts_ns is not None and newest > self.last_ts_ns:
             # Orders of a bar a crashed leader did not finish are at the venue but not yet in
             # our state; the redo settles them, and the next settlement compares.
             return
-        ours = net_positions((state or self.state).positions())
+        state = state or self.state
+        ours = net_positions(state.positions())
+        if self.resting is not None:
+            for symbol, units in self.resting.unsettled(state).items():
+                ours[symbol] = ours.get(symbol, 0.0) + units  # the next settlement applies it
         differs = positions_differ(self.broker.positions(), ours)
         if not differs:
             return
@@ -583,120 +611,8 @@ class Runner:
             self.store.mark_decided_from(self.config.name, ts)
         self._bars_kept_ns = ts
 
-    def _execute(
-        self, order, units, price, fee, ts_fill_ns, epoch, halt=None, protective=False
-    ) -> None:
-        """Intent first (committed), then the venue, then the fill: each step idempotent.
-
-        Called only for orders allowed to go out: during a HALT those are the ones already in
-        flight when it was written, flatten orders and protective stops."""
-        cid = order_id(order)
-        self.lease.assert_leader()
-        intent = self.store.record_intent(
-            strategy=order.sleeve,
-            symbol=order.symbol,
-            side=order.side,
-            qty=units,
-            bar_ts_ns=order.ts_ns,
-            venue=VENUE,
-            epoch=epoch,
-            client_order_id=cid,
-            details={"action": order.action, "reason": order.reason},
-        )
-        failpoint("after_intent")
-        if intent.state == "NEW":
-            self.store.transition(
-                cid,
-                "SUBMITTING",
-                epoch=epoch,
-                expected_state="NEW",
-                during_halt=halt is not None or protective,
-            )
-        self.lease.assert_leader()
-        executed = self.venue.submit(
-            client_order_id=cid,
-            symbol=order.symbol,
-            side=order.side,
-            qty=units,
-            price=price,
-            fee=fee,
-            ts_fill_ns=ts_fill_ns,
-        )
-        failpoint("after_submit")
-        self.store.record_fill(
-            venue=VENUE,
-            fill_id=cid,
-            client_order_id=cid,
-            qty=executed.qty,
-            price=executed.price,
-            fee=executed.fee,
-            ts_fill_ns=executed.ts_fill_ns,
-            epoch=epoch,
-        )
-        failpoint("after_fill")
-        self.metrics.record_order(order.sleeve, "filled")
-        log.info(
-            "%s %s %s %.6g @ %.6g (%s)",
-            order.action,
-            order.side,
-            order.symbol,
-            executed.qty,
-            executed.price,
-            order.reason,
-            extra={
-                "cycle": ts_fill_ns,
-                "epoch": epoch,
-                "client_order_id": cid,
-                "sleeve": order.sleeve,
-                "symbol": order.symbol,
-            },
-        )
-
-    def _record_trades(self, trades, epoch) -> int:
-        """Record closed trades and refresh the performance of the sleeves they belong to."""
-        for trade in trades:
-            self.store.record_trade(
-                trade_id=trade_id(trade),
-                strategy=trade.sleeve,
-                symbol=trade.symbol,
-                direction=trade.direction,
-                qty=trade.units,
-                entry_ts_ns=trade.entry_ts_ns,
-                exit_ts_ns=trade.exit_ts_ns,
-                entry_price=trade.entry_price,
-                exit_price=trade.exit_price,
-                pnl=trade.pnl,
-                epoch=epoch,
-                fees=trade.entry_fees + trade.exit_fees,
-                exit_reason=trade.exit_reason,
-            )
-        for sleeve in dict.fromkeys(t.sleeve for t in trades):
-            self.store.update_performance(sleeve, periods_per_year=self._periods_per_year)
-        return len(trades)
-
-    def _record_book(self, state: PortfolioState, ts: int, epoch: int) -> None:
-        now = {(p.sleeve, p.symbol): p for p in state.positions()}
-        before = {(p.sleeve, p.symbol): p for p in self.state.positions()}
-        for key in before.keys() - now.keys():
-            self.store.upsert_position(
-                strategy=key[0], symbol=key[1], qty=0.0, avg_price=None, ts_ns=ts, epoch=epoch
-            )
-        for key, p in now.items():
-            if key not in before or before[key].to_dict() != p.to_dict():
-                self.store.upsert_position(
-                    strategy=p.sleeve,
-                    symbol=p.symbol,
-                    qty=p.units,
-                    avg_price=p.entry_price,
-                    ts_ns=ts,
-                    epoch=epoch,
-                    details=p.to_dict(),
-                )
-        cash = state.sleeve_cash()
-        snapshots = {"*": (state.equity_usd, None, None, None)}
-        for sleeve, equity in state.sleeve_equity().items():
-            snapshots[sleeve] = (equity, cash[sleeve], None, None)
-        self.store.record_equities(ts_ns=ts, epoch=epoch, snapshots=snapshots)
+    def _record(self, trades, epoch: int) -> int:
+        return record_trades(self.store, trades, epoch, self._periods_per_year)
 
     def _heartbeat(self, role: str, epoch: int | None) -> None:
         self.store.heartbeat(self.host, role, epoch, time.time_ns())
@@ -704,77 +620,24 @@ class Runner:
         self.notifier.alive(role if epoch is None else f"{role} epoch {epoch}")
 
 
-@dataclass(frozen=True)
-class _Guarded:
-    """The fields of a decision's order that the guards read."""
-
-    order: TargetOrder
-    strategy: str
-    symbol: str
-    side: str
-    units: float
-    price: float
-    ts_ns: int
-    is_entry: bool
-
-    @classmethod
-    def of(cls, order: TargetOrder) -> _Guarded:
-        return cls(
-            order=order,
-            strategy=order.sleeve,
-            symbol=order.symbol,
-            side=order.side,
-            units=order.units,
-            price=order.reference_price,
-            ts_ns=order.ts_ns,
-            is_entry=order.action == "entry",
-        )
-
-
-def order_id(order: TargetOrder) -> str:
-    """The client order id of a decision: (sleeve and action, symbol, bar time, side)."""
-    return client_order_id(f"{order.sleeve}/{order.action}", order.symbol, order.ts_ns, order.side)
-
-
-def trade_id(trade) -> str:
-    """A closed trade's id: sleeve, symbol, entry and exit time (the same after a redo)."""
-    key = f"{trade.sleeve}|{trade.symbol}|{trade.entry_ts_ns}|{trade.exit_ts_ns}"
-    return "t" + hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-def _stop_order(trade, ts_ns: int) -> TargetOrder:
-    """The exit a protective stop made, as an order (the venue's stop order that filled)."""
-    return TargetOrder(
-        sleeve=trade.sleeve,
-        strategy=trade.strategy,
-        symbol=trade.symbol,
-        action="exit",
-        side="sell" if trade.direction == "long" else "buy",
-        units=trade.units,
-        reason=trade.exit_reason,
-        ts_ns=ts_ns,
-        reference_price=trade.exit_price,
-    )
-
-
-def _order(data: dict[str, Any]) -> TargetOrder:
-    values = {k: (math.nan if v is None and k.endswith("distance") else v) for k, v in data.items()}
-    if values.get("max_units") is None:
-        values["max_units"] = math.inf
-    return TargetOrder(**values)
-
-
-def periods_per_year(market: str, bar_interval_s: int) -> float:
-    """Bars a year: daily equity bars trade ~252 sessions, intraday equity bars 6.5 hours of
-    each; crypto trades every interval of the year."""
-    if market == "crypto":
-        return 365 * 86_400 / bar_interval_s
-    if bar_interval_s >= 86_400:
-        return 252.0
-    return 252 * 6.5 * 3600 / bar_interval_s
-
-
 def _pid() -> int:
     import os
 
     return os.getpid()
+
+
+def paper_broker(config: LiveConfig) -> PaperBroker:
+    """The paper venue of ``config``: its book in the store, its fees and slippage the costs of
+    the portfolio (so it fills as the backtest's fill model does)."""
+    sim = config.portfolio.sim
+    if sim.fill == "close":
+        raise ConfigError(
+            f"{config.path or config.name}: [costs] fill = 'close' is a backtest assumption; "
+            "a venue, paper included, fills market orders after the decision"
+        )
+    return PaperBroker(
+        config.store_url,
+        cash=sim.cash,
+        fee_rate=sim.fees_bps / 1e4,
+        slippage_rate=sim.slippage_bps / 1e4,
+    )

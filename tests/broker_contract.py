@@ -28,6 +28,9 @@ class VenueHarness:
     """Build the adapter with wrong keys (None for a venue without keys, like paper)."""
     secret: str | None = None
     """A secret the adapter was given; it must never appear in an error message."""
+    trade_bar: Callable[[str, float, float, float], None] | None = None
+    """Make the venue's market trade one bar (symbol, open, high, low): required of a venue
+    that ``supports_resting_protection``, to prove its resting orders."""
 
 
 def wait_final(broker: Broker, client_order_id: str, timeout_s: float = 5.0) -> BrokerOrder:
@@ -130,6 +133,53 @@ class BrokerContract:
         assert broker.cancel(cid).status == OrderStatus.CANCELLED
         assert cid not in {o.client_order_id for o in broker.open_orders()}
         assert broker.cancel(cid).status == OrderStatus.CANCELLED  # cancelling twice is fine
+
+    # ------------------------------------------------------------------ resting protection
+    def _protect(self, harness, tag: str) -> tuple[str, str]:
+        """A stop at 90 and a target at 110 in one OCO group, protecting a long position."""
+        broker, symbol, group = harness.broker, harness.symbol, self._cid(f"oco{tag}")
+        stop, target = self._cid(f"stop{tag}"), self._cid(f"target{tag}")
+        common = {"symbol": symbol, "side": "sell", "qty": harness.qty, "oco_group": group,
+                  "time_in_force": "gtc"}  # fmt: skip
+        broker.submit(OrderRequest(client_order_id=stop, order_type="stop", stop_price=90.0,
+                                   **common))  # fmt: skip
+        broker.submit(OrderRequest(client_order_id=target, order_type="limit",
+                                   limit_price=110.0, **common))  # fmt: skip
+        return stop, target
+
+    def test_only_one_leg_of_an_oco_group_ever_fills(self, harness) -> None:
+        broker = harness.broker
+        if not broker.supports_resting_protection:
+            assert not broker.capabilities & {"oco", "trailing_stop"}  # says what it cannot do
+            return
+        harness.set_price(harness.symbol, 100.0)
+        stop, target = self._protect(harness, "both")
+        harness.trade_bar(harness.symbol, 100.0, 112.0, 85.0)  # reaches both levels
+        legs = [wait_final(broker, stop), wait_final(broker, target)]
+        assert sorted(o.status for o in legs) == [OrderStatus.CANCELLED, OrderStatus.FILLED]
+        assert legs[0].status == OrderStatus.FILLED  # both hit in one bar: the worse, the stop
+        assert not {stop, target} & {o.client_order_id for o in broker.open_orders()}
+
+    def test_a_cancelled_protective_order_never_fills_and_replace_moves_a_level(
+        self, harness
+    ) -> None:
+        broker = harness.broker
+        if not broker.supports_resting_protection:
+            return
+        harness.set_price(harness.symbol, 100.0)
+        stop, target = self._protect(harness, "moved")
+        group = broker.order(stop).oco_group
+        moved = OrderRequest(client_order_id=self._cid("stopmoved"), symbol=harness.symbol,
+                             side="sell", qty=harness.qty, order_type="stop", stop_price=95.0,
+                             oco_group=group, time_in_force="gtc")  # fmt: skip
+        assert broker.replace(stop, moved).client_order_id == moved.client_order_id
+        assert broker.order(stop).status == OrderStatus.CANCELLED
+        assert broker.cancel(target).status == OrderStatus.CANCELLED
+        harness.trade_bar(harness.symbol, 100.0, 120.0, 94.0)
+        assert wait_final(broker, moved.client_order_id).avg_fill_price == pytest.approx(
+            95.0, rel=0.01
+        )
+        assert broker.order(stop).filled_qty == 0 and broker.order(target).filled_qty == 0
 
     def test_wrong_keys_fail_fast_without_printing_the_secret(self, harness) -> None:
         if harness.bad_keys_broker is None:

@@ -17,8 +17,17 @@ def harness(tmp_path):
         cash=100_000.0,
         fee_rate=0.001,
     )
+
+    def trade_bar(symbol, open_, high, low):
+        broker.open_bar(0, {symbol: open_})
+        broker.trade_bar(0, {symbol: (open_, high, low)})
+
     yield VenueHarness(
-        broker=broker, symbol="SPY", qty=3.0, set_price=lambda s, p: prices.__setitem__(s, p)
+        broker=broker,
+        symbol="SPY",
+        qty=3.0,
+        set_price=lambda s, p: prices.__setitem__(s, p),
+        trade_bar=trade_bar,
     )
     broker.close()
 

@@ -192,7 +192,7 @@ def check_failover(cluster: Cluster, reference: Outcome) -> None:
     assert final.last_bar_ts_ns == reference.last_bar_ts_ns, "the replay did not complete"
     # One venue execution per decision: the same client order ids, quantities and prices.
     assert final.orders == reference.orders
-    assert final.intents == reference.intents  # all FILLED, as decided once
+    assert final.intents == reference.intents  # as decided once, in the same states
     assert final.fills == reference.fills  # no fill lost or doubled
     assert final.trades == reference.trades  # no trade lost or doubled
     assert final.positions == reference.positions
@@ -248,16 +248,21 @@ def check_cli(cluster: Cluster) -> None:
         last = store.load_runner_state(cluster.lease_name)
     assert info["leader"]["epoch"] == last["epoch"]
     assert info["fence_epoch"] == max(e for _, e, _ in cluster.leader_terms())
-    assert info["halt"] is None and info["open_orders"] == 0
+    with Store.open(cluster.store_url) as store:
+        working = store.intents(open_only=True)
+    # the only orders still open are the protection resting under the positions still held
+    assert all(i.details.get("action") == "protect" for i in working)
+    assert info["halt"] is None and info["open_orders"] == len(working)
 
 
 def venue_rows(cluster: Cluster) -> list[dict[str, Any]]:
-    """The paper venue's order book with what `PaperVenue` does not show (first-submit time)."""
+    """The paper venue's order book: every order it was sent, with its submits and first-submit
+    time (what `PaperVenue` does not show)."""
     import psycopg
     from psycopg.rows import dict_row
 
     with psycopg.connect(cluster.store_url, row_factory=dict_row) as conn:
-        return conn.execute("SELECT * FROM paper_orders ORDER BY ts_created_ns").fetchall()
+        return conn.execute("SELECT * FROM paper_book ORDER BY ts_created_ns").fetchall()
 
 
 def in_flight(cluster: Cluster, old: int, new: int) -> list[list[tuple[str, int]]]:
@@ -294,16 +299,22 @@ def test_a_primary_killed_inside_the_cycle_is_replaced_without_a_lost_or_double_
     assert finished(standby)["epochs"] == [new]
     check_failover(cluster, reference)
     # The decision in flight was finished by the new leader, and executed once.
-    (steps,) = in_flight(cluster, old, new)
+    # (Resting protection the old leader placed and the new one settled spans both terms too;
+    # the order in flight is the one the old leader left before the venue's answer.)
+    left = ("NEW", "SUBMITTING")
+    (steps,) = [s for s in in_flight(cluster, old, new)
+                if [to for to, epoch in s if epoch == old][-1] in left]  # fmt: skip
     submits = {r["client_order_id"]: r["submits"] for r in venue_rows(cluster)}
     if point == "after_intent":
         # Committed as NEW by the old leader, never sent: the new leader sends it, once.
-        assert steps == [("NEW", old), ("SUBMITTING", new), ("FILLED", new)]
+        assert steps[:2] == [("NEW", old), ("SUBMITTING", new)]
+        assert all(epoch == new for _, epoch in steps[1:])
         assert set(submits.values()) == {1}
     else:
         # Sent by the old leader, not recorded: resent under the same client order id, the venue
-        # answers with the first execution (submits 2) and the fill is recorded once.
-        assert steps == [("NEW", old), ("SUBMITTING", old), ("FILLED", new)]
+        # answers with the first order (submits 2) and the fill is recorded once.
+        assert steps[:2] == [("NEW", old), ("SUBMITTING", old)]
+        assert steps[2:] and all(epoch == new for _, epoch in steps[2:])
         assert sorted(submits.values()).count(2) == 1 and max(submits.values()) == 2
 
 

@@ -114,6 +114,7 @@ class AlpacaBroker(Broker):
 
     venue = VENUE
     capabilities = frozenset({"market", "limit", "stop", "bracket", "stream"})
+    supports_resting_protection = False  # the runner watches the levels (for now)
 
     def __init__(self, config: AlpacaConfig, *, sleep: Callable[[float], None] = time.sleep):
         self.config = config

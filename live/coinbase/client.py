@@ -242,6 +242,7 @@ class CoinbaseBroker(Broker):
 
     venue = VENUE
     capabilities = frozenset({"market", "limit", "stop", "stream"})
+    supports_resting_protection = False  # the runner watches the levels (for now)
 
     def __init__(self, config: CoinbaseConfig) -> None:
         self.config = config

@@ -251,7 +251,9 @@ class Operations:
         strategy = checks.text("strategy", strategy)
         ppy = checks.finite("periods_per_year", periods_per_year, positive=True)
         now = time.time_ns() if ts_ns is None else checks.integer("ts_ns", ts_ns)
-        with self._db.write(f"performance of {strategy}", None) as tx:
+        # Read, compute, then write: the computation can take seconds the first time in a
+        # process (its kernels load), longer than PostgreSQL lets a transaction sit idle.
+        with self._db.read(f"performance of {strategy}") as tx:
             pnl = tx.all(
                 "SELECT pnl FROM trades WHERE strategy = ? ORDER BY exit_ts_ns, trade_id",
                 (strategy,),
@@ -260,9 +262,8 @@ class Operations:
                 "SELECT equity FROM equity_snapshots WHERE strategy = ? ORDER BY ts_ns",
                 (strategy,),
             )
-            values = compute_performance(
-                [r["pnl"] for r in pnl], [r["equity"] for r in equity], ppy
-            )
+        values = compute_performance([r["pnl"] for r in pnl], [r["equity"] for r in equity], ppy)
+        with self._db.write(f"performance of {strategy}", None) as tx:
             # NaN is stored as NULL (SQLite cannot hold NaN); inf is kept.
             stored = [None if _is_nan(values[k]) else values[k] for k in PERFORMANCE_FIELDS]
             columns = ", ".join(PERFORMANCE_FIELDS)

@@ -41,7 +41,7 @@ from live.store.records import (
 )
 from quantshift.errors import ConfigError
 
-ORDER_TYPES = ("market", "limit", "stop", "stop_limit")
+ORDER_TYPES = ("market", "limit", "stop", "stop_limit", "trailing_stop")
 DIRECTIONS = ("long", "short")
 _FILLED_TOLERANCE = 1e-9  # relative: float sums of partial fills may miss the total by an ulp
 _OPEN_STATES = tuple(s.value for s in OrderState if TRANSITIONS[s])

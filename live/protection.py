@@ -1,0 +1,249 @@
+"""Protective exits resting at the venue: a position's stop, target and trailing stop as orders.
+
+When an entry fills, its levels go to the venue as one OCO group keyed by deterministic client
+order ids (so a redo or a new leader finds them instead of sending twice); the venue's fill of a
+leg closes the position; a strategy exit cancels the group first; reconciliation re-protects a
+naked position and cancels a resting order whose position is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from live.broker import (
+    Broker,
+    BrokerOrder,
+    OrderRequest,
+    OrderStatus,
+)
+from live.execution import VenueExecution, decision_id
+from live.failpoints import failpoint
+from live.store import Store
+from live.store.records import TERMINAL_STATES
+from quantshift.portfolio import PortfolioState, Position, TargetOrder, apply_executions
+from quantshift.portfolio.decide import FillResult
+
+log = logging.getLogger("quantshift.live")
+
+LEGS = ("stop", "limit", "trailing_stop")
+"""A position's protective legs: its stop-loss, take-profit and trailing stop."""
+_REASON = {"stop": "stop_loss", "limit": "take_profit", "trailing_stop": "trailing_stop"}
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One protective order of one position."""
+
+    position: Position
+    kind: str  # one of LEGS
+    request: OrderRequest
+
+
+def group_id(position: Position) -> str:
+    """The OCO group of a position's protection: (sleeve, symbol, entry time, closing side)."""
+    return decision_id(position.sleeve, "protect", position.symbol, position.entry_ts_ns,
+                       _closing_side(position))  # fmt: skip
+
+
+def legs_of(position: Position) -> list[Leg]:
+    """The resting orders that protect ``position`` (none without levels)."""
+    side, group = _closing_side(position), group_id(position)
+    common = {"symbol": position.symbol, "side": side, "qty": abs(position.units),
+              "oco_group": group, "time_in_force": "gtc"}  # fmt: skip
+    out = []
+    for kind in LEGS:
+        cid = decision_id(position.sleeve, kind, position.symbol, position.entry_ts_ns, side)
+        if kind == "stop" and position.stop_price is not None:
+            request = OrderRequest(client_order_id=cid, order_type="stop",
+                                   stop_price=position.stop_price, **common)  # fmt: skip
+        elif kind == "limit" and position.take_profit_price is not None:
+            request = OrderRequest(client_order_id=cid, order_type="limit",
+                                   limit_price=position.take_profit_price, **common)  # fmt: skip
+        elif kind == "trailing_stop" and position.trail_distance is not None:
+            request = OrderRequest(
+                client_order_id=cid, order_type="trailing_stop",
+                trail_amount=position.trail_distance, trail_from_price=position.best_price,
+                **common,
+            )  # fmt: skip
+        else:
+            continue
+        out.append(Leg(position, kind, request))
+    return out
+
+
+def _closing_side(position: Position) -> str:
+    return "sell" if position.units > 0 else "buy"
+
+
+def _exit_order(position: Position, strategy: str, kind: str, ts_ns: int, price: float):
+    return TargetOrder(
+        sleeve=position.sleeve,
+        strategy=strategy,
+        symbol=position.symbol,
+        action="exit",
+        side=_closing_side(position),
+        units=abs(position.units),
+        reason=_REASON[kind],
+        ts_ns=ts_ns,
+        reference_price=price,
+    )
+
+
+class RestingProtection:
+    """Keep every position's protection resting at ``broker`` and settle what it executed.
+
+    ``metrics`` counts re-protections and orphan cancels (``record_protection``).
+    """
+
+    def __init__(self, broker: Broker, store: Store, metrics=None) -> None:
+        self.broker, self.store, self.metrics = broker, store, metrics
+        self.execution = VenueExecution(broker, store)
+
+    # ------------------------------------------------------------------ placing
+    def protect(self, state: PortfolioState, epoch: int, fresh=frozenset()) -> int:
+        """Send every missing leg of every open position; return how many went out. A leg
+        missing for a position not in ``fresh`` ((sleeve, symbol) entered this cycle) is a
+        re-protection: logged and counted."""
+        sent = 0
+        for position in state.positions():
+            for leg in legs_of(position):
+                intent = self.store.intent(leg.request.client_order_id)
+                if intent is not None and intent.state not in ("NEW", "SUBMITTING"):
+                    continue
+                if (position.sleeve, position.symbol) not in fresh and intent is None:
+                    log.warning(
+                        "reconcile: %s %s has no %s resting at the venue; protecting it now",
+                        position.sleeve, position.symbol, leg.kind,
+                        extra={"sleeve": position.sleeve, "symbol": position.symbol},
+                    )  # fmt: skip
+                    self._count("reprotected", position.sleeve)
+                sent += self._send(leg, epoch)
+        return sent
+
+    def _send(self, leg: Leg, epoch: int) -> int:
+        request = leg.request
+        details = {
+            "action": "protect",
+            "leg": leg.kind,
+            "reason": _REASON[leg.kind],
+            "oco_group": request.oco_group,
+            "trail_amount": request.trail_amount,
+        }
+        # Protection goes out during a HALT too: it only ever closes a position.
+        sent = self.execution.place(request, leg.position.sleeve, leg.position.entry_ts_ns,
+                                    epoch, True, details)  # fmt: skip
+        return int(sent)
+
+    # ------------------------------------------------------------------ settling
+    def settle(self, state: PortfolioState, portfolio, ts_ns: int, epoch: int) -> FillResult:
+        """Apply the legs the venue executed: each closes its position (the OCO group's other
+        legs are cancelled by the venue); trailing levels follow what the venue reports."""
+        executions, best = [], {}
+        layout = portfolio.layout()
+        for position in state.positions():
+            filled = None
+            for leg in legs_of(position):  # every leg is brought up to date, siblings too
+                found = self._resolve(leg, epoch)
+                if found is None:
+                    continue
+                if found.status == OrderStatus.FILLED and filled is None:
+                    filled = leg, found
+                elif leg.kind == "trailing_stop" and found.trail_best_price is not None:
+                    best[(position.sleeve, position.symbol)] = found.trail_best_price
+            if filled is not None:
+                leg, found = filled
+                strategy = layout.strategies[layout.sleeves.index(position.sleeve)]
+                order = _exit_order(position, strategy, leg.kind, ts_ns, found.avg_fill_price)
+                executions.append((order, found.filled_qty, found.avg_fill_price, found.fees))
+        return apply_executions(_with_best_prices(state, layout, best), executions, ts_ns,
+                                portfolio)  # fmt: skip
+
+    def _resolve(self, leg: Leg, epoch: int) -> BrokerOrder | None:
+        """Look a leg up at the venue and bring its intent (and fill) up to date."""
+        cid = leg.request.client_order_id
+        intent = self.store.intent(cid)
+        if intent is None:
+            return None
+        found = self.broker.order(cid)
+        if found is None:
+            if intent.state not in TERMINAL_STATES and intent.state != "NEW":
+                self.store.transition(cid, "CANCELLED", epoch=epoch, reason="not at the venue")
+            return None
+        if found.status == OrderStatus.FILLED and intent.state != "FILLED":
+            self.store.record_fill(
+                venue=self.broker.venue, fill_id=cid, client_order_id=cid,
+                qty=found.filled_qty, price=found.avg_fill_price, fee=found.fees,
+                ts_fill_ns=found.ts_updated_ns, epoch=epoch,
+            )  # fmt: skip
+        elif found.is_final and intent.state not in TERMINAL_STATES:
+            to = "REJECTED" if found.status == OrderStatus.REJECTED else "CANCELLED"
+            self.store.transition(cid, to, epoch=epoch, reason=f"venue: {found.status}")
+        return found
+
+    def unsettled(self, state: PortfolioState) -> dict[str, float]:
+        """Units per symbol that legs the venue filled have moved and ``state`` does not know
+        yet (a crash between the fill and its settlement): what reconciliation adds to ours."""
+        out: dict[str, float] = {}
+        for position in state.positions():
+            for leg in legs_of(position):
+                if self.store.intent(leg.request.client_order_id) is None:
+                    continue
+                found = self.broker.order(leg.request.client_order_id)
+                if found is not None and found.filled_qty > 0:
+                    out[position.symbol] = out.get(position.symbol, 0.0) - position.units
+                    break
+        return out
+
+    # ------------------------------------------------------------------ exits and orphans
+    def release(self, position: Position, epoch: int) -> bool:
+        """Cancel a position's protection before a strategy exit; False if a leg filled first
+        (the race: the position is already closed at the venue, so no exit may be sent)."""
+        for leg in legs_of(position):
+            cid = leg.request.client_order_id
+            if self.store.intent(cid) is None:
+                continue
+            done = self.broker.cancel(cid)
+            failpoint("after_cancel")
+            if done is not None and done.filled_qty > 0:
+                log.warning("%s of %s %s filled before its cancel; no exit sent", leg.kind,
+                            position.sleeve, position.symbol)  # fmt: skip
+                return False  # the settlement applies the fill and resolves every leg
+            self._resolve(leg, epoch)
+        return True
+
+    def cancel_orphans(self, state: PortfolioState, epoch: int) -> int:
+        """Cancel resting orders of ours whose position is gone (logged and counted)."""
+        wanted = {leg.request.client_order_id for p in state.positions() for leg in legs_of(p)}
+        cancelled = 0
+        for order in self.broker.open_orders():
+            if order.oco_group is None or order.client_order_id in wanted:
+                continue
+            intent = self.store.intent(order.client_order_id)
+            if intent is None or (intent.details or {}).get("action") != "protect":
+                continue
+            cid = order.client_order_id
+            log.warning("reconcile: %s rests at the venue without its position; cancelling",
+                        cid, extra={"client_order_id": cid})  # fmt: skip
+            self.broker.cancel(order.client_order_id)
+            if self.store.intent(order.client_order_id).state not in TERMINAL_STATES:
+                self.store.transition(order.client_order_id, "CANCELLED", epoch=epoch,
+                                      reason="orphan: no position")  # fmt: skip
+            self._count("orphan_cancelled", intent.strategy)
+            cancelled += 1
+        return cancelled
+
+    def _count(self, outcome: str, sleeve: str) -> None:
+        if self.metrics is not None:
+            self.metrics.record_protection(sleeve, outcome)
+
+
+def _with_best_prices(state: PortfolioState, layout, best: dict) -> PortfolioState:
+    """``state`` with the trailing stops' best prices the venue reports (a venue's trailing
+    stop follows the market itself; the state follows the venue)."""
+    if not best:
+        return state
+    arrays = state.arrays()
+    for (sleeve, symbol), price in best.items():
+        arrays.slots[layout.sleeves.index(sleeve), layout.symbols.index(symbol)].best_price = price
+    return state.replace(None, arrays)
