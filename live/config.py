@@ -167,9 +167,16 @@ def parse_config(
     sleeves = _user_strategies(runner, top.tables("sleeves"), path)
     promotion_names = [sleeve.string("promotion") for sleeve in sleeves]
     risk = top.table("risk")
+    costs = top.table("costs")
+    if costs.raw.get("size_at", "decision") != "decision":
+        raise costs.error(
+            "size_at",
+            "a live runner sizes at the decision: a venue's market order names its units "
+            "before the open (remove the key, or set 'decision')",
+        )
     portfolio = PortfolioConfig.from_tables(
         sleeves=[sleeve.without("promotion") for sleeve in sleeves],
-        sim=top.table("costs"),
+        sim=Table({**costs.raw, "size_at": "decision"}, costs.source, costs.name),
         limits=risk.without("conflict"),
         conflict_in=risk,
         overlay_in=top,

@@ -181,7 +181,7 @@ def test_each_injected_difference_is_found_on_its_trade_and_attributed(tmp_path,
     assert row_of(rejected)["kind"] == "missing"
     assert row_of(rejected)["reason"] == "rejected by the venue"
     assert "partial fill" in row_of(partial)["causes"]
-    # Half of what was asked; the venue path sizes at the decision, the backtest at the fill.
+    # Half of what the decision asked (both sides size at the decision).
     assert row_of(partial)["live_qty"] == pytest.approx(row_of(partial)["backtest_qty"] * 0.5,
                                                         rel=0.01)  # fmt: skip
     assert row_of(unfilled)["kind"] == "missing"
