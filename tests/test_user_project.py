@@ -64,6 +64,8 @@ min_dsr = 0.0
 max_pbo = 1.0
 max_mc_drawdown_pct_p95 = 100.0
 require_block_bootstrap = false
+min_lockbox_sharpe = -5.0
+min_oos_trades = 1
 """
 
 
