@@ -161,7 +161,10 @@ def test_study_to_paper_to_replay_to_live_to_rollback(backend, caplog, tmp_path)
     assert summary.trades >= 3
     assert f"adopts paper record {record.record_id}" in caplog.text
     assert record.research_settings["fees_bps"] == 1.0
-    assert "other terms than its study" not in caplog.text  # same sizing and costs
+    # Same costs; a live runner sizes at the decision, which the study (fill-time) did not.
+    assert "on other terms than its study (size_at 'fill' in the study, 'decision' here)" in (
+        caplog.text
+    )
     with Store.open(url) as store:
         (adoption,) = store.adoptions()
         assert adoption.record_id == record.record_id and adoption.sleeve == "trend"
@@ -358,9 +361,10 @@ def test_a_sleeve_on_other_terms_than_its_study_says_so(backend, caplog):
     config = dataclasses.replace(config, portfolio=dataclasses.replace(config.portfolio, sim=sim))
     with caplog.at_level(logging.WARNING, logger="quantshift.live"):
         Runner(config, max_bars=3).run()
-    assert "on other terms than its study (slippage_bps 0.0 in the study, 10.0 here)" in (
-        caplog.text
-    )
+    assert (
+        "on other terms than its study (size_at 'fill' in the study, 'decision' here; "
+        "slippage_bps 0.0 in the study, 10.0 here)"
+    ) in caplog.text
 
 
 def _replace_stored_record(url: str, promotion_id: int, data: dict) -> None:
