@@ -78,8 +78,10 @@ def _news_scores(config: LiveConfig, broker, where: str):
 
         return from_file
     if broker is None or broker.venue != "alpaca":
-        raise ConfigError(f"{where}: [news] source 'alpaca' reads Alpaca's news API with the "
-                          "broker's keys: set [broker] kind 'alpaca', or use a headlines file")  # fmt: skip
+        raise ConfigError(
+            f"{where}: [news] source 'alpaca' reads Alpaca's news API with the broker's keys: "
+            "set [broker] kind 'alpaca', or use a headlines file"
+        )
     from live.alpaca.news import AlpacaNews, NewsSentiment
 
     feed = NewsSentiment(AlpacaNews(broker.config), scorer, ttl_s=news.ttl_s,
