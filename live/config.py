@@ -52,6 +52,36 @@ class FeedConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RegimeModelConfig:
+    """The registered regime model that labels each bar for ``[regimes]``: ``name`` at the
+    pinned ``version`` (never "latest") in the MLflow store ``tracking_uri`` (default:
+    ``MLFLOW_TRACKING_URI``), downloaded once under ``cache_dir`` (default: the data folder)."""
+
+    name: str
+    version: str
+    tracking_uri: str | None = field(default=None, repr=False)  # may carry a password
+    cache_dir: str | None = None
+
+
+NEWS_SOURCES = ("file", "alpaca")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewsConfig:
+    """Where ``[sentiment]`` scores come from: a ``file`` of headlines (CSV or JSON; replays) or
+    Alpaca's news API; headlines scored by ``scorer`` ("lexicon", or "finbert" with the
+    weights in ``finbert_path``) through a ``ttl_s`` cache, each symbol's mean over
+    ``lookback`` before a bar's close (only news published before the close counts)."""
+
+    source: str = "file"
+    file: str | None = None
+    scorer: str = "lexicon"
+    finbert_path: str | None = None
+    ttl_s: float = 3600.0
+    lookback: str = "1D"
+
+
+@dataclass(frozen=True, kw_only=True)
 class BrokerConfig:
     """Where orders go, and whether real money is at stake (``mode``)."""
 
@@ -100,6 +130,8 @@ class LiveConfig:
     guards: GuardLimits
     metrics: MetricsConfig
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    regime_model: RegimeModelConfig | None = None
+    news: NewsConfig | None = None
     path: Path | None = None
 
 
@@ -116,6 +148,8 @@ _TOP = {
     "metrics",
     "notify",
     *OVERLAY_TABLES,  # [sectors], [regimes], [sentiment]: quantshift.portfolio.overlay
+    "regime_model",  # where [regimes] labels come from (live.inputs)
+    "news",  # where [sentiment] scores come from (live.inputs)
 }
 
 
@@ -283,6 +317,8 @@ def parse_config(
         host=metrics_table.string("host") or "127.0.0.1",
         port=port,
     )
+    base = None if path is None else path.resolve().parent
+    regime_model, news = _overlay_sources(top, portfolio, base, source)
     return LiveConfig(
         name=name,
         market=market,
@@ -302,5 +338,60 @@ def parse_config(
         guards=guards,
         metrics=metrics,
         notify=parse_notify(top.table("notify")),
+        regime_model=regime_model,
+        news=news,
         path=path,
     )
+
+
+def _overlay_sources(top: Table, portfolio: PortfolioConfig, base: Path | None, source: str):
+    """``[regime_model]`` and ``[news]``: each required by its overlay table and refused
+    without it (nothing would read it)."""
+    regime_table, news_table = top.table("regime_model"), top.table("news")
+    regime_model = news = None
+    if regime_table.raw:
+        regime_table.refuse_unknown({"name", "version", "tracking_uri", "cache_dir"})
+        version = regime_table.get("version")
+        if isinstance(version, int) and not isinstance(version, bool):
+            version = str(version)
+        if not (isinstance(version, str) and version.isdigit()):
+            raise regime_table.error(
+                "version", f"must be a registered version number (a runner trades a pinned "
+                f"version, never 'latest'), got {version!r}"
+            )  # fmt: skip
+        cache = regime_table.string("cache_dir")
+        regime_model = RegimeModelConfig(
+            name=regime_table.string("name", required=True),
+            version=version,
+            tracking_uri=regime_table.string("tracking_uri"),
+            cache_dir=None if cache is None else str(_relative(cache, base)),
+        )
+    if news_table.raw:
+        news_table.refuse_unknown({"source", "file", "scorer", "finbert_path", "ttl_s", "lookback"})
+        kind = news_table.choice("source", NEWS_SOURCES, "file")
+        file = news_table.string("file")
+        if (kind == "file") != (file is not None):
+            raise news_table.error("file", "names the headlines file of source 'file' (only)")
+        weights = news_table.string("finbert_path")
+        news = NewsConfig(
+            source=kind,
+            file=None if file is None else str(_relative(file, base)),
+            scorer=news_table.choice("scorer", ("lexicon", "finbert"), "lexicon"),
+            finbert_path=None if weights is None else str(_relative(weights, base)),
+            ttl_s=news_table.number("ttl_s", 3600.0),
+            lookback=news_table.string("lookback") or "1D",
+        )
+    for table, needed, made, what in (
+        ("regimes", portfolio.regimes, regime_model, "[regime_model] name and version"),
+        ("sentiment", portfolio.sentiment, news, "[news] (a headlines file, or Alpaca's news)"),
+    ):
+        if needed is not None and made is None:
+            raise ConfigError(f"{source}: [{table}] needs {what}: where its input comes from")
+        if needed is None and made is not None:
+            raise ConfigError(f"{source}: {what.split()[0]} without [{table}]: nothing reads it")
+    return regime_model, news
+
+
+def _relative(value: str, base: Path | None) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() or base is None else base / path

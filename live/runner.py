@@ -40,6 +40,7 @@ from live.execution import (
 from live.failpoints import failpoint
 from live.feeds import open_feed
 from live.guards import OrderGuards
+from live.inputs import OverlayInputs
 from live.lease import NotLeaderError, open_lease
 from live.metrics import LiveMetrics
 from live.notify import note_auth_failure, start_alerts
@@ -154,8 +155,9 @@ class Runner:
         self.server = (
             self.metrics.serve(cfg.metrics.port, cfg.metrics.host) if cfg.metrics.enabled else None
         )
-        clock = MarketClock(cfg.market, cfg.bar_interval_s)
+        self.clock = clock = MarketClock(cfg.market, cfg.bar_interval_s)
         self.guards = OrderGuards(cfg.guards, clock=clock)
+        self.inputs = OverlayInputs(cfg, self.broker)
         self.notifier = Notifier.from_environment()
         self.feed = open_feed(
             cfg, self.portfolio, clock, self.broker, now_ns=self._now_ns,
@@ -413,7 +415,8 @@ class Runner:
             window = self._window(t)
             self._keep_bars(window, ts)
             history = compute_signals(portfolio, window)
-            decision = decide(state, history.at(-1), portfolio)
+            inputs = self.inputs.at(window, self.clock.bar_close_ns(ts))
+            decision = decide(state, history.at(-1), portfolio, **inputs)
             state = decision.state
             for order in decision.orders:
                 self.metrics.record_signal(order.sleeve)

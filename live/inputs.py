@@ -1,0 +1,89 @@
+"""The per-bar inputs of the decision layer's overlay, produced at each bar's close: a regime
+label per symbol from the pinned registered model, and news scores per symbol.
+
+The same functions make them for a backtest (``quantshift.regime_model``, ``quantshift.sentiment``),
+so a runner and ``portfolio_backtest`` given the same bars, model and news decide alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from live.config import LiveConfig
+from live.regime import load_registered_model
+from quantshift.data import Bars
+from quantshift.errors import ConfigError
+from quantshift.sentiment import CachedScorer, load_news_file, make_scorer, sentiment_scores
+
+log = logging.getLogger("quantshift.live")
+
+
+class OverlayInputs:
+    """What ``decide`` needs besides the signals when the config has ``[regimes]`` or
+    ``[sentiment]`` (nothing otherwise).
+
+    Raises
+    ------
+    ConfigError
+        At start: the model version cannot be loaded, the news file cannot be read, FinBERT
+        weights are missing, or Alpaca news is asked of another venue.
+    """
+
+    def __init__(self, config: LiveConfig, broker) -> None:
+        where = config.path or config.name
+        self._model = None
+        self._scores: Callable[[Sequence[str], int], dict[str, float]] | None = None
+        if config.regime_model is not None:
+            pin = config.regime_model
+            uri = pin.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+            if not uri:
+                raise ConfigError(f"{where}: [regime_model] names no MLflow store: set "
+                                  "tracking_uri or MLFLOW_TRACKING_URI")  # fmt: skip
+            folder = pin.cache_dir
+            if folder is None:
+                from quantshift.data.sources import data_dir
+
+                folder = data_dir() / "regime_models"
+            self._model = load_registered_model(uri, pin.name, pin.version, Path(folder))
+            log.info("regime labels from %s version %s", pin.name, pin.version)
+        if config.news is not None:
+            self._scores = _news_scores(config, broker, where)
+
+    def at(self, window: Bars, close_ns: int) -> dict[str, Any]:
+        """Keyword arguments of ``decide`` for the bar closing at ``close_ns`` (the window's
+        last bar): ``regime`` per symbol, ``sentiment`` per symbol (NaN: no news)."""
+        out: dict[str, Any] = {}
+        symbols = list(window.symbols)
+        if self._model is not None:
+            out["regime"] = dict(zip(symbols, self._model.predict_last(window).tolist(),
+                                     strict=True))  # fmt: skip
+        if self._scores is not None:
+            out["sentiment"] = self._scores(symbols, close_ns)
+        return out
+
+
+def _news_scores(config: LiveConfig, broker, where: str):
+    news = config.news
+    scorer = CachedScorer(make_scorer(news.scorer, finbert_path=news.finbert_path), news.ttl_s)
+    if news.source == "file":
+        items = load_news_file(news.file)
+
+        def from_file(symbols: Sequence[str], close_ns: int) -> dict[str, float]:
+            row = sentiment_scores(items, scorer, [close_ns], symbols, lookback=news.lookback)[0]
+            return dict(zip(symbols, row.tolist(), strict=True))
+
+        return from_file
+    if broker is None or broker.venue != "alpaca":
+        raise ConfigError(
+            f"{where}: [news] source 'alpaca' reads Alpaca's news API with the broker's keys: "
+            "set [broker] kind 'alpaca', or use a headlines file"
+        )
+    from live.alpaca.news import AlpacaNews, NewsSentiment
+
+    feed = NewsSentiment(AlpacaNews(broker.config), scorer, ttl_s=news.ttl_s,
+                         lookback=news.lookback)  # fmt: skip
+    return feed.scores_at
