@@ -163,8 +163,11 @@ def sweep_batch(
 
 
 def _default_source() -> str:
-    # A sweep typed into a Jupyter kernel is a notebook's; anything else a plain sweep.
-    return "notebook" if "ipykernel" in sys.modules else DEFAULT_SOURCE
+    # A sweep typed into a Jupyter kernel is a notebook's; anything else a plain sweep. A
+    # process that merely imported ipykernel (a test runner executing notebooks) is not one.
+    kernel = sys.modules.get("ipykernel.kernelapp")
+    running = kernel is not None and kernel.IPKernelApp.initialized()
+    return "notebook" if running else DEFAULT_SOURCE
 
 
 def record_unevaluated(
