@@ -21,7 +21,12 @@ from quantshift.errors import ConfigError, QuantShiftError
 from quantshift.portfolio import PortfolioConfig
 from quantshift.portfolio.config import OVERLAY_TABLES
 from quantshift.strategies import add_strategy_path, get_strategy
-from quantshift.strategies.loading import absolute_reference, is_reference, strategy_path_entries
+from quantshift.strategies.loading import (
+    absolute_reference,
+    is_reference,
+    resolve_path,
+    strategy_path_entries,
+)
 from quantshift.tables import Table, is_number, read_toml
 
 BROKERS = ("paper", "alpaca", "coinbase")
@@ -364,7 +369,7 @@ def _overlay_sources(top: Table, portfolio: PortfolioConfig, base: Path | None, 
             name=regime_table.string("name", required=True),
             version=version,
             tracking_uri=regime_table.string("tracking_uri"),
-            cache_dir=None if cache is None else str(_relative(cache, base)),
+            cache_dir=None if cache is None else str(resolve_path(cache, base)),
         )
     if news_table.raw:
         news_table.refuse_unknown({"source", "file", "scorer", "finbert_path", "ttl_s", "lookback"})
@@ -375,9 +380,9 @@ def _overlay_sources(top: Table, portfolio: PortfolioConfig, base: Path | None, 
         weights = news_table.string("finbert_path")
         news = NewsConfig(
             source=kind,
-            file=None if file is None else str(_relative(file, base)),
+            file=None if file is None else str(resolve_path(file, base)),
             scorer=news_table.choice("scorer", ("lexicon", "finbert"), "lexicon"),
-            finbert_path=None if weights is None else str(_relative(weights, base)),
+            finbert_path=None if weights is None else str(resolve_path(weights, base)),
             ttl_s=news_table.number("ttl_s", 3600.0),
             lookback=news_table.string("lookback") or "1D",
         )
@@ -390,8 +395,3 @@ def _overlay_sources(top: Table, portfolio: PortfolioConfig, base: Path | None, 
         if needed is None and made is not None:
             raise ConfigError(f"{source}: {what.split()[0]} without [{table}]: nothing reads it")
     return regime_model, news
-
-
-def _relative(value: str, base: Path | None) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() or base is None else base / path

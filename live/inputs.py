@@ -8,13 +8,11 @@ so a runner and ``portfolio_backtest`` given the same bars, model and news decid
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from live.config import LiveConfig
-from live.regime import load_registered_model
+from live.regime import load_pinned
 from quantshift.data import Bars
 from quantshift.errors import ConfigError
 from quantshift.sentiment import CachedScorer, load_news_file, make_scorer, sentiment_scores
@@ -39,16 +37,10 @@ class OverlayInputs:
         self._scores: Callable[[Sequence[str], int], dict[str, float]] | None = None
         if config.regime_model is not None:
             pin = config.regime_model
-            uri = pin.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-            if not uri:
-                raise ConfigError(f"{where}: [regime_model] names no MLflow store: set "
-                                  "tracking_uri or MLFLOW_TRACKING_URI")  # fmt: skip
-            folder = pin.cache_dir
-            if folder is None:
-                from quantshift.data.sources import data_dir
-
-                folder = data_dir() / "regime_models"
-            self._model = load_registered_model(uri, pin.name, pin.version, Path(folder))
+            try:
+                self._model = load_pinned(pin.name, pin.version, pin.tracking_uri, pin.cache_dir)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: [regime_model] {exc}") from None
             log.info("regime labels from %s version %s", pin.name, pin.version)
         if config.news is not None:
             self._scores = _news_scores(config, broker, where)

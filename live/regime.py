@@ -55,23 +55,39 @@ def load_registered_model(
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def pinned_model_problem(overlay, cache_dir: str | Path | None = None) -> str | None:
-    """Why the regime model a promotion record pins (``overlay["regime_model"]``) cannot be
-    loaded here (None: it loads, or the record pins none). The tracking URI is the record's,
-    else ``MLFLOW_TRACKING_URI``; the download is kept under the data folder."""
+def load_pinned(
+    name: str, version: str | int, tracking_uri: str | None, cache_dir: str | Path | None
+) -> RegimeModel:
+    """Load a pinned version from ``tracking_uri`` (else ``MLFLOW_TRACKING_URI``), downloaded
+    under ``cache_dir`` (else the data folder): what a runner and its adoption check both do.
+
+    Raises
+    ------
+    ConfigError
+        When no store is named, or as :func:`load_registered_model`.
+    """
     import os
 
     from quantshift.data.sources import data_dir
 
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise ConfigError(
+            f"regime model {name} version {version}: no MLflow store is named (set "
+            "tracking_uri, or MLFLOW_TRACKING_URI)"
+        )
+    folder = Path(cache_dir) if cache_dir is not None else data_dir() / "regime_models"
+    return load_registered_model(uri, name, version, folder)
+
+
+def pinned_model_problem(overlay, cache_dir: str | Path | None = None) -> str | None:
+    """Why the regime model a promotion record pins (``overlay["regime_model"]``) cannot be
+    loaded here (None: it loads, or the record pins none); see :func:`load_pinned`."""
     pin = (overlay or {}).get("regime_model")
     if not pin:
         return None
-    uri = pin.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        return "the record pins a regime model but names no MLflow store (tracking_uri)"
-    folder = Path(cache_dir) if cache_dir is not None else data_dir() / "regime_models"
     try:
-        load_registered_model(uri, pin["name"], pin["version"], folder)
+        load_pinned(pin["name"], pin["version"], pin.get("tracking_uri"), cache_dir)
     except ConfigError as exc:
         return f"cannot load its pinned {exc}"
     return None
