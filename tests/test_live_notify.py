@@ -130,7 +130,10 @@ def wait_for(condition, timeout_s: float = 10.0) -> None:
 
 
 def notifier(store_url, channels, host="host-a", **settings) -> Notifier:
-    raw = {"channels": channels, "poll_s": 0.05, "min_interval_s": 0, "retry_backoff_s": 0.01}
+    # The daily summary is off unless a test asks for it: the default clock (21:30 UTC) would
+    # otherwise add a summary to whatever a test started after that hour expects.
+    raw = {"channels": channels, "poll_s": 0.05, "min_interval_s": 0, "retry_backoff_s": 0.01,
+           "summary_utc": "off"}  # fmt: skip
     config = parse_notify(Table({**raw, **settings}, "test.toml", "notify"))
     return Notifier(config, store_url, "paper-sp500", host)
 
@@ -215,7 +218,10 @@ def dedupe_across_hosts(url, services, monkeypatch):
     hook = services()
     channel = [webhook(hook, monkeypatch)]
     with Store.open(url) as store:
-        hosts = [notifier(url, channel, host=h).start() for h in ("primary", "standby")]
+        hosts = [
+            notifier(url, channel, host=h, summary_utc="21:30").start()
+            for h in ("primary", "standby")
+        ]
         try:
             for i in range(1, 16):
                 store.claim_epoch(i, by="primary" if i % 2 else "standby")
@@ -368,7 +374,7 @@ def test_the_daily_summary_is_written_once_a_day_with_the_days_numbers(tmp_path)
     def summaries(host, now_ns):
         return [e for e in host.poll_once(summary_clock_ns=now_ns) if e.kind == "summary"]
 
-    a, b = notifier(url, [], host="a"), notifier(url, [], host="b")
+    a, b = (notifier(url, [], host=h, summary_utc="21:30") for h in ("a", "b"))
     for host in (a, b):
         host.store = Store.open(url)
     try:
@@ -388,7 +394,11 @@ def test_a_venue_refusing_the_keys_is_notified_once(alpaca, tmp_path, services, 
     hook = services()
     monkeypatch.setenv(SECRET_ENV, "not-the-secret")
     config = alpaca_config(alpaca, tmp_path)
-    raw_notify = {"channels": [webhook(hook, monkeypatch)], "min_interval_s": 0}
+    raw_notify = {
+        "channels": [webhook(hook, monkeypatch)],
+        "min_interval_s": 0,
+        "summary_utc": "off",
+    }
     config = dataclasses.replace(config, notify=parse_notify(Table(raw_notify, "t.toml", "notify")))
     for _ in range(2):  # a restart loop must not page twice for the same hour
         with pytest.raises(BrokerAuthError):
@@ -403,7 +413,11 @@ def test_a_reconciliation_mismatch_is_notified(alpaca, tmp_path, services, monke
     with alpaca.lock:
         alpaca.positions["SP500"] = 7.0
     config = alpaca_config(alpaca, tmp_path)
-    raw_notify = {"channels": [webhook(hook, monkeypatch)], "min_interval_s": 0}
+    raw_notify = {
+        "channels": [webhook(hook, monkeypatch)],
+        "min_interval_s": 0,
+        "summary_utc": "off",
+    }
     config = dataclasses.replace(config, notify=parse_notify(Table(raw_notify, "t.toml", "notify")))
     Runner(config, max_bars=3).run()
     (event,) = [e for body in hook.bodies() for e in body["events"]]
