@@ -191,6 +191,20 @@ class ReplayVenue(FakeAlpaca):
             order["status"] = "expired"
 
 
+@pytest.fixture
+def replay_venue(tmp_path, monkeypatch):
+    """The replay venue over this module's bars, alpaca-py's keys pointed at it: (bars, venue)."""
+    bars = load_bars(SOURCE, symbols=["SP500"], start=START, end=END)
+    venue = ReplayVenue(bars, f"sqlite:///{tmp_path}/divergence.db").start()
+    monkeypatch.setenv(KEY_ENV, venue.key_id)
+    monkeypatch.setenv(SECRET_ENV, venue.secret_key)
+    venue.set_price("SP500", float(bars.close[0, 0]))
+    try:
+        yield bars, venue
+    finally:
+        venue.stop()
+
+
 def _alpaca(venue: ReplayVenue) -> dict:
     """The [broker] table of alpaca-py against ``venue``."""
     return {"kind": "alpaca", "mode": "paper", "key_id_env": KEY_ENV,
@@ -225,27 +239,20 @@ def _entries(config) -> list[int]:
             for r in trades.itertuples()]  # fmt: skip
 
 
-def test_each_injected_difference_is_found_on_its_trade_and_attributed(tmp_path, monkeypatch):
-    bars = load_bars(SOURCE, symbols=["SP500"], start=START, end=END)
-    venue = ReplayVenue(bars, f"sqlite:///{tmp_path}/divergence.db").start()
-    monkeypatch.setenv(KEY_ENV, venue.key_id)
-    monkeypatch.setenv(SECRET_ENV, venue.secret_key)
-    venue.set_price("SP500", float(bars.close[0, 0]))
-    try:
-        raw = raw_config(tmp_path, _alpaca(venue))
-        config = parse_config(raw, source="divergence-test.toml")
-        entries = _entries(config)
-        assert len(entries) >= 5
-        slipped, rejected, partial, unfilled = (entries[i] for i in (1, 2, 3, 4))
-        venue.slip_bps[slipped] = ASSUMED_BPS + 20.0
-        venue.reject.add(rejected)
-        venue.partly[partial] = 0.5
-        venue.never_fill.add(unfilled)
-        Runner(config).run()
-        with Store.open(config.store_url, create=False) as store:
-            report = divergence(config, store)
-    finally:
-        venue.stop()
+def test_each_injected_difference_is_found_on_its_trade_and_attributed(tmp_path, replay_venue):
+    bars, venue = replay_venue
+    raw = raw_config(tmp_path, _alpaca(venue))
+    config = parse_config(raw, source="divergence-test.toml")
+    entries = _entries(config)
+    assert len(entries) >= 5
+    slipped, rejected, partial, unfilled = (entries[i] for i in (1, 2, 3, 4))
+    venue.slip_bps[slipped] = ASSUMED_BPS + 20.0
+    venue.reject.add(rejected)
+    venue.partly[partial] = 0.5
+    venue.never_fill.add(unfilled)
+    Runner(config).run()
+    with Store.open(config.store_url, create=False) as store:
+        report = divergence(config, store)
     by_entry = {r["entry_ns"]: r for r in report.rows}
 
     def row_of(decided_ns):
@@ -281,27 +288,20 @@ def test_each_injected_difference_is_found_on_its_trade_and_attributed(tmp_path,
     assert data["trades"]["missing"] >= 2 and "missing trade" in data["by_cause"]
 
 
-def test_a_slipped_fill_is_exported_as_slippage_and_as_negative_drift(tmp_path, monkeypatch):
-    bars = load_bars(SOURCE, symbols=["SP500"], start=START, end=END)
-    venue = ReplayVenue(bars, f"sqlite:///{tmp_path}/divergence.db").start()
-    monkeypatch.setenv(KEY_ENV, venue.key_id)
-    monkeypatch.setenv(SECRET_ENV, venue.secret_key)
-    venue.set_price("SP500", float(bars.close[0, 0]))
+def test_a_slipped_fill_is_exported_as_slippage_and_as_negative_drift(tmp_path, replay_venue):
+    _, venue = replay_venue
+    raw = raw_config(tmp_path, _alpaca(venue))
+    raw["metrics"] = {"port": 0}
+    config = parse_config(raw, source="divergence-test.toml")
     slip_bps = 25.0
-    try:
-        raw = raw_config(tmp_path, _alpaca(venue))
-        raw["metrics"] = {"port": 0}
-        config = parse_config(raw, source="divergence-test.toml")
-        slipped = _entries(config)[1]
-        venue.slip_bps[slipped] = slip_bps
-        runner = Runner(config)
-        runner.run()
-        with Store.open(config.store_url, create=False) as store:
-            report = divergence(config, store)
-            fills = len(store.fills())
-    finally:
-        venue.stop()
+    venue.slip_bps[_entries(config)[1]] = slip_bps
+    runner = Runner(config, max_bars=100)  # to May 2014: the slipped trade and two more closed
+    runner.run()
+    with Store.open(config.store_url, create=False) as store:
+        report = divergence(config, store)
+        fills = len(store.fills())
     samples = exported(runner.metrics)
+    assert report.counts()["matched"] >= 3
     # One fill slipped 25 bps, every other one the assumed 5.
     assert samples[("fill_slippage_bps_count", POSITION)] == fills
     assert samples[("fill_slippage_bps_bucket", POSITION | {("le", "3.0")})] == 0
