@@ -63,6 +63,25 @@ class Divergence:
         values = [v for v in values if math.isfinite(v)]
         return float(np.median(values)) if values else float("nan")
 
+    def pnl_difference_by_position(self) -> dict[tuple[str, str], float]:
+        """Live minus backtest P&L of the compared trades per (sleeve, symbol); the values add
+        up to :attr:`pnl_difference`."""
+        out: dict[tuple[str, str], float] = {}
+        for row in self.rows:
+            key = (row["sleeve"], row["symbol"])
+            out[key] = out.get(key, 0.0) + row["pnl_difference"]
+        return out
+
+    @property
+    def equity_drift_pct(self) -> float:
+        """Live against backtest portfolio equity at the last bar both have, in percent of the
+        backtest's (open positions marked at that close); NaN before a live snapshot."""
+        both = self.equity.dropna()
+        if both.empty:
+            return float("nan")
+        live, tested = float(both["live"].iloc[-1]), float(both["backtest"].iloc[-1])
+        return 100.0 * (live / tested - 1.0)
+
     def counts(self) -> dict[str, int]:
         kinds = [r["kind"] for r in self.rows]
         return {k: kinds.count(k) for k in ("matched", "missing", "extra")}
@@ -140,8 +159,9 @@ def divergence(config: LiveConfig, store, *, since_ns: int | None = None,
     start = first if since_ns is None else max(first, int(since_ns))
     ts = bars.ts_ns
     tested = result.trades
+    # Compared as timestamps: mapping an empty column to ints keeps its datetime dtype.
     tested = tested[(tested["exit_reason"] != "open")
-                    & (tested["entry_time"].map(_ns) >= start)]  # fmt: skip
+                    & (tested["entry_time"] >= pd.Timestamp(start, tz="UTC"))]  # fmt: skip
     live = [t for t in store.trades() if t.entry_ts_ns >= start]
     intents = store.intents()
     interval = _interval(ts)
@@ -210,10 +230,16 @@ def _matched(trade, tested, intents, *, timing: bool) -> dict:
     return _row("matched", trade.strategy, trade.symbol, trade.direction, trade.entry_ts_ns,
                 trade.exit_ts_ns, q_live, q_bt, float(trade.pnl), float(tested.pnl),
                 {k: v for k, v in causes.items() if v != 0.0},
-                entry_slippage_bps=d * (in_live / in_bt - 1.0) * 1e4,
-                exit_slippage_bps=-d * (out_live / out_bt - 1.0) * 1e4,
+                entry_slippage_bps=slippage_bps(in_live, in_bt, buying=d > 0),
+                exit_slippage_bps=slippage_bps(out_live, out_bt, buying=d < 0),
                 live_entry_price=in_live, backtest_entry_price=in_bt,
                 live_exit_price=out_live, backtest_exit_price=out_bt)  # fmt: skip
+
+
+def slippage_bps(price: float, reference: float, *, buying: bool) -> float:
+    """How much worse ``price`` is than ``reference`` for a buy (``buying``) or a sell, in
+    basis points of ``reference`` (negative: better)."""
+    return (1.0 if buying else -1.0) * (price / reference - 1.0) * 1e4
 
 
 def _extra(trade) -> dict:

@@ -7,6 +7,7 @@ symbols from the config.
 
 from __future__ import annotations
 
+import math
 import socket
 import socketserver
 import threading
@@ -43,6 +44,15 @@ venue's, or a runner failure."""
 
 CYCLE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Cycle duration histogram buckets (seconds); the decision goal is 20 ms."""
+
+SLIPPAGE_BUCKETS_BPS = (-50.0, -20.0, -10.0, -5.0, -2.0, 0.0, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0,
+                        15.0, 20.0, 30.0, 50.0, 100.0, 200.0)  # fmt: skip
+"""Realised slippage histogram buckets (bps). Above 1 bps each bound is at most twice the one
+below, so fills that slip exactly the assumed amount never put a quantile above twice it."""
+
+SLIPPAGE_PRECISION_BPS = 1e-6
+"""Realised slippage is rounded to this: a fill at exactly the assumed slippage lands in the
+bucket bounded by it, not one above through float noise."""
 
 DEFAULT_PORT = 9200
 
@@ -199,6 +209,44 @@ class LiveMetrics:
             f"{ns}_position_units", "Open position (signed units)", ["strategy", "symbol"],
             registry=r,
         )  # fmt: skip
+        # Execution against the backtest: realised slippage of each fill and the drift of the
+        # live P&L from the backtest of the same bars (live.drift computes it).
+        self._slippage = Histogram(
+            f"{ns}_fill_slippage_bps",
+            "Realised slippage of each market-order fill against the price the fill model slips "
+            "from (the open after the decision), bps, positive is worse",
+            ["sleeve", "symbol"],
+            buckets=SLIPPAGE_BUCKETS_BPS,
+            registry=r,
+        )
+        self._assumed_slippage = _GaugeOnceSet(
+            f"{ns}_assumed_slippage_bps", "Slippage the backtest and fill model assume (bps)", r
+        )
+        self._drift_pnl = Gauge(
+            f"{ns}_drift_pnl",
+            "Live minus backtest P&L of the trades closed since the first decision "
+            "(account currency)",
+            ["sleeve", "symbol"],
+            registry=r,
+        )
+        self._drift_pct = Gauge(
+            f"{ns}_drift_pct",
+            "Live minus backtest P&L in percent of the starting cash (sums to the drift of "
+            "`live divergence`)",
+            ["sleeve", "symbol"],
+            registry=r,
+        )
+        self._drift_equity = _GaugeOnceSet(
+            f"{ns}_drift_equity_pct",
+            "Live against backtest portfolio equity at the last computation (percent)",
+            r,
+        )
+        self._drift_bar = _GaugeOnceSet(
+            f"{ns}_drift_bar_timestamp_seconds", "Last bar the drift was computed at", r
+        )
+        self._drift_seconds = _GaugeOnceSet(
+            f"{ns}_drift_computation_seconds", "Duration of the last drift computation", r
+        )
         self._clock: Any = None
         self._last_bar_ns: int | None = None
         self._warm = self._store_ok = self._is_leader = False
@@ -374,6 +422,38 @@ class LiveMetrics:
             return
         self._promoted.labels(strategy=strategy).info({"record_id": str(record_id)})
         self._promoted_strategies.add(strategy)
+
+    def set_execution_model(self, assumed_slippage_bps: float, symbols: Iterable[str]) -> None:
+        """Export the assumed slippage, and start every (sleeve, symbol) slippage series empty
+        (needs the sleeves given at construction)."""
+        self._assumed_slippage.set(assumed_slippage_bps)
+        for sleeve in self.strategies or ():
+            for symbol in symbols:
+                self._slippage.labels(sleeve=sleeve, symbol=symbol)
+
+    def observe_slippage(self, sleeve: str, symbol: str, slippage_bps: float) -> None:
+        """Record the realised slippage of one fill (bps, positive is worse)."""
+        rounded = round(slippage_bps / SLIPPAGE_PRECISION_BPS) * SLIPPAGE_PRECISION_BPS
+        self._slippage.labels(sleeve=self._strategy(sleeve), symbol=symbol).observe(rounded)
+
+    def set_drift(
+        self,
+        pnl_by_position: dict[tuple[str, str], float],
+        initial_cash: float,
+        equity_pct: float,
+        bar_ts_ns: int,
+        duration_s: float,
+    ) -> None:
+        """Export the drift from the backtest: live minus backtest P&L per (sleeve, symbol), in
+        currency and in percent of ``initial_cash``, and the equity difference (percent)."""
+        for (sleeve, symbol), pnl in pnl_by_position.items():
+            sleeve = self._strategy(sleeve)
+            self._drift_pnl.labels(sleeve=sleeve, symbol=symbol).set(pnl)
+            self._drift_pct.labels(sleeve=sleeve, symbol=symbol).set(100.0 * pnl / initial_cash)
+        if math.isfinite(equity_pct):  # NaN: no live snapshot yet; keep what was exported
+            self._drift_equity.set(equity_pct)
+        self._drift_bar.set(bar_ts_ns / 1e9)
+        self._drift_seconds.set(duration_s)
 
     def render(self) -> str:
         """Return the exposition text (what a scrape gets)."""

@@ -258,3 +258,42 @@ def test_runner_exports_the_positions_and_sleeve_equity_the_store_records(tmp_pa
     last_bar_s = _value(samples, "last_bar_timestamp_seconds")
     assert last_bar_s == sleeves["trend"].ts_ns / 1e9
     assert _value(samples, "ready") == 1 and _value(samples, "leader_terms_total") == 1
+
+
+def test_slippage_and_drift_from_the_backtest_per_sleeve_and_symbol():
+    metrics = LiveMetrics(strategies=["trend", "reversion"])
+    samples = _samples(metrics.render())
+    assert _value(samples, "assumed_slippage_bps") is None  # no sample before it is known
+    assert _value(samples, "drift_equity_pct") is None
+    metrics.set_execution_model(5.0, ["SP500", "NASDAQ"])
+    samples = _samples(metrics.render())
+    assert _value(samples, "assumed_slippage_bps") == 5.0
+    for sleeve in ("trend", "reversion"):  # every series exists, empty, from the start
+        for symbol in ("SP500", "NASDAQ"):
+            assert _value(samples, "fill_slippage_bps_count", sleeve=sleeve, symbol=symbol) == 0
+    # A fill at exactly the assumed slippage lands in the bucket it bounds, float noise or not.
+    metrics.observe_slippage("trend", "SP500", 5.000000000001)
+    metrics.observe_slippage("trend", "SP500", 4.999999999999)
+    metrics.observe_slippage("trend", "SP500", 25.0)
+    metrics.observe_slippage("trend", "SP500", -3.0)  # better than the open
+    samples = _samples(metrics.render())
+    at = {"sleeve": "trend", "symbol": "SP500"}
+    assert _value(samples, "fill_slippage_bps_bucket", **at, le="-2.0") == 1
+    assert _value(samples, "fill_slippage_bps_bucket", **at, le="3.0") == 1
+    assert _value(samples, "fill_slippage_bps_bucket", **at, le="5.0") == 3
+    assert _value(samples, "fill_slippage_bps_bucket", **at, le="20.0") == 3
+    assert _value(samples, "fill_slippage_bps_bucket", **at, le="30.0") == 4
+    pnl = {("trend", "SP500"): -250.0, ("trend", "NASDAQ"): 0.0, ("reversion", "SP500"): 50.0}
+    metrics.set_drift(pnl, 100_000.0, -0.2, 1_700_000_000 * 10**9, 0.025)
+    metrics.set_drift(pnl, 100_000.0, float("nan"), 1_700_000_060 * 10**9, 0.030)
+    samples = _samples(metrics.render())
+    assert _value(samples, "drift_pnl", **at) == -250.0
+    assert _value(samples, "drift_pct", **at) == pytest.approx(-0.25)
+    assert _value(samples, "drift_pct", sleeve="reversion", symbol="SP500") == pytest.approx(0.05)
+    assert _value(samples, "drift_equity_pct") == -0.2  # NaN (no live snapshot) keeps the last
+    assert _value(samples, "drift_bar_timestamp_seconds") == 1_700_000_060
+    assert _value(samples, "drift_computation_seconds") == 0.030
+    with pytest.raises(ConfigError, match="'rsi'"):
+        metrics.observe_slippage("rsi", "SP500", 1.0)
+    with pytest.raises(ConfigError, match="'rsi'"):
+        metrics.set_drift({("rsi", "SP500"): 1.0}, 100_000.0, 0.0, 0, 0.0)

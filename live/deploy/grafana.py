@@ -91,6 +91,33 @@ TRADING = (
         unit="percent",
         width=24,
     ),
+    Panel(
+        "Drift from the backtest",
+        (
+            (f"sum by (job, sleeve) ({NS}_drift_pct {LEADER})", "{{sleeve}} closed trades"),
+            (f"{NS}_drift_equity_pct {LEADER}", "portfolio equity"),
+        ),
+        unit="percent",
+        description="Live minus the backtest of the same bars: P&L of the closed trades per "
+        "sleeve (percent of the starting cash) and portfolio equity (percent of the "
+        "backtest's). `live divergence` attributes it trade by trade.",
+    ),
+    Panel(
+        "Realised slippage against the assumed (bps)",
+        (
+            *(
+                (
+                    f"histogram_quantile({q}, sum by (sleeve, le) "
+                    f"(increase({NS}_fill_slippage_bps_bucket[1h])))",
+                    f"{{{{sleeve}}}} p{round(q * 100)}",
+                )
+                for q in (0.5, 0.9)
+            ),
+            (f"max by (job) ({NS}_assumed_slippage_bps)", "assumed"),
+        ),
+        description="Fills against the open after their decision over the last hour, "
+        "positive is worse, against the slippage the backtest assumes.",
+    ),
 )
 
 OPERATIONS = (
