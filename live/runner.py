@@ -450,7 +450,7 @@ class Runner:
                 bar_interval_ns=self.interval_ns,
             )
             for blocked in verdict.blocked:
-                self.metrics.record_order(blocked.order.strategy, "blocked_by_guard")
+                self.metrics.record_order(blocked.order.sleeve, "blocked_by_guard")
             if verdict.halt_reason is not None:
                 log.error("HALT: %s", verdict.halt_reason, extra={"cycle": ts, "epoch": epoch})
                 tripped = self.store.halt(

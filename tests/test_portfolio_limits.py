@@ -356,8 +356,7 @@ def test_the_live_runner_applies_the_limits_as_the_backtest_does(tmp_path):
         # Units and P&L apart: the backtest cuts decided units at the fill when the cash is
         # short, the venue fills what it was sent (tests/test_live_runner.py, sized_alike).
         live = sorted(
-            (t.strategy, t.symbol, t.entry_ts_ns, t.exit_ts_ns, t.exit_reason)
-            for t in store.trades()
+            (t.sleeve, t.symbol, t.entry_ts_ns, t.exit_ts_ns, t.exit_reason) for t in store.trades()
         )
     bars = load_bars(
         config.feed.source, symbols=list(config.portfolio.symbols), start="2016-03-01",
