@@ -191,16 +191,16 @@ def _pair(live, tested: pd.DataFrame, intents, ts: np.ndarray, window_ns: int) -
     rows = []
     unmatched = []
     keyed = {(r.sleeve, r.symbol, r.direction, _ns(r.entry_time)): i for i, r in free.items()}
-    for trade in sorted(live, key=lambda t: (t.entry_ts_ns, t.strategy, t.symbol)):
-        i = keyed.pop((trade.strategy, trade.symbol, trade.direction, trade.entry_ts_ns), None)
+    for trade in sorted(live, key=lambda t: (t.entry_ts_ns, t.sleeve, t.symbol)):
+        i = keyed.pop((trade.sleeve, trade.symbol, trade.direction, trade.entry_ts_ns), None)
         if i is None:
             unmatched.append(trade)
         else:
             rows.append(_matched(trade, free.pop(i), intents, timing=False))
     for trade in unmatched:
         near = [(abs(_ns(r.entry_time) - trade.entry_ts_ns), i) for i, r in free.items()
-                if (r.sleeve, r.symbol, r.direction) == (trade.strategy, trade.symbol,
-                                                        trade.direction)
+                if (r.sleeve, r.symbol, r.direction) == (trade.sleeve, trade.symbol,
+                                                         trade.direction)
                 and abs(_ns(r.entry_time) - trade.entry_ts_ns) <= window_ns]  # fmt: skip
         if near:
             rows.append(_matched(trade, free.pop(min(near)[1]), intents, timing=True))
@@ -227,7 +227,7 @@ def _matched(trade, tested, intents, *, timing: bool) -> dict:
     # Zero when both sides book P&L as direction x units x price move - fees; kept visible.
     rest = float(trade.pnl) - float(tested.pnl) - sum(causes.values())
     causes["unexplained"] = rest if abs(rest) > 1e-9 * max(abs(float(tested.pnl)), 1.0) else 0.0
-    return _row("matched", trade.strategy, trade.symbol, trade.direction, trade.entry_ts_ns,
+    return _row("matched", trade.sleeve, trade.symbol, trade.direction, trade.entry_ts_ns,
                 trade.exit_ts_ns, q_live, q_bt, float(trade.pnl), float(tested.pnl),
                 {k: v for k, v in causes.items() if v != 0.0},
                 entry_slippage_bps=slippage_bps(in_live, in_bt, buying=d > 0),
@@ -243,7 +243,7 @@ def slippage_bps(price: float, reference: float, *, buying: bool) -> float:
 
 
 def _extra(trade) -> dict:
-    return _row("extra", trade.strategy, trade.symbol, trade.direction, trade.entry_ts_ns,
+    return _row("extra", trade.sleeve, trade.symbol, trade.direction, trade.entry_ts_ns,
                 trade.exit_ts_ns, float(trade.qty), 0.0, float(trade.pnl), 0.0,
                 {"extra trade": float(trade.pnl)}, reason="not in the backtest",
                 live_entry_price=float(trade.entry_price))  # fmt: skip
@@ -255,8 +255,8 @@ def _missing(tested, intents, ts: np.ndarray) -> dict:
     decided_ns = int(ts[at - 1]) if at > 0 else entry_ns
     side = "buy" if tested.direction == "long" else "sell"
     mine = [i for i in intents
-            if (i.strategy, i.symbol, i.side, i.bar_ts_ns) == (tested.sleeve, tested.symbol,
-                                                              side, decided_ns)]  # fmt: skip
+            if (i.sleeve, i.symbol, i.side, i.bar_ts_ns) == (tested.sleeve, tested.symbol,
+                                                             side, decided_ns)]  # fmt: skip
     reason = _why_missing(mine)
     return _row("missing", tested.sleeve, tested.symbol, tested.direction, entry_ns,
                 _ns(tested.exit_time), 0.0, float(tested.units), 0.0, float(tested.pnl),
@@ -284,7 +284,7 @@ def _partly_filled(trade, intents) -> bool:
     """Whether the entry order of ``trade`` filled less than it asked (a venue's partial fill)."""
     side = "buy" if trade.direction == "long" else "sell"
     for intent in intents:
-        if (intent.strategy, intent.symbol, intent.side) == (trade.strategy, trade.symbol, side) \
+        if (intent.sleeve, intent.symbol, intent.side) == (trade.sleeve, trade.symbol, side) \
                 and 0 < intent.filled_qty < intent.qty * (1 - 1e-9) \
                 and intent.bar_ts_ns < trade.entry_ts_ns:  # fmt: skip
             return abs(intent.filled_qty - trade.qty) <= 1e-9 * max(trade.qty, 1.0)

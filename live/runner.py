@@ -143,7 +143,7 @@ class Runner:
                 }
             ),
         )
-        self.metrics = LiveMetrics(strategies=list(cfg.portfolio.sleeve_names))
+        self.metrics = LiveMetrics(sleeves=list(cfg.portfolio.sleeve_names))
         self.metrics.set_execution_model(cfg.portfolio.sim.slippage_bps, cfg.portfolio.symbols)
         self.drift = None
         if cfg.metrics.enabled:
@@ -461,7 +461,7 @@ class Runner:
                 bar_interval_ns=self.interval_ns,
             )
             for blocked in verdict.blocked:
-                self.metrics.record_order(blocked.order.strategy, "blocked_by_guard")
+                self.metrics.record_order(blocked.order.sleeve, "blocked_by_guard")
             if verdict.halt_reason is not None:
                 log.error("HALT: %s", verdict.halt_reason, extra={"cycle": ts, "epoch": epoch})
                 tripped = self.store.halt(

@@ -119,7 +119,7 @@ def test_the_drift_is_computed_at_most_every_interval(paper_run):
     _, _, config, runner = paper_run
     now = [0.0]
     with Store.open(config.store_url, create=False) as store:
-        metrics = LiveMetrics(strategies=config.portfolio.sleeve_names)
+        metrics = LiveMetrics(sleeves=config.portfolio.sleeve_names)
         drift = DriftExport(config, store, metrics, interval_s=60.0, clock=lambda: now[0])
         done = []
         for now[0] in (0.0, 30.0, 59.9, 61.0, 100.0, 121.5):

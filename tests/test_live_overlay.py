@@ -81,7 +81,7 @@ def test_the_runner_decides_with_the_model_and_the_news_as_the_backtest_does(reg
     summary = Runner(config).run()
     assert summary.ended == "replay finished" and summary.trades >= 5
     with Store.open(config.store_url) as store:
-        live = sorted((t.strategy, t.symbol, t.direction, t.entry_ts_ns, t.exit_ts_ns,
+        live = sorted((t.sleeve, t.symbol, t.direction, t.entry_ts_ns, t.exit_ts_ns,
                        t.entry_price, t.exit_price, t.qty, t.pnl, t.exit_reason)
                       for t in store.trades())  # fmt: skip
     bars = load_bars(str(root / "bars.parquet"))

@@ -277,7 +277,7 @@ def test_a_kill_between_a_fill_and_its_protection_leaves_no_naked_or_doubled_pos
         # never two fills in one group (no double exit), never two stops for one position
         assert all(sum(i.state == "FILLED" for i in g) <= 1 for g in groups.values())
         assert all(len({i.details["leg"] for i in g}) == len(g) for g in groups.values())
-        held = {(p.strategy, p.symbol) for p in store.positions() if p.qty != 0}
+        held = {(p.sleeve, p.symbol) for p in store.positions() if p.qty != 0}
     broker = PaperBroker(config.store_url, cash=1e6)
     resting = {o.symbol for o in broker.open_orders()}
     assert resting <= {symbol for _, symbol in held}  # no resting order without a position

@@ -39,7 +39,7 @@ def _config(tmp_path, **changes):
 def _store_trades(config):
     with Store.open(config.store_url) as store:
         return sorted(
-            (t.strategy, t.symbol, t.direction, t.entry_ts_ns, t.exit_ts_ns, t.entry_price,
+            (t.sleeve, t.symbol, t.direction, t.entry_ts_ns, t.exit_ts_ns, t.entry_price,
              t.exit_price, t.qty, t.pnl, t.exit_reason)
             for t in store.trades()
         )  # fmt: skip
@@ -161,7 +161,7 @@ def test_a_strategy_repeating_an_order_500_times_ends_with_one_order_and_a_halt(
     sent = [(i.details["action"], i.details.get("reason")) for i in intents]
     assert sent[0] == ("entry", "entry")
     assert all(action == "protect" for action, _ in sent[1:])
-    assert {(i.strategy, i.symbol) for i in intents} == {(intents[0].strategy, intents[0].symbol)}
+    assert {(i.sleeve, i.symbol) for i in intents} == {(intents[0].sleeve, intents[0].symbol)}
     assert len(orders) <= 2
     assert summary.bars == 300
 

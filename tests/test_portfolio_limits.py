@@ -356,7 +356,7 @@ def test_the_live_runner_applies_the_limits_as_the_backtest_does(tmp_path):
     assert summary.ended == "replay finished"
     with Store.open(config.store_url) as store:
         live = sorted(
-            (t.strategy, t.symbol, t.direction, t.entry_ts_ns, t.exit_ts_ns, t.entry_price,
+            (t.sleeve, t.symbol, t.direction, t.entry_ts_ns, t.exit_ts_ns, t.entry_price,
              t.exit_price, t.qty, t.pnl, t.exit_reason)
             for t in store.trades()
         )  # fmt: skip

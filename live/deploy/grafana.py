@@ -41,18 +41,18 @@ TRADING = (
     ),
     Panel(
         "Equity per sleeve",
-        ((f"{NS}_sleeve_equity {LEADER}", "{{strategy}}"),),
+        ((f"{NS}_sleeve_equity {LEADER}", "{{sleeve}}"),),
         unit="currencyUSD",
     ),
     Panel(
         "Sleeve P&L over 24 hours",
-        ((f"delta({NS}_sleeve_equity[1d]) {LEADER}", "{{strategy}}"),),
+        ((f"delta({NS}_sleeve_equity[1d]) {LEADER}", "{{sleeve}}"),),
         kind="bargauge",
         unit="currencyUSD",
     ),
     Panel(
         "Positions",
-        ((f"{NS}_position_units != 0 {LEADER}", "{{strategy}} {{symbol}}"),),
+        ((f"{NS}_position_units != 0 {LEADER}", "{{sleeve}} {{symbol}}"),),
         kind="table",
         description="Open positions (signed units) of each sleeve and symbol.",
     ),
@@ -75,10 +75,10 @@ TRADING = (
         "Fills and signals per sleeve",
         (
             (
-                f'sum by (strategy) (increase({NS}_orders_total{{outcome="filled"}}[1h]))',
-                "{{strategy}} fills",
+                f'sum by (sleeve) (increase({NS}_orders_total{{outcome="filled"}}[1h]))',
+                "{{sleeve}} fills",
             ),
-            (f"sum by (strategy) (increase({NS}_signals_total[1h]))", "{{strategy}} signals"),
+            (f"sum by (sleeve) (increase({NS}_signals_total[1h]))", "{{sleeve}} signals"),
         ),
     ),
     Panel(
