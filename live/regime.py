@@ -80,14 +80,18 @@ def load_pinned(
     return load_registered_model(uri, name, version, folder)
 
 
-def pinned_model_problem(overlay, cache_dir: str | Path | None = None) -> str | None:
+def pinned_model_problem(
+    overlay, cache_dir: str | Path | None = None, tracking_uri: str | None = None
+) -> str | None:
     """Why the regime model a promotion record pins (``overlay["regime_model"]``) cannot be
-    loaded here (None: it loads, or the record pins none); see :func:`load_pinned`."""
+    loaded here (None: it loads, or the record pins none); see :func:`load_pinned`. A pin
+    without a store (its URL held a password) is looked up in ``tracking_uri``."""
     pin = (overlay or {}).get("regime_model")
     if not pin:
         return None
     try:
-        load_pinned(pin["name"], pin["version"], pin.get("tracking_uri"), cache_dir)
+        load_pinned(pin["name"], pin["version"], pin.get("tracking_uri") or tracking_uri,
+                    cache_dir)  # fmt: skip
     except ConfigError as exc:
         return f"cannot load its pinned {exc}"
     return None

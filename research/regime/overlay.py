@@ -23,9 +23,15 @@ from quantshift.portfolio import PortfolioConfig, portfolio_backtest
 from quantshift.portfolio.overlay import RegimeOverlay, SectorMap
 from quantshift.regime_features import FEATURES, NO_REGIME
 from quantshift.tables import read_toml
+from quantshift.urls import mask_secrets
 from research.regime.spec import RegimeSpec, load_regime_spec
 from research.regime.train import RegimeReport, load_regime_bars, train
-from research.stats import deflated_sharpe_ratio, probabilistic_sharpe_ratio, return_moments
+from research.regime.trials import (
+    deflate,
+    record_variants,
+    register_overlay,
+    registration_summary,
+)
 
 VARIANTS = (
     ("base", False, False, None),
@@ -35,6 +41,9 @@ VARIANTS = (
     ("persistence-regime-and-limits", True, True, "persistence"),
 )
 """(name, correlation and sector limits on, regime allocation on, regime source)."""
+PROMOTED_VARIANT = "regime-and-limits"
+"""The variant a promoted sleeve's evidence comes from: the portfolio as a runner with
+``[regimes]``, ``[regime_model]`` and the limits trades it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +59,9 @@ class OverlaySpec:
     sectors: SectorMap
     regimes: RegimeOverlay
     path: Path | None = None
+    canonical: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    """What the spec registers by content hash (``research.regime.trials``): every table but
+    the study's name, with the regime spec's tables in place of its file name."""
 
 
 def is_overlay_spec(path: str | Path) -> bool:
@@ -90,6 +102,11 @@ def load_overlay_spec(path: str | Path) -> OverlaySpec:
     else:
         regimes = RegimeOverlay.from_table(rules)
     regimes.check_sleeves(config.sleeve_names)
+    regime_top, _ = read_toml(regime_file, "regime spec")
+    canonical = {
+        **{k: v for k, v in top.raw.items() if k != "overlay"},
+        "regime": {k: v for k, v in regime_top.raw.items() if k != "tracking"},
+    }
     return OverlaySpec(
         name=head.string("name", required=True),
         regime=load_regime_spec(regime_file),
@@ -100,6 +117,7 @@ def load_overlay_spec(path: str | Path) -> OverlaySpec:
         sectors=SectorMap(dict(mapping), f"{path}: [sectors]"),
         regimes=regimes,
         path=path,
+        canonical=canonical,
     )
 
 
@@ -150,8 +168,14 @@ def run_overlay(
     progress=None,
 ) -> OverlayReport:
     """Train (or take) the regime model's walk-forward predictions, then backtest every
-    variant over the out-of-sample bars and deflate each Sharpe ratio over all variants."""
+    variant over the out-of-sample bars, record the variants in the trial registry under the
+    spec's lineage, and deflate each Sharpe ratio over every variant that lineage ever ran
+    on these bars."""
     bars = load_regime_bars(spec.regime)
+    if track and tracker is None:
+        from research.tracking import Tracker
+
+        tracker = Tracker(spec.regime.tracking_uri, experiment=spec.name)
     if regime_report is None:
         regime_report = train(spec.regime, tracker=tracker, track=track, progress=progress,
                               bars=bars)  # fmt: skip
@@ -165,7 +189,11 @@ def run_overlay(
     }
     symbols = list(spec.portfolio.symbols)
     columns = [bars.symbols.index(s) for s in symbols]
-    rows, curves = [], {}
+    oos = bars[first:].select(symbols)
+    sleeves = spec.portfolio.sleeves
+    # Registered before the first variant runs, like a study's spec.
+    registration = register_overlay(dict(spec.canonical), [s.strategy_name for s in sleeves], oos)
+    rows, curves, returns_of = [], {}, []
     for name, limits, regimes, source in VARIANTS:
         config = variant_config(spec, limits, regimes)
         regime = None
@@ -178,7 +206,7 @@ def run_overlay(
         initial = float(result.equity.to_numpy()[first - start - 1]) if first > start else (
             config.sim.cash)  # fmt: skip
         metrics = equity_metrics(equity, initial, result.periods_per_year)
-        returns = equity / np.concatenate(([initial], equity[:-1])) - 1.0
+        returns_of.append(equity / np.concatenate(([initial], equity[:-1])) - 1.0)
         trades = result.trades
         oos_trades = int((trades["entry_time"] >= bars.index[first]).sum()) if len(trades) else 0
         vetoes = result.vetoes
@@ -189,16 +217,65 @@ def run_overlay(
             "max_drawdown_pct": metrics["max_drawdown_pct"],
             "trades": oos_trades,
             "vetoes": int((vetoes["time"] >= bars.index[first]).sum()) if len(vetoes) else 0,
-            "_returns": returns,
         })  # fmt: skip
         curves[name] = pd.Series(equity, index=bars.index[first:])
-    table = _deflate(pd.DataFrame(rows))
+    flags = [(limits, regimes, source == "persistence") for _, limits, regimes, source in VARIANTS]
+    record_variants(registration, [s.strategy_object for s in sleeves], oos, flags, returns_of,
+                    [row["trades"] for row in rows], spec.name)  # fmt: skip
+    table, deflation = deflate(pd.DataFrame(rows).set_index("variant"), returns_of,
+                               registration.spec.lineage, oos)  # fmt: skip
     report = OverlayReport(spec, regime_report, table, pd.DataFrame(curves))
-    report.summary = _overlay_summary(report, bars, first)
+    report.summary = _overlay_summary(report, bars, first, deflation["registry_trials"])
+    report.summary.update(
+        dsr_trial_variance=deflation["registry_sharpe_variance"],
+        preregistration=registration_summary(registration),
+        **_promotable(spec, regime_report, bars),
+    )
     report.figures["overlay_equity"] = _plot(report)
     if track:
         _track(report, tracker)
     return report
+
+
+def _promotable(spec: OverlaySpec, regime_report: RegimeReport, bars: Bars) -> dict[str, Any]:
+    """What ``quantshift promote RUN --sleeve NAME`` makes a record of: each sleeve (strategy,
+    parameters, symbols, allocation, sizing and costs, code), the data, the walk-forward folds,
+    and the overlay the full variant ran with (the registered regime model's version)."""
+    from quantshift.provenance import code_fingerprint
+
+    config = spec.portfolio
+    overlay: dict[str, Any] = {}
+    if regime_report.model_version is not None:
+        uri = regime_report.tracking_uri
+        overlay["regime_model"] = {
+            "name": spec.regime.model_name,
+            "version": str(regime_report.model_version),
+            # A store URL with a password is not written into a record: the runner then uses
+            # its own [regime_model] tracking_uri or MLFLOW_TRACKING_URI.
+            "tracking_uri": uri if uri is not None and mask_secrets(uri) == uri else None,
+        }
+    return {
+        "sleeves": [
+            {
+                "name": s.name,
+                "strategy": s.strategy_name,
+                "params": {k: float(v) for k, v in s.params.items()},
+                "symbols": list(s.symbols),
+                "allocation": s.allocation,
+                "research_settings": s.sim_config(config.sim).to_dict(),
+                "code": code_fingerprint(s.strategy_name),
+            }
+            for s in config.sleeves
+        ],
+        "promoted_variant": PROMOTED_VARIANT,
+        "overlay": overlay,
+        "data_source": spec.regime.data.source,
+        "data_first_bar": str(bars.index[0]),
+        "data_last_bar": str(bars.index[-1]),
+        "data_bars": bars.n_bars,
+        "data_fingerprint": bars.fingerprint(),
+        "wf_folds": len(regime_report.evaluation.folds),
+    }
 
 
 def _track(report: OverlayReport, tracker) -> None:
@@ -238,23 +315,7 @@ def _persistence(regime_report: RegimeReport) -> np.ndarray:
     return out
 
 
-def _deflate(table: pd.DataFrame) -> pd.DataFrame:
-    """Per-period Sharpe, PSR (vs 0) and DSR over all variants (every variant is a trial)."""
-    from research.stats import sharpe_ratio
-
-    per_period = [sharpe_ratio(r) for r in table["_returns"]]
-    psr, dsr = [], []
-    for returns, sr in zip(table["_returns"], per_period, strict=True):
-        skew, kurt = return_moments(returns)
-        psr.append(probabilistic_sharpe_ratio(sr, 0.0, len(returns), skew, kurt))
-        dsr.append(deflated_sharpe_ratio(sr, per_period, len(returns), skew, kurt))
-    table = table.drop(columns="_returns")
-    table["psr"] = psr
-    table["dsr"] = dsr
-    return table.set_index("variant")
-
-
-def _overlay_summary(report: OverlayReport, bars: Bars, first: int) -> dict[str, Any]:
+def _overlay_summary(report: OverlayReport, bars: Bars, first: int, trials: int) -> dict[str, Any]:
     table = report.table
     base, full = table.loc["base"], table.loc["regime-and-limits"]
     regime_summary = report.regime_report.summary
@@ -263,13 +324,14 @@ def _overlay_summary(report: OverlayReport, bars: Bars, first: int) -> dict[str,
         "oos_start": str(bars.index[first].date()),
         "oos_end": str(bars.index[-1].date()),
         "oos_bars": len(bars.index) - first,
-        "trials": len(table),
+        "variants": len(table),
+        "trials": trials,
         "regime_model_accuracy": regime_summary[f"{report.spec.regime.register}_accuracy"],
         "persistence_accuracy": regime_summary["persistence_accuracy"],
         "best_variant": str(table["sharpe"].idxmax()),
     }
     for name, row in table.iterrows():
-        for key in ("sharpe", "cagr_pct", "max_drawdown_pct", "dsr"):
+        for key in ("sharpe", "cagr_pct", "max_drawdown_pct", "trades", "psr", "dsr"):
             out[f"{name}_{key}"] = float(row[key])
     out["overlay_sharpe_change"] = float(full["sharpe"] - base["sharpe"])
     out["verdict"] = (
@@ -277,7 +339,8 @@ def _overlay_summary(report: OverlayReport, bars: Bars, first: int) -> dict[str,
         f"{full['sharpe']:.2f} vs {base['sharpe']:.2f} without it, max drawdown "
         f"{full['max_drawdown_pct']:.1f}% vs {base['max_drawdown_pct']:.1f}%; the best of "
         f"{len(table)} variants ({out['best_variant']}) has DSR "
-        f"{table['dsr'].max():.2f}"
+        f"{table['dsr'].max():.2f}, deflated over the {trials} variants this spec's lineage "
+        "has run on these bars"
     )
     if not math.isfinite(out["overlay_sharpe_change"]):
         out["overlay_sharpe_change"] = None
