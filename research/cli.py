@@ -167,7 +167,8 @@ def _run_overlay(spec_path: Path, json_out, track, tracking_uri, out) -> None:
 
     table = Table(
         title=f"{spec.name}: out of sample {report.summary['oos_start']}.."
-        f"{report.summary['oos_end']} (DSR over {report.summary['trials']} variants)",
+        f"{report.summary['oos_end']} (DSR over the {report.summary['trials']} variants its "
+        "lineage has run on these bars)",
         title_justify="left",
     )
     columns = ("sharpe", "cagr_pct", "max_drawdown_pct", "trades", "vetoes", "psr", "dsr")
@@ -179,6 +180,16 @@ def _run_overlay(spec_path: Path, json_out, track, tracking_uri, out) -> None:
     console().print(table)
     console().print(report.regime_report.summary["verdict"])
     console().print(report.summary["verdict"])
+    pre = report.summary["preregistration"]
+    console().print(f"spec {pre['spec_hash']} of lineage {pre['lineage']}", highlight=False)
+    if "run_id" in report.summary:
+        model = report.summary["overlay"].get("regime_model", {})
+        console().print(
+            f"MLflow run {report.summary['run_id']} (regime model {model.get('name')} version "
+            f"{model.get('version')}); promote a sleeve with `quantshift promote "
+            f"{report.summary['run_id']} --sleeve NAME`",
+            highlight=False,
+        )
 
 
 regime_app = typer.Typer(

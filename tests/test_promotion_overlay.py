@@ -5,9 +5,12 @@ differs; every overlay report's variants are trials of the registry."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 
+import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -17,11 +20,13 @@ from quantshift.cli import app
 from quantshift.data import load_bars, write_parquet
 from quantshift.errors import ConfigError
 from quantshift.promotion import PromotionRecord, open_promotion_store
+from quantshift.promotion.record import SENTIMENT_PIN_KEYS
 from research.promote import promote
 from research.regime.evidence import overlay_evidence
 from research.regime.overlay import load_overlay_spec, run_overlay
 from research.registry import default_registry
 from research.tracking import Tracker
+from tests.test_live_overlay import HEADLINES
 from tests.test_research_regime import OVERLAY, SPEC
 
 SOURCE = "synthetic:symbols=2,bars=900,seed=11,gaps=0"
@@ -189,3 +194,57 @@ def test_other_overlay_names_each_difference():
     lines = "\n".join(pinned.summary_lines())
     assert "overlay: regime model m version 3 (in the runner's MLflow store)" in lines
     assert "overlay: sentiment filter scorer lexicon, ttl_s 3600, lookback 1D" in lines
+
+
+def test_the_report_says_when_it_has_no_news(study):
+    _, _, _, report = study
+    assert "no historical news" in report.summary["verdict"]
+    assert "sentiment" not in report.summary["overlay"]
+
+
+def test_an_overlay_study_with_a_news_file_measures_the_filter_and_pins_its_settings(study):
+    root, tracker, _, report = study
+    rng = np.random.default_rng(5)
+    bars = load_bars(SOURCE)
+    rows = ["published,symbols,headline"]
+    for t in rng.choice(np.arange(100, bars.n_bars), 500, replace=False):
+        symbol = bars.symbols[int(rng.integers(0, 2))]
+        stamp = pd.Timestamp(int(bars.ts_ns[t]), tz="UTC") - pd.Timedelta(hours=3)
+        headline = HEADLINES[int(rng.integers(0, len(HEADLINES)))].format(s=symbol)
+        rows.append(f"{stamp.isoformat()},{symbol},{headline}")
+    (root / "news.csv").write_text("\n".join(rows) + "\n")
+    with_news = root / "overlay_news.toml"
+    with_news.write_text(
+        OVERLAY + '\n[news]\nfile = "news.csv"\n\n[sentiment]\nmin_score = -0.2\n'
+        "size_scaling = 0.5\n"
+    )
+    news_spec = load_overlay_spec(with_news)
+    assert (
+        news_spec.canonical["news"]["sha256"]
+        == hashlib.sha256((root / "news.csv").read_bytes()).hexdigest()
+    )
+    news_report = run_overlay(news_spec, regime_report=report.regime_report, tracker=tracker,
+                              track=True)  # fmt: skip
+    table = news_report.table
+    assert list(table.index)[-1] == "regime-limits-and-sentiment" and len(table) == 6
+    full, filtered = table.loc["regime-and-limits"], table.loc["regime-limits-and-sentiment"]
+    assert filtered["vetoes"] > full["vetoes"]  # the filter skipped entries on bad news
+    assert "with the news filter (news.csv)" in news_report.summary["verdict"]
+    # other headlines are another spec: a child of the first in the same lineage
+    pre = news_report.summary["preregistration"]
+    assert pre["lineage"] == LINEAGE and pre["spec_hash"] != pre["root_hash"]
+    outcome = promote(news_report.summary["run_id"], "paper", store_url=f"sqlite:///{root}/n.db",
+                      tracker=tracker, sleeve="reversion", force=True,
+                      reason="news test")  # fmt: skip
+    pin = outcome.record.overlay["sentiment"]
+    assert {k: pin[k] for k in SENTIMENT_PIN_KEYS} == {
+        "scorer": "lexicon", "ttl_s": 3600.0, "lookback": "1D", "min_score": -0.2,
+        "size_scaling": 0.5,
+    }  # fmt: skip
+    assert pin["news_sha256"] == news_spec.canonical["news"]["sha256"]
+    assert outcome.record.out_of_sample["sharpe"] == pytest.approx(filtered["sharpe"])
+    assert "overlay: sentiment filter scorer lexicon" in "\n".join(outcome.lines())
+    bad = root / "overlay_bad.toml"
+    bad.write_text(OVERLAY + '\n[news]\nfile = "news.csv"\n')
+    with pytest.raises(ConfigError, match=r"\[news\] .* and \[sentiment\] .* go together"):
+        load_overlay_spec(bad)

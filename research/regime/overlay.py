@@ -8,6 +8,7 @@ Run by ``quantshift research report SPEC`` when the spec has an ``[overlay]`` se
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,8 +21,9 @@ import pandas as pd
 from quantshift.data import Bars
 from quantshift.engine.metrics import equity_metrics
 from quantshift.portfolio import PortfolioConfig, portfolio_backtest
-from quantshift.portfolio.overlay import RegimeOverlay, SectorMap
+from quantshift.portfolio.overlay import RegimeOverlay, SectorMap, SentimentFilter
 from quantshift.regime_features import FEATURES, NO_REGIME
+from quantshift.sentiment import SCORERS
 from quantshift.tables import read_toml
 from quantshift.urls import mask_secrets
 from research.regime.spec import RegimeSpec, load_regime_spec
@@ -41,9 +43,26 @@ VARIANTS = (
     ("persistence-regime-and-limits", True, True, "persistence"),
 )
 """(name, correlation and sector limits on, regime allocation on, regime source)."""
+SENTIMENT_VARIANT = "regime-limits-and-sentiment"
+"""The full overlay with the news filter: run only when the spec has ``[news]``."""
 PROMOTED_VARIANT = "regime-and-limits"
 """The variant a promoted sleeve's evidence comes from: the portfolio as a runner with
-``[regimes]``, ``[regime_model]`` and the limits trades it."""
+``[regimes]``, ``[regime_model]`` and the limits trades it (:data:`SENTIMENT_VARIANT` when the
+spec has news: the runner then also has ``[news]`` and ``[sentiment]``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewsSpec:
+    """Historical headlines for the sentiment variant: a CSV/JSON ``file`` (``published,
+    symbols, headline``), scored by ``scorer`` through a ``ttl_s`` cache, each symbol's mean
+    over ``lookback`` before a bar's time stamp (a daily bar's stamp is its open: conservative,
+    a runner deciding at the close sees the same day's news too)."""
+
+    file: Path
+    scorer: str = "lexicon"
+    finbert_path: str | None = None
+    ttl_s: float = 3600.0
+    lookback: str = "1D"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +77,8 @@ class OverlaySpec:
     max_sector_exposure_pct: float
     sectors: SectorMap
     regimes: RegimeOverlay
+    news: NewsSpec | None = None
+    sentiment: SentimentFilter | None = None
     path: Path | None = None
     canonical: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """What the spec registers by content hash (``research.regime.trials``): every table but
@@ -74,7 +95,8 @@ def load_overlay_spec(path: str | Path) -> OverlaySpec:
     """Read and validate an overlay study; errors name the file, the table and the key."""
     path = Path(path)
     top, _ = read_toml(path, "overlay spec")
-    top.refuse_unknown({"overlay", "portfolio", "limits", "sectors", "regimes"})
+    top.refuse_unknown({"overlay", "portfolio", "limits", "sectors", "regimes", "news",
+                        "sentiment"})  # fmt: skip
     head = top.table("overlay", required=True)
     head.refuse_unknown({"name", "regime_spec"})
     regime_file = path.parent / head.string("regime_spec", required=True)
@@ -102,11 +124,14 @@ def load_overlay_spec(path: str | Path) -> OverlaySpec:
     else:
         regimes = RegimeOverlay.from_table(rules)
     regimes.check_sleeves(config.sleeve_names)
+    news, sentiment = _news(top, path)
     regime_top, _ = read_toml(regime_file, "regime spec")
     canonical = {
         **{k: v for k, v in top.raw.items() if k != "overlay"},
         "regime": {k: v for k, v in regime_top.raw.items() if k != "tracking"},
     }
+    if news is not None:  # the headlines are data: other headlines, another spec
+        canonical["news"] = {**canonical["news"], "sha256": _sha256(news.file)}
     return OverlaySpec(
         name=head.string("name", required=True),
         regime=load_regime_spec(regime_file),
@@ -116,9 +141,40 @@ def load_overlay_spec(path: str | Path) -> OverlaySpec:
         max_sector_exposure_pct=limits.number("max_sector_exposure_pct", 30.0),
         sectors=SectorMap(dict(mapping), f"{path}: [sectors]"),
         regimes=regimes,
+        news=news,
+        sentiment=sentiment,
         path=path,
         canonical=canonical,
     )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _news(top, path: Path) -> tuple[NewsSpec | None, SentimentFilter | None]:
+    """``[news]`` and ``[sentiment]``: both or neither (one would have nothing to read)."""
+    news_table, rules = top.table("news"), top.table("sentiment")
+    if not news_table.raw and not rules.raw:
+        return None, None
+    if not (news_table.raw and rules.raw):
+        raise top.error(
+            "news" if rules.raw else "sentiment",
+            "[news] (the headlines file) and [sentiment] (min_score, size_scaling) go together",
+        )
+    news_table.refuse_unknown({"file", "scorer", "finbert_path", "ttl_s", "lookback"})
+    file = path.parent / news_table.string("file", required=True)
+    if not file.is_file():
+        raise news_table.error("file", f"{file} not found")
+    weights = news_table.string("finbert_path")
+    news = NewsSpec(
+        file=file,
+        scorer=news_table.choice("scorer", SCORERS, "lexicon"),
+        finbert_path=None if weights is None else str(path.parent / weights),
+        ttl_s=news_table.number("ttl_s", 3600.0),
+        lookback=news_table.string("lookback") or "1D",
+    )
+    return news, rules.build(SentimentFilter)
 
 
 def _legacy_roles(config: PortfolioConfig) -> tuple[str | None, str | None, str | None]:
@@ -140,9 +196,13 @@ class OverlayReport:
     figures: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def variant_config(spec: OverlaySpec, limits: bool, regimes: bool) -> PortfolioConfig:
-    """The study's portfolio with the limits and/or the regime rules switched on."""
+def variant_config(
+    spec: OverlaySpec, limits: bool, regimes: bool, sentiment: bool = False
+) -> PortfolioConfig:
+    """The study's portfolio with the limits, the regime rules and/or the news filter on."""
     config = spec.portfolio
+    if sentiment:
+        config = dataclasses.replace(config, sentiment=spec.sentiment)
     if limits:
         config = dataclasses.replace(
             config,
@@ -193,15 +253,21 @@ def run_overlay(
     sleeves = spec.portfolio.sleeves
     # Registered before the first variant runs, like a study's spec.
     registration = register_overlay(dict(spec.canonical), [s.strategy_name for s in sleeves], oos)
+    variants = [(*v, False) for v in VARIANTS]
+    scores = None
+    if spec.news is not None:
+        variants.append((SENTIMENT_VARIANT, True, True, "model", True))
+        scores = news_scores(spec.news, window, symbols)
     rows, curves, returns_of = [], {}, []
-    for name, limits, regimes, source in VARIANTS:
-        config = variant_config(spec, limits, regimes)
+    for name, limits, regimes, source, sentiment in variants:
+        config = variant_config(spec, limits, regimes, sentiment)
         regime = None
         if regimes:
             labels = sources[source][:, columns].copy()
             labels[~tested[:, columns]] = NO_REGIME
             regime = labels[start:]
-        result = portfolio_backtest(config, window, regime=regime)
+        result = portfolio_backtest(config, window, regime=regime,
+                                    sentiment=scores if sentiment else None)  # fmt: skip
         equity = result.equity.to_numpy()[first - start :]
         initial = float(result.equity.to_numpy()[first - start - 1]) if first > start else (
             config.sim.cash)  # fmt: skip
@@ -219,7 +285,7 @@ def run_overlay(
             "vetoes": int((vetoes["time"] >= bars.index[first]).sum()) if len(vetoes) else 0,
         })  # fmt: skip
         curves[name] = pd.Series(equity, index=bars.index[first:])
-    flags = [(limits, regimes, source == "persistence") for _, limits, regimes, source in VARIANTS]
+    flags = [(lim, reg, src == "persistence", sen) for _, lim, reg, src, sen in variants]
     record_variants(registration, [s.strategy_object for s in sleeves], oos, flags, returns_of,
                     [row["trades"] for row in rows], spec.name)  # fmt: skip
     table, deflation = deflate(pd.DataFrame(rows).set_index("variant"), returns_of,
@@ -235,6 +301,16 @@ def run_overlay(
     if track:
         _track(report, tracker)
     return report
+
+
+def news_scores(news: NewsSpec, bars: Bars, symbols: list[str]) -> np.ndarray:
+    """Each bar's mean headline score per symbol over ``news.lookback`` before the bar's stamp
+    (NaN: no news), as ``[news]`` gives a runner its scores."""
+    from quantshift.sentiment import CachedScorer, load_news_file, make_scorer, sentiment_scores
+
+    scorer = CachedScorer(make_scorer(news.scorer, finbert_path=news.finbert_path), news.ttl_s)
+    return sentiment_scores(load_news_file(news.file), scorer, bars.ts_ns, symbols,
+                            lookback=news.lookback)  # fmt: skip
 
 
 def _promotable(spec: OverlaySpec, regime_report: RegimeReport, bars: Bars) -> dict[str, Any]:
@@ -254,6 +330,15 @@ def _promotable(spec: OverlaySpec, regime_report: RegimeReport, bars: Bars) -> d
             # its own [regime_model] tracking_uri or MLFLOW_TRACKING_URI.
             "tracking_uri": uri if uri is not None and mask_secrets(uri) == uri else None,
         }
+    if spec.news is not None:
+        overlay["sentiment"] = {
+            "scorer": spec.news.scorer,
+            "ttl_s": spec.news.ttl_s,
+            "lookback": spec.news.lookback,
+            **spec.sentiment.to_dict(),
+            "news_file": spec.news.file.name,
+            "news_sha256": _sha256(spec.news.file),
+        }
     return {
         "sleeves": [
             {
@@ -267,7 +352,7 @@ def _promotable(spec: OverlaySpec, regime_report: RegimeReport, bars: Bars) -> d
             }
             for s in config.sleeves
         ],
-        "promoted_variant": PROMOTED_VARIANT,
+        "promoted_variant": PROMOTED_VARIANT if spec.news is None else SENTIMENT_VARIANT,
         "overlay": overlay,
         "data_source": spec.regime.data.source,
         "data_first_bar": str(bars.index[0]),
@@ -342,6 +427,19 @@ def _overlay_summary(report: OverlayReport, bars: Bars, first: int, trials: int)
         f"{table['dsr'].max():.2f}, deflated over the {trials} variants this spec's lineage "
         "has run on these bars"
     )
+    if SENTIMENT_VARIANT in table.index:
+        news = table.loc[SENTIMENT_VARIANT]
+        out["sentiment_sharpe_change"] = float(news["sharpe"] - full["sharpe"])
+        out["news"] = (
+            f"with the news filter ({report.spec.news.file.name}) the full overlay has Sharpe "
+            f"{news['sharpe']:.2f} vs {full['sharpe']:.2f} without it"
+        )
+    else:
+        out["news"] = (
+            "no historical news: the spec has no [news] file, so the sentiment filter is not "
+            "measured out of sample here"
+        )
+    out["verdict"] += "; " + out["news"]
     if not math.isfinite(out["overlay_sharpe_change"]):
         out["overlay_sharpe_change"] = None
     return out

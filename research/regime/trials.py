@@ -35,8 +35,9 @@ from research.stats import (
 )
 
 LINEAGE_PREFIX = "overlay:"
-VARIANT_PARAMS = ("limits", "regime", "persistence")
-"""A variant as a parameter set: limits on, regime allocation on, labels from persistence."""
+VARIANT_PARAMS = ("limits", "regime", "persistence", "sentiment")
+"""A variant as a parameter set: limits on, regime allocation on, labels from persistence,
+news filter on."""
 SOURCE = "overlay-report"
 
 
@@ -78,7 +79,7 @@ def record_variants(
     registration: Registration,
     strategies: Sequence[object],
     oos: Bars,
-    variants: Sequence[tuple[bool, bool, bool]],
+    variants: Sequence[tuple[bool, bool, bool, bool]],
     returns: Sequence[np.ndarray],
     trades: Sequence[int],
     study: str,
