@@ -15,10 +15,15 @@ MODEL_ARTIFACT = "regime_model"
 
 
 def load_registered_model(
-    tracking_uri: str, name: str, version: str | int, cache_dir: str | Path
+    tracking_uri: str,
+    name: str,
+    version: str | int,
+    cache_dir: str | Path,
+    model_sha256: str | None = None,
 ) -> RegimeModel:
     """Load version ``version`` of registered model ``name`` (never "latest": a runner trades
-    the version its promotion record pins).
+    the version its promotion record pins), and when ``model_sha256`` is given, only if the
+    registry holds that very model file under the version.
 
     Raises
     ------
@@ -40,6 +45,12 @@ def load_registered_model(
             kept = []
         listed = ", ".join(map(str, kept)) or "none"
         raise ConfigError(f"{where}: not in the registry (versions kept: {listed})") from None
+    registered = found.tags.get("quantshift.model_sha256")
+    if model_sha256 is not None and registered != model_sha256:
+        raise ConfigError(
+            f"{where}: holds model file {str(registered)[:12]}, not the {model_sha256[:12]} the "
+            "record pins (the registry was rebuilt or the version re-registered)"
+        )
     target = Path(cache_dir) / name / str(found.version)
     if not (target / MODEL_ARTIFACT).is_dir():
         target.mkdir(parents=True, exist_ok=True)
@@ -56,7 +67,11 @@ def load_registered_model(
 
 
 def load_pinned(
-    name: str, version: str | int, tracking_uri: str | None, cache_dir: str | Path | None
+    name: str,
+    version: str | int,
+    tracking_uri: str | None,
+    cache_dir: str | Path | None,
+    model_sha256: str | None = None,
 ) -> RegimeModel:
     """Load a pinned version from ``tracking_uri`` (else ``MLFLOW_TRACKING_URI``), downloaded
     under ``cache_dir`` (else the data folder): what a runner and its adoption check both do.
@@ -77,7 +92,7 @@ def load_pinned(
             "tracking_uri, or MLFLOW_TRACKING_URI)"
         )
     folder = Path(cache_dir) if cache_dir is not None else data_dir() / "regime_models"
-    return load_registered_model(uri, name, version, folder)
+    return load_registered_model(uri, name, version, folder, model_sha256)
 
 
 def pinned_model_problem(
@@ -91,7 +106,7 @@ def pinned_model_problem(
         return None
     try:
         load_pinned(pin["name"], pin["version"], pin.get("tracking_uri") or tracking_uri,
-                    cache_dir)  # fmt: skip
+                    cache_dir, pin.get("model_sha256"))  # fmt: skip
     except ConfigError as exc:
         return f"cannot load its pinned {exc}"
     return None

@@ -62,7 +62,8 @@ def test_a_promoted_overlay_sleeve_pins_the_regime_model_and_shows_it(study):
     assert record.allocation == 0.5 and record.symbols == ("SYN000", "SYN001")
     assert record.overlay == {
         "regime_model": {"name": spec.regime.model_name, "version": "1",
-                         "tracking_uri": tracker.resolved_tracking_uri}
+                         "tracking_uri": tracker.resolved_tracking_uri,
+                         "model_sha256": report.regime_report.model_sha256}
     }  # fmt: skip
     # the evidence is the full overlay variant's, deflated over the lineage's variants
     table = report.table.loc["regime-and-limits"]
@@ -171,6 +172,17 @@ def test_the_runner_refuses_a_record_whose_model_version_it_cannot_load(study):
     finally:
         store.close()
     with pytest.raises(ConfigError, match=r"cannot load its pinned regime model .* version 9"):
+        Runner(parse_config(raw, source="runner.toml"), max_bars=2).run()
+    # the same version number holding another model file than the study's is refused too
+    other = dataclasses.replace(
+        record, overlay={"regime_model": dict(pin, version="1", model_sha256="0" * 64)}
+    )
+    store = open_promotion_store(raw["store"]["url"])
+    try:
+        store.add(other, by="test", reason="a rebuilt registry's version 1")
+    finally:
+        store.close()
+    with pytest.raises(ConfigError, match="not the 000000000000 the record pins"):
         Runner(parse_config(raw, source="runner.toml"), max_bars=2).run()
 
 

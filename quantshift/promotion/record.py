@@ -329,9 +329,11 @@ class PromotionRecord:
         model = self.overlay.get("regime_model")
         if model:
             uri = model.get("tracking_uri")
+            sha = model.get("model_sha256")
             out.append(
                 f"  overlay: regime model {model['name']} version {model['version']} "
                 + (f"in {mask_secrets(uri)}" if uri else "(in the runner's MLflow store)")
+                + (f", model file {sha[:12]}" if sha else "")
             )
         sentiment = self.overlay.get("sentiment")
         if sentiment:

@@ -329,6 +329,8 @@ def _promotable(spec: OverlaySpec, regime_report: RegimeReport, bars: Bars) -> d
             # A store URL with a password is not written into a record: the runner then uses
             # its own [regime_model] tracking_uri or MLFLOW_TRACKING_URI.
             "tracking_uri": uri if uri is not None and mask_secrets(uri) == uri else None,
+            # the file itself: a rebuilt registry's "version 1" is not the model studied
+            "model_sha256": regime_report.model_sha256,
         }
     if spec.news is not None:
         overlay["sentiment"] = {
