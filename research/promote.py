@@ -325,11 +325,10 @@ def promote(
             evidence = with_lockbox(evidence, lockbox)
             fields_.update(lockbox=lockbox, registry=counts)
             result = evaluate_paper_gate(evidence, gate.paper, force=force)
-            # An overlay study names its sleeve's record and gives its allocation.
-            name = name or fields_.pop("name", None) or _spec_name(tracker, run_id)
-            fields_.pop("name", None)
-            allocation = fields_.pop("allocation", None) if allocation is None else allocation
-            fields_.pop("allocation", None)
+            # An overlay study names its sleeve's record and gives the sleeve's allocation.
+            sleeve_name, sleeve_share = fields_.pop("name", None), fields_.pop("allocation", None)
+            name = name or sleeve_name or _spec_name(tracker, run_id)
+            allocation = sleeve_share if allocation is None else allocation
             outcome = PromotionOutcome(stage=stage, gate=result, evidence=vars(evidence).copy())
             if not (result.passed or force):
                 return outcome

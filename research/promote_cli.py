@@ -115,7 +115,7 @@ def promote_command(
             )
         for line in outcome.lines():
             style = "red" if "FAIL" in line else ("green" if "PASS" in line else None)
-            out.print(line, style=style, highlight=False)
+            out.print(line, style=style, highlight=False, markup=False)  # "[pbo]" is text
     if not outcome.promoted:
         raise typer.Exit(1)
 

@@ -260,3 +260,22 @@ def test_an_overlay_study_with_a_news_file_measures_the_filter_and_pins_its_sett
     bad.write_text(OVERLAY + '\n[news]\nfile = "news.csv"\n')
     with pytest.raises(ConfigError, match=r"\[news\] .* and \[sentiment\] .* go together"):
         load_overlay_spec(bad)
+
+
+def test_the_report_and_the_promotion_print_the_overlay(study, capsys):
+    from research.cli import print_overlay
+
+    root, tracker, spec, report = study
+    print_overlay(report)
+    text = " ".join(capsys.readouterr().out.split())  # as read, whatever the console's width
+    assert "regime-and-limits" in text and "no historical news: the spec has no [news] file" in text
+    assert f"promote a sleeve with `quantshift promote {report.summary['run_id']} --sleeve" in text
+    result = CliRunner().invoke(app, [
+        "promote", report.summary["run_id"], "--sleeve", "reversion", "--store",
+        f"sqlite:///{root}/cli.db", "--tracking-uri", tracker.resolved_tracking_uri, "--force",
+        "--reason", "cli test",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "overlay-test.reversion -> paper  (FORCED)" in result.output
+    assert f"overlay: regime model {spec.regime.model_name} version 1 in " in result.output
+    assert "not measured: the study has no [pbo] section" in result.output
