@@ -76,6 +76,13 @@ def test_a_promoted_overlay_sleeve_pins_the_regime_model_and_shows_it(study):
     lines = "\n".join(outcome.lines())
     assert f"overlay: regime model {spec.regime.model_name} version 1 in sqlite:///" in lines
     assert "FAIL PBO missing" in lines  # what the overlay report does not measure fails closed
+    assert "FAIL lockbox Sharpe missing" in lines
+    # what it does measure: a block bootstrap of the variant's returns, the sleeve's causality
+    assert "PASS Monte Carlo is a block bootstrap of out-of-sample bars yes" in lines
+    mc = record.monte_carlo["max_drawdown_pct_p95"]
+    assert mc == report.summary["oos_mc_max_drawdown_pct_p95"] and 0.0 < mc < 100.0
+    assert "PASS strategy causal on the study's data yes" in lines
+    assert record.causality["causal"] is True
     stored = PromotionRecord.from_json(record.to_json())
     assert stored.overlay == record.overlay and stored.record_id == record.record_id
 

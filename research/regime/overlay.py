@@ -26,6 +26,7 @@ from quantshift.regime_features import FEATURES, NO_REGIME
 from quantshift.sentiment import SCORERS
 from quantshift.tables import read_toml
 from quantshift.urls import mask_secrets
+from research.regime.evidence import measure_checks
 from research.regime.spec import RegimeSpec, load_regime_spec
 from research.regime.train import RegimeReport, load_regime_bars, train
 from research.regime.trials import (
@@ -272,6 +273,7 @@ def run_overlay(
         initial = float(result.equity.to_numpy()[first - start - 1]) if first > start else (
             config.sim.cash)  # fmt: skip
         metrics = equity_metrics(equity, initial, result.periods_per_year)
+        periods_per_year = result.periods_per_year
         returns_of.append(equity / np.concatenate(([initial], equity[:-1])) - 1.0)
         trades = result.trades
         oos_trades = int((trades["entry_time"] >= bars.index[first]).sum()) if len(trades) else 0
@@ -296,6 +298,10 @@ def run_overlay(
         dsr_trial_variance=deflation["registry_sharpe_variance"],
         preregistration=registration_summary(registration),
         **_promotable(spec, regime_report, bars),
+    )
+    promoted = [v[0] for v in variants].index(report.summary["promoted_variant"])
+    report.summary.update(
+        measure_checks(sleeves, bars, returns_of[promoted], periods_per_year, spec.regime.seed)
     )
     report.figures["overlay_equity"] = _plot(report)
     if track:
