@@ -99,14 +99,21 @@ def pinned_model_problem(
     overlay, cache_dir: str | Path | None = None, tracking_uri: str | None = None
 ) -> str | None:
     """Why the regime model a promotion record pins (``overlay["regime_model"]``) cannot be
-    loaded here (None: it loads, or the record pins none); see :func:`load_pinned`. A pin
-    without a store (its URL held a password) is looked up in ``tracking_uri``."""
+    loaded here (None: it loads, or the record pins none); see :func:`load_pinned`.
+
+    A pin with the model file's digest is looked up in the runner's store ``tracking_uri``
+    when it has one (the digest, not the store, says it is the study's model), else in the
+    record's store; a pin without one in the record's store, or the runner's when the record
+    names none.
+    """
     pin = (overlay or {}).get("regime_model")
     if not pin:
         return None
+    sha = pin.get("model_sha256")
+    uri = (tracking_uri or pin.get("tracking_uri")) if sha else (
+        pin.get("tracking_uri") or tracking_uri)  # fmt: skip
     try:
-        load_pinned(pin["name"], pin["version"], pin.get("tracking_uri") or tracking_uri,
-                    cache_dir, pin.get("model_sha256"))  # fmt: skip
+        load_pinned(pin["name"], pin["version"], uri, cache_dir, sha)
     except ConfigError as exc:
         return f"cannot load its pinned {exc}"
     return None

@@ -191,6 +191,16 @@ def test_the_runner_refuses_a_record_whose_model_version_it_cannot_load(study):
         store.close()
     with pytest.raises(ConfigError, match="not the 000000000000 the record pins"):
         Runner(parse_config(raw, source="runner.toml"), max_bars=2).run()
+    # a pin with the file's digest is looked up in the runner's own store: the research
+    # machine's store need not be reachable from the runner
+    away = dict(record.overlay["regime_model"], tracking_uri=f"sqlite:///{root}/gone/mlflow.db")
+    store = open_promotion_store(raw["store"]["url"])
+    try:
+        store.add(dataclasses.replace(record, overlay={"regime_model": away}), by="test",
+                  reason="promoted on another machine")  # fmt: skip
+    finally:
+        store.close()
+    assert Runner(parse_config(raw, source="runner.toml"), max_bars=2).run().bars == 2
 
 
 def test_other_overlay_names_each_difference():
