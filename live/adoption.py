@@ -11,6 +11,7 @@ import dataclasses
 import logging
 
 from live.config import LiveConfig
+from live.inputs import running_overlay
 from live.regime import pinned_model_problem
 from quantshift.errors import ConfigError
 from quantshift.formatting import number
@@ -142,10 +143,12 @@ class PromotionAdopter:
         return portfolio
 
     def _warn_other_terms(self, portfolio, sleeve_name: str, record: PromotionRecord) -> None:
-        """Say when the sleeve sizes, trades or pays otherwise than the study did: its paper
-        record then measures these terms, not the study's."""
+        """Say when the sleeve sizes, trades or pays otherwise than the study did, or with
+        another regime model or sentiment filter: its paper record then measures these terms,
+        not the study's."""
         sleeve = next(s for s in portfolio.sleeves if s.name == sleeve_name)
         differs = record.other_terms(sleeve.sim_config(portfolio.sim).to_dict())
+        differs += record.other_overlay(running_overlay(self.config))
         if differs:
             log.warning(
                 "sleeve %s trades record %s on other terms than its study (%s); the portfolio's "
@@ -177,7 +180,10 @@ class PromotionAdopter:
         differs = fingerprint_mismatch(record.code, self._running_code[sleeve.strategy_name])
         if differs:
             return "code fingerprint does not match the running code: " + "; ".join(differs)
-        return pinned_model_problem(record.overlay)
+        model = self.config.regime_model
+        return pinned_model_problem(
+            record.overlay, model and model.cache_dir, model and model.tracking_uri
+        )
 
 
 def _warn_forced(sleeve: str, record: PromotionRecord, extra: dict) -> None:

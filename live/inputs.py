@@ -58,6 +58,21 @@ class OverlayInputs:
         return out
 
 
+def running_overlay(config: LiveConfig) -> dict[str, Any]:
+    """The runner's overlay as a promotion record pins one (``PromotionRecord.overlay``): the
+    ``[regime_model]`` name and version, and the ``[news]`` scorer and window with the
+    ``[sentiment]`` thresholds; empty parts are left out."""
+    out: dict[str, Any] = {}
+    if config.regime_model is not None:
+        out["regime_model"] = {"name": config.regime_model.name,
+                               "version": config.regime_model.version}  # fmt: skip
+    news, rules = config.news, config.portfolio.sentiment
+    if news is not None and rules is not None:
+        out["sentiment"] = {"scorer": news.scorer, "ttl_s": news.ttl_s,
+                            "lookback": news.lookback, **rules.to_dict()}  # fmt: skip
+    return out
+
+
 def _news_scores(config: LiveConfig, broker, where: str):
     news = config.news
     scorer = CachedScorer(make_scorer(news.scorer, finbert_path=news.finbert_path), news.ttl_s)

@@ -161,13 +161,20 @@ def _run_overlay(spec_path: Path, json_out, track, tracking_uri, out) -> None:
         rows = report.table.reset_index().to_dict(orient="records")
         typer.echo(json.dumps({**report.summary, "variants": rows}, default=str))
         return
+    print_overlay(report)
+
+
+def print_overlay(report) -> None:
+    """Print an overlay report: the variants' table, the verdicts, the spec's lineage and (when
+    tracked) the run a sleeve is promoted from."""
     from rich.table import Table
 
     from quantshift.report import console
 
     table = Table(
-        title=f"{spec.name}: out of sample {report.summary['oos_start']}.."
-        f"{report.summary['oos_end']} (DSR over {report.summary['trials']} variants)",
+        title=f"{report.spec.name}: out of sample {report.summary['oos_start']}.."
+        f"{report.summary['oos_end']} (DSR over the {report.summary['trials']} variants its "
+        "lineage has run on these bars)",
         title_justify="left",
     )
     columns = ("sharpe", "cagr_pct", "max_drawdown_pct", "trades", "vetoes", "psr", "dsr")
@@ -175,10 +182,21 @@ def _run_overlay(spec_path: Path, json_out, track, tracking_uri, out) -> None:
     for column in columns:
         table.add_column(column, justify="right")
     for name, row in report.table.iterrows():
-        table.add_row(name, *(_shown(float(row[c])) for c in columns))
+        table.add_row(name, *(_shown(c, float(row[c])) for c in columns))
     console().print(table)
-    console().print(report.regime_report.summary["verdict"])
-    console().print(report.summary["verdict"])
+    # The verdicts name TOML tables ("[news]"): plain text, not console markup.
+    console().print(report.regime_report.summary["verdict"], markup=False)
+    console().print(report.summary["verdict"], markup=False)
+    pre = report.summary["preregistration"]
+    console().print(f"spec {pre['spec_hash']} of lineage {pre['lineage']}", highlight=False)
+    if "run_id" in report.summary:
+        model = report.summary["overlay"].get("regime_model", {})
+        console().print(
+            f"MLflow run {report.summary['run_id']} (regime model {model.get('name')} version "
+            f"{model.get('version')}); promote a sleeve with `quantshift promote "
+            f"{report.summary['run_id']} --sleeve NAME`",
+            highlight=False,
+        )
 
 
 regime_app = typer.Typer(

@@ -81,16 +81,23 @@ def default_actor() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
-def research_evidence(tracker: Tracker, run_id: str) -> tuple[ResearchEvidence, dict[str, Any]]:
+def research_evidence(
+    tracker: Tracker, run_id: str, sleeve: str | None = None
+) -> tuple[ResearchEvidence, dict[str, Any]]:
     """Read what the paper gate needs from a study run (``quantshift research report``), and
-    the record's research fields (strategy, parameters, data, metrics, code)."""
+    the record's research fields (strategy, parameters, data, metrics, code). An overlay
+    study's run gives one of its sleeves (``sleeve``) with the overlay it ran with
+    (:func:`research.regime.evidence.overlay_evidence`)."""
+    from research.regime.evidence import KIND as OVERLAY_KIND
+    from research.regime.evidence import overlay_evidence
+
     run = tracker.get_run(run_id)
     if run.tags.get(PARENT_TAG):
         raise ConfigError(
             f"MLflow run {run_id} is the {run.kind!r} part of run {run.tags[PARENT_TAG]}; "
             "promote the parent run (the one `quantshift research report` printed)"
         )
-    if run.kind not in ("report", "optimize"):
+    if run.kind not in ("report", "optimize", OVERLAY_KIND):
         raise ConfigError(
             f"MLflow run {run_id} is a {run.kind!r} run; promotion reads a study run "
             "(`quantshift research report SPEC`)"
@@ -98,6 +105,10 @@ def research_evidence(tracker: Tracker, run_id: str) -> tuple[ResearchEvidence, 
     if run.status != "FINISHED":
         raise ConfigError(f"MLflow run {run_id} is {run.status}, not FINISHED")
     summary = tracker.load_dict(run_id, "summary.json")
+    if run.kind == OVERLAY_KIND:
+        return overlay_evidence(summary, sleeve, run_id)
+    if sleeve is not None:
+        raise ConfigError(f"MLflow run {run_id} is a study of one strategy: it has no sleeves")
     for key in ("strategy", "best_params", "trials", "symbols"):
         if key not in summary:
             raise ConfigError(
@@ -294,11 +305,13 @@ def promote(
     force: bool = False,
     by: str | None = None,
     reason: str = "",
+    sleeve: str | None = None,
 ) -> PromotionOutcome:
     """Gate ``run_id`` for ``stage`` and, if it passes (or ``force``), publish the record.
 
-    ``paper`` reads the study run's evidence; ``live`` reads the paper-trading record of the
-    active paper record that came from ``run_id``. A failed gate changes nothing.
+    ``paper`` reads the study run's evidence (of ``sleeve`` when the run is an overlay study;
+    its record then pins the overlay); ``live`` reads the paper-trading record of the active
+    paper record that came from ``run_id``. A failed gate changes nothing.
     """
     if stage not in STAGES:
         raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -307,12 +320,15 @@ def promote(
     store = open_promotion_store(store_url)
     try:
         if stage == "paper":
-            evidence, fields_ = research_evidence(tracker, run_id)
+            evidence, fields_ = research_evidence(tracker, run_id, sleeve)
             lockbox, counts = look_at_lockbox(tracker.load_dict(run_id, "summary.json"), run_id)
             evidence = with_lockbox(evidence, lockbox)
             fields_.update(lockbox=lockbox, registry=counts)
             result = evaluate_paper_gate(evidence, gate.paper, force=force)
-            name = name or _spec_name(tracker, run_id)
+            # An overlay study names its sleeve's record and gives the sleeve's allocation.
+            sleeve_name, sleeve_share = fields_.pop("name", None), fields_.pop("allocation", None)
+            name = name or sleeve_name or _spec_name(tracker, run_id)
+            allocation = sleeve_share if allocation is None else allocation
             outcome = PromotionOutcome(stage=stage, gate=result, evidence=vars(evidence).copy())
             if not (result.passed or force):
                 return outcome
@@ -327,6 +343,8 @@ def promote(
                 **fields_,
             )
         else:
+            if name is None and sleeve is not None:
+                name = f"{_spec_name(tracker, run_id)}.{sleeve}"
             paper = _paper_record_of(store, tracker, run_id, name)
             evidence = store.paper_evidence(paper.promotion_id)
             result = evaluate_live_gate(evidence, gate.live, force=force)

@@ -56,7 +56,15 @@ def promote_command(
         typer.Option(help="Record name a live sleeve refers to (default: the study's name)."),
     ] = None,
     allocation: Annotated[
-        float | None, typer.Option(help="Capital fraction in (0, 1] (default 1, or the paper's).")
+        float | None,
+        typer.Option(help="Capital fraction in (0, 1] (default 1, the sleeve's, or the paper's)."),
+    ] = None,
+    sleeve: Annotated[
+        str | None,
+        typer.Option(
+            help="The sleeve of an overlay study to promote (its record pins the regime model "
+            "version the study ran with; default name SPEC.SLEEVE)."
+        ),
     ] = None,
     gate: Annotated[
         Path | None,
@@ -90,6 +98,7 @@ def promote_command(
             gate=load_gate_config(gate),
             force=force,
             reason=reason or "",
+            sleeve=sleeve,
         )
     finally:
         tracker.close()
@@ -106,7 +115,7 @@ def promote_command(
             )
         for line in outcome.lines():
             style = "red" if "FAIL" in line else ("green" if "PASS" in line else None)
-            out.print(line, style=style, highlight=False)
+            out.print(line, style=style, highlight=False, markup=False)  # "[pbo]" is text
     if not outcome.promoted:
         raise typer.Exit(1)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from quantshift.errors import ConfigError
 from quantshift.formatting import number
+from quantshift.urls import mask_secrets
 
 FORMAT_VERSION = 1
 STAGES = ("paper", "live")
@@ -318,8 +319,52 @@ class PromotionRecord:
             + f", strategy hash {str(code.get('strategy_hash'))[:12]}"
             + (f" ({code['strategy_file']})" if code.get("strategy_file") else ""),
             f"  from MLflow run {self.mlflow_run_id}, by {self.created_by} at {self.created_at}",
+            *self._overlay_lines(),
             *self._evidence_lines(),
         ]
+
+    def _overlay_lines(self) -> list[str]:
+        """The regime model and sentiment settings the study ran with (none: no overlay)."""
+        out = []
+        model = self.overlay.get("regime_model")
+        if model:
+            uri = model.get("tracking_uri")
+            sha = model.get("model_sha256")
+            out.append(
+                f"  overlay: regime model {model['name']} version {model['version']} "
+                + (f"in {mask_secrets(uri)}" if uri else "(in the runner's MLflow store)")
+                + (f", model file {sha[:12]}" if sha else "")
+            )
+        sentiment = self.overlay.get("sentiment")
+        if sentiment:
+            shown = ", ".join(f"{k} {_fmt(sentiment[k])}" for k in SENTIMENT_PIN_KEYS)
+            out.append(f"  overlay: sentiment filter {shown}")
+        return out
+
+    def other_overlay(self, running: Mapping[str, Any]) -> list[str]:
+        """Return how a runner's overlay (``running``, shaped as :attr:`overlay`: its
+        ``regime_model`` name and version, its ``sentiment`` settings) differs from the study's,
+        one "<what> <study> in the study, <here> here" per difference (empty: the same)."""
+        out = []
+        ours, theirs = self.overlay.get("regime_model"), running.get("regime_model")
+        if _model_pin(ours) != _model_pin(theirs):
+            out.append(
+                f"regime model {_model_pin(ours) or 'none'} in the study, "
+                f"{_model_pin(theirs) or 'none'} here"
+            )
+        ours, theirs = self.overlay.get("sentiment") or {}, running.get("sentiment") or {}
+        if bool(ours) != bool(theirs):
+            out.append(
+                f"sentiment filter {'on' if ours else 'off'} in the study, "
+                f"{'on' if theirs else 'off'} here"
+            )
+        elif ours:
+            out += [
+                f"sentiment {key} {ours.get(key)!r} in the study, {theirs.get(key)!r} here"
+                for key in SENTIMENT_PIN_KEYS
+                if ours.get(key) != theirs.get(key)
+            ]
+        return out
 
     def _evidence_lines(self) -> list[str]:
         """The spec, trial count and lockbox lines (records written before them have none)."""
@@ -402,6 +447,10 @@ def check_overlay_pin(overlay: Mapping[str, Any], where: str) -> None:
                    or k not in sentiment]  # fmt: skip
         if missing:
             raise ConfigError(f"{where}: overlay.sentiment lacks {missing}")
+
+
+def _model_pin(pin: Mapping[str, Any] | None) -> str | None:
+    return f"{pin['name']} version {pin['version']}" if pin else None
 
 
 def _require(data: Mapping[str, Any], keys, where: str) -> None:

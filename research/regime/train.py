@@ -53,6 +53,10 @@ class RegimeReport:
     figures: dict[str, Any] = field(default_factory=dict, repr=False)
     run_id: str | None = None
     model_version: str | None = None
+    tracking_uri: str | None = None
+    """The MLflow store the model version is registered in (None: not registered)."""
+    model_sha256: str | None = None
+    """The SHA-256 of the registered model file (the registry's ``quantshift.model_sha256``)."""
 
     def predictions(self, name: str | None = None) -> pd.DataFrame:
         """Out-of-sample (walk-forward) regime codes of ``name`` (default: the registered
@@ -274,6 +278,8 @@ def _track(report: RegimeReport, bars: Bars, tracker) -> None:
         )
         run.set_tags({"quantshift.regime_model": f"{spec.model_name}/{report.model_version}"})
         report.run_id = run.run_id
+        report.tracking_uri = tracker.resolved_tracking_uri
+        report.model_sha256 = sha
     report.summary["model_name"] = spec.model_name
     report.summary["model_version"] = report.model_version
     report.summary["run_id"] = report.run_id
