@@ -37,6 +37,7 @@ from live.alpaca.parse import (
     order_from_model,
     order_request_to_sdk,
     positions_from_models,
+    replace_request_to_sdk,
     to_datetime,
 )
 from live.broker import (
@@ -299,6 +300,50 @@ class AlpacaBroker(Broker):
                 VENUE, f"order {cid}: HTTP {exc.status_code} {message}"
             ) from None
         with venue_answer(VENUE, f"submit {cid}", sends=True):
+            return order_from_model(placed)
+
+    def replace(self, client_order_id: str, request: OrderRequest) -> BrokerOrder | None:
+        """Move a resting order to ``request`` in one PATCH (Alpaca's atomic replace: the old
+        order ends ``replaced``, never both working). An order that filled first is returned
+        as it ended and nothing is sent; one that is gone without a fill is sent anew.
+
+        Raises
+        ------
+        BrokerRejectedError
+            If Alpaca cannot make the change (another symbol, side or type, a fractional
+            quantity) or refuses it.
+        BrokerAmbiguousError
+            On a lost answer: look ``request.client_order_id`` up.
+        """
+        current = self.order(client_order_id)
+        if current is None or current.is_final:
+            if current is not None and current.filled_qty > 0:
+                return current
+            return self.submit(request)
+        cid = request.client_order_id
+        try:
+            patch = replace_request_to_sdk(current, request)
+        except ValueError as exc:
+            raise BrokerRejectedError(VENUE, str(exc)) from None
+        try:
+            placed = self._call(
+                f"replace {client_order_id}",
+                lambda: self._trading.replace_order_by_id(current.venue_order_id, patch),
+                submit=True,
+            )
+        except APIError as exc:
+            message = _venue_message(exc)
+            if exc.status_code == 422:
+                existing = self.order(cid)  # a replace that landed before (a redo)
+                if existing is not None:
+                    return existing
+                ended = self.order(client_order_id)
+                if ended is not None and ended.filled_qty > 0:
+                    return ended  # filled before the replace landed
+            raise BrokerRejectedError(
+                VENUE, f"replace {client_order_id} by {cid}: HTTP {exc.status_code} {message}"
+            ) from None
+        with venue_answer(VENUE, f"replace {client_order_id}", sends=True):
             return order_from_model(placed)
 
     def order(self, client_order_id: str) -> BrokerOrder | None:
