@@ -1,0 +1,113 @@
+"""The path that carries money, replayed: ``Runner(config).run()`` with ``[broker] kind =
+"alpaca"`` sends every order through alpaca-py to the fake Alpaca venue, whose matching engine
+replays the bars the runner decides on (``tests/fakes/alpaca_server.py``, ``replay=True``: a
+market order fills at the next bar's open moved by the slippage the backtest assumes), and the
+closed trades equal ``portfolio_backtest``'s with decision-time sizing (live forces
+``size_at = "decision"``): entry and exit times, prices, reasons and units.
+
+``max_position_pct`` is 50: the backtest also cuts decided units at the fill when a gap makes
+the sleeve's cash short, while a venue fills what it was sent (``sized_alike`` in
+tests/test_live_runner.py); at half the equity per position that cut never binds, so units are
+compared exactly (relative 1e-9: quantities and prices travel as decimal text). The sleeve
+trades whole shares (``whole_units``), as resting GTC orders at Alpaca will need.
+
+The venue's market moves with the runner's bars: the runner calls ``open_bar`` and ``trade_bar``
+on its broker each cycle (no-ops on the real Alpaca adapter); here they are forwarded to the
+fake in the same process, so the venue sees exactly the bars the runner decided on.
+
+The strategies here exit by their own signals. Alpaca cannot yet rest a position's stop,
+take-profit and trailing stop the way the runner's protection sends them (one order per leg:
+Alpaca holds a position's shares for one closing order and refuses the second, and takes
+fractional quantities on DAY orders only; see tests/test_broker_alpaca.py), so on Alpaca the
+runner still watches the levels after each bar and sends a market exit.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_live_runner import _backtest_trades, _store_trades
+
+from live.alpaca import AlpacaBroker
+from live.config import parse_config
+from live.reconcile import reconcile
+from live.runner import Runner
+from live.store import Store
+from tests.fakes.alpaca_server import FakeAlpaca
+from tests.test_broker_alpaca import KEY_ENV, SECRET_ENV
+
+SLIPPAGE_BPS = 3.0
+
+
+@pytest.fixture
+def venue(monkeypatch):
+    fake = FakeAlpaca(replay=True, slippage_bps=SLIPPAGE_BPS).start()
+    monkeypatch.setenv(KEY_ENV, fake.key_id)
+    monkeypatch.setenv(SECRET_ENV, fake.secret_key)
+    # The runner's bars move the fake's market (a real venue's moves by itself).
+    monkeypatch.setattr(AlpacaBroker, "open_bar", lambda _self, ts, opens: fake.open_bar(ts, opens))
+    monkeypatch.setattr(AlpacaBroker, "trade_bar",
+                        lambda _self, ts, ranges: fake.trade_bar(ts, ranges))  # fmt: skip
+    yield fake
+    fake.stop()
+
+
+def _config(tmp_path, venue: FakeAlpaca, source: str, symbols: list[str], end: str):
+    raw = {
+        "runner": {"name": "alpaca-parity", "market": "equities", "mode": "paper"},
+        "sleeves": [
+            {"name": "trend", "strategy": "ma_crossover", "symbols": symbols,
+             "params": {"fast": 5, "slow": 20}, "allocation": 1.0},
+        ],
+        "risk": {"max_position_pct": 50.0, "max_gross_exposure_pct": 100.0,
+                 "daily_loss_limit_pct": 100.0, "max_drawdown_pct": 100.0},
+        "costs": {"cash": 100_000.0, "fees_bps": 0.0, "slippage_bps": SLIPPAGE_BPS,
+                  "whole_units": True},
+        "feed": {"source": source, "start": "2013-01-01", "end": end},
+        "broker": {"kind": "alpaca", "mode": "paper", "key_id_env": KEY_ENV,
+                   "secret_key_env": SECRET_ENV, "trading_url": venue.url,
+                   "data_url": venue.url, "stream_url": venue.stream_url, "timeout_s": 5.0,
+                   "retry_base_s": 0.001, "max_backoff_s": 0.01},
+        "store": {"url": f"sqlite:///{tmp_path}/alpaca-parity.db"},
+        "guards": {"price_collar_pct": 100.0, "max_orders_per_decision": 4},
+        "metrics": {"enabled": False},
+    }  # fmt: skip
+    return parse_config(raw, source="alpaca-parity.toml")
+
+
+def _assert_same_trades(config) -> list[tuple]:
+    live, backtest = _store_trades(config), _backtest_trades(config)
+    assert len(live) == len(backtest)
+    for ours, theirs in zip(live, backtest, strict=True):
+        # sleeve, symbol, direction, entry and exit time; exit reason
+        assert ours[:5] == theirs[:5] and ours[-1] == theirs[-1]
+        # entry price, exit price, units: decimal text at the venue
+        assert ours[5:8] == pytest.approx(theirs[5:8], rel=1e-9)
+        assert ours[8] == pytest.approx(theirs[8], rel=1e-6, abs=1e-4)  # P&L: a difference
+    return live
+
+
+def _run(config, venue):
+    summary = Runner(config).run()
+    assert summary.ended == "replay finished"
+    with Store.open(config.store_url) as store:
+        assert store.active_halt() is None  # the venue's positions agreed with ours throughout
+        assert reconcile(config, store).ok
+        intents = store.intents()
+    assert intents and all(i.state == "FILLED" for i in intents)  # every order filled, once
+    assert venue.calls("POST", "/v2/orders") == len(intents)
+    return summary
+
+
+def test_alpaca_replay_of_sp500_equals_the_portfolio_backtest_trade_for_trade(tmp_path, venue):
+    config = _config(tmp_path, venue, "builtin:sp500", ["SP500"], "2014-07-01")
+    _run(config, venue)
+    trades = _assert_same_trades(config)
+    assert len(trades) >= 10
+
+
+@pytest.mark.slow
+def test_alpaca_replay_of_sp500_and_nasdaq_equals_the_portfolio_backtest(tmp_path, venue):
+    config = _config(tmp_path, venue, "builtin:sp500,nasdaq", ["SP500", "NASDAQ"], "2016-01-01")
+    _run(config, venue)
+    trades = _assert_same_trades(config)
+    assert len(trades) >= 20 and {t[1] for t in trades} == {"SP500", "NASDAQ"}
