@@ -115,7 +115,12 @@ class AlpacaBroker(Broker):
 
     venue = VENUE
     capabilities = frozenset({"market", "limit", "stop", "bracket", "stream"})
-    supports_resting_protection = False  # the runner watches the levels (for now)
+    # Trailing-stop orders go out too (``submit``), but the contract reads "trailing_stop" and
+    # "oco" as resting protection. The runner's protection sends one order per leg, and Alpaca
+    # holds a position's shares for one closing order ("insufficient qty available" for the
+    # second) and rests fractional quantities as DAY orders only; until the legs go as one
+    # venue order (an OCO of stop and target), the runner watches the levels.
+    supports_resting_protection = False
 
     def __init__(self, config: AlpacaConfig, *, sleep: Callable[[float], None] = time.sleep):
         self.config = config
