@@ -146,6 +146,7 @@ class Runner:
         self.resting = None
         if self.broker.supports_resting_protection:
             self.resting = RestingProtection(self.broker, self.store, self.metrics)
+            self._check_whole_units()
         else:
             log.warning(
                 "%s: protective exits are watched by the runner after each bar closes and sent "
@@ -170,6 +171,20 @@ class Runner:
         self._periods_per_year = periods_per_year(cfg.market, cfg.bar_interval_s)
         self.metrics.started(clock, cfg.portfolio.limits)
         self.notifier.ready()
+
+    def _check_whole_units(self) -> None:
+        """Refuse to start where the venue could not rest the protection of fractional units."""
+        cfg = self.config
+        levels = [s.name for s in cfg.portfolio.sleeves
+                  if s.strategy_object.uses_stops or s.stop_atr is not None]  # fmt: skip
+        whole = cfg.portfolio.sim.whole_units
+        if levels and self.broker.protection_needs_whole_units and not whole:
+            self._close()
+            raise ConfigError(
+                f"{cfg.path or cfg.name}: [costs] whole_units = true is needed: sleeves "
+                f"{', '.join(levels)} set protective levels, and {self.broker.venue} rests "
+                "protective orders for whole shares only"
+            )
 
     def _close(self) -> None:
         if getattr(self, "notifier", None) is not None:

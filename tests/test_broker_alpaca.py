@@ -113,6 +113,7 @@ def harness(fake, broker, monkeypatch):
         set_price=fake.set_price,
         bad_keys_broker=bad_keys_broker,
         secret=WRONG_SECRET,
+        trade_bar=lambda symbol, o, h, low: fake.trade_bar(0, {symbol: (o, h, low)}),
     )
 
 

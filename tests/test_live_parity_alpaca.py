@@ -51,18 +51,24 @@ def venue(monkeypatch):
     fake.stop()
 
 
-def _config(tmp_path, venue: FakeAlpaca, source: str, symbols: list[str], end: str):
+SIGNALS = [{"name": "trend", "strategy": "ma_crossover", "params": {"fast": 5, "slow": 20},
+            "allocation": 1.0}]  # fmt: skip
+LEVELS = [
+    {"name": "reversion", "strategy": "rsi_reversion", "allocation": 0.5},  # stop and target
+    {"name": "breakout", "strategy": "breakout_momentum", "allocation": 0.5},  # trailing stop
+]
+
+
+def _config(tmp_path, venue, source: str, symbols: list[str], end: str, sleeves=SIGNALS,
+            start: str = "2013-01-01"):  # fmt: skip
     raw = {
         "runner": {"name": "alpaca-parity", "market": "equities", "mode": "paper"},
-        "sleeves": [
-            {"name": "trend", "strategy": "ma_crossover", "symbols": symbols,
-             "params": {"fast": 5, "slow": 20}, "allocation": 1.0},
-        ],
+        "sleeves": [dict(sleeve, symbols=symbols) for sleeve in sleeves],
         "risk": {"max_position_pct": 50.0, "max_gross_exposure_pct": 100.0,
                  "daily_loss_limit_pct": 100.0, "max_drawdown_pct": 100.0},
         "costs": {"cash": 100_000.0, "fees_bps": 0.0, "slippage_bps": SLIPPAGE_BPS,
                   "whole_units": True},
-        "feed": {"source": source, "start": "2013-01-01", "end": end},
+        "feed": {"source": source, "start": start, "end": end},
         "broker": {"kind": "alpaca", "mode": "paper", "key_id_env": KEY_ENV,
                    "secret_key_env": SECRET_ENV, "trading_url": venue.url,
                    "data_url": venue.url, "stream_url": venue.stream_url, "timeout_s": 5.0,
@@ -93,8 +99,13 @@ def _run(config, venue):
         assert store.active_halt() is None  # the venue's positions agreed with ours throughout
         assert reconcile(config, store).ok
         intents = store.intents()
-    assert intents and all(i.state == "FILLED" for i in intents)  # every order filled, once
-    assert venue.calls("POST", "/v2/orders") == len(intents)
+    market = [i for i in intents if i.order_type == "market"]
+    legs = [i for i in intents if i.order_type != "market"]
+    assert market and all(i.state == "FILLED" for i in market)  # every order filled, once
+    # a leg fills, or is cancelled with its group (its sibling filled, or a strategy exit)
+    assert {i.state for i in legs} <= {"FILLED", "CANCELLED", "ACKED"}
+    groups = {i.details["oco_group"] for i in legs}  # one venue order carries each group
+    assert venue.calls("POST", "/v2/orders") == len(market) + len(groups)
     return summary
 
 
@@ -111,3 +122,20 @@ def test_alpaca_replay_of_sp500_and_nasdaq_equals_the_portfolio_backtest(tmp_pat
     _run(config, venue)
     trades = _assert_same_trades(config)
     assert len(trades) >= 20 and {t[1] for t in trades} == {"SP500", "NASDAQ"}
+
+
+def test_alpaca_rests_stops_targets_and_trailing_stops_and_trades_the_backtest(tmp_path, venue):
+    """Each position's protection rests at the venue as the one closing order Alpaca takes
+    for its shares (stop and target as one OCO order, a trailing stop alone), and the venue
+    executes it by the fill model's intrabar rules: the trades are the backtest's."""
+    config = _config(tmp_path, venue, "builtin:sp500", ["SP500"], "2014-01-01", LEVELS,
+                     start="2010-01-01")  # fmt: skip
+    _run(config, venue)
+    trades = _assert_same_trades(config)
+    reasons = [t[-1] for t in trades]
+    assert {"stop_loss", "take_profit", "trailing_stop"} <= set(reasons), reasons
+    oco = [b for m, p, b in venue.requests if (m, p) == ("POST", "/v2/orders")
+           and b.get("order_class") == "oco"]  # fmt: skip
+    trailing = [b for m, p, b in venue.requests if (m, p) == ("POST", "/v2/orders")
+                and b.get("type") == "trailing_stop"]  # fmt: skip
+    assert oco and trailing and all(b["time_in_force"] == "gtc" for b in oco + trailing)

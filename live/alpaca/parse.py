@@ -278,3 +278,59 @@ def replace_request_to_sdk(
         raise ValueError(f"{where}: only a resting (limit, stop, trailing stop) order is replaced")
     fields[level[0]] = level[1]
     return sdk_requests.ReplaceOrderRequest(**fields)
+
+
+def protection_to_sdk(venue_id: str, requests: list[OrderRequest]) -> sdk_requests.OrderRequest:
+    """One position's protective legs as the one closing order Alpaca takes for its shares:
+    a stop and a target as an ``oco`` order (the take-profit limit carries the stop-loss leg),
+    one leg as itself, all good till cancelled, under the client order id ``venue_id``.
+
+    Raises
+    ------
+    ValueError
+        If the legs cannot be one Alpaca order: a trailing stop beside a stop or a target (it
+        cannot join an OCO), or legs of different symbols, sides or quantities.
+    """
+    first = requests[0]
+    by_kind = {r.order_type: r for r in requests}
+    if len(by_kind) != len(requests) or any(
+        (r.symbol, r.side, r.qty) != (first.symbol, first.side, first.qty) for r in requests
+    ):
+        raise ValueError(f"{venue_id}: the legs of one position differ in symbol, side or qty")
+    if "trailing_stop" in by_kind and len(by_kind) > 1:
+        raise ValueError(
+            f"{venue_id}: a trailing stop cannot rest beside a stop or a take-profit at Alpaca "
+            "(one closing order per position, and an OCO takes a limit and a stop only)"
+        )
+    if set(by_kind) != {"stop", "limit"}:
+        return order_request_to_sdk(_renamed(first, venue_id))
+    return sdk_requests.LimitOrderRequest(
+        symbol=first.symbol,
+        qty=first.qty,
+        side=sdk_enums.OrderSide(first.side),
+        time_in_force=sdk_enums.TimeInForce(first.time_in_force),
+        client_order_id=venue_id,
+        order_class=sdk_enums.OrderClass.OCO,
+        take_profit=sdk_requests.TakeProfitRequest(limit_price=by_kind["limit"].limit_price),
+        stop_loss=sdk_requests.StopLossRequest(stop_price=by_kind["stop"].stop_price),
+    )
+
+
+def _renamed(request: OrderRequest, client_order_id: str) -> OrderRequest:
+    fields = {f: getattr(request, f) for f in request.__dataclass_fields__}
+    return OrderRequest(**(fields | {"client_order_id": client_order_id}))
+
+
+def leg_from_model(order: Order, leg: str, client_order_id: str) -> BrokerOrder | None:
+    """The protective leg ``leg`` of the venue order ``order`` that carries a position's
+    protection (``protection_to_sdk``), as a ``BrokerOrder`` under the leg's own client order
+    id; None if that order has no such leg."""
+    parts = [order, *(order.legs or [])]
+    found = next((o for o in parts if _TYPES.get(k := _value(o.type or o.order_type), k) == leg),
+                 None)  # fmt: skip
+    if found is None:
+        return None
+    view = order_from_model(found)
+    fields = {f: getattr(view, f) for f in view.__dataclass_fields__}
+    return BrokerOrder(**(fields | {"client_order_id": client_order_id,
+                                    "oco_group": client_order_id[:-1]}))  # fmt: skip

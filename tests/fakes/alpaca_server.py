@@ -130,6 +130,9 @@ class FakeAlpaca:
         self.data_conns: list[_Conn] = []
         self.data_connects = 0
         self.replay = replay
+        self.last_trade: dict[str, float] = {}
+        """The last execution price per symbol: where a trailing stop's high-water mark starts
+        when the bars replay (Alpaca starts it at the market when the order arrives)."""
         self._cfg = np.zeros(1, config_dt)
         self._cfg[0].slippage_rate = slippage_bps / 1e4  # Alpaca charges no commission
         self._http: ThreadingHTTPServer | None = None
@@ -551,7 +554,7 @@ class FakeAlpaca:
         if self.replay:  # the bars execute orders: open_bar and trade_bar
             order["status"] = "new" if kind in _RESTING else order["status"]
             if kind == "trailing_stop" and order["hwm"] is None:
-                order["hwm"] = price
+                order["hwm"] = self.last_trade.get(order["symbol"], price)
             return
         limit, stop = order["limit_price"], order["stop_price"]
         if kind == "trailing_stop":
@@ -581,6 +584,7 @@ class FakeAlpaca:
         order["status"] = "filled" if done else "partially_filled"
         order["updated_ns"], order["filled_ns"] = now, now
         sign = 1.0 if order["side"] == "buy" else -1.0
+        self.last_trade[order["symbol"]] = price
         self.positions[order["symbol"]] = self.positions.get(order["symbol"], 0.0) + sign * qty
         self.cash -= sign * qty * price
         ms = datetime.fromtimestamp(now / 1e9, tz=UTC).strftime("%Y%m%d%H%M%S%f")[:17]
