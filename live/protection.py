@@ -218,6 +218,18 @@ class RestingProtection:
             self._resolve(leg, epoch)
         return True
 
+    def refused(self, state: PortfolioState) -> set[tuple[str, str]]:
+        """(sleeve, symbol) of the positions whose protection the venue refused (e.g. Alpaca:
+        a trailing stop beside a stop or a target): the runner watches their levels instead."""
+        out = set()
+        for position in state.positions():
+            for leg in legs_of(position):
+                intent = self.store.intent(leg.request.client_order_id)
+                if intent is not None and intent.state == "REJECTED":
+                    out.add((position.sleeve, position.symbol))
+                    break
+        return out
+
     def cancel_orphans(self, state: PortfolioState, epoch: int) -> int:
         """Cancel resting orders of ours whose position is gone (logged and counted)."""
         wanted = {leg.request.client_order_id for p in state.positions() for leg in legs_of(p)}

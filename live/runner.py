@@ -547,17 +547,22 @@ class Runner:
         summary.orders += len(settled.trades)
         summary.trades += self._record(settled.trades, epoch)
         self.resting.cancel_orphans(settled.state, epoch)
+        refused = self.resting.refused(settled.state)
+        if refused:  # the venue would not rest their protection: watch it after the close
+            self._watch_protection(t, settled.state, epoch, only=refused)
         return settled.state
 
-    def _watch_protection(self, t, state, epoch) -> None:
-        """The runner watches the levels on the closed bar; the venue executes a market exit,
-        and the position closes when its fills are reported (at their price, not the level)."""
+    def _watch_protection(self, t, state, epoch, only=None) -> None:
+        """The runner watches the levels on the closed bar (of the positions in ``only``, if
+        given); the venue executes a market exit, and the position closes when its fills are
+        reported (at their price, not the level)."""
         bars, ts = self.bars, int(self.bars.ts_ns[t])
         stopped = check_stops(state, bars.open[t], bars.high[t], bars.low[t], ts,
                               self.portfolio, t)  # fmt: skip
         busy = {(w.order.sleeve, w.order.symbol) for w in self.working}
         for trade in stopped.trades:
-            if (trade.sleeve, trade.symbol) not in busy:
+            key = (trade.sleeve, trade.symbol)
+            if key not in busy and (only is None or key in only):
                 self._send(stop_order(trade, ts), trade.units, epoch, PROTECTIVE, True)
 
     def _send_decisions(self, orders, state, own_halt, epoch) -> None:

@@ -8,18 +8,16 @@ closed trades equal ``portfolio_backtest``'s with decision-time sizing (live for
 ``max_position_pct`` is 50: the backtest also cuts decided units at the fill when a gap makes
 the sleeve's cash short, while a venue fills what it was sent (``sized_alike`` in
 tests/test_live_runner.py); at half the equity per position that cut never binds, so units are
-compared exactly (relative 1e-9: quantities and prices travel as decimal text). The sleeve
-trades whole shares (``whole_units``), as resting GTC orders at Alpaca will need.
+compared exactly (relative 1e-9: quantities and prices travel as decimal text). The sleeves
+trade whole shares (``whole_units``): Alpaca rests GTC orders for whole shares only.
 
 The venue's market moves with the runner's bars: the runner calls ``open_bar`` and ``trade_bar``
 on its broker each cycle (no-ops on the real Alpaca adapter); here they are forwarded to the
 fake in the same process, so the venue sees exactly the bars the runner decided on.
 
-The strategies here exit by their own signals. Alpaca cannot yet rest a position's stop,
-take-profit and trailing stop the way the runner's protection sends them (one order per leg:
-Alpaca holds a position's shares for one closing order and refuses the second, and takes
-fractional quantities on DAY orders only; see tests/test_broker_alpaca.py), so on Alpaca the
-runner still watches the levels after each bar and sends a market exit.
+A position's stop, target and trailing stop rest at the fake venue as Alpaca takes them (one
+closing order per position: stop and target as one OCO order, a lone trailing stop) and fill by
+the fill model's intrabar rules, so level exits match too.
 """
 
 from __future__ import annotations
@@ -139,3 +137,24 @@ def test_alpaca_rests_stops_targets_and_trailing_stops_and_trades_the_backtest(t
     trailing = [b for m, p, b in venue.requests if (m, p) == ("POST", "/v2/orders")
                 and b.get("type") == "trailing_stop"]  # fmt: skip
     assert oco and trailing and all(b["time_in_force"] == "gtc" for b in oco + trailing)
+
+
+def test_protection_alpaca_cannot_rest_is_watched_by_the_runner(tmp_path, venue, caplog):
+    """A trailing stop beside a stop cannot be one Alpaca order: the venue side refuses the
+    group before anything is sent, and the runner watches that position's levels after each
+    bar and exits with a market order (never a naked position, never a HALT)."""
+    sleeves = [{"name": "breakout", "strategy": "breakout_momentum", "allocation": 1.0,
+                "stop_atr": 2.0}]  # fmt: skip
+    config = _config(tmp_path, venue, "builtin:sp500", ["SP500"], "2011-07-01", sleeves,
+                     start="2010-01-01")  # fmt: skip
+    Runner(config).run()
+    assert "a trailing stop cannot rest beside a stop" in caplog.text
+    assert not [b for m, p, b in venue.requests if (m, p) == ("POST", "/v2/orders")
+                and b.get("type") != "market"]  # fmt: skip
+    with Store.open(config.store_url) as store:
+        assert store.active_halt() is None and reconcile(config, store).ok
+        watched = [i for i in store.intents() if i.order_type == "market"
+                   and i.details["reason"] in ("stop_loss", "trailing_stop")]  # fmt: skip
+        trades = store.trades()
+    assert watched and all(i.state == "FILLED" for i in watched)
+    assert {t.exit_reason for t in trades} & {"stop_loss", "trailing_stop"}
