@@ -207,8 +207,8 @@ class VenueExecution:
                 log.error("order %s refused: %s", cid, exc, extra={"client_order_id": cid})
                 self.store.transition(cid, "REJECTED", epoch=epoch, reason=str(exc)[:200])
             return False
-        failpoint("after_submit")
         for cid, answer in zip(cids, answers, strict=True):
+            failpoint("after_submit")  # once per order the venue took, as when sent one by one
             self._acknowledge(cid, answer, epoch)
         return True
 
