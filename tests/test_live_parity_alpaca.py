@@ -145,8 +145,8 @@ def test_protection_alpaca_cannot_rest_is_watched_by_the_runner(tmp_path, venue,
     bar and exits with a market order (never a naked position, never a HALT)."""
     sleeves = [{"name": "breakout", "strategy": "breakout_momentum", "allocation": 1.0,
                 "stop_atr": 2.0}]  # fmt: skip
-    config = _config(tmp_path, venue, "builtin:sp500", ["SP500"], "2011-07-01", sleeves,
-                     start="2010-01-01")  # fmt: skip
+    config = _config(tmp_path, venue, "builtin:sp500", ["SP500"], "2013-01-01", sleeves,
+                     start="2011-06-01")  # fmt: skip
     Runner(config).run()
     assert "a trailing stop cannot rest beside a stop" in caplog.text
     assert not [b for m, p, b in venue.requests if (m, p) == ("POST", "/v2/orders")
