@@ -111,7 +111,11 @@ class VenueExecution:
         if order.action == "entry":
             step = self.broker.quantity_step(order.symbol)
             if step > 0:
-                units = math.floor(units / step + 1e-9) * step
+                # 6.0 / 1e-9 is 5999999999.999999 in floats: floor with a margin of that
+                # rounding, then drop the float noise of n * step (whole units reach the venue
+                # whole, not as 5.999999999).
+                steps = units / step
+                units = round(math.floor(steps + max(1e-9, steps * 1e-14)) * step, 12)
             if units <= 0:
                 log.warning("%s: below the venue's quantity step %g; not sent", order.key, step)
                 return None

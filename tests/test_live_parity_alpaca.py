@@ -58,11 +58,11 @@ LEVELS = [
 
 
 def _config(tmp_path, venue, source: str, symbols: list[str], end: str, sleeves=SIGNALS,
-            start: str = "2013-01-01"):  # fmt: skip
+            start: str = "2013-01-01", max_position_pct: float = 50.0):  # fmt: skip
     raw = {
         "runner": {"name": "alpaca-parity", "market": "equities", "mode": "paper"},
         "sleeves": [dict(sleeve, symbols=symbols) for sleeve in sleeves],
-        "risk": {"max_position_pct": 50.0, "max_gross_exposure_pct": 100.0,
+        "risk": {"max_position_pct": max_position_pct, "max_gross_exposure_pct": 100.0,
                  "daily_loss_limit_pct": 100.0, "max_drawdown_pct": 100.0},
         "costs": {"cash": 100_000.0, "fees_bps": 0.0, "slippage_bps": SLIPPAGE_BPS,
                   "whole_units": True},
@@ -116,10 +116,19 @@ def test_alpaca_replay_of_sp500_equals_the_portfolio_backtest_trade_for_trade(tm
 
 @pytest.mark.slow
 def test_alpaca_replay_of_sp500_and_nasdaq_equals_the_portfolio_backtest(tmp_path, venue):
-    config = _config(tmp_path, venue, "builtin:sp500,nasdaq", ["SP500", "NASDAQ"], "2016-01-01")
+    """Three sleeves on two symbols: their positions share each symbol's shares at the venue,
+    each sleeve's protection holding its own. A sleeve has a third of the cash here, so a
+    position is at most 25% of the equity (the fill-time cut never binds)."""
+    sleeves = [
+        dict(sleeve, allocation=share)
+        for sleeve, share in zip(SIGNALS + LEVELS, (0.34, 0.33, 0.33), strict=True)
+    ]
+    config = _config(tmp_path, venue, "builtin:sp500,nasdaq", ["SP500", "NASDAQ"], "2016-01-01",
+                     sleeves, start="2010-01-01", max_position_pct=25.0)  # fmt: skip
     _run(config, venue)
     trades = _assert_same_trades(config)
     assert len(trades) >= 20 and {t[1] for t in trades} == {"SP500", "NASDAQ"}
+    assert {"signal", "stop_loss", "take_profit"} <= {t[-1] for t in trades}
 
 
 def test_alpaca_rests_stops_targets_and_trailing_stops_and_trades_the_backtest(tmp_path, venue):
