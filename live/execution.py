@@ -175,7 +175,7 @@ class VenueExecution:
         for request, details in orders:
             cid = request.client_order_id
             intent = self.store.record_intent(
-                strategy=sleeve,
+                sleeve=sleeve,
                 symbol=request.symbol,
                 side=request.side,
                 qty=request.qty,
