@@ -27,6 +27,32 @@ ORDER_TYPES = ("market", "limit", "stop", "trailing_stop")
 RESTING_TYPES = ("limit", "stop", "trailing_stop")
 """Order types that rest at the venue until the market reaches their level."""
 TIME_IN_FORCE = ("day", "gtc", "ioc")
+LEG_CODES = {"stop": "s", "limit": "l", "trailing_stop": "t"}
+"""The letter a protective leg's client order id adds to its OCO group's id (``leg_id``)."""
+GROUP_CODE = "p"
+"""The letter of the one venue order that carries a whole OCO group where a venue needs that."""
+
+
+def leg_id(oco_group: str, leg: str) -> str:
+    """The client order id of a protective leg (``"stop"``, ``"limit"``, ``"trailing_stop"``,
+    or ``"group"`` for one venue order carrying them all): its OCO group's id and one letter,
+    so a venue adapter can find a leg from its id alone (``leg_of``)."""
+    return oco_group + (GROUP_CODE if leg == "group" else LEG_CODES[leg])
+
+
+def leg_of(client_order_id: str) -> tuple[str, str] | None:
+    """``(oco_group, leg)`` of a client order id made by ``leg_id`` (None for any other id: the
+    runner's ids are ``qs`` and hex digits, which never end in a leg's letter)."""
+    group, code = client_order_id[:-1], client_order_id[-1:]
+    if len(group) < 18 or not group.startswith("qs") or not _HEX.issuperset(group[2:]):
+        return None
+    if code == GROUP_CODE:
+        return group, "group"
+    leg = next((k for k, c in LEG_CODES.items() if c == code), None)
+    return None if leg is None else (group, leg)
+
+
+_HEX = frozenset("0123456789abcdef")
 
 
 class OrderStatus:
@@ -279,6 +305,10 @@ class Broker(ABC):
     """Whether a position's stop, target and trailing stop rest at this venue as orders (stop,
     limit and trailing-stop orders in one OCO group). Without it the runner watches the levels
     after each bar closes and sends a market exit."""
+    protection_needs_whole_units: ClassVar[bool] = False
+    """Whether the venue rests protective orders for whole units only (Alpaca takes fractional
+    shares on DAY orders only): the runner then needs ``[costs] whole_units`` for sleeves with
+    levels."""
 
     @abstractmethod
     def connect(self) -> Account:
@@ -311,6 +341,13 @@ class Broker(ABC):
     @abstractmethod
     def fills(self, since_ns: int = 0) -> list[BrokerFill]:
         """Executions at or after ``since_ns``, oldest first (the backfill after a reconnect)."""
+
+    def submit_protection(self, requests: list[OrderRequest]) -> list[BrokerOrder]:
+        """Send one position's protective legs (one ``oco_group``, ids from ``leg_id``) and
+        return each as the venue has it. A venue that forms OCO groups from ``oco_group``
+        takes them one by one (this default); one that holds a position's shares for a single
+        closing order (Alpaca) sends them as one venue order and finds each leg by its id."""
+        return [self.submit(request) for request in requests]
 
     def replace(self, client_order_id: str, request: OrderRequest) -> BrokerOrder | None:
         """Move a resting order to ``request`` (a new client order id, derived

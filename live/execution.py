@@ -111,7 +111,11 @@ class VenueExecution:
         if order.action == "entry":
             step = self.broker.quantity_step(order.symbol)
             if step > 0:
-                units = math.floor(units / step + 1e-9) * step
+                # 6.0 / 1e-9 is 5999999999.999999 in floats: floor with a margin of that
+                # rounding, then drop the float noise of n * step (whole units reach the venue
+                # whole, not as 5.999999999).
+                steps = units / step
+                units = round(math.floor(steps + max(1e-9, steps * 1e-14)) * step, 12)
             if units <= 0:
                 log.warning("%s: below the venue's quantity step %g; not sent", order.key, step)
                 return None
@@ -151,40 +155,65 @@ class VenueExecution:
         intent UNKNOWN for a lookup; an intent already past SUBMITTING (a redo) is not sent
         again, and SUBMITTING (a crash between the commit and the answer) is: the venue adopts
         a known id."""
-        cid = request.client_order_id
-        intent = self.store.record_intent(
-            sleeve=sleeve,
-            symbol=request.symbol,
-            side=request.side,
-            qty=request.qty,
-            bar_ts_ns=bar_ts_ns,
-            venue=self.broker.venue,
-            epoch=epoch,
-            client_order_id=cid,
-            order_type=request.order_type,
-            limit_price=request.limit_price,
-            stop_price=request.stop_price,
-            details=details,
-        )
-        failpoint("after_intent")
-        if intent.state == OrderState.NEW:
-            self.store.transition(
-                cid, "SUBMITTING", epoch=epoch, expected_state="NEW", during_halt=during_halt
+        return self._place([(request, details)], sleeve, bar_ts_ns, epoch, during_halt,
+                           lambda sent: [self.broker.submit(sent[0])])  # fmt: skip
+
+    def place_protection(
+        self,
+        legs: list[tuple[OrderRequest, dict[str, Any]]],
+        sleeve: str,
+        bar_ts_ns: int,
+        epoch: int,
+    ) -> bool:
+        """``place`` for one position's protective legs (request and intent details each): every
+        intent is committed, then the legs go to the venue in one ``submit_protection`` call
+        (during a HALT too: protection only ever closes a position)."""
+        return self._place(legs, sleeve, bar_ts_ns, epoch, True, self.broker.submit_protection)
+
+    def _place(self, orders, sleeve, bar_ts_ns, epoch, during_halt, send) -> bool:
+        pending = []
+        for request, details in orders:
+            cid = request.client_order_id
+            intent = self.store.record_intent(
+                sleeve=sleeve,
+                symbol=request.symbol,
+                side=request.side,
+                qty=request.qty,
+                bar_ts_ns=bar_ts_ns,
+                venue=self.broker.venue,
+                epoch=epoch,
+                client_order_id=cid,
+                order_type=request.order_type,
+                limit_price=request.limit_price,
+                stop_price=request.stop_price,
+                details=details,
             )
-        elif intent.state != OrderState.SUBMITTING:
+            failpoint("after_intent")
+            if intent.state == OrderState.NEW:
+                self.store.transition(
+                    cid, "SUBMITTING", epoch=epoch, expected_state="NEW", during_halt=during_halt
+                )
+            elif intent.state != OrderState.SUBMITTING:
+                continue
+            pending.append(request)
+        if not pending:
             return True
+        cids = [r.client_order_id for r in pending]
         try:
-            answer = self.broker.submit(request)
+            answers = send(pending)
         except BrokerAmbiguousError as exc:
-            log.warning("order %s: no definite answer (%s); resolving by lookup", cid, exc)
-            self.store.transition(cid, "UNKNOWN", epoch=epoch, reason=str(exc)[:200])
+            for cid in cids:
+                log.warning("order %s: no definite answer (%s); resolving by lookup", cid, exc)
+                self.store.transition(cid, "UNKNOWN", epoch=epoch, reason=str(exc)[:200])
             return True
         except (BrokerRejectedError, BrokerRateLimitedError) as exc:
-            log.error("order %s refused: %s", cid, exc, extra={"client_order_id": cid})
-            self.store.transition(cid, "REJECTED", epoch=epoch, reason=str(exc)[:200])
+            for cid in cids:
+                log.error("order %s refused: %s", cid, exc, extra={"client_order_id": cid})
+                self.store.transition(cid, "REJECTED", epoch=epoch, reason=str(exc)[:200])
             return False
-        failpoint("after_submit")
-        self._acknowledge(cid, answer, epoch)
+        for cid, answer in zip(cids, answers, strict=True):
+            failpoint("after_submit")  # once per order the venue took, as when sent one by one
+            self._acknowledge(cid, answer, epoch)
         return True
 
     def _acknowledge(self, cid: str, answer: BrokerOrder, epoch: int) -> None:
@@ -284,8 +313,8 @@ class VenueExecution:
 def decision_id(sleeve: str, purpose: str, symbol: str, ts_ns: int, side: str) -> str:
     """The one client order id derivation of the runner: (sleeve and purpose, symbol, time,
     side). ``purpose`` is the decision's action ("entry", "exit", "exit-rest1" for the rest of
-    a partly cancelled exit) or a protective leg ("stop", "limit", "trailing_stop"), whose time
-    is the entry's fill time."""
+    a partly cancelled exit) or a position's protection ("protect": its OCO group, whose time is
+    the entry's fill time; each leg's id is ``live.broker.leg_id`` of the group)."""
     return client_order_id(f"{sleeve}/{purpose}", symbol, ts_ns, side)
 
 

@@ -56,6 +56,49 @@ class VenueOrder:
     submits: int
 
 
+@dataclass(frozen=True)
+class LevelsMatch:
+    """What one bar did to a group of resting exit orders: the leg that filled (``"stop"``,
+    ``"limit"``, ``"trailing_stop"``; None if none), its price after slippage and its fee, and
+    the best price a trailing stop follows after the bar."""
+
+    leg: str | None
+    price: float
+    fee: float
+    best_price: float | None
+
+
+def match_levels(
+    side: str, qty: float, open_: float, high: float, low: float, cfg, *,
+    stop_price: float | None = None, limit_price: float | None = None,
+    trail_amount: float | None = None, best_price: float | None = None,
+) -> LevelsMatch:  # fmt: skip
+    """Match resting exit orders (``side`` closes a position on the other side; at most one
+    leg of each kind, one OCO group) against one bar with the fill model's intrabar rules
+    (``check_levels_nb``): a gap through a level fills at the open, a touched level at the
+    level, a bar reaching a stop and a target fills the stop, a trailing stop follows the best
+    price. ``cfg`` is a ``config_dt`` record (its fee and slippage rates apply). A simulated
+    venue (the paper broker, the tests' fake venues) executes what this returns."""
+    position = np.zeros(1, position_dt)
+    p = position[0]
+    p.units = (1.0 if side == "sell" else -1.0) * qty
+    nan = math.nan
+    p.stop_price = nan if stop_price is None else stop_price
+    p.take_profit_price = nan if limit_price is None else limit_price
+    p.trail_distance = nan if trail_amount is None else trail_amount
+    p.best_price = p.entry_price = open_  # the trade's P&L is not the venue's concern
+    if trail_amount is not None and best_price is not None:
+        p.best_price = best_price
+    p.has_levels = True
+    trades, stats = np.zeros(1, trade_dt), np.zeros(1, stats_dt)
+    if not check_levels_nb(p, open_, high, low, 0, cfg, trades, 0, stats[0]):
+        best = None if trail_amount is None else float(p.best_price)
+        return LevelsMatch(None, math.nan, 0.0, best)
+    trade = trades[0]
+    return LevelsMatch(_LEG_OF_REASON[int(trade.exit_reason)], float(trade.exit_price),
+                       float(trade.exit_fees), None)  # fmt: skip
+
+
 class PaperVenue:
     """The paper venue's executions, in the live store's database (its own connection).
 
@@ -255,41 +298,27 @@ class PaperBroker(Broker):
                 self._match(legs, float(open_), float(high), float(low), ts_ns)
 
     def _match(self, legs: list[dict], open_: float, high: float, low: float, ts_ns: int) -> None:
-        # The legs protect (close) a position on the other side: model that position.
-        position = np.zeros(1, position_dt)
-        p = position[0]
-        side = 1.0 if legs[0]["side"] == "sell" else -1.0
+        by_leg = {row["order_type"]: row for row in legs}
         qty = max(float(r["qty"]) for r in legs)
-        p.units = side * qty
-        p.stop_price = p.take_profit_price = p.trail_distance = math.nan
-        p.best_price = p.entry_price = open_  # the trade's P&L is not the venue's concern
-        by_leg = {}
-        for row in legs:
-            by_leg[row["order_type"]] = row
-            if row["order_type"] == "stop":
-                p.stop_price = row["stop_price"]
-            elif row["order_type"] == "limit":
-                p.take_profit_price = row["limit_price"]
-            else:
-                p.trail_distance = row["trail_amount"]
-                if row["best_price"] is not None:
-                    p.best_price = row["best_price"]
-        p.has_levels = True
-        trades, stats = np.zeros(1, trade_dt), np.zeros(1, stats_dt)
-        hit = check_levels_nb(p, open_, high, low, 0, self._cfg[0], trades, 0, stats[0])
-        trailing = by_leg.get("trailing_stop")
-        if not hit:
-            if trailing is not None and p.best_price != trailing["best_price"]:
+        stop, limit, trailing = (by_leg.get(k) for k in ("stop", "limit", "trailing_stop"))
+        done = match_levels(
+            legs[0]["side"], qty, open_, high, low, self._cfg[0],
+            stop_price=None if stop is None else stop["stop_price"],
+            limit_price=None if limit is None else limit["limit_price"],
+            trail_amount=None if trailing is None else trailing["trail_amount"],
+            best_price=None if trailing is None else trailing["best_price"],
+        )  # fmt: skip
+        if done.leg is None:
+            if trailing is not None and done.best_price != trailing["best_price"]:
                 with self._db.write("paper trail", None) as tx:
                     tx.run("UPDATE paper_book SET best_price = ?, ts_updated_ns = ? "
                            "WHERE client_order_id = ?",
-                           (float(p.best_price), ts_ns, trailing["client_order_id"]))  # fmt: skip
+                           (done.best_price, ts_ns, trailing["client_order_id"]))  # fmt: skip
             return
-        trade = trades[0]
-        filled = by_leg[_LEG_OF_REASON[int(trade.exit_reason)]]
+        filled = by_leg[done.leg]
         # The modelled position is the largest leg; a smaller leg pays its share of the fee.
-        fee = float(trade.exit_fees) * float(filled["qty"]) / qty
-        self._execute(filled, float(trade.exit_price), fee, ts_ns, cancel_group=True)
+        fee = done.fee * float(filled["qty"]) / qty
+        self._execute(filled, done.price, fee, ts_ns, cancel_group=True)
 
     def _fill_market(self, client_order_id: str, price: float, ts_ns: int) -> None:
         """Fill a market order at ``price`` before slippage, priced by the fill model (an order

@@ -16,6 +16,7 @@ from live.broker import (
     BrokerOrder,
     OrderRequest,
     OrderStatus,
+    leg_id,
 )
 from live.execution import VenueExecution, decision_id
 from live.failpoints import failpoint
@@ -53,7 +54,7 @@ def legs_of(position: Position) -> list[Leg]:
               "oco_group": group, "time_in_force": "gtc"}  # fmt: skip
     out = []
     for kind in LEGS:
-        cid = decision_id(position.sleeve, kind, position.symbol, position.entry_ts_ns, side)
+        cid = leg_id(group, kind)
         if kind == "stop" and position.stop_price is not None:
             request = OrderRequest(client_order_id=cid, order_type="stop",
                                    stop_price=position.stop_price, **common)  # fmt: skip
@@ -107,6 +108,7 @@ class RestingProtection:
         re-protection: logged and counted."""
         sent = 0
         for position in state.positions():
+            missing = []
             for leg in legs_of(position):
                 intent = self.store.intent(leg.request.client_order_id)
                 if intent is not None and intent.state not in ("NEW", "SUBMITTING"):
@@ -118,22 +120,26 @@ class RestingProtection:
                         extra={"sleeve": position.sleeve, "symbol": position.symbol},
                     )  # fmt: skip
                     self._count("reprotected", position.sleeve)
-                sent += self._send(leg, epoch)
+                missing.append(leg)
+            if missing and self._send(missing, epoch):
+                sent += len(missing)
         return sent
 
-    def _send(self, leg: Leg, epoch: int) -> int:
-        request = leg.request
-        details = {
-            "action": "protect",
-            "leg": leg.kind,
-            "reason": _REASON[leg.kind],
-            "oco_group": request.oco_group,
-            "trail_amount": request.trail_amount,
-        }
+    def _send(self, legs: list[Leg], epoch: int) -> bool:
+        orders = [
+            (leg.request, {
+                "action": "protect",
+                "leg": leg.kind,
+                "reason": _REASON[leg.kind],
+                "oco_group": leg.request.oco_group,
+                "trail_amount": leg.request.trail_amount,
+            })
+            for leg in legs
+        ]  # fmt: skip
+        position = legs[0].position
         # Protection goes out during a HALT too: it only ever closes a position.
-        sent = self.execution.place(request, leg.position.sleeve, leg.position.entry_ts_ns,
-                                    epoch, True, details)  # fmt: skip
-        return int(sent)
+        return self.execution.place_protection(orders, position.sleeve, position.entry_ts_ns,
+                                               epoch)  # fmt: skip
 
     # ------------------------------------------------------------------ settling
     def settle(self, state: PortfolioState, portfolio, ts_ns: int, epoch: int) -> FillResult:
@@ -211,6 +217,18 @@ class RestingProtection:
                 return False  # the settlement applies the fill and resolves every leg
             self._resolve(leg, epoch)
         return True
+
+    def refused(self, state: PortfolioState) -> set[tuple[str, str]]:
+        """(sleeve, symbol) of the positions whose protection the venue refused (e.g. Alpaca:
+        a trailing stop beside a stop or a target): the runner watches their levels instead."""
+        out = set()
+        for position in state.positions():
+            for leg in legs_of(position):
+                intent = self.store.intent(leg.request.client_order_id)
+                if intent is not None and intent.state == "REJECTED":
+                    out.add((position.sleeve, position.symbol))
+                    break
+        return out
 
     def cancel_orphans(self, state: PortfolioState, epoch: int) -> int:
         """Cancel resting orders of ours whose position is gone (logged and counted)."""

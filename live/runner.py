@@ -153,6 +153,7 @@ class Runner:
         self.resting = None
         if self.broker.supports_resting_protection:
             self.resting = RestingProtection(self.broker, self.store, self.metrics)
+            self._check_whole_units()
         else:
             log.warning(
                 "%s: protective exits are watched by the runner after each bar closes and sent "
@@ -177,6 +178,20 @@ class Runner:
         self._periods_per_year = periods_per_year(cfg.market, cfg.bar_interval_s)
         self.metrics.started(clock, cfg.portfolio.limits)
         self.notifier.ready()
+
+    def _check_whole_units(self) -> None:
+        """Refuse to start where the venue could not rest the protection of fractional units."""
+        cfg = self.config
+        levels = [s.name for s in cfg.portfolio.sleeves
+                  if s.strategy_object.uses_stops or s.stop_atr is not None]  # fmt: skip
+        whole = cfg.portfolio.sim.whole_units
+        if levels and self.broker.protection_needs_whole_units and not whole:
+            self._close()
+            raise ConfigError(
+                f"{cfg.path or cfg.name}: [costs] whole_units = true is needed: sleeves "
+                f"{', '.join(levels)} set protective levels, and {self.broker.venue} rests "
+                "protective orders for whole shares only"
+            )
 
     def _close(self) -> None:
         if getattr(self, "notifier", None) is not None:
@@ -545,17 +560,22 @@ class Runner:
         summary.orders += len(settled.trades)
         summary.trades += self._record(settled.trades, epoch)
         self.resting.cancel_orphans(settled.state, epoch)
+        refused = self.resting.refused(settled.state)
+        if refused:  # the venue would not rest their protection: watch it after the close
+            self._watch_protection(t, settled.state, epoch, only=refused)
         return settled.state
 
-    def _watch_protection(self, t, state, epoch) -> None:
-        """The runner watches the levels on the closed bar; the venue executes a market exit,
-        and the position closes when its fills are reported (at their price, not the level)."""
+    def _watch_protection(self, t, state, epoch, only=None) -> None:
+        """The runner watches the levels on the closed bar (of the positions in ``only``, if
+        given); the venue executes a market exit, and the position closes when its fills are
+        reported (at their price, not the level)."""
         bars, ts = self.bars, int(self.bars.ts_ns[t])
         stopped = check_stops(state, bars.open[t], bars.high[t], bars.low[t], ts,
                               self.portfolio, t)  # fmt: skip
         busy = {(w.order.sleeve, w.order.symbol) for w in self.working}
         for trade in stopped.trades:
-            if (trade.sleeve, trade.symbol) not in busy:
+            key = (trade.sleeve, trade.symbol)
+            if key not in busy and (only is None or key in only):
                 self._send(stop_order(trade, ts), trade.units, epoch, PROTECTIVE, True)
 
     def _send_decisions(self, orders, state, own_halt, epoch) -> None:

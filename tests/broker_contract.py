@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from live.broker import Broker, BrokerAuthError, BrokerOrder, OrderRequest, OrderStatus
+from live.broker import Broker, BrokerAuthError, BrokerOrder, OrderRequest, OrderStatus, leg_id
+from live.store import client_order_id
 
 
 @dataclass
@@ -135,24 +136,36 @@ class BrokerContract:
         assert broker.cancel(cid).status == OrderStatus.CANCELLED  # cancelling twice is fine
 
     # ------------------------------------------------------------------ resting protection
-    def _protect(self, harness, tag: str) -> tuple[str, str]:
-        """A stop at 90 and a target at 110 in one OCO group, protecting a long position."""
-        broker, symbol, group = harness.broker, harness.symbol, self._cid(f"oco{tag}")
-        stop, target = self._cid(f"stop{tag}"), self._cid(f"target{tag}")
-        common = {"symbol": symbol, "side": "sell", "qty": harness.qty, "oco_group": group,
-                  "time_in_force": "gtc"}  # fmt: skip
-        broker.submit(OrderRequest(client_order_id=stop, order_type="stop", stop_price=90.0,
-                                   **common))  # fmt: skip
-        broker.submit(OrderRequest(client_order_id=target, order_type="limit",
-                                   limit_price=110.0, **common))  # fmt: skip
-        return stop, target
+    def _protect(self, harness, tag: str, levels=(("stop", 90.0), ("limit", 110.0))) -> list[str]:
+        """Protective legs of a long position in one OCO group (a stop at 90 and a target at
+        110 unless ``levels`` says otherwise), sent as the runner sends them; their ids."""
+        broker, symbol = harness.broker, harness.symbol
+        group = client_order_id(f"contract/{tag}", symbol, time.time_ns(), "sell")
+        price = {"stop": "stop_price", "limit": "limit_price"}
+        requests = [
+            OrderRequest(client_order_id=leg_id(group, kind), symbol=symbol, side="sell",
+                         qty=harness.qty, order_type=kind, oco_group=group,
+                         time_in_force="gtc", **{price[kind]: level})
+            for kind, level in levels
+        ]  # fmt: skip
+        broker.submit_protection(requests)
+        return [r.client_order_id for r in requests]
+
+    def _hold(self, harness) -> None:
+        """Hold the position the protection closes (a venue may refuse a closing order for
+        shares it does not hold)."""
+        harness.set_price(harness.symbol, 100.0)
+        cid = self._cid("held")
+        harness.broker.submit(OrderRequest(client_order_id=cid, symbol=harness.symbol,
+                                           side="buy", qty=harness.qty))  # fmt: skip
+        wait_final(harness.broker, cid)
 
     def test_only_one_leg_of_an_oco_group_ever_fills(self, harness) -> None:
         broker = harness.broker
         if not broker.supports_resting_protection:
             assert not broker.capabilities & {"oco", "trailing_stop"}  # says what it cannot do
             return
-        harness.set_price(harness.symbol, 100.0)
+        self._hold(harness)
         stop, target = self._protect(harness, "both")
         harness.trade_bar(harness.symbol, 100.0, 112.0, 85.0)  # reaches both levels
         legs = [wait_final(broker, stop), wait_final(broker, target)]
@@ -166,20 +179,24 @@ class BrokerContract:
         broker = harness.broker
         if not broker.supports_resting_protection:
             return
-        harness.set_price(harness.symbol, 100.0)
-        stop, target = self._protect(harness, "moved")
+        self._hold(harness)
+        stop, target = self._protect(harness, "cancelled")
+        assert broker.cancel(target).status == OrderStatus.CANCELLED
+        harness.trade_bar(harness.symbol, 100.0, 120.0, 85.0)  # its level is reached
+        assert broker.order(target).filled_qty == 0  # (a venue may cancel its stop with it)
+        self._hold(harness)  # what the stop may have sold
+        (stop,) = self._protect(harness, "moved", levels=(("stop", 90.0),))
         group = broker.order(stop).oco_group
         moved = OrderRequest(client_order_id=self._cid("stopmoved"), symbol=harness.symbol,
                              side="sell", qty=harness.qty, order_type="stop", stop_price=95.0,
                              oco_group=group, time_in_force="gtc")  # fmt: skip
         assert broker.replace(stop, moved).client_order_id == moved.client_order_id
         assert broker.order(stop).status == OrderStatus.CANCELLED
-        assert broker.cancel(target).status == OrderStatus.CANCELLED
         harness.trade_bar(harness.symbol, 100.0, 120.0, 94.0)
         assert wait_final(broker, moved.client_order_id).avg_fill_price == pytest.approx(
             95.0, rel=0.01
         )
-        assert broker.order(stop).filled_qty == 0 and broker.order(target).filled_qty == 0
+        assert broker.order(stop).filled_qty == 0
 
     def test_wrong_keys_fail_fast_without_printing_the_secret(self, harness) -> None:
         if harness.bad_keys_broker is None:

@@ -72,12 +72,39 @@ def test_status_mapping(status, filled, expected):
     assert parse.order_status(status, filled) == expected
 
 
-def test_order_types_without_a_twin_map_to_stop():
-    raw = load("order_canceled_partial.json") | {
-        "type": "trailing_stop",
-        "order_type": "trailing_stop",
-    }
-    assert parse.order_from_model(Order(**raw)).order_type == "stop"
+def test_a_stop_limit_maps_to_stop_and_a_trailing_stop_keeps_its_type_and_levels():
+    raw = load("order_canceled_partial.json")
+    stop_limit = raw | {"type": "stop_limit", "order_type": "stop_limit", "stop_price": "95.5"}
+    assert parse.order_from_model(Order(**stop_limit)).order_type == "stop"
+    trailing = raw | {"type": "trailing_stop", "order_type": "trailing_stop",
+                      "trail_price": "2.5", "hwm": "105.25", "stop_price": "102.75"}  # fmt: skip
+    order = parse.order_from_model(Order(**trailing))
+    assert order.order_type == "trailing_stop"
+    assert (order.trail_amount, order.trail_best_price, order.stop_price) == (2.5, 105.25, 102.75)
+
+
+def test_a_trailing_stop_request_trails_by_price_and_a_replace_moves_only_the_level():
+    request = OrderRequest(client_order_id="qstrail", symbol="AAPL", side="sell", qty=3.0,
+                           order_type="trailing_stop", trail_amount=2.5, trail_from_price=101.0,
+                           time_in_force="gtc")  # fmt: skip
+    body = parse.order_request_to_sdk(request).to_request_fields()
+    assert body["type"] == "trailing_stop" and body["trail_price"] == 2.5
+    assert body["time_in_force"] == "gtc" and "trail_percent" not in body
+    current = parse.order_from_model(Order(**(load("order_canceled_partial.json") | {
+        "client_order_id": "qsstop", "type": "stop", "order_type": "stop", "side": "sell",
+        "stop_price": "95", "qty": "3", "filled_qty": "0", "status": "new"})))  # fmt: skip
+    moved = OrderRequest(client_order_id="qsstop2", symbol=current.symbol, side="sell", qty=3.0,
+                         order_type="stop", stop_price=97.0, time_in_force="gtc")  # fmt: skip
+    patch = parse.replace_request_to_sdk(current, moved).to_request_fields()
+    assert patch == {"client_order_id": "qsstop2", "time_in_force": "gtc", "stop_price": 97.0}
+    with pytest.raises(ValueError, match="cannot replace an order's order_type"):
+        parse.replace_request_to_sdk(current, OrderRequest(
+            client_order_id="qsx", symbol=current.symbol, side="sell", qty=3.0,
+            order_type="limit", limit_price=110.0))  # fmt: skip
+    with pytest.raises(ValueError, match="whole shares only"):
+        parse.replace_request_to_sdk(current, OrderRequest(
+            client_order_id="qsx", symbol=current.symbol, side="sell", qty=2.5,
+            order_type="stop", stop_price=97.0))  # fmt: skip
 
 
 def test_the_paper_account():

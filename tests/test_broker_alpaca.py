@@ -113,6 +113,7 @@ def harness(fake, broker, monkeypatch):
         set_price=fake.set_price,
         bad_keys_broker=bad_keys_broker,
         secret=WRONG_SECRET,
+        trade_bar=lambda symbol, o, h, low: fake.trade_bar(0, {symbol: (o, h, low)}),
     )
 
 
@@ -560,3 +561,160 @@ def test_bar_pages_answered_with_bars_that_are_not_bars_is_an_adapter_error(fake
     start, end = _ns("2024-01-02T14:30:00Z"), _ns("2024-01-02T15:00:00Z")
     with pytest.raises(BrokerUnavailableError, match="page 1: the venue's answer was not under"):
         list(bar_pages(broker, SYMBOL, start, end, "1m"))
+
+
+# ----------------------------------------------------------------------------- resting orders
+def _closing(cid: str, kind: str, qty: float = 3.0, **levels) -> OrderRequest:
+    return OrderRequest(client_order_id=cid, symbol=SYMBOL, side="sell", qty=qty,
+                        order_type=kind, time_in_force="gtc", **levels)  # fmt: skip
+
+
+def _long(fake, broker, qty: float = 3.0, price: float = 100.0) -> None:
+    fake.set_price(SYMBOL, price)
+    broker.submit(buy("qslong", qty=qty))
+    wait_final(broker, "qslong")
+
+
+def test_a_trailing_stop_rests_by_price_and_follows_the_high_water_mark(fake, broker):
+    _long(fake, broker)
+    broker.submit(_closing("qstrail", "trailing_stop", trail_amount=2.0, trail_from_price=100.0))
+    body = [b for m, p, b in fake.requests if (m, p) == ("POST", "/v2/orders")][-1]
+    assert body["type"] == "trailing_stop" and body["trail_price"] == 2.0
+    fake.set_price(SYMBOL, 105.0)
+    fake.set_price(SYMBOL, 103.5)
+    resting = broker.order("qstrail")
+    assert resting.status == OrderStatus.OPEN and resting.order_type == "trailing_stop"
+    assert (resting.trail_amount, resting.trail_best_price) == (2.0, 105.0)
+    fake.set_price(SYMBOL, 102.9)
+    assert broker.order("qstrail").status == OrderStatus.FILLED
+    assert broker.positions() == {}
+
+
+def test_replace_moves_a_resting_level_in_one_patch_and_never_doubles(fake, broker):
+    _long(fake, broker)
+    broker.submit(_closing("qsstop", "stop", stop_price=95.0))
+    moved = broker.replace("qsstop", _closing("qsstop2", "stop", stop_price=97.0))
+    assert moved.client_order_id == "qsstop2" and moved.stop_price == 97.0
+    assert fake.calls("PATCH", f"/v2/orders/{broker.order('qsstop').venue_order_id}") == 1
+    assert broker.order("qsstop").status == OrderStatus.CANCELLED  # Alpaca's "replaced"
+    assert [o.client_order_id for o in broker.open_orders() if o.side == "sell"] == ["qsstop2"]
+    fake.set_price(SYMBOL, 96.5)
+    assert broker.order("qsstop2").status == OrderStatus.FILLED
+    assert broker.order("qsstop").filled_qty == 0 and broker.positions() == {}
+    # The level of a filled order moves nowhere: its final state comes back, nothing is sent.
+    again = broker.replace("qsstop2", _closing("qsstop3", "stop", stop_price=98.0))
+    assert again.client_order_id == "qsstop2" and again.status == OrderStatus.FILLED
+    assert broker.order("qsstop3") is None
+    with pytest.raises(BrokerRejectedError, match="cannot replace an order's order_type"):
+        broker.submit(_closing("qslimit", "limit", limit_price=120.0, qty=1.0))
+        broker.replace("qslimit", _closing("qslimit2", "stop", stop_price=90.0, qty=1.0))
+
+
+def test_alpaca_holds_the_shares_for_one_closing_order_an_oco_rests_stop_and_target(fake, broker):
+    """Alpaca takes one closing order for a position's shares: a second one (a target beside
+    a stop) is refused with "insufficient qty available". Its OCO class rests a take-profit
+    limit and a stop-loss for the same shares as one order (a trailing stop cannot join it)."""
+    from alpaca.trading.enums import OrderClass, OrderSide, TimeInForce
+    from alpaca.trading.requests import LimitOrderRequest, StopLossRequest, TakeProfitRequest
+
+    _long(fake, broker)
+    broker.submit(_closing("qsstop", "stop", stop_price=95.0))
+    with pytest.raises(BrokerRejectedError, match="insufficient qty available"):
+        broker.submit(_closing("qstarget", "limit", limit_price=110.0))
+    broker.cancel("qsstop")
+    oco = LimitOrderRequest(symbol=SYMBOL, qty=3, side=OrderSide.SELL,
+                            time_in_force=TimeInForce.GTC, order_class=OrderClass.OCO,
+                            client_order_id="qsoco",
+                            take_profit=TakeProfitRequest(limit_price=110.0),
+                            stop_loss=StopLossRequest(stop_price=95.0))  # fmt: skip
+    broker._trading.submit_order(oco)
+    assert broker.order("qsoco").limit_price == 110.0
+    with pytest.raises(BrokerRejectedError, match="insufficient qty available"):
+        broker.submit(_closing("qstrail", "trailing_stop", trail_amount=2.0))
+    fake.set_price(SYMBOL, 94.0)  # the stop leg fills, the target is cancelled with it
+    assert broker.order("qsoco").status == OrderStatus.CANCELLED and broker.positions() == {}
+
+
+def test_a_fractional_quantity_rests_only_as_a_day_order(fake, broker):
+    _long(fake, broker, qty=2.5)
+    with pytest.raises(BrokerRejectedError, match="fractional orders must be DAY orders"):
+        broker.submit(_closing("qsfrac", "stop", stop_price=95.0, qty=2.5))
+    day = OrderRequest(client_order_id="qsday", symbol=SYMBOL, side="sell", qty=2.5,
+                       order_type="stop", stop_price=95.0, time_in_force="day")  # fmt: skip
+    assert broker.submit(day).status == OrderStatus.OPEN
+
+
+# ----------------------------------------------------------------------------- bar replay
+SLIP_BPS = 10.0
+
+
+@pytest.fixture
+def replay(keys):
+    venue = FakeAlpaca(replay=True, slippage_bps=SLIP_BPS).start()
+    broker = AlpacaBroker(config_for(venue))
+    yield venue, broker
+    broker.close()
+    venue.stop()
+
+
+def test_replay_fills_a_market_order_at_the_next_open_with_slippage(replay):
+    venue, broker = replay
+    venue.open_bar(1, {SYMBOL: 100.0})
+    broker.submit(buy("qsnext", qty=2.0))
+    venue.trade_bar(1, {SYMBOL: (100.0, 120.0, 80.0)})
+    assert broker.order("qsnext").status == OrderStatus.OPEN  # decided on a close: waits
+    venue.open_bar(2, {SYMBOL: 50.0})
+    done = broker.order("qsnext")
+    assert done.status == OrderStatus.FILLED
+    assert done.avg_fill_price == pytest.approx(50.0 * (1 + SLIP_BPS / 1e4), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("bar", "filled", "price"),
+    [
+        ((90.0, 92.0, 85.0), "stop", 90.0),  # a gap through the stop fills at the open
+        ((100.0, 101.0, 94.0), "stop", 95.0),  # touched: the level
+        ((100.0, 112.0, 94.0), "stop", 95.0),  # stop and target in one bar: the worse
+        ((100.0, 111.0, 99.0), "target", 110.0),
+        ((115.0, 116.0, 114.0), "target", 115.0),  # a gap through the target: the open
+        ((100.0, 101.0, 99.0), None, None),
+    ],
+)
+def test_replay_executes_an_oco_by_the_fill_models_intrabar_rules(replay, bar, filled, price):
+    from alpaca.trading.enums import OrderClass, OrderSide, TimeInForce
+    from alpaca.trading.requests import LimitOrderRequest, StopLossRequest, TakeProfitRequest
+
+    venue, broker = replay
+    venue.open_bar(1, {SYMBOL: 100.0})
+    broker.submit(buy("qsentry", qty=3.0))
+    venue.open_bar(2, {SYMBOL: 100.0})
+    broker._trading.submit_order(LimitOrderRequest(
+        symbol=SYMBOL, qty=3, side=OrderSide.SELL, time_in_force=TimeInForce.GTC,
+        order_class=OrderClass.OCO, client_order_id="qsoco",
+        take_profit=TakeProfitRequest(limit_price=110.0),
+        stop_loss=StopLossRequest(stop_price=95.0)))  # fmt: skip
+    venue.trade_bar(2, {SYMBOL: bar})
+    parent = venue.orders[venue.by_cid["qsoco"]]
+    stop = venue.orders[parent["legs"][0]]
+    statuses = {"target": parent["status"], "stop": stop["status"]}
+    if filled is None:
+        assert set(statuses.values()) == {"new"} and broker.positions() == {SYMBOL: 3.0}
+        return
+    assert statuses[filled] == "filled" and sorted(statuses.values()) == ["canceled", "filled"]
+    sold = [f for f in broker.fills() if f.side == "sell"]
+    assert [f.price for f in sold] == [pytest.approx(price * (1 - SLIP_BPS / 1e4), rel=1e-12)]
+    assert broker.positions() == {}
+
+
+def test_replay_trails_a_stop_from_the_best_price_bar_by_bar(replay):
+    venue, broker = replay
+    venue.open_bar(1, {SYMBOL: 100.0})
+    broker.submit(buy("qsentry", qty=3.0))
+    venue.open_bar(2, {SYMBOL: 100.0})
+    broker.submit(_closing("qstrail", "trailing_stop", trail_amount=2.0))
+    venue.trade_bar(2, {SYMBOL: (100.0, 105.0, 100.5)})
+    assert broker.order("qstrail").trail_best_price == 105.0
+    venue.trade_bar(3, {SYMBOL: (104.0, 104.5, 102.5)})
+    done = broker.order("qstrail")
+    assert done.status == OrderStatus.FILLED
+    assert done.avg_fill_price == pytest.approx(103.0 * (1 - SLIP_BPS / 1e4), rel=1e-12)

@@ -166,6 +166,48 @@ def test_a_strategy_exit_racing_its_filled_stop_sends_no_exit(tmp_path):
         broker.close()
 
 
+def test_on_alpaca_an_exit_racing_a_filled_oco_leg_sends_no_exit_and_never_doubles(
+    tmp_path, monkeypatch
+):
+    """Through alpaca-py: the stop and target go as one OCO order; a bar reaching both fills
+    the stop (the worse) and Alpaca cancels the target; the strategy exit that raced it finds
+    the stop filled and sends nothing, so the position is sold once."""
+    from live.alpaca import AlpacaBroker
+    from tests.fakes.alpaca_server import FakeAlpaca
+    from tests.test_broker_alpaca import KEY_ENV, SECRET_ENV, config_for
+
+    fake = FakeAlpaca(replay=True).start()
+    monkeypatch.setenv(KEY_ENV, fake.key_id)
+    monkeypatch.setenv(SECRET_ENV, fake.secret_key)
+    broker = AlpacaBroker(config_for(fake))
+    config = _config(tmp_path)
+    try:
+        with Store.open(config.store_url) as store:
+            fake.open_bar(1, {"SP500": 2000.0})
+            broker.submit(OrderRequest(client_order_id="qsentry", symbol="SP500", side="buy",
+                                       qty=5.0))  # fmt: skip
+            fake.open_bar(2, {"SP500": 2000.0})
+            state = _open_position(config, store, broker)  # 5 units, stop 1950, target 2080
+            resting = RestingProtection(broker, store)
+            assert resting.protect(state, 0, fresh={("reversion", "SP500")}) == 2
+            sent = [b for m, p, b in fake.requests if (m, p) == ("POST", "/v2/orders")][1:]
+            assert [b["order_class"] for b in sent] == ["oco"]  # one closing order
+            position = state.positions()[0]
+            fake.trade_bar(3, {"SP500": (1990.0, 2100.0, 1900.0)})
+            assert resting.release(position, 0) is False  # no exit goes out
+            settled = resting.settle(state, config.portfolio, 3_000, 0)
+            assert [(t.exit_reason, t.exit_price) for t in settled.trades] == [
+                ("stop_loss", 1950.0)
+            ]
+            assert broker.positions() == {}  # sold once: never doubled the other way
+            states = {store.intent(leg.request.client_order_id).state
+                      for leg in legs_of(position)}  # fmt: skip
+            assert states == {"FILLED", "CANCELLED"}
+    finally:
+        broker.close()
+        fake.stop()
+
+
 def test_a_strategy_exit_cancels_the_protection_first(tmp_path):
     config = _config(tmp_path)
     with Store.open(config.store_url) as store:

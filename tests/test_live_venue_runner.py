@@ -22,7 +22,7 @@ from test_broker_coinbase import KEY_NAME, new_key
 from test_broker_coinbase import SECRET_ENV as CB_SECRET_ENV
 
 import live.runner as runner_module
-from live.broker import BrokerAuthError, OrderRequest
+from live.broker import BrokerAuthError, OrderRequest, leg_id, leg_of
 from live.config import load_config, parse_config
 from live.reconcile import reconcile
 from live.runner import Runner
@@ -58,7 +58,7 @@ def alpaca_raw(venue: FakeAlpaca, tmp_path, **broker) -> dict:
              "allocation": 0.5, "stop_atr": 2.0},
         ],
         "risk": {"max_position_pct": 60.0, "max_heat_pct": 50.0},
-        "costs": {"cash": 100_000.0},
+        "costs": {"cash": 100_000.0, "whole_units": True},  # Alpaca rests whole shares only
         "feed": {"source": "builtin:sp500,nasdaq", "start": "2015-01-01", "end": "2015-09-01"},
         "broker": {
             "kind": "alpaca", "mode": "paper", "key_id_env": KEY_ENV, "secret_key_env": SECRET_ENV,
@@ -76,8 +76,19 @@ def alpaca_config(venue: FakeAlpaca, tmp_path, **broker):
 
 
 def venue_orders(venue: FakeAlpaca) -> dict[str, dict]:
+    """The venue's orders by our client order ids: the order carrying a position's protection
+    (its group's id, ``leg_id(group, "group")``) and its OCO leg named as our legs."""
     with venue.lock:
-        return {o["client_order_id"]: dict(o) for o in venue.orders.values()}
+        orders = {o["id"]: dict(o) for o in venue.orders.values()}
+    out = {}
+    for order in orders.values():
+        parent = orders.get(order["parent"]) if order["parent"] else None
+        carrier = leg_of((parent or order)["client_order_id"])
+        if carrier is not None and carrier[1] == "group":
+            out[leg_id(carrier[0], order["type"])] = order
+        elif parent is None:
+            out[order["client_order_id"]] = order
+    return out
 
 
 def assert_store_matches_venue(config, venue: FakeAlpaca) -> None:
@@ -114,7 +125,9 @@ def test_the_runner_trades_through_alpaca_and_the_venue_agrees_with_the_store(al
     exits = [t.exit_price for t in trades if t.symbol == "SP500"]
     assert exits and exits == pytest.approx([PRICES["SP500"]] * len(exits), rel=1e-12)
     assert all(f.venue == "alpaca" for f in fills)
-    assert alpaca.calls("POST", "/v2/orders") == len(venue_orders(alpaca))
+    with alpaca.lock:  # one POST per order sent (an OCO carries two legs)
+        sent = [o for o in alpaca.orders.values() if o["parent"] is None]
+    assert alpaca.calls("POST", "/v2/orders") == len(sent)
     with Store.open(config.store_url) as store:
         assert reconcile(config, store).ok
     # Someone trades the account by hand: `live reconcile` names the order and the position.
@@ -354,7 +367,9 @@ def test_no_secret_reaches_the_logs_or_the_store(alpaca, tmp_path, caplog):
 
 def test_entries_are_rounded_down_to_what_the_venue_trades(alpaca, tmp_path):
     alpaca.whole_shares_only.add("SP500")  # NASDAQ stays fractionable (9 decimals)
-    config = alpaca_config(alpaca, tmp_path)
+    raw = alpaca_raw(alpaca, tmp_path)
+    raw["sleeves"], raw["costs"]["whole_units"] = raw["sleeves"][:1], False  # no levels to rest
+    config = parse_config(raw, source="venue-test.toml")
     Runner(config).run()
     with Store.open(config.store_url) as store:
         entries = [i for i in store.intents() if i.details["action"] == "entry"]

@@ -20,6 +20,7 @@ from alpaca.data.historical import StockHistoricalDataClient
 from alpaca.data.requests import StockLatestBarRequest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import QueryOrderStatus
+from alpaca.trading.models import Order
 from alpaca.trading.requests import GetOrdersRequest
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect as ws_connect
@@ -34,12 +35,16 @@ from live.alpaca.parse import (
     fill_from_activity,
     fill_from_trade_update,
     is_paper_account,
+    leg_from_model,
     order_from_model,
     order_request_to_sdk,
     positions_from_models,
+    protection_to_sdk,
+    replace_request_to_sdk,
     to_datetime,
 )
 from live.broker import (
+    LEG_CODES,
     Account,
     Broker,
     BrokerAmbiguousError,
@@ -51,6 +56,8 @@ from live.broker import (
     BrokerRejectedError,
     BrokerUnavailableError,
     OrderRequest,
+    leg_id,
+    leg_of,
     venue_answer,
 )
 from live.secrets import load_secrets, scrub
@@ -113,8 +120,15 @@ class AlpacaBroker(Broker):
     """
 
     venue = VENUE
-    capabilities = frozenset({"market", "limit", "stop", "bracket", "stream"})
-    supports_resting_protection = False  # the runner watches the levels (for now)
+    capabilities = frozenset(
+        {"market", "limit", "stop", "trailing_stop", "oco", "bracket", "stream"}
+    )
+    supports_resting_protection = True
+    """A position's protection rests as the one closing order Alpaca takes for its shares
+    (``submit_protection``): stop and target as an OCO order, or a lone trailing stop. Alpaca
+    rests fractional quantities as DAY orders only, so a sleeve with levels trades whole
+    shares (``[costs] whole_units``; the runner checks at start)."""
+    protection_needs_whole_units = True
 
     def __init__(self, config: AlpacaConfig, *, sleep: Callable[[float], None] = time.sleep):
         self.config = config
@@ -277,18 +291,65 @@ class AlpacaBroker(Broker):
             On a definite refusal (422, 403 such as insufficient buying power, other 4xx).
         """
         cid = request.client_order_id
+        if request.oco_group is not None and leg_of(cid) is not None:
+            return self.submit_protection([request])[0]
         try:
             sdk_request = order_request_to_sdk(request)
         except ValueError as exc:
             raise BrokerRejectedError(VENUE, f"order {cid}: {exc}") from None
+        placed = self._send(cid, sdk_request)
+        with venue_answer(VENUE, f"submit {cid}", sends=True):
+            return order_from_model(placed)
+
+    def submit_protection(self, requests: list[OrderRequest]) -> list[BrokerOrder]:
+        """Send a position's protective legs as the one closing order Alpaca takes for its
+        shares (it refuses a second with "insufficient qty available"): a stop and a target as
+        one OCO order, a single leg as itself, under the group's id (``leg_id(group,
+        "group")``); each leg is then found by its own id (``order``).
+
+        Raises
+        ------
+        BrokerRejectedError
+            If the legs cannot be one Alpaca order (a trailing stop beside a stop or a
+            target) or Alpaca refuses it.
+        """
+        found = leg_of(requests[0].client_order_id)
+        if found is None or any(
+            leg_of(r.client_order_id) != (found[0], r.order_type) for r in requests
+        ):
+            raise BrokerRejectedError(
+                VENUE, f"order {requests[0].client_order_id}: protective legs need leg_id ids"
+            )
+        venue_id = leg_id(found[0], "group")
         try:
-            placed = self._call(
+            sdk_request = protection_to_sdk(venue_id, requests)
+        except ValueError as exc:
+            raise BrokerRejectedError(VENUE, str(exc)) from None
+        placed = self._send(venue_id, sdk_request)
+        with venue_answer(VENUE, f"submit {venue_id}", sends=True):
+            legs = [self._leg(placed, r.client_order_id) for r in requests]
+        if any(leg is None for leg in legs):
+            raise BrokerRejectedError(
+                VENUE, f"order {venue_id}: the venue holds other legs for this group"
+            )
+        return legs
+
+    def _leg(self, order: Order, client_order_id: str) -> BrokerOrder | None:
+        leg = leg_from_model(order, leg_of(client_order_id)[1], client_order_id)
+        if leg is not None:  # the activities name a leg by its venue id only
+            self._cid_by_order_id[leg.venue_order_id] = client_order_id
+        return leg
+
+    def _send(self, cid: str, sdk_request) -> Order:
+        """Submit one SDK request under ``cid``; a duplicate id is adopted (looked up)."""
+        try:
+            return self._call(
                 f"submit {cid}", lambda: self._trading.submit_order(sdk_request), submit=True
             )
         except APIError as exc:
             message = _venue_message(exc)
             if exc.status_code == 422 and DUPLICATE_CLIENT_ORDER_ID in message:
-                existing = self.order(cid)
+                existing = self._order_model(cid)
                 if existing is None:
                     raise BrokerAmbiguousError(
                         VENUE, f"order {cid}: venue reports a duplicate it cannot find yet"
@@ -298,12 +359,69 @@ class AlpacaBroker(Broker):
             raise BrokerRejectedError(
                 VENUE, f"order {cid}: HTTP {exc.status_code} {message}"
             ) from None
-        with venue_answer(VENUE, f"submit {cid}", sends=True):
+
+    def replace(self, client_order_id: str, request: OrderRequest) -> BrokerOrder | None:
+        """Move a resting order to ``request`` in one PATCH (Alpaca's atomic replace: the old
+        order ends ``replaced``, never both working). An order that filled first is returned
+        as it ended and nothing is sent; one that is gone without a fill is sent anew.
+
+        Raises
+        ------
+        BrokerRejectedError
+            If Alpaca cannot make the change (another symbol, side or type, a fractional
+            quantity) or refuses it.
+        BrokerAmbiguousError
+            On a lost answer: look ``request.client_order_id`` up.
+        """
+        current = self.order(client_order_id)
+        if current is None or current.is_final:
+            if current is not None and current.filled_qty > 0:
+                return current
+            return self.submit(request)
+        cid = request.client_order_id
+        try:
+            patch = replace_request_to_sdk(current, request)
+        except ValueError as exc:
+            raise BrokerRejectedError(VENUE, str(exc)) from None
+        try:
+            placed = self._call(
+                f"replace {client_order_id}",
+                lambda: self._trading.replace_order_by_id(current.venue_order_id, patch),
+                submit=True,
+            )
+        except APIError as exc:
+            message = _venue_message(exc)
+            if exc.status_code == 422:
+                existing = self.order(cid)  # a replace that landed before (a redo)
+                if existing is not None:
+                    return existing
+                ended = self.order(client_order_id)
+                if ended is not None and ended.filled_qty > 0:
+                    return ended  # filled before the replace landed
+            raise BrokerRejectedError(
+                VENUE, f"replace {client_order_id} by {cid}: HTTP {exc.status_code} {message}"
+            ) from None
+        with venue_answer(VENUE, f"replace {client_order_id}", sends=True):
             return order_from_model(placed)
 
     def order(self, client_order_id: str) -> BrokerOrder | None:
+        """Look an order up by client order id; a protective leg through the venue order that
+        carries its group (``submit_protection``)."""
+        leg = leg_of(client_order_id)
+        if leg is not None and leg[1] != "group":
+            carrier = self._order_model(leg_id(leg[0], "group"))
+            if carrier is not None:
+                with venue_answer(VENUE, f"order {client_order_id}"):
+                    return self._leg(carrier, client_order_id)
+        found = self._order_model(client_order_id)
+        if found is None:
+            return None
+        with venue_answer(VENUE, f"order {client_order_id}"):
+            return order_from_model(found)
+
+    def _order_model(self, client_order_id: str) -> Order | None:
         try:
-            found = self._call(
+            return self._call(
                 f"order {client_order_id}",
                 lambda: self._trading.get_order_by_client_id(client_order_id),
             )
@@ -313,8 +431,6 @@ class AlpacaBroker(Broker):
             raise BrokerUnavailableError(
                 VENUE, f"order {client_order_id}: HTTP {exc.status_code} {_venue_message(exc)}"
             ) from None
-        with venue_answer(VENUE, f"order {client_order_id}"):
-            return order_from_model(found)
 
     def cancel(self, client_order_id: str) -> BrokerOrder | None:
         """Cancel and wait (up to ``timeout_s``) for Alpaca's asynchronous cancel to land."""
@@ -339,10 +455,19 @@ class AlpacaBroker(Broker):
             time.sleep(0.02)
 
     def open_orders(self) -> list[BrokerOrder]:
-        query = GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500, nested=False)
+        """Open orders; one carrying a position's protection is listed as its legs."""
+        query = GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500, nested=True)
         found = self._call("open orders", lambda: self._trading.get_orders(query))
+        out: list[BrokerOrder] = []
         with venue_answer(VENUE, "open orders"):
-            return [o for o in map(order_from_model, found) if not o.is_final]
+            for order in found:
+                carrier = leg_of(order.client_order_id)
+                if carrier is None or carrier[1] != "group":
+                    out.append(order_from_model(order))
+                    continue
+                legs = (self._leg(order, leg_id(carrier[0], k)) for k in LEG_CODES)
+                out.extend(leg for leg in legs if leg is not None)
+        return [o for o in out if not o.is_final]
 
     def fills(self, since_ns: int = 0) -> list[BrokerFill]:
         """FILL account activities at or after ``since_ns``, oldest first. alpaca-py 0.44 does
@@ -377,8 +502,28 @@ class AlpacaBroker(Broker):
             order = self._call(
                 f"order id {venue_order_id}", lambda: client.get_order_by_id(venue_order_id)
             )
-            known = self._cid_by_order_id[venue_order_id] = order.client_order_id
+            known = order.client_order_id
+            carrier = leg_of(known)
+            if carrier is not None and carrier[1] == "group":
+                kind = _leg_kind_of(order)
+                known = leg_id(carrier[0], kind) if kind else known
+            elif carrier is None and not known.startswith("qs"):
+                known = self._leg_owner(client, venue_order_id) or known
+            self._cid_by_order_id[venue_order_id] = known
         return known
+
+    def _leg_owner(self, client: TradingClient, venue_order_id: str) -> str | None:
+        """The leg id of an OCO's stop leg (Alpaca names a leg with an id of its own): found
+        in the recent orders that carry a position's protection."""
+        query = GetOrdersRequest(status=QueryOrderStatus.ALL, limit=500, nested=True)
+        for order in self._call("orders", lambda: client.get_orders(query)):
+            carrier = leg_of(order.client_order_id)
+            if carrier is None or carrier[1] != "group":
+                continue
+            for leg in order.legs or []:
+                if str(leg.id) == venue_order_id and _leg_kind_of(leg):
+                    return leg_id(carrier[0], _leg_kind_of(leg))
+        return None
 
     def latest_bar(self, symbol: str) -> pd.DataFrame:
         """The latest minute bar of ``symbol`` (one row of the ``bar_pages`` columns)."""
@@ -407,6 +552,11 @@ class AlpacaBroker(Broker):
         self._streams.clear()
         for client in (self._trading, self._data):
             client._session.close()
+
+
+def _leg_kind_of(order: Order) -> str | None:
+    kind = str(getattr(order.type or order.order_type, "value", order.type or order.order_type))
+    return kind if kind in LEG_CODES else None
 
 
 class _FillStream:

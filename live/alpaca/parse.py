@@ -34,8 +34,9 @@ held, pending_cancel, done_for_day, calculated, stopped, suspended, ...) leaves 
 working, so it maps to OPEN or PARTIALLY_FILLED by the filled quantity: an unknown future
 status is never taken for a final one."""
 
-_TYPES = {"stop_limit": "stop", "trailing_stop": "stop"}
-"""Alpaca order types without a twin in ours (market, limit and stop keep their names)."""
+_TYPES = {"stop_limit": "stop"}
+"""Alpaca order types without a twin in ours (market, limit, stop and trailing_stop keep their
+names)."""
 _FILL_EVENTS = ("fill", "partial_fill")
 
 
@@ -108,7 +109,15 @@ def order_from_model(order: Order) -> BrokerOrder:
         avg_fill_price=None if filled <= 0 or math.isnan(avg) else avg,
         fees=0.0,
         ts_updated_ns=ts_ns(order.updated_at),
+        stop_price=_level(order.stop_price),
+        limit_price=_level(order.limit_price),
+        trail_amount=_level(order.trail_price),
+        trail_best_price=_level(order.hwm),
     )
+
+
+def _level(x: Any) -> float | None:
+    return None if x is None or x == "" else float(x)
 
 
 def account_from_model(account: TradeAccount) -> Account:
@@ -209,7 +218,9 @@ def bars_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 def order_request_to_sdk(request: OrderRequest) -> sdk_requests.OrderRequest:
     """Our ``OrderRequest`` as alpaca-py's request model; stop-loss and take-profit make a
-    ``bracket`` (both legs) or an ``oto`` (one leg) order."""
+    ``bracket`` (both legs) or an ``oto`` (one leg) order. A trailing stop trails by
+    ``trail_amount`` (Alpaca's ``trail_price``) from the venue's own high-water mark: Alpaca
+    takes no starting price, so ``trail_from_price`` is not sent."""
     common: dict[str, Any] = {
         "symbol": request.symbol,
         "qty": request.qty,
@@ -231,4 +242,95 @@ def order_request_to_sdk(request: OrderRequest) -> sdk_requests.OrderRequest:
         return sdk_requests.LimitOrderRequest(limit_price=request.limit_price, **common)
     if request.order_type == "stop":
         return sdk_requests.StopOrderRequest(stop_price=request.stop_price, **common)
+    if request.order_type == "trailing_stop":
+        return sdk_requests.TrailingStopOrderRequest(trail_price=request.trail_amount, **common)
     return sdk_requests.MarketOrderRequest(**common)
+
+
+def replace_request_to_sdk(
+    current: BrokerOrder, request: OrderRequest
+) -> sdk_requests.ReplaceOrderRequest:
+    """The PATCH that moves the resting order ``current`` to ``request``'s level (and client
+    order id). Alpaca replaces the level, quantity (whole shares) and time in force of an
+    order, never its symbol, side or type.
+
+    Raises
+    ------
+    ValueError
+        If ``request`` differs from ``current`` in what Alpaca cannot replace.
+    """
+    where = f"replace {current.client_order_id} by {request.client_order_id}"
+    for name in ("symbol", "side", "order_type"):
+        if getattr(request, name) != getattr(current, name):
+            raise ValueError(f"{where}: Alpaca cannot replace an order's {name}")
+    fields: dict[str, Any] = {
+        "client_order_id": request.client_order_id,
+        "time_in_force": sdk_enums.TimeInForce(request.time_in_force),
+    }
+    if not math.isclose(request.qty, current.qty, rel_tol=0.0, abs_tol=1e-9):
+        if request.qty != int(request.qty):
+            raise ValueError(f"{where}: Alpaca replaces a quantity in whole shares only")
+        fields["qty"] = int(request.qty)
+    level = {"limit": ("limit_price", request.limit_price),
+             "stop": ("stop_price", request.stop_price),
+             "trailing_stop": ("trail", request.trail_amount)}.get(request.order_type)  # fmt: skip
+    if level is None:
+        raise ValueError(f"{where}: only a resting (limit, stop, trailing stop) order is replaced")
+    fields[level[0]] = level[1]
+    return sdk_requests.ReplaceOrderRequest(**fields)
+
+
+def protection_to_sdk(venue_id: str, requests: list[OrderRequest]) -> sdk_requests.OrderRequest:
+    """One position's protective legs as the one closing order Alpaca takes for its shares:
+    a stop and a target as an ``oco`` order (the take-profit limit carries the stop-loss leg),
+    one leg as itself, all good till cancelled, under the client order id ``venue_id``.
+
+    Raises
+    ------
+    ValueError
+        If the legs cannot be one Alpaca order: a trailing stop beside a stop or a target (it
+        cannot join an OCO), or legs of different symbols, sides or quantities.
+    """
+    first = requests[0]
+    by_kind = {r.order_type: r for r in requests}
+    if len(by_kind) != len(requests) or any(
+        (r.symbol, r.side, r.qty) != (first.symbol, first.side, first.qty) for r in requests
+    ):
+        raise ValueError(f"{venue_id}: the legs of one position differ in symbol, side or qty")
+    if "trailing_stop" in by_kind and len(by_kind) > 1:
+        raise ValueError(
+            f"{venue_id}: a trailing stop cannot rest beside a stop or a take-profit at Alpaca "
+            "(one closing order per position, and an OCO takes a limit and a stop only)"
+        )
+    if set(by_kind) != {"stop", "limit"}:
+        return order_request_to_sdk(_renamed(first, venue_id))
+    return sdk_requests.LimitOrderRequest(
+        symbol=first.symbol,
+        qty=first.qty,
+        side=sdk_enums.OrderSide(first.side),
+        time_in_force=sdk_enums.TimeInForce(first.time_in_force),
+        client_order_id=venue_id,
+        order_class=sdk_enums.OrderClass.OCO,
+        take_profit=sdk_requests.TakeProfitRequest(limit_price=by_kind["limit"].limit_price),
+        stop_loss=sdk_requests.StopLossRequest(stop_price=by_kind["stop"].stop_price),
+    )
+
+
+def _renamed(request: OrderRequest, client_order_id: str) -> OrderRequest:
+    fields = {f: getattr(request, f) for f in request.__dataclass_fields__}
+    return OrderRequest(**(fields | {"client_order_id": client_order_id}))
+
+
+def leg_from_model(order: Order, leg: str, client_order_id: str) -> BrokerOrder | None:
+    """The protective leg ``leg`` of the venue order ``order`` that carries a position's
+    protection (``protection_to_sdk``), as a ``BrokerOrder`` under the leg's own client order
+    id; None if that order has no such leg."""
+    parts = [order, *(order.legs or [])]
+    found = next((o for o in parts if _TYPES.get(k := _value(o.type or o.order_type), k) == leg),
+                 None)  # fmt: skip
+    if found is None:
+        return None
+    view = order_from_model(found)
+    fields = {f: getattr(view, f) for f in view.__dataclass_fields__}
+    return BrokerOrder(**(fields | {"client_order_id": client_order_id,
+                                    "oco_group": client_order_id[:-1]}))  # fmt: skip

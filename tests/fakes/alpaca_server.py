@@ -1,6 +1,26 @@
 """A fake Alpaca venue on 127.0.0.1 for alpaca-py: trading REST (/v2/...), market data bars, the
 trade_updates WebSocket and the market data stream (msgpack bars, as StockDataStream reads them),
 with a small matching engine and knobs for the faults we test.
+
+Orders: market, limit, stop and trailing-stop (``trail_price`` or ``trail_percent``), simple or as
+bracket, OTO and OCO classes, replaced with PATCH /v2/orders/{id}; refused with Alpaca's answers
+(422 for a malformed order, a fractional quantity on anything but a DAY order or on a trailing
+stop, or a replace of a final order; 403 for insufficient buying power and for a closing order
+on shares another open closing order already holds, Alpaca's "insufficient qty available").
+
+Two ways the market moves:
+
+- ``set_price(symbol, price)``: a quote; market orders fill at it at once, resting orders when
+  it reaches their level (unit tests of the adapter).
+- ``replay=True``: the fake replays bars, told by the test in the same process what the runner
+  replays. ``open_bar(ts_ns, opens)`` fills the market orders waiting for that open at the open
+  moved by ``slippage_bps`` against the order; ``trade_bar(ts_ns, {symbol: (open, high, low)})``
+  executes the resting orders the bar reaches by the fill model's intrabar rules
+  (``live.paper.match_levels`` over ``check_levels_nb``: a gap through a level fills at the open,
+  a stop and a target of one OCO order both reached fill the stop, a trailing stop follows the
+  best price), each OCO order as one group and every other order on its own. The runner calls
+  the same two hooks on its broker each cycle (no-ops on a real venue); a test forwards them to
+  the fake, so the venue's market moves exactly with the bars the runner decides on.
 """
 
 from __future__ import annotations
@@ -18,11 +38,18 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgpack
+import numpy as np
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
+from live.paper import match_levels
+from quantshift.engine.records import config_dt
+
 TIMEFRAMES = ("1Min", "5Min", "15Min", "1Hour", "1Day")
+SIDES = ("buy", "sell")
 _FINAL = ("filled", "canceled", "expired", "rejected", "replaced")
+_RESTING = ("limit", "stop", "trailing_stop")
+_TIME_IN_FORCE = ("day", "gtc", "opg", "cls", "ioc", "fok")
 
 
 def iso(ns: int) -> str:
@@ -71,6 +98,8 @@ class FakeAlpaca:
         secret_key: str = "fake-secret-0123456789abcdef",
         account_number: str = "PA3FAKE00001",
         cash: float = 100_000.0,
+        replay: bool = False,
+        slippage_bps: float = 0.0,
     ) -> None:
         self.key_id, self.secret_key = key_id, secret_key
         self.account_number = account_number
@@ -100,6 +129,12 @@ class FakeAlpaca:
         self.stream_connects = 0
         self.data_conns: list[_Conn] = []
         self.data_connects = 0
+        self.replay = replay
+        self.last_trade: dict[str, float] = {}
+        """The last execution price per symbol: where a trailing stop's high-water mark starts
+        when the bars replay (Alpaca starts it at the market when the order arrives)."""
+        self._cfg = np.zeros(1, config_dt)
+        self._cfg[0].slippage_rate = slippage_bps / 1e4  # Alpaca charges no commission
         self._http: ThreadingHTTPServer | None = None
         self._ws = None
 
@@ -158,6 +193,55 @@ class FakeAlpaca:
             for order in list(self.orders.values()):
                 if order["symbol"] == symbol and order["status"] not in _FINAL:
                     self._try_fill(order)
+
+    def open_bar(self, ts_ns: int, opens: dict[str, float]) -> None:
+        """A replayed bar opened: fill the market orders waiting for it, in the order they came,
+        at the open moved by the slippage against the order."""
+        with self.lock:
+            self.prices.update({s: float(p) for s, p in opens.items() if p == p})
+            for order in list(self.orders.values()):
+                price = self.prices.get(order["symbol"])
+                if order["type"] == "market" and order["status"] not in _FINAL and price:
+                    sign = 1.0 if order["side"] == "buy" else -1.0
+                    self._fill(order, price * (1.0 + sign * self._cfg[0].slippage_rate))
+
+    def trade_bar(self, ts_ns: int, ranges: dict[str, tuple[float, float, float]]) -> None:
+        """The rest of a replayed bar traded: execute the resting orders it reaches, an OCO
+        order as one group, by the fill model's intrabar rules; trailing stops follow."""
+        with self.lock:
+            groups: dict[str, list[dict]] = {}
+            for order in self.orders.values():
+                if (order["type"] in _RESTING and order["status"] not in _FINAL
+                        and order["status"] != "held" and order["symbol"] in ranges):  # fmt: skip
+                    groups.setdefault(order["parent"] or order["id"], []).append(order)
+            for legs in groups.values():
+                open_, high, low = (float(x) for x in ranges[legs[0]["symbol"]])
+                if open_ == open_:
+                    self._match(legs, open_, high, low)
+
+    def _match(self, legs: list[dict], open_: float, high: float, low: float) -> None:
+        by_type = {o["type"]: o for o in legs}
+        trailing = by_type.get("trailing_stop")
+        if trailing is not None and trailing["hwm"] is None:
+            trailing["hwm"] = open_  # a replay's first bar: the venue's mark is the open
+        qty = max(o["qty"] - o["filled_qty"] for o in legs)
+        done = match_levels(
+            legs[0]["side"], qty, open_, high, low, self._cfg[0],
+            stop_price=by_type["stop"]["stop_price"] if "stop" in by_type else None,
+            limit_price=by_type["limit"]["limit_price"] if "limit" in by_type else None,
+            trail_amount=None if trailing is None else _trail(trailing, trailing["hwm"]),
+            best_price=None if trailing is None else trailing["hwm"],
+        )  # fmt: skip
+        if done.leg is None:
+            if trailing is not None:
+                trailing["hwm"] = done.best_price
+            return
+        self._fill(by_type[done.leg], done.price)
+
+    def _fill(self, order: dict, price: float) -> None:
+        """Execute what is left of ``order`` at ``price`` and start or cancel its legs."""
+        self._execute(order, order["qty"] - order["filled_qty"], price)
+        self._after_fill(order)
 
     def calls(self, method: str, path: str) -> int:
         with self.lock:
@@ -230,7 +314,7 @@ class FakeAlpaca:
     # ------------------------------------------------------------------ REST
     def handle(self, method: str, path: str, query: dict, headers, body: Any):
         with self.lock:
-            self.requests.append((method, path, body if method == "POST" else query))
+            self.requests.append((method, path, body if method in ("POST", "PATCH") else query))
             if (
                 headers.get("APCA-API-KEY-ID") != self.key_id
                 or headers.get("APCA-API-SECRET-KEY") != self.secret_key
@@ -284,6 +368,8 @@ class FakeAlpaca:
             return self._found(path.rsplit("/", 1)[1])
         if method == "DELETE" and path.startswith("/v2/orders/"):
             return self._cancel(path.rsplit("/", 1)[1])
+        if method == "PATCH" and path.startswith("/v2/orders/"):
+            return self._replace(path.rsplit("/", 1)[1], body or {})
         if (method, path) == ("GET", "/v2/account/activities/FILL"):
             return 200, {}, self._activities(one)
         if (method, path) == ("GET", "/v2/stocks/bars"):
@@ -347,27 +433,84 @@ class FakeAlpaca:
         cid = body.get("client_order_id") or str(uuid.uuid4())
         if cid in self.by_cid:
             return 422, {}, {"code": 40010001, "message": "client_order_id must be unique"}
-        kind = body.get("type")
-        qty = float(body.get("qty") or 0)
-        if (
-            kind not in ("market", "limit", "stop")
-            or qty <= 0
-            or body.get("side")
-            not in (
-                "buy",
-                "sell",
-            )
-        ):
-            return 422, {}, {"code": 40010001, "message": "invalid order request"}
-        if kind in ("limit", "stop") and body.get(f"{kind}_price") is None:
-            return 422, {}, {"code": 40010001, "message": f"{kind}_price is required"}
+        refused = self._refusal(body)
+        if refused is not None:
+            return refused
+        qty = float(body["qty"])
         price = self.prices.get(body["symbol"], 0.0)
-        if body["side"] == "buy" and qty * price > self.cash:
+        if body["side"] == "buy" and qty * price > self.cash and self._available(body) is None:
             return 403, {}, {"code": 40310000, "message": "insufficient buying power"}
+        available = self._available(body)
+        if available is not None and qty > available + 1e-9:
+            message = f"insufficient qty available for order (requested: {qty:g}, " \
+                      f"available: {max(available, 0.0):g})"  # fmt: skip
+            return 403, {}, {"code": 40310000, "message": message}
+        if body.get("order_class") == "oco":
+            body = dict(body, limit_price=body["take_profit"]["limit_price"])
         order = self._new_order(body, cid, qty, parent=None)
+        if body.get("order_class") == "oco":
+            stop = {"symbol": body["symbol"], "side": body["side"], "type": "stop",
+                    "stop_price": body["stop_loss"]["stop_price"],
+                    "time_in_force": body.get("time_in_force")}  # fmt: skip
+            leg = self._new_order(stop, str(uuid.uuid4()), qty, order["id"])
+            leg["status"] = "new"
+            order["legs"].append(leg["id"])
         snapshot = self._json(order)
         self._try_fill(order)
         return 200, {}, snapshot
+
+    def _refusal(self, body: dict):
+        """Alpaca's 422 for an order it will not take (None: it takes it)."""
+
+        def no(message: str):
+            return 422, {}, {"code": 40010001, "message": message}
+
+        kind = body.get("type")
+        try:
+            qty = float(body.get("qty") or 0)
+        except (TypeError, ValueError):
+            return no("invalid qty")
+        if kind not in ("market", *_RESTING) or qty <= 0 or body.get("side") not in SIDES:
+            return no("invalid order request")
+        if body.get("time_in_force", "day") not in _TIME_IN_FORCE:
+            return no("invalid time_in_force")
+        if kind in ("limit", "stop") and body.get(f"{kind}_price") is None:
+            if not (kind == "limit" and body.get("order_class") == "oco"):
+                return no(f"{kind}_price is required")
+        if kind == "trailing_stop":
+            given = [k for k in ("trail_price", "trail_percent") if body.get(k) is not None]
+            if len(given) != 1:
+                return no(
+                    "trailing stop orders require exactly one of trail_price or trail_percent"
+                )
+            if float(body[given[0]]) <= 0:
+                return no(f"{given[0]} must be > 0")
+        if qty != int(qty):
+            if body.get("time_in_force", "day") != "day":
+                return no("fractional orders must be DAY orders")
+            if kind == "trailing_stop" or body.get("order_class"):
+                return no("fractional orders are not supported for this order type or class")
+        if body.get("order_class") == "oco":
+            if kind != "limit" or not body.get("take_profit") or not body.get("stop_loss"):
+                return no("oco orders require type limit, take_profit and stop_loss")
+        return None
+
+    def _available(self, body: dict) -> float | None:
+        """Shares an order closing a position may still take when open closing orders hold
+        some: the position less what they hold (the legs of one bracket or OCO order hold the
+        same shares once). None if nothing holds any or the order opens or adds to a
+        position."""
+        held_now = self.positions.get(body["symbol"], 0.0)
+        sign = 1.0 if body["side"] == "buy" else -1.0
+        if abs(held_now) < 1e-9 or sign * held_now > 0:
+            return None
+        held: dict[str, float] = {}
+        for order in self.orders.values():
+            if (order["symbol"] == body["symbol"] and order["side"] == body["side"]
+                    and order["status"] not in _FINAL and order["status"] != "held"):  # fmt: skip
+                key = order["parent"] or order["id"]
+                held[key] = max(held.get(key, 0.0), order["qty"] - order["filled_qty"])
+        return abs(held_now) - sum(held.values()) if held else None
 
     def _new_order(self, body: dict, cid: str, qty: float, parent: str | None) -> dict:
         now = time.time_ns()
@@ -386,6 +529,11 @@ class FakeAlpaca:
             "order_class": body.get("order_class") or "",
             "take_profit": body.get("take_profit"),
             "stop_loss": body.get("stop_loss"),
+            "trail_price": body.get("trail_price"),
+            "trail_percent": body.get("trail_percent"),
+            "hwm": None,
+            "replaces": body.get("replaces"),
+            "replaced_by": None,
             "status": "accepted",
             "created_ns": now,
             "updated_ns": now,
@@ -403,11 +551,20 @@ class FakeAlpaca:
         if price is None or order["stuck"] or order["status"] in (*_FINAL, "held"):
             return
         kind, buy = order["type"], order["side"] == "buy"
+        if self.replay:  # the bars execute orders: open_bar and trade_bar
+            order["status"] = "new" if kind in _RESTING else order["status"]
+            if kind == "trailing_stop" and order["hwm"] is None:
+                order["hwm"] = self.last_trade.get(order["symbol"], price)
+            return
         limit, stop = order["limit_price"], order["stop_price"]
+        if kind == "trailing_stop":
+            hwm = order["hwm"] = (price if order["hwm"] is None
+                                  else (min if buy else max)(order["hwm"], price))  # fmt: skip
+            stop = hwm + (1.0 if buy else -1.0) * _trail(order, hwm)
         if kind == "limit" and (price > limit if buy else price < limit):
             order["status"] = "new"
             return
-        if kind == "stop" and (price < stop if buy else price > stop):
+        if kind in ("stop", "trailing_stop") and (price < stop if buy else price > stop):
             order["status"] = "new"
             return
         left = order["qty"] - order["filled_qty"]
@@ -427,6 +584,7 @@ class FakeAlpaca:
         order["status"] = "filled" if done else "partially_filled"
         order["updated_ns"], order["filled_ns"] = now, now
         sign = 1.0 if order["side"] == "buy" else -1.0
+        self.last_trade[order["symbol"]] = price
         self.positions[order["symbol"]] = self.positions.get(order["symbol"], 0.0) + sign * qty
         self.cash -= sign * qty * price
         ms = datetime.fromtimestamp(now / 1e9, tz=UTC).strftime("%Y%m%d%H%M%S%f")[:17]
@@ -467,7 +625,7 @@ class FakeAlpaca:
 
     def _after_fill(self, order: dict) -> None:
         """Bracket / OTO legs start working once the entry fills; OCO legs cancel each other."""
-        if order["parent"] is None and (order["take_profit"] or order["stop_loss"]):
+        if order["order_class"] in ("bracket", "oto"):
             exit_side = "sell" if order["side"] == "buy" else "buy"
             legs = []
             if order["take_profit"]:
@@ -482,9 +640,15 @@ class FakeAlpaca:
             for leg_id in order["legs"]:
                 self._try_fill(self.orders[leg_id])
         elif order["parent"] is not None:
-            for sibling in self.orders[order["parent"]]["legs"]:
+            parent = self.orders[order["parent"]]
+            for sibling in [parent["id"], *parent["legs"]] if parent["order_class"] == "oco" \
+                    else parent["legs"]:  # fmt: skip
                 if self.orders[sibling]["status"] not in _FINAL:
                     self.orders[sibling]["status"] = "canceled"
+        elif order["order_class"] == "oco" and order["status"] == "filled":
+            for leg in order["legs"]:
+                if self.orders[leg]["status"] not in _FINAL:
+                    self.orders[leg]["status"] = "canceled"
 
     def _cancel(self, oid: str):
         order = self.orders.get(oid)
@@ -492,11 +656,45 @@ class FakeAlpaca:
             return 404, {}, {"code": 40410000, "message": "order not found"}
         if order["status"] in _FINAL:
             return 422, {}, {"code": 42210000, "message": f"order is already in {order['status']}"}
+        if order["parent"] is not None and self.orders[order["parent"]]["order_class"] == "oco":
+            order = self.orders[order["parent"]]  # cancelling one leg of an OCO cancels both
         order["status"], order["updated_ns"] = "canceled", time.time_ns()
         for leg in order["legs"]:
             if self.orders[leg]["status"] not in _FINAL:
                 self.orders[leg]["status"] = "canceled"
         return 204, {}, None
+
+    def _replace(self, oid: str, body: dict):
+        """PATCH /v2/orders/{id}: a new order with the new level (quantity, time in force,
+        client order id), the old one ``replaced``; a final order is not replaceable."""
+        order = self.orders.get(oid)
+        if order is None:
+            return 404, {}, {"code": 40410000, "message": "order not found"}
+        if order["status"] in _FINAL or order["type"] == "market":
+            return 422, {}, {"code": 42210000, "message": f"order is not replaceable "
+                                                         f"(status {order['status']})"}  # fmt: skip
+        cid = body.get("client_order_id") or str(uuid.uuid4())
+        if cid in self.by_cid:
+            return 422, {}, {"code": 40010001, "message": "client_order_id must be unique"}
+        new = {k: order[k] for k in ("symbol", "side", "type", "limit_price", "stop_price",
+                                     "time_in_force", "trail_price", "trail_percent")}  # fmt: skip
+        for key in ("limit_price", "stop_price", "time_in_force"):
+            if body.get(key) is not None:
+                new[key] = body[key]
+        if body.get("trail") is not None:
+            new["trail_price" if order["trail_price"] is not None else "trail_percent"] = \
+                body["trail"]  # fmt: skip
+        qty = float(body["qty"]) if body.get("qty") is not None else order["qty"]
+        replacement = self._new_order(dict(new, replaces=oid), cid, qty, order["parent"])
+        replacement["hwm"] = order["hwm"]
+        if order["parent"] is not None:
+            parent = self.orders[order["parent"]]
+            parent["legs"] = [replacement["id"] if x == oid else x for x in parent["legs"]]
+        order["status"], order["replaced_by"] = "replaced", replacement["id"]
+        order["updated_ns"] = time.time_ns()
+        snapshot = self._json(replacement)
+        self._try_fill(replacement)
+        return 200, {}, snapshot
 
     def _json(self, order: dict) -> dict:
         filled = order["filled_qty"]
@@ -511,9 +709,9 @@ class FakeAlpaca:
             "expired_at": None,
             "canceled_at": iso(order["updated_ns"]) if order["status"] == "canceled" else None,
             "failed_at": None,
-            "replaced_at": None,
-            "replaced_by": None,
-            "replaces": None,
+            "replaced_at": iso(order["updated_ns"]) if order["status"] == "replaced" else None,
+            "replaced_by": order["replaced_by"],
+            "replaces": order["replaces"],
             "asset_id": "b0b6dd9d-8b9b-48a9-ba46-b9d54906e415",
             "symbol": order["symbol"],
             "asset_class": "us_equity",
@@ -531,9 +729,9 @@ class FakeAlpaca:
             "status": order["status"],
             "extended_hours": False,
             "legs": [self._json(self.orders[leg]) for leg in order["legs"]] or None,
-            "trail_percent": None,
-            "trail_price": None,
-            "hwm": None,
+            "trail_percent": _num(order["trail_percent"]),
+            "trail_price": _num(order["trail_price"]),
+            "hwm": _num(order["hwm"]),
         }
 
     def _activities(self, q: dict) -> list[dict]:
@@ -664,6 +862,13 @@ class FakeAlpaca:
         conn.ws.close()
 
 
+def _trail(order: dict, hwm: float) -> float:
+    """A trailing stop's distance in price units (``trail_percent`` is of the high-water mark)."""
+    if order["trail_price"] is not None:
+        return float(order["trail_price"])
+    return hwm * float(order["trail_percent"]) / 100.0
+
+
 def _epoch(text: str) -> float:
     text = text.replace("Z", "+00:00")
     if "." in text:
@@ -706,3 +911,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._serve("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._serve("PATCH")
