@@ -106,6 +106,13 @@ def harness(fake, pem, broker, monkeypatch):
         monkeypatch.setenv("QS_TEST_COINBASE_WRONG", wrong_pem)
         return CoinbaseBroker(config_for(fake, api_secret_env="QS_TEST_COINBASE_WRONG"))
 
+    def trade_bar(symbol: str, open_: float, high: float, low: float) -> None:
+        ts = time.time_ns()
+        fake.trade_bar(ts, {symbol: (open_, high, low)})  # the venue's market trades the bar
+        broker.trade_bar(ts, {symbol: (open_, high, low)})  # then trailing legs follow it
+
+    with fake._lock:  # the protective sells of the contract need coins to hold
+        fake.balances["BTC"] = fake.balances.get("BTC", 0) + 5
     return VenueHarness(
         broker=broker,
         symbol=SYMBOL,
@@ -113,6 +120,7 @@ def harness(fake, pem, broker, monkeypatch):
         set_price=fake.set_price,
         bad_keys_broker=bad_keys_broker,
         secret=pem,
+        trade_bar=trade_bar,
     )
 
 
