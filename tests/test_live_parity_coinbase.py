@@ -95,14 +95,21 @@ def crypto_config(venue: FakeCoinbase, tmp_path, n_bars: int, seed: int):
     return parse_config(raw, source="coinbase-parity.toml")
 
 
-def assert_same_trades(live, backtest) -> None:
-    """Trade for trade: sleeve, symbol, direction and times exact; prices, units and P&L to
-    rel 1e-9 (the venue's prices and sizes travel as decimal text, sizes on 1e-8 BTC)."""
+def assert_same_trades(live, backtest, units_rel: float = 1e-9) -> None:
+    """Trade for trade: sleeve, symbol, direction, times and reason exact; prices, units and
+    P&L to rel 1e-9 (prices and sizes travel as decimal text; each entry is floored to 1e-8).
+    ``units_rel`` admits more on long runs: the floored units of open positions leave a sliver
+    more room under the heat and position caps, so a later capped entry can be larger than the
+    backtest's (by up to 3.6e-9 of its units on these runs), and its P&L by as many units."""
     assert len(live) == len(backtest)
     for ours, theirs in zip(live, backtest, strict=True):
         assert ours[:5] == theirs[:5] and ours[-1] == theirs[-1], (ours, theirs)
-        for a, b in zip(ours[5:9], theirs[5:9], strict=True):
-            assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (ours, theirs)
+        entry, exit_, units, pnl = ours[5:9]
+        assert math.isclose(entry, theirs[5], rel_tol=1e-9), (ours, theirs)
+        assert math.isclose(exit_, theirs[6], rel_tol=1e-9), (ours, theirs)
+        assert math.isclose(units, theirs[7], rel_tol=units_rel), (ours, theirs)
+        room = units_rel * units * max(entry, exit_)
+        assert math.isclose(pnl, theirs[8], rel_tol=1e-9, abs_tol=room), (ours, theirs)
 
 
 def run_parity(monkeypatch, tmp_path, n_bars: int, seed: int):
@@ -141,8 +148,12 @@ def test_coinbase_replay_closes_the_backtests_trades(monkeypatch, tmp_path):
 @pytest.mark.parametrize("seed", [3, 11])
 def test_coinbase_replay_parity_on_longer_runs(monkeypatch, tmp_path, seed):
     live, backtest, _ = run_parity(monkeypatch, tmp_path, n_bars=1500, seed=seed)
+    reasons = [t[-1] for t in live]
+    print(f"coinbase parity, seed {seed}: {len(live)} trades, {reasons.count('stop_loss')} "
+          f"stop, {reasons.count('take_profit')} target, {reasons.count('trailing_stop')} "
+          "trailing")  # fmt: skip
     assert len(live) >= 20
-    assert_same_trades(live, backtest)
+    assert_same_trades(live, backtest, units_rel=5e-9)
 
 
 # ----------------------------------------------------------------------------- the OCO protocol

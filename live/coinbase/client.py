@@ -234,6 +234,12 @@ class CoinbaseBroker(Broker):
     searched in ``list_orders`` (``lookup_window_s``, ``lookup_max_pages``). After an ambiguous
     create that search finds the order if it landed, and ``None`` means it never did.
 
+    Protective legs (requests with an ``oco_group``) rest as one venue order per group
+    (``live.coinbase.groups``: a trigger bracket, a stop-limit or a limit) and are reported leg
+    by leg; ``open_bar`` and ``trade_bar`` move a trailing leg's stop as the price makes a new
+    best (on a real venue the runner calls them after the bar, so the stop resting during a bar
+    is the one set from the bars before it).
+
     Parameters
     ----------
     config : CoinbaseConfig
@@ -380,6 +386,8 @@ class CoinbaseBroker(Broker):
             )
         try:
             if request.oco_group is not None:
+                if self.groups.find(cid) is None and request.oco_group not in self.groups.groups:
+                    self._find(cid)  # a restarted process: adopts the leg's group if it exists
                 return self.groups.add(request)
             configuration = parse.order_configuration(request)
         except ValueError as exc:

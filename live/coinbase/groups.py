@@ -33,6 +33,8 @@ BRACKET_STOP_LIMIT = 0.05
 PREFIX_LEN = 16
 """Characters of each leg's client order id kept in an incarnation's id (``"qs"`` and 14 hex
 digits of a SHA-256: no two of an account's ids share one)."""
+MAX_ID_LEN = 128
+"""The longest client order id Coinbase takes."""
 _ABSENT = "x"
 
 
@@ -112,11 +114,22 @@ class Group:
                                     "post_only": False}}  # fmt: skip
 
     def venue_id(self) -> str:
-        """The client order id of the next incarnation: each leg's id prefix, the levels a
-        fresh process needs to go on (fixed stop, trail, best price) and the version."""
-        ids = [self.ids.get(k, _ABSENT)[:PREFIX_LEN] for k in KINDS]
+        """The client order id of the next incarnation: each leg's client order id, the levels
+        a fresh process needs to go on (fixed stop, trail, best price) and the version. Where
+        that is longer than Coinbase's 128 characters (three legs), each leg by its prefix."""
         numbers = [_number_text(v) for v in (self.stop, self.trail, self.best)]
-        return "-".join([*ids, *numbers, str(self.version)])
+        for keep in (None, PREFIX_LEN):
+            ids = [self.ids.get(k, _ABSENT)[:keep] for k in KINDS]
+            text = "-".join([*ids, *numbers, str(self.version)])
+            if len(text) <= MAX_ID_LEN:
+                break
+        return text
+
+    def learn(self, client_order_id: str) -> None:
+        """A leg known by its prefix (rebuilt from the venue) is now known by its whole id."""
+        kind = self.kind_of(client_order_id)
+        if kind is not None:
+            self.ids[kind] = client_order_id
 
     def holds(self, client_order_id: str) -> bool:
         """Whether ``client_order_id`` is one of this group's legs now."""
@@ -311,6 +324,7 @@ class ProtectiveGroups:
         group = self.find(client_order_id)
         if group is None:
             return None
+        group.learn(client_order_id)
         return group.view(client_order_id, self._current(group))
 
     def _current(self, group: Group) -> BrokerOrder | None:
