@@ -466,6 +466,23 @@ def test_the_stream_delivers_market_and_resting_fills_once(fake, broker, streami
     assert {f.fill_id for f in fills} == {f.fill_id for f in broker.fills()}
 
 
+def test_the_stream_names_a_protective_fill_by_the_leg_that_filled(fake, broker, streaming):
+    collector, _ = streaming
+    with fake._lock:
+        fake.balances["BTC"] = fake.balances.get("BTC", 0) + 1
+    legs = {"qslegstop": {"order_type": "stop", "stop_price": 95.0},
+            "qslegtarget": {"order_type": "limit", "limit_price": 110.0}}  # fmt: skip
+    for cid, levels in legs.items():
+        broker.submit(OrderRequest(client_order_id=cid, symbol=SYMBOL, side="sell", qty=0.5,
+                                   oco_group="qsleg", time_in_force="gtc", **levels))  # fmt: skip
+    assert len([o for o in fake.orders.values() if o.status == "OPEN"]) == 1  # one bracket
+    fake.set_price(SYMBOL, 111.0)
+    (fill,) = collector.wait_for(1)
+    assert fill.client_order_id == "qslegtarget" and fill.price == pytest.approx(111.0)
+    assert broker.order("qslegstop").status == OrderStatus.CANCELLED
+    assert [f.client_order_id for f in broker.fills()] == ["qslegtarget"]
+
+
 def test_duplicate_and_out_of_order_events_deliver_each_fill_once(fake, broker, streaming):
     collector, _ = streaming
     fake.duplicate_events = True

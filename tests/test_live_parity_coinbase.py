@@ -99,8 +99,10 @@ def assert_same_trades(live, backtest, units_rel: float = 1e-9) -> None:
     """Trade for trade: sleeve, symbol, direction, times and reason exact; prices, units and
     P&L to rel 1e-9 (prices and sizes travel as decimal text; each entry is floored to 1e-8).
     ``units_rel`` admits more on long runs: the floored units of open positions leave a sliver
-    more room under the heat and position caps, so a later capped entry can be larger than the
-    backtest's (by up to 3.6e-9 of its units on these runs), and its P&L by as many units."""
+    more room under the heat and position caps, and where a cap nearly binds that sliver is a
+    visible part of the next entry (up to 7.8e-8 of its units over 1,500 bars with increments
+    of 1e-8; 1.0e-10 with increments of 1e-12, so it is the flooring); its P&L moves by as many
+    units."""
     assert len(live) == len(backtest)
     for ours, theirs in zip(live, backtest, strict=True):
         assert ours[:5] == theirs[:5] and ours[-1] == theirs[-1], (ours, theirs)
@@ -153,7 +155,7 @@ def test_coinbase_replay_parity_on_longer_runs(monkeypatch, tmp_path, seed):
           f"stop, {reasons.count('take_profit')} target, {reasons.count('trailing_stop')} "
           "trailing")  # fmt: skip
     assert len(live) >= 20
-    assert_same_trades(live, backtest, units_rel=5e-9)
+    assert_same_trades(live, backtest, units_rel=1e-7)
 
 
 # ----------------------------------------------------------------------------- the OCO protocol

@@ -605,7 +605,8 @@ class CoinbaseBroker(Broker):
             self.config.lookup_max_pages,
         )
         cid = client_order_id or self._client_id_of(venue_order_id)
-        return sorted((parse.fill_from_venue(f, cid) for f in raw), key=_fill_order)
+        fills = [self._as_leg(parse.fill_from_venue(f, cid), venue_order_id) for f in raw]
+        return sorted(fills, key=_fill_order)
 
     def stream_fills(self, on_fill: Callable[[BrokerFill], None]) -> Callable[[], None]:
         """Follow the user channel; each order update with new fills fetches that order's

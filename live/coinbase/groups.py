@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from live.broker import BrokerOrder, BrokerRejectedError, OrderRequest, OrderStatus
+from live.broker import BrokerError, BrokerOrder, BrokerRejectedError, OrderRequest, OrderStatus
 from live.coinbase import parse
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class Group:
     trail: float | None = None
     best: float | None = None
     version: int = 0
+    sent: tuple | None = None
+    """``levels()`` of the order resting for the group."""
     filled: bool = False
     """The group's order filled: the position is closed, nothing of the group moves again."""
     current: str | None = None
@@ -81,6 +83,10 @@ class Group:
         if fixed is None or self.sign * (trailing - fixed) > 0:
             return trailing, "trailing_stop"
         return fixed, "stop"
+
+    def levels(self) -> tuple:
+        """What the group's order rests at: its stop level and its target."""
+        return self.stop_level()[0], (self.target if "limit" in self.ids else None)
 
     def follow(self, price: float) -> bool:
         """A trailing leg follows a better price; True if its best moved."""
@@ -247,6 +253,7 @@ def decode(client_order_id: str, order: BrokerOrder) -> Group | None:
                   version=int(parts[6]), current=client_order_id)  # fmt: skip
     if "limit" in ids:
         group.target = order.limit_price
+    group.sent = group.levels()
     return group
 
 
@@ -346,9 +353,9 @@ class ProtectiveGroups:
         if group is None:
             group = self.groups.setdefault(request.oco_group, group_of_request(request))
         elif self._cancel_current(group):
-            raise BrokerRejectedError(
-                VENUE, f"order {cid}: OCO group {request.oco_group} filled already"
-            )
+            done = "filled already" if group.filled else "did not cancel in time"
+            raise BrokerRejectedError(VENUE, f"order {cid}: OCO group {request.oco_group}'s "
+                                      f"resting order {done}")  # fmt: skip
         add_leg(group, request)
         return group.view(cid, self._send(group))
 
@@ -361,7 +368,9 @@ class ProtectiveGroups:
         if client_order_id in group.ended:
             return group.ended[client_order_id]
         if self._cancel_current(group):
-            return group.end(client_order_id, self._current(group))
+            current = self._current(group)
+            return group.end(client_order_id, current) if group.filled else group.view(
+                client_order_id, current)  # fmt: skip
         view = group.end(client_order_id, None)
         self._send(group)
         return view
@@ -375,42 +384,53 @@ class ProtectiveGroups:
         if client_order_id in group.ended:
             return group.ended[client_order_id]
         if self._cancel_current(group):
-            return group.end(client_order_id, self._current(group))
+            current = self._current(group)
+            return group.end(client_order_id, current) if group.filled else group.view(
+                client_order_id, current)  # fmt: skip
         group.end(client_order_id, None)
         add_leg(group, request)
         return group.view(request.client_order_id, self._send(group))
 
     def follow(self, prices: dict[str, float], side: str | None = None) -> int:
         """Trailing legs (of groups on ``side``, or all) follow ``prices`` (a price each symbol
-        traded at); a group whose stop level moved is sent again at the new level. Returns how
-        many were moved."""
+        traded at); a group whose resting order is not at its levels (the stop moved, or a
+        change before did not go through) is sent again. Returns how many were sent.
+
+        A venue error is logged, not raised: the group is tried again at the next call (its
+        resting order, if any, keeps its last level meanwhile)."""
         moved = 0
         for group in list(self.groups.values()):
             if side is not None and group.side != side:
                 continue
             price = prices.get(group.symbol)
-            if group.filled or group.current is None or price is None:
+            if group.filled or not group.ids or price is None or not math.isfinite(price):
                 continue
-            if not math.isfinite(price):
+            group.follow(price)
+            if group.current is not None and group.sent == group.levels():
                 continue
-            before, _ = group.stop_level()
-            if not group.follow(price) or group.stop_level()[0] == before:
-                continue
-            if self._cancel_current(group):
-                continue  # it filled at the old level: the settlement closes the position
-            self._send(group)
-            moved += 1
+            try:
+                if self._cancel_current(group):
+                    continue  # filled at the old level (the settlement closes it) or busy
+                self._send(group)
+                moved += 1
+            except BrokerError as exc:
+                logger.warning("coinbase: OCO group %s not moved (%s); trying again next bar",
+                               group.key, exc)  # fmt: skip
         return moved
 
     def _cancel_current(self, group: Group) -> bool:
-        """Cancel the group's resting order; True if it had filled (then it stays current, so
-        the legs report that fill)."""
+        """Cancel the group's resting order; True if it is still in the way: it filled (it
+        stays current, so the legs report that fill) or its cancel did not land in time."""
         if group.current is None:
             return False
         final = self._cancel(group.current)
         if final is not None and final.filled_qty > 0:
             logger.info("coinbase: OCO group %s filled before its change", group.key)
             group.filled = True
+            return True
+        if final is not None and not final.is_final:
+            logger.warning("coinbase: OCO group %s: its order did not cancel in time",
+                           group.key)  # fmt: skip
             return True
         group.current = None
         return False
@@ -421,6 +441,10 @@ class ProtectiveGroups:
             return None
         group.version += 1
         cid = group.venue_id()
-        order = self._create(cid, group.symbol, group.side, group.configuration(self.slippage_bps))
-        group.current = cid
-        return order
+        configuration = group.configuration(self.slippage_bps)
+        group.current, group.sent = cid, group.levels()  # an ambiguous answer may have landed
+        try:
+            return self._create(cid, group.symbol, group.side, configuration)
+        except BrokerRejectedError:
+            group.current = None
+            raise

@@ -219,6 +219,8 @@ class FakeCoinbase:
         Fee as a fraction of notional, charged in USD.
     heartbeat_s : float
         Interval of heartbeat messages on subscribed connections.
+    base_increment : str
+        Every product's quantity increment (``Broker.quantity_step``), as Coinbase writes it.
     slippage_rate : float
         Adverse move of a replayed fill, as a fraction of its price (the fill model's).
     duplicate_mode : {"error", "existing"}
@@ -237,8 +239,10 @@ class FakeCoinbase:
         duplicate_mode: str = "error",
         cert_hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
         slippage_rate: float = 0.0,
+        base_increment: str = "0.00000001",
     ) -> None:
         self.cert_hosts = cert_hosts
+        self.base_increment = base_increment
         self.replaying = False
         """True once ``replay`` was called: the market moves only with ``open_bar``."""
         self._cfg = np.zeros(1, config_dt)
@@ -559,7 +563,7 @@ class FakeCoinbase:
     def _product(self, product_id: str) -> dict:
         base, quote = product_id.split("-")
         return {"product_id": product_id, "price": _dec(self.prices[product_id]),
-                "base_increment": "0.00000001", "quote_increment": "0.01",
+                "base_increment": self.base_increment, "quote_increment": "0.01",
                 "base_min_size": "0.00000001", "base_max_size": "3400",
                 "quote_min_size": "1", "quote_max_size": "150000000", "status": "online",
                 "product_type": "SPOT", "base_currency_id": base, "quote_currency_id": quote,
