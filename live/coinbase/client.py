@@ -522,8 +522,7 @@ class CoinbaseBroker(Broker):
     def replace(self, client_order_id: str, request: OrderRequest) -> BrokerOrder | None:
         """Move a protective leg with one change of its group's order; otherwise the
         contract's cancel, then send."""
-        group = self.groups.find(client_order_id)
-        if group is not None and request.oco_group in (group.key, None):
+        if self.groups.find(client_order_id) is not None:
             return self.groups.replace(client_order_id, request)
         return super().replace(client_order_id, request)
 
