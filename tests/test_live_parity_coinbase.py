@@ -282,3 +282,17 @@ def test_a_trailing_stop_moves_with_the_best_price_and_a_fresh_process_follows_o
     assert done.status == OrderStatus.FILLED and done.order_type == "trailing_stop"
     assert done.avg_fill_price == pytest.approx(101.0 * (1 - SLIPPAGE_BPS / 1e4))
     fresh.close()
+
+
+def test_a_trailing_move_the_venue_refused_is_sent_again_at_the_next_bar(replayed, caplog):
+    venue, broker, _, _ = replayed
+    trailing = OrderRequest(client_order_id="qstrail5xx", symbol="BTC-USD", side="sell", qty=5.0,
+                            order_type="trailing_stop", trail_amount=5.0, trail_from_price=100.0,
+                            oco_group="qstrail5xxgroup", time_in_force="gtc")  # fmt: skip
+    broker.submit(trailing)
+    venue.fail("POST", "/orders", 503)  # the move's cancel lands, its new order does not
+    _bar(venue, broker, 3_000, (100.0, 104.0, 99.5))  # logged, not raised into the cycle
+    assert "not moved" in caplog.text and _open(venue) == []
+    _bar(venue, broker, 4_000, (103.0, 103.5, 100.0))
+    assert [float(o.stop_price) for o in _open(venue)] == [99.0]  # protected again, one order
+    assert broker.order("qstrail5xx").status == OrderStatus.OPEN

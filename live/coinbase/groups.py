@@ -19,7 +19,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from live.broker import BrokerError, BrokerOrder, BrokerRejectedError, OrderRequest, OrderStatus
+from live.broker import (
+    BrokerAmbiguousError,
+    BrokerError,
+    BrokerOrder,
+    BrokerRejectedError,
+    OrderRequest,
+    OrderStatus,
+)
 from live.coinbase import parse
 
 logger = logging.getLogger(__name__)
@@ -447,4 +454,8 @@ class ProtectiveGroups:
             return self._create(cid, group.symbol, group.side, configuration)
         except BrokerRejectedError:
             group.current = None
+            raise
+        except BrokerAmbiguousError:
+            if self._lookup(cid) is None:
+                group.current = None  # it never landed: ``follow`` sends it at the next bar
             raise
