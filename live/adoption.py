@@ -44,7 +44,7 @@ class PromotionAdopter:
         for sleeve, adoption in current.items():
             row = self.store.promotion(adoption.promotion_id)
             # A sleeve the config no longer points at that record name starts afresh.
-            if row.strategy != self.config.promotions.get(sleeve):
+            if row.name != self.config.promotions.get(sleeve):
                 continue
             problem = adoption_problem(row, adoption.record_id)
             if problem is not None:

@@ -18,7 +18,7 @@ def record_trades(store: Store, trades, epoch: int, periods_per_year: float) -> 
     for trade in trades:
         store.record_trade(
             trade_id=trade_id(trade),
-            strategy=trade.sleeve,
+            sleeve=trade.sleeve,
             symbol=trade.symbol,
             direction=trade.direction,
             qty=trade.units,
@@ -44,12 +44,12 @@ def record_book(
     before = {(p.sleeve, p.symbol): p for p in before.positions()}
     for key in before.keys() - now.keys():
         store.upsert_position(
-            strategy=key[0], symbol=key[1], qty=0.0, avg_price=None, ts_ns=ts, epoch=epoch
+            sleeve=key[0], symbol=key[1], qty=0.0, avg_price=None, ts_ns=ts, epoch=epoch
         )
     for key, p in now.items():
         if key not in before or before[key].to_dict() != p.to_dict():
             store.upsert_position(
-                strategy=p.sleeve,
+                sleeve=p.sleeve,
                 symbol=p.symbol,
                 qty=p.units,
                 avg_price=p.entry_price,
@@ -69,7 +69,7 @@ class Guarded:
     """The fields of a decision's order that the guards read."""
 
     order: TargetOrder
-    strategy: str
+    sleeve: str
     symbol: str
     side: str
     units: float
@@ -81,7 +81,7 @@ class Guarded:
     def of(cls, order: TargetOrder) -> Guarded:
         return cls(
             order=order,
-            strategy=order.sleeve,
+            sleeve=order.sleeve,
             symbol=order.symbol,
             side=order.side,
             units=order.units,

@@ -114,6 +114,7 @@ class MetricsConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9200
+    drift_interval_s: float = 300.0  # least time between two drift computations (0: every bar)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -313,14 +314,20 @@ def parse_config(
 
     guards = GuardLimits.from_table(top.table("guards"))
     metrics_table = top.table("metrics")
-    metrics_table.refuse_unknown({"enabled", "host", "port"})
+    metrics_table.refuse_unknown({"enabled", "host", "port", "drift_interval_s"})
     port = metrics_table.get("port", 9200)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise metrics_table.error("port", f"must be 0-65535, got {port!r}")
+    drift_interval_s = metrics_table.get("drift_interval_s", MetricsConfig.drift_interval_s)
+    if not is_number(drift_interval_s, finite=True) or drift_interval_s < 0:
+        raise metrics_table.error(
+            "drift_interval_s", f"must be seconds >= 0 (0: every bar), got {drift_interval_s!r}"
+        )
     metrics = MetricsConfig(
         enabled=metrics_table.boolean("enabled", True),
         host=metrics_table.string("host") or "127.0.0.1",
         port=port,
+        drift_interval_s=float(drift_interval_s),
     )
     base = None if path is None else path.resolve().parent
     regime_model, news = _overlay_sources(top, portfolio, base, source)

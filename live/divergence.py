@@ -63,6 +63,25 @@ class Divergence:
         values = [v for v in values if math.isfinite(v)]
         return float(np.median(values)) if values else float("nan")
 
+    def pnl_difference_by_position(self) -> dict[tuple[str, str], float]:
+        """Live minus backtest P&L of the compared trades per (sleeve, symbol); the values add
+        up to :attr:`pnl_difference`."""
+        out: dict[tuple[str, str], float] = {}
+        for row in self.rows:
+            key = (row["sleeve"], row["symbol"])
+            out[key] = out.get(key, 0.0) + row["pnl_difference"]
+        return out
+
+    @property
+    def equity_drift_pct(self) -> float:
+        """Live against backtest portfolio equity at the last bar both have, in percent of the
+        backtest's (open positions marked at that close); NaN before a live snapshot."""
+        both = self.equity.dropna()
+        if both.empty:
+            return float("nan")
+        live, tested = float(both["live"].iloc[-1]), float(both["backtest"].iloc[-1])
+        return 100.0 * (live / tested - 1.0)
+
     def counts(self) -> dict[str, int]:
         kinds = [r["kind"] for r in self.rows]
         return {k: kinds.count(k) for k in ("matched", "missing", "extra")}
@@ -140,8 +159,9 @@ def divergence(config: LiveConfig, store, *, since_ns: int | None = None,
     start = first if since_ns is None else max(first, int(since_ns))
     ts = bars.ts_ns
     tested = result.trades
+    # Compared as timestamps: mapping an empty column to ints keeps its datetime dtype.
     tested = tested[(tested["exit_reason"] != "open")
-                    & (tested["entry_time"].map(_ns) >= start)]  # fmt: skip
+                    & (tested["entry_time"] >= pd.Timestamp(start, tz="UTC"))]  # fmt: skip
     live = [t for t in store.trades() if t.entry_ts_ns >= start]
     intents = store.intents()
     interval = _interval(ts)
@@ -171,16 +191,16 @@ def _pair(live, tested: pd.DataFrame, intents, ts: np.ndarray, window_ns: int) -
     rows = []
     unmatched = []
     keyed = {(r.sleeve, r.symbol, r.direction, _ns(r.entry_time)): i for i, r in free.items()}
-    for trade in sorted(live, key=lambda t: (t.entry_ts_ns, t.strategy, t.symbol)):
-        i = keyed.pop((trade.strategy, trade.symbol, trade.direction, trade.entry_ts_ns), None)
+    for trade in sorted(live, key=lambda t: (t.entry_ts_ns, t.sleeve, t.symbol)):
+        i = keyed.pop((trade.sleeve, trade.symbol, trade.direction, trade.entry_ts_ns), None)
         if i is None:
             unmatched.append(trade)
         else:
             rows.append(_matched(trade, free.pop(i), intents, timing=False))
     for trade in unmatched:
         near = [(abs(_ns(r.entry_time) - trade.entry_ts_ns), i) for i, r in free.items()
-                if (r.sleeve, r.symbol, r.direction) == (trade.strategy, trade.symbol,
-                                                        trade.direction)
+                if (r.sleeve, r.symbol, r.direction) == (trade.sleeve, trade.symbol,
+                                                         trade.direction)
                 and abs(_ns(r.entry_time) - trade.entry_ts_ns) <= window_ns]  # fmt: skip
         if near:
             rows.append(_matched(trade, free.pop(min(near)[1]), intents, timing=True))
@@ -207,17 +227,23 @@ def _matched(trade, tested, intents, *, timing: bool) -> dict:
     # Zero when both sides book P&L as direction x units x price move - fees; kept visible.
     rest = float(trade.pnl) - float(tested.pnl) - sum(causes.values())
     causes["unexplained"] = rest if abs(rest) > 1e-9 * max(abs(float(tested.pnl)), 1.0) else 0.0
-    return _row("matched", trade.strategy, trade.symbol, trade.direction, trade.entry_ts_ns,
+    return _row("matched", trade.sleeve, trade.symbol, trade.direction, trade.entry_ts_ns,
                 trade.exit_ts_ns, q_live, q_bt, float(trade.pnl), float(tested.pnl),
                 {k: v for k, v in causes.items() if v != 0.0},
-                entry_slippage_bps=d * (in_live / in_bt - 1.0) * 1e4,
-                exit_slippage_bps=-d * (out_live / out_bt - 1.0) * 1e4,
+                entry_slippage_bps=slippage_bps(in_live, in_bt, buying=d > 0),
+                exit_slippage_bps=slippage_bps(out_live, out_bt, buying=d < 0),
                 live_entry_price=in_live, backtest_entry_price=in_bt,
                 live_exit_price=out_live, backtest_exit_price=out_bt)  # fmt: skip
 
 
+def slippage_bps(price: float, reference: float, *, buying: bool) -> float:
+    """How much worse ``price`` is than ``reference`` for a buy (``buying``) or a sell, in
+    basis points of ``reference`` (negative: better)."""
+    return (1.0 if buying else -1.0) * (price / reference - 1.0) * 1e4
+
+
 def _extra(trade) -> dict:
-    return _row("extra", trade.strategy, trade.symbol, trade.direction, trade.entry_ts_ns,
+    return _row("extra", trade.sleeve, trade.symbol, trade.direction, trade.entry_ts_ns,
                 trade.exit_ts_ns, float(trade.qty), 0.0, float(trade.pnl), 0.0,
                 {"extra trade": float(trade.pnl)}, reason="not in the backtest",
                 live_entry_price=float(trade.entry_price))  # fmt: skip
@@ -229,8 +255,8 @@ def _missing(tested, intents, ts: np.ndarray) -> dict:
     decided_ns = int(ts[at - 1]) if at > 0 else entry_ns
     side = "buy" if tested.direction == "long" else "sell"
     mine = [i for i in intents
-            if (i.strategy, i.symbol, i.side, i.bar_ts_ns) == (tested.sleeve, tested.symbol,
-                                                              side, decided_ns)]  # fmt: skip
+            if (i.sleeve, i.symbol, i.side, i.bar_ts_ns) == (tested.sleeve, tested.symbol,
+                                                             side, decided_ns)]  # fmt: skip
     reason = _why_missing(mine)
     return _row("missing", tested.sleeve, tested.symbol, tested.direction, entry_ns,
                 _ns(tested.exit_time), 0.0, float(tested.units), 0.0, float(tested.pnl),
@@ -258,7 +284,7 @@ def _partly_filled(trade, intents) -> bool:
     """Whether the entry order of ``trade`` filled less than it asked (a venue's partial fill)."""
     side = "buy" if trade.direction == "long" else "sell"
     for intent in intents:
-        if (intent.strategy, intent.symbol, intent.side) == (trade.strategy, trade.symbol, side) \
+        if (intent.sleeve, intent.symbol, intent.side) == (trade.sleeve, trade.symbol, side) \
                 and 0 < intent.filled_qty < intent.qty * (1 - 1e-9) \
                 and intent.bar_ts_ns < trade.entry_ts_ns:  # fmt: skip
             return abs(intent.filled_qty - trade.qty) <= 1e-9 * max(trade.qty, 1.0)

@@ -153,7 +153,7 @@ class VenueExecution:
         a known id."""
         cid = request.client_order_id
         intent = self.store.record_intent(
-            strategy=sleeve,
+            sleeve=sleeve,
             symbol=request.symbol,
             side=request.side,
             qty=request.qty,

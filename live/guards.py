@@ -32,7 +32,7 @@ _MINUTE_NS = 60_000_000_000
 class GuardedOrder(Protocol):
     """What the guards read of an order (the decision layer's order intents have these)."""
 
-    strategy: str
+    sleeve: str
     symbol: str
     side: str  # "buy" or "sell"
     units: float
@@ -48,9 +48,9 @@ class GuardLimits:
     Parameters
     ----------
     max_orders_per_decision : int
-        Orders one (strategy, symbol, bar) decision may send; 1 means a decision is one order.
+        Orders one (sleeve, symbol, bar) decision may send; 1 means a decision is one order.
     max_orders_per_minute : int
-        Orders in any 60 s of wall-clock time, over all strategies.
+        Orders in any 60 s of wall-clock time, over all sleeves.
     max_order_notional : float
         Units x reference price of one order (account currency).
     max_position_units : float
@@ -179,12 +179,12 @@ class OrderGuards:
             return "bad_price", f"{order.symbol} reference price {price!r}"
         if not (math.isfinite(units) and units > 0) or order.side not in ("buy", "sell"):
             return "bad_order", f"{order.symbol} order {order.side} {units!r} units is malformed"
-        key = (order.strategy, order.symbol, int(order.ts_ns))
+        key = (order.sleeve, order.symbol, int(order.ts_ns))
         per_decision[key] = per_decision.get(key, 0) + 1
         if limits.max_orders_per_decision and per_decision[key] > limits.max_orders_per_decision:
             return (
                 "orders_per_decision",
-                f"{order.strategy} sent {per_decision[key]} orders for {order.symbol} on one "
+                f"{order.sleeve} sent {per_decision[key]} orders for {order.symbol} on one "
                 f"bar (limit {limits.max_orders_per_decision})",
             )
         if limits.max_orders_per_minute and len(self._sent_ns) >= limits.max_orders_per_minute:

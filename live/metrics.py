@@ -7,6 +7,7 @@ symbols from the config.
 
 from __future__ import annotations
 
+import math
 import socket
 import socketserver
 import threading
@@ -43,6 +44,15 @@ venue's, or a runner failure."""
 
 CYCLE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Cycle duration histogram buckets (seconds); the decision goal is 20 ms."""
+
+SLIPPAGE_BUCKETS_BPS = (-50.0, -20.0, -10.0, -5.0, -2.0, 0.0, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0,
+                        15.0, 20.0, 30.0, 50.0, 100.0, 200.0)  # fmt: skip
+"""Realised slippage histogram buckets (bps). Above 1 bps each bound is at most twice the one
+below, so fills that slip exactly the assumed amount never put a quantile above twice it."""
+
+SLIPPAGE_PRECISION_BPS = 1e-6
+"""Realised slippage is rounded to this: a fill at exactly the assumed slippage lands in the
+bucket bounded by it, not one above through float noise."""
 
 DEFAULT_PORT = 9200
 
@@ -111,18 +121,18 @@ class LiveMetrics:
 
     Parameters
     ----------
-    strategies : iterable of str, optional
-        The runner's strategies. When given, their series start at 0 and any other strategy
+    sleeves : iterable of str, optional
+        The runner's sleeves. When given, their series start at 0 and any other sleeve
         name is refused (bounded label values); when None any name is accepted.
     namespace : str
         Prefix of every metric name.
     """
 
     def __init__(
-        self, strategies: Iterable[str] | None = None, *, namespace: str = "quantshift_live"
+        self, sleeves: Iterable[str] | None = None, *, namespace: str = "quantshift_live"
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.strategies = None if strategies is None else tuple(strategies)
+        self.sleeves = None if sleeves is None else tuple(sleeves)
         r, ns = self.registry, namespace
         self._heartbeat = Gauge(
             f"{ns}_heartbeat_timestamp_seconds", "Last heartbeat, UTC epoch seconds", registry=r
@@ -138,14 +148,14 @@ class LiveMetrics:
         )
         self._daily_pnl = _GaugeOnceSet(f"{ns}_daily_pnl", "P&L since the day began", r)
         self._open_positions = Gauge(f"{ns}_open_positions", "Open positions", registry=r)
-        self._signals = Counter(f"{ns}_signals", "Signals by strategy", ["strategy"], registry=r)
+        self._signals = Counter(f"{ns}_signals", "Signals by sleeve", ["sleeve"], registry=r)
         self._orders = Counter(
-            f"{ns}_orders", "Orders by strategy and outcome", ["strategy", "outcome"], registry=r
+            f"{ns}_orders", "Orders by sleeve and outcome", ["sleeve", "outcome"], registry=r
         )
         self._protection = Counter(
             f"{ns}_protection_repairs",
-            "Resting protective orders repaired by reconciliation, by strategy and outcome",
-            ["strategy", "outcome"],
+            "Resting protective orders repaired by reconciliation, by sleeve and outcome",
+            ["sleeve", "outcome"],
             registry=r,
         )
         self._leader = Gauge(f"{ns}_leader", "1 while this runner holds the lease", registry=r)
@@ -153,12 +163,12 @@ class LiveMetrics:
         self._halt_active = Gauge(f"{ns}_halt_active", "1 while a HALT is in force", registry=r)
         self._halts = Counter(f"{ns}_halts", "HALTs raised, by reason", ["reason"], registry=r)
         self._promoted = Info(
-            f"{ns}_promoted_record", "Promotion record in use", ["strategy"], registry=r
+            f"{ns}_promoted_record", "Promotion record in use", ["sleeve"], registry=r
         )
         self._forced = Gauge(
             f"{ns}_record_forced",
             "1 while the sleeve trades a promotion record FORCED past a failed gate",
-            ["strategy"],
+            ["sleeve"],
             registry=r,
         )
         self._terms = Counter(
@@ -192,35 +202,73 @@ class LiveMetrics:
             registry=r,
         )
         self._sleeve_equity = Gauge(
-            f"{ns}_sleeve_equity", "Equity of each sleeve (account currency)", ["strategy"],
+            f"{ns}_sleeve_equity", "Equity of each sleeve (account currency)", ["sleeve"],
             registry=r,
         )  # fmt: skip
         self._position = Gauge(
-            f"{ns}_position_units", "Open position (signed units)", ["strategy", "symbol"],
+            f"{ns}_position_units", "Open position (signed units)", ["sleeve", "symbol"],
             registry=r,
         )  # fmt: skip
+        # Execution against the backtest: realised slippage of each fill and the drift of the
+        # live P&L from the backtest of the same bars (live.drift computes it).
+        self._slippage = Histogram(
+            f"{ns}_fill_slippage_bps",
+            "Realised slippage of each market-order fill against the price the fill model slips "
+            "from (the open after the decision), bps, positive is worse",
+            ["sleeve", "symbol"],
+            buckets=SLIPPAGE_BUCKETS_BPS,
+            registry=r,
+        )
+        self._assumed_slippage = _GaugeOnceSet(
+            f"{ns}_assumed_slippage_bps", "Slippage the backtest and fill model assume (bps)", r
+        )
+        self._drift_pnl = Gauge(
+            f"{ns}_drift_pnl",
+            "Live minus backtest P&L of the trades closed since the first decision "
+            "(account currency)",
+            ["sleeve", "symbol"],
+            registry=r,
+        )
+        self._drift_pct = Gauge(
+            f"{ns}_drift_pct",
+            "Live minus backtest P&L in percent of the starting cash (sums to the drift of "
+            "`live divergence`)",
+            ["sleeve", "symbol"],
+            registry=r,
+        )
+        self._drift_equity = _GaugeOnceSet(
+            f"{ns}_drift_equity_pct",
+            "Live against backtest portfolio equity at the last computation (percent)",
+            r,
+        )
+        self._drift_bar = _GaugeOnceSet(
+            f"{ns}_drift_bar_timestamp_seconds", "Last bar the drift was computed at", r
+        )
+        self._drift_seconds = _GaugeOnceSet(
+            f"{ns}_drift_computation_seconds", "Duration of the last drift computation", r
+        )
         self._clock: Any = None
         self._last_bar_ns: int | None = None
         self._warm = self._store_ok = self._is_leader = False
         self._epoch_value: int | None = None
         self._halted = False
-        self._promoted_strategies: set[str] = set()
+        self._promoted_sleeves: set[str] = set()
         self._cycle_started_s: float | None = None
-        for strategy in self.strategies or ():
-            self._signals.labels(strategy=strategy)
+        for sleeve in self.sleeves or ():
+            self._signals.labels(sleeve=sleeve)
             for outcome in ORDER_OUTCOMES:
-                self._orders.labels(strategy=strategy, outcome=outcome)
+                self._orders.labels(sleeve=sleeve, outcome=outcome)
         for reason in HALT_REASONS:
             self._halts.labels(reason=reason)
 
-    def _strategy(self, strategy: str) -> str:
-        if not isinstance(strategy, str) or not strategy:
-            raise ConfigError(f"metrics: strategy must be a non-empty string, got {strategy!r}")
-        if self.strategies is not None and strategy not in self.strategies:
+    def _sleeve(self, sleeve: str) -> str:
+        if not isinstance(sleeve, str) or not sleeve:
+            raise ConfigError(f"metrics: sleeve must be a non-empty string, got {sleeve!r}")
+        if self.sleeves is not None and sleeve not in self.sleeves:
             raise ConfigError(
-                f"metrics: unknown strategy {strategy!r}; known: {', '.join(self.strategies)}"
+                f"metrics: unknown sleeve {sleeve!r}; known: {', '.join(self.sleeves)}"
             )
-        return strategy
+        return sleeve
 
     def heartbeat(self, ts_s: float | None = None) -> None:
         """Record a heartbeat at ``ts_s`` (UTC epoch seconds; now by default).
@@ -274,14 +322,14 @@ class LiveMetrics:
             max(0.0, 100.0 * (day_start - equity) / day_start) if day_start > 0 else 0.0
         )
         for sleeve, value in state.sleeve_equity().items():
-            self._sleeve_equity.labels(strategy=self._strategy(sleeve)).set(value)
+            self._sleeve_equity.labels(sleeve=self._sleeve(sleeve)).set(value)
         held = {(p.sleeve, p.symbol): p.units for p in state.positions()}
         # Every (sleeve, symbol) of the config has a series, 0 while flat: bounded, and a
         # closed position reads 0 rather than vanishing.
         for sleeve in state.sleeves:
             for symbol in state.symbols:
                 units = held.get((sleeve, symbol), 0.0)
-                self._position.labels(strategy=self._strategy(sleeve), symbol=symbol).set(units)
+                self._position.labels(sleeve=self._sleeve(sleeve), symbol=symbol).set(units)
 
     def _data_age_intervals(self) -> float:
         if self._last_bar_ns is None or self._clock is None:
@@ -310,24 +358,24 @@ class LiveMetrics:
         finally:
             self.cycle_finished()
 
-    def record_signal(self, strategy: str, count: int = 1) -> None:
-        """Count ``count`` signals of ``strategy``."""
-        self._signals.labels(strategy=self._strategy(strategy)).inc(count)
+    def record_signal(self, sleeve: str, count: int = 1) -> None:
+        """Count ``count`` signals of ``sleeve``."""
+        self._signals.labels(sleeve=self._sleeve(sleeve)).inc(count)
 
-    def record_order(self, strategy: str, outcome: str, count: int = 1) -> None:
-        """Count orders of ``strategy`` under ``outcome`` (one of :data:`ORDER_OUTCOMES`)."""
+    def record_order(self, sleeve: str, outcome: str, count: int = 1) -> None:
+        """Count orders of ``sleeve`` under ``outcome`` (one of :data:`ORDER_OUTCOMES`)."""
         if outcome not in ORDER_OUTCOMES:
             raise ConfigError(
                 f"metrics: unknown order outcome {outcome!r}; allowed: {', '.join(ORDER_OUTCOMES)}"
             )
-        self._orders.labels(strategy=self._strategy(strategy), outcome=outcome).inc(count)
+        self._orders.labels(sleeve=self._sleeve(sleeve), outcome=outcome).inc(count)
 
-    def record_protection(self, strategy: str, outcome: str) -> None:
+    def record_protection(self, sleeve: str, outcome: str) -> None:
         """Count a repair of resting protection (one of :data:`PROTECTION_OUTCOMES`)."""
         if outcome not in PROTECTION_OUTCOMES:
             raise ConfigError(f"metrics: unknown protection outcome {outcome!r}; allowed: "
                               f"{', '.join(PROTECTION_OUTCOMES)}")  # fmt: skip
-        self._protection.labels(strategy=self._strategy(strategy), outcome=outcome).inc()
+        self._protection.labels(sleeve=self._sleeve(sleeve), outcome=outcome).inc()
 
     def set_leader(self, is_leader: bool, epoch: int | None) -> None:
         """Export leadership (0/1) and the epoch (left unchanged when ``epoch`` is None)."""
@@ -362,18 +410,50 @@ class LiveMetrics:
         self._halted = bool(active)
         self._halt_active.set(1 if active else 0)
 
-    def set_promoted(self, strategy: str, record_id: str | None, *, forced: bool = False) -> None:
-        """Export the promotion record ``strategy`` trades (None: parameters from the config),
+    def set_promoted(self, sleeve: str, record_id: str | None, *, forced: bool = False) -> None:
+        """Export the promotion record ``sleeve`` trades (None: parameters from the config),
         and whether it was FORCED past a failed gate (``record_forced`` 1)."""
-        strategy = self._strategy(strategy)
-        self._forced.labels(strategy=strategy).set(1 if record_id is not None and forced else 0)
+        sleeve = self._sleeve(sleeve)
+        self._forced.labels(sleeve=sleeve).set(1 if record_id is not None and forced else 0)
         if record_id is None:
-            if strategy in self._promoted_strategies:
-                self._promoted.remove(strategy)
-                self._promoted_strategies.discard(strategy)
+            if sleeve in self._promoted_sleeves:
+                self._promoted.remove(sleeve)
+                self._promoted_sleeves.discard(sleeve)
             return
-        self._promoted.labels(strategy=strategy).info({"record_id": str(record_id)})
-        self._promoted_strategies.add(strategy)
+        self._promoted.labels(sleeve=sleeve).info({"record_id": str(record_id)})
+        self._promoted_sleeves.add(sleeve)
+
+    def set_execution_model(self, assumed_slippage_bps: float, symbols: Iterable[str]) -> None:
+        """Export the assumed slippage, and start every (sleeve, symbol) slippage series empty
+        (needs the sleeves given at construction)."""
+        self._assumed_slippage.set(assumed_slippage_bps)
+        for sleeve in self.sleeves or ():
+            for symbol in symbols:
+                self._slippage.labels(sleeve=sleeve, symbol=symbol)
+
+    def observe_slippage(self, sleeve: str, symbol: str, slippage_bps: float) -> None:
+        """Record the realised slippage of one fill (bps, positive is worse)."""
+        rounded = round(slippage_bps / SLIPPAGE_PRECISION_BPS) * SLIPPAGE_PRECISION_BPS
+        self._slippage.labels(sleeve=self._sleeve(sleeve), symbol=symbol).observe(rounded)
+
+    def set_drift(
+        self,
+        pnl_by_position: dict[tuple[str, str], float],
+        initial_cash: float,
+        equity_pct: float,
+        bar_ts_ns: int,
+        duration_s: float,
+    ) -> None:
+        """Export the drift from the backtest: live minus backtest P&L per (sleeve, symbol), in
+        currency and in percent of ``initial_cash``, and the equity difference (percent)."""
+        for (sleeve, symbol), pnl in pnl_by_position.items():
+            sleeve = self._sleeve(sleeve)
+            self._drift_pnl.labels(sleeve=sleeve, symbol=symbol).set(pnl)
+            self._drift_pct.labels(sleeve=sleeve, symbol=symbol).set(100.0 * pnl / initial_cash)
+        if math.isfinite(equity_pct):  # NaN: no live snapshot yet; keep what was exported
+            self._drift_equity.set(equity_pct)
+        self._drift_bar.set(bar_ts_ns / 1e9)
+        self._drift_seconds.set(duration_s)
 
     def render(self) -> str:
         """Return the exposition text (what a scrape gets)."""

@@ -229,7 +229,7 @@ class RestingProtection:
             if self.store.intent(order.client_order_id).state not in TERMINAL_STATES:
                 self.store.transition(order.client_order_id, "CANCELLED", epoch=epoch,
                                       reason="orphan: no position")  # fmt: skip
-            self._count("orphan_cancelled", intent.strategy)
+            self._count("orphan_cancelled", intent.sleeve)
             cancelled += 1
         return cancelled
 

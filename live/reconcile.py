@@ -93,11 +93,11 @@ def _compare(broker: Broker, store: Store, since_ns: int) -> ReconcileReport:
         for i in store.intents(open_only=True)
         if i.state != "NEW" and broker.order(i.client_order_id) is None
     )
-    held = {(p.strategy, p.symbol) for p in store.positions() if abs(p.qty) > 0}
+    held = {(p.sleeve, p.symbol) for p in store.positions() if abs(p.qty) > 0}
     for order in broker.open_orders():
         intent = store.intent(order.client_order_id)
         protective = intent is not None and (intent.details or {}).get("action") == "protect"
-        if protective and (intent.strategy, intent.symbol) not in held:
+        if protective and (intent.sleeve, intent.symbol) not in held:
             report.resting_without_position.append(order.client_order_id)
     return report
 

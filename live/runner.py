@@ -30,6 +30,7 @@ from live.book import (
 from live.broker import BrokerAuthError
 from live.clock import MarketClock
 from live.config import LiveConfig
+from live.drift import DriftExport, fill_slippage
 from live.execution import (
     VenueExecution,
     WorkingOrder,
@@ -142,7 +143,13 @@ class Runner:
                 }
             ),
         )
-        self.metrics = LiveMetrics(strategies=list(cfg.portfolio.sleeve_names))
+        self.metrics = LiveMetrics(sleeves=list(cfg.portfolio.sleeve_names))
+        self.metrics.set_execution_model(cfg.portfolio.sim.slippage_bps, cfg.portfolio.symbols)
+        self.drift = None
+        if cfg.metrics.enabled:
+            self.drift = DriftExport(
+                cfg, self.store, self.metrics, interval_s=cfg.metrics.drift_interval_s
+            )
         self.resting = None
         if self.broker.supports_resting_protection:
             self.resting = RestingProtection(self.broker, self.store, self.metrics)
@@ -233,6 +240,8 @@ class Runner:
                 self._cycle(t, summary)
                 if self._redo_under_halt:
                     self._cancel_unsent()
+                if self.drift is not None:  # after the timed cycle: not in decision latency
+                    self.drift.after_cycle(self.last_ts_ns)
             except HaltedError as exc:
                 # A person's HALT landed after this cycle looked for one and before an order
                 # went out. Hold: redo the bar from the state saved after the last one, under
@@ -266,6 +275,8 @@ class Runner:
                 self.stop_event.wait(1.0 / self.config.feed.speed)
         if keep_alive is not None:
             keep_alive.stop()
+        if self.drift is not None:
+            self.drift.finish(getattr(self, "last_ts_ns", None))
         summary.ended = summary.ended or "stopped"
 
     def _become_leader(self, summary: RunSummary):
@@ -450,7 +461,7 @@ class Runner:
                 bar_interval_ns=self.interval_ns,
             )
             for blocked in verdict.blocked:
-                self.metrics.record_order(blocked.order.strategy, "blocked_by_guard")
+                self.metrics.record_order(blocked.order.sleeve, "blocked_by_guard")
             if verdict.halt_reason is not None:
                 log.error("HALT: %s", verdict.halt_reason, extra={"cycle": ts, "epoch": epoch})
                 tripped = self.store.halt(
@@ -492,6 +503,8 @@ class Runner:
             self.working, state, ts, epoch, self.portfolio,
             during_halt=halt is not None, resend_exits=halt is None,
         )  # fmt: skip
+        for sleeve, symbol, bps in fill_slippage(settled.result.fills, self.bars):
+            self.metrics.observe_slippage(sleeve, symbol, bps)
         for fill in settled.result.fills:
             self.metrics.record_order(fill.order.sleeve, "filled")
             log.info(

@@ -174,7 +174,7 @@ def _promotions_in_use(cfg, store) -> dict[str, Any]:
         record = row.record_dict()
         out[sleeve] = {
             "record_id": adoption.record_id,
-            "name": row.strategy,
+            "name": row.name,
             "stage": row.stage,
             "params": record["params"],
             "forced": record_forced(record),
@@ -266,7 +266,7 @@ def status_lines(info: dict[str, Any]) -> list[tuple[str, bool]]:
     positions = info.get("positions") or []
     if positions:
         rows = [
-            [p["strategy"], p["symbol"], number(p["qty"]), money(p.get("avg_price"))]
+            [p["sleeve"], p["symbol"], number(p["qty"]), money(p.get("avg_price"))]
             for p in positions
         ]
         out.append(("positions:", False))

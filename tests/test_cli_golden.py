@@ -93,7 +93,7 @@ def store_dir(tmp_path, monkeypatch):
             ((passed, "quant@desk"), (forced, "lead@desk"), (other, "quant@desk"))
         ):
             row = store.add_promotion(
-                strategy=r.name, stage=r.stage, code_fingerprint=dict(r.code),
+                name=r.name, stage=r.stage, code_fingerprint=dict(r.code),
                 record=r.to_json(), created_by=by, ts_ns=NOW_NS - (3 - k) * DAY_NS,
             )  # fmt: skip
             ids[r.record_id] = row.promotion_id
@@ -104,7 +104,7 @@ def store_dir(tmp_path, monkeypatch):
         store.record_equity(ts_ns=BAR_NS, equity=100_000.0, epoch=2)
         store.record_equity(ts_ns=BAR_NS + DAY_NS, equity=97_687.49973035883, epoch=2)
         store.upsert_position(
-            strategy="trend", symbol="SP500", qty=18.123456, avg_price=2_695.8123,
+            sleeve="trend", symbol="SP500", qty=18.123456, avg_price=2_695.8123,
             ts_ns=BAR_NS + DAY_NS, epoch=2,
         )  # fmt: skip
         store.halt("max drawdown 16.2% over the 15% breaker", by="runner host-a", epoch=2,

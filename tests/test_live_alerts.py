@@ -43,7 +43,7 @@ def _promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedPro
 def test_promtool_check_rules_and_config():
     done = _promtool("check", "rules", "alerts.yml")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 13 rules found" in done.stdout
+    assert "SUCCESS: 15 rules found" in done.stdout
     done = _promtool("check", "config", "prometheus.yml")
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -76,6 +76,11 @@ def test_every_metric_of_the_rules_and_dashboards_is_one_the_runner_exports():
     # The check has teeth: the names it finds include every kind of series it must cover.
     assert {"quantshift_live_orders_total", "quantshift_live_cycle_duration_seconds_bucket",
             "quantshift_live_leader", "up"} <= used  # fmt: skip
+    # Drift from the backtest and realised slippage: each has a rule and a panel.
+    drift = {"quantshift_live_drift_pct", "quantshift_live_fill_slippage_bps_bucket",
+             "quantshift_live_assumed_slippage_bps"}  # fmt: skip
+    assert drift <= set().union(*(metric_names(e) for e in rule_expressions().values()))
+    assert drift <= set().union(*(metric_names(e) for e in grafana.expressions()))
     renamed = "sum by (job) (increase(quantshift_live_order_total[5m]))"
     assert metric_names(renamed) - exported == {"quantshift_live_order_total"}
 
@@ -113,7 +118,16 @@ def test_dashboards_are_valid_provisioning_json_covering_the_asked_panels(uid):
         assert panel["targets"] and all(t["expr"] for t in panel["targets"])
     titles = " ".join(p["title"].lower() for p in board["panels"])
     wanted = {
-        "quantshift-trading": ("equity", "p&l", "sleeve", "positions", "orders", "fills"),
+        "quantshift-trading": (
+            "equity",
+            "p&l",
+            "sleeve",
+            "positions",
+            "orders",
+            "fills",
+            "drift",
+            "slippage",
+        ),
         "quantshift-operations": ("leader", "epoch", "failovers", "latency", "halt"),
     }[uid]
     assert all(word in titles for word in wanted), titles

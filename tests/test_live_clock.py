@@ -43,7 +43,7 @@ def test_crypto_counts_wall_time():
 
 def test_stale_guard_uses_sessions_not_days():
     class Order:
-        strategy, symbol, side, units, price, is_entry = "ma", "SPY", "buy", 1.0, 100.0, True
+        sleeve, symbol, side, units, price, is_entry = "ma", "SPY", "buy", 1.0, 100.0, True
         ts_ns = ns("2024-07-05")
 
     now = ns("2024-07-08 14:00")  # three calendar days, one session

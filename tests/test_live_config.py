@@ -33,6 +33,12 @@ def _changed(section, key, value):
     return raw
 
 
+def test_drift_interval_defaults_to_five_minutes_and_zero_means_every_bar():
+    assert parse_config(BASE, source="live.toml").metrics.drift_interval_s == 300.0
+    raw = _changed("metrics", "drift_interval_s", 0)
+    assert parse_config(raw, source="live.toml").metrics.drift_interval_s == 0.0
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
@@ -46,6 +52,8 @@ def _changed(section, key, value):
         (_changed("lease", "renew_interval_ms", 5000), r"renew_interval_ms < deadline_ms"),
         (_changed("guards", "price_collar", 3), r"\[guards\] price_collar: unknown key; allowed"),
         (_changed("metrics", "port", 70000), r"\[metrics\] port: must be 0-65535"),
+        (_changed("metrics", "drift_interval_s", -1), r"\[metrics\] drift_interval_s: must be"),
+        (_changed("metrics", "drift_interval_s", "5m"), r"drift_interval_s: must be seconds"),
         (_changed("risk", "max_drawdown_pct", -1), r"live.toml: \[risk\] max_drawdown_pct=-1"),
         (_changed("risk", "max_heat", 1), r"\[risk\] max_heat: unknown key; allowed: correl"),
         (_changed("risk", "conflict", "vote"), r"\[risk\] conflict: must be one of net, prio"),

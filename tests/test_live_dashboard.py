@@ -175,19 +175,19 @@ def test_page_shows_the_store_numbers_and_a_screenshot(replayed, page, browser, 
     assert _text(browser, "epoch") == str(status.fence_epoch)
     # No Redis lease in this config: its badge stays hidden (not an empty pill).
     assert not browser.find_element("id", "lease").is_displayed()
-    positions = [[p.strategy, p.symbol, _qty(p.qty), _money(p.avg_price)] for p in status.positions]
+    positions = [[p.sleeve, p.symbol, _qty(p.qty), _money(p.avg_price)] for p in status.positions]
     assert _rows(browser, "positions") == (positions or [["no open positions"]])
     shown_trades = _rows(browser, "trades")
     assert len(shown_trades) == min(20, len(trades))
     newest = trades[-1]
-    assert shown_trades[0][1:4] == [newest.strategy, newest.symbol, newest.direction]
+    assert shown_trades[0][1:4] == [newest.sleeve, newest.symbol, newest.direction]
     assert shown_trades[0][7] == _money(newest.pnl)
     sleeves = {row[0]: row for row in _rows(browser, "sleeves")}
     assert list(sleeves) == list(config.portfolio.sleeve_names)
     for perf in status.performance:
-        assert sleeves[perf.strategy][1] == str(perf.trades)
-        assert sleeves[perf.strategy][3] == _money(perf.pnl)
-        assert sleeves[perf.strategy][6] == "config parameters"
+        assert sleeves[perf.sleeve][1] == str(perf.trades)
+        assert sleeves[perf.sleeve][3] == _money(perf.pnl)
+        assert sleeves[perf.sleeve][6] == "config parameters"
     assert len(browser.find_elements("css selector", "#chart polyline")) == 1
     screenshot = tmp_path / "status_page.png"
     assert browser.save_screenshot(str(screenshot))
@@ -296,7 +296,7 @@ def test_sleeves_show_the_promotion_record_they_trade(replayed, browser, tmp_pat
     name = "trend-<i>x</i>"
     with Store.open(copy.store_url, create=False) as store:
         promotion = store.add_promotion(
-            strategy=name, stage="paper", code_fingerprint="test", created_by="test",
+            name=name, stage="paper", code_fingerprint="test", created_by="test",
             record={"params": {"fast": 12, "slow": 40}},
         )  # fmt: skip
         store.record_adoption(

@@ -13,11 +13,14 @@ import json
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from live.cli import app
 from live.config import parse_config
 from live.divergence import divergence
+from live.drift import DriftExport
+from live.metrics import LiveMetrics
 from live.runner import Runner
 from live.store import Store
 from quantshift.data import load_bars
@@ -53,10 +56,32 @@ def live(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_a_paper_replay_matches_its_backtest_exactly(tmp_path):
+def exported(metrics: LiveMetrics) -> dict[tuple[str, frozenset], float]:
+    """A runner's metric samples by (name without prefix, labels), as a scrape reads them."""
+    return {
+        (s.name.removeprefix("quantshift_live_"), frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(metrics.render())
+        for s in family.samples
+    }
+
+
+POSITION = frozenset({("sleeve", "trend"), ("symbol", "SP500")})
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory):
+    """A paper replay with the exporter on (a free port): its raw config, config and runner."""
+    tmp_path = tmp_path_factory.mktemp("paper")
     raw = raw_config(tmp_path)
+    raw["metrics"] = {"port": 0}
     config = parse_config(raw, source="divergence-test.toml")
-    assert Runner(config).run().trades >= 4
+    runner = Runner(config)
+    assert runner.run().trades >= 4
+    return tmp_path, raw, config, runner
+
+
+def test_a_paper_replay_matches_its_backtest_exactly(paper_run):
+    tmp_path, raw, config, _ = paper_run
     with Store.open(config.store_url, create=False) as store:
         report = divergence(config, store)
     assert report.counts()["missing"] == 0 and report.counts()["extra"] == 0
@@ -68,6 +93,57 @@ def test_a_paper_replay_matches_its_backtest_exactly(tmp_path):
     code, out = live("divergence", "--config", str(path), "--plot", str(tmp_path / "d.png"))
     assert code == 0, out
     assert "every trade matches the backtest" in out and (tmp_path / "d.png").stat().st_size > 0
+
+
+def test_a_paper_replay_exports_no_drift_and_the_assumed_slippage(paper_run):
+    _, _, config, runner = paper_run
+    samples = exported(runner.metrics)
+    with Store.open(config.store_url, create=False) as store:
+        fills = len(store.fills())
+    assert fills >= 8
+    # Every fill slipped exactly the assumed 5 bps from the open after its decision. (A
+    # histogram with negative buckets has no _sum in prometheus_client: the buckets say it.)
+    assert samples[("fill_slippage_bps_count", POSITION)] == fills
+    assert samples[("fill_slippage_bps_bucket", POSITION | {("le", "5.0")})] == fills
+    assert samples[("fill_slippage_bps_bucket", POSITION | {("le", "3.0")})] == 0
+    assert samples[("assumed_slippage_bps", frozenset())] == ASSUMED_BPS
+    assert samples[("drift_pnl", POSITION)] == pytest.approx(0.0, abs=1e-6)
+    assert samples[("drift_pct", POSITION)] == pytest.approx(0.0, abs=1e-9)
+    assert samples[("drift_equity_pct", frozenset())] == pytest.approx(0.0, abs=1e-9)
+    # Computed at the first bar and, as the replay ended, at its last one.
+    assert runner.drift.computations == 2
+    assert samples[("drift_bar_timestamp_seconds", frozenset())] == runner.last_ts_ns / 1e9
+
+
+def test_the_drift_is_computed_at_most_every_interval(paper_run):
+    _, _, config, runner = paper_run
+    now = [0.0]
+    with Store.open(config.store_url, create=False) as store:
+        metrics = LiveMetrics(sleeves=config.portfolio.sleeve_names)
+        drift = DriftExport(config, store, metrics, interval_s=60.0, clock=lambda: now[0])
+        done = []
+        for now[0] in (0.0, 30.0, 59.9, 61.0, 100.0, 121.5):
+            done.append(drift.after_cycle(runner.last_ts_ns) is not None)
+        assert done == [True, False, False, True, False, True]
+        assert drift.finish(runner.last_ts_ns) is None  # nothing new since the last one
+        drift.after_cycle(runner.last_ts_ns)
+        assert drift.finish(runner.last_ts_ns) is not None and drift.computations == 4
+        every = DriftExport(config, store, metrics, interval_s=0.0, clock=lambda: now[0])
+        assert all(every.after_cycle(runner.last_ts_ns) is not None for _ in range(3))
+    # The same figures the runner exported at its last bar.
+    assert (
+        exported(metrics)[("drift_pnl", POSITION)]
+        == exported(runner.metrics)[("drift_pnl", POSITION)]
+    )
+
+
+def test_a_divergence_before_any_trade_is_zero_not_an_error(tmp_path):
+    config = parse_config(raw_config(tmp_path), source="divergence-test.toml")
+    Runner(config, max_bars=1).run()
+    with Store.open(config.store_url, create=False) as store:
+        report = divergence(config, store)
+    assert report.counts() == {"matched": 0, "missing": 0, "extra": 0}
+    assert report.pnl_difference == 0.0 and report.equity_drift_pct == 0.0
 
 
 class ReplayVenue(FakeAlpaca):
@@ -115,6 +191,28 @@ class ReplayVenue(FakeAlpaca):
             order["status"] = "expired"
 
 
+@pytest.fixture
+def replay_venue(tmp_path, monkeypatch):
+    """The replay venue over this module's bars, alpaca-py's keys pointed at it: (bars, venue)."""
+    bars = load_bars(SOURCE, symbols=["SP500"], start=START, end=END)
+    venue = ReplayVenue(bars, f"sqlite:///{tmp_path}/divergence.db").start()
+    monkeypatch.setenv(KEY_ENV, venue.key_id)
+    monkeypatch.setenv(SECRET_ENV, venue.secret_key)
+    venue.set_price("SP500", float(bars.close[0, 0]))
+    try:
+        yield bars, venue
+    finally:
+        venue.stop()
+
+
+def _alpaca(venue: ReplayVenue) -> dict:
+    """The [broker] table of alpaca-py against ``venue``."""
+    return {"kind": "alpaca", "mode": "paper", "key_id_env": KEY_ENV,
+            "secret_key_env": SECRET_ENV, "trading_url": venue.url, "data_url": venue.url,
+            "stream_url": venue.stream_url, "timeout_s": 2.0, "retry_base_s": 0.001,
+            "max_backoff_s": 0.01}  # fmt: skip
+
+
 def _toml(raw: dict) -> str:
     """This module's configs as TOML (tables of scalars, lists and inline tables)."""
 
@@ -141,31 +239,20 @@ def _entries(config) -> list[int]:
             for r in trades.itertuples()]  # fmt: skip
 
 
-def test_each_injected_difference_is_found_on_its_trade_and_attributed(tmp_path, monkeypatch):
-    bars = load_bars(SOURCE, symbols=["SP500"], start=START, end=END)
-    venue = ReplayVenue(bars, f"sqlite:///{tmp_path}/divergence.db").start()
-    monkeypatch.setenv(KEY_ENV, venue.key_id)
-    monkeypatch.setenv(SECRET_ENV, venue.secret_key)
-    venue.set_price("SP500", float(bars.close[0, 0]))
-    try:
-        broker = {"kind": "alpaca", "mode": "paper", "key_id_env": KEY_ENV,
-                  "secret_key_env": SECRET_ENV, "trading_url": venue.url, "data_url": venue.url,
-                  "stream_url": venue.stream_url, "timeout_s": 2.0, "retry_base_s": 0.001,
-                  "max_backoff_s": 0.01}  # fmt: skip
-        raw = raw_config(tmp_path, broker)
-        config = parse_config(raw, source="divergence-test.toml")
-        entries = _entries(config)
-        assert len(entries) >= 5
-        slipped, rejected, partial, unfilled = (entries[i] for i in (1, 2, 3, 4))
-        venue.slip_bps[slipped] = ASSUMED_BPS + 20.0
-        venue.reject.add(rejected)
-        venue.partly[partial] = 0.5
-        venue.never_fill.add(unfilled)
-        Runner(config).run()
-        with Store.open(config.store_url, create=False) as store:
-            report = divergence(config, store)
-    finally:
-        venue.stop()
+def test_each_injected_difference_is_found_on_its_trade_and_attributed(tmp_path, replay_venue):
+    bars, venue = replay_venue
+    raw = raw_config(tmp_path, _alpaca(venue))
+    config = parse_config(raw, source="divergence-test.toml")
+    entries = _entries(config)
+    assert len(entries) >= 5
+    slipped, rejected, partial, unfilled = (entries[i] for i in (1, 2, 3, 4))
+    venue.slip_bps[slipped] = ASSUMED_BPS + 20.0
+    venue.reject.add(rejected)
+    venue.partly[partial] = 0.5
+    venue.never_fill.add(unfilled)
+    Runner(config).run()
+    with Store.open(config.store_url, create=False) as store:
+        report = divergence(config, store)
     by_entry = {r["entry_ns"]: r for r in report.rows}
 
     def row_of(decided_ns):
@@ -199,6 +286,36 @@ def test_each_injected_difference_is_found_on_its_trade_and_attributed(tmp_path,
     assert code == 1
     data = json.loads(out)
     assert data["trades"]["missing"] >= 2 and "missing trade" in data["by_cause"]
+
+
+def test_a_slipped_fill_is_exported_as_slippage_and_as_negative_drift(tmp_path, replay_venue):
+    _, venue = replay_venue
+    raw = raw_config(tmp_path, _alpaca(venue))
+    raw["metrics"] = {"port": 0}
+    config = parse_config(raw, source="divergence-test.toml")
+    slip_bps = 25.0
+    venue.slip_bps[_entries(config)[1]] = slip_bps
+    runner = Runner(config, max_bars=100)  # to May 2014: the slipped trade and two more closed
+    runner.run()
+    with Store.open(config.store_url, create=False) as store:
+        report = divergence(config, store)
+        fills = len(store.fills())
+    samples = exported(runner.metrics)
+    assert report.counts()["matched"] >= 3
+    # One fill slipped 25 bps, every other one the assumed 5.
+    assert samples[("fill_slippage_bps_count", POSITION)] == fills
+    assert samples[("fill_slippage_bps_bucket", POSITION | {("le", "3.0")})] == 0
+    assert samples[("fill_slippage_bps_bucket", POSITION | {("le", "5.0")})] == fills - 1
+    assert samples[("fill_slippage_bps_bucket", POSITION | {("le", "20.0")})] == fills - 1
+    assert samples[("fill_slippage_bps_bucket", POSITION | {("le", "30.0")})] == fills
+    # The slipped entry cost money: live is behind the backtest by exactly the report's amount.
+    # (Later entries are sized on that smaller equity: small size differences follow.)
+    assert report.by_cause["entry price"] < -10 * abs(report.by_cause.get("size", 0.0))
+    assert report.pnl_difference < 0
+    assert samples[("drift_pnl", POSITION)] == pytest.approx(report.pnl_difference)
+    assert samples[("drift_pct", POSITION)] == pytest.approx(report.drift_pct)
+    assert samples[("drift_pct", POSITION)] < -1e-4
+    assert samples[("drift_equity_pct", frozenset())] < 0
 
 
 def test_a_store_without_decided_bars_is_one_clear_error(tmp_path):

@@ -18,7 +18,7 @@ LAST = {"SPY": 100.0, "QQQ": 50.0}
 
 @dataclass(frozen=True)
 class Order:
-    strategy: str = "ma"
+    sleeve: str = "ma"
     symbol: str = "SPY"
     side: str = "buy"
     units: float = 10.0

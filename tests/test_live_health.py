@@ -22,7 +22,7 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def test_readiness_follows_the_feed_and_the_store_and_leader_follows_the_lease():
-    metrics = LiveMetrics(strategies=["trend"])
+    metrics = LiveMetrics(sleeves=["trend"])
     with metrics.serve(port=0) as server:
         base = f"http://127.0.0.1:{server.port}"
         assert _get(base + "/healthz") == (200, "ok")

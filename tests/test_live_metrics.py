@@ -38,7 +38,7 @@ def _value(samples, name: str, **labels) -> float | None:
 
 
 def test_values_after_runner_calls_scraped_over_http():
-    metrics = LiveMetrics(strategies=["ma", "rsi"])
+    metrics = LiveMetrics(sleeves=["ma", "rsi"])
     metrics.heartbeat(1_700_000_000.5)
     with metrics.cycle():
         time.sleep(0.03)
@@ -62,12 +62,12 @@ def test_values_after_runner_calls_scraped_over_http():
     assert _value(samples, "cycle_duration_seconds_sum") >= 0.03
     assert _value(samples, "cycle_duration_seconds_bucket", le="0.02") == 1  # the empty cycle
     assert _value(samples, "cycle_duration_seconds_bucket", le="0.05") == 2
-    assert _value(samples, "signals_total", strategy="ma") == 3
-    assert _value(samples, "signals_total", strategy="rsi") == 0  # series exist from the start
-    assert _value(samples, "orders_total", strategy="ma", outcome="submitted") == 2
-    assert _value(samples, "orders_total", strategy="ma", outcome="filled") == 1
-    assert _value(samples, "orders_total", strategy="rsi", outcome="blocked_by_guard") == 1
-    assert _value(samples, "orders_total", strategy="rsi", outcome="rejected") == 0
+    assert _value(samples, "signals_total", sleeve="ma") == 3
+    assert _value(samples, "signals_total", sleeve="rsi") == 0  # series exist from the start
+    assert _value(samples, "orders_total", sleeve="ma", outcome="submitted") == 2
+    assert _value(samples, "orders_total", sleeve="ma", outcome="filled") == 1
+    assert _value(samples, "orders_total", sleeve="rsi", outcome="blocked_by_guard") == 1
+    assert _value(samples, "orders_total", sleeve="rsi", outcome="rejected") == 0
     assert _value(samples, "leader") == 1 and _value(samples, "epoch") == 7
     assert _value(samples, "portfolio_value") == 101_250.5
     assert _value(samples, "daily_pnl") == -312.25
@@ -75,7 +75,7 @@ def test_values_after_runner_calls_scraped_over_http():
     assert _value(samples, "halt_active") == 1
     assert _value(samples, "halts_total", reason="orders_per_minute") == 1
     assert _value(samples, "halts_total", reason="manual") == 0
-    assert _value(samples, "promoted_record_info", strategy="ma", record_id="rec-2024-001") == 1
+    assert _value(samples, "promoted_record_info", sleeve="ma", record_id="rec-2024-001") == 1
     # render() gives what a scrape gets (apart from the clock-driven _created values).
     rendered = {k: v for k, v in _samples(metrics.render()).items() if "_created" not in k[0]}
     assert rendered == {k: v for k, v in samples.items() if "_created" not in k[0]}
@@ -99,7 +99,7 @@ def test_state_changes_replace_earlier_values():
     assert _value(samples, "halts_total", reason="daily_loss_limit") == 1
     promoted = {k for k in samples if k[0] == f"{NS}_promoted_record_info"}
     assert promoted == {
-        (f"{NS}_promoted_record_info", frozenset({"strategy": "ma", "record_id": "rec-2"}.items()))
+        (f"{NS}_promoted_record_info", frozenset({"sleeve": "ma", "record_id": "rec-2"}.items()))
     }
 
 
@@ -146,23 +146,23 @@ def test_two_runners_in_one_process_do_not_share_values():
     second.record_signal("ma")
     with first.serve(port=0) as one, second.serve(port=0) as two:
         a, b = _samples(_scrape(one.url)), _samples(_scrape(two.url))
-    assert _value(a, "signals_total", strategy="ma") == 5
-    assert _value(b, "signals_total", strategy="ma") == 1
+    assert _value(a, "signals_total", sleeve="ma") == 5
+    assert _value(b, "signals_total", sleeve="ma") == 1
     assert _value(a, "epoch") == 4 and _value(b, "epoch") == 0
     assert prometheus_client.REGISTRY.get_sample_value(f"{NS}_epoch") is None  # not global
 
 
 def test_label_values_are_bounded():
-    metrics = LiveMetrics(strategies=["ma"])
+    metrics = LiveMetrics(sleeves=["ma"])
     with pytest.raises(ConfigError, match=r"unknown order outcome 'partial'.*blocked_by_guard"):
         metrics.record_order("ma", "partial")
-    with pytest.raises(ConfigError, match="unknown strategy 'rsi'"):
+    with pytest.raises(ConfigError, match="unknown sleeve 'rsi'"):
         metrics.record_signal("rsi")
     with pytest.raises(ConfigError, match="unknown HALT reason"):
         metrics.set_halt(True, "guard orders_per_minute: 31 orders in the last minute")
     with pytest.raises(ConfigError, match="unknown HALT reason None"):
         metrics.set_halt(True)
-    with pytest.raises(ConfigError, match="unknown strategy"):
+    with pytest.raises(ConfigError, match="unknown sleeve"):
         metrics.set_promoted("rsi", "rec-1")
     samples = _samples(metrics.render())
     orders = {k for k in samples if k[0] == f"{NS}_orders_total"}
@@ -204,7 +204,7 @@ def test_drawdown_and_daily_loss_against_the_breakers_from_a_state(tmp_path):
     saved = PortfolioState.initial(config.portfolio).to_dict()  # 100,000 in cash
     saved.update(peak_equity=125_000.0, day_start_equity=104_000.0)
     state = PortfolioState.from_dict(saved, config.portfolio)
-    metrics = LiveMetrics(strategies=config.portfolio.sleeve_names)
+    metrics = LiveMetrics(sleeves=config.portfolio.sleeve_names)
     metrics.started(MarketClock("crypto", 60), config.portfolio.limits)
     now_s = time.time()
     metrics.set_state(state, int((now_s - 150) * 1e9))
@@ -216,11 +216,11 @@ def test_drawdown_and_daily_loss_against_the_breakers_from_a_state(tmp_path):
     assert _value(samples, "bar_interval_seconds") == 60
     assert _value(samples, "data_age_intervals") == pytest.approx(2.5, abs=0.05)
     assert _value(samples, "last_bar_timestamp_seconds") == pytest.approx(now_s - 150)
-    assert _value(samples, "sleeve_equity", strategy="trend") == pytest.approx(33_000.0)
+    assert _value(samples, "sleeve_equity", sleeve="trend") == pytest.approx(33_000.0)
     # Every sleeve and symbol has a position series from the first state on: 0 while flat.
     for sleeve in config.portfolio.sleeve_names:
         for symbol in ("SP500", "NASDAQ"):
-            assert _value(samples, "position_units", strategy=sleeve, symbol=symbol) == 0.0
+            assert _value(samples, "position_units", sleeve=sleeve, symbol=symbol) == 0.0
     # A gain: no drawdown below zero, no negative loss.
     saved.update(peak_equity=90_000.0, day_start_equity=90_000.0)
     metrics.set_state(PortfolioState.from_dict(saved, config.portfolio), time.time_ns())
@@ -247,14 +247,53 @@ def test_runner_exports_the_positions_and_sleeve_equity_the_store_records(tmp_pa
     runner.run()
     samples = _samples(runner.metrics.render())
     with Store.open(config.store_url) as store:
-        held = {(p.strategy, p.symbol): p.qty for p in store.positions()}
+        held = {(p.sleeve, p.symbol): p.qty for p in store.positions()}
         sleeves = {s: store.equity_curve(s)[-1] for s in config.portfolio.sleeve_names}
     assert held, "the replay should leave some position open"
     for sleeve in config.portfolio.sleeve_names:
-        assert _value(samples, "sleeve_equity", strategy=sleeve) == sleeves[sleeve].equity
+        assert _value(samples, "sleeve_equity", sleeve=sleeve) == sleeves[sleeve].equity
         for symbol in ("SP500", "NASDAQ"):
-            exported = _value(samples, "position_units", strategy=sleeve, symbol=symbol)
+            exported = _value(samples, "position_units", sleeve=sleeve, symbol=symbol)
             assert exported == held.get((sleeve, symbol), 0.0)
     last_bar_s = _value(samples, "last_bar_timestamp_seconds")
     assert last_bar_s == sleeves["trend"].ts_ns / 1e9
     assert _value(samples, "ready") == 1 and _value(samples, "leader_terms_total") == 1
+
+
+def test_slippage_and_drift_from_the_backtest_per_sleeve_and_symbol():
+    metrics = LiveMetrics(sleeves=["trend", "reversion"])
+    samples = _samples(metrics.render())
+    assert _value(samples, "assumed_slippage_bps") is None  # no sample before it is known
+    assert _value(samples, "drift_equity_pct") is None
+    metrics.set_execution_model(5.0, ["SP500", "NASDAQ"])
+    samples = _samples(metrics.render())
+    assert _value(samples, "assumed_slippage_bps") == 5.0
+    for sleeve in ("trend", "reversion"):  # every series exists, empty, from the start
+        for symbol in ("SP500", "NASDAQ"):
+            assert _value(samples, "fill_slippage_bps_count", sleeve=sleeve, symbol=symbol) == 0
+    # A fill at exactly the assumed slippage lands in the bucket it bounds, float noise or not.
+    metrics.observe_slippage("trend", "SP500", 5.000000000001)
+    metrics.observe_slippage("trend", "SP500", 4.999999999999)
+    metrics.observe_slippage("trend", "SP500", 25.0)
+    metrics.observe_slippage("trend", "SP500", -3.0)  # better than the open
+    samples = _samples(metrics.render())
+    at = {"sleeve": "trend", "symbol": "SP500"}
+    assert _value(samples, "fill_slippage_bps_bucket", **at, le="-2.0") == 1
+    assert _value(samples, "fill_slippage_bps_bucket", **at, le="3.0") == 1
+    assert _value(samples, "fill_slippage_bps_bucket", **at, le="5.0") == 3
+    assert _value(samples, "fill_slippage_bps_bucket", **at, le="20.0") == 3
+    assert _value(samples, "fill_slippage_bps_bucket", **at, le="30.0") == 4
+    pnl = {("trend", "SP500"): -250.0, ("trend", "NASDAQ"): 0.0, ("reversion", "SP500"): 50.0}
+    metrics.set_drift(pnl, 100_000.0, -0.2, 1_700_000_000 * 10**9, 0.025)
+    metrics.set_drift(pnl, 100_000.0, float("nan"), 1_700_000_060 * 10**9, 0.030)
+    samples = _samples(metrics.render())
+    assert _value(samples, "drift_pnl", **at) == -250.0
+    assert _value(samples, "drift_pct", **at) == pytest.approx(-0.25)
+    assert _value(samples, "drift_pct", sleeve="reversion", symbol="SP500") == pytest.approx(0.05)
+    assert _value(samples, "drift_equity_pct") == -0.2  # NaN (no live snapshot) keeps the last
+    assert _value(samples, "drift_bar_timestamp_seconds") == 1_700_000_060
+    assert _value(samples, "drift_computation_seconds") == 0.030
+    with pytest.raises(ConfigError, match="'rsi'"):
+        metrics.observe_slippage("rsi", "SP500", 1.0)
+    with pytest.raises(ConfigError, match="'rsi'"):
+        metrics.set_drift({("rsi", "SP500"): 1.0}, 100_000.0, 0.0, 0, 0.0)

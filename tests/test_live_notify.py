@@ -336,7 +336,7 @@ def test_store_events_are_written_once_with_the_fact_they_report(tmp_path):
         store.claim_epoch(3, by="h2")
         store.claim_epoch(3, by="h2")
         promotion = store.add_promotion(
-            strategy="ma_crossover",
+            name="ma_crossover",
             stage="paper",
             code_fingerprint="c",
             record={"id": "r1"},
@@ -366,7 +366,7 @@ def test_the_daily_summary_is_written_once_a_day_with_the_days_numbers(tmp_path)
     url = config.store_url
     with Store.open(url) as store:
         last_exit = max(t.exit_ts_ns for t in store.trades())
-        sleeves = {p.strategy for p in store.performance()}
+        sleeves = {p.sleeve for p in store.performance()}
         day_ns = 86_400 * 10**9
         closed = sum(t.exit_ts_ns // day_ns == last_exit // day_ns for t in store.trades())
     evening = last_exit - last_exit % day_ns + 22 * 3600 * 10**9

@@ -20,7 +20,7 @@ from quantshift.sentiment import LexiconScorer, load_news_file, sentiment_scores
 from research.regime.spec import load_regime_spec
 from research.regime.train import train
 from research.tracking import Tracker
-from tests.test_live_runner import sized_alike
+from tests.test_live_runner import assert_same_trades
 from tests.test_research_regime import SPEC
 
 SOURCE = "synthetic:symbols=2,bars=900,seed=11,gaps=0"
@@ -61,6 +61,7 @@ def _raw(root, uri, name, version) -> dict:
                      "params": {"fast": 5, "slow": 20}, "allocation": 1.0}],
         "risk": {"max_position_pct": 20.0, "daily_loss_limit_pct": 100.0,
                  "max_drawdown_pct": 100.0},
+        "costs": {"size": 0.5},
         "regimes": {"bear_trending": {"allocation": {"trend": 0.0}},
                     "high_volatility": {"allocation": {"trend": 0.5}, "stop_scale": 0.5}},
         "sentiment": {"min_score": -0.2, "size_scaling": 0.5},
@@ -80,7 +81,7 @@ def test_the_runner_decides_with_the_model_and_the_news_as_the_backtest_does(reg
     summary = Runner(config).run()
     assert summary.ended == "replay finished" and summary.trades >= 5
     with Store.open(config.store_url) as store:
-        live = sorted((t.strategy, t.symbol, t.direction, t.entry_ts_ns, t.exit_ts_ns,
+        live = sorted((t.sleeve, t.symbol, t.direction, t.entry_ts_ns, t.exit_ts_ns,
                        t.entry_price, t.exit_price, t.qty, t.pnl, t.exit_reason)
                       for t in store.trades())  # fmt: skip
     bars = load_bars(str(root / "bars.parquet"))
@@ -96,7 +97,7 @@ def test_the_runner_decides_with_the_model_and_the_news_as_the_backtest_does(reg
     tested = sorted((r.sleeve, r.symbol, r.direction, r.entry_time.value, r.exit_time.value,
                      r.entry_price, r.exit_price, r.units, r.pnl, r.exit_reason)
                     for r in closed.itertuples())  # fmt: skip
-    assert sized_alike(live) == sized_alike(tested)
+    assert_same_trades(live, tested)
     reasons = set(result.vetoes["reason"])
     assert {"regime", "sentiment"} <= reasons  # the overlay decided something
 

@@ -112,10 +112,12 @@ def test_prometheus_scrapes_every_metric_the_rules_and_dashboards_use(scraped):
         # Each label an expression groups or matches on is carried by a metric it selects.
         carried = set().union(*(labels_of[n] for n in metric_names(expr))) | {"le"}
         assert grouping_labels(expr) <= carried, (expr, carried)
-    assert {"strategy", "outcome"} <= labels_of["quantshift_live_orders_total"]
-    assert {"strategy", "symbol"} <= labels_of["quantshift_live_position_units"]
+    assert {"sleeve", "outcome"} <= labels_of["quantshift_live_orders_total"]
+    assert {"sleeve", "symbol"} <= labels_of["quantshift_live_position_units"]
     assert {"breaker"} <= labels_of["quantshift_live_breaker_limit_pct"]
-    sleeves = {s["strategy"] for s in prometheus.series("quantshift_live_sleeve_equity")}
+    assert {"sleeve", "symbol"} <= labels_of["quantshift_live_drift_pct"]
+    assert {"sleeve", "symbol", "le"} <= labels_of["quantshift_live_fill_slippage_bps_bucket"]
+    sleeves = {s["sleeve"] for s in prometheus.series("quantshift_live_sleeve_equity")}
     assert sleeves == {"trend", "reversion", "breakout"}
     # The runner leads alone: what Prometheus holds is its leadership, and the rules load and
     # evaluate (no rule in error) against the real series.

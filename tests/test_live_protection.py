@@ -226,6 +226,7 @@ def _gappy_config(tmp_path):
         ('url = "sqlite:///../../data/live/paper-sp500.db"', f'url = "sqlite:///{tmp_path}/s.db"'),
         ("enabled = true", "enabled = false"),
         ("price_collar_pct = 5.0", "price_collar_pct = 50.0"),  # synthetic gaps are wide
+        ("slippage_bps = 2.0\n", "slippage_bps = 2.0\nsize = 0.5\n"),  # see assert_same_trades
     ):
         assert old in text, old
         text = text.replace(old, new)
@@ -235,7 +236,7 @@ def _gappy_config(tmp_path):
 
 
 def test_replay_parity_on_gappy_synthetic_data_with_stops_targets_and_trailing(tmp_path):
-    from test_live_runner import _backtest_trades, _store_trades, sized_alike
+    from test_live_runner import _backtest_trades, _store_trades, assert_same_trades
 
     _, config = _gappy_config(tmp_path)
     summary = Runner(config).run()
@@ -243,7 +244,7 @@ def test_replay_parity_on_gappy_synthetic_data_with_stops_targets_and_trailing(t
     live = _store_trades(config)
     reasons = {t[-1] for t in live}
     assert len(live) >= 10 and {"stop_loss", "take_profit", "trailing_stop"} <= reasons, reasons
-    assert sized_alike(live) == sized_alike(_backtest_trades(config))
+    assert_same_trades(live, _backtest_trades(config))
 
 
 # ----------------------------------------------------------------------------- kill -9
@@ -259,7 +260,7 @@ def test_a_kill_between_a_fill_and_its_protection_leaves_no_naked_or_doubled_pos
     import subprocess
     import sys
 
-    from test_live_runner import _backtest_trades, _store_trades, sized_alike
+    from test_live_runner import _backtest_trades, _store_trades, assert_same_trades
 
     path, config = _gappy_config(tmp_path)
     command = [sys.executable, "-c", "from live.cli import main; main()", "run", "-c", str(path)]
@@ -267,7 +268,7 @@ def test_a_kill_between_a_fill_and_its_protection_leaves_no_naked_or_doubled_pos
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == -9, done.stderr[-2000:]
     assert Runner(config).run().ended == "replay finished"
-    assert sized_alike(_store_trades(config)) == sized_alike(_backtest_trades(config))
+    assert_same_trades(_store_trades(config), _backtest_trades(config))
     with Store.open(config.store_url) as store:
         protective = [i for i in store.intents() if i.details.get("action") == "protect"]
         groups: dict[str, list] = {}
@@ -276,7 +277,7 @@ def test_a_kill_between_a_fill_and_its_protection_leaves_no_naked_or_doubled_pos
         # never two fills in one group (no double exit), never two stops for one position
         assert all(sum(i.state == "FILLED" for i in g) <= 1 for g in groups.values())
         assert all(len({i.details["leg"] for i in g}) == len(g) for g in groups.values())
-        held = {(p.strategy, p.symbol) for p in store.positions() if p.qty != 0}
+        held = {(p.sleeve, p.symbol) for p in store.positions() if p.qty != 0}
     broker = PaperBroker(config.store_url, cash=1e6)
     resting = {o.symbol for o in broker.open_orders()}
     assert resting <= {symbol for _, symbol in held}  # no resting order without a position

@@ -39,7 +39,7 @@ def _config(tmp_path, **changes):
 def _store_trades(config):
     with Store.open(config.store_url) as store:
         return sorted(
-            (t.strategy, t.symbol, t.direction, t.entry_ts_ns, t.exit_ts_ns, t.entry_price,
+            (t.sleeve, t.symbol, t.direction, t.entry_ts_ns, t.exit_ts_ns, t.entry_price,
              t.exit_price, t.qty, t.pnl, t.exit_reason)
             for t in store.trades()
         )  # fmt: skip
@@ -63,19 +63,24 @@ def _backtest_trades(config):
 
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory):
-    config = _config(tmp_path_factory.mktemp("parity"))
+    config = _config(tmp_path_factory.mktemp("parity"), costs={"size": 0.5})
     summary = Runner(config).run()
     return config, summary
 
 
-def sized_alike(trades):
-    """A trade without its units and P&L. Both sides size at the decision, but the backtest
-    also cuts the decided units at the fill when a gap makes the sleeve's cash short (units x
-    open x (1 + fees) <= max_leverage x equity), and the paper venue, like a venue, fills the
-    units it was sent: on this replay 15 of 34 entries are cut that way, and each sleeve's later
-    sizes follow its equity. Everything else (entry and exit times, prices after slippage,
-    reasons) is exact; tests/test_engine_sizing.py pins the units where the cut does not bind."""
-    return [t[:7] + t[9:] for t in trades]
+def assert_same_trades(live, backtest):
+    """The same closed trades: sleeve, symbol, direction, entry and exit times and reasons
+    exactly; prices, units and P&L to 1e-9 (relative).
+
+    Both sides size at the decision. The configs here commit half of a sleeve's equity per
+    entry (``size = 0.5``): with the whole of it, a gap up makes the sleeve's cash short at
+    the open and the backtest cuts the decided units there (units x open x (1 + fees) <=
+    max_leverage x equity), while a venue fills the units it was sent (on this replay 15 of
+    34 entries differ that way; tests/test_engine_sizing.py pins the cut itself)."""
+    assert len(live) == len(backtest)
+    for ours, theirs in zip(live, backtest, strict=True):
+        assert ours[:5] == theirs[:5] and ours[-1] == theirs[-1], (ours, theirs)
+        assert ours[5:9] == pytest.approx(theirs[5:9], rel=1e-9, abs=1e-9), (ours, theirs)
 
 
 def test_parity_replay_equals_the_portfolio_backtest_trade_for_trade(replayed):
@@ -85,7 +90,7 @@ def test_parity_replay_equals_the_portfolio_backtest_trade_for_trade(replayed):
     assert len(live_trades) >= 10
     assert any(t[-1] == "stop_loss" for t in live_trades)  # resting stops filled at the venue
     # exact floats: the same fill model
-    assert sized_alike(live_trades) == sized_alike(_backtest_trades(config))
+    assert_same_trades(live_trades, _backtest_trades(config))
 
 
 def test_every_order_reached_the_venue_once_and_the_books_agree(replayed):
@@ -108,12 +113,12 @@ def test_every_order_reached_the_venue_once_and_the_books_agree(replayed):
 
 
 def test_a_second_run_resumes_and_redoes_nothing(tmp_path):
-    config = _config(tmp_path)
+    config = _config(tmp_path, costs={"size": 0.5})
     first = Runner(config, max_bars=200).run()
     assert first.ended == "max_bars" and first.bars == 200
     second = Runner(config).run()
     assert second.ended == "replay finished" and second.bars > 200
-    assert sized_alike(_store_trades(config)) == sized_alike(_backtest_trades(config))
+    assert_same_trades(_store_trades(config), _backtest_trades(config))
     venue = PaperVenue(config.store_url)
     assert all(o.submits == 1 for o in venue.orders())
     venue.close()
@@ -156,7 +161,7 @@ def test_a_strategy_repeating_an_order_500_times_ends_with_one_order_and_a_halt(
     sent = [(i.details["action"], i.details.get("reason")) for i in intents]
     assert sent[0] == ("entry", "entry")
     assert all(action == "protect" for action, _ in sent[1:])
-    assert {(i.strategy, i.symbol) for i in intents} == {(intents[0].strategy, intents[0].symbol)}
+    assert {(i.sleeve, i.symbol) for i in intents} == {(intents[0].sleeve, intents[0].symbol)}
     assert len(orders) <= 2
     assert summary.bars == 300
 
@@ -216,6 +221,7 @@ def test_sigterm_finishes_the_cycle_and_a_restart_completes_the_replay(tmp_path)
         ("enabled = true", "enabled = false"),
         ('start = "2015-01-01"', 'start = "2015-01-01"\nend = "2017-01-01"'),
         ("speed = 0 ", "speed = 50 "),
+        ("slippage_bps = 2.0\n", "slippage_bps = 2.0\nsize = 0.5\n"),  # see assert_same_trades
     ):
         assert old in text, old
         text = text.replace(old, new)
@@ -242,16 +248,17 @@ def test_sigterm_finishes_the_cycle_and_a_restart_completes_the_replay(tmp_path)
     with Store.open(config.store_url) as store:
         saved = store.load_runner_state(config.name)
         assert saved is not None and reconcile(config, store).ok
-    fast = _config(tmp_path)
+    fast = _config(tmp_path, costs={"size": 0.5})
     assert Runner(fast).run().ended == "replay finished"
-    assert sized_alike(_store_trades(fast)) == sized_alike(_backtest_trades(fast))
+    assert_same_trades(_store_trades(fast), _backtest_trades(fast))
 
 
 def test_a_replay_older_than_twenty_years_runs_on_the_exchange_calendar(tmp_path):
-    config = _config(tmp_path, feed={"start": "2000-01-01", "end": "2000-12-31"})
+    config = _config(tmp_path, feed={"start": "2000-01-01", "end": "2000-12-31"},
+                     costs={"size": 0.5})  # fmt: skip
     summary = Runner(config).run()
     assert summary.ended == "replay finished" and summary.bars > 200
-    assert sized_alike(_store_trades(config)) == sized_alike(_backtest_trades(config))
+    assert_same_trades(_store_trades(config), _backtest_trades(config))
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 TABLES = (
     "order_intents", "order_events", "orders", "fills", "trades", "positions",
-    "equity_snapshots", "heartbeats", "strategy_performance", "halts", "promotions",
+    "equity_snapshots", "heartbeats", "sleeve_performance", "halts", "promotions",
 )  # fmt: skip
 BAR_NS = 86_400 * 10**9
 
@@ -87,9 +87,9 @@ def store(url):
         yield opened
 
 
-def intent(store, *, epoch=1, bar=0, strategy="ma", symbol="SPY", side="buy", qty=10.0):
+def intent(store, *, epoch=1, bar=0, sleeve="ma", symbol="SPY", side="buy", qty=10.0):
     return store.record_intent(
-        strategy=strategy, symbol=symbol, side=side, qty=qty, bar_ts_ns=bar * BAR_NS,
+        sleeve=sleeve, symbol=symbol, side=side, qty=qty, bar_ts_ns=bar * BAR_NS,
         venue="paper", epoch=epoch,
     )  # fmt: skip
 
@@ -321,7 +321,7 @@ def test_a_late_fill_of_a_cancelled_order_is_kept(store):
 def test_positions_only_move_forward_in_time(store):
     def put(qty, ts):
         return store.upsert_position(
-            strategy="ma", symbol="SPY", qty=qty, avg_price=100.0, ts_ns=ts, epoch=1,
+            sleeve="ma", symbol="SPY", qty=qty, avg_price=100.0, ts_ns=ts, epoch=1,
             details={"stop": 95.0},
         )  # fmt: skip
 
@@ -344,11 +344,11 @@ def stale_writes(store, cid, epoch):
         venue="paper", fill_id="x", client_order_id=cid, qty=1, price=1, ts_fill_ns=1, epoch=epoch
     )
     yield lambda: store.record_trade(
-        trade_id="t", strategy="ma", symbol="SPY", direction="long", qty=1, entry_ts_ns=1,
+        trade_id="t", sleeve="ma", symbol="SPY", direction="long", qty=1, entry_ts_ns=1,
         exit_ts_ns=2, entry_price=1, exit_price=2, pnl=1, epoch=epoch,
     )  # fmt: skip
     yield lambda: store.upsert_position(
-        strategy="ma", symbol="SPY", qty=1, avg_price=1, ts_ns=10**18, epoch=epoch
+        sleeve="ma", symbol="SPY", qty=1, avg_price=1, ts_ns=10**18, epoch=epoch
     )
     yield lambda: store.record_equity(ts_ns=1, equity=1.0, epoch=epoch)
     yield lambda: store.claim_epoch(epoch)
@@ -390,7 +390,7 @@ while (elapsed := time.monotonic() - start) < until_s:
         k = int(elapsed / slot_s)
         epoch = 2 * k + (int(sys.argv[3]) ^ (k % 2))
     try:
-        store.record_intent(strategy=name, symbol="X", side="buy", qty=1.0, bar_ts_ns=bar,
+        store.record_intent(sleeve=name, symbol="X", side="buy", qty=1.0, bar_ts_ns=bar,
                             venue="paper", epoch=epoch)
         ok += 1
         ok_after_stale += stale > 0
@@ -428,7 +428,7 @@ def race(url, *writers):
     epochs = [e.epoch for e in events]
     assert epochs == sorted(epochs)
     for (name, *_), result in zip(writers, results, strict=True):
-        assert sum(i.strategy == name for i in intents) == result["ok"] > 0, outs
+        assert sum(i.sleeve == name for i in intents) == result["ok"] > 0, outs
     return results, events
 
 
@@ -525,12 +525,12 @@ def test_status_reports_leader_epoch_heartbeats_positions_pnl_and_halt(store):
     assert store.heartbeat("host-b", "leader", 2, day0 + 5)  # took over
     assert not store.heartbeat("host-b", "leader", 2, day0 + 4)  # late: ignored
     store.claim_epoch(2)
-    store.upsert_position(strategy="ma", symbol="SPY", qty=3.0, avg_price=100.0, ts_ns=9, epoch=2)
-    store.upsert_position(strategy="ma", symbol="QQQ", qty=0.0, avg_price=None, ts_ns=9, epoch=2)
+    store.upsert_position(sleeve="ma", symbol="SPY", qty=3.0, avg_price=100.0, ts_ns=9, epoch=2)
+    store.upsert_position(sleeve="ma", symbol="QQQ", qty=0.0, avg_price=None, ts_ns=9, epoch=2)
     for ts, equity in ((day0 - 10, 1000.0), (day0 + 10, 1010.0), (day0 + 20, 1025.5)):
         store.record_equity(ts_ns=ts, equity=equity, cash=500.0, unrealized_pnl=5.0, epoch=2)
     store.record_trade(
-        trade_id="t1", strategy="ma", symbol="SPY", direction="long", qty=1, entry_ts_ns=1,
+        trade_id="t1", sleeve="ma", symbol="SPY", direction="long", qty=1, entry_ts_ns=1,
         exit_ts_ns=2, entry_price=100, exit_price=112.5, pnl=12.5, epoch=2,
     )  # fmt: skip
     intent(store, epoch=2)
@@ -552,13 +552,13 @@ def test_performance_matches_a_hand_computation(store):
     pnls = [100.0, -50.0, 30.0, 0.0, -20.0]  # a zero-P&L trade counts as a loss
     for k, pnl in enumerate(pnls):
         store.record_trade(
-            trade_id=f"t{k}", strategy="ma", symbol="SPY", direction="long", qty=1.0,
+            trade_id=f"t{k}", sleeve="ma", symbol="SPY", direction="long", qty=1.0,
             entry_ts_ns=k, exit_ts_ns=k + 1, entry_price=100.0, exit_price=100.0 + pnl,
             pnl=pnl, epoch=1,
         )  # fmt: skip
     # returns +10%, -10%, +10%, +10%, -5%: mean 0.03; squared deviations from it sum to 0.038
     for ts, equity in enumerate([1000.0, 1100.0, 990.0, 1089.0, 1197.9, 1138.005]):
-        store.record_equity(strategy="ma", ts_ns=ts, equity=equity, epoch=1)
+        store.record_equity(sleeve="ma", ts_ns=ts, equity=equity, epoch=1)
     perf = store.update_performance("ma", periods_per_year=252)
     assert (perf.trades, perf.wins, perf.win_rate_pct, perf.pnl) == (5, 2, 40.0, 60.0)
     assert perf.avg_win == 65.0 and perf.avg_loss == pytest.approx(-70.0 / 3, rel=1e-15)
@@ -569,7 +569,7 @@ def test_performance_matches_a_hand_computation(store):
     assert perf.current_drawdown_pct == pytest.approx(5.0, rel=1e-12)  # 1197.9 -> 1138.005
     assert store.performance() == [perf] and store.status().performance == [perf]
     store.record_trade(
-        trade_id="t9", strategy="rsi", symbol="SPY", direction="short", qty=1.0, entry_ts_ns=1,
+        trade_id="t9", sleeve="rsi", symbol="SPY", direction="short", qty=1.0, entry_ts_ns=1,
         exit_ts_ns=2, entry_price=100.0, exit_price=90.0, pnl=10.0, epoch=1,
     )  # fmt: skip
     only_wins = store.update_performance("rsi")
@@ -588,14 +588,14 @@ def test_performance_equals_the_backtest_metrics_of_the_same_trades(tmp_path):
     with Store.open(f"sqlite:///{tmp_path / 'live.db'}") as store:
         for k, trade in enumerate(closed.itertuples()):
             store.record_trade(
-                trade_id=f"t{k}", strategy="ma", symbol=trade.symbol, direction=trade.direction,
+                trade_id=f"t{k}", sleeve="ma", symbol=trade.symbol, direction=trade.direction,
                 qty=trade.units, entry_ts_ns=trade.entry_time.value,
                 exit_ts_ns=trade.exit_time.value, entry_price=trade.entry_price,
                 exit_price=trade.exit_price, pnl=trade.pnl, epoch=0,
             )  # fmt: skip
         curve = [result.config.cash, *result.equity.iloc[:, 0]]
         for ts, equity in enumerate(curve):
-            store.record_equity(strategy="ma", ts_ns=ts, equity=equity, epoch=0)
+            store.record_equity(sleeve="ma", ts_ns=ts, equity=equity, epoch=0)
         perf = store.update_performance("ma", periods_per_year=252.0).to_dict()
     expected = result.metrics
     assert perf["trades"] == expected["trades"] > 5
@@ -608,11 +608,11 @@ def test_performance_equals_the_backtest_metrics_of_the_same_trades(tmp_path):
 def test_promotions_keep_one_active_record_per_stage(store):
     record = '{"strategy": "ma", "params": {"fast": 5}, "gate": "passed"}'
     first = store.add_promotion(
-        strategy="ma", stage="paper", code_fingerprint="abc", record=record, created_by="alice"
+        name="ma", stage="paper", code_fingerprint="abc", record=record, created_by="alice"
     )
     assert first.active and first.record == record and first.record_dict()["gate"] == "passed"
     second = store.add_promotion(
-        strategy="ma", stage="paper", code_fingerprint={"strategy_hash": "def"},
+        name="ma", stage="paper", code_fingerprint={"strategy_hash": "def"},
         record={"params": {"fast": 7}}, created_by="bob",
     )  # fmt: skip
     assert store.active_promotion("ma", "paper") == second
@@ -622,7 +622,7 @@ def test_promotions_keep_one_active_record_per_stage(store):
     assert store.active_promotion("ma", "live") is None
     with pytest.raises(ConfigError, match="JSON"):
         store.add_promotion(
-            strategy="ma", stage="live", code_fingerprint="x", record="{", created_by="c"
+            name="ma", stage="live", code_fingerprint="x", record="{", created_by="c"
         )
 
 

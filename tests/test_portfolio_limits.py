@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from probe import run_json
+from test_live_runner import assert_same_trades
 
 import quantshift as qs
 from live.config import parse_config
@@ -349,16 +350,16 @@ def test_the_live_runner_applies_the_limits_as_the_backtest_does(tmp_path):
         "max_sector_exposure_pct": 60.0,
     }
     raw["sectors"] = {"map": {"SP500": "us", "NASDAQ": "us"}}
+    raw["costs"]["size"] = 0.5  # see tests/test_live_runner.py, assert_same_trades
     config = parse_config(raw, source="live.toml")
     summary = Runner(config).run()
     assert summary.ended == "replay finished"
     with Store.open(config.store_url) as store:
-        # Units and P&L apart: the backtest cuts decided units at the fill when the cash is
-        # short, the venue fills what it was sent (tests/test_live_runner.py, sized_alike).
         live = sorted(
-            (t.strategy, t.symbol, t.entry_ts_ns, t.exit_ts_ns, t.exit_reason)
+            (t.sleeve, t.symbol, t.direction, t.entry_ts_ns, t.exit_ts_ns, t.entry_price,
+             t.exit_price, t.qty, t.pnl, t.exit_reason)
             for t in store.trades()
-        )
+        )  # fmt: skip
     bars = load_bars(
         config.feed.source, symbols=list(config.portfolio.symbols), start="2016-03-01",
         end="2016-12-01",
@@ -366,10 +367,12 @@ def test_the_live_runner_applies_the_limits_as_the_backtest_does(tmp_path):
     result = portfolio_backtest(config.portfolio, bars)
     closed = result.trades[result.trades["exit_reason"] != "open"]
     backtest = sorted(
-        (r.sleeve, r.symbol, r.entry_time.value, r.exit_time.value, r.exit_reason)
+        (r.sleeve, r.symbol, r.direction, r.entry_time.value, r.exit_time.value, r.entry_price,
+         r.exit_price, r.units, r.pnl, r.exit_reason)
         for r in closed.itertuples()
     )  # fmt: skip
-    assert live == backtest and len(live) > 0
+    assert len(live) > 0
+    assert_same_trades(live, backtest)
     assert (result.vetoes["reason"] == "max_position_correlation").any()
 
 

@@ -470,7 +470,7 @@ def test_the_readme_walk_through_ends_trading_the_promoted_forced_record(
     assert f"sleeve trend trades record {record_id} that was FORCED past a failed gate" in (
         caplog.text
     )
-    assert 'quantshift_live_record_forced{strategy="trend"} 1.0' in runner.metrics.render()
+    assert 'quantshift_live_record_forced{sleeve="trend"} 1.0' in runner.metrics.render()
     status = CliRunner().invoke(live_app, ["status", "--config", str(config_path)])
     assert f"promotion record {record_id}" in status.output
     assert "FORCED past a failed gate" in status.output

@@ -149,14 +149,14 @@ function render(s) {
   drawChart(s.equity_chart);
 
   fillTable("positions", [
-    ["sleeve", (p) => p.strategy], ["symbol", (p) => p.symbol],
+    ["sleeve", (p) => p.sleeve], ["symbol", (p) => p.symbol],
     ["qty", (p) => fmtQty(p.qty), true], ["avg price", (p) => fmtMoney(p.avg_price), true],
   ], s.positions, "no open positions");
   fillTable("hosts", [
     ["host", (h) => h.host], ["role", (h) => h.role], ["epoch", (h) => h.epoch, true],
     ["last seen", (h) => fmtAge(h.ts_ns)],
   ], s.heartbeats, "no heartbeat yet");
-  const perf = Object.fromEntries(s.performance.map((p) => [p.strategy, p]));
+  const perf = Object.fromEntries(s.performance.map((p) => [p.sleeve, p]));
   const sleeves = Object.keys(s.promotions || {});
   fillTable("sleeves", [
     ["sleeve", (n) => n], ["trades", (n) => fmtInt(perf[n] ? perf[n].trades : null), true],
@@ -170,12 +170,12 @@ function render(s) {
     }],
   ], sleeves, "no sleeves");
   fillTable("orders", [
-    ["client order id", (o) => o.client_order_id], ["sleeve", (o) => o.strategy], ["symbol", (o) => o.symbol],
+    ["client order id", (o) => o.client_order_id], ["sleeve", (o) => o.sleeve], ["symbol", (o) => o.symbol],
     ["side", (o) => o.side], ["qty", (o) => fmtQty(o.qty), true], ["type", (o) => o.order_type],
     ["state", (o) => o.state], ["bar", (o) => fmtDate(o.bar_ts_ns)],
   ], s.open_order_list, "no open orders");
   fillTable("trades", [
-    ["exit", (t) => fmtDate(t.exit_ts_ns)], ["sleeve", (t) => t.strategy], ["symbol", (t) => t.symbol],
+    ["exit", (t) => fmtDate(t.exit_ts_ns)], ["sleeve", (t) => t.sleeve], ["symbol", (t) => t.symbol],
     ["direction", (t) => t.direction], ["qty", (t) => fmtQty(t.qty), true],
     ["entry", (t) => fmtMoney(t.entry_price), true], ["exit price", (t) => fmtMoney(t.exit_price), true],
     ["P&L", (t) => fmtMoney(t.pnl), true], ["reason", (t) => t.exit_reason],

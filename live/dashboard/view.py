@@ -32,7 +32,7 @@ def dashboard_status(cfg, store) -> dict[str, Any]:
     """
     info = gather_status(cfg, store)
     info["open_order_list"] = [
-        {k: getattr(i, k) for k in ("client_order_id", "strategy", "symbol", "side", "qty",
+        {k: getattr(i, k) for k in ("client_order_id", "sleeve", "symbol", "side", "qty",
                                     "order_type", "state", "bar_ts_ns")}
         for i in store.intents(open_only=True)
     ]  # fmt: skip

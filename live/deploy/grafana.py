@@ -41,18 +41,18 @@ TRADING = (
     ),
     Panel(
         "Equity per sleeve",
-        ((f"{NS}_sleeve_equity {LEADER}", "{{strategy}}"),),
+        ((f"{NS}_sleeve_equity {LEADER}", "{{sleeve}}"),),
         unit="currencyUSD",
     ),
     Panel(
         "Sleeve P&L over 24 hours",
-        ((f"delta({NS}_sleeve_equity[1d]) {LEADER}", "{{strategy}}"),),
+        ((f"delta({NS}_sleeve_equity[1d]) {LEADER}", "{{sleeve}}"),),
         kind="bargauge",
         unit="currencyUSD",
     ),
     Panel(
         "Positions",
-        ((f"{NS}_position_units != 0 {LEADER}", "{{strategy}} {{symbol}}"),),
+        ((f"{NS}_position_units != 0 {LEADER}", "{{sleeve}} {{symbol}}"),),
         kind="table",
         description="Open positions (signed units) of each sleeve and symbol.",
     ),
@@ -75,10 +75,10 @@ TRADING = (
         "Fills and signals per sleeve",
         (
             (
-                f'sum by (strategy) (increase({NS}_orders_total{{outcome="filled"}}[1h]))',
-                "{{strategy}} fills",
+                f'sum by (sleeve) (increase({NS}_orders_total{{outcome="filled"}}[1h]))',
+                "{{sleeve}} fills",
             ),
-            (f"sum by (strategy) (increase({NS}_signals_total[1h]))", "{{strategy}} signals"),
+            (f"sum by (sleeve) (increase({NS}_signals_total[1h]))", "{{sleeve}} signals"),
         ),
     ),
     Panel(
@@ -90,6 +90,33 @@ TRADING = (
         ),
         unit="percent",
         width=24,
+    ),
+    Panel(
+        "Drift from the backtest",
+        (
+            (f"sum by (job, sleeve) ({NS}_drift_pct {LEADER})", "{{sleeve}} closed trades"),
+            (f"{NS}_drift_equity_pct {LEADER}", "portfolio equity"),
+        ),
+        unit="percent",
+        description="Live minus the backtest of the same bars: P&L of the closed trades per "
+        "sleeve (percent of the starting cash) and portfolio equity (percent of the "
+        "backtest's). `live divergence` attributes it trade by trade.",
+    ),
+    Panel(
+        "Realised slippage against the assumed (bps)",
+        (
+            *(
+                (
+                    f"histogram_quantile({q}, sum by (sleeve, le) "
+                    f"(increase({NS}_fill_slippage_bps_bucket[1h])))",
+                    f"{{{{sleeve}}}} p{round(q * 100)}",
+                )
+                for q in (0.5, 0.9)
+            ),
+            (f"max by (job) ({NS}_assumed_slippage_bps)", "assumed"),
+        ),
+        description="Fills against the open after their decision over the last hour, "
+        "positive is worse, against the slippage the backtest assumes.",
     ),
 )
 

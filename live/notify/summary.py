@@ -34,9 +34,9 @@ def daily_summary(store, runner: str, day: str) -> tuple[str, str]:
         f"open positions {len(status.positions)}, open orders {status.open_orders}",
     ]
     for perf in status.performance:
-        today = [t for t in trades if t.strategy == perf.strategy]
+        today = [t for t in trades if t.sleeve == perf.sleeve]
         lines.append(
-            f"sleeve {perf.strategy}: today {len(today)} trades, P&L "
+            f"sleeve {perf.sleeve}: today {len(today)} trades, P&L "
             f"{_money(sum(t.pnl for t in today))}; to date {perf.trades} trades, "
             f"P&L {_money(perf.pnl)}, win rate {_number(perf.win_rate_pct)}%, "
             f"max drawdown {_number(perf.max_drawdown_pct)}%"

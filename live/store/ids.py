@@ -20,9 +20,9 @@ SIDES = ("buy", "sell")
 
 
 def client_order_id(
-    strategy: str, symbol: str, bar_ts_ns: int, side: str, venue_max_len: int = 128
+    sleeve: str, symbol: str, bar_ts_ns: int, side: str, venue_max_len: int = 128
 ) -> str:
-    """Return the client order id of one decision: (strategy, symbol, bar time, side).
+    """Return the client order id of one decision: (sleeve, symbol, bar time, side).
 
     The id is ``"qs"`` followed by hex digits of a SHA-256 over a canonical JSON encoding of the
     four values, so it is the same in every process and on every host, contains only ASCII
@@ -33,7 +33,7 @@ def client_order_id(
 
     Parameters
     ----------
-    strategy, symbol : str
+    sleeve, symbol : str
         Non-empty names; case matters.
     bar_ts_ns : int
         UTC nanosecond timestamp of the bar the decision was made on.
@@ -47,7 +47,7 @@ def client_order_id(
     ConfigError
         On an empty name, a non-integer time, an unknown side or a too small ``venue_max_len``.
     """
-    for what, value in (("strategy", strategy), ("symbol", symbol)):
+    for what, value in (("sleeve", sleeve), ("symbol", symbol)):
         if not isinstance(value, str) or not value:
             raise ConfigError(f"client_order_id: {what} must be a non-empty string, got {value!r}")
     if isinstance(bar_ts_ns, bool):
@@ -67,5 +67,5 @@ def client_order_id(
             f"client_order_id: venue_max_len={venue_max_len} is too short; at least "
             f"{len(PREFIX) + MIN_HASH_CHARS} characters are needed for a collision-safe id"
         )
-    canonical = json.dumps([strategy, symbol, ts, side_name], separators=(",", ":"))
+    canonical = json.dumps([sleeve, symbol, ts, side_name], separators=(",", ":"))
     return PREFIX + hashlib.sha256(canonical.encode()).hexdigest()[:n_hex]

@@ -35,7 +35,7 @@ DAY_NS = 86_400 * 10**9
 
 
 class Operations:
-    """Halts, heartbeats, promotions, per-strategy performance and the status summary."""
+    """Halts, heartbeats, promotions, per-sleeve performance and the status summary."""
 
     _db: Database
     _schema_version: int
@@ -177,7 +177,7 @@ class Operations:
     def add_promotion(
         self,
         *,
-        strategy: str,
+        name: str,
         stage: str,
         code_fingerprint: str | Mapping[str, Any],
         record: str | Mapping[str, Any],
@@ -185,12 +185,12 @@ class Operations:
         activate: bool = True,
         ts_ns: int | None = None,
     ) -> Promotion:
-        """Store a promotion record of ``strategy`` to ``stage`` (e.g. ``"paper"``, ``"live"``).
+        """Store a promotion record of ``name`` to ``stage`` (e.g. ``"paper"``, ``"live"``).
 
         ``record`` (JSON text, kept verbatim, or a mapping stored as canonical JSON) is the
         format the promotion code defines; ``code_fingerprint`` is what the runner compares
         with the code it runs. With ``activate`` the new record becomes the active one of
-        (strategy, stage) and the previous one is deactivated in the same transaction.
+        (name, stage) and the previous one is deactivated in the same transaction.
         """
         fingerprint = (
             checks.dumps("code_fingerprint", code_fingerprint)
@@ -198,13 +198,13 @@ class Operations:
             else checks.text("code_fingerprint", code_fingerprint)
         )
         values = (
-            checks.text("strategy", strategy), checks.text("stage", stage), fingerprint,
+            checks.text("name", name), checks.text("stage", stage), fingerprint,
             _record_text(record), checks.text("created_by", created_by),
             time.time_ns() if ts_ns is None else checks.integer("ts_ns", ts_ns),
         )  # fmt: skip
         with self._db.write("promotion", None) as tx:
             row = tx.one(
-                "INSERT INTO promotions (strategy, stage, code_fingerprint, record, created_by, "
+                "INSERT INTO promotions (name, stage, code_fingerprint, record, created_by, "
                 "ts_created_ns, active) VALUES (?, ?, ?, ?, ?, ?, 0) RETURNING promotion_id",
                 values,
             )
@@ -213,7 +213,7 @@ class Operations:
             return Promotion.from_row(_promotion_row(tx, row["promotion_id"]))
 
     def activate_promotion(self, promotion_id: int) -> Promotion:
-        """Make a stored record the active one of its (strategy, stage), e.g. to roll back."""
+        """Make a stored record the active one of its (name, stage), e.g. to roll back."""
         promotion_id = checks.integer("promotion_id", promotion_id)
         with self._db.write(f"activate promotion {promotion_id}", None) as tx:
             _activate(tx, promotion_id)
@@ -225,45 +225,45 @@ class Operations:
         with self._db.read("read promotion") as tx:
             return Promotion.from_row(_promotion_row(tx, promotion_id))
 
-    def active_promotion(self, strategy: str, stage: str) -> Promotion | None:
-        """Return the active promotion record of (strategy, stage), or None."""
+    def active_promotion(self, name: str, stage: str) -> Promotion | None:
+        """Return the active promotion record of (name, stage), or None."""
         with self._db.read("read promotion") as tx:
             row = tx.one(
-                "SELECT * FROM promotions WHERE strategy = ? AND stage = ? AND active = 1",
-                (strategy, stage),
+                "SELECT * FROM promotions WHERE name = ? AND stage = ? AND active = 1",
+                (name, stage),
             )
         return None if row is None else Promotion.from_row(row)
 
-    def promotions(self, strategy: str | None = None) -> list[Promotion]:
-        """Return promotion records (of one strategy, or all), oldest first."""
+    def promotions(self, name: str | None = None) -> list[Promotion]:
+        """Return promotion records (of one name, or all), oldest first."""
         sql, params = "SELECT * FROM promotions", ()
-        if strategy is not None:
-            sql, params = sql + " WHERE strategy = ?", (strategy,)
+        if name is not None:
+            sql, params = sql + " WHERE name = ?", (name,)
         with self._db.read("read promotions") as tx:
             return [Promotion.from_row(r) for r in tx.all(sql + " ORDER BY promotion_id", params)]
 
     # ------------------------------------------------------------------ performance
     def update_performance(
-        self, strategy: str, *, periods_per_year: float = 252.0, ts_ns: int | None = None
+        self, sleeve: str, *, periods_per_year: float = 252.0, ts_ns: int | None = None
     ) -> Performance:
-        """Recompute a strategy's performance row from its stored trades and equity snapshots
+        """Recompute a sleeve's performance row from its stored trades and equity snapshots
         (see :func:`~live.store.performance.compute_performance`), store and return it."""
-        strategy = checks.text("strategy", strategy)
+        sleeve = checks.text("sleeve", sleeve)
         ppy = checks.finite("periods_per_year", periods_per_year, positive=True)
         now = time.time_ns() if ts_ns is None else checks.integer("ts_ns", ts_ns)
         # Read, compute, then write: the computation can take seconds the first time in a
         # process (its kernels load), longer than PostgreSQL lets a transaction sit idle.
-        with self._db.read(f"performance of {strategy}") as tx:
+        with self._db.read(f"performance of {sleeve}") as tx:
             pnl = tx.all(
-                "SELECT pnl FROM trades WHERE strategy = ? ORDER BY exit_ts_ns, trade_id",
-                (strategy,),
+                "SELECT pnl FROM trades WHERE sleeve = ? ORDER BY exit_ts_ns, trade_id",
+                (sleeve,),
             )
             equity = tx.all(
-                "SELECT equity FROM equity_snapshots WHERE strategy = ? ORDER BY ts_ns",
-                (strategy,),
+                "SELECT equity FROM equity_snapshots WHERE sleeve = ? ORDER BY ts_ns",
+                (sleeve,),
             )
         values = compute_performance([r["pnl"] for r in pnl], [r["equity"] for r in equity], ppy)
-        with self._db.write(f"performance of {strategy}", None) as tx:
+        with self._db.write(f"performance of {sleeve}", None) as tx:
             # NaN is stored as NULL (SQLite cannot hold NaN); inf is kept.
             stored = [None if _is_nan(values[k]) else values[k] for k in PERFORMANCE_FIELDS]
             columns = ", ".join(PERFORMANCE_FIELDS)
@@ -271,22 +271,22 @@ class Operations:
                 f"{k} = excluded.{k}" for k in (*PERFORMANCE_FIELDS, "ts_updated_ns")
             )
             tx.run(
-                f"INSERT INTO strategy_performance (strategy, {columns}, periods_per_year, "
+                f"INSERT INTO sleeve_performance (sleeve, {columns}, periods_per_year, "
                 f"ts_updated_ns) VALUES ({', '.join('?' * (len(PERFORMANCE_FIELDS) + 3))}) "
-                f"ON CONFLICT (strategy) DO UPDATE SET {updates}, "
+                f"ON CONFLICT (sleeve) DO UPDATE SET {updates}, "
                 "periods_per_year = excluded.periods_per_year",
-                (strategy, *stored, ppy, now),
+                (sleeve, *stored, ppy, now),
             )
-            row = tx.one("SELECT * FROM strategy_performance WHERE strategy = ?", (strategy,))
+            row = tx.one("SELECT * FROM sleeve_performance WHERE sleeve = ?", (sleeve,))
         return Performance.from_row(row)
 
-    def performance(self, strategy: str | None = None) -> list[Performance]:
-        """Return stored performance rows (of one strategy, or all)."""
-        sql, params = "SELECT * FROM strategy_performance", ()
-        if strategy is not None:
-            sql, params = sql + " WHERE strategy = ?", (strategy,)
+    def performance(self, sleeve: str | None = None) -> list[Performance]:
+        """Return stored performance rows (of one sleeve, or all)."""
+        sql, params = "SELECT * FROM sleeve_performance", ()
+        if sleeve is not None:
+            sql, params = sql + " WHERE sleeve = ?", (sleeve,)
         with self._db.read("read performance") as tx:
-            return [Performance.from_row(r) for r in tx.all(sql + " ORDER BY strategy", params)]
+            return [Performance.from_row(r) for r in tx.all(sql + " ORDER BY sleeve", params)]
 
     # ------------------------------------------------------------------ status
     def status(self) -> StoreStatus:
@@ -303,9 +303,9 @@ class Operations:
                 Heartbeat.from_row(r)
                 for r in tx.all("SELECT * FROM heartbeats ORDER BY ts_ns DESC, host")
             ]
-            positions = tx.all("SELECT * FROM positions WHERE qty <> 0 ORDER BY strategy, symbol")
+            positions = tx.all("SELECT * FROM positions WHERE qty <> 0 ORDER BY sleeve, symbol")
             last = tx.one(
-                "SELECT * FROM equity_snapshots WHERE strategy = ? ORDER BY ts_ns DESC LIMIT 1",
+                "SELECT * FROM equity_snapshots WHERE sleeve = ? ORDER BY ts_ns DESC LIMIT 1",
                 (PORTFOLIO,),
             )
             day_pnl = None if last is None else _day_pnl(tx, last)
@@ -317,7 +317,7 @@ class Operations:
                 terminal,
             )["n"]
             halt = _active_halt(tx)
-            performance = tx.all("SELECT * FROM strategy_performance ORDER BY strategy")
+            performance = tx.all("SELECT * FROM sleeve_performance ORDER BY sleeve")
         leaders = [b for b in beats if b.role == LEADER]
         return StoreStatus(
             store=self._db.url.shown,
@@ -347,11 +347,11 @@ def _active_halt(tx: Any) -> dict[str, Any] | None:
 def _day_pnl(tx: Any, last: dict[str, Any]) -> float:
     day_start = last["ts_ns"] - last["ts_ns"] % DAY_NS
     base = tx.one(
-        "SELECT equity FROM equity_snapshots WHERE strategy = ? AND ts_ns < ? "
+        "SELECT equity FROM equity_snapshots WHERE sleeve = ? AND ts_ns < ? "
         "ORDER BY ts_ns DESC LIMIT 1",
         (PORTFOLIO, day_start),
     ) or tx.one(
-        "SELECT equity FROM equity_snapshots WHERE strategy = ? AND ts_ns >= ? "
+        "SELECT equity FROM equity_snapshots WHERE sleeve = ? AND ts_ns >= ? "
         "ORDER BY ts_ns LIMIT 1",
         (PORTFOLIO, day_start),
     )
@@ -379,9 +379,9 @@ def _promotion_row(tx: Any, promotion_id: int) -> dict[str, Any]:
 
 def _activate(tx: Any, promotion_id: int) -> None:
     row = _promotion_row(tx, promotion_id)
-    # Deactivate first: the partial unique index allows one active record per (strategy, stage).
+    # Deactivate first: the partial unique index allows one active record per (name, stage).
     tx.run(
-        "UPDATE promotions SET active = 0 WHERE strategy = ? AND stage = ? AND active = 1",
-        (row["strategy"], row["stage"]),
+        "UPDATE promotions SET active = 0 WHERE name = ? AND stage = ? AND active = 1",
+        (row["name"], row["stage"]),
     )
     tx.run("UPDATE promotions SET active = 1 WHERE promotion_id = ?", (promotion_id,))

@@ -1,4 +1,4 @@
-"""Per-strategy performance from stored trades and equity snapshots, by the backtest's rules.
+"""Per-sleeve performance from stored trades and equity snapshots, by the backtest's rules.
 
 Trade statistics, Sharpe and drawdown come from ``quantshift.engine.metrics``' helpers.
 """
@@ -16,14 +16,14 @@ PERFORMANCE_FIELDS = (
 
 
 def compute_performance(pnl: np.ndarray, equity: np.ndarray, periods_per_year: float) -> dict:
-    """Return :data:`PERFORMANCE_FIELDS` of one strategy.
+    """Return :data:`PERFORMANCE_FIELDS` of one sleeve.
 
     Parameters
     ----------
     pnl : ndarray
         Net P&L of each closed trade (quote currency).
     equity : ndarray
-        The strategy's equity snapshots in time order, one per bar; the first is the base the
+        The sleeve's equity snapshots in time order, one per bar; the first is the base the
         first return is measured from.
     periods_per_year : float
         Snapshots per year, to annualise the Sharpe ratio (252 for daily equity bars).

@@ -138,13 +138,13 @@ class PromotionBook:
                 pnls = [
                     float(t["pnl"])
                     for t in tx.all(
-                        "SELECT pnl FROM trades WHERE strategy = ? AND entry_ts_ns >= ? AND "
+                        "SELECT pnl FROM trades WHERE sleeve = ? AND entry_ts_ns >= ? AND "
                         "entry_ts_ns < ? AND exit_ts_ns < ? ORDER BY exit_ts_ns",
                         (sleeve, start, end, end),
                     )
                 ]
                 snaps = tx.all(
-                    "SELECT ts_ns, equity FROM equity_snapshots WHERE strategy = ? AND ts_ns >= ? "
+                    "SELECT ts_ns, equity FROM equity_snapshots WHERE sleeve = ? AND ts_ns >= ? "
                     "AND ts_ns < ? ORDER BY ts_ns",
                     (sleeve, start, end),
                 )
@@ -207,7 +207,7 @@ class StorePromotions:
 
     def add(self, record: PromotionRecord, *, by: str, reason: str) -> StoredPromotion:
         row = self.store.add_promotion(
-            strategy=record.name,
+            name=record.name,
             stage=record.stage,
             code_fingerprint=dict(record.code),
             record=record.to_json(),
@@ -249,7 +249,7 @@ def open_promotion_store(url: str) -> StorePromotions:
 
 
 def _stored(row: Promotion) -> StoredPromotion:
-    where = f"promotion record {row.promotion_id} ({row.strategy}/{row.stage})"
+    where = f"promotion record {row.promotion_id} ({row.name}/{row.stage})"
     return StoredPromotion(
         promotion_id=row.promotion_id,
         active=row.active,

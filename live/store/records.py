@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 PORTFOLIO = "*"
-"""Strategy name under which portfolio-wide positions and equity snapshots are kept."""
+"""Sleeve name under which portfolio-wide equity snapshots are kept."""
 
 
 class OrderState(StrEnum):
@@ -100,7 +100,7 @@ class Intent(_Row):
     """An order intent: the decision, its state and its fill progress."""
 
     client_order_id: str
-    strategy: str
+    sleeve: str
     symbol: str
     side: str
     qty: float
@@ -173,10 +173,10 @@ class Fill(_Row):
 
 @dataclass(frozen=True, kw_only=True)
 class Trade(_Row):
-    """A closed round trip of one strategy on one symbol."""
+    """A closed round trip of one sleeve on one symbol."""
 
     trade_id: str
-    strategy: str
+    sleeve: str
     symbol: str
     direction: str
     qty: float
@@ -194,9 +194,9 @@ class Trade(_Row):
 
 @dataclass(frozen=True, kw_only=True)
 class Position(_Row):
-    """Signed quantity (negative: short) of a strategy in a symbol as of ``ts_ns``."""
+    """Signed quantity (negative: short) of a sleeve in a symbol as of ``ts_ns``."""
 
-    strategy: str
+    sleeve: str
     symbol: str
     qty: float
     avg_price: float | None
@@ -207,9 +207,9 @@ class Position(_Row):
 
 @dataclass(frozen=True, kw_only=True)
 class EquitySnapshot(_Row):
-    """Equity of a strategy (or the portfolio, strategy ``"*"``) at a bar."""
+    """Equity of a sleeve (or the portfolio, sleeve ``"*"``) at a bar."""
 
-    strategy: str
+    sleeve: str
     ts_ns: int
     equity: float
     cash: float | None
@@ -256,7 +256,7 @@ class Promotion(_Row):
     _json_fields = ()
 
     promotion_id: int
-    strategy: str
+    name: str
     stage: str
     code_fingerprint: str
     record: str
@@ -275,7 +275,7 @@ class Promotion(_Row):
 
 @dataclass(frozen=True, kw_only=True)
 class Performance(_Row):
-    """Per-strategy performance; NaN where a metric is undefined (no trades, no losses...).
+    """Per-sleeve performance; NaN where a metric is undefined (no trades, no losses...).
 
     Definitions follow ``quantshift.engine.metrics``: a win is a trade with P&L > 0, average
     loss is negative, profit factor is gross profit over gross loss (inf without losses),
@@ -288,7 +288,7 @@ class Performance(_Row):
         "largest_loss", "max_drawdown_pct", "current_drawdown_pct",
     )  # fmt: skip
 
-    strategy: str
+    sleeve: str
     trades: int
     wins: int
     win_rate_pct: float

@@ -181,7 +181,7 @@ class Store(Operations, PromotionBook, Identity, Outbox, BarBook):
     def record_intent(
         self,
         *,
-        strategy: str,
+        sleeve: str,
         symbol: str,
         side: str,
         qty: float,
@@ -198,20 +198,20 @@ class Store(Operations, PromotionBook, Identity, Outbox, BarBook):
         """Commit an order intent in state NEW, before the broker is called; return it.
 
         The ``client_order_id`` defaults to :func:`~live.store.ids.client_order_id` of
-        (strategy, symbol, bar_ts_ns, side); pass one computed with the venue's length limit
+        (sleeve, symbol, bar_ts_ns, side); pass one computed with the venue's length limit
         to override. Recording an intent whose id exists is a no-op that returns the stored
         row unchanged (the first decision wins): act on the returned row's state and
         quantity, never on the arguments.
         """
-        strategy, symbol = checks.text("strategy", strategy), checks.text("symbol", symbol)
+        sleeve, symbol = checks.text("sleeve", sleeve), checks.text("symbol", symbol)
         side = checks.choice("side", side, SIDES)
         bar_ts_ns = checks.integer("bar_ts_ns", bar_ts_ns)
-        cid = client_order_id or make_client_order_id(strategy, symbol, bar_ts_ns, side)
+        cid = client_order_id or make_client_order_id(sleeve, symbol, bar_ts_ns, side)
         epoch = checks.epoch_of(epoch)
         now = time.time_ns()
         decided = now if ts_decided_ns is None else checks.integer("ts_decided_ns", ts_decided_ns)
         row = (
-            checks.text("client_order_id", cid), strategy, symbol, side,
+            checks.text("client_order_id", cid), sleeve, symbol, side,
             checks.finite("qty", qty, positive=True),
             checks.choice("order_type", order_type, ORDER_TYPES),
             checks.finite("limit_price", limit_price, positive=True, optional=True),
@@ -221,7 +221,7 @@ class Store(Operations, PromotionBook, Identity, Outbox, BarBook):
         )  # fmt: skip
         with self._db.write(f"order intent {cid}", epoch) as tx:
             created = tx.run(
-                "INSERT INTO order_intents (client_order_id, strategy, symbol, side, qty, "
+                "INSERT INTO order_intents (client_order_id, sleeve, symbol, side, qty, "
                 "order_type, limit_price, stop_price, venue, bar_ts_ns, ts_decided_ns, epoch, "
                 "state, filled_qty, avg_fill_price, ts_updated_ns, details) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -332,12 +332,12 @@ class Store(Operations, PromotionBook, Identity, Outbox, BarBook):
             )
         return None if row is None else Intent.from_row(row)
 
-    def intents(self, *, strategy: str | None = None, open_only: bool = False) -> list[Intent]:
+    def intents(self, *, sleeve: str | None = None, open_only: bool = False) -> list[Intent]:
         """Return intents by decision time; ``open_only``: those not FILLED, CANCELLED or
         REJECTED (what reconciliation must look up at the broker)."""
         sql, params = "SELECT * FROM order_intents WHERE 1 = 1", []
-        if strategy is not None:
-            sql, params = sql + " AND strategy = ?", [*params, strategy]
+        if sleeve is not None:
+            sql, params = sql + " AND sleeve = ?", [*params, sleeve]
         if open_only:
             sql += f" AND state IN ({', '.join('?' * len(_OPEN_STATES))})"
             params += _OPEN_STATES
@@ -430,7 +430,7 @@ class Store(Operations, PromotionBook, Identity, Outbox, BarBook):
         self,
         *,
         trade_id: str,
-        strategy: str,
+        sleeve: str,
         symbol: str,
         direction: str,
         qty: float,
@@ -451,7 +451,7 @@ class Store(Operations, PromotionBook, Identity, Outbox, BarBook):
         """
         epoch = checks.epoch_of(epoch)
         values = (
-            checks.text("trade_id", trade_id), checks.text("strategy", strategy),
+            checks.text("trade_id", trade_id), checks.text("sleeve", sleeve),
             checks.text("symbol", symbol), checks.choice("direction", direction, DIRECTIONS),
             checks.finite("qty", qty, positive=True), checks.integer("entry_ts_ns", entry_ts_ns),
             checks.integer("exit_ts_ns", exit_ts_ns),
@@ -463,7 +463,7 @@ class Store(Operations, PromotionBook, Identity, Outbox, BarBook):
         with self._db.write(f"trade {trade_id}", epoch) as tx:
             return bool(
                 tx.run(
-                    "INSERT INTO trades (trade_id, strategy, symbol, direction, qty, entry_ts_ns, "
+                    "INSERT INTO trades (trade_id, sleeve, symbol, direction, qty, entry_ts_ns, "
                     "exit_ts_ns, entry_price, exit_price, fees, pnl, exit_reason, epoch, "
                     "ts_recorded_ns, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (trade_id) DO NOTHING RETURNING trade_id",
@@ -471,11 +471,11 @@ class Store(Operations, PromotionBook, Identity, Outbox, BarBook):
                 )
             )
 
-    def trades(self, strategy: str | None = None) -> list[Trade]:
-        """Return closed trades by exit time (of one strategy, or all)."""
+    def trades(self, sleeve: str | None = None) -> list[Trade]:
+        """Return closed trades by exit time (of one sleeve, or all)."""
         sql, params = "SELECT * FROM trades", ()
-        if strategy is not None:
-            sql, params = sql + " WHERE strategy = ?", (strategy,)
+        if sleeve is not None:
+            sql, params = sql + " WHERE sleeve = ?", (sleeve,)
         with self._db.read("read trades") as tx:
             rows = tx.all(sql + " ORDER BY exit_ts_ns, trade_id", params)
         return [Trade.from_row(r) for r in rows]
@@ -483,7 +483,7 @@ class Store(Operations, PromotionBook, Identity, Outbox, BarBook):
     def upsert_position(
         self,
         *,
-        strategy: str,
+        sleeve: str,
         symbol: str,
         qty: float,
         avg_price: float | None,
@@ -491,21 +491,21 @@ class Store(Operations, PromotionBook, Identity, Outbox, BarBook):
         epoch: int | None,
         details: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Set a strategy's signed position in a symbol as of ``ts_ns``; return whether it was
+        """Set a sleeve's signed position in a symbol as of ``ts_ns``; return whether it was
         written. An update older than the stored one is ignored (False), so a late or replayed
         writer never moves a position back in time; an equal time overwrites. ``details`` holds
         what the runner needs to resume the position (stop, trailing peak, entry time)."""
         epoch = checks.epoch_of(epoch)
         values = (
-            checks.text("strategy", strategy), checks.text("symbol", symbol),
+            checks.text("sleeve", sleeve), checks.text("symbol", symbol),
             checks.finite("qty", qty), checks.finite("avg_price", avg_price, optional=True),
             checks.integer("ts_ns", ts_ns), epoch, checks.dumps("details", details),
         )  # fmt: skip
-        with self._db.write(f"position {strategy}/{symbol}", epoch) as tx:
+        with self._db.write(f"position {sleeve}/{symbol}", epoch) as tx:
             return bool(
                 tx.run(
-                    "INSERT INTO positions (strategy, symbol, qty, avg_price, ts_ns, epoch, "
-                    "details) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (strategy, symbol) "
+                    "INSERT INTO positions (sleeve, symbol, qty, avg_price, ts_ns, epoch, "
+                    "details) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sleeve, symbol) "
                     "DO UPDATE SET qty = excluded.qty, avg_price = excluded.avg_price, "
                     "ts_ns = excluded.ts_ns, epoch = excluded.epoch, details = excluded.details "
                     "WHERE positions.ts_ns <= excluded.ts_ns RETURNING symbol",
@@ -513,17 +513,15 @@ class Store(Operations, PromotionBook, Identity, Outbox, BarBook):
                 )
             )
 
-    def positions(
-        self, strategy: str | None = None, *, include_flat: bool = False
-    ) -> list[Position]:
-        """Return positions (of one strategy, or all), flat ones only with ``include_flat``."""
+    def positions(self, sleeve: str | None = None, *, include_flat: bool = False) -> list[Position]:
+        """Return positions (of one sleeve, or all), flat ones only with ``include_flat``."""
         sql, params = "SELECT * FROM positions WHERE 1 = 1", ()
-        if strategy is not None:
-            sql, params = sql + " AND strategy = ?", (strategy,)
+        if sleeve is not None:
+            sql, params = sql + " AND sleeve = ?", (sleeve,)
         if not include_flat:
             sql += " AND qty <> 0"
         with self._db.read("read positions") as tx:
-            rows = tx.all(sql + " ORDER BY strategy, symbol", params)
+            rows = tx.all(sql + " ORDER BY sleeve, symbol", params)
         return [Position.from_row(r) for r in rows]
 
     def record_equity(
@@ -532,17 +530,17 @@ class Store(Operations, PromotionBook, Identity, Outbox, BarBook):
         ts_ns: int,
         equity: float,
         epoch: int | None,
-        strategy: str = PORTFOLIO,
+        sleeve: str = PORTFOLIO,
         cash: float | None = None,
         realized_pnl: float | None = None,
         unrealized_pnl: float | None = None,
     ) -> None:
-        """Record the equity of a strategy (default: the portfolio, ``"*"``) at a bar; the
-        same (strategy, ts_ns) again replaces the snapshot."""
+        """Record the equity of a sleeve (default: the portfolio, ``"*"``) at a bar; the
+        same (sleeve, ts_ns) again replaces the snapshot."""
         self.record_equities(
             ts_ns=ts_ns,
             epoch=epoch,
-            snapshots={strategy: (equity, cash, realized_pnl, unrealized_pnl)},
+            snapshots={sleeve: (equity, cash, realized_pnl, unrealized_pnl)},
         )
 
     def record_equities(
@@ -552,15 +550,15 @@ class Store(Operations, PromotionBook, Identity, Outbox, BarBook):
         epoch: int | None,
         snapshots: Mapping[str, tuple[float, float | None, float | None, float | None]],
     ) -> None:
-        """Record several strategies' equity at one bar in one transaction (one commit per
-        bar instead of one per strategy): ``{strategy: (equity, cash, realized_pnl,
+        """Record several sleeves' equity at one bar in one transaction (one commit per
+        bar instead of one per sleeve): ``{sleeve: (equity, cash, realized_pnl,
         unrealized_pnl)}``, the last three optional (None)."""
         epoch = checks.epoch_of(epoch)
         ts_ns = checks.integer("ts_ns", ts_ns)
         rows = []
-        for strategy, (equity, cash, realized, unrealized) in snapshots.items():
+        for sleeve, (equity, cash, realized, unrealized) in snapshots.items():
             rows.append((
-                checks.text("strategy", strategy), ts_ns, checks.finite("equity", equity),
+                checks.text("sleeve", sleeve), ts_ns, checks.finite("equity", equity),
                 checks.finite("cash", cash, optional=True),
                 checks.finite("realized_pnl", realized, optional=True),
                 checks.finite("unrealized_pnl", unrealized, optional=True), epoch,
@@ -568,19 +566,19 @@ class Store(Operations, PromotionBook, Identity, Outbox, BarBook):
         with self._db.write(f"equity snapshots at {ts_ns}", epoch) as tx:
             for values in rows:
                 tx.run(
-                    "INSERT INTO equity_snapshots (strategy, ts_ns, equity, cash, realized_pnl, "
+                    "INSERT INTO equity_snapshots (sleeve, ts_ns, equity, cash, realized_pnl, "
                     "unrealized_pnl, epoch) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
-                    "(strategy, ts_ns) DO UPDATE SET equity = excluded.equity, cash = "
+                    "(sleeve, ts_ns) DO UPDATE SET equity = excluded.equity, cash = "
                     "excluded.cash, realized_pnl = excluded.realized_pnl, unrealized_pnl = "
                     "excluded.unrealized_pnl, epoch = excluded.epoch",
                     values,
                 )
 
-    def equity_curve(self, strategy: str = PORTFOLIO) -> list[EquitySnapshot]:
-        """Return a strategy's (default: the portfolio's) equity snapshots in time order."""
+    def equity_curve(self, sleeve: str = PORTFOLIO) -> list[EquitySnapshot]:
+        """Return a sleeve's (default: the portfolio's) equity snapshots in time order."""
         with self._db.read("read equity") as tx:
             rows = tx.all(
-                "SELECT * FROM equity_snapshots WHERE strategy = ? ORDER BY ts_ns", (strategy,)
+                "SELECT * FROM equity_snapshots WHERE sleeve = ? ORDER BY ts_ns", (sleeve,)
             )
         return [EquitySnapshot.from_row(r) for r in rows]
 
