@@ -106,6 +106,13 @@ def harness(fake, pem, broker, monkeypatch):
         monkeypatch.setenv("QS_TEST_COINBASE_WRONG", wrong_pem)
         return CoinbaseBroker(config_for(fake, api_secret_env="QS_TEST_COINBASE_WRONG"))
 
+    def trade_bar(symbol: str, open_: float, high: float, low: float) -> None:
+        ts = time.time_ns()
+        fake.trade_bar(ts, {symbol: (open_, high, low)})  # the venue's market trades the bar
+        broker.trade_bar(ts, {symbol: (open_, high, low)})  # then trailing legs follow it
+
+    with fake._lock:  # the protective sells of the contract need coins to hold
+        fake.balances["BTC"] = fake.balances.get("BTC", 0) + 5
     return VenueHarness(
         broker=broker,
         symbol=SYMBOL,
@@ -113,6 +120,7 @@ def harness(fake, pem, broker, monkeypatch):
         set_price=fake.set_price,
         bad_keys_broker=bad_keys_broker,
         secret=pem,
+        trade_bar=trade_bar,
     )
 
 
@@ -456,6 +464,23 @@ def test_the_stream_delivers_market_and_resting_fills_once(fake, broker, streami
     assert [f.client_order_id for f in collector.fills] == ["qsstream1", "qsstream2"]
     assert fills[1].price == pytest.approx(89.0)
     assert {f.fill_id for f in fills} == {f.fill_id for f in broker.fills()}
+
+
+def test_the_stream_names_a_protective_fill_by_the_leg_that_filled(fake, broker, streaming):
+    collector, _ = streaming
+    with fake._lock:
+        fake.balances["BTC"] = fake.balances.get("BTC", 0) + 1
+    legs = {"qslegstop": {"order_type": "stop", "stop_price": 95.0},
+            "qslegtarget": {"order_type": "limit", "limit_price": 110.0}}  # fmt: skip
+    for cid, levels in legs.items():
+        broker.submit(OrderRequest(client_order_id=cid, symbol=SYMBOL, side="sell", qty=0.5,
+                                   oco_group="qsleg", time_in_force="gtc", **levels))  # fmt: skip
+    assert len([o for o in fake.orders.values() if o.status == "OPEN"]) == 1  # one bracket
+    fake.set_price(SYMBOL, 111.0)
+    (fill,) = collector.wait_for(1)
+    assert fill.client_order_id == "qslegtarget" and fill.price == pytest.approx(111.0)
+    assert broker.order("qslegstop").status == OrderStatus.CANCELLED
+    assert [f.client_order_id for f in broker.fills()] == ["qslegtarget"]
 
 
 def test_duplicate_and_out_of_order_events_deliver_each_fill_once(fake, broker, streaming):

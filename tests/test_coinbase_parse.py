@@ -212,3 +212,48 @@ def test_order_configurations_by_type():
 def test_what_coinbase_cannot_express_is_refused(changes, message):
     with pytest.raises(ValueError, match=message):
         parse.order_configuration(_request(**changes))
+
+
+# ----------------------------------------------------------------------------- protective groups
+def _leg(kind: str, **levels):
+    from live.broker import OrderRequest
+
+    return OrderRequest(client_order_id=f"qs{kind[:4]}{'0' * 28}", symbol="BTC-USD", side="sell",
+                        qty=0.5, order_type=kind, oco_group="qsgroup", time_in_force="gtc",
+                        **levels)  # fmt: skip
+
+
+def test_a_group_rests_as_one_order_and_its_id_rebuilds_it():
+    from live.broker import BrokerOrder
+    from live.coinbase import groups
+
+    group = groups.group_of_request(_leg("stop", stop_price=95.0))
+    groups.add_leg(group, _leg("stop", stop_price=95.0))
+    assert group.configuration(100.0) == {"stop_limit_stop_limit_gtc": {
+        "base_size": "0.5", "stop_price": "95", "limit_price": "94.05",
+        "stop_direction": "STOP_DIRECTION_STOP_DOWN"}}  # fmt: skip
+    groups.add_leg(group, _leg("limit", limit_price=110.0))
+    groups.add_leg(group, _leg("trailing_stop", trail_amount=4.0, trail_from_price=100.0))
+    assert group.stop_level() == (96.0, "trailing_stop")  # the tighter of 95 and 100 - 4
+    assert group.configuration(100.0) == {"trigger_bracket_gtc": {
+        "base_size": "0.5", "limit_price": "110", "stop_trigger_price": "96"}}  # fmt: skip
+    assert not group.follow(99.0) and group.follow(101.5) and group.stop_level()[0] == 97.5
+    group.version = 3
+    venue_id = group.venue_id()
+    assert len(venue_id) <= groups.MAX_ID_LEN and venue_id.endswith("-95-4-101p5-3")
+    resting = BrokerOrder(client_order_id=venue_id, venue_order_id="v1", symbol="BTC-USD",
+                          side="sell", qty=0.5, order_type="limit", status="open",
+                          stop_price=97.5, limit_price=110.0)  # fmt: skip
+    rebuilt = groups.decode(venue_id, resting)
+    assert (rebuilt.stop, rebuilt.target, rebuilt.trail, rebuilt.best, rebuilt.version) == (
+        95.0, 110.0, 4.0, 101.5, 3)  # fmt: skip
+    assert all(rebuilt.holds(cid) for cid in group.ids.values())
+    # Which leg filled: near the target it was the target, else the binding stop.
+    filled = dict(status="filled", filled_qty=0.5)
+    at_target = BrokerOrder(**{**resting.__dict__, **filled, "avg_fill_price": 109.9})
+    at_stop = BrokerOrder(**{**resting.__dict__, **filled, "avg_fill_price": 97.4})
+    assert (rebuilt.filled_leg(at_target), rebuilt.filled_leg(at_stop)) == (
+        "limit",
+        "trailing_stop",
+    )
+    assert groups.decode("qs" + "0" * 32, resting) is None  # a plain order is no group's

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import requests
@@ -36,6 +36,7 @@ from live.broker import (
 )
 from live.coinbase import parse
 from live.coinbase.config import API_KEY_NAME, API_SECRET_NAME, CoinbaseConfig
+from live.coinbase.groups import ProtectiveGroups
 from live.coinbase.stream import FillStream
 from live.logs import ScrubSecrets
 from live.secrets import Secret, load_secrets, scrub
@@ -233,6 +234,12 @@ class CoinbaseBroker(Broker):
     searched in ``list_orders`` (``lookup_window_s``, ``lookup_max_pages``). After an ambiguous
     create that search finds the order if it landed, and ``None`` means it never did.
 
+    Protective legs (requests with an ``oco_group``) rest as one venue order per group
+    (``live.coinbase.groups``: a trigger bracket, a stop-limit or a limit) and are reported leg
+    by leg; ``open_bar`` and ``trade_bar`` move a trailing leg's stop as the price makes a new
+    best (on a real venue the runner calls them after the bar, so the stop resting during a bar
+    is the one set from the bars before it).
+
     Parameters
     ----------
     config : CoinbaseConfig
@@ -241,8 +248,11 @@ class CoinbaseBroker(Broker):
     """
 
     venue = VENUE
-    capabilities = frozenset({"market", "limit", "stop", "stream"})
-    supports_resting_protection = False  # the runner watches the levels (for now)
+    capabilities = frozenset({"market", "limit", "stop", "trailing_stop", "oco", "bracket",
+                              "stream"})  # fmt: skip
+    """``trailing_stop`` and ``oco`` only as legs of an OCO group (``live.coinbase.groups``):
+    Coinbase has no trailing-stop order, and its one-of-two exit is the trigger bracket."""
+    supports_resting_protection = True
 
     def __init__(self, config: CoinbaseConfig) -> None:
         self.config = config
@@ -251,6 +261,8 @@ class CoinbaseBroker(Broker):
         self._lock = threading.Lock()
         self._order_ids: dict[str, str] = {}
         self._client_ids: dict[str, str] = {}
+        self.groups = ProtectiveGroups(self._create, self._cancel_venue, self._find,
+                                       config.stop_limit_slippage_bps)  # fmt: skip
 
     def __repr__(self) -> str:
         return f"CoinbaseBroker(mode={self.config.mode!r}, base_url={self.config.base_url!r})"
@@ -302,6 +314,7 @@ class CoinbaseBroker(Broker):
             raise BrokerAuthError(
                 VENUE, f"the API key cannot trade ({self.credentials.hint}); grant it 'trade'"
             )
+        self._raw_open_orders()  # adopts the protective groups resting at the venue
         return self.account()
 
     def _balances(self) -> parse.Balances:
@@ -371,20 +384,35 @@ class CoinbaseBroker(Broker):
                 "coinbase: refusing an order without client_order_id (the SDK would send a "
                 "random one and a resubmission could not be recognised)"
             )
-        known = self._order_ids.get(cid)
-        if known is not None:
-            return self._get(known)
         try:
+            if request.oco_group is not None:
+                if self.groups.find(cid) is None and request.oco_group not in self.groups.groups:
+                    self._find(cid)  # a restarted process: adopts the leg's group if it exists
+                return self.groups.add(request)
             configuration = parse.order_configuration(request)
         except ValueError as exc:
             raise BrokerRejectedError(VENUE, str(exc).removeprefix("coinbase: ")) from None
+        return self._create(cid, request.symbol, request.side, configuration, request)
+
+    def _create(
+        self,
+        cid: str,
+        symbol: str,
+        side: str,
+        configuration: dict,
+        request: OrderRequest | None = None,
+    ) -> BrokerOrder:
+        """Create one venue order under client order id ``cid``; a known id is adopted."""
+        known = self._order_ids.get(cid)
+        if known is not None:
+            return self._get(known)
         what = f"create order {cid}"
         answer = self._call(
             what,
             lambda: self.rest.create_order(
                 client_order_id=cid,
-                product_id=request.symbol,
-                side=parse.VENUE_SIDES[request.side],
+                product_id=symbol,
+                side=parse.VENUE_SIDES[side],
                 order_configuration=configuration,
             ),
             sends=True,
@@ -397,10 +425,10 @@ class CoinbaseBroker(Broker):
                 return self._get(result.order_id)
             except BrokerError as exc:  # it exists; report it as accepted, details later
                 logger.warning("coinbase %s: accepted, but reading it back failed: %s", what, exc)
-                return _accepted(request, result.order_id)
+                return _accepted(cid, symbol, side, configuration, result.order_id)
         # A duplicate id means the order exists: adopt it. Any other failure is still checked
         # against the venue, so a retried create whose first attempt landed is never rejected.
-        existing = self.order(cid)
+        existing = self._find(cid)
         if existing is not None and existing.status != OrderStatus.REJECTED:
             if not result.duplicate:
                 logger.warning("coinbase %s: %s; the order exists: adopted", what, result.reason)
@@ -419,7 +447,18 @@ class CoinbaseBroker(Broker):
     @_reads
     def order(self, client_order_id: str) -> BrokerOrder | None:
         """Look an order up by client order id: the known order id, else a search of
-        ``list_orders`` newest first. None if the venue never received it."""
+        ``list_orders`` newest first. None if the venue never received it. A protective leg
+        is reported as its group's order shows it (``live.coinbase.groups``)."""
+        view = self.groups.view(client_order_id)
+        if view is not None:
+            return view
+        found = self._find(client_order_id)
+        if found is None:
+            return self.groups.view(client_order_id)  # the search met its group's orders
+        return found
+
+    def _find(self, client_order_id: str) -> BrokerOrder | None:
+        """One venue order by its own client order id (see ``order``)."""
         venue_order_id = self._order_ids.get(client_order_id)
         if venue_order_id is not None:
             try:
@@ -436,12 +475,27 @@ class CoinbaseBroker(Broker):
             self.config.lookup_max_pages,
         ):
             self.remember(raw.get("client_order_id") or "", raw["order_id"])
+            order = parse.order_from_venue(raw)
             if raw.get("client_order_id") == client_order_id:
-                return parse.order_from_venue(raw)
+                return order
+            group = self.groups.adopt(order.client_order_id, order)
+            if group is not None and group.holds(client_order_id):
+                return None  # the leg of a group: ``order`` reports it
         return None
 
     @_reads
     def open_orders(self) -> list[BrokerOrder]:
+        """Open orders; a protective group's order is listed as its legs."""
+        out = []
+        for order in self._raw_open_orders():
+            group = self.groups.adopt(order.client_order_id, order)
+            if group is None:
+                out.append(order)
+            else:
+                out += [group.view(cid, order) for cid in group.ids.values()]
+        return out
+
+    def _raw_open_orders(self) -> list[BrokerOrder]:
         orders = [
             parse.order_from_venue(raw)
             for raw in self._pages(
@@ -453,13 +507,38 @@ class CoinbaseBroker(Broker):
         ]
         for o in orders:
             self.remember(o.client_order_id, o.venue_order_id)
+            self.groups.adopt(o.client_order_id, o)
         return [o for o in orders if not o.is_final]
 
     @_reads
     def cancel(self, client_order_id: str) -> BrokerOrder | None:
         """Cancel the rest of an order and return it once final (or as it stands after
-        ``cancel_wait_s``); a final order is returned as it is."""
-        current = self.order(client_order_id)
+        ``cancel_wait_s``); a final order is returned as it is. A protective leg leaves its
+        group (``live.coinbase.groups``)."""
+        if self.order(client_order_id) is not None and self.groups.find(client_order_id):
+            return self.groups.cancel(client_order_id)
+        return self._cancel_venue(client_order_id)
+
+    def replace(self, client_order_id: str, request: OrderRequest) -> BrokerOrder | None:
+        """Move a protective leg with one change of its group's order; otherwise the
+        contract's cancel, then send."""
+        if self.groups.find(client_order_id) is not None:
+            return self.groups.replace(client_order_id, request)
+        return super().replace(client_order_id, request)
+
+    def open_bar(self, ts_ns: int, opens) -> None:
+        """Trailing legs follow the bar's open (the fill model moves a trailing stop to a
+        better open before it checks the bar)."""
+        self.groups.follow(dict(opens))
+
+    def trade_bar(self, ts_ns: int, ranges) -> None:
+        """Trailing legs follow the bar's best price once it has traded: its high for a
+        long's, its low for a short's (each group picks its own side)."""
+        self.groups.follow({s: r[1] for s, r in ranges.items()}, side="sell")
+        self.groups.follow({s: r[2] for s, r in ranges.items()}, side="buy")
+
+    def _cancel_venue(self, client_order_id: str) -> BrokerOrder | None:
+        current = self._find(client_order_id)
         if current is None or current.is_final:
             return current
         oid = current.venue_order_id
@@ -497,8 +576,23 @@ class CoinbaseBroker(Broker):
                 self.config.lookup_max_pages,
             )
         )
-        out = [parse.fill_from_venue(f, self._client_id_of(f["order_id"])) for f in raw]
+        out = [self._as_leg(parse.fill_from_venue(f, self._client_id_of(f["order_id"])),
+                            f["order_id"]) for f in raw]  # fmt: skip
         return sorted((f for f in out if f.ts_fill_ns >= since_ns), key=_fill_order)
+
+    def _as_leg(self, fill: BrokerFill, venue_order_id: str) -> BrokerFill:
+        """A fill of a protective group's order, under the client order id of the leg that
+        filled (the group's order carries an id of its own)."""
+        group = next((g for g in self.groups.groups.values()
+                      if g.current == fill.client_order_id), None)  # fmt: skip
+        if group is None and "-" not in fill.client_order_id:
+            return fill
+        order = self._get(venue_order_id)
+        group = group or self.groups.adopt(fill.client_order_id, order)
+        if group is None:
+            return fill
+        leg = group.ids.get(group.filled_leg(order))
+        return fill if leg is None else replace(fill, client_order_id=leg)
 
     @_reads
     def order_fills(self, venue_order_id: str, client_order_id: str = "") -> list[BrokerFill]:
@@ -510,7 +604,8 @@ class CoinbaseBroker(Broker):
             self.config.lookup_max_pages,
         )
         cid = client_order_id or self._client_id_of(venue_order_id)
-        return sorted((parse.fill_from_venue(f, cid) for f in raw), key=_fill_order)
+        fills = [self._as_leg(parse.fill_from_venue(f, cid), venue_order_id) for f in raw]
+        return sorted(fills, key=_fill_order)
 
     def stream_fills(self, on_fill: Callable[[BrokerFill], None]) -> Callable[[], None]:
         """Follow the user channel; each order update with new fills fetches that order's
@@ -527,14 +622,16 @@ def _fill_order(fill: BrokerFill) -> tuple[int, str]:
     return fill.ts_fill_ns, fill.fill_id
 
 
-def _accepted(request: OrderRequest, venue_order_id: str) -> BrokerOrder:
+def _accepted(cid: str, symbol: str, side: str, configuration: dict,
+              venue_order_id: str) -> BrokerOrder:  # fmt: skip
+    kind, inner = parse.order_kind(configuration)
     return BrokerOrder(
-        client_order_id=request.client_order_id,
+        client_order_id=cid,
         venue_order_id=venue_order_id,
-        symbol=request.symbol,
-        side=request.side,
-        qty=float(request.qty),
-        order_type=request.order_type,
+        symbol=symbol,
+        side=side,
+        qty=float(inner["base_size"]),
+        order_type=kind,
         status=OrderStatus.OPEN,
         ts_updated_ns=time.time_ns(),
     )

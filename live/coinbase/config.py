@@ -92,6 +92,12 @@ class CoinbaseConfig(VenueSettings):
         ``backfill_overlap_s`` before the previous backfill (duplicates are dropped).
     candles_per_request : int
         Candles per ``get_candles`` call of ``bar_pages`` (Coinbase allows at most 350).
+    stop_limit_slippage_bps : float
+        A protective stop rests as a stop-limit (Coinbase has no stop-market order): its limit
+        price is this far beyond the stop level (below for a sell). The stop fills anywhere
+        between the two; a market that gaps past the limit leaves it unfilled, resting as a
+        limit order, where the backtest's stop fills at the open. A stop resting in a trigger
+        bracket (with a target) gets Coinbase's own 5% instead.
     """
 
     venue: ClassVar[str] = "coinbase"
@@ -118,6 +124,7 @@ class CoinbaseConfig(VenueSettings):
     stream_reconnect_s: float = 1.0
     backfill_overlap_s: float = 30.0
     candles_per_request: int = MAX_CANDLES_PER_REQUEST
+    stop_limit_slippage_bps: float = 500.0
 
     def __post_init__(self) -> None:
         where = "coinbase config"
@@ -136,6 +143,14 @@ class CoinbaseConfig(VenueSettings):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ConfigError(f"{where}: {name} must be an integer in [{low}, {high}]")
+        slippage = self.stop_limit_slippage_bps
+        if (
+            isinstance(slippage, bool)
+            or not isinstance(slippage, int | float)
+            or not (0 < slippage < 10_000)
+        ):
+            raise ConfigError(f"{where}: stop_limit_slippage_bps must be a number of basis "
+                              f"points in (0, 10000), got {slippage!r}")  # fmt: skip
         if isinstance(self.products, list):  # TOML arrays arrive as lists
             object.__setattr__(self, "products", tuple(self.products))
         if not all(isinstance(p, str) and p for p in self.products):

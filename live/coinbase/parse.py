@@ -98,8 +98,8 @@ def order_kind(order_configuration: Mapping[str, Any]) -> tuple[str, Mapping[str
             return "market", inner
         if key.startswith("stop_limit_"):
             return "stop", inner
-        if key.startswith(("limit_", "sor_limit_")):
-            return "limit", inner
+        if key.startswith(("limit_", "sor_limit_", "trigger_bracket_")):
+            return "limit", inner  # a bracket rests as its limit, with a stop trigger
     raise ValueError(f"coinbase: unsupported order configuration {sorted(order_configuration)}")
 
 
@@ -123,6 +123,8 @@ def order_from_venue(order: Mapping[str, Any]) -> BrokerOrder:
         ts_updated_ns=(
             _timestamp(order.get("last_fill_time")) or _timestamp(order.get("created_time"))
         ),
+        stop_price=_number(inner.get("stop_price") or inner.get("stop_trigger_price")) or None,
+        limit_price=_number(inner.get("limit_price")) or None,
     )
 
 

@@ -1,5 +1,19 @@
 """A fake Coinbase Advanced Trade venue on 127.0.0.1 for coinbase-advanced-py: HTTPS REST and a
-wss user channel (trustme certificate), ES256 JWT checks, a small matching engine, fault knobs.
+wss user channel (trustme certificate), ES256 JWT checks, a matching engine, fault knobs.
+
+Two ways its market moves. ``set_price`` sets a last trade price, and every resting order that
+price reaches fills at it (the adapter's unit tests). ``replay`` plays bars instead, as the paper
+venue does: ``open_bar`` fills the waiting market orders at the bar's open (with the configured
+slippage, priced by the fill model's ``exit_nb``), ``trade_bar`` executes the resting orders on
+the bar's (open, high, low) by the fill model's intrabar rules (``check_levels_nb``: a gap
+through a level fills at the open, a touched level at the level, a bar reaching both sides of a
+bracket fills the stop), with what Coinbase adds: a stop-limit fills only at its limit price or
+better (a gap past it leaves it resting as a limit order), and a bracket's stop, once triggered,
+is a stop-limit 5% past its trigger. In a runner test the venue learns that the market moved
+in-process, from the bars the runner itself replays: the test binds the adapter's
+``Broker.open_bar`` / ``trade_bar`` hooks (no-ops on the real venue, whose market moves by
+itself) to ``open_bar`` / ``trade_bar`` here, so each bar reaches the venue at the point of the
+cycle where a simulated venue's market moves, and everything else goes through the SDK.
 """
 
 from __future__ import annotations
@@ -21,9 +35,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
+import numpy as np
 import trustme
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
+
+from quantshift.engine.records import config_dt, position_dt, stats_dt, trade_dt
+from quantshift.engine.simulate import REASON_TAKE_PROFIT, check_levels_nb, exit_nb
 
 PREFIX = "/api/v3/brokerage"
 GRANULARITY_S = {
@@ -35,6 +53,8 @@ GRANULARITY_S = {
 }
 MAX_CANDLES = 350
 ZERO = Decimal(0)
+BRACKET_STOP_LIMIT = Decimal("0.05")
+"""A triggered bracket's stop becomes a stop-limit this far past its trigger price."""
 
 
 def stamp(ns: int, digits: int = 6) -> str:
@@ -105,11 +125,30 @@ class FakeOrder:
         return self.size - self.filled
 
     @property
+    def kind(self) -> str:
+        return next(iter(self.configuration))
+
+    @property
     def order_type(self) -> str:
-        kind = next(iter(self.configuration))
+        kind = self.kind
+        if kind.startswith("trigger_bracket"):
+            return "BRACKET"
         return (
             "MARKET" if kind.startswith("market") else "STOP_LIMIT" if "stop" in kind else "LIMIT"
         )
+
+    @property
+    def trigger_status(self) -> str:
+        if self.stop_price is None:
+            return "INVALID_ORDER_TYPE"
+        return "STOP_TRIGGERED" if self.triggered else "STOP_PENDING"
+
+    def trigger(self) -> None:
+        """The stop was reached: a bracket's resting limit becomes its stop-limit."""
+        self.triggered = True
+        if self.kind.startswith("trigger_bracket"):
+            away = BRACKET_STOP_LIMIT if self.side == "BUY" else -BRACKET_STOP_LIMIT
+            self.limit_price = self.stop_price * (1 + away)
 
     @property
     def time_in_force(self) -> str:
@@ -131,7 +170,7 @@ class FakeOrder:
             "size_in_quote": False, "total_fees": _dec(self.fees),
             "size_inclusive_of_fees": False,
             "total_value_after_fees": _dec(self.filled_value + self.fees),
-            "trigger_status": "INVALID_ORDER_TYPE", "order_type": self.order_type,
+            "trigger_status": self.trigger_status, "order_type": self.order_type,
             "reject_reason": "", "settled": self.status == "FILLED", "product_type": "SPOT",
             "reject_message": "",
             "cancel_message": "User requested cancel" if self.status == "CANCELLED" else "",
@@ -180,6 +219,10 @@ class FakeCoinbase:
         Fee as a fraction of notional, charged in USD.
     heartbeat_s : float
         Interval of heartbeat messages on subscribed connections.
+    base_increment : str
+        Every product's quantity increment (``Broker.quantity_step``), as Coinbase writes it.
+    slippage_rate : float
+        Adverse move of a replayed fill, as a fraction of its price (the fill model's).
     duplicate_mode : {"error", "existing"}
         Answer to a create with a known client order id: ``success: false`` naming a duplicate
         (``error``), or ``success: true`` with the existing order (``existing``).
@@ -195,8 +238,16 @@ class FakeCoinbase:
         heartbeat_s: float = 0.05,
         duplicate_mode: str = "error",
         cert_hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+        slippage_rate: float = 0.0,
+        base_increment: str = "0.00000001",
     ) -> None:
         self.cert_hosts = cert_hosts
+        self.base_increment = base_increment
+        self.replaying = False
+        """True once ``replay`` was called: the market moves only with ``open_bar``."""
+        self._cfg = np.zeros(1, config_dt)
+        self._cfg[0].fee_rate = fee_rate
+        self._cfg[0].slippage_rate = slippage_rate
         self.fee_rate = Decimal(str(fee_rate))
         self.heartbeat_s = heartbeat_s
         self.duplicate_mode = duplicate_mode
@@ -287,6 +338,77 @@ class FakeCoinbase:
                 if order.product_id == product_id and order.status == "OPEN":
                     self._try_fill(order)
         self._flush()
+
+    def replay(self) -> FakeCoinbase:
+        """Let bars move the market (``open_bar``, ``trade_bar``) from now on; a market order
+        then waits for the next bar's open."""
+        self.replaying = True
+        return self
+
+    def open_bar(self, ts_ns: int, opens: dict[str, float]) -> None:
+        """A bar opened: fill the market orders waiting for it, in the order they came."""
+        with self._lock:
+            for product, price in opens.items():
+                if not np.isfinite(price):
+                    continue
+                self.prices[product] = Decimal(repr(float(price)))
+                for order in self._open(product):
+                    if order.kind.startswith("market"):
+                        self._execute(order, order.remaining, self._exit_price(order, price),
+                                      ts_ns)  # fmt: skip
+        self._flush()
+
+    def trade_bar(self, ts_ns: int, ranges: dict[str, tuple[float, float, float]]) -> None:
+        """The rest of a bar traded: ``{product: (open, high, low)}``; resting orders execute
+        by the fill model's intrabar rules (see the module docstring)."""
+        with self._lock:
+            for product, (open_, high, low) in ranges.items():
+                if not np.isfinite(open_):
+                    continue
+                for order in self._open(product):
+                    if not order.kind.startswith("market"):
+                        self._match(order, float(open_), float(high), float(low), ts_ns)
+        self._flush()
+
+    def _open(self, product: str) -> list[FakeOrder]:
+        return sorted((o for o in self.orders.values()
+                       if o.product_id == product and o.status == "OPEN"),
+                      key=lambda o: o.created_ns)  # fmt: skip
+
+    def _exit_price(self, order: FakeOrder, price: float) -> Decimal:
+        """The fill model's price of a market order at ``price`` (an order closes the position
+        on its other side: a buy pays the slippage up, a sell down)."""
+        position = np.zeros(1, position_dt)
+        position[0].units = (-1.0 if order.side == "BUY" else 1.0) * float(order.remaining)
+        position[0].entry_price = price
+        trades = np.zeros(1, trade_dt)
+        exit_nb(position[0], price, 0, 0, self._cfg[0], trades, 0, np.zeros(1, stats_dt)[0])
+        return Decimal(repr(float(trades[0].exit_price)))
+
+    def _match(self, order: FakeOrder, open_: float, high: float, low: float, ts: int) -> None:
+        # The order closes a position on its other side: model that position's levels.
+        position = np.zeros(1, position_dt)
+        p = position[0]
+        sign = 1.0 if order.side == "SELL" else -1.0
+        p.units = sign * float(order.remaining)
+        p.entry_price = p.best_price = open_
+        p.stop_price = p.take_profit_price = p.trail_distance = np.nan
+        if not order.triggered:
+            p.stop_price = float(order.stop_price)
+        if order.limit_price is not None and (order.triggered or order.kind.startswith(
+                ("limit", "sor_limit", "trigger_bracket"))):  # fmt: skip
+            p.take_profit_price = float(order.limit_price)
+        p.has_levels = True
+        trades, stats = np.zeros(1, trade_dt), np.zeros(1, stats_dt)
+        if not check_levels_nb(p, open_, high, low, 0, self._cfg[0], trades, 0, stats[0]):
+            return
+        price = float(trades[0].exit_price)
+        if int(trades[0].exit_reason) != REASON_TAKE_PROFIT:
+            order.trigger()
+            worst = float(order.limit_price)
+            if sign * (price - worst) < 0:
+                return  # gapped past the stop-limit's limit: it rests as a limit order
+        self._execute(order, order.remaining, Decimal(repr(price)), ts)
 
     def count(self, method: str, path: str) -> int:
         return sum(1 for c in self.calls if c == (method, path))
@@ -441,7 +563,7 @@ class FakeCoinbase:
     def _product(self, product_id: str) -> dict:
         base, quote = product_id.split("-")
         return {"product_id": product_id, "price": _dec(self.prices[product_id]),
-                "base_increment": "0.00000001", "quote_increment": "0.01",
+                "base_increment": self.base_increment, "quote_increment": "0.01",
                 "base_min_size": "0.00000001", "base_max_size": "3400",
                 "quote_min_size": "1", "quote_max_size": "150000000", "status": "online",
                 "product_type": "SPOT", "base_currency_id": base, "quote_currency_id": quote,
@@ -510,7 +632,12 @@ class FakeCoinbase:
         kind, inner = next(iter(body["order_configuration"].items()))
         size = Decimal(inner["base_size"])
         limit = Decimal(inner["limit_price"]) if "limit_price" in inner else None
-        stop = Decimal(inner["stop_price"]) if "stop_price" in inner else None
+        stop_text = inner.get("stop_price") or inner.get("stop_trigger_price")
+        stop = Decimal(stop_text) if stop_text else None
+        if kind.startswith("trigger_bracket") and (stop >= limit if side == "SELL"
+                                                   else stop <= limit):  # fmt: skip
+            message = "stop trigger price must be on the other side of the limit price"
+            return _failed("INVALID_PRICE", message, body)
         base, quote = product.split("-")
         price = limit or self.prices[product]
         free = self.balances.get(quote if side == "BUY" else base, ZERO) - self._holds().get(
@@ -527,6 +654,8 @@ class FakeCoinbase:
         if self._partial_next is not None:
             order.partial, self._partial_next = self._partial_next, None
         self.orders[order.order_id] = order
+        if self.replaying:  # the market moves with the bars: everything waits for one
+            return _created(order, body)
         self._try_fill(order)
         if kind.startswith("market") or "ioc" in kind:
             if order.status == "OPEN":  # immediate-or-cancel: the rest is cancelled
@@ -537,8 +666,18 @@ class FakeCoinbase:
     def _try_fill(self, order: FakeOrder) -> None:
         price = self.prices[order.product_id]
         buy = order.side == "BUY"
-        if not order.triggered:
-            order.triggered = price >= order.stop_price if buy else price <= order.stop_price
+        bracket = order.kind.startswith("trigger_bracket")
+        if (
+            bracket
+            and not order.triggered
+            and (price <= order.limit_price if buy else price >= order.limit_price)
+        ):
+            self._execute(order, order.remaining, price)  # the bracket's target
+            return
+        if not order.triggered and (
+            price >= order.stop_price if buy else price <= order.stop_price
+        ):
+            order.trigger()
         if not order.triggered:
             return
         if order.limit_price is not None and (
@@ -550,13 +689,13 @@ class FakeCoinbase:
             qty, order.partial = (order.size * order.partial).quantize(Decimal("1e-8")), None
         self._execute(order, qty, price)
 
-    def _execute(self, order: FakeOrder, qty: Decimal, price: Decimal) -> None:
+    def _execute(self, order: FakeOrder, qty: Decimal, price: Decimal, ts_ns: int = 0) -> None:
         base, quote = order.product_id.split("-")
         fee = qty * price * self.fee_rate
         sign = 1 if order.side == "BUY" else -1
         self.balances[base] = self.balances.get(base, ZERO) + sign * qty
         self.balances[quote] = self.balances.get(quote, ZERO) - sign * qty * price - fee
-        now = time.time_ns()
+        now = ts_ns or time.time_ns()  # a replayed fill happens at its bar's time
         order.filled += qty
         order.filled_value += qty * price
         order.fees += fee
