@@ -449,7 +449,9 @@ def wait_until(condition, timeout_s: float = 5.0) -> None:
 def streaming(fake, broker):
     collector = Collector()
     stop = broker.stream_fills(collector)
-    wait_until(lambda: fake.stream_connections == 1)
+    # Connected and past the first backfill: a fill from now on comes by the stream, or by the
+    # backfill after a reconnect, never by that first backfill.
+    wait_until(lambda: fake.stream_connections == 1 and stop.__self__.backfills >= 1)
     yield collector, stop.__self__
     stop()
 

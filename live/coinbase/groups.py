@@ -38,8 +38,9 @@ BRACKET_STOP_LIMIT = 0.05
 """When a trigger bracket's stop triggers, Coinbase places a stop-limit 5% beyond the trigger
 (lower for a sell, higher for a buy): the worst price the stop leg of a bracket fills at."""
 PREFIX_LEN = 16
-"""Characters of each leg's client order id kept in an incarnation's id (``"qs"`` and 14 hex
-digits of a SHA-256: no two of an account's ids share one)."""
+"""Characters of each leg's client order id kept in an incarnation's id, with its last one
+(``"qs"`` and 14 hex digits of its OCO group's SHA-256, which no two groups of an account share,
+and the leg's letter: ``live.broker.leg_id``)."""
 MAX_ID_LEN = 128
 """The longest client order id Coinbase takes."""
 _ABSENT = "x"
@@ -132,7 +133,8 @@ class Group:
         that is longer than Coinbase's 128 characters (three legs), each leg by its prefix."""
         numbers = [_number_text(v) for v in (self.stop, self.trail, self.best)]
         for keep in (None, PREFIX_LEN):
-            ids = [self.ids.get(k, _ABSENT)[:keep] for k in KINDS]
+            ids = [_short(self.ids.get(k, _ABSENT)) if keep else self.ids.get(k, _ABSENT)
+                   for k in KINDS]  # fmt: skip
             text = "-".join([*ids, *numbers, str(self.version)])
             if len(text) <= MAX_ID_LEN:
                 break
@@ -264,9 +266,17 @@ def decode(client_order_id: str, order: BrokerOrder) -> Group | None:
     return group
 
 
+def _short(client_order_id: str) -> str:
+    """A leg's id as a venue order carries it when the whole ids do not fit: its group's
+    prefix and its leg's letter (the legs of one group share the group's id)."""
+    if len(client_order_id) <= PREFIX_LEN + 1:
+        return client_order_id
+    return client_order_id[:PREFIX_LEN] + client_order_id[-1]
+
+
 def _same(asked: str, known: str) -> bool:
-    """One leg's id, whole or as the prefix a venue order carries."""
-    return asked[:PREFIX_LEN] == known[:PREFIX_LEN]
+    """One leg's id, whole or as the prefix and letter a venue order carries."""
+    return _short(asked) == _short(known)
 
 
 def _number_text(value: float | None) -> str:

@@ -67,6 +67,8 @@ class FillStream:
         self._thread = threading.Thread(target=self._run, name="coinbase-fills", daemon=True)
         self.connections = 0
         """WebSocket connections opened so far (reconnects are ``connections - 1``)."""
+        self.backfills = 0
+        """Backfills done so far (one after each connection attempt)."""
 
     def start(self) -> Callable[[], None]:
         """Start the thread; return the function that stops it."""
@@ -128,6 +130,7 @@ class FillStream:
         started = time.time_ns()
         self._deliver(self._venue.fills(self._since_ns))
         self._since_ns = started - int(self._config.backfill_overlap_s * 1e9)
+        self.backfills += 1
 
     def _handle(self, text: str) -> bool:
         message = parse.stream_message(text)
