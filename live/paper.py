@@ -180,6 +180,7 @@ class PaperBroker(Broker):
         self._cfg[0].fee_rate = float(fee_rate)
         self._cfg[0].slippage_rate = float(slippage_rate)
         self._marks: dict[str, float] = {}
+        self._bar_ns: int | None = None  # the bar opened last: an order sent now waits for the next
 
     def close(self) -> None:
         self._venue.close()
@@ -225,10 +226,12 @@ class PaperBroker(Broker):
             tx.run(
                 "INSERT INTO paper_book (client_order_id, symbol, side, qty, order_type, "
                 "stop_price, limit_price, trail_amount, best_price, oco_group, status, submits, "
-                "ts_created_ns, ts_updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                "ts_created_ns, ts_updated_ns, sent_in_bar_ns) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
                 (request.client_order_id, request.symbol, request.side, float(request.qty),
                  request.order_type, request.stop_price, request.limit_price,
-                 request.trail_amount, best, request.oco_group, OrderStatus.OPEN, now, now),
+                 request.trail_amount, best, request.oco_group, OrderStatus.OPEN, now, now,
+                 self._bar_ns),
             )  # fmt: skip
         if request.order_type == "market" and self._quote is not None:
             price = float(self._quote(request.symbol))
@@ -278,10 +281,16 @@ class PaperBroker(Broker):
 
     # ------------------------------------------------------------------ the simulated market
     def open_bar(self, ts_ns: int, opens: Mapping[str, float]) -> None:
-        """Fill the market orders waiting for this open, in the order they were sent."""
+        """Fill the market orders waiting for this open, in the order they were sent: those sent
+        before this bar opened (a runner redoing a bar opens it again; what its predecessor sent
+        in that bar waits for the next open)."""
         self._marks.update({s: p for s, p in opens.items() if math.isfinite(p)})
+        self._bar_ns = ts_ns
         for row in self._open_rows():
             price = opens.get(row["symbol"], math.nan)
+            sent_in = row["sent_in_bar_ns"]
+            if sent_in is not None and ts_ns <= sent_in:
+                continue
             if row["order_type"] == "market" and math.isfinite(price):
                 self._fill_market(row["client_order_id"], price, ts_ns)
 

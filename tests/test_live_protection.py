@@ -114,6 +114,23 @@ def test_a_market_order_waits_for_the_next_open_and_fills_there_with_slippage(pa
     assert done.ts_updated_ns == 5 and paper.fills()[0].ts_fill_ns == 5
 
 
+def test_a_bar_opened_again_by_a_successor_does_not_fill_what_was_sent_in_it(tmp_path):
+    """A runner that takes over redoes the bar its predecessor died in and opens it again; a
+    market order the predecessor sent in that bar (after its open) fills at the next open."""
+    url = f"sqlite:///{tmp_path}/p.db"
+    first = PaperBroker(url, cash=1e6, slippage_rate=SLIP)
+    first.open_bar(5, {"X": 50.0})
+    first.submit(OrderRequest(client_order_id="qsbuy", symbol="X", side="buy", qty=2.0))
+    first.close()  # the predecessor dies here
+    successor = PaperBroker(url, cash=1e6, slippage_rate=SLIP)
+    successor.open_bar(5, {"X": 50.0})  # the redo of bar 5
+    assert successor.order("qsbuy").status == OrderStatus.OPEN
+    successor.open_bar(6, {"X": 51.0})
+    done = successor.order("qsbuy")
+    assert done.status == OrderStatus.FILLED and done.avg_fill_price == 51.0 * (1 + SLIP)
+    successor.close()
+
+
 def test_an_oco_group_that_filled_refuses_a_new_leg_and_replace_never_doubles(paper):
     _protect(paper, stop=95.0, target=110.0)
     paper.trade_bar(1, {"X": (100.0, 101.0, 94.0)})
