@@ -15,7 +15,7 @@ from live.alpaca import AlpacaBroker
 from live.clock import MarketClock
 from live.config import parse_config
 from live.feeds import open_feed
-from live.streaming import StreamingFeed
+from live.streaming import _CONNECTED, StreamingFeed
 from live.venues import venue_bar_pages, venue_bar_stream
 from quantshift.errors import ConfigError
 from tests.fakes.alpaca_server import FakeAlpaca
@@ -333,6 +333,10 @@ def test_a_coinbase_drop_is_backfilled_from_rest_after_the_reconnect(coinbase_fe
     fake.drop_stream()  # the candles closed while away come from REST
     feed.now["ns"] = C0 + 2 * FIVE + 3 * 10**9
     until(lambda: fake.subscriptions.count("candles") >= 2, timeout_s=10.0)
+    # The reconnect's backfill marker is queued just after the subscription: wait for it, or the
+    # feed's own fallback poll may find both bars first (decided the same, but not by the path
+    # this test is about).
+    until(lambda: _CONNECTED in list(feed._inbox.queue), timeout_s=10.0)
     decided = [decide_next(feed, last)]
     decided.append(decide_next(feed, decided[-1]))
     assert decided == [C0, C0 + FIVE]
