@@ -379,15 +379,9 @@ class ProtectiveGroups:
     def cancel(self, client_order_id: str) -> BrokerOrder | None:
         """Take a leg out of its group: the group's order is cancelled and, unless it filled
         first (the leg's final view then says which leg filled), sent again without it."""
-        group = self.find(client_order_id)
+        group, view = self._open_for_change(client_order_id)
         if group is None:
-            return None
-        if client_order_id in group.ended:
-            return group.ended[client_order_id]
-        if self._cancel_current(group):
-            current = self._current(group)
-            return group.end(client_order_id, current) if group.filled else group.view(
-                client_order_id, current)  # fmt: skip
+            return view
         view = group.end(client_order_id, None)
         self._send(group)
         return view
@@ -395,18 +389,27 @@ class ProtectiveGroups:
     def replace(self, client_order_id: str, request: OrderRequest) -> BrokerOrder | None:
         """Swap leg ``client_order_id`` for ``request`` of the same group with one venue change;
         if the group's order filled first, the old leg's final view and nothing is sent."""
-        group = self.find(client_order_id)
+        group, view = self._open_for_change(client_order_id)
         if group is None:
-            return None
-        if client_order_id in group.ended:
-            return group.ended[client_order_id]
-        if self._cancel_current(group):
-            current = self._current(group)
-            return group.end(client_order_id, current) if group.filled else group.view(
-                client_order_id, current)  # fmt: skip
+            return view
         group.end(client_order_id, None)
         add_leg(group, request)
         return group.view(request.client_order_id, self._send(group))
+
+    def _open_for_change(self, client_order_id: str) -> tuple[Group | None, BrokerOrder | None]:
+        """Cancel the order resting for the group of leg ``client_order_id`` so the group can
+        change: ``(group, None)`` once it is cancelled; ``(None, view)`` when the leg is unknown
+        (no view), has left its group, or the order filled (or would not cancel) first."""
+        group = self.find(client_order_id)
+        if group is None:
+            return None, None
+        if client_order_id in group.ended:
+            return None, group.ended[client_order_id]
+        if self._cancel_current(group):
+            current = self._current(group)
+            return None, group.end(client_order_id, current) if group.filled else group.view(
+                client_order_id, current)  # fmt: skip
+        return group, None
 
     def follow(self, prices: dict[str, float], side: str | None = None) -> int:
         """Trailing legs (of groups on ``side``, or all) follow ``prices`` (a price each symbol
