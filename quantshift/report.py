@@ -126,6 +126,7 @@ def console(stderr: bool = False) -> Console:
     """Return a console; output to a pipe or file is not squeezed into 80 columns, and a long
     line there (a path, a URL) stays one line for grep and scripts."""
     out = Console(stderr=stderr, highlight=False)
-    if not out.is_terminal and "COLUMNS" not in os.environ:
-        out = Console(stderr=stderr, highlight=False, width=160, soft_wrap=True)
+    if not out.is_terminal:
+        width = None if "COLUMNS" in os.environ else 160
+        out = Console(stderr=stderr, highlight=False, width=width, soft_wrap=True)
     return out

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# pytest-xdist's workers inherit COLUMNS=80 from their controller; a user's command writing to a
+# pipe has none (quantshift.report.console then lays out 160 columns). Test what a user gets.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="module", autouse=True)
