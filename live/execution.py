@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,10 +98,21 @@ class Settled:
 class VenueExecution:
     """Send decisions to ``broker`` and settle them into the portfolio state."""
 
-    def __init__(self, broker: Broker, store: Store, *, time_in_force: str = "day") -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        store: Store,
+        *,
+        time_in_force: str = "day",
+        before_send: Callable[[], object] | None = None,
+    ) -> None:
         self.broker = broker
         self.store = store
         self.time_in_force = time_in_force
+        self.before_send = before_send
+        """Called after the intents are committed and right before anything goes to the venue
+        (the runner's leadership check: raising there leaves the intents SUBMITTING, which a
+        successor resolves by looking the order up, as after a crash at that point)."""
 
     # ------------------------------------------------------------------ sending
     def send(
@@ -199,6 +211,8 @@ class VenueExecution:
         if not pending:
             return True
         cids = [r.client_order_id for r in pending]
+        if self.before_send is not None:
+            self.before_send()
         try:
             answers = send(pending)
         except BrokerAmbiguousError as exc:

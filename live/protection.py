@@ -97,9 +97,9 @@ class RestingProtection:
     ``metrics`` counts re-protections and orphan cancels (``record_protection``).
     """
 
-    def __init__(self, broker: Broker, store: Store, metrics=None) -> None:
+    def __init__(self, broker: Broker, store: Store, metrics=None, before_send=None) -> None:
         self.broker, self.store, self.metrics = broker, store, metrics
-        self.execution = VenueExecution(broker, store)
+        self.execution = VenueExecution(broker, store, before_send=before_send)
 
     # ------------------------------------------------------------------ placing
     def protect(self, state: PortfolioState, epoch: int, fresh=frozenset()) -> int:

@@ -129,7 +129,10 @@ class Runner:
             note_auth_failure(self.store, cfg, self.host, exc)
             self._close()  # the alerts thread sends it before the process ends
             raise
-        self.execution = VenueExecution(self.broker, self.store)
+        # The lease is checked again right before each order leaves, after its intent is
+        # committed: a cycle that outlives the local deadline sends nothing more.
+        self.execution = VenueExecution(self.broker, self.store,
+                                        before_send=self._lease_check)  # fmt: skip
         self.lease = open_lease(
             cfg.lease.redis_url,
             cfg.lease.name,
@@ -152,7 +155,8 @@ class Runner:
             )
         self.resting = None
         if self.broker.supports_resting_protection:
-            self.resting = RestingProtection(self.broker, self.store, self.metrics)
+            self.resting = RestingProtection(self.broker, self.store, self.metrics,
+                                             before_send=self._lease_check)  # fmt: skip
             self._check_whole_units()
         else:
             log.warning(
@@ -178,6 +182,11 @@ class Runner:
         self._periods_per_year = periods_per_year(cfg.market, cfg.bar_interval_s)
         self.metrics.started(clock, cfg.portfolio.limits)
         self.notifier.ready()
+
+    def _lease_check(self) -> None:
+        """Raise ``NotLeaderError`` unless this runner holds the lease now (before its local
+        deadline)."""
+        self.lease.assert_leader()
 
     def _check_whole_units(self) -> None:
         """Refuse to start where the venue could not rest the protection of fractional units."""
