@@ -117,7 +117,9 @@ def test_a_duplicate_bar_is_decided_once(venue, feed):
     assert last == T0
     publish(venue, feed, 1)
     assert decide_next(feed, last) == T0 + MINUTE
-    assert feed.counts["duplicate"] >= 1
+    # The repeat was dropped: as a duplicate, or as late when a REST look had already brought
+    # the bar and it was decided before the socket's copies arrived (a loaded machine).
+    assert feed.counts["duplicate"] + feed.counts["late"] >= 1
     assert feed.bars.ts_ns.tolist().count(T0) == 1
 
 
