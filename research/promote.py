@@ -141,6 +141,18 @@ def research_evidence(
     return evidence_from_summary(summary, code, run.tags.get("quantshift.data_fingerprint"))
 
 
+def data_block(summary: Mapping[str, Any], fingerprint: str | None) -> dict[str, Any]:
+    """The record's ``data`` field: the study's data source, first and last bar, bar count
+    (from its summary) and ``fingerprint``."""
+    return {
+        "source": summary.get("data_source"),
+        "first_bar": summary.get("data_first_bar"),
+        "last_bar": summary.get("data_last_bar"),
+        "bars": summary.get("data_bars"),
+        "fingerprint": fingerprint,
+    }
+
+
 def evidence_from_summary(
     summary: Mapping[str, Any], code: Mapping[str, Any], data_fingerprint: str | None
 ) -> tuple[ResearchEvidence, dict[str, Any]]:
@@ -181,13 +193,7 @@ def evidence_from_summary(
         "params": {k: float(v) for k, v in summary["best_params"].items()},
         "symbols": tuple(summary["symbols"]),
         "code": code,
-        "data": {
-            "source": summary.get("data_source"),
-            "first_bar": summary.get("data_first_bar"),
-            "last_bar": summary.get("data_last_bar"),
-            "bars": summary.get("data_bars"),
-            "fingerprint": data_fingerprint,
-        },
+        "data": data_block(summary, data_fingerprint),
         "in_sample": _section(summary, "is_"),
         "out_of_sample": _section(summary, "oos_", skip="oos_mc_"),
         "statistics": {

@@ -15,6 +15,7 @@ from quantshift.data import Bars
 from quantshift.errors import ConfigError
 from quantshift.promotion import ResearchEvidence
 from quantshift.promotion.gate import OOS_RETURNS
+from research.promote import data_block
 
 KIND = "overlay-report"
 """The MLflow run kind ``quantshift research report`` gives an overlay study."""
@@ -126,13 +127,7 @@ def overlay_evidence(
         "params": {k: float(v) for k, v in chosen["params"].items()},
         "symbols": tuple(chosen["symbols"]),
         "code": code,
-        "data": {
-            "source": summary.get("data_source"),
-            "first_bar": summary.get("data_first_bar"),
-            "last_bar": summary.get("data_last_bar"),
-            "bars": summary.get("data_bars"),
-            "fingerprint": summary.get("data_fingerprint"),
-        },
+        "data": data_block(summary, summary.get("data_fingerprint")),
         "in_sample": {},
         "out_of_sample": {
             k: measured(k) for k in ("sharpe", "cagr_pct", "max_drawdown_pct", "trades", "psr")
