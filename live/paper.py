@@ -68,6 +68,19 @@ class LevelsMatch:
     best_price: float | None
 
 
+def market_fill(side: str, qty: float, price: float, cfg) -> tuple[float, float]:
+    """The fill model's price and fee of a market order of ``qty`` on ``side`` at ``price``
+    before slippage (the order closes the position on its other side: a buy pays the slippage
+    up, a sell down). ``cfg`` is a ``config_dt`` record. A simulated venue (the paper broker,
+    the tests' fake venues) fills at what this returns."""
+    position = np.zeros(1, position_dt)
+    position[0].units = (-1.0 if side == "buy" else 1.0) * qty
+    position[0].entry_price = price
+    trades = np.zeros(1, trade_dt)
+    exit_nb(position[0], price, 0, 0, cfg, trades, 0, np.zeros(1, stats_dt)[0])
+    return float(trades[0].exit_price), float(trades[0].exit_fees)
+
+
 def match_levels(
     side: str, qty: float, open_: float, high: float, low: float, cfg, *,
     stop_price: float | None = None, limit_price: float | None = None,
@@ -334,12 +347,8 @@ class PaperBroker(Broker):
         is the exit of the position on its other side)."""
         with self._db.read("read paper order") as tx:
             row = tx.one("SELECT * FROM paper_book WHERE client_order_id = ?", (client_order_id,))
-        position = np.zeros(1, position_dt)
-        position[0].units = (-1.0 if row["side"] == "buy" else 1.0) * float(row["qty"])
-        position[0].entry_price = price
-        trades = np.zeros(1, trade_dt)
-        exit_nb(position[0], price, 0, 0, self._cfg[0], trades, 0, np.zeros(1, stats_dt)[0])
-        self._execute(row, float(trades[0].exit_price), float(trades[0].exit_fees), ts_ns)
+        fill_price, fee = market_fill(row["side"], float(row["qty"]), price, self._cfg[0])
+        self._execute(row, fill_price, fee, ts_ns)
 
     def _execute(self, row, price: float, fee: float, ts_ns: int, cancel_group=False) -> None:
         cid, now = row["client_order_id"], time.time_ns()

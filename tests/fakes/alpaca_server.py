@@ -42,7 +42,7 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
-from live.paper import match_levels
+from live.paper import market_fill, match_levels
 from quantshift.engine.records import config_dt
 
 TIMEFRAMES = ("1Min", "5Min", "15Min", "1Hour", "1Day")
@@ -202,8 +202,8 @@ class FakeAlpaca:
             for order in list(self.orders.values()):
                 price = self.prices.get(order["symbol"])
                 if order["type"] == "market" and order["status"] not in _FINAL and price:
-                    sign = 1.0 if order["side"] == "buy" else -1.0
-                    self._fill(order, price * (1.0 + sign * self._cfg[0].slippage_rate))
+                    left = order["qty"] - order["filled_qty"]
+                    self._fill(order, market_fill(order["side"], left, price, self._cfg[0])[0])
 
     def trade_bar(self, ts_ns: int, ranges: dict[str, tuple[float, float, float]]) -> None:
         """The rest of a replayed bar traded: execute the resting orders it reaches, an OCO

@@ -40,8 +40,8 @@ import trustme
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
-from quantshift.engine.records import config_dt, position_dt, stats_dt, trade_dt
-from quantshift.engine.simulate import REASON_TAKE_PROFIT, check_levels_nb, exit_nb
+from live.paper import market_fill, match_levels
+from quantshift.engine.records import config_dt
 
 PREFIX = "/api/v3/brokerage"
 GRANULARITY_S = {
@@ -378,32 +378,25 @@ class FakeCoinbase:
     def _exit_price(self, order: FakeOrder, price: float) -> Decimal:
         """The fill model's price of a market order at ``price`` (an order closes the position
         on its other side: a buy pays the slippage up, a sell down)."""
-        position = np.zeros(1, position_dt)
-        position[0].units = (-1.0 if order.side == "BUY" else 1.0) * float(order.remaining)
-        position[0].entry_price = price
-        trades = np.zeros(1, trade_dt)
-        exit_nb(position[0], price, 0, 0, self._cfg[0], trades, 0, np.zeros(1, stats_dt)[0])
-        return Decimal(repr(float(trades[0].exit_price)))
+        fill_price, _ = market_fill(order.side.lower(), float(order.remaining), price,
+                                    self._cfg[0])  # fmt: skip
+        return Decimal(repr(fill_price))
 
     def _match(self, order: FakeOrder, open_: float, high: float, low: float, ts: int) -> None:
-        # The order closes a position on its other side: model that position's levels.
-        position = np.zeros(1, position_dt)
-        p = position[0]
+        # The order closes a position on its other side: its levels, as the fill model matches.
         sign = 1.0 if order.side == "SELL" else -1.0
-        p.units = sign * float(order.remaining)
-        p.entry_price = p.best_price = open_
-        p.stop_price = p.take_profit_price = p.trail_distance = np.nan
-        if not order.triggered:
-            p.stop_price = float(order.stop_price)
+        target = None
         if order.limit_price is not None and (order.triggered or order.kind.startswith(
                 ("limit", "sor_limit", "trigger_bracket"))):  # fmt: skip
-            p.take_profit_price = float(order.limit_price)
-        p.has_levels = True
-        trades, stats = np.zeros(1, trade_dt), np.zeros(1, stats_dt)
-        if not check_levels_nb(p, open_, high, low, 0, self._cfg[0], trades, 0, stats[0]):
+            target = float(order.limit_price)
+        done = match_levels(
+            order.side.lower(), float(order.remaining), open_, high, low, self._cfg[0],
+            stop_price=None if order.triggered else float(order.stop_price), limit_price=target,
+        )  # fmt: skip
+        if done.leg is None:
             return
-        price = float(trades[0].exit_price)
-        if int(trades[0].exit_reason) != REASON_TAKE_PROFIT:
+        price = done.price
+        if done.leg != "limit":
             order.trigger()
             worst = float(order.limit_price)
             if sign * (price - worst) < 0:
