@@ -24,6 +24,7 @@ from live.broker import (
 )
 from live.store.db import Database, parse_url
 from live.store.migrate import migrate
+from quantshift.engine.compile import entry_point
 from quantshift.engine.records import config_dt, position_dt, stats_dt, trade_dt
 from quantshift.engine.simulate import (
     REASON_STOP,
@@ -77,7 +78,7 @@ def market_fill(side: str, qty: float, price: float, cfg) -> tuple[float, float]
     position[0].units = (-1.0 if side == "buy" else 1.0) * qty
     position[0].entry_price = price
     trades = np.zeros(1, trade_dt)
-    exit_nb(position[0], price, 0, 0, cfg, trades, 0, np.zeros(1, stats_dt)[0])
+    entry_point(_exit_entry)(position[0], price, cfg, trades, np.zeros(1, stats_dt)[0])
     return float(trades[0].exit_price), float(trades[0].exit_fees)
 
 
@@ -104,12 +105,22 @@ def match_levels(
         p.best_price = best_price
     p.has_levels = True
     trades, stats = np.zeros(1, trade_dt), np.zeros(1, stats_dt)
-    if not check_levels_nb(p, open_, high, low, 0, cfg, trades, 0, stats[0]):
+    if not entry_point(_check_levels_entry)(p, open_, high, low, cfg, trades, stats[0]):
         best = None if trail_amount is None else float(p.best_price)
         return LevelsMatch(None, math.nan, 0.0, best)
     trade = trades[0]
     return LevelsMatch(_LEG_OF_REASON[int(trade.exit_reason)], float(trade.exit_price),
                        float(trade.exit_fees), None)  # fmt: skip
+
+
+# Cached entry points (quantshift.engine.compile.entry_point): a runner's first fill must not
+# wait for these kernels to compile.
+def _exit_entry(position, price, cfg, trades, stats):
+    exit_nb(position, price, 0, 0, cfg, trades, 0, stats)
+
+
+def _check_levels_entry(position, open_, high, low, cfg, trades, stats):
+    return check_levels_nb(position, open_, high, low, 0, cfg, trades, 0, stats)
 
 
 class PaperVenue:

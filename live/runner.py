@@ -10,7 +10,6 @@ orders, fills and trades.
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import threading
 import time
@@ -48,6 +47,7 @@ from live.notify import note_auth_failure, start_alerts
 from live.paper import PaperBroker
 from live.protection import RestingProtection
 from live.status import FLATTEN_MARK, HaltWatch
+from live.stopping import StopSignals
 from live.store import Store
 from live.store.errors import HaltedError, StaleEpochError, StoreUnavailableError
 from live.systemd import Notifier
@@ -224,9 +224,7 @@ class Runner:
         finished first; nothing of it is lost either way)."""
         summary = RunSummary()
         self._open()
-        previous = signal.getsignal(signal.SIGTERM)
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signals = StopSignals(self.stop_event).__enter__()  # SIGTERM stops, SIGUSR1 dumps stacks
         lock = self.store.single_runner_lock() if self.config.lease.redis_url is None else None
         try:
             if lock is not None:
@@ -238,8 +236,7 @@ class Runner:
         finally:
             if lock is not None:
                 lock.__exit__(None, None, None)
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, previous)
+            signals.__exit__(None, None, None)
             self._close()
         return summary
 

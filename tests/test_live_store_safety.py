@@ -91,6 +91,20 @@ def paper_orders(db: Path) -> list[int]:
         conn.close()
 
 
+def stop_or_dump(runner: subprocess.Popen, timeout_s: float) -> None:
+    """Wait for a runner sent SIGTERM; if it is still running after ``timeout_s``, have it print
+    every thread's stack (SIGUSR1), kill it and fail with what it printed."""
+    try:
+        runner.communicate(timeout=timeout_s)
+        return
+    except subprocess.TimeoutExpired:
+        runner.send_signal(signal.SIGUSR1)
+        time.sleep(2.0)
+        runner.kill()
+        _, err = runner.communicate(timeout=30)
+    pytest.fail(f"the runner did not stop {timeout_s} s after SIGTERM:\n{err[-8000:]}")
+
+
 # --------------------------------------------------------------------------- 1: the kill switch
 def test_live_halt_from_another_directory_stops_the_runner_it_names(tmp_path):
     """The example's relative store URL: `live halt` run elsewhere created a new, empty store,
@@ -111,7 +125,7 @@ def test_live_halt_from_another_directory_stops_the_runner_it_names(tmp_path):
         time.sleep(3.0)  # ~120 more bars at 40 bars/s: ma_crossover(5, 20) would trade
     finally:
         runner.send_signal(signal.SIGTERM)
-        runner.communicate(timeout=60)
+        stop_or_dump(runner, 60)
     with Store.open(f"sqlite:///{db}") as store:
         (halt,) = store.halts()
     sent_after = [ts for ts in paper_orders(db) if ts > halt.ts_created_ns]

@@ -7,6 +7,7 @@ machine code depends on: the core's sources and, for strategy kernels, the strat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import sys
@@ -28,6 +29,21 @@ def compile_template(template, namespace: dict, name: str, **options):
     fn = types.FunctionType(template.__code__, namespace, name)
     fn.__qualname__ = name
     return njit(**options)(fn)
+
+
+@functools.cache
+def entry_point(template):
+    """Return ``template`` (a plain function of ours that calls numba kernels) compiled into a
+    cached entry point for Python callers, named with :func:`package_digest`.
+
+    A kernel called straight from Python (a metric of an equity curve, the fill model's
+    price of one market order) would otherwise be compiled again in every process, the kernels
+    it calls included: seconds in the middle of a live runner's first cycle that trades. Its
+    own ``cache=True`` would serve stale machine code when a kernel it calls, in another file,
+    changes; the digest in the name makes the cache miss then.
+    """
+    name = f"{template.__name__}__{package_digest().hex()[:12]}"
+    return compile_template(template, template.__globals__, name, cache=True)
 
 
 def importable(func) -> bool:

@@ -266,10 +266,26 @@ def equity_metrics(equity: np.ndarray, initial: float, periods_per_year: float) 
     over the curve, for curves the kernel did not produce: a stitched walk-forward, a
     portfolio of several symbols, a live strategy's equity snapshots.
     """
-    values = curve_metrics_nb(
+    values = _entry(_curve_metrics_entry)(
         np.ascontiguousarray(equity, dtype=np.float64), float(initial), float(periods_per_year)
     )
     return dict(zip(EQUITY_METRICS, values, strict=True))
+
+
+def _curve_metrics_entry(equity, initial, periods_per_year):
+    return curve_metrics_nb(equity, initial, periods_per_year)
+
+
+def _pnl_metrics_entry(pnl):
+    return pnl_metrics_nb(pnl)
+
+
+def _entry(template):
+    """The cached entry point of ``template`` (imported here: the compiler needs the core's
+    digest, whose module imports the strategies, which import this one)."""
+    from quantshift.engine.compile import entry_point
+
+    return entry_point(template)
 
 
 TRADE_METRICS = ("trades", "win_rate_pct", "profit_factor", "avg_win", "avg_loss",
@@ -280,7 +296,7 @@ TRADE_METRICS = ("trades", "win_rate_pct", "profit_factor", "avg_win", "avg_loss
 def trade_metrics(pnl: np.ndarray) -> dict:
     """Return :data:`TRADE_METRICS` and ``wins`` of closed trades' net P&L, by the kernel's
     code (a win is P&L > 0; every other trade is a loss)."""
-    values, wins = pnl_metrics_nb(np.ascontiguousarray(pnl, dtype=np.float64))
+    values, wins = _entry(_pnl_metrics_entry)(np.ascontiguousarray(pnl, dtype=np.float64))
     out = dict(zip(TRADE_METRICS, values, strict=True))
     out["trades"] = int(out["trades"])
     out["wins"] = int(wins)
