@@ -111,6 +111,8 @@ def worker(
     worker to arrive.
     """
     from quantshift.errors import ConfigError
+    from research.preregistration import register_study
+    from research.registry import trial_context
     from research.spec import load_spec
     from research.study import load_experiment_bars, optimize_spec
 
@@ -121,13 +123,19 @@ def worker(
             f'{spec}: a worker needs [search] method = "optuna" and a shared storage '
             '(e.g. storage = "postgresql://user@dbhost/quantshift")'
         )
-    result = optimize_spec(
-        loaded,
-        load_experiment_bars(loaded),
-        n_trials=trials,
-        batch_size=batch_size,
-        progress=not json_out,
-    )
+    bars = load_experiment_bars(loaded)
+    # A worker's trials count like the study's own: registered under the spec's hash (the
+    # spec is registered here if this worker arrives before `research optimize`).
+    registration = register_study(loaded, bars)
+    with trial_context(
+        source="study",
+        study=loaded.name,
+        spec_hash=registration.spec.spec_hash,
+        seed=loaded.seed,
+    ):
+        result = optimize_spec(
+            loaded, bars, n_trials=trials, batch_size=batch_size, progress=not json_out
+        )
     summary = result.summary()
     if json_out:
         typer.echo(json.dumps(summary, default=str))

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from quantshift.cli import app
 from quantshift.errors import QuantShiftError
+from research.registry import default_registry
 
 runner = CliRunner()
 
@@ -108,7 +109,9 @@ def test_installed_console_script_lists_the_research_group():
     assert ui.returncode == 0 and "mlflow" in ui.stdout
 
 
-def test_regression_optimize_reports_a_study_its_workers_already_finished(spec, tmp_path):
+def test_regression_optimize_reports_a_study_its_workers_already_finished(
+    spec, tmp_path, monkeypatch
+):
     """`research optimize` joining a shared study whose budget a worker already spent
     evaluated nothing itself and failed plotting its own empty ledger."""
     shared = spec.read_text().replace(
@@ -121,12 +124,20 @@ def test_regression_optimize_reports_a_study_its_workers_already_finished(spec, 
         "slow = { low = 20, high = 50, step = 15 }", "slow = { low = 20, high = 50 }"
     )
     spec.write_text(shared)
+    monkeypatch.setenv("QUANTSHIFT_REGISTRY_URL", f"sqlite:///{tmp_path / 'registry.db'}")
     code, out = invoke("research", "worker", str(spec), "--json")
     assert code == 0, out
     assert json.loads(out)["n_trials"] == 12
     code, out = invoke("research", "optimize", str(spec), "--no-track", "--json")
     assert code == 0, out
-    assert json.loads(out)["trials"] == 12
+    summary = json.loads(out)
+    assert summary["trials"] == 12
+    # The worker came first: it registered the spec, and its trials count under the hash the
+    # study then found registered (the registry's N for the spec is the worker's 12 trials).
+    digest = summary["preregistration"]["spec_hash"]
+    rows = default_registry().frame("ma_crossover")
+    assert len(rows) == 12 and set(rows["spec_hash"]) == {digest}
+    assert set(rows["source"]) == {"study"} and set(rows["study"]) == {"cli-test"}
 
 
 def test_regression_bad_out_directory_is_refused_before_the_run(spec, tmp_path):
