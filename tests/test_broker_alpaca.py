@@ -586,6 +586,7 @@ def test_a_trailing_stop_rests_by_price_and_follows_the_high_water_mark(fake, br
     resting = broker.order("qstrail")
     assert resting.status == OrderStatus.OPEN and resting.order_type == "trailing_stop"
     assert (resting.trail_amount, resting.trail_best_price) == (2.0, 105.0)
+    assert resting.stop_price == 103.0  # derived from the high-water mark, as Alpaca reports it
     fake.set_price(SYMBOL, 102.9)
     assert broker.order("qstrail").status == OrderStatus.FILLED
     assert broker.positions() == {}

@@ -20,7 +20,7 @@ from alpaca.data.requests import StockLatestBarRequest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.models import Order
-from alpaca.trading.requests import GetOrdersRequest
+from alpaca.trading.requests import GetOrderByIdRequest, GetOrdersRequest
 
 from live.alpaca.config import KEY_ID_NAME, SECRET_KEY_NAME, AlpacaConfig
 from live.alpaca.fills import Fills, FillStream
@@ -319,6 +319,12 @@ class AlpacaBroker(Broker):
         except ValueError as exc:
             raise BrokerRejectedError(VENUE, str(exc)) from None
         placed = self._send(venue_id, sdk_request)
+        try:
+            placed = self._with_legs(placed)
+        except BrokerUnavailableError as exc:
+            raise BrokerAmbiguousError(
+                VENUE, f"{exc}; order {venue_id} was sent, look its legs up by id"
+            ) from None
         with venue_answer(VENUE, f"submit {venue_id}", sends=True):
             legs = [self._leg(placed, r.client_order_id) for r in requests]
         if any(leg is None for leg in legs):
@@ -326,6 +332,19 @@ class AlpacaBroker(Broker):
                 VENUE, f"order {venue_id}: the venue holds other legs for this group"
             )
         return legs
+
+    def _with_legs(self, order: Order) -> Order:
+        """``order`` with its child orders. Alpaca lists them (``legs``) only when asked
+        nested: GET /v2/orders and GET /v2/orders/{id} take ``nested``, the lookup by client
+        order id does not (alpacahq/alpaca-docs data/webapi/endpoints/orders.yaml), and the
+        order entity's ``legs`` is null outside a nested query (alpaca-py trading/models.py)."""
+        kind = getattr(order.order_class, "value", order.order_class)
+        if order.legs or kind in (None, "", "simple"):
+            return order
+        query = GetOrderByIdRequest(nested=True)
+        return self._call(
+            f"order id {order.id}", lambda: self._trading.get_order_by_id(order.id, query)
+        )
 
     def _leg(self, order: Order, client_order_id: str) -> BrokerOrder | None:
         leg = leg_from_model(order, leg_of(client_order_id)[1], client_order_id)
@@ -404,6 +423,7 @@ class AlpacaBroker(Broker):
         if leg is not None and leg[1] != "group":
             carrier = self._order_model(leg_id(leg[0], "group"))
             if carrier is not None:
+                carrier = self._with_legs(carrier)
                 with venue_answer(VENUE, f"order {client_order_id}"):
                     return self._leg(carrier, client_order_id)
         found = self._order_model(client_order_id)
