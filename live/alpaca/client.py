@@ -1,5 +1,6 @@
 """The Alpaca equities broker: alpaca-py's TradingClient and StockHistoricalDataClient behind
-the broker contract, with our retry policy, error mapping and a deduplicating fill stream.
+the broker contract, with our retry policy and error mapping (fills and the deduplicating fill
+stream are in ``live.alpaca.fills``).
 """
 
 from __future__ import annotations
