@@ -20,6 +20,7 @@ from live.broker import (
     BrokerUnavailableError,
     OrderRequest,
     OrderStatus,
+    leg_id,
 )
 from quantshift.errors import ConfigError
 from tests.broker_contract import BrokerContract, VenueHarness, wait_final
@@ -585,6 +586,7 @@ def test_a_trailing_stop_rests_by_price_and_follows_the_high_water_mark(fake, br
     resting = broker.order("qstrail")
     assert resting.status == OrderStatus.OPEN and resting.order_type == "trailing_stop"
     assert (resting.trail_amount, resting.trail_best_price) == (2.0, 105.0)
+    assert resting.stop_price == 103.0  # derived from the high-water mark, as Alpaca reports it
     fake.set_price(SYMBOL, 102.9)
     assert broker.order("qstrail").status == OrderStatus.FILLED
     assert broker.positions() == {}
@@ -718,3 +720,52 @@ def test_replay_trails_a_stop_from_the_best_price_bar_by_bar(replay):
     done = broker.order("qstrail")
     assert done.status == OrderStatus.FILLED
     assert done.avg_fill_price == pytest.approx(103.0 * (1 - SLIP_BPS / 1e4), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- stream: legs
+@pytest.mark.parametrize(
+    ("levels", "price", "filled"),
+    [
+        ((("stop", 95.0), ("limit", 110.0)), 94.0, "stop"),  # the OCO's child: its own ids
+        ((("stop", 95.0), ("limit", 110.0)), 111.0, "limit"),  # the OCO's parent
+        ((("trailing_stop", 2.0),), 97.5, "trailing_stop"),  # a lone trailing stop
+    ],
+)
+@pytest.mark.parametrize("restarted", [False, True])
+def test_a_streamed_fill_of_a_protective_leg_is_attributed_to_its_leg_id_at_once(
+    fake, make, levels, price, filled, restarted
+):
+    """Alpaca gives an OCO's stop leg an order id and a client order id of its own, and names
+    the order carrying a position's protection by the group's id: a fill of any leg that
+    arrives on the stream is the leg's (``leg_id``) at once, whether the broker that streams
+    sent the legs or is a new one (a restarted runner) that must look the leg up. The poll
+    (activities) runs once, at connect, before anything filled: only the stream can tell."""
+    sender = make(stream_silence_s=30.0)  # no reconnect (and backfill) during the test
+    streamer = make(stream_silence_s=30.0) if restarted else sender
+    _long(fake, sender)
+    group = "qs" + "0123456789abcdef" * 2
+    field = {"stop": "stop_price", "limit": "limit_price", "trailing_stop": "trail_amount"}
+    sender.submit_protection([
+        _closing(leg_id(group, kind), kind, oco_group=group, **{field[kind]: level})
+        for kind, level in levels
+    ])  # fmt: skip
+    got = []
+    stop = streamer.stream_fills(got.append)
+    try:
+        until(lambda: fake.stream_connects)
+        polls = fake.calls("GET", "/v2/account/activities/FILL")
+        fake.set_price(SYMBOL, 99.0 if filled == "trailing_stop" else 100.0)
+        fake.set_price(SYMBOL, price)
+        until(lambda: [f for f in got if f.side == "sell"])
+        time.sleep(0.1)
+        got = [f for f in got if f.side == "sell"]  # the entry came by the backfill at connect
+        assert [f.client_order_id for f in got] == [leg_id(group, filled)]
+        assert fake.calls("GET", "/v2/account/activities/FILL") == polls  # the stream said it
+        assert fake.stream_connects == 1
+        polled = [f for f in sender.fills() if f.side == "sell"]
+        assert [(f.fill_id, f.client_order_id) for f in polled] == [
+            (f.fill_id, f.client_order_id) for f in got
+        ]  # the same fill, the same owner, whichever source saw it
+        assert sender.order(leg_id(group, filled)).status == OrderStatus.FILLED
+    finally:
+        stop()

@@ -1,5 +1,6 @@
 """The Alpaca equities broker: alpaca-py's TradingClient and StockHistoricalDataClient behind
-the broker contract, with our retry policy, error mapping and a deduplicating fill stream.
+the broker contract, with our retry policy and error mapping (fills and the deduplicating fill
+stream are in ``live.alpaca.fills``).
 """
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -21,19 +21,16 @@ from alpaca.data.requests import StockLatestBarRequest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.models import Order
-from alpaca.trading.requests import GetOrdersRequest
-from websockets.exceptions import WebSocketException
-from websockets.sync.client import connect as ws_connect
+from alpaca.trading.requests import GetOrderByIdRequest, GetOrdersRequest
 
 from live.alpaca.config import KEY_ID_NAME, SECRET_KEY_NAME, AlpacaConfig
+from live.alpaca.fills import Fills, FillStream
 from live.alpaca.parse import (
     VENUE,
     MarketClock,
     account_from_model,
     bars_frame,
     clock_from_model,
-    fill_from_activity,
-    fill_from_trade_update,
     is_paper_account,
     leg_from_model,
     order_from_model,
@@ -41,7 +38,6 @@ from live.alpaca.parse import (
     positions_from_models,
     protection_to_sdk,
     replace_request_to_sdk,
-    to_datetime,
 )
 from live.broker import (
     LEG_CODES,
@@ -49,7 +45,6 @@ from live.broker import (
     Broker,
     BrokerAmbiguousError,
     BrokerAuthError,
-    BrokerError,
     BrokerFill,
     BrokerOrder,
     BrokerRateLimitedError,
@@ -67,7 +62,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DUPLICATE_CLIENT_ORDER_ID = "client_order_id must be unique"
-ACTIVITIES_PAGE_SIZE = 100
 
 
 class _TimeoutSession(requests.Session):
@@ -147,8 +141,8 @@ class AlpacaBroker(Broker):
             ),
             config.timeout_s,
         )
-        self._cid_by_order_id: dict[str, str] = {}
-        self._streams: list[_FillStream] = []
+        self._fills = Fills(self._call)
+        self._streams: list[FillStream] = []
 
     def __repr__(self) -> str:
         return f"AlpacaBroker(mode={self.config.mode!r}, key from {self._key_id.source})"
@@ -326,6 +320,12 @@ class AlpacaBroker(Broker):
         except ValueError as exc:
             raise BrokerRejectedError(VENUE, str(exc)) from None
         placed = self._send(venue_id, sdk_request)
+        try:
+            placed = self._with_legs(placed)
+        except BrokerUnavailableError as exc:
+            raise BrokerAmbiguousError(
+                VENUE, f"{exc}; order {venue_id} was sent, look its legs up by id"
+            ) from None
         with venue_answer(VENUE, f"submit {venue_id}", sends=True):
             legs = [self._leg(placed, r.client_order_id) for r in requests]
         if any(leg is None for leg in legs):
@@ -334,10 +334,23 @@ class AlpacaBroker(Broker):
             )
         return legs
 
+    def _with_legs(self, order: Order) -> Order:
+        """``order`` with its child orders. Alpaca lists them (``legs``) only when asked
+        nested: GET /v2/orders and GET /v2/orders/{id} take ``nested``, the lookup by client
+        order id does not (alpacahq/alpaca-docs data/webapi/endpoints/orders.yaml), and the
+        order entity's ``legs`` is null outside a nested query (alpaca-py trading/models.py)."""
+        kind = getattr(order.order_class, "value", order.order_class)
+        if order.legs or kind in (None, "", "simple"):
+            return order
+        query = GetOrderByIdRequest(nested=True)
+        return self._call(
+            f"order id {order.id}", lambda: self._trading.get_order_by_id(order.id, query)
+        )
+
     def _leg(self, order: Order, client_order_id: str) -> BrokerOrder | None:
         leg = leg_from_model(order, leg_of(client_order_id)[1], client_order_id)
-        if leg is not None:  # the activities name a leg by its venue id only
-            self._cid_by_order_id[leg.venue_order_id] = client_order_id
+        if leg is not None:  # the venue names a leg's fills by its venue id only
+            self._fills.remember(leg.venue_order_id, client_order_id)
         return leg
 
     def _send(self, cid: str, sdk_request) -> Order:
@@ -411,6 +424,7 @@ class AlpacaBroker(Broker):
         if leg is not None and leg[1] != "group":
             carrier = self._order_model(leg_id(leg[0], "group"))
             if carrier is not None:
+                carrier = self._with_legs(carrier)
                 with venue_answer(VENUE, f"order {client_order_id}"):
                     return self._leg(carrier, client_order_id)
         found = self._order_model(client_order_id)
@@ -470,60 +484,9 @@ class AlpacaBroker(Broker):
         return [o for o in out if not o.is_final]
 
     def fills(self, since_ns: int = 0) -> list[BrokerFill]:
-        """FILL account activities at or after ``since_ns``, oldest first. alpaca-py 0.44 does
-        not wrap ``/v2/account/activities``; its ``RESTClient.get`` keeps auth the SDK's."""
-        return self._fills(self._trading, since_ns)
-
-    def _fills(self, client: TradingClient, since_ns: int) -> list[BrokerFill]:
-        params: dict[str, Any] = {
-            "after": to_datetime(max(since_ns - 1000, 0)).isoformat(),
-            "direction": "asc",
-            "page_size": ACTIVITIES_PAGE_SIZE,
-        }
-        rows: list[dict] = []
-        while True:
-            query = dict(params)
-            page = self._call("fills", lambda q=query: client.get("/account/activities/FILL", q))
-            with venue_answer(VENUE, "fills"):
-                rows.extend(page or [])
-                if not page or len(page) < ACTIVITIES_PAGE_SIZE:
-                    break
-                params["page_token"] = page[-1]["id"]
-        with venue_answer(VENUE, "fills"):
-            out = [
-                fill_from_activity(a, self._client_order_id(client, a["order_id"])) for a in rows
-            ]
-        return sorted((f for f in out if f.ts_fill_ns >= since_ns), key=lambda f: f.ts_fill_ns)
-
-    def _client_order_id(self, client: TradingClient, venue_order_id: str) -> str:
-        """Activities name the venue's order id only; look the client id up once per order."""
-        known = self._cid_by_order_id.get(venue_order_id)
-        if known is None:
-            order = self._call(
-                f"order id {venue_order_id}", lambda: client.get_order_by_id(venue_order_id)
-            )
-            known = order.client_order_id
-            carrier = leg_of(known)
-            if carrier is not None and carrier[1] == "group":
-                kind = _leg_kind_of(order)
-                known = leg_id(carrier[0], kind) if kind else known
-            elif carrier is None and not known.startswith("qs"):
-                known = self._leg_owner(client, venue_order_id) or known
-            self._cid_by_order_id[venue_order_id] = known
-        return known
-
-    def _leg_owner(self, client: TradingClient, venue_order_id: str) -> str | None:
-        """The leg id of an OCO's stop leg (Alpaca names a leg with an id of its own): found
-        in the recent orders that carry a position's protection."""
-        query = GetOrdersRequest(status=QueryOrderStatus.ALL, limit=500, nested=True)
-        for order in self._call("orders", lambda: client.get_orders(query)):
-            carrier = leg_of(order.client_order_id)
-            if carrier is None or carrier[1] != "group":
-                continue
-            for leg in order.legs or []:
-                if str(leg.id) == venue_order_id and _leg_kind_of(leg):
-                    return leg_id(carrier[0], _leg_kind_of(leg))
-        return None
+        """FILL account activities at or after ``since_ns``, oldest first, each under the
+        client order id it is ours by (a protective leg's by its leg id)."""
+        return self._fills.from_activities(self._trading, since_ns)
 
     def latest_bar(self, symbol: str) -> pd.DataFrame:
         """The latest minute bar of ``symbol`` (one row of the ``bar_pages`` columns)."""
@@ -541,7 +504,7 @@ class AlpacaBroker(Broker):
     def stream_fills(self, on_fill: Callable[[BrokerFill], None]) -> Callable[[], None]:
         """Deliver each execution once from the ``trade_updates`` WebSocket (reconnecting and
         backfilling from ``fills`` after silence or a drop); return the stop function."""
-        stream = _FillStream(self, on_fill)
+        stream = FillStream(self, on_fill)
         self._streams.append(stream)
         stream.start()
         return stream.stop
@@ -552,98 +515,3 @@ class AlpacaBroker(Broker):
         self._streams.clear()
         for client in (self._trading, self._data):
             client._session.close()
-
-
-def _leg_kind_of(order: Order) -> str | None:
-    kind = str(getattr(order.type or order.order_type, "value", order.type or order.order_type))
-    return kind if kind in LEG_CODES else None
-
-
-class _FillStream:
-    """The trade_updates stream as a thread. alpaca-py's ``TradingStream`` is not used: it has
-    no silence detection, waits up to 5 s to notice a stop (trading/stream.py ``_consume``),
-    and retries a refused login forever, logging each failure. The wire protocol is the same."""
-
-    def __init__(self, broker: AlpacaBroker, on_fill: Callable[[BrokerFill], None]) -> None:
-        self._broker = broker
-        self._config = broker.config
-        self._on_fill = on_fill
-        self._rest = broker._trading_client()  # the thread's own session for backfills
-        self._seen: set[str] = set()
-        self._stop = threading.Event()
-        self._healthy_ns = time.time_ns()
-        self._thread = threading.Thread(target=self._run, name="alpaca-fills", daemon=True)
-        self.connects = 0
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=self._config.timeout_s + 1.0)
-
-    def _deliver(self, fill: BrokerFill) -> None:
-        if fill.fill_id in self._seen:
-            return
-        self._seen.add(fill.fill_id)
-        try:
-            self._on_fill(fill)
-        except Exception:
-            log.exception("alpaca fill stream: on_fill failed for fill %s", fill.fill_id)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with ws_connect(
-                    self._config.resolved_stream_url,
-                    open_timeout=self._config.timeout_s,
-                    close_timeout=1.0,
-                ) as ws:
-                    self._login(ws)
-                    self.connects += 1
-                    # Listening already: what fills from now on arrives on the socket, what
-                    # filled while we were away comes from the activities endpoint.
-                    listening_ns = time.time_ns()
-                    since = self._healthy_ns - int(self._config.backfill_overlap_s * 1e9)
-                    for fill in self._broker._fills(self._rest, since):
-                        self._deliver(fill)
-                    self._healthy_ns = max(self._healthy_ns, listening_ns)
-                    self._listen(ws)
-            except (OSError, TimeoutError, WebSocketException, BrokerError, ValueError) as exc:
-                text = str(exc) if isinstance(exc, BrokerError) else type(exc).__name__
-                log.warning("alpaca fill stream: %s; reconnecting", text)
-            except Exception as exc:  # the thread must survive anything one message does
-                log.error("alpaca fill stream: unexpected %s; reconnecting", type(exc).__name__)
-            self._stop.wait(self._config.stream_reconnect_s)
-        self._rest._session.close()
-
-    def _login(self, ws) -> None:
-        auth = {
-            "key_id": self._broker._key_id.reveal(),
-            "secret_key": self._broker._secret.reveal(),
-        }
-        ws.send(json.dumps({"action": "authenticate", "data": auth}))
-        reply = json.loads(ws.recv(timeout=self._config.timeout_s))
-        if reply.get("data", {}).get("status") != "authorized":
-            raise self._broker._auth_error("fill stream login", 401, "unauthorized")
-        ws.send(json.dumps({"action": "listen", "data": {"streams": ["trade_updates"]}}))
-
-    def _listen(self, ws) -> None:
-        """Read until stopped, dropped, or silent for ``stream_silence_s`` (then reconnect)."""
-        last = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                raw = ws.recv(timeout=min(0.1, self._config.stream_silence_s))
-            except TimeoutError:
-                if time.monotonic() - last > self._config.stream_silence_s:
-                    log.warning("alpaca fill stream: silent, reconnecting")
-                    return
-                continue
-            last = time.monotonic()
-            self._healthy_ns = time.time_ns()
-            message = json.loads(raw)
-            if message.get("stream") == "trade_updates":
-                fill = fill_from_trade_update(message.get("data", {}))
-                if fill is not None:
-                    self._deliver(fill)

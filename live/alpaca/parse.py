@@ -5,7 +5,7 @@ orders, fills, account, positions, clock, bars and order requests. No I/O here.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -165,16 +165,20 @@ def fill_id(venue_order_id: str, cum_qty: float) -> str:
     return f"{venue_order_id}:{float(cum_qty):.9g}"
 
 
-def fill_from_trade_update(data: Mapping[str, Any]) -> BrokerFill | None:
+def fill_from_trade_update(
+    data: Mapping[str, Any], owner: Callable[[Order], str] | None = None
+) -> BrokerFill | None:
     """The execution carried by a ``trade_updates`` message's ``data`` (None for events that
-    are not fills: new, canceled, ...)."""
+    are not fills: new, canceled, ...), under the client order id ``owner`` names for the
+    executed order (default: the order's own; a protective leg's is not, see
+    ``live.alpaca.fills.Fills``)."""
     if data.get("event") not in _FILL_EVENTS:
         return None
     update = TradeUpdate(**data)
     order = update.order
     return BrokerFill(
         fill_id=fill_id(str(order.id), _float(order.filled_qty)),
-        client_order_id=order.client_order_id,
+        client_order_id=order.client_order_id if owner is None else owner(order),
         symbol=order.symbol or "",
         side=_value(order.side),
         qty=float(update.qty),

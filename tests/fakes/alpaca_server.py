@@ -352,20 +352,30 @@ class FakeAlpaca:
             return 200, {}, {"timestamp": iso(time.time_ns()), **self.clock}
         if (method, path) == ("POST", "/v2/orders"):
             return self._submit(body)
+        # Alpaca lists an order's legs only when asked for them nested (GET /v2/orders and
+        # GET /v2/orders/{id} take ``nested``; by client order id does not): "Each order of
+        # the group is reported as an independent order in GET /v2/orders endpoint. But if
+        # you specify additional parameter nested=true, the order response will nest the
+        # result to include child orders under the parent order with an array field legs"
+        # (alpacahq/alpaca-docs content/trading/orders.md, Bracket Orders; the query
+        # parameters in data/webapi/endpoints/orders.yaml; the order entity's ``legs``:
+        # "When querying non-simple order_class orders in a nested style ... Otherwise, null",
+        # alpaca-py trading/models.py).
+        nested = str(one.get("nested", "false")).lower() == "true"
         if (method, path) == ("GET", "/v2/orders"):
             status = one.get("status", "open")
             found = [
-                self._json(o)
+                self._json(o, nested=nested)
                 for o in self.orders.values()
-                if o["parent"] is None
+                if (o["parent"] is None or not nested)
                 and (status == "all" or (o["status"] in _FINAL) == (status == "closed"))
             ]
             return 200, {}, found[: int(one.get("limit", 50))]
         if (method, path) == ("GET", "/v2/orders:by_client_order_id"):
             oid = self.by_cid.get(one.get("client_order_id", ""))
-            return self._found(oid)
+            return self._found(oid, nested=False)
         if method == "GET" and path.startswith("/v2/orders/"):
-            return self._found(path.rsplit("/", 1)[1])
+            return self._found(path.rsplit("/", 1)[1], nested=nested)
         if method == "DELETE" and path.startswith("/v2/orders/"):
             return self._cancel(path.rsplit("/", 1)[1])
         if method == "PATCH" and path.startswith("/v2/orders/"):
@@ -385,10 +395,10 @@ class FakeAlpaca:
             )
         return 404, {}, {"code": 40410000, "message": "endpoint not found"}
 
-    def _found(self, oid: str | None):
+    def _found(self, oid: str | None, *, nested: bool):
         if oid is None or oid not in self.orders:
             return 404, {}, {"code": 40410000, "message": "order not found"}
-        return 200, {}, self._json(self.orders[oid])
+        return 200, {}, self._json(self.orders[oid], nested=nested)
 
     def _asset(self, symbol: str) -> dict:
         return {
@@ -449,12 +459,19 @@ class FakeAlpaca:
             body = dict(body, limit_price=body["take_profit"]["limit_price"])
         order = self._new_order(body, cid, qty, parent=None)
         if body.get("order_class") == "oco":
+            # "the take-profit order shows up as the parent order while the stop-loss order
+            # appears as a child order" (alpacahq/alpaca-docs content/trading/orders.md, OCO
+            # Orders). The child gets an order id and a client order id of Alpaca's own: a
+            # client_order_id given for a leg is ignored (alpacahq/Alpaca-API#115,
+            # alpacahq/alpaca-trade-api-csharp#617).
             stop = {"symbol": body["symbol"], "side": body["side"], "type": "stop",
                     "stop_price": body["stop_loss"]["stop_price"],
                     "time_in_force": body.get("time_in_force")}  # fmt: skip
             leg = self._new_order(stop, str(uuid.uuid4()), qty, order["id"])
             leg["status"] = "new"
             order["legs"].append(leg["id"])
+        # The answer to POST carries the legs: "commonly observed but not clearly documented"
+        # (QuantConnect/Lean.Brokerages.Alpaca#74); a client that needs them asks nested.
         snapshot = self._json(order)
         self._try_fill(order)
         return 200, {}, snapshot
@@ -554,6 +571,9 @@ class FakeAlpaca:
         if self.replay:  # the bars execute orders: open_bar and trade_bar
             order["status"] = "new" if kind in _RESTING else order["status"]
             if kind == "trailing_stop" and order["hwm"] is None:
+                # "keep track of the highest (for sell, lowest for buy) prices (called high
+                # water mark, or hwm) since the order was submitted" (alpacahq/alpaca-docs
+                # content/trading/orders.md): it starts at the market's last trade.
                 order["hwm"] = self.last_trade.get(order["symbol"], price)
             return
         limit, stop = order["limit_price"], order["stop_price"]
@@ -610,7 +630,7 @@ class FakeAlpaca:
             "data": {
                 "event": event,
                 "execution_id": str(uuid.uuid4()),
-                "order": self._json(order),
+                "order": self._json(order, nested=False),  # a leg's event names the leg
                 "timestamp": iso(now),
                 "position_qty": _num(self.positions[order["symbol"]]),
                 "price": _num(price),
@@ -696,7 +716,7 @@ class FakeAlpaca:
         self._try_fill(replacement)
         return 200, {}, snapshot
 
-    def _json(self, order: dict) -> dict:
+    def _json(self, order: dict, *, nested: bool = True) -> dict:
         filled = order["filled_qty"]
         avg = order["notional_filled"] / filled if filled else None
         return {
@@ -725,10 +745,10 @@ class FakeAlpaca:
             "side": order["side"],
             "time_in_force": order["time_in_force"],
             "limit_price": _num(order["limit_price"]),
-            "stop_price": _num(order["stop_price"]),
+            "stop_price": _num(_stop_price(order)),
             "status": order["status"],
             "extended_hours": False,
-            "legs": [self._json(self.orders[leg]) for leg in order["legs"]] or None,
+            "legs": (nested and [self._json(self.orders[leg]) for leg in order["legs"]]) or None,
             "trail_percent": _num(order["trail_percent"]),
             "trail_price": _num(order["trail_price"]),
             "hwm": _num(order["hwm"]),
@@ -860,6 +880,16 @@ class FakeAlpaca:
                 if not conn.muted:
                     conn.ws.send(message)
         conn.ws.close()
+
+
+def _stop_price(order: dict) -> float | None:
+    """A trailing stop's stop price is "derived from hwm and trail parameter, and continuously
+    updates as hwm changes" (alpacahq/alpaca-docs content/trading/orders.md, Trailing Stop
+    Orders): ``hwm - trail`` for a sell, ``hwm + trail`` for a buy."""
+    if order["type"] != "trailing_stop" or order["hwm"] is None:
+        return order["stop_price"]
+    sign = 1.0 if order["side"] == "buy" else -1.0
+    return order["hwm"] + sign * _trail(order, order["hwm"])
 
 
 def _trail(order: dict, hwm: float) -> float:
