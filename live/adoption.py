@@ -226,6 +226,30 @@ def adoption_problem(row, record_id: str) -> str | None:
     return None
 
 
+def traded_portfolios(config: LiveConfig, store, first_ns: int):
+    """What runner ``config`` traded from bar ``first_ns`` on, by its store's adoptions: the
+    portfolio of that bar (each promoted sleeve on the parameters of the record it had adopted
+    by then) and ``(bar time, portfolio)`` from each later adoption on, the ``switches`` of
+    :func:`quantshift.portfolio.portfolio_backtest`."""
+    names = set(config.portfolio.sleeve_names)
+    by_bar: dict[int, list] = {}
+    for adoption in store.adoptions():
+        if adoption.runner == config.name and adoption.sleeve in names:
+            by_bar.setdefault(max(int(adoption.bar_ts_ns), int(first_ns)), []).append(adoption)
+    # Adoptions before the first bar compared are clamped to it: they all hold from there.
+    start = portfolio = config.portfolio
+    switches = []
+    for bar_ts_ns in sorted(by_bar):
+        for adoption in by_bar[bar_ts_ns]:
+            row = store.promotion(adoption.promotion_id)
+            portfolio = _with_params(portfolio, adoption.sleeve, row)
+        if bar_ts_ns > first_ns:
+            switches.append((bar_ts_ns, portfolio))
+        else:
+            start = portfolio
+    return start, switches
+
+
 def _with_params(portfolio, sleeve_name: str, row):
     """The portfolio with sleeve ``sleeve_name`` on the parameters of stored record ``row``."""
     params = PromotionRecord.from_json(row.record).params

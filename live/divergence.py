@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from live.adoption import traded_portfolios
 from live.config import LiveConfig
 from quantshift.errors import DataError
 from quantshift.portfolio import portfolio_backtest
@@ -155,7 +156,10 @@ def divergence(config: LiveConfig, store, *, since_ns: int | None = None,
         raise DataError(f"{config.path or config.name}: the store has no decided bars of runner "
                         f"{config.name!r} (it has not run a cycle against this store)")  # fmt: skip
     bars = store.decided_bars(symbols, source=f"store of {config.name}")
-    result = portfolio_backtest(config.portfolio, bars, trade_from_ns=first)
+    # The sleeves on the parameters they traded: the records they adopted, from the bar of
+    # each adoption on.
+    traded, switches = traded_portfolios(config, store, first)
+    result = portfolio_backtest(traded, bars, trade_from_ns=first, switches=switches)
     start = first if since_ns is None else max(first, int(since_ns))
     ts = bars.ts_ns
     tested = result.trades

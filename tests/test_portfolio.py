@@ -6,6 +6,7 @@ exit), so each scenario is a table of prices and codes whose outcome is worked o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -454,6 +455,7 @@ def test_risk_sizing_without_stops_needs_stop_atr():
 # Plain Python -------------------------------------------------------------------------------
 
 NO_JIT_PROBE = """
+import dataclasses
 import json
 import quantshift as qs
 from quantshift.portfolio import PortfolioConfig, RiskLimits, Sleeve, portfolio_backtest
@@ -481,3 +483,43 @@ def test_plain_python_path_matches_compiled():
     assert compiled["vetoes"] == interpreted["vetoes"]
     np.testing.assert_allclose(interpreted["equity"], compiled["equity"], rtol=1e-12)
     np.testing.assert_allclose(interpreted["pnl"], compiled["pnl"], rtol=1e-12)
+
+
+def _with_ma_params(config: PortfolioConfig, **params) -> PortfolioConfig:
+    sleeves = tuple(
+        dataclasses.replace(s, params=params) if s.strategy_name == "ma_crossover" else s
+        for s in config.sleeves
+    )
+    return dataclasses.replace(config, sleeves=sleeves)
+
+
+def test_a_switch_takes_the_other_parameters_signals_from_its_bar_on():
+    """What `live divergence` replays for a sleeve that adopted a promotion record mid-run."""
+    base, other = _mixed_config(), _with_ma_params(_mixed_config(), fast=4, slow=15)
+    ts = SYNTHETIC.ts_ns
+    plain = portfolio_backtest(base, SYNTHETIC).trades
+    # A switch to the same parameters changes nothing; a switch at the first bar is the other
+    # configuration's backtest.
+    same = portfolio_backtest(base, SYNTHETIC, switches=[(int(ts[200]), base)]).trades
+    pd.testing.assert_frame_equal(same, plain)
+    whole = portfolio_backtest(base, SYNTHETIC, switches=[(int(ts[0]), other)]).trades
+    pd.testing.assert_frame_equal(whole, portfolio_backtest(other, SYNTHETIC).trades)
+    # Mid-run: the trades entered before the switch are the base's, and the backtest differs
+    # from both (the new parameters decide from bar 200 on).
+    mid = portfolio_backtest(base, SYNTHETIC, switches=[(int(ts[200]), other)]).trades
+    cut = pd.Timestamp(int(ts[200]), tz="UTC")
+    before = plain[plain["exit_time"] < cut].reset_index(drop=True)
+    pd.testing.assert_frame_equal(mid[mid["exit_time"] < cut].reset_index(drop=True), before)
+    assert not mid.equals(plain) and not mid.equals(whole)
+
+
+def test_a_switch_cannot_change_sleeves_symbols_or_allocations():
+    base = _mixed_config()
+    first, second = base.sleeves
+    moved = dataclasses.replace(
+        base,
+        sleeves=(dataclasses.replace(first, allocation=0.6),
+                 dataclasses.replace(second, allocation=0.4)),
+    )  # fmt: skip
+    with pytest.raises(qs.ConfigError, match="only strategy parameters can change"):
+        portfolio_backtest(base, SYNTHETIC, switches=[(int(SYNTHETIC.ts_ns[100]), moved)])

@@ -15,10 +15,12 @@ from typer.testing import CliRunner
 
 from live.cli import app as live_app
 from live.config import parse_config
+from live.divergence import divergence
 from live.runner import Runner
 from live.store import Store
 from quantshift.cli import app
 from quantshift.errors import ConfigError, UnknownNameError
+from quantshift.portfolio import portfolio_backtest
 from quantshift.promotion import (
     GateConfig,
     LiveGate,
@@ -262,6 +264,40 @@ def test_the_runner_adopts_a_new_record_only_at_a_cycle_boundary_and_refuses_oth
         adoptions = store.adoptions()
     assert [a.record_id for a in adoptions] == [first.record_id, better.record_id]
     assert adoptions[1].bar_ts_ns > bar_after_refusal
+
+
+def test_divergence_backtests_the_parameters_each_sleeve_adopted_from_its_adoption_on(backend):
+    """`live divergence` (and the drift metrics) rebuilt the backtest on the config's
+    parameters: a promoted sleeve trades its record's, so every trade looked missing or extra."""
+    tracker, report, new_store = backend
+    url = new_store()
+    first = promote(report.run_id, "paper", store_url=url, tracker=tracker, name="trend",
+                    gate=RELAXED).record  # fmt: skip
+    config = _runner_config(url)
+    assert Runner(config, max_bars=250).run().bars == 250
+    _add(url, dataclasses.replace(first, params={"fast": 5.0, "slow": 20.0}))
+    assert Runner(config).run().ended == "replay finished"
+    with Store.open(url) as store:
+        adoptions = store.adoptions()
+        found = divergence(config, store)
+        bars = store.decided_bars(["SP500"], source="test")
+        first_ns = store.decided_from(config.name)
+    assert len(adoptions) == 2 and adoptions[1].bar_ts_ns > adoptions[0].bar_ts_ns
+    counts = found.counts()
+    assert counts["missing"] == 0 and counts["extra"] == 0 and counts["matched"] >= 10, counts
+    assert found.pnl_difference == pytest.approx(0.0, abs=1e-6)
+    # The scenario tells the parameters apart: on the first record's alone, or on the
+    # config's (the strategy's defaults), the backtest trades otherwise after the switch.
+    live_trades = counts["matched"]
+    for params in (first.params, None):
+        portfolio = config.portfolio
+        if params is not None:
+            (sleeve,) = portfolio.sleeves
+            portfolio = dataclasses.replace(
+                portfolio, sleeves=(dataclasses.replace(sleeve, params=dict(params)),)
+            )
+        trades = portfolio_backtest(portfolio, bars, trade_from_ns=first_ns).trades
+        assert len(trades[trades["exit_reason"] != "open"]) != live_trades
 
 
 def test_a_runner_with_nothing_valid_to_trade_does_not_start(backend):

@@ -5,6 +5,7 @@ One sleeve on one symbol with ``RiskLimits.none()`` trades exactly as ``quantshi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple
@@ -16,7 +17,7 @@ from quantshift.data.bars import Bars
 from quantshift.engine.metrics import equity_metrics, infer_periods_per_year, trade_metrics
 from quantshift.engine.records import Signals
 from quantshift.engine.simulate import REASON_OPEN
-from quantshift.errors import DataError
+from quantshift.errors import ConfigError, DataError
 from quantshift.portfolio.config import PortfolioConfig
 from quantshift.portfolio.decide import (
     check_overlay_inputs,
@@ -158,6 +159,7 @@ def portfolio_backtest(
     regime: Any = None,
     sentiment: Any = None,
     trade_from_ns: int | None = None,
+    switches: Sequence[tuple[int, PortfolioConfig]] = (),
 ) -> PortfolioResult:
     """Run the decision layer over ``bars`` bar by bar with the shared fill model.
 
@@ -186,6 +188,11 @@ def portfolio_backtest(
     trade_from_ns : int, optional
         Decide nothing before the bar at this time (UTC ns): the bars before it only warm the
         indicators up, as a live runner's history does before its first decision.
+    switches : sequence of (int, PortfolioConfig), optional
+        From the bar at each time (UTC ns) on, the signals are those of that configuration:
+        the same sleeves, symbols and allocations on other strategy parameters, as a live
+        runner's sleeve trades a newly adopted promotion record from the bar it adopts it.
+        Positions carry over; everything else (costs, limits, overlay) stays ``config``'s.
     """
     if isinstance(bars, str):
         from quantshift.data import load_bars
@@ -196,6 +203,8 @@ def portfolio_backtest(
     layout = config.layout()
     check_overlay_inputs(config, regime, sentiment)
     history = compute_signals(config, bars)
+    for at_ns, other in sorted(switches, key=lambda switch: switch[0]):
+        _switch_signals(history, config, other, bars, at_ns)
     data = history.bars
     if data.n_bars == 0:
         raise DataError(f"{data.source}: no bars to backtest")
@@ -242,6 +251,27 @@ def portfolio_backtest(
         index=data.index,
         run=run,
     )
+
+
+def _switch_signals(history, config: PortfolioConfig, other: PortfolioConfig, bars: Bars,
+                    at_ns: int) -> None:  # fmt: skip
+    """Overwrite ``history``'s signals from the bar at ``at_ns`` on with ``other``'s."""
+    mine, theirs = config.layout(), other.layout()
+    same = (
+        mine.sleeves == theirs.sleeves
+        and mine.symbols == theirs.symbols
+        and np.array_equal(mine.member, theirs.member)
+        and np.array_equal(mine.allocation, theirs.allocation)
+    )
+    if not same:
+        raise ConfigError(
+            f"switch at {pd.Timestamp(int(at_ns), tz='UTC')}: the configuration must keep the "
+            "sleeves, their symbols and allocations; only strategy parameters can change"
+        )
+    switched = compute_signals(other, bars)
+    first = int(np.searchsorted(history.bars.ts_ns, int(at_ns), "left"))
+    for name in ("entries", "exits", "stop_distance", "take_profit_distance", "trail_distance"):
+        getattr(history, name)[first:] = getattr(switched, name)[first:]
 
 
 def _orders_frame(orders, fills, layout) -> pd.DataFrame:
