@@ -123,6 +123,13 @@ def _check_levels_entry(position, open_, high, low, cfg, trades, stats):
     return check_levels_nb(position, open_, high, low, 0, cfg, trades, 0, stats)
 
 
+def warm_fills() -> None:
+    """Load (or compile) the paper venue's fill kernels before its first fill."""
+    cfg = np.zeros(1, config_dt)[0]
+    market_fill("buy", 1.0, 100.0, cfg)
+    match_levels("sell", 1.0, 100.0, 101.0, 99.0, cfg, stop_price=95.0, limit_price=110.0)
+
+
 class PaperVenue:
     """The paper venue's executions, in the live store's database (its own connection).
 

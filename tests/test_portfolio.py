@@ -24,11 +24,13 @@ from quantshift.portfolio import (
     PortfolioState,
     RiskLimits,
     Sleeve,
+    check_stops,
     compute_signals,
     decide,
     fill_orders,
     flatten_orders,
     portfolio_backtest,
+    warm_kernels,
 )
 
 NONE = RiskLimits.none()
@@ -523,3 +525,25 @@ def test_a_switch_cannot_change_sleeves_symbols_or_allocations():
     )  # fmt: skip
     with pytest.raises(qs.ConfigError, match="only strategy parameters can change"):
         portfolio_backtest(base, SYNTHETIC, switches=[(int(SYNTHETIC.ts_ns[100]), moved)])
+
+
+def test_warm_kernels_compiles_what_a_bar_of_the_backtest_then_uses():
+    """A runner warms up before its first cycle: the kernels a real bar then runs must be the
+    ones warmed (the same types), not new compilations."""
+    from quantshift.portfolio.loop import compiled
+
+    config = _mixed_config()
+    assert warm_kernels(config, SYNTHETIC) >= 0.0
+    kinds = ("decide", "fill", "check_stops")
+    warmed = {kind: len(compiled(kind).overloads) for kind in kinds}
+    assert all(warmed.values()), warmed
+    history = compute_signals(config, SYNTHETIC)
+    state = PortfolioState.initial(config)
+    for t in range(60, 120):
+        signals = history.at(t)
+        state = fill_orders(state, [], SYNTHETIC.open[t], signals.ts_ns, config).state
+        state = check_stops(state, SYNTHETIC.open[t], SYNTHETIC.high[t], SYNTHETIC.low[t],
+                            signals.ts_ns, config).state  # fmt: skip
+        decision = decide(state, signals, config)
+        state = decision.state
+    assert {kind: len(compiled(kind).overloads) for kind in kinds} == warmed

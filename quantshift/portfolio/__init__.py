@@ -29,6 +29,7 @@ from quantshift.portfolio.overlay import (
 )
 from quantshift.portfolio.signals import BarSignals, SignalHistory, compute_signals
 from quantshift.portfolio.state import PortfolioState, Position
+from quantshift.portfolio.warm import warm_kernels
 
 __all__ = [
     "REGIMES",
@@ -59,4 +60,5 @@ __all__ = [
     "fill_orders",
     "flatten_orders",
     "portfolio_backtest",
+    "warm_kernels",
 ]
