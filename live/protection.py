@@ -22,7 +22,13 @@ from live.execution import VenueExecution, decision_id
 from live.failpoints import failpoint
 from live.store import Store
 from live.store.records import TERMINAL_STATES
-from quantshift.portfolio import PortfolioState, Position, TargetOrder, apply_executions
+from quantshift.portfolio import (
+    PortfolioState,
+    Position,
+    TargetOrder,
+    apply_executions,
+    check_stops,
+)
 from quantshift.portfolio.decide import FillResult
 
 log = logging.getLogger("quantshift.live")
@@ -218,6 +224,39 @@ class RestingProtection:
             self._resolve(leg, epoch)
         return True
 
+    def stranded(self, before: PortfolioState, after: PortfolioState, bars, t: int,
+                 portfolio, epoch: int) -> set[tuple[str, str]]:  # fmt: skip
+        """(sleeve, symbol) of the positions whose stop bar ``t`` went through while their
+        protection still rests unfilled at a venue where that can happen
+        (``Broker.triggered_stops_may_rest``: a Coinbase stop-limit a gap took past its limit).
+        ``before`` is the state the bar's levels were checked from (the fill model's
+        ``check_stops``), ``after`` the state once the venue's executions of the bar were
+        settled. Their protection is cancelled (logged and counted as ``market_fallback``) and
+        the runner exits them at market, so no position stays open past its stop for more
+        than one cycle; a leg that filled before its cancel is left to the next settlement."""
+        if not self.broker.triggered_stops_may_rest:
+            return set()
+        held = {(p.sleeve, p.symbol): p for p in after.positions()}
+        ts_ns = int(bars.ts_ns[t])
+        hit = check_stops(before, bars.open[t], bars.high[t], bars.low[t], ts_ns, portfolio, t)
+        out = set()
+        for trade in hit.trades:
+            position = held.get((trade.sleeve, trade.symbol))
+            if position is None or trade.exit_reason == _REASON["limit"]:
+                continue  # the venue filled it, or a target only touched (not a triggered stop)
+            if not self.release(position, epoch):
+                continue
+            log.warning(
+                "%s %s: the bar went through its %s at %.6g (fill model: %.6g) and the order "
+                "still rests unfilled at %s; cancelled, exiting at market",
+                position.sleeve, position.symbol, trade.exit_reason, _level(position, trade),
+                trade.exit_price, self.broker.venue,
+                extra={"sleeve": position.sleeve, "symbol": position.symbol, "cycle": ts_ns},
+            )  # fmt: skip
+            self._count("market_fallback", position.sleeve)
+            out.add((position.sleeve, position.symbol))
+        return out
+
     def refused(self, state: PortfolioState) -> set[tuple[str, str]]:
         """(sleeve, symbol) of the positions whose protection the venue refused (e.g. Alpaca:
         a trailing stop beside a stop or a target): the runner watches their levels instead."""
@@ -254,6 +293,13 @@ class RestingProtection:
     def _count(self, outcome: str, sleeve: str) -> None:
         if self.metrics is not None:
             self.metrics.record_protection(sleeve, outcome)
+
+
+def _level(position: Position, trade) -> float:
+    """The stop level a stop exit of ``position`` went through (for the log)."""
+    if trade.exit_reason == _REASON["stop"] or position.trail_distance is None:
+        return position.stop_price
+    return position.best_price - (1.0 if position.units > 0 else -1.0) * position.trail_distance
 
 
 def _with_best_prices(state: PortfolioState, layout, best: dict) -> PortfolioState:

@@ -21,7 +21,7 @@ from live.config import parse_config
 from live.protection import RestingProtection, legs_of
 from live.runner import Runner
 from live.store import Store
-from quantshift.data import write_parquet
+from quantshift.data import load_bars, write_parquet
 from quantshift.data.synthetic import synthetic_bars
 from quantshift.portfolio import PortfolioState, TargetOrder, apply_executions
 from tests.fakes.coinbase_server import FakeCoinbase
@@ -296,3 +296,64 @@ def test_a_trailing_move_the_venue_refused_is_sent_again_at_the_next_bar(replaye
     _bar(venue, broker, 4_000, (103.0, 103.5, 100.0))
     assert [float(o.stop_price) for o in _open(venue)] == [99.0]  # protected again, one order
     assert broker.order("qstrail5xx").status == OrderStatus.OPEN
+
+
+def test_a_stop_gapped_past_its_limit_is_cancelled_and_exited_at_the_next_open(
+    monkeypatch, tmp_path, caplog
+):
+    """The parity run with one coin's market moved down from one bar on: that bar opens 20%
+    below a stop the backtest filled at its level, four times the 5% by which Coinbase's
+    stop-limit (and a triggered bracket) may fill past the stop, and stays there. The backtest
+    sells at that open; at the venue the order rests unfilled (a limit the market no longer
+    reaches), so the runner cancels it after the bar and exits at market: the same trade, one
+    bar later, at the next open, logged and counted as a protective fallback. Everything before the bar is the
+    backtest's, and the venue's coins equal the store's at the end with no HALT."""
+    venue = venue_for_replay(monkeypatch)
+    try:
+        config = crypto_config(venue, tmp_path, n_bars=250, seed=5)
+        bars = load_bars(config.feed.source, symbols=list(SYMBOLS))
+        ts = bars.ts_ns.tolist()
+        slip = 1 - SLIPPAGE_BPS / 1e4
+        touched = [
+            trade for trade in _backtest_trades(config)
+            if trade[-1] in ("stop_loss", "trailing_stop")
+            and not math.isclose(trade[6], bars.open[ts.index(trade[4]), SYMBOLS.index(trade[1])]
+                                 * slip, rel_tol=1e-12)
+        ]  # fmt: skip
+        sleeve, symbol, _, entry_ns, exit_ns, *_ = touched[len(touched) // 2]
+        t, j = ts.index(exit_ns), SYMBOLS.index(symbol)
+        level = touched[len(touched) // 2][6] / slip
+        scale = level * 0.8 / bars.open[t, j]  # the market stays down: the limit is not met
+        for prices in (bars.open, bars.high, bars.low, bars.close):
+            prices[t:, j] *= scale
+        write_parquet(bars, config.feed.source)
+        runner = Runner(config)
+        summary = runner.run()
+        live, backtest = _store_trades(config), _backtest_trades(config)
+        with Store.open(config.store_url) as store:
+            halt = store.active_halt()
+            ours = {}
+            for p in store.positions():
+                ours[p.symbol] = ours.get(p.symbol, 0.0) + p.qty
+        with venue._lock:
+            held = {s: float(venue.balances.get(s.split("-")[0], 0)) for s in SYMBOLS}
+            cancelled = [o for o in venue.orders.values() if o.status == "CANCELLED"
+                         and o.product_id == symbol and o.triggered and o.filled == 0
+                         and o.stop_price is not None]  # fmt: skip
+    finally:
+        venue.stop()
+    assert summary.ended == "replay finished" and halt is None, halt
+    assert held == pytest.approx({s: ours.get(s, 0.0) for s in SYMBOLS}, abs=1e-8)
+    assert_same_trades([x for x in live if x[4] < ts[t]], [x for x in backtest if x[4] < ts[t]])
+    ((gapped),) = [x for x in backtest if x[:2] == (sleeve, symbol) and x[3] == entry_ns]
+    assert gapped[4] == ts[t] and gapped[6] == pytest.approx(bars.open[t, j] * slip)
+    ((fallback),) = [x for x in live if x[:2] == (sleeve, symbol) and x[3] == entry_ns]
+    assert fallback[4] == ts[t + 1] and fallback[-1] == gapped[-1]
+    assert fallback[6] == pytest.approx(bars.open[t + 1, j] * slip, rel=1e-9)
+    assert fallback[7] == pytest.approx(gapped[7], rel=1e-9)
+    assert cancelled and "still rests unfilled" in caplog.text
+    counted = runner.metrics.registry.get_sample_value(
+        "quantshift_live_protection_repairs_total",
+        {"sleeve": sleeve, "outcome": "market_fallback"},
+    )
+    assert counted >= 1

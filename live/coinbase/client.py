@@ -86,6 +86,9 @@ class CoinbaseBroker(Broker):
     """``trailing_stop`` and ``oco`` only as legs of an OCO group (``live.coinbase.groups``):
     Coinbase has no trailing-stop order, and its one-of-two exit is the trigger bracket."""
     supports_resting_protection = True
+    triggered_stops_may_rest = True
+    """A lone stop rests as a stop-limit ``stop_limit_slippage_bps`` past its level, a
+    bracket's stop as one 5% past it: a gap beyond that limit leaves the stop unfilled."""
 
     def __init__(self, config: CoinbaseConfig) -> None:
         self.config = config
