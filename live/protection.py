@@ -9,6 +9,7 @@ naked position and cancels a resting order whose position is gone.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from live.broker import (
@@ -18,7 +19,7 @@ from live.broker import (
     OrderStatus,
     leg_id,
 )
-from live.execution import VenueExecution, decision_id
+from live.execution import PROTECTIVE, VenueExecution, WorkingOrder, decision_id
 from live.failpoints import failpoint
 from live.store import Store
 from live.store.records import TERMINAL_STATES
@@ -36,6 +37,7 @@ log = logging.getLogger("quantshift.live")
 LEGS = ("stop", "limit", "trailing_stop")
 """A position's protective legs: its stop-loss, take-profit and trailing stop."""
 _REASON = {"stop": "stop_loss", "limit": "take_profit", "trailing_stop": "trailing_stop"}
+_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -100,12 +102,19 @@ def _exit_order(position: Position, strategy: str, kind: str, ts_ns: int, price:
 class RestingProtection:
     """Keep every position's protection resting at ``broker`` and settle what it executed.
 
-    ``metrics`` counts re-protections and orphan cancels (``record_protection``).
+    ``metrics`` counts re-protections, orphan cancels and market fallbacks
+    (``record_protection``). A leg the venue fills in parts closes its position once it has
+    filled it all (as an exit's market orders do); where the rest of it stops resting (cancelled
+    by the venue, or before a strategy exit), the rest goes out at market as a working exit
+    handed to ``on_working`` (the runner's working orders), and the position closes at the
+    average of both.
     """
 
-    def __init__(self, broker: Broker, store: Store, metrics=None, before_send=None) -> None:
+    def __init__(self, broker: Broker, store: Store, metrics=None, before_send=None,
+                 on_working=None) -> None:  # fmt: skip
         self.broker, self.store, self.metrics = broker, store, metrics
         self.execution = VenueExecution(broker, store, before_send=before_send)
+        self.on_working = on_working
 
     # ------------------------------------------------------------------ placing
     def protect(self, state: PortfolioState, epoch: int, fresh=frozenset()) -> int:
@@ -154,20 +163,26 @@ class RestingProtection:
         executions, best = [], {}
         layout = portfolio.layout()
         for position in state.positions():
-            filled = None
+            filled = part = None
             for leg in legs_of(position):  # every leg is brought up to date, siblings too
                 found = self._resolve(leg, epoch)
                 if found is None:
                     continue
                 if found.status == OrderStatus.FILLED and filled is None:
                     filled = leg, found
+                elif found.is_final and found.filled_qty > 0:
+                    part = leg, found  # filled in part, the rest no longer rests
                 elif leg.kind == "trailing_stop" and found.trail_best_price is not None:
                     best[(position.sleeve, position.symbol)] = found.trail_best_price
+            strategy = layout.strategies[layout.sleeves.index(position.sleeve)]
             if filled is not None:
                 leg, found = filled
-                strategy = layout.strategies[layout.sleeves.index(position.sleeve)]
                 order = _exit_order(position, strategy, leg.kind, ts_ns, found.avg_fill_price)
                 executions.append((order, found.filled_qty, found.avg_fill_price, found.fees))
+            elif part is not None:
+                leg, found = part
+                order = _exit_order(position, strategy, leg.kind, ts_ns, found.avg_fill_price)
+                self._exit_rest(position, leg, found, order, epoch)
         return apply_executions(_with_best_prices(state, layout, best), executions, ts_ns,
                                 portfolio)  # fmt: skip
 
@@ -182,16 +197,62 @@ class RestingProtection:
             if intent.state not in TERMINAL_STATES and intent.state != "NEW":
                 self.store.transition(cid, "CANCELLED", epoch=epoch, reason="not at the venue")
             return None
-        if found.status == OrderStatus.FILLED and intent.state != "FILLED":
-            self.store.record_fill(
-                venue=self.broker.venue, fill_id=cid, client_order_id=cid,
-                qty=found.filled_qty, price=found.avg_fill_price, fee=found.fees,
-                ts_fill_ns=found.ts_updated_ns, epoch=epoch,
-            )  # fmt: skip
-        elif found.is_final and intent.state not in TERMINAL_STATES:
+        self._record_fills(intent, found, epoch)
+        ended = found.is_final and found.status != OrderStatus.FILLED
+        if ended and self.store.intent(cid).state not in TERMINAL_STATES:
             to = "REJECTED" if found.status == OrderStatus.REJECTED else "CANCELLED"
             self.store.transition(cid, to, epoch=epoch, reason=f"venue: {found.status}")
         return found
+
+    def _record_fills(self, intent, found: BrokerOrder, epoch: int) -> None:
+        """Record what the venue executed of a leg since it was last looked at: the growth of
+        its cumulative quantity, value and fees (a leg may fill in parts). A leg filled at
+        once is one fill under its client order id, each part of one filled in parts one
+        under its id and the quantity filled by then (a redo records nothing twice)."""
+        cid = intent.client_order_id
+        new = found.filled_qty - intent.filled_qty
+        if found.avg_fill_price is None or new <= _TOLERANCE * max(1.0, found.qty):
+            return
+        before = self.store.fills(cid)
+        value = found.filled_qty * found.avg_fill_price - sum(f.qty * f.price for f in before)
+        fee = found.fees - sum(f.fee for f in before)
+        whole = not before and found.status == OrderStatus.FILLED
+        self.store.record_fill(
+            venue=self.broker.venue, fill_id=cid if whole else f"{cid}@{found.filled_qty!r}",
+            client_order_id=cid, qty=new, price=value / new, fee=max(fee, 0.0),
+            ts_fill_ns=found.ts_updated_ns, epoch=epoch,
+        )  # fmt: skip
+        if found.status != OrderStatus.FILLED:
+            log.warning(
+                "%s %s of %s: the venue filled %.10g of %.10g units (%s); the position "
+                "closes once it has filled all of it", found.order_type, cid, intent.symbol,
+                found.filled_qty, found.qty,
+                "the rest rests" if not found.is_final else "the rest goes out at market",
+                extra={"client_order_id": cid, "sleeve": intent.sleeve, "symbol": intent.symbol},
+            )  # fmt: skip
+
+    def _exit_rest(self, position: Position, leg: Leg, found: BrokerOrder, order: TargetOrder,
+                   epoch: int) -> None:  # fmt: skip
+        """Send the rest of a position whose leg ``found`` filled in part and rests no more:
+        ``order`` (the exit) at market for the units the leg left, as a working exit that
+        already holds the leg's execution (closing the position at the average of both)."""
+        filled, price = found.filled_qty, found.avg_fill_price
+        working = WorkingOrder(
+            order=order, halt_exempt=PROTECTIVE, units=abs(position.units),
+            client_order_ids=[leg.request.client_order_id], filled=filled,
+            notional=filled * price, fees=found.fees, price=price,
+        )  # fmt: skip
+        rest = abs(position.units) - filled
+        first = decision_id(order.sleeve, f"{order.action}-rest1", order.symbol,
+                            position.entry_ts_ns, order.side)  # fmt: skip
+        if self.on_working is None or self.store.intent(first) is not None:
+            return  # no one to hand it to (a lookup), or handed off before (a redo)
+        # Under the position's entry time: one id per position, whichever cycle sends it.
+        if self.execution.send_rest(working, rest, position.entry_ts_ns, epoch, True):
+            self.on_working(working)
+        else:
+            log.error("%s %s: %.10g units left unprotected after the venue refused their exit",
+                      position.sleeve, position.symbol, rest)  # fmt: skip
 
     def unsettled(self, state: PortfolioState) -> dict[str, float]:
         """Units per symbol that legs the venue filled have moved and ``state`` does not know
@@ -202,15 +263,20 @@ class RestingProtection:
                 if self.store.intent(leg.request.client_order_id) is None:
                     continue
                 found = self.broker.order(leg.request.client_order_id)
-                if found is not None and found.filled_qty > 0:
-                    out[position.symbol] = out.get(position.symbol, 0.0) - position.units
+                if found is not None and found.filled_qty > 0:  # in part: only that part
+                    sold = min(found.filled_qty, abs(position.units))
+                    out[position.symbol] = out.get(position.symbol, 0.0) - math.copysign(
+                        sold, position.units)  # fmt: skip
                     break
         return out
 
     # ------------------------------------------------------------------ exits and orphans
-    def release(self, position: Position, epoch: int) -> bool:
+    def release(self, position: Position, epoch: int, exit_order: TargetOrder | None = None
+                ) -> bool:  # fmt: skip
         """Cancel a position's protection before a strategy exit; False if a leg filled first
-        (the race: the position is already closed at the venue, so no exit may be sent)."""
+        (the race: the position is already closed at the venue, so no exit may be sent). A leg
+        that had filled in part (then or before) leaves the rest: ``exit_order`` goes out for
+        it at once (or, without one, at the next settlement), and False is returned too."""
         for leg in legs_of(position):
             cid = leg.request.client_order_id
             if self.store.intent(cid) is None:
@@ -218,9 +284,13 @@ class RestingProtection:
             done = self.broker.cancel(cid)
             failpoint("after_cancel")
             if done is not None and done.filled_qty > 0:
-                log.warning("%s of %s %s filled before its cancel; no exit sent", leg.kind,
-                            position.sleeve, position.symbol)  # fmt: skip
-                return False  # the settlement applies the fill and resolves every leg
+                if done.status == OrderStatus.FILLED or exit_order is None:
+                    log.warning("%s of %s %s filled before its cancel; no exit sent", leg.kind,
+                                position.sleeve, position.symbol)  # fmt: skip
+                    return False  # the settlement applies the fill and resolves every leg
+                found = self._resolve(leg, epoch) or done
+                self._exit_rest(position, leg, found, exit_order, epoch)
+                return False
             self._resolve(leg, epoch)
         return True
 
@@ -244,8 +314,10 @@ class RestingProtection:
             position = held.get((trade.sleeve, trade.symbol))
             if position is None or trade.exit_reason == _REASON["limit"]:
                 continue  # the venue filled it, or a target only touched (not a triggered stop)
-            if not self.release(position, epoch):
-                continue
+            kind = next(k for k, reason in _REASON.items() if reason == trade.exit_reason)
+            order = _exit_order(position, trade.strategy, kind, ts_ns, trade.exit_price)
+            if not self.release(position, epoch, order):
+                continue  # filled before its cancel, or in part (its rest went out at market)
             log.warning(
                 "%s %s: the bar went through its %s at %.6g (fill model: %.6g) and the order "
                 "still rests unfilled at %s; cancelled, exiting at market",

@@ -32,6 +32,7 @@ from live.clock import MarketClock
 from live.config import LiveConfig
 from live.drift import DriftExport, fill_slippage
 from live.execution import (
+    PROTECTIVE,
     VenueExecution,
     WorkingOrder,
     net_positions,
@@ -65,7 +66,6 @@ from quantshift.portfolio import (
 
 log = logging.getLogger("quantshift.live")
 
-PROTECTIVE = -1  # halt_exempt of a venue exit a stop level triggered: it goes out during a HALT
 STORE_RETRY_S = 1.0  # pause before standing by again after losing the lease or the store
 LEASE_POLL_S = 0.25  # a standby's poll for the lease
 MAX_LEASE_BACKOFF_S = 4.0  # the longest wait between polls while Redis cannot be reached
@@ -155,8 +155,10 @@ class Runner:
             )
         self.resting = None
         if self.broker.supports_resting_protection:
-            self.resting = RestingProtection(self.broker, self.store, self.metrics,
-                                             before_send=self._lease_check)  # fmt: skip
+            self.resting = RestingProtection(
+                self.broker, self.store, self.metrics, before_send=self._lease_check,
+                on_working=lambda w: self.working.append(w),  # rests of partly filled legs
+            )  # fmt: skip
             self._check_whole_units()
         else:
             log.warning(
@@ -604,8 +606,8 @@ class Runner:
                 continue
             units = order.units if order.action == "entry" else held.get(key, 0.0)
             if units > 0 and order.action == "exit" and self.resting is not None:
-                if not self.resting.release(positions[key], epoch):
-                    continue  # its protection filled first: the position is closed already
+                if not self.resting.release(positions[key], epoch, order):
+                    continue  # its protection filled first (in part: its rest went out already)
             if units > 0:
                 self._send(order, units, epoch, own_halt, during_halt)
 

@@ -18,6 +18,7 @@ from test_live_runner import _backtest_trades, _store_trades
 from live.broker import OrderRequest, OrderStatus
 from live.coinbase import CoinbaseBroker
 from live.config import parse_config
+from live.execution import VenueExecution
 from live.protection import RestingProtection, legs_of
 from live.runner import Runner
 from live.store import Store
@@ -306,8 +307,8 @@ def test_a_stop_gapped_past_its_limit_is_cancelled_and_exited_at_the_next_open(
     stop-limit (and a triggered bracket) may fill past the stop, and stays there. The backtest
     sells at that open; at the venue the order rests unfilled (a limit the market no longer
     reaches), so the runner cancels it after the bar and exits at market: the same trade, one
-    bar later, at the next open, logged and counted as a protective fallback. Everything before the bar is the
-    backtest's, and the venue's coins equal the store's at the end with no HALT."""
+    bar later, at the next open, logged and counted as a protective fallback. Everything before
+    the bar is the backtest's, and the venue's coins equal the store's at the end with no HALT."""
     venue = venue_for_replay(monkeypatch)
     try:
         config = crypto_config(venue, tmp_path, n_bars=250, seed=5)
@@ -357,3 +358,108 @@ def test_a_stop_gapped_past_its_limit_is_cancelled_and_exited_at_the_next_open(
         {"sleeve": sleeve, "outcome": "market_fallback"},
     )
     assert counted >= 1
+
+
+def _venue_average(venue, order_ids) -> tuple[float, float, float]:
+    """Units, average price and fees of the venue's executions of ``order_ids``."""
+    with venue._lock:
+        fills = [f for f in venue.fills if f["order_id"] in order_ids]
+    units = sum(float(f["size"]) for f in fills)
+    value = sum(float(f["size"]) * float(f["price"]) for f in fills)
+    return units, value / units, sum(float(f["commission"]) for f in fills)
+
+
+def _partly_stopped(venue, broker, store, config):
+    """The 5 BTC position's bracket, of which a bar through its stop sells 2 BTC."""
+    state = _long_btc(config)
+    handed = []
+    resting = RestingProtection(broker, store, on_working=handed.append)
+    resting.protect(state, 0, fresh={("reversion", "BTC-USD")})
+    venue.partial_resting(0.4)
+    broker.trade_bar(3_000, {"BTC-USD": (96.0, 97.0, 94.0)})  # the venue's bar, then the adapter's
+    return state, resting, handed
+
+
+def test_a_protective_order_filled_in_part_settles_the_part_and_keeps_the_rest_resting(
+    replayed,
+):
+    """Coinbase fills a resting stop in parts: the store records each part as it comes (the
+    leg PARTIALLY_FILLED), reconciliation counts the sold part (so the venue's 3 BTC against our
+    5 is no mismatch), the rest keeps resting at the venue for the 3 BTC left, and the position
+    closes once the rest fills, at the average of both parts with both fees."""
+    venue, broker, store, config = replayed
+    state, resting, handed = _partly_stopped(venue, broker, store, config)
+    stop = legs_of(state.positions()[0])[0].request.client_order_id
+    for _ in range(2):  # a redo of the settlement records nothing twice
+        settled = resting.settle(state, config.portfolio, 3_000, 0)
+        assert not settled.trades and settled.state.positions()[0].units == pytest.approx(5.0)
+        intent = store.intent(stop)
+        assert (intent.state, intent.filled_qty) == ("PARTIALLY_FILLED", pytest.approx(2.0))
+        assert [f.qty for f in store.fills(stop)] == [pytest.approx(2.0)]
+    assert resting.unsettled(state) == {"BTC-USD": pytest.approx(-2.0)}
+    assert broker.positions()["BTC-USD"] == pytest.approx(5.0 - 2.0)
+    (rest,) = _open(venue)
+    assert float(rest.remaining) == pytest.approx(3.0) and rest.triggered
+    broker.trade_bar(4_000, {"BTC-USD": (93.0, 96.0, 92.0)})  # above the triggered stop's limit
+    settled = resting.settle(state, config.portfolio, 4_000, 0)
+    (trade,) = settled.trades
+    units, price, fees = _venue_average(venue, {rest.order_id})
+    assert units == pytest.approx(5.0) and len(venue.fills) == 2
+    assert (trade.units, trade.exit_reason) == (pytest.approx(5.0), "stop_loss")
+    assert trade.exit_price == pytest.approx(price, rel=1e-9)
+    assert trade.exit_fees == pytest.approx(fees, rel=1e-9)
+    assert store.intent(stop).state == "FILLED"
+    assert sum(f.qty for f in store.fills(stop)) == pytest.approx(5.0)
+    assert not settled.state.positions() and float(venue.balances["BTC"]) == pytest.approx(0.0)
+    assert handed == []
+
+
+def test_a_strategy_exit_after_a_partial_protective_fill_sells_only_the_rest(replayed):
+    """The strategy exits while its stop had sold 2 of 5 BTC: the cancel leaves the rest,
+    which goes out at market for 3 BTC (not 5: the venue holds 3) as a working exit that
+    already carries the stop's part, and the position closes at the average of both."""
+    venue, broker, store, config = replayed
+    state, resting, handed = _partly_stopped(venue, broker, store, config)
+    resting.settle(state, config.portfolio, 3_000, 0)
+    position = state.positions()[0]
+    exit_order = TargetOrder(sleeve="reversion", strategy="rsi_reversion", symbol="BTC-USD",
+                             action="exit", side="sell", units=5.0, reason="signal",
+                             ts_ns=3_000, reference_price=96.0)  # fmt: skip
+    assert resting.release(position, 0, exit_order) is False  # nothing more for the runner
+    (working,) = handed
+    (market,) = _open(venue)  # the protection is gone; the rest waits for the next open
+    assert market.kind.startswith("market") and float(market.size) == pytest.approx(3.0)
+    assert working.filled == pytest.approx(2.0)
+    venue.open_bar(4_000, {"BTC-USD": 97.0})
+    settled = VenueExecution(broker, store).settle([working], state, 4_000, 0, config.portfolio,
+                                                   during_halt=False)  # fmt: skip
+    (trade,) = settled.result.trades
+    with venue._lock:
+        ids = {o.order_id for o in venue.orders.values()}
+    units, price, fees = _venue_average(venue, ids)
+    assert (units, trade.units, trade.exit_reason) == (pytest.approx(5.0), pytest.approx(5.0),
+                                                       "signal")  # fmt: skip
+    assert trade.exit_price == pytest.approx(price, rel=1e-9)
+    assert trade.exit_fees == pytest.approx(fees, rel=1e-9)
+    assert not settled.result.state.positions() and settled.working == []
+    assert float(venue.balances["BTC"]) == pytest.approx(0.0)
+
+
+def test_a_protective_order_whose_rest_the_venue_cancelled_sends_the_rest_at_market(replayed):
+    """The venue ends the rest of a partly filled stop (the position is 3 BTC unprotected):
+    the settlement sends those 3 BTC at market at once, once, under the stop's exit reason."""
+    venue, broker, store, config = replayed
+    state, resting, handed = _partly_stopped(venue, broker, store, config)
+    (rest,) = _open(venue)
+    with venue._lock:
+        venue._cancel(rest.order_id)
+    for _ in range(2):  # a redo hands nothing off twice
+        settled = resting.settle(state, config.portfolio, 3_000, 0)
+        assert not settled.trades
+    (working,) = handed
+    assert (working.filled, working.order.reason) == (pytest.approx(2.0), "stop_loss")
+    venue.open_bar(4_000, {"BTC-USD": 97.0})
+    done = VenueExecution(broker, store).settle([working], state, 4_000, 0, config.portfolio,
+                                                during_halt=False)  # fmt: skip
+    (trade,) = done.result.trades
+    assert trade.units == pytest.approx(5.0) and float(venue.balances["BTC"]) == pytest.approx(0)
