@@ -243,12 +243,16 @@ class RestingProtection:
             notional=filled * price, fees=found.fees, price=price,
         )  # fmt: skip
         rest = abs(position.units) - filled
-        first = decision_id(order.sleeve, f"{order.action}-rest1", order.symbol,
-                            position.entry_ts_ns, order.side)  # fmt: skip
-        if self.on_working is None or self.store.intent(first) is not None:
+        if self.on_working is None or self.store.intent(_rest_id(position)) is not None:
             return  # no one to hand it to (a lookup), or handed off before (a redo)
         # Under the position's entry time: one id per position, whichever cycle sends it.
         if self.execution.send_rest(working, rest, position.entry_ts_ns, epoch, True):
+            log.warning(
+                "%s %s: %s %s filled %.10g of %.10g units and rests no more; the rest goes out "
+                "at market", position.sleeve, position.symbol, leg.kind,
+                leg.request.client_order_id, filled, abs(position.units),
+                extra={"sleeve": position.sleeve, "symbol": position.symbol},
+            )  # fmt: skip
             self.on_working(working)
         else:
             log.error("%s %s: %.10g units left unprotected after the venue refused their exit",
@@ -303,10 +307,13 @@ class RestingProtection:
         ``check_stops``), ``after`` the state once the venue's executions of the bar were
         settled. Their protection is cancelled (logged and counted as ``market_fallback``) and
         the runner exits them at market, so no position stays open past its stop for more
-        than one cycle; a leg that filled before its cancel is left to the next settlement."""
+        than one cycle. A stop that had filled in part sends its rest itself (``release``), and
+        one that filled in full before its cancel is left to the next settlement."""
         if not self.broker.triggered_stops_may_rest:
             return set()
-        held = {(p.sleeve, p.symbol): p for p in after.positions()}
+        refused = self.refused(after)  # nothing rests for them: the runner watches them
+        held = {(p.sleeve, p.symbol): p for p in after.positions()
+                if (p.sleeve, p.symbol) not in refused}  # fmt: skip
         ts_ns = int(bars.ts_ns[t])
         hit = check_stops(before, bars.open[t], bars.high[t], bars.low[t], ts_ns, portfolio, t)
         out = set()
@@ -316,17 +323,20 @@ class RestingProtection:
                 continue  # the venue filled it, or a target only touched (not a triggered stop)
             kind = next(k for k, reason in _REASON.items() if reason == trade.exit_reason)
             order = _exit_order(position, trade.strategy, kind, ts_ns, trade.exit_price)
-            if not self.release(position, epoch, order):
-                continue  # filled before its cancel, or in part (its rest went out at market)
+            handed = self.store.intent(_rest_id(position)) is not None
+            released = self.release(position, epoch, order)  # False: filled, in part or all
+            if not released and (handed or self.store.intent(_rest_id(position)) is None):
+                continue  # filled in full before its cancel, or its rest went out before
             log.warning(
                 "%s %s: the bar went through its %s at %.6g (fill model: %.6g) and the order "
-                "still rests unfilled at %s; cancelled, exiting at market",
+                "still rests (unfilled or in part) at %s; cancelled, exiting at market",
                 position.sleeve, position.symbol, trade.exit_reason, _level(position, trade),
                 trade.exit_price, self.broker.venue,
                 extra={"sleeve": position.sleeve, "symbol": position.symbol, "cycle": ts_ns},
             )  # fmt: skip
             self._count("market_fallback", position.sleeve)
-            out.add((position.sleeve, position.symbol))
+            if released:  # else the rest of a part the stop sold is at the venue already
+                out.add((position.sleeve, position.symbol))
         return out
 
     def refused(self, state: PortfolioState) -> set[tuple[str, str]]:
@@ -365,6 +375,13 @@ class RestingProtection:
     def _count(self, outcome: str, sleeve: str) -> None:
         if self.metrics is not None:
             self.metrics.record_protection(sleeve, outcome)
+
+
+def _rest_id(position: Position) -> str:
+    """The client order id of the market order that sells what a partly filled leg left
+    (``VenueExecution.send_rest`` under the position's entry time: one per position)."""
+    return decision_id(position.sleeve, "exit-rest1", position.symbol, position.entry_ts_ns,
+                       _closing_side(position))  # fmt: skip
 
 
 def _level(position: Position, trade) -> float:

@@ -108,6 +108,19 @@ def assert_same_trades(live, backtest) -> None:
             assert math.isclose(a, b, rel_tol=1e-9), (ours, theirs)
 
 
+def _ending(venue: FakeCoinbase, config) -> tuple:
+    """The store's HALT (None without one), the coins the venue holds, and the store's
+    positions net per product."""
+    with Store.open(config.store_url) as store:
+        halt = store.active_halt()
+        ours = dict.fromkeys(SYMBOLS, 0.0)
+        for p in store.positions():
+            ours[p.symbol] += p.qty
+    with venue._lock:
+        held = {s: float(venue.balances.get(s.split("-")[0], 0)) for s in SYMBOLS}
+    return halt, held, ours
+
+
 def run_parity(monkeypatch, tmp_path, n_bars: int, seed: int, base_increment="0.00000001"):
     venue = venue_for_replay(monkeypatch, base_increment)
     try:
@@ -116,17 +129,11 @@ def run_parity(monkeypatch, tmp_path, n_bars: int, seed: int, base_increment="0.
         summary = Runner(config).run()
         elapsed = time.monotonic() - started
         live, backtest = _store_trades(config), _backtest_trades(config)
-        with Store.open(config.store_url) as store:
-            halt = store.active_halt()
-            ours = {}
-            for p in store.positions():
-                ours[p.symbol] = ours.get(p.symbol, 0.0) + p.qty
-        with venue._lock:
-            held = {s: float(venue.balances.get(s.split("-")[0], 0)) for s in SYMBOLS}
+        halt, held, ours = _ending(venue, config)
     finally:
         venue.stop()
     assert summary.ended == "replay finished" and halt is None, halt
-    assert held == pytest.approx({s: ours.get(s, 0.0) for s in SYMBOLS}, abs=1e-8)
+    assert held == pytest.approx(ours, abs=1e-8)
     return live, backtest, elapsed
 
 
@@ -331,20 +338,15 @@ def test_a_stop_gapped_past_its_limit_is_cancelled_and_exited_at_the_next_open(
         runner = Runner(config)
         summary = runner.run()
         live, backtest = _store_trades(config), _backtest_trades(config)
-        with Store.open(config.store_url) as store:
-            halt = store.active_halt()
-            ours = {}
-            for p in store.positions():
-                ours[p.symbol] = ours.get(p.symbol, 0.0) + p.qty
+        halt, held, ours = _ending(venue, config)
         with venue._lock:
-            held = {s: float(venue.balances.get(s.split("-")[0], 0)) for s in SYMBOLS}
             cancelled = [o for o in venue.orders.values() if o.status == "CANCELLED"
                          and o.product_id == symbol and o.triggered and o.filled == 0
                          and o.stop_price is not None]  # fmt: skip
     finally:
         venue.stop()
     assert summary.ended == "replay finished" and halt is None, halt
-    assert held == pytest.approx({s: ours.get(s, 0.0) for s in SYMBOLS}, abs=1e-8)
+    assert held == pytest.approx(ours, abs=1e-8)
     assert_same_trades([x for x in live if x[4] < ts[t]], [x for x in backtest if x[4] < ts[t]])
     ((gapped),) = [x for x in backtest if x[:2] == (sleeve, symbol) and x[3] == entry_ns]
     assert gapped[4] == ts[t] and gapped[6] == pytest.approx(bars.open[t, j] * slip)
@@ -352,7 +354,7 @@ def test_a_stop_gapped_past_its_limit_is_cancelled_and_exited_at_the_next_open(
     assert fallback[4] == ts[t + 1] and fallback[-1] == gapped[-1]
     assert fallback[6] == pytest.approx(bars.open[t + 1, j] * slip, rel=1e-9)
     assert fallback[7] == pytest.approx(gapped[7], rel=1e-9)
-    assert cancelled and "still rests unfilled" in caplog.text
+    assert cancelled and "still rests (unfilled or in part)" in caplog.text
     counted = runner.metrics.registry.get_sample_value(
         "quantshift_live_protection_repairs_total",
         {"sleeve": sleeve, "outcome": "market_fallback"},
@@ -463,3 +465,47 @@ def test_a_protective_order_whose_rest_the_venue_cancelled_sends_the_rest_at_mar
                                                 during_halt=False)  # fmt: skip
     (trade,) = done.result.trades
     assert trade.units == pytest.approx(5.0) and float(venue.balances["BTC"]) == pytest.approx(0)
+
+
+def test_a_stop_filled_in_part_in_a_run_sells_its_rest_at_market_and_closes_whole(
+    monkeypatch, tmp_path, caplog
+):
+    """The parity run where the first protective order to execute (a stop) fills 40% of its
+    position and rests with the rest: the bar went through the stop, so the runner cancels the
+    rest and sells it at the next open. No HALT (reconciliation counts the part), the venue's
+    coins equal the store's at the end, the trades before it are the backtest's, and its
+    position closes as one trade of all its units at the average of the part and the rest."""
+    venue = venue_for_replay(monkeypatch)
+    try:
+        config = crypto_config(venue, tmp_path, n_bars=250, seed=5)
+        venue.partial_resting(0.4)
+        runner = Runner(config)
+        summary = runner.run()
+        live, backtest = _store_trades(config), _backtest_trades(config)
+        halt, held, ours = _ending(venue, config)
+        with Store.open(config.store_url) as store:
+            (leg,) = [i for i in store.intents() if (i.details or {}).get("action") == "protect"
+                      and 0 < i.filled_qty < i.qty * (1 - 1e-9)]  # fmt: skip
+            (rest,) = [i for i in store.intents() if (i.details or {}).get("attempt") == 1]
+            part, sold = store.fills(leg.client_order_id), store.fills(rest.client_order_id)
+    finally:
+        venue.stop()
+    assert summary.ended == "replay finished" and halt is None, halt
+    assert held == pytest.approx(ours, abs=1e-8)
+    assert (leg.state, leg.client_order_id[-1], (rest.sleeve, rest.symbol)) == (
+        "CANCELLED", "s", (leg.sleeve, leg.symbol))  # fmt: skip
+    assert [f.qty for f in part] == [pytest.approx(0.4 * leg.qty, rel=1e-6)]
+    assert rest.qty == pytest.approx(0.6 * leg.qty, rel=1e-6) and rest.state == "FILLED"
+    assert "rests no more; the rest goes out at market" in caplog.text
+    assert runner.metrics.registry.get_sample_value(
+        "quantshift_live_protection_repairs_total",
+        {"sleeve": leg.sleeve, "outcome": "market_fallback"},
+    ) == 1  # fmt: skip
+    (trade,) = [t for t in live if t[:2] == (leg.sleeve, leg.symbol) and t[4] == sold[-1]
+                .ts_fill_ns]  # fmt: skip
+    fills = part + sold
+    average = sum(f.qty * f.price for f in fills) / sum(f.qty for f in fills)
+    assert trade[7] == pytest.approx(leg.qty, rel=1e-9) and trade[-1] == "stop_loss"
+    assert trade[6] == pytest.approx(average, rel=1e-9)
+    first = part[0].ts_fill_ns
+    assert_same_trades([t for t in live if t[4] < first], [t for t in backtest if t[4] < first])
