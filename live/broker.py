@@ -305,6 +305,11 @@ class Broker(ABC):
     """Whether a position's stop, target and trailing stop rest at this venue as orders (stop,
     limit and trailing-stop orders in one OCO group). Without it the runner watches the levels
     after each bar closes and sends a market exit."""
+    triggered_stops_may_rest: ClassVar[bool] = False
+    """Whether a protective stop the market went through may still rest unfilled at the venue
+    (Coinbase's stop-limit: a gap past its limit leaves it resting as a limit order), where
+    the fill model fills at the open. The runner then cancels it after that bar and exits at
+    market (``RestingProtection.stranded``)."""
     protection_needs_whole_units: ClassVar[bool] = False
     """Whether the venue rests protective orders for whole units only (Alpaca takes fractional
     shares on DAY orders only): the runner then needs ``[costs] whole_units`` for sleeves with

@@ -30,6 +30,9 @@ from quantshift.portfolio import FillResult, PortfolioState, TargetOrder, apply_
 log = logging.getLogger("quantshift.live")
 
 _TOLERANCE = 1e-9
+PROTECTIVE = -1
+"""``halt_exempt`` of an exit that protection made (a stop level the bar crossed, the rest of a
+protective order the venue filled in part): it goes out during a HALT."""
 UNITS_TOLERANCE = 1e-6
 """Units below which a position difference is rounding (venues keep fractional shares and
 coins to 6-9 decimals, and quantities travel as decimal text)."""
@@ -134,6 +137,14 @@ class VenueExecution:
         working = WorkingOrder(order=order, halt_exempt=halt_exempt, units=float(units))
         cid = self._send(working, float(units), order.ts_ns, epoch, during_halt)
         return None if cid is None else working
+
+    def send_rest(self, working: WorkingOrder, units: float, bar_ts_ns: int, epoch: int,
+                  during_halt: bool) -> bool:  # fmt: skip
+        """Send ``units`` more of an exit whose earlier orders (``working.client_order_ids``)
+        executed ``working.filled``: a market order under the next ``exit-restN`` id; False if
+        the venue refused it."""
+        attempt = len(working.client_order_ids)
+        return self._send(working, units, bar_ts_ns, epoch, during_halt, attempt) is not None
 
     def _send(self, working, units, bar_ts_ns, epoch, during_halt, attempt=0) -> str | None:
         order = working.order
@@ -293,8 +304,7 @@ class VenueExecution:
                 rest = held.get((item.order.sleeve, item.order.symbol), 0.0) - item.filled
                 if rest > _TOLERANCE * max(1.0, item.units):
                     # The venue cancelled part of an exit (or never got it): send the rest.
-                    attempt = len(item.client_order_ids)
-                    if self._send(item, rest, ts_ns, epoch, during_halt, attempt) is not None:
+                    if self.send_rest(item, rest, ts_ns, epoch, during_halt):
                         still.append(item)
                         continue
                     log.error("exit %s: %g units still held after a refusal", cid, rest)

@@ -26,9 +26,10 @@ from live.guards import GUARDS
 from quantshift.errors import ConfigError
 
 ORDER_OUTCOMES = ("submitted", "filled", "rejected", "unknown", "blocked_by_guard")
-PROTECTION_OUTCOMES = ("reprotected", "orphan_cancelled")
+PROTECTION_OUTCOMES = ("reprotected", "orphan_cancelled", "market_fallback")
 """What reconciliation of resting protective orders did: a naked position protected again, a
-resting order without its position cancelled."""
+resting order without its position cancelled, a stop the market went through that still
+rested unfilled cancelled for a market exit."""
 """Outcomes an order is counted under (``unknown``: the broker's answer was ambiguous)."""
 
 HALT_REASONS = (

@@ -9,6 +9,7 @@ naked position and cancels a resting order whose position is gone.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from live.broker import (
@@ -18,11 +19,17 @@ from live.broker import (
     OrderStatus,
     leg_id,
 )
-from live.execution import VenueExecution, decision_id
+from live.execution import PROTECTIVE, VenueExecution, WorkingOrder, decision_id
 from live.failpoints import failpoint
 from live.store import Store
 from live.store.records import TERMINAL_STATES
-from quantshift.portfolio import PortfolioState, Position, TargetOrder, apply_executions
+from quantshift.portfolio import (
+    PortfolioState,
+    Position,
+    TargetOrder,
+    apply_executions,
+    check_stops,
+)
 from quantshift.portfolio.decide import FillResult
 
 log = logging.getLogger("quantshift.live")
@@ -30,6 +37,7 @@ log = logging.getLogger("quantshift.live")
 LEGS = ("stop", "limit", "trailing_stop")
 """A position's protective legs: its stop-loss, take-profit and trailing stop."""
 _REASON = {"stop": "stop_loss", "limit": "take_profit", "trailing_stop": "trailing_stop"}
+_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -94,12 +102,19 @@ def _exit_order(position: Position, strategy: str, kind: str, ts_ns: int, price:
 class RestingProtection:
     """Keep every position's protection resting at ``broker`` and settle what it executed.
 
-    ``metrics`` counts re-protections and orphan cancels (``record_protection``).
+    ``metrics`` counts re-protections, orphan cancels and market fallbacks
+    (``record_protection``). A leg the venue fills in parts closes its position once it has
+    filled it all (as an exit's market orders do); where the rest of it stops resting (cancelled
+    by the venue, or before a strategy exit), the rest goes out at market as a working exit
+    handed to ``on_working`` (the runner's working orders), and the position closes at the
+    average of both.
     """
 
-    def __init__(self, broker: Broker, store: Store, metrics=None, before_send=None) -> None:
+    def __init__(self, broker: Broker, store: Store, metrics=None, before_send=None,
+                 on_working=None) -> None:  # fmt: skip
         self.broker, self.store, self.metrics = broker, store, metrics
         self.execution = VenueExecution(broker, store, before_send=before_send)
+        self.on_working = on_working
 
     # ------------------------------------------------------------------ placing
     def protect(self, state: PortfolioState, epoch: int, fresh=frozenset()) -> int:
@@ -148,20 +163,26 @@ class RestingProtection:
         executions, best = [], {}
         layout = portfolio.layout()
         for position in state.positions():
-            filled = None
+            filled = part = None
             for leg in legs_of(position):  # every leg is brought up to date, siblings too
                 found = self._resolve(leg, epoch)
                 if found is None:
                     continue
                 if found.status == OrderStatus.FILLED and filled is None:
                     filled = leg, found
+                elif found.is_final and found.filled_qty > 0:
+                    part = leg, found  # filled in part, the rest no longer rests
                 elif leg.kind == "trailing_stop" and found.trail_best_price is not None:
                     best[(position.sleeve, position.symbol)] = found.trail_best_price
+            strategy = layout.strategies[layout.sleeves.index(position.sleeve)]
             if filled is not None:
                 leg, found = filled
-                strategy = layout.strategies[layout.sleeves.index(position.sleeve)]
                 order = _exit_order(position, strategy, leg.kind, ts_ns, found.avg_fill_price)
                 executions.append((order, found.filled_qty, found.avg_fill_price, found.fees))
+            elif part is not None:
+                leg, found = part
+                order = _exit_order(position, strategy, leg.kind, ts_ns, found.avg_fill_price)
+                self._exit_rest(position, leg, found, order, epoch)
         return apply_executions(_with_best_prices(state, layout, best), executions, ts_ns,
                                 portfolio)  # fmt: skip
 
@@ -176,16 +197,66 @@ class RestingProtection:
             if intent.state not in TERMINAL_STATES and intent.state != "NEW":
                 self.store.transition(cid, "CANCELLED", epoch=epoch, reason="not at the venue")
             return None
-        if found.status == OrderStatus.FILLED and intent.state != "FILLED":
-            self.store.record_fill(
-                venue=self.broker.venue, fill_id=cid, client_order_id=cid,
-                qty=found.filled_qty, price=found.avg_fill_price, fee=found.fees,
-                ts_fill_ns=found.ts_updated_ns, epoch=epoch,
-            )  # fmt: skip
-        elif found.is_final and intent.state not in TERMINAL_STATES:
+        self._record_fills(intent, found, epoch)
+        ended = found.is_final and found.status != OrderStatus.FILLED
+        if ended and self.store.intent(cid).state not in TERMINAL_STATES:
             to = "REJECTED" if found.status == OrderStatus.REJECTED else "CANCELLED"
             self.store.transition(cid, to, epoch=epoch, reason=f"venue: {found.status}")
         return found
+
+    def _record_fills(self, intent, found: BrokerOrder, epoch: int) -> None:
+        """Record what the venue executed of a leg since it was last looked at: the growth of
+        its cumulative quantity, value and fees (a leg may fill in parts). A leg filled at
+        once is one fill under its client order id, each part of one filled in parts one
+        under its id and the quantity filled by then (a redo records nothing twice)."""
+        cid = intent.client_order_id
+        new = found.filled_qty - intent.filled_qty
+        if found.avg_fill_price is None or new <= _TOLERANCE * max(1.0, found.qty):
+            return
+        before = self.store.fills(cid)
+        value = found.filled_qty * found.avg_fill_price - sum(f.qty * f.price for f in before)
+        fee = found.fees - sum(f.fee for f in before)
+        whole = not before and found.status == OrderStatus.FILLED
+        self.store.record_fill(
+            venue=self.broker.venue, fill_id=cid if whole else f"{cid}@{found.filled_qty!r}",
+            client_order_id=cid, qty=new, price=value / new, fee=max(fee, 0.0),
+            ts_fill_ns=found.ts_updated_ns, epoch=epoch,
+        )  # fmt: skip
+        if found.status != OrderStatus.FILLED:
+            log.warning(
+                "%s %s of %s: the venue filled %.10g of %.10g units (%s); the position "
+                "closes once it has filled all of it", found.order_type, cid, intent.symbol,
+                found.filled_qty, found.qty,
+                "the rest rests" if not found.is_final else "the rest goes out at market",
+                extra={"client_order_id": cid, "sleeve": intent.sleeve, "symbol": intent.symbol},
+            )  # fmt: skip
+
+    def _exit_rest(self, position: Position, leg: Leg, found: BrokerOrder, order: TargetOrder,
+                   epoch: int) -> None:  # fmt: skip
+        """Send the rest of a position whose leg ``found`` filled in part and rests no more:
+        ``order`` (the exit) at market for the units the leg left, as a working exit that
+        already holds the leg's execution (closing the position at the average of both)."""
+        filled, price = found.filled_qty, found.avg_fill_price
+        working = WorkingOrder(
+            order=order, halt_exempt=PROTECTIVE, units=abs(position.units),
+            client_order_ids=[leg.request.client_order_id], filled=filled,
+            notional=filled * price, fees=found.fees, price=price,
+        )  # fmt: skip
+        rest = abs(position.units) - filled
+        if self.on_working is None or self.store.intent(_rest_id(position)) is not None:
+            return  # no one to hand it to (a lookup), or handed off before (a redo)
+        # Under the position's entry time: one id per position, whichever cycle sends it.
+        if self.execution.send_rest(working, rest, position.entry_ts_ns, epoch, True):
+            log.warning(
+                "%s %s: %s %s filled %.10g of %.10g units and rests no more; the rest goes out "
+                "at market", position.sleeve, position.symbol, leg.kind,
+                leg.request.client_order_id, filled, abs(position.units),
+                extra={"sleeve": position.sleeve, "symbol": position.symbol},
+            )  # fmt: skip
+            self.on_working(working)
+        else:
+            log.error("%s %s: %.10g units left unprotected after the venue refused their exit",
+                      position.sleeve, position.symbol, rest)  # fmt: skip
 
     def unsettled(self, state: PortfolioState) -> dict[str, float]:
         """Units per symbol that legs the venue filled have moved and ``state`` does not know
@@ -196,15 +267,20 @@ class RestingProtection:
                 if self.store.intent(leg.request.client_order_id) is None:
                     continue
                 found = self.broker.order(leg.request.client_order_id)
-                if found is not None and found.filled_qty > 0:
-                    out[position.symbol] = out.get(position.symbol, 0.0) - position.units
+                if found is not None and found.filled_qty > 0:  # in part: only that part
+                    sold = min(found.filled_qty, abs(position.units))
+                    out[position.symbol] = out.get(position.symbol, 0.0) - math.copysign(
+                        sold, position.units)  # fmt: skip
                     break
         return out
 
     # ------------------------------------------------------------------ exits and orphans
-    def release(self, position: Position, epoch: int) -> bool:
+    def release(self, position: Position, epoch: int, exit_order: TargetOrder | None = None
+                ) -> bool:  # fmt: skip
         """Cancel a position's protection before a strategy exit; False if a leg filled first
-        (the race: the position is already closed at the venue, so no exit may be sent)."""
+        (the race: the position is already closed at the venue, so no exit may be sent). A leg
+        that had filled in part (then or before) leaves the rest: ``exit_order`` goes out for
+        it at once (or, without one, at the next settlement), and False is returned too."""
         for leg in legs_of(position):
             cid = leg.request.client_order_id
             if self.store.intent(cid) is None:
@@ -212,11 +288,56 @@ class RestingProtection:
             done = self.broker.cancel(cid)
             failpoint("after_cancel")
             if done is not None and done.filled_qty > 0:
-                log.warning("%s of %s %s filled before its cancel; no exit sent", leg.kind,
-                            position.sleeve, position.symbol)  # fmt: skip
-                return False  # the settlement applies the fill and resolves every leg
+                if done.status == OrderStatus.FILLED or exit_order is None:
+                    log.warning("%s of %s %s filled before its cancel; no exit sent", leg.kind,
+                                position.sleeve, position.symbol)  # fmt: skip
+                    return False  # the settlement applies the fill and resolves every leg
+                found = self._resolve(leg, epoch) or done
+                self._exit_rest(position, leg, found, exit_order, epoch)
+                return False
             self._resolve(leg, epoch)
         return True
+
+    def stranded(self, before: PortfolioState, after: PortfolioState, bars, t: int,
+                 portfolio, epoch: int) -> set[tuple[str, str]]:  # fmt: skip
+        """(sleeve, symbol) of the positions whose stop bar ``t`` went through while their
+        protection still rests unfilled at a venue where that can happen
+        (``Broker.triggered_stops_may_rest``: a Coinbase stop-limit a gap took past its limit).
+        ``before`` is the state the bar's levels were checked from (the fill model's
+        ``check_stops``), ``after`` the state once the venue's executions of the bar were
+        settled. Their protection is cancelled (logged and counted as ``market_fallback``) and
+        the runner exits them at market, so no position stays open past its stop for more
+        than one cycle. A stop that had filled in part sends its rest itself (``release``), and
+        one that filled in full before its cancel is left to the next settlement."""
+        if not self.broker.triggered_stops_may_rest:
+            return set()
+        refused = self.refused(after)  # nothing rests for them: the runner watches them
+        held = {(p.sleeve, p.symbol): p for p in after.positions()
+                if (p.sleeve, p.symbol) not in refused}  # fmt: skip
+        ts_ns = int(bars.ts_ns[t])
+        hit = check_stops(before, bars.open[t], bars.high[t], bars.low[t], ts_ns, portfolio, t)
+        out = set()
+        for trade in hit.trades:
+            position = held.get((trade.sleeve, trade.symbol))
+            if position is None or trade.exit_reason == _REASON["limit"]:
+                continue  # the venue filled it, or a target only touched (not a triggered stop)
+            kind = next(k for k, reason in _REASON.items() if reason == trade.exit_reason)
+            order = _exit_order(position, trade.strategy, kind, ts_ns, trade.exit_price)
+            handed = self.store.intent(_rest_id(position)) is not None
+            released = self.release(position, epoch, order)  # False: filled, in part or all
+            if not released and (handed or self.store.intent(_rest_id(position)) is None):
+                continue  # filled in full before its cancel, or its rest went out before
+            log.warning(
+                "%s %s: the bar went through its %s at %.6g (fill model: %.6g) and the order "
+                "still rests (unfilled or in part) at %s; cancelled, exiting at market",
+                position.sleeve, position.symbol, trade.exit_reason, _level(position, trade),
+                trade.exit_price, self.broker.venue,
+                extra={"sleeve": position.sleeve, "symbol": position.symbol, "cycle": ts_ns},
+            )  # fmt: skip
+            self._count("market_fallback", position.sleeve)
+            if released:  # else the rest of a part the stop sold is at the venue already
+                out.add((position.sleeve, position.symbol))
+        return out
 
     def refused(self, state: PortfolioState) -> set[tuple[str, str]]:
         """(sleeve, symbol) of the positions whose protection the venue refused (e.g. Alpaca:
@@ -254,6 +375,20 @@ class RestingProtection:
     def _count(self, outcome: str, sleeve: str) -> None:
         if self.metrics is not None:
             self.metrics.record_protection(sleeve, outcome)
+
+
+def _rest_id(position: Position) -> str:
+    """The client order id of the market order that sells what a partly filled leg left
+    (``VenueExecution.send_rest`` under the position's entry time: one per position)."""
+    return decision_id(position.sleeve, "exit-rest1", position.symbol, position.entry_ts_ns,
+                       _closing_side(position))  # fmt: skip
+
+
+def _level(position: Position, trade) -> float:
+    """The stop level a stop exit of ``position`` went through (for the log)."""
+    if trade.exit_reason == _REASON["stop"] or position.trail_distance is None:
+        return position.stop_price
+    return position.best_price - (1.0 if position.units > 0 else -1.0) * position.trail_distance
 
 
 def _with_best_prices(state: PortfolioState, layout, best: dict) -> PortfolioState:

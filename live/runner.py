@@ -31,6 +31,7 @@ from live.clock import MarketClock
 from live.config import LiveConfig
 from live.drift import DriftExport, fill_slippage
 from live.execution import (
+    PROTECTIVE,
     VenueExecution,
     WorkingOrder,
     net_positions,
@@ -66,7 +67,6 @@ from quantshift.portfolio import (
 
 log = logging.getLogger("quantshift.live")
 
-PROTECTIVE = -1  # halt_exempt of a venue exit a stop level triggered: it goes out during a HALT
 STORE_RETRY_S = 1.0  # pause before standing by again after losing the lease or the store
 LEASE_POLL_S = 0.25  # a standby's poll for the lease
 MAX_LEASE_BACKOFF_S = 4.0  # the longest wait between polls while Redis cannot be reached
@@ -156,8 +156,10 @@ class Runner:
             )
         self.resting = None
         if self.broker.supports_resting_protection:
-            self.resting = RestingProtection(self.broker, self.store, self.metrics,
-                                             before_send=self._lease_check)  # fmt: skip
+            self.resting = RestingProtection(
+                self.broker, self.store, self.metrics, before_send=self._lease_check,
+                on_working=lambda w: self.working.append(w),  # rests of partly filled legs
+            )  # fmt: skip
             self._check_whole_units()
         else:
             log.warning(
@@ -580,6 +582,9 @@ class Runner:
         summary.orders += len(settled.trades)
         summary.trades += self._record(settled.trades, epoch)
         self.resting.cancel_orphans(settled.state, epoch)
+        stranded = self.resting.stranded(state, settled.state, bars, t, self.portfolio, epoch)
+        if stranded:  # a stop the bar went through rests unfilled: exit at market, cancelled
+            self._watch_protection(t, state, epoch, only=stranded)
         refused = self.resting.refused(settled.state)
         if refused:  # the venue would not rest their protection: watch it after the close
             self._watch_protection(t, settled.state, epoch, only=refused)
@@ -612,8 +617,8 @@ class Runner:
                 continue
             units = order.units if order.action == "entry" else held.get(key, 0.0)
             if units > 0 and order.action == "exit" and self.resting is not None:
-                if not self.resting.release(positions[key], epoch):
-                    continue  # its protection filled first: the position is closed already
+                if not self.resting.release(positions[key], epoch, order):
+                    continue  # its protection filled first (in part: its rest went out already)
             if units > 0:
                 self._send(order, units, epoch, own_halt, during_halt)
 

@@ -18,10 +18,11 @@ from test_live_runner import _backtest_trades, _store_trades
 from live.broker import OrderRequest, OrderStatus
 from live.coinbase import CoinbaseBroker
 from live.config import parse_config
+from live.execution import VenueExecution
 from live.protection import RestingProtection, legs_of
 from live.runner import Runner
 from live.store import Store
-from quantshift.data import write_parquet
+from quantshift.data import load_bars, write_parquet
 from quantshift.data.synthetic import synthetic_bars
 from quantshift.portfolio import PortfolioState, TargetOrder, apply_executions
 from tests.fakes.coinbase_server import FakeCoinbase
@@ -107,6 +108,19 @@ def assert_same_trades(live, backtest) -> None:
             assert math.isclose(a, b, rel_tol=1e-9), (ours, theirs)
 
 
+def _ending(venue: FakeCoinbase, config) -> tuple:
+    """The store's HALT (None without one), the coins the venue holds, and the store's
+    positions net per product."""
+    with Store.open(config.store_url) as store:
+        halt = store.active_halt()
+        ours = dict.fromkeys(SYMBOLS, 0.0)
+        for p in store.positions():
+            ours[p.symbol] += p.qty
+    with venue._lock:
+        held = {s: float(venue.balances.get(s.split("-")[0], 0)) for s in SYMBOLS}
+    return halt, held, ours
+
+
 def run_parity(monkeypatch, tmp_path, n_bars: int, seed: int, base_increment="0.00000001"):
     venue = venue_for_replay(monkeypatch, base_increment)
     try:
@@ -115,17 +129,11 @@ def run_parity(monkeypatch, tmp_path, n_bars: int, seed: int, base_increment="0.
         summary = Runner(config).run()
         elapsed = time.monotonic() - started
         live, backtest = _store_trades(config), _backtest_trades(config)
-        with Store.open(config.store_url) as store:
-            halt = store.active_halt()
-            ours = {}
-            for p in store.positions():
-                ours[p.symbol] = ours.get(p.symbol, 0.0) + p.qty
-        with venue._lock:
-            held = {s: float(venue.balances.get(s.split("-")[0], 0)) for s in SYMBOLS}
+        halt, held, ours = _ending(venue, config)
     finally:
         venue.stop()
     assert summary.ended == "replay finished" and halt is None, halt
-    assert held == pytest.approx({s: ours.get(s, 0.0) for s in SYMBOLS}, abs=1e-8)
+    assert held == pytest.approx(ours, abs=1e-8)
     return live, backtest, elapsed
 
 
@@ -296,3 +304,208 @@ def test_a_trailing_move_the_venue_refused_is_sent_again_at_the_next_bar(replaye
     _bar(venue, broker, 4_000, (103.0, 103.5, 100.0))
     assert [float(o.stop_price) for o in _open(venue)] == [99.0]  # protected again, one order
     assert broker.order("qstrail5xx").status == OrderStatus.OPEN
+
+
+def test_a_stop_gapped_past_its_limit_is_cancelled_and_exited_at_the_next_open(
+    monkeypatch, tmp_path, caplog
+):
+    """The parity run with one coin's market moved down from one bar on: that bar opens 20%
+    below a stop the backtest filled at its level, four times the 5% by which Coinbase's
+    stop-limit (and a triggered bracket) may fill past the stop, and stays there. The backtest
+    sells at that open; at the venue the order rests unfilled (a limit the market no longer
+    reaches), so the runner cancels it after the bar and exits at market: the same trade, one
+    bar later, at the next open, logged and counted as a protective fallback. Everything before
+    the bar is the backtest's, and the venue's coins equal the store's at the end with no HALT."""
+    venue = venue_for_replay(monkeypatch)
+    try:
+        config = crypto_config(venue, tmp_path, n_bars=250, seed=5)
+        bars = load_bars(config.feed.source, symbols=list(SYMBOLS))
+        ts = bars.ts_ns.tolist()
+        slip = 1 - SLIPPAGE_BPS / 1e4
+        touched = [
+            trade for trade in _backtest_trades(config)
+            if trade[-1] in ("stop_loss", "trailing_stop")
+            and not math.isclose(trade[6], bars.open[ts.index(trade[4]), SYMBOLS.index(trade[1])]
+                                 * slip, rel_tol=1e-12)
+        ]  # fmt: skip
+        sleeve, symbol, _, entry_ns, exit_ns, *_ = touched[len(touched) // 2]
+        t, j = ts.index(exit_ns), SYMBOLS.index(symbol)
+        level = touched[len(touched) // 2][6] / slip
+        scale = level * 0.8 / bars.open[t, j]  # the market stays down: the limit is not met
+        for prices in (bars.open, bars.high, bars.low, bars.close):
+            prices[t:, j] *= scale
+        write_parquet(bars, config.feed.source)
+        runner = Runner(config)
+        summary = runner.run()
+        live, backtest = _store_trades(config), _backtest_trades(config)
+        halt, held, ours = _ending(venue, config)
+        with venue._lock:
+            cancelled = [o for o in venue.orders.values() if o.status == "CANCELLED"
+                         and o.product_id == symbol and o.triggered and o.filled == 0
+                         and o.stop_price is not None]  # fmt: skip
+    finally:
+        venue.stop()
+    assert summary.ended == "replay finished" and halt is None, halt
+    assert held == pytest.approx(ours, abs=1e-8)
+    assert_same_trades([x for x in live if x[4] < ts[t]], [x for x in backtest if x[4] < ts[t]])
+    ((gapped),) = [x for x in backtest if x[:2] == (sleeve, symbol) and x[3] == entry_ns]
+    assert gapped[4] == ts[t] and gapped[6] == pytest.approx(bars.open[t, j] * slip)
+    ((fallback),) = [x for x in live if x[:2] == (sleeve, symbol) and x[3] == entry_ns]
+    assert fallback[4] == ts[t + 1] and fallback[-1] == gapped[-1]
+    assert fallback[6] == pytest.approx(bars.open[t + 1, j] * slip, rel=1e-9)
+    assert fallback[7] == pytest.approx(gapped[7], rel=1e-9)
+    assert cancelled and "still rests (unfilled or in part)" in caplog.text
+    counted = runner.metrics.registry.get_sample_value(
+        "quantshift_live_protection_repairs_total",
+        {"sleeve": sleeve, "outcome": "market_fallback"},
+    )
+    assert counted >= 1
+
+
+def _venue_average(venue, order_ids) -> tuple[float, float, float]:
+    """Units, average price and fees of the venue's executions of ``order_ids``."""
+    with venue._lock:
+        fills = [f for f in venue.fills if f["order_id"] in order_ids]
+    units = sum(float(f["size"]) for f in fills)
+    value = sum(float(f["size"]) * float(f["price"]) for f in fills)
+    return units, value / units, sum(float(f["commission"]) for f in fills)
+
+
+def _partly_stopped(venue, broker, store, config):
+    """The 5 BTC position's bracket, of which a bar through its stop sells 2 BTC."""
+    state = _long_btc(config)
+    handed = []
+    resting = RestingProtection(broker, store, on_working=handed.append)
+    resting.protect(state, 0, fresh={("reversion", "BTC-USD")})
+    venue.partial_resting(0.4)
+    broker.trade_bar(3_000, {"BTC-USD": (96.0, 97.0, 94.0)})  # the venue's bar, then the adapter's
+    return state, resting, handed
+
+
+def test_a_protective_order_filled_in_part_settles_the_part_and_keeps_the_rest_resting(
+    replayed,
+):
+    """Coinbase fills a resting stop in parts: the store records each part as it comes (the
+    leg PARTIALLY_FILLED), reconciliation counts the sold part (so the venue's 3 BTC against our
+    5 is no mismatch), the rest keeps resting at the venue for the 3 BTC left, and the position
+    closes once the rest fills, at the average of both parts with both fees."""
+    venue, broker, store, config = replayed
+    state, resting, handed = _partly_stopped(venue, broker, store, config)
+    stop = legs_of(state.positions()[0])[0].request.client_order_id
+    for _ in range(2):  # a redo of the settlement records nothing twice
+        settled = resting.settle(state, config.portfolio, 3_000, 0)
+        assert not settled.trades and settled.state.positions()[0].units == pytest.approx(5.0)
+        intent = store.intent(stop)
+        assert (intent.state, intent.filled_qty) == ("PARTIALLY_FILLED", pytest.approx(2.0))
+        assert [f.qty for f in store.fills(stop)] == [pytest.approx(2.0)]
+    assert resting.unsettled(state) == {"BTC-USD": pytest.approx(-2.0)}
+    assert broker.positions()["BTC-USD"] == pytest.approx(5.0 - 2.0)
+    (rest,) = _open(venue)
+    assert float(rest.remaining) == pytest.approx(3.0) and rest.triggered
+    broker.trade_bar(4_000, {"BTC-USD": (93.0, 96.0, 92.0)})  # above the triggered stop's limit
+    settled = resting.settle(state, config.portfolio, 4_000, 0)
+    (trade,) = settled.trades
+    units, price, fees = _venue_average(venue, {rest.order_id})
+    assert units == pytest.approx(5.0) and len(venue.fills) == 2
+    assert (trade.units, trade.exit_reason) == (pytest.approx(5.0), "stop_loss")
+    assert trade.exit_price == pytest.approx(price, rel=1e-9)
+    assert trade.exit_fees == pytest.approx(fees, rel=1e-9)
+    assert store.intent(stop).state == "FILLED"
+    assert sum(f.qty for f in store.fills(stop)) == pytest.approx(5.0)
+    assert not settled.state.positions() and float(venue.balances["BTC"]) == pytest.approx(0.0)
+    assert handed == []
+
+
+def test_a_strategy_exit_after_a_partial_protective_fill_sells_only_the_rest(replayed):
+    """The strategy exits while its stop had sold 2 of 5 BTC: the cancel leaves the rest,
+    which goes out at market for 3 BTC (not 5: the venue holds 3) as a working exit that
+    already carries the stop's part, and the position closes at the average of both."""
+    venue, broker, store, config = replayed
+    state, resting, handed = _partly_stopped(venue, broker, store, config)
+    resting.settle(state, config.portfolio, 3_000, 0)
+    position = state.positions()[0]
+    exit_order = TargetOrder(sleeve="reversion", strategy="rsi_reversion", symbol="BTC-USD",
+                             action="exit", side="sell", units=5.0, reason="signal",
+                             ts_ns=3_000, reference_price=96.0)  # fmt: skip
+    assert resting.release(position, 0, exit_order) is False  # nothing more for the runner
+    (working,) = handed
+    (market,) = _open(venue)  # the protection is gone; the rest waits for the next open
+    assert market.kind.startswith("market") and float(market.size) == pytest.approx(3.0)
+    assert working.filled == pytest.approx(2.0)
+    venue.open_bar(4_000, {"BTC-USD": 97.0})
+    settled = VenueExecution(broker, store).settle([working], state, 4_000, 0, config.portfolio,
+                                                   during_halt=False)  # fmt: skip
+    (trade,) = settled.result.trades
+    with venue._lock:
+        ids = {o.order_id for o in venue.orders.values()}
+    units, price, fees = _venue_average(venue, ids)
+    assert (units, trade.units, trade.exit_reason) == (pytest.approx(5.0), pytest.approx(5.0),
+                                                       "signal")  # fmt: skip
+    assert trade.exit_price == pytest.approx(price, rel=1e-9)
+    assert trade.exit_fees == pytest.approx(fees, rel=1e-9)
+    assert not settled.result.state.positions() and settled.working == []
+    assert float(venue.balances["BTC"]) == pytest.approx(0.0)
+
+
+def test_a_protective_order_whose_rest_the_venue_cancelled_sends_the_rest_at_market(replayed):
+    """The venue ends the rest of a partly filled stop (the position is 3 BTC unprotected):
+    the settlement sends those 3 BTC at market at once, once, under the stop's exit reason."""
+    venue, broker, store, config = replayed
+    state, resting, handed = _partly_stopped(venue, broker, store, config)
+    (rest,) = _open(venue)
+    with venue._lock:
+        venue._cancel(rest.order_id)
+    for _ in range(2):  # a redo hands nothing off twice
+        settled = resting.settle(state, config.portfolio, 3_000, 0)
+        assert not settled.trades
+    (working,) = handed
+    assert (working.filled, working.order.reason) == (pytest.approx(2.0), "stop_loss")
+    venue.open_bar(4_000, {"BTC-USD": 97.0})
+    done = VenueExecution(broker, store).settle([working], state, 4_000, 0, config.portfolio,
+                                                during_halt=False)  # fmt: skip
+    (trade,) = done.result.trades
+    assert trade.units == pytest.approx(5.0) and float(venue.balances["BTC"]) == pytest.approx(0)
+
+
+def test_a_stop_filled_in_part_in_a_run_sells_its_rest_at_market_and_closes_whole(
+    monkeypatch, tmp_path, caplog
+):
+    """The parity run where the first protective order to execute (a stop) fills 40% of its
+    position and rests with the rest: the bar went through the stop, so the runner cancels the
+    rest and sells it at the next open. No HALT (reconciliation counts the part), the venue's
+    coins equal the store's at the end, the trades before it are the backtest's, and its
+    position closes as one trade of all its units at the average of the part and the rest."""
+    venue = venue_for_replay(monkeypatch)
+    try:
+        config = crypto_config(venue, tmp_path, n_bars=250, seed=5)
+        venue.partial_resting(0.4)
+        runner = Runner(config)
+        summary = runner.run()
+        live, backtest = _store_trades(config), _backtest_trades(config)
+        halt, held, ours = _ending(venue, config)
+        with Store.open(config.store_url) as store:
+            (leg,) = [i for i in store.intents() if (i.details or {}).get("action") == "protect"
+                      and 0 < i.filled_qty < i.qty * (1 - 1e-9)]  # fmt: skip
+            (rest,) = [i for i in store.intents() if (i.details or {}).get("attempt") == 1]
+            part, sold = store.fills(leg.client_order_id), store.fills(rest.client_order_id)
+    finally:
+        venue.stop()
+    assert summary.ended == "replay finished" and halt is None, halt
+    assert held == pytest.approx(ours, abs=1e-8)
+    assert (leg.state, leg.client_order_id[-1], (rest.sleeve, rest.symbol)) == (
+        "CANCELLED", "s", (leg.sleeve, leg.symbol))  # fmt: skip
+    assert [f.qty for f in part] == [pytest.approx(0.4 * leg.qty, rel=1e-6)]
+    assert rest.qty == pytest.approx(0.6 * leg.qty, rel=1e-6) and rest.state == "FILLED"
+    assert "rests no more; the rest goes out at market" in caplog.text
+    assert runner.metrics.registry.get_sample_value(
+        "quantshift_live_protection_repairs_total",
+        {"sleeve": leg.sleeve, "outcome": "market_fallback"},
+    ) == 1  # fmt: skip
+    (trade,) = [t for t in live if t[:2] == (leg.sleeve, leg.symbol) and t[4] == sold[-1]
+                .ts_fill_ns]  # fmt: skip
+    fills = part + sold
+    average = sum(f.qty * f.price for f in fills) / sum(f.qty for f in fills)
+    assert trade[7] == pytest.approx(leg.qty, rel=1e-9) and trade[-1] == "stop_loss"
+    assert trade[6] == pytest.approx(average, rel=1e-9)
+    first = part[0].ts_fill_ns
+    assert_same_trades([t for t in live if t[4] < first], [t for t in backtest if t[4] < first])

@@ -10,8 +10,9 @@ import pandas as pd
 
 from live.broker import venue_answer
 from live.coinbase import parse
-from live.coinbase.client import VENUE, CoinbaseBroker, call_venue, rest_client
+from live.coinbase.client import CoinbaseBroker
 from live.coinbase.config import CoinbaseConfig
+from live.coinbase.transport import VENUE, call_venue, rest_client
 from quantshift.errors import ConfigError
 
 NS = 1_000_000_000

@@ -445,7 +445,10 @@ class ProtectiveGroups:
             return False
         final = self._cancel(group.current)
         if final is not None and final.filled_qty > 0:
-            logger.info("coinbase: OCO group %s filled before its change", group.key)
+            # Filled in part, the rest is cancelled now: nothing of the group rests again (the
+            # runner's settlement sends the rest at market, as for any triggered stop).
+            logger.info("coinbase: OCO group %s filled %.10g of %.10g before its change",
+                        group.key, final.filled_qty, final.qty)  # fmt: skip
             group.filled = True
             return True
         if final is not None and not final.is_final:

@@ -267,6 +267,7 @@ class FakeCoinbase:
         self._held: list[dict] | None = None
         self._pending: list[dict] = []
         self._partial_next: Decimal | None = None
+        self._partial_resting: Decimal | None = None
         self._conns: list[_Conn] = []
         self._lock = threading.RLock()
         self._stopping = threading.Event()
@@ -329,6 +330,12 @@ class FakeCoinbase:
         """The next order that would fill fills only ``fraction`` of its size (a market order
         then ends CANCELLED, a limit order rests with the rest)."""
         self._partial_next = Decimal(str(fraction))
+
+    def partial_resting(self, fraction: float) -> None:
+        """The next resting order (stop, stop-limit, bracket or limit: a position's protection)
+        to execute, by ``set_price`` or on a replayed bar, fills only ``fraction`` of its size
+        then; the rest keeps resting (a triggered stop as its limit order) for later prices."""
+        self._partial_resting = Decimal(str(fraction))
 
     def set_price(self, product_id: str, price: float) -> None:
         """Move the market; resting orders that become marketable fill at ``price``."""
@@ -401,7 +408,7 @@ class FakeCoinbase:
             worst = float(order.limit_price)
             if sign * (price - worst) < 0:
                 return  # gapped past the stop-limit's limit: it rests as a limit order
-        self._execute(order, order.remaining, Decimal(repr(price)), ts)
+        self._execute(order, self._fill_qty(order), Decimal(repr(price)), ts)
 
     def count(self, method: str, path: str) -> int:
         return sum(1 for c in self.calls if c == (method, path))
@@ -677,10 +684,17 @@ class FakeCoinbase:
             price > order.limit_price if buy else price < order.limit_price
         ):
             return
-        qty = order.remaining
-        if order.partial is not None:
-            qty, order.partial = (order.size * order.partial).quantize(Decimal("1e-8")), None
-        self._execute(order, qty, price)
+        self._execute(order, self._fill_qty(order), price)
+
+    def _fill_qty(self, order: FakeOrder) -> Decimal:
+        """What one execution of ``order`` fills: its rest, or a part set by a knob."""
+        resting = not order.kind.startswith("market")
+        if order.partial is None and self._partial_resting is not None and resting:
+            order.partial, self._partial_resting = self._partial_resting, None
+        if order.partial is None:
+            return order.remaining
+        qty, order.partial = (order.size * order.partial).quantize(Decimal("1e-8")), None
+        return qty
 
     def _execute(self, order: FakeOrder, qty: Decimal, price: Decimal, ts_ns: int = 0) -> None:
         base, quote = order.product_id.split("-")
