@@ -123,7 +123,17 @@ def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
     """
     from quantshift import __version__
 
-    commit, dirty, pinned, pinned_by = _core_state()
+    release = installed_distribution()
+    commit, dirty, pinned, pinned_by = _core_state(release)
+    source = strategy_source(strategy)
+    file = source["strategy_file"]
+    shipped = file is not None and (_ROOT / file).resolve().is_relative_to(_PACKAGE)
+    if release is not None and shipped:
+        # A strategy shipped in the release: its RECORD pins it with the core, not git (a
+        # venv inside the user's repository would show it as ignored there).
+        source.update(
+            strategy_file_git=IN_RELEASE, strategy_git_commit=None, strategy_git_dirty=None
+        )
     return {
         "version": __version__,
         "strategy_hash": strategy_hash(strategy),
@@ -132,8 +142,12 @@ def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
         "git_dirty": dirty,
         "core_pinned": pinned,
         "core_pinned_by": pinned_by,
-        **strategy_source(strategy),
+        **source,
     }
+
+
+IN_RELEASE = "in the release"
+"""``strategy_file_git`` of a strategy shipped in an installed release (pinned by its RECORD)."""
 
 
 def core_pin() -> tuple[bool, str]:
@@ -145,12 +159,12 @@ def core_pin() -> tuple[bool, str]:
     install, whose RECORD lists no sources), a clean git checkout pins it: ``(True, "git")``.
     Otherwise ``(False, why)``, naming the files that differ or what to do.
     """
-    return _core_state()[2:]
+    return _core_state(installed_distribution())[2:]
 
 
-def _core_state() -> tuple[str | None, bool | None, bool, str]:
-    """(git commit, git dirty, pinned, pinned by) of quantshift's own code."""
-    dist = installed_distribution()
+def _core_state(dist) -> tuple[str | None, bool | None, bool, str]:
+    """(git commit, git dirty, pinned, pinned by) of quantshift's own code, installed as
+    ``dist`` (None: not an installed release)."""
     if dist is not None:
         problems = record_problems(dist, _PACKAGE_ROOTS)
         if not problems:

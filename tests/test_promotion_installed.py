@@ -136,8 +136,18 @@ def test_a_release_matching_its_record_with_a_committed_strategy_passes_the_code
         ),
         (
             {"strategy_git_dirty": None},
-            "tracked files in the repository of "
-            f"{RELEASE.strategy_file} differ from its commit (commit them and rerun the study)",
+            f"the run does not say whether the repository of {RELEASE.strategy_file} is clean "
+            "(rerun the study)",
+        ),
+        (
+            {
+                "strategy_file_git": "in the release",
+                "core_pinned": False,
+                "core_pinned_by": "release 0.1.0 does not match its RECORD: "
+                "quantshift/strategies/ma_crossover.py is modified",
+            },
+            "quantshift's core is not pinned: release 0.1.0 does not match its RECORD: "
+            "quantshift/strategies/ma_crossover.py is modified",
         ),
         (
             {"strategy_file_git": "outside git", "strategy_git_dirty": None},
@@ -148,6 +158,23 @@ def test_a_release_matching_its_record_with_a_committed_strategy_passes_the_code
 def test_an_unpinned_core_or_strategy_fails_the_code_check_saying_why(changes, note):
     check = _code_check(dataclasses.replace(RELEASE, **changes))
     assert not check.passed and check.note == note
+
+
+def test_a_strategy_shipped_in_a_release_matching_its_record_is_pinned_with_it():
+    shipped = dataclasses.replace(
+        RELEASE,
+        strategy_file="quantshift/strategies/ma_crossover.py",
+        strategy_file_git="in the release",
+        strategy_git_dirty=None,
+    )
+    check = _code_check(shipped)
+    assert check.passed and check.note == (
+        "strategy source quantshift/strategies/ma_crossover.py is in the release; core pinned "
+        "by release 0.1.0, files match RECORD"
+    )
+    # Only a record that says how its core is pinned can claim it.
+    old = _code_check(dataclasses.replace(shipped, core_pinned=None, core_pinned_by=None))
+    assert not old.passed
 
 
 def test_a_record_made_before_core_pin_is_read_as_before():
@@ -241,8 +268,21 @@ def test_an_installed_release_passes_the_code_check_until_an_installed_file_is_e
     assert check["passed"], check
     assert outcome["promoted"], outcome["gate"]
 
+    probe = (
+        "import json, quantshift as qs; c = qs.code_fingerprint('ma_crossover'); print(json.dumps("
+        "{k: c[k] for k in ('strategy_file', 'strategy_file_git', 'core_pinned')}))"
+    )
+    builtin = json.loads(_run(venv / "bin" / "python", "-c", probe, cwd=project).stdout)
+    assert builtin == {
+        "strategy_file": "quantshift/strategies/ma_crossover.py",
+        "strategy_file_git": "in the release",  # not "untracked": .venv is ignored by git
+        "core_pinned": True,
+    }
+
     engine = site / "quantshift" / "engine" / "config.py"
     engine.write_text(engine.read_text() + "\n# edited after install\n")
+    builtin = json.loads(_run(venv / "bin" / "python", "-c", probe, cwd=project).stdout)
+    assert builtin["core_pinned"] is False
     outcome = _study_and_promote(project, venv, "donchian-edited")
     (check,) = [c for c in outcome["gate"]["checks"] if c["name"] == CODE_CHECK]
     assert not outcome["promoted"] and not check["passed"]
