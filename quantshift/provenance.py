@@ -167,38 +167,26 @@ def _core_state(dist) -> tuple[str | None, bool | None, bool, str]:
     ``dist`` (None: not an installed release)."""
     if dist is not None:
         problems = record_problems(dist, _PACKAGE_ROOTS)
-        if not problems:
-            return None, None, True, f"release {dist.version}, files match RECORD"
         if len(problems) > _MAX_NAMED:  # a tag holds the text: name a few, count the rest
             problems = [*problems[:_MAX_NAMED], f"{len(problems) - _MAX_NAMED} more"]
-        return (
-            None,
-            None,
-            False,
-            (
+        by = f"release {dist.version}, files match RECORD"
+        if problems:
+            by = (
                 f"release {dist.version} does not match its RECORD: {'; '.join(problems)} "
                 "(reinstall quantshift, or run it from a clean git checkout)"
-            ),
-        )
+            )
+        return None, None, not problems, by
     commit, dirty = git_state()
     if commit is None:
-        return (
-            None,
-            None,
-            False,
-            (
-                "neither a git checkout nor an installed release with a RECORD (install quantshift "
-                "from a wheel, or run it from a clean git checkout)"
-            ),
+        by = (
+            "neither a git checkout nor an installed release with a RECORD (install quantshift "
+            "from a wheel, or run it from a clean git checkout)"
         )
-    if dirty:
-        return (
-            commit,
-            dirty,
-            False,
-            ("git: tracked files differ from the commit (commit or revert them)"),
-        )
-    return commit, dirty, True, "git"
+    elif dirty:
+        by = "git: tracked files differ from the commit (commit or revert them)"
+    else:
+        by = "git"
+    return commit, dirty, commit is not None and not dirty, by
 
 
 _MAX_NAMED = 10

@@ -79,6 +79,24 @@ def test_a_record_entry_without_a_hash_fails_unless_it_is_the_record_or_bytecode
     assert record_problems(yaml_copy, ("yaml",)) == ["yaml/nodes.py has no hash in RECORD"]
 
 
+def test_the_pin_of_a_release_names_at_most_ten_changed_files_and_counts_the_rest(yaml_copy):
+    from quantshift.provenance import _core_state
+
+    version = yaml_copy.version
+    assert _core_state(yaml_copy) == (None, None, True, f"release {version}, files match RECORD")
+    modules = sorted(Path(yaml_copy.locate_file("yaml")).glob("*.py"))
+    assert len(modules) > 11
+    for module in modules:
+        module.write_text(module.read_text() + "# edited\n")
+    commit, dirty, pinned, by = _core_state(yaml_copy)
+    named = "; ".join(f"yaml/{m.name} is modified" for m in modules[:10])
+    assert (commit, dirty, pinned) == (None, None, False)
+    assert by == (
+        f"release {version} does not match its RECORD: {named}; {len(modules) - 10} more "
+        "(reinstall quantshift, or run it from a clean git checkout)"
+    )
+
+
 def test_this_developer_install_is_pinned_by_git_not_by_a_record():
     # uv installs this checkout editable: its RECORD lists no sources, so git applies.
     assert installed_distribution() is None
