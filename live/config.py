@@ -318,16 +318,13 @@ def parse_config(
     port = metrics_table.get("port", 9200)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise metrics_table.error("port", f"must be 0-65535, got {port!r}")
-    drift_interval_s = metrics_table.get("drift_interval_s", MetricsConfig.drift_interval_s)
-    if not is_number(drift_interval_s, finite=True) or drift_interval_s < 0:
-        raise metrics_table.error(
-            "drift_interval_s", f"must be seconds >= 0 (0: every bar), got {drift_interval_s!r}"
-        )
     metrics = MetricsConfig(
         enabled=metrics_table.boolean("enabled", True),
         host=metrics_table.string("host") or "127.0.0.1",
         port=port,
-        drift_interval_s=float(drift_interval_s),
+        drift_interval_s=_seconds(
+            metrics_table, "drift_interval_s", MetricsConfig.drift_interval_s, "0: every bar"
+        ),
     )
     base = None if path is None else path.resolve().parent
     regime_model, news = _overlay_sources(top, portfolio, base, source)
@@ -390,7 +387,7 @@ def _overlay_sources(top: Table, portfolio: PortfolioConfig, base: Path | None, 
             file=None if file is None else str(resolve_path(file, base)),
             scorer=news_table.choice("scorer", ("lexicon", "finbert"), "lexicon"),
             finbert_path=None if weights is None else str(resolve_path(weights, base)),
-            ttl_s=news_table.number("ttl_s", 3600.0),
+            ttl_s=_seconds(news_table, "ttl_s", 3600.0, "0: no cache"),
             lookback=news_table.string("lookback") or "1D",
         )
     for table, needed, made, what in (
@@ -402,3 +399,11 @@ def _overlay_sources(top: Table, portfolio: PortfolioConfig, base: Path | None, 
         if needed is None and made is not None:
             raise ConfigError(f"{source}: {what.split()[0]} without [{table}]: nothing reads it")
     return regime_model, news
+
+
+def _seconds(table: Table, key: str, default: float, zero_means: str) -> float:
+    """Return the duration ``key`` of ``table``: a finite number (``Table.number``) >= 0."""
+    value = table.number(key, default)
+    if value < 0:
+        raise table.error(key, f"must be seconds >= 0 ({zero_means}), got {value!r}")
+    return value

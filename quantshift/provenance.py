@@ -1,12 +1,15 @@
 """Code fingerprints: which code produced a result, so research and live can pin to it.
 
-A fingerprint names the package version, a hash of the strategy's code and the git commit;
+A fingerprint names the package version, a hash of the strategy's code, the git commit and how
+the core is pinned (a clean checkout, or an installed release whose files match its RECORD);
 the same digests key the caches of compiled kernels (``engine.fused``, ``portfolio.loop``).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import importlib.metadata
 import inspect
 import subprocess
 import sys
@@ -111,22 +114,132 @@ def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
         ``core_hash`` (SHA-256 over the core's source files, :func:`core_files`: the engine,
         the decision layer and the strategy framework, so a commit that changes only docs,
         drivers or another strategy leaves it alone), ``git_commit`` and ``git_dirty`` of
-        quantshift's checkout (None when the code is not in a git checkout; dirty means
-        tracked files differ from the commit, so the commit alone does not pin the code), and
-        the strategy's own source and the state of the repository holding it, which is the
-        user's own for a strategy of theirs (see :func:`strategy_source`).
+        quantshift's checkout (None when the code is not in a git checkout, or is an installed
+        release: a venv inside the user's repository is not quantshift's checkout; dirty means
+        tracked files differ from the commit, so the commit alone does not pin the code),
+        ``core_pinned`` and ``core_pinned_by`` (see :func:`core_pin`), and the strategy's own
+        source and the state of the repository holding it, which is the user's own for a
+        strategy of theirs (see :func:`strategy_source`).
     """
     from quantshift import __version__
 
-    commit, dirty = git_state()
+    release = installed_distribution()
+    commit, dirty, pinned, pinned_by = _core_state(release)
+    source = strategy_source(strategy)
+    file = source["strategy_file"]
+    shipped = file is not None and (_ROOT / file).resolve().is_relative_to(_PACKAGE)
+    if release is not None and shipped:
+        # A strategy shipped in the release: its RECORD pins it with the core, not git (a
+        # venv inside the user's repository would show it as ignored there).
+        source.update(
+            strategy_file_git=IN_RELEASE, strategy_git_commit=None, strategy_git_dirty=None
+        )
     return {
         "version": __version__,
         "strategy_hash": strategy_hash(strategy),
         "core_hash": package_digest().hex(),
         "git_commit": commit,
         "git_dirty": dirty,
-        **strategy_source(strategy),
+        "core_pinned": pinned,
+        "core_pinned_by": pinned_by,
+        **source,
     }
+
+
+IN_RELEASE = "in the release"
+"""``strategy_file_git`` of a strategy shipped in an installed release (pinned by its RECORD)."""
+
+
+def core_pin() -> tuple[bool, str]:
+    """Return whether quantshift's own code is pinned, and by what (or why it is not).
+
+    An installed release (a wheel in site-packages) is pinned by its version when every file
+    its RECORD lists still has the hash the installer wrote and no module was added beside
+    them: ``(True, "release 0.1.0, files match RECORD")``. Without one (a developer's editable
+    install, whose RECORD lists no sources), a clean git checkout pins it: ``(True, "git")``.
+    Otherwise ``(False, why)``, naming the files that differ or what to do.
+    """
+    return _core_state(installed_distribution())[2:]
+
+
+def _core_state(dist) -> tuple[str | None, bool | None, bool, str]:
+    """(git commit, git dirty, pinned, pinned by) of quantshift's own code, installed as
+    ``dist`` (None: not an installed release)."""
+    if dist is not None:
+        problems = record_problems(dist, _PACKAGE_ROOTS)
+        if len(problems) > _MAX_NAMED:  # a tag holds the text: name a few, count the rest
+            problems = [*problems[:_MAX_NAMED], f"{len(problems) - _MAX_NAMED} more"]
+        by = f"release {dist.version}, files match RECORD"
+        if problems:
+            by = (
+                f"release {dist.version} does not match its RECORD: {'; '.join(problems)} "
+                "(reinstall quantshift, or run it from a clean git checkout)"
+            )
+        return None, None, not problems, by
+    commit, dirty = git_state()
+    if commit is None:
+        by = (
+            "neither a git checkout nor an installed release with a RECORD (install quantshift "
+            "from a wheel, or run it from a clean git checkout)"
+        )
+    elif dirty:
+        by = "git: tracked files differ from the commit (commit or revert them)"
+    else:
+        by = "git"
+    return commit, dirty, commit is not None and not dirty, by
+
+
+_MAX_NAMED = 10
+_PACKAGE_ROOTS = ("quantshift", "research", "live")
+"""The top-level packages a quantshift distribution installs (pyproject's wheel packages)."""
+
+
+def installed_distribution(name: str = "quantshift") -> importlib.metadata.Distribution | None:
+    """Return the installed distribution whose RECORD lists this very ``quantshift`` package's
+    sources (None for an editable install or a plain checkout: their RECORD lists none)."""
+    here = (_PACKAGE / "__init__.py").resolve()
+    for dist in importlib.metadata.distributions(name=name):
+        for path in dist.files or ():
+            if path.as_posix() == "quantshift/__init__.py":
+                if Path(dist.locate_file(path)).resolve() == here:
+                    return dist
+                break
+    return None
+
+
+def record_problems(dist: importlib.metadata.Distribution, packages: tuple[str, ...]) -> list[str]:
+    """Return how the installed files of ``dist`` differ from its RECORD (empty: they match).
+
+    Every file the RECORD lists with a hash must exist with that SHA-256; a listed file
+    without a hash may only be the RECORD itself or compiled bytecode; and every ``*.py``
+    under the top-level ``packages`` must be listed (an added module changes the code too).
+    """
+    problems, listed = [], set()
+    for path in dist.files or ():
+        file = Path(dist.locate_file(path)).resolve()
+        listed.add(file)
+        name = path.as_posix()
+        if path.hash is None:
+            if path.name != "RECORD" and path.suffix != ".pyc":
+                problems.append(f"{name} has no hash in RECORD")
+        elif path.hash.mode != "sha256":
+            problems.append(f"{name} has a {path.hash.mode} hash in RECORD, not sha256")
+        elif not file.is_file():
+            problems.append(f"{name} is missing")
+        elif _record_digest(file) != path.hash.value:
+            problems.append(f"{name} is modified")
+    for package in packages:
+        root = Path(dist.locate_file(package)).resolve()
+        for file in sorted(root.rglob("*.py")) if root.is_dir() else ():
+            if file not in listed:
+                problems.append(f"{package}/{file.relative_to(root).as_posix()} is not in RECORD")
+    return problems
+
+
+def _record_digest(file: Path) -> str:
+    # RECORD's form (PEP 376 / the wheel spec): urlsafe base64 of the digest, no padding.
+    digest = hashlib.sha256(file.read_bytes()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 _PACKAGE = Path(__file__).resolve().parent

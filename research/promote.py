@@ -122,19 +122,24 @@ def research_evidence(
             f"{summary['trials']}; the DSR would not be honest"
         )
     code = {k[len(CODE_TAG) :]: v for k, v in run.tags.items() if k.startswith(CODE_TAG)}
+    flag = {"true": True, "false": False}.get
     code = {
         "version": code.get("version"),
         "strategy_hash": code.get("strategy_hash"),
         "core_hash": code.get("core_hash"),
         "git_commit": code.get("git_commit"),
-        "git_dirty": {"true": True, "false": False}.get(code.get("git_dirty", "")),
+        "git_dirty": flag(code.get("git_dirty", "")),
+        # Absent from runs made before core_pin: the gate then asks git alone, as it did.
+        **(
+            {"core_pinned": flag(code["core_pinned"]), "core_pinned_by": code["core_pinned_by"]}
+            if "core_pinned_by" in code
+            else {}
+        ),
         "strategy_file": code.get("strategy_file"),
         "strategy_file_sha256": code.get("strategy_file_sha256"),
         "strategy_file_git": code.get("strategy_file_git"),
         "strategy_git_commit": code.get("strategy_git_commit"),
-        "strategy_git_dirty": {"true": True, "false": False}.get(
-            code.get("strategy_git_dirty", "")
-        ),
+        "strategy_git_dirty": flag(code.get("strategy_git_dirty", "")),
     }
     if not code["version"] or not code["strategy_hash"]:
         raise ConfigError(f"MLflow run {run_id} has no code fingerprint tags")
@@ -185,6 +190,9 @@ def evidence_from_summary(
         code_dirty=code["git_dirty"],
         strategy_file=code["strategy_file"],
         strategy_file_git=code["strategy_file_git"],
+        strategy_git_dirty=code.get("strategy_git_dirty"),
+        core_pinned=code.get("core_pinned"),
+        core_pinned_by=code.get("core_pinned_by"),
         causality=causality.get("summary"),
         causal=causality.get("causal"),
     )

@@ -132,6 +132,11 @@ class ResearchEvidence:
     strategy_file: str | None
     strategy_file_git: str | None
     """The strategy's source in git (``quantshift.provenance.strategy_source``)."""
+    strategy_git_dirty: bool | None = None
+    core_pinned: bool | None = None
+    core_pinned_by: str | None = None
+    """How the core is pinned, or why not (``quantshift.provenance.core_pin``); None in a run
+    recorded before it, whose core only a clean git checkout pins."""
     causality: str | None
     """The study's causality verdict on its data, one line (None: not checked)."""
     causal: bool | None
@@ -391,19 +396,40 @@ def _monte_carlo_method_check(evidence: ResearchEvidence) -> GateCheck:
 
 
 def _code_check(evidence: ResearchEvidence) -> GateCheck:
-    """The run's commit pins its code: the tree is clean and the strategy's own file is in it."""
+    """The run's code is pinned: quantshift's core by a clean git checkout or an installed
+    release matching its RECORD, and the strategy by a commit of the repository holding it."""
+    from quantshift.provenance import IN_RELEASE  # here: it imports the strategy framework
+
     file, state = evidence.strategy_file, evidence.strategy_file_git
     problems = []
-    if evidence.code_dirty is None:
-        problems.append("the run's code is not in a git checkout")
-    elif evidence.code_dirty:
-        problems.append("tracked files differ from the run's git commit")
+    if evidence.core_pinned_by is None:  # recorded before core_pin: git alone pinned the core
+        if evidence.code_dirty is None:
+            problems.append("the run's code is not in a git checkout")
+        elif evidence.code_dirty:
+            problems.append("tracked files differ from the run's git commit")
+        known = evidence.code_dirty is not None
+    else:
+        if evidence.core_pinned is not True:
+            problems.append(f"quantshift's core is not pinned: {evidence.core_pinned_by}")
+        known = evidence.core_pinned is not None
     if state is None:
         problems.append("the run does not name its strategy's source file (rerun the study)")
+    elif state == IN_RELEASE and evidence.core_pinned_by is not None:
+        pass  # shipped in the release: pinned with the core (or not, and that fails above)
     elif state != "committed":
-        problems.append(f"the strategy's source {file or '(no file)'} is {state} in git")
-    value = None if evidence.code_dirty is None or state is None else not problems
-    note = "; ".join(problems) or f"strategy source {file} is committed"
+        where = "" if state in ("outside git", "no file") else " in git"
+        problems.append(f"the strategy's source {file or '(no file)'} is {state}{where}")
+    elif evidence.core_pinned_by is not None and evidence.strategy_git_dirty is not False:
+        problems.append(
+            f"the run does not say whether the repository of {file} is clean (rerun the study)"
+            if evidence.strategy_git_dirty is None
+            else f"tracked files in the repository of {file} differ from its commit (commit "
+            "them and rerun the study)"
+        )
+    value = None if not known or state is None else not problems
+    note = "; ".join(problems) or f"strategy source {file} is {state}" + (
+        "" if evidence.core_pinned_by is None else f"; core pinned by {evidence.core_pinned_by}"
+    )
     return _check("code committed (git clean)", value, "==", True, note)
 
 

@@ -117,6 +117,9 @@ def overlay_evidence(
         code_dirty=code.get("git_dirty"),
         strategy_file=code.get("strategy_file"),
         strategy_file_git=code.get("strategy_file_git"),
+        strategy_git_dirty=code.get("strategy_git_dirty"),
+        core_pinned=code.get("core_pinned"),
+        core_pinned_by=code.get("core_pinned_by"),
         causality=causality.get("summary"),
         causal=causality.get("causal"),
     )
