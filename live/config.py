@@ -322,8 +322,8 @@ def parse_config(
         enabled=metrics_table.boolean("enabled", True),
         host=metrics_table.string("host") or "127.0.0.1",
         port=port,
-        drift_interval_s=_seconds(
-            metrics_table, "drift_interval_s", MetricsConfig.drift_interval_s, "0: every bar"
+        drift_interval_s=metrics_table.seconds(
+            "drift_interval_s", MetricsConfig.drift_interval_s, "0: every bar"
         ),
     )
     base = None if path is None else path.resolve().parent
@@ -387,7 +387,7 @@ def _overlay_sources(top: Table, portfolio: PortfolioConfig, base: Path | None, 
             file=None if file is None else str(resolve_path(file, base)),
             scorer=news_table.choice("scorer", ("lexicon", "finbert"), "lexicon"),
             finbert_path=None if weights is None else str(resolve_path(weights, base)),
-            ttl_s=_seconds(news_table, "ttl_s", 3600.0, "0: no cache"),
+            ttl_s=news_table.seconds("ttl_s", 3600.0, "0: no cache"),
             lookback=news_table.string("lookback") or "1D",
         )
     for table, needed, made, what in (
@@ -399,11 +399,3 @@ def _overlay_sources(top: Table, portfolio: PortfolioConfig, base: Path | None, 
         if needed is None and made is not None:
             raise ConfigError(f"{source}: {what.split()[0]} without [{table}]: nothing reads it")
     return regime_model, news
-
-
-def _seconds(table: Table, key: str, default: float, zero_means: str) -> float:
-    """Return the duration ``key`` of ``table``: a finite number (``Table.number``) >= 0."""
-    value = table.number(key, default)
-    if value < 0:
-        raise table.error(key, f"must be seconds >= 0 ({zero_means}), got {value!r}")
-    return value

@@ -152,6 +152,14 @@ class Table:
             raise self.error(key, f"must be a number, got {value!r}")
         return float(value)
 
+    def seconds(self, key: str, default: float, zero_means: str) -> float:
+        """Return a duration in seconds: a finite number >= 0 (``default`` when absent);
+        ``zero_means`` says what 0 does, in the error."""
+        value = self.number(key, default)
+        if value < 0:
+            raise self.error(key, f"must be seconds >= 0 ({zero_means}), got {value!r}")
+        return value
+
     def boolean(self, key: str, default: bool) -> bool:
         """Return true or false (``default`` when absent)."""
         value = self.raw.get(key, default)

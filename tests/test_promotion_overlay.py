@@ -277,6 +277,10 @@ def test_an_overlay_study_with_a_news_file_measures_the_filter_and_pins_its_sett
     bad.write_text(OVERLAY + '\n[news]\nfile = "news.csv"\n')
     with pytest.raises(ConfigError, match=r"\[news\] .* and \[sentiment\] .* go together"):
         load_overlay_spec(bad)
+    bad.write_text(OVERLAY + '\n[news]\nfile = "news.csv"\nttl_s = -60\n\n[sentiment]\n'
+                   "min_score = -0.2\nsize_scaling = 0.5\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"\[news\] ttl_s: must be seconds >= 0"):
+        load_overlay_spec(bad)
 
 
 def test_the_report_and_the_promotion_print_the_overlay(study, capsys):

@@ -172,7 +172,7 @@ def _news(top, path: Path) -> tuple[NewsSpec | None, SentimentFilter | None]:
         file=file,
         scorer=news_table.choice("scorer", SCORERS, "lexicon"),
         finbert_path=None if weights is None else str(path.parent / weights),
-        ttl_s=news_table.number("ttl_s", 3600.0),
+        ttl_s=news_table.seconds("ttl_s", 3600.0, "0: no cache"),
         lookback=news_table.string("lookback") or "1D",
     )
     return news, rules.build(SentimentFilter)
