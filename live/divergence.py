@@ -147,7 +147,8 @@ def divergence(config: LiveConfig, store, *, since_ns: int | None = None,
     Raises
     ------
     DataError
-        When the store holds no decided bars for the runner (it never ran a cycle there).
+        When the store holds no decided bars for the runner (it never ran a cycle there), or,
+        for a config with an overlay, a decided bar without the inputs it was decided with.
     """
     first = store.decided_from(config.name)
     symbols = list(config.portfolio.symbols)
@@ -155,7 +156,8 @@ def divergence(config: LiveConfig, store, *, since_ns: int | None = None,
         raise DataError(f"{config.path or config.name}: the store has no decided bars of runner "
                         f"{config.name!r} (it has not run a cycle against this store)")  # fmt: skip
     bars = store.decided_bars(symbols, source=f"store of {config.name}")
-    result = portfolio_backtest(config.portfolio, bars, trade_from_ns=first)
+    overlay = _overlay_inputs(config, store, bars, first)
+    result = portfolio_backtest(config.portfolio, bars, trade_from_ns=first, **overlay)
     start = first if since_ns is None else max(first, int(since_ns))
     ts = bars.ts_ns
     tested = result.trades
@@ -183,6 +185,24 @@ def divergence(config: LiveConfig, store, *, since_ns: int | None = None,
         assumed_slippage_bps=float(config.portfolio.sim.slippage_bps),
         equity=_equity(store, result, start),
     )
+
+
+def _overlay_inputs(config: LiveConfig, store, bars, first: int) -> dict[str, np.ndarray]:
+    """``regime`` / ``sentiment`` of ``portfolio_backtest`` from the inputs the runner stored
+    with each bar it decided (the warm-up bars before ``first`` decide nothing)."""
+    wanted = {"regime": config.portfolio.regimes, "sentiment": config.portfolio.sentiment}
+    if all(table is None for table in wanted.values()):
+        return {}
+    stored = store.decided_inputs(config.name, bars.ts_ns, list(bars.symbols))
+    lacking = np.flatnonzero(~stored.stored & (bars.ts_ns >= first))
+    if len(lacking):
+        raise DataError(
+            f"{config.path or config.name}: runner {config.name!r} decided the bar of "
+            f"{_day(int(bars.ts_ns[lacking[0]]))} (ts_ns {int(bars.ts_ns[lacking[0]])}) without "
+            f"the overlay inputs it used ({len(lacking):,} such bars, decided before the store "
+            "kept them): the backtest of its regime / sentiment overlay cannot be rebuilt"
+        )
+    return {name: getattr(stored, name) for name, table in wanted.items() if table is not None}
 
 
 # ----------------------------------------------------------------------------- pairing
