@@ -189,12 +189,18 @@ def divergence(config: LiveConfig, store, *, since_ns: int | None = None,
 
 def _overlay_inputs(config: LiveConfig, store, bars, first: int) -> dict[str, np.ndarray]:
     """``regime`` / ``sentiment`` of ``portfolio_backtest`` from the inputs the runner stored
-    with each bar it decided (the warm-up bars before ``first`` decide nothing)."""
+    with each bar it decided (the warm-up bars before ``first`` decide nothing).
+
+    The newest bar may lack them: the runner stores a bar before deciding on it, so a cycle
+    running now (or cut short) has not written them yet; unknown labels and no news there
+    change no closed trade (overlays act on entries, and an entry decided on the newest bar is
+    still open where the data ends).
+    """
     wanted = {"regime": config.portfolio.regimes, "sentiment": config.portfolio.sentiment}
     if all(table is None for table in wanted.values()):
         return {}
     stored = store.decided_inputs(config.name, bars.ts_ns, list(bars.symbols))
-    lacking = np.flatnonzero(~stored.stored & (bars.ts_ns >= first))
+    lacking = np.flatnonzero(~stored.stored[:-1] & (bars.ts_ns[:-1] >= first))
     if len(lacking):
         raise DataError(
             f"{config.path or config.name}: runner {config.name!r} decided the bar of "

@@ -202,7 +202,8 @@ def test_bars_an_overlay_runner_decided_before_its_inputs_were_kept_are_named(ur
                     sentiment=dict.fromkeys(bars.symbols, float("nan")),
                 )  # fmt: skip
 
-        keep(bars.ts_ns[110:].tolist())  # bars 100..109 were decided before the upgrade
+        # Bars 100..109 were decided before the upgrade; 119's cycle has not decided yet.
+        keep(bars.ts_ns[110:119].tolist())
         day = bars.index[100].strftime("%Y-%m-%d %H:%M")
         with pytest.raises(DataError) as caught:
             divergence(config, store)
