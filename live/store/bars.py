@@ -34,10 +34,13 @@ class DecidedInputs(NamedTuple):
 
 
 class BarBook:
-    """Store methods for ``decided_bars`` (mixed into :class:`~live.store.store.Store`).
+    """Store methods for ``decided_bars`` and ``decided_inputs`` (mixed into
+    :class:`~live.store.store.Store`).
 
     Bars are facts of the market, not trading writes: they are not fenced, and writing a bar
-    already stored leaves the first copy (a standby redoing a cycle sees the same bar).
+    already stored leaves the first copy (a standby redoing a cycle sees the same bar). The
+    overlay inputs are part of a leader's decision (a model's output, news as the venue served
+    it then): fenced, and a redo's inputs replace the earlier ones.
     """
 
     def record_bars(self, bars: Bars, first: int = 0) -> int:
