@@ -148,7 +148,8 @@ def divergence(config: LiveConfig, store, *, since_ns: int | None = None,
     Raises
     ------
     DataError
-        When the store holds no decided bars for the runner (it never ran a cycle there).
+        When the store holds no decided bars for the runner (it never ran a cycle there), or,
+        for a config with an overlay, a decided bar without the inputs it was decided with.
     """
     first = store.decided_from(config.name)
     symbols = list(config.portfolio.symbols)
@@ -156,10 +157,11 @@ def divergence(config: LiveConfig, store, *, since_ns: int | None = None,
         raise DataError(f"{config.path or config.name}: the store has no decided bars of runner "
                         f"{config.name!r} (it has not run a cycle against this store)")  # fmt: skip
     bars = store.decided_bars(symbols, source=f"store of {config.name}")
-    # The sleeves on the parameters they traded: the records they adopted, from the bar of
-    # each adoption on.
+    # The sleeves on the parameters they traded (the records they adopted, from the bar of
+    # each adoption on), with the overlay inputs each bar was decided with.
     traded, switches = traded_portfolios(config, store, first)
-    result = portfolio_backtest(traded, bars, trade_from_ns=first, switches=switches)
+    overlay = _overlay_inputs(config, store, bars, first)
+    result = portfolio_backtest(traded, bars, trade_from_ns=first, switches=switches, **overlay)
     start = first if since_ns is None else max(first, int(since_ns))
     ts = bars.ts_ns
     tested = result.trades
@@ -187,6 +189,30 @@ def divergence(config: LiveConfig, store, *, since_ns: int | None = None,
         assumed_slippage_bps=float(config.portfolio.sim.slippage_bps),
         equity=_equity(store, result, start),
     )
+
+
+def _overlay_inputs(config: LiveConfig, store, bars, first: int) -> dict[str, np.ndarray]:
+    """``regime`` / ``sentiment`` of ``portfolio_backtest`` from the inputs the runner stored
+    with each bar it decided (the warm-up bars before ``first`` decide nothing).
+
+    The newest bar may lack them: the runner stores a bar before deciding on it, so a cycle
+    running now (or cut short) has not written them yet; unknown labels and no news there
+    change no closed trade (overlays act on entries, and an entry decided on the newest bar is
+    still open where the data ends).
+    """
+    wanted = {"regime": config.portfolio.regimes, "sentiment": config.portfolio.sentiment}
+    if all(table is None for table in wanted.values()):
+        return {}
+    stored = store.decided_inputs(config.name, bars.ts_ns, list(bars.symbols))
+    lacking = np.flatnonzero(~stored.stored[:-1] & (bars.ts_ns[:-1] >= first))
+    if len(lacking):
+        raise DataError(
+            f"{config.path or config.name}: runner {config.name!r} decided the bar of "
+            f"{_day(int(bars.ts_ns[lacking[0]]))} (ts_ns {int(bars.ts_ns[lacking[0]])}) without "
+            f"the overlay inputs it used ({len(lacking):,} such bars, decided before the store "
+            "kept them): the backtest of its regime / sentiment overlay cannot be rebuilt"
+        )
+    return {name: getattr(stored, name) for name, table in wanted.items() if table is not None}
 
 
 # ----------------------------------------------------------------------------- pairing

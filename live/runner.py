@@ -333,6 +333,8 @@ class Runner(RunnerParts):
             self._keep_bars(window, ts)
             history = compute_signals(portfolio, window)
             inputs = self.inputs.at(window, self.clock.bar_close_ns(ts))
+            if inputs:  # kept with the bar: news cannot be read again identically later
+                self.store.record_inputs(cfg.name, ts, epoch=epoch, **inputs)
             decision = decide(state, history.at(-1), portfolio, **inputs)
             state = decision.state
             for order in decision.orders:

@@ -10,6 +10,7 @@ import pytest
 
 from live.clock import MarketClock
 from live.config import parse_config
+from live.divergence import divergence
 from live.regime import load_registered_model
 from live.runner import Runner
 from live.store import Store
@@ -75,15 +76,14 @@ def _raw(root, uri, name, version) -> dict:
     }  # fmt: skip
 
 
-def test_the_runner_decides_with_the_model_and_the_news_as_the_backtest_does(registered):
+@pytest.fixture(scope="module")
+def replayed(registered):
+    """The overlay runner replayed once on the paper broker: its config, with the model's
+    labels and the news scores computed here, independently of the runner, on every bar."""
     root, uri, name, version = registered
     config = parse_config(_raw(root, uri, name, version), source="overlay-test.toml")
     summary = Runner(config).run()
     assert summary.ended == "replay finished" and summary.trades >= 5
-    with Store.open(config.store_url) as store:
-        live = sorted((t.sleeve, t.symbol, t.direction, t.entry_ts_ns, t.exit_ts_ns,
-                       t.entry_price, t.exit_price, t.qty, t.pnl, t.exit_reason)
-                      for t in store.trades())  # fmt: skip
     bars = load_bars(str(root / "bars.parquet"))
     model = load_registered_model(uri, name, version, root / "check")
     regime = pd.DataFrame(model.predict(bars), index=bars.index, columns=list(bars.symbols))
@@ -92,6 +92,15 @@ def test_the_runner_decides_with_the_model_and_the_news_as_the_backtest_does(reg
     news = load_news_file(root / "news.csv")
     scores = pd.DataFrame(sentiment_scores(news, LexiconScorer(), closes, list(bars.symbols)),
                           index=bars.index, columns=list(bars.symbols))  # fmt: skip
+    return config, bars, regime, scores
+
+
+def test_the_runner_decides_with_the_model_and_the_news_as_the_backtest_does(replayed):
+    config, bars, regime, scores = replayed
+    with Store.open(config.store_url) as store:
+        live = sorted((t.sleeve, t.symbol, t.direction, t.entry_ts_ns, t.exit_ts_ns,
+                       t.entry_price, t.exit_price, t.qty, t.pnl, t.exit_reason)
+                      for t in store.trades())  # fmt: skip
     result = portfolio_backtest(config.portfolio, bars, regime=regime, sentiment=scores)
     closed = result.trades[result.trades["exit_reason"] != "open"]
     tested = sorted((r.sleeve, r.symbol, r.direction, r.entry_time.value, r.exit_time.value,
@@ -100,6 +109,30 @@ def test_the_runner_decides_with_the_model_and_the_news_as_the_backtest_does(reg
     assert_same_trades(live, tested)
     reasons = set(result.vetoes["reason"])
     assert {"regime", "sentiment"} <= reasons  # the overlay decided something
+
+
+def test_the_inputs_kept_with_each_bar_are_the_ones_it_was_decided_with(replayed):
+    config, bars, regime, scores = replayed
+    with Store.open(config.store_url, create=False) as store:
+        first = store.decided_from(config.name)
+        kept = store.decided_inputs(config.name, bars.ts_ns, list(bars.symbols))
+    # A replay decides from its first bar on: every bar has its inputs, equal to the model's
+    # labels and the news scores computed above (unknown / no news included).
+    assert first == bars.ts_ns[0] and kept.stored.all()
+    np.testing.assert_array_equal(kept.regime, regime.to_numpy())
+    np.testing.assert_allclose(kept.sentiment, scores.to_numpy(), rtol=0, atol=1e-12)
+    assert np.isnan(kept.sentiment).any() and (~np.isnan(kept.sentiment)).any()
+    assert -1 in kept.regime and len(set(kept.regime.ravel().tolist())) >= 3
+
+
+def test_divergence_rebuilds_the_overlay_backtest_from_the_stored_inputs(replayed):
+    config, _, _, _ = replayed
+    with Store.open(config.store_url, create=False) as store:
+        report = divergence(config, store)
+    assert report.counts()["missing"] == 0 and report.counts()["extra"] == 0
+    assert report.counts()["matched"] >= 5
+    assert report.pnl_difference == pytest.approx(0.0, abs=1e-6)
+    assert report.by_cause == {}
 
 
 def test_an_overlay_without_its_source_or_a_source_without_its_overlay_is_refused(registered):

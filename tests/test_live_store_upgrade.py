@@ -3,6 +3,8 @@
 Migration 0008 renamed the columns that held a sleeve's name from ``strategy`` to ``sleeve`` (and
 a promotion's to ``name``): a database at version 7, written with the old names, is opened by
 this code and reads back the same intents, trades, positions, equity, performance and promotions.
+Migration 0010 keeps the overlay inputs of each decided bar: the bars an overlay runner decided
+before it are named by `live divergence`, which cannot rebuild their backtest.
 """
 
 from __future__ import annotations
@@ -14,11 +16,17 @@ import psycopg
 import pytest
 from test_live_store import new_pg_database, pg_admin  # noqa: F401 (fixture)
 
+from live.config import parse_config
+from live.divergence import divergence
 from live.store import LATEST_VERSION, PORTFOLIO, Store, client_order_id
 from live.store.db import Database, parse_url
 from live.store.migrate import MIGRATIONS, migrate
+from quantshift.data import load_bars
+from quantshift.errors import DataError
+from tests.test_live_overlay import SOURCE, _raw
 
 RENAME = next(m.version for m in MIGRATIONS if m.name == "sleeve_names")
+INPUTS = next(m.version for m in MIGRATIONS if m.name == "decided_inputs")
 BEFORE = RENAME - 1
 DAY_NS = 86_400 * 10**9
 T0 = 1_700_000_000 * 10**9 // DAY_NS * DAY_NS
@@ -162,3 +170,45 @@ def test_after_the_upgrade_keys_and_constraints_hold_under_the_new_names(url):
             indexes = {r["name"] for r in tx.all(sql)}
         assert {"order_intents_by_sleeve", "trades_by_sleeve", "promotions_one_active"} <= indexes
         assert not {i for i in indexes if "strategy" in i}
+
+
+def test_bars_an_overlay_runner_decided_before_its_inputs_were_kept_are_named(url, tmp_path):
+    # An overlay runner decided bars 100.. of a store at the version before the inputs table.
+    config = parse_config(_raw(tmp_path, "sqlite:///unused", "regimes", "1"), source="o.toml")
+    bars = load_bars(SOURCE)[:120]
+    first = int(bars.ts_ns[100])
+    db = Database(parse_url(url), timeout_s=10.0)
+    try:
+        assert migrate(db, MIGRATIONS[: INPUTS - 1]) == INPUTS - 1
+        with db.transaction("decided bars of the old schema") as tx:
+            for t, ts in enumerate(bars.ts_ns.tolist()):
+                for k, symbol in enumerate(bars.symbols):
+                    tx.run(
+                        "INSERT INTO decided_bars (symbol, ts_ns, open, high, low, close, "
+                        "volume, ts_recorded_ns) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+                        (symbol, ts, *(float(getattr(bars, c)[t, k])
+                                       for c in ("open", "high", "low", "close", "volume"))),
+                    )  # fmt: skip
+            tx.run("INSERT INTO decided_from (runner, ts_ns) VALUES (?, ?)", (config.name, first))
+    finally:
+        db.close()
+    with Store.open(url) as store:
+        assert store.schema_version == LATEST_VERSION >= INPUTS
+
+        def keep(times):  # what the upgraded runner writes each cycle
+            for ts in times:
+                store.record_inputs(
+                    config.name, ts, epoch=0, regime=dict.fromkeys(bars.symbols, 0),
+                    sentiment=dict.fromkeys(bars.symbols, float("nan")),
+                )  # fmt: skip
+
+        # Bars 100..109 were decided before the upgrade; 119's cycle has not decided yet.
+        keep(bars.ts_ns[110:119].tolist())
+        day = bars.index[100].strftime("%Y-%m-%d %H:%M")
+        with pytest.raises(DataError) as caught:
+            divergence(config, store)
+        assert (f"runner 'overlay-test' decided the bar of {day} (ts_ns {first}) without the "
+                "overlay inputs it used (10 such bars") in str(caught.value)  # fmt: skip
+        keep(bars.ts_ns[100:110].tolist())
+        report = divergence(config, store)
+        assert report.first_decided_ns == first and report.bars == 20

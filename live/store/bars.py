@@ -1,26 +1,46 @@
 """The bars a runner decided on, kept in its store: written each cycle (the warm-up history with
-the first), read back as ``Bars`` to replay a cycle or rebuild the backtest of a live run.
+the first), read back as ``Bars`` to replay a cycle or rebuild the backtest of a live run; and
+the overlay inputs (regime labels, news scores) each bar was decided with.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from live.store import checks
 from quantshift.data import Bars
+from quantshift.errors import ConfigError
+from quantshift.portfolio.overlay import REGIME_UNKNOWN, regime_code
 
 _ROWS_PER_STATEMENT = 400
 _COLUMNS = ("open", "high", "low", "close", "volume")
 
 
+class DecidedInputs(NamedTuple):
+    """Stored overlay inputs on a grid of bar times (rows) and symbols (columns)."""
+
+    regime: np.ndarray
+    """int64 label codes; ``REGIME_UNKNOWN`` (-1) where not known or not stored."""
+    sentiment: np.ndarray
+    """float64 scores; NaN where the symbol had no news or nothing is stored."""
+    stored: np.ndarray
+    """bool per time: whether the store holds the inputs of that bar."""
+
+
 class BarBook:
-    """Store methods for ``decided_bars`` (mixed into :class:`~live.store.store.Store`).
+    """Store methods for ``decided_bars`` and ``decided_inputs`` (mixed into
+    :class:`~live.store.store.Store`).
 
     Bars are facts of the market, not trading writes: they are not fenced, and writing a bar
-    already stored leaves the first copy (a standby redoing a cycle sees the same bar).
+    already stored leaves the first copy (a standby redoing a cycle sees the same bar). The
+    overlay inputs are part of a leader's decision (a model's output, news as the venue served
+    it then): fenced, and a redo's inputs replace the earlier ones.
     """
 
     def record_bars(self, bars: Bars, first: int = 0) -> int:
@@ -80,3 +100,86 @@ class BarBook:
                 columns=list(_COLUMNS),
             )
         return Bars.from_frames(frames, source=source)
+
+    def record_inputs(
+        self,
+        runner: str,
+        bar_ts_ns: int,
+        *,
+        epoch: int | None,
+        regime: Mapping[str, object] | None = None,
+        sentiment: Mapping[str, float] | None = None,
+    ) -> int:
+        """Store the overlay inputs ``runner`` decided the bar at ``bar_ts_ns`` with; return the
+        rows written.
+
+        ``regime`` maps a symbol to its label (0..4 or a ``REGIMES`` name; -1, NaN or None:
+        unknown), ``sentiment`` a symbol to its news score in [-1, 1] (NaN or None: no news);
+        either is None when the config has no such overlay. Fenced like the cycle's other
+        writes. A bar written again (a leader redoing it) keeps the last writer's inputs: they
+        are what its decision, the one that counts, used.
+        """
+        runner = checks.text("runner", runner)
+        ts_ns = checks.integer("bar_ts_ns", bar_ts_ns)
+        epoch = checks.epoch_of(epoch)
+        labels, scores = dict(regime or {}), dict(sentiment or {})
+        now = time.time_ns()
+        rows = []
+        for symbol in sorted(set(labels) | set(scores)):
+            where = f"inputs of runner {runner!r} at bar {ts_ns}, {symbol}"
+            code = regime_code(labels.get(symbol), f"{where}: regime")
+            rows.append((runner, ts_ns, checks.text("symbol", symbol),
+                         None if code == REGIME_UNKNOWN else code,
+                         _score(scores.get(symbol), where), epoch, now))  # fmt: skip
+        with self._db.write(f"decided inputs of {runner} at {ts_ns}", epoch) as tx:
+            for values in rows:
+                tx.run(
+                    "INSERT INTO decided_inputs (runner, bar_ts_ns, symbol, regime, sentiment, "
+                    "epoch, ts_recorded_ns) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (runner, "
+                    "bar_ts_ns, symbol) DO UPDATE SET regime = excluded.regime, sentiment = "
+                    "excluded.sentiment, epoch = excluded.epoch, ts_recorded_ns = "
+                    "excluded.ts_recorded_ns",
+                    values,
+                )
+        return len(rows)
+
+    def decided_inputs(
+        self, runner: str, ts_ns: Sequence[int] | np.ndarray, symbols: Sequence[str]
+    ) -> DecidedInputs:
+        """The overlay inputs ``runner`` stored, on the bar times ``ts_ns`` (ascending) and
+        ``symbols``: arrays as ``portfolio_backtest`` takes them, with which bars have any."""
+        times = np.asarray(ts_ns, dtype=np.int64)
+        columns = {symbol: k for k, symbol in enumerate(symbols)}
+        shape = (len(times), len(columns))
+        out = DecidedInputs(np.full(shape, REGIME_UNKNOWN, np.int64), np.full(shape, np.nan),
+                            np.zeros(len(times), bool))  # fmt: skip
+        if not len(times):
+            return out
+        with self._db.read("read decided inputs") as tx:
+            rows = tx.all(
+                "SELECT bar_ts_ns, symbol, regime, sentiment FROM decided_inputs "
+                "WHERE runner = ? AND bar_ts_ns >= ? AND bar_ts_ns <= ?",
+                (checks.text("runner", runner), int(times[0]), int(times[-1])),
+            )
+        for row in rows:
+            t = int(np.searchsorted(times, int(row["bar_ts_ns"])))
+            if t == len(times) or times[t] != int(row["bar_ts_ns"]):
+                continue
+            out.stored[t] = True
+            k = columns.get(row["symbol"])
+            if k is not None:
+                if row["regime"] is not None:
+                    out.regime[t, k] = int(row["regime"])
+                if row["sentiment"] is not None:
+                    out.sentiment[t, k] = float(row["sentiment"])
+        return out
+
+
+def _score(value, where: str) -> float | None:
+    """A news score as stored: None for no news (None or NaN), else a number in [-1, 1]."""
+    if value is None or (isinstance(value, float | np.floating) and math.isnan(value)):
+        return None
+    score = checks.finite(f"{where}: sentiment", value)
+    if abs(score) > 1.0:
+        raise ConfigError(f"{where}: sentiment must be in [-1, 1] or NaN, got {value!r}")
+    return score
