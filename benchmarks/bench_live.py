@@ -234,9 +234,10 @@ def bench_replay(repeat: int = 3, max_bars: int | None = None) -> dict[str, Any]
     if all(r is not None for r in before):
         old = statistics.median(before)
         print(
-            f"the same replay through {base}'s runner (its paper branches, in a subprocess on "
-            f"the same machine): {old:,.0f} bars/s (runs {', '.join(f'{r:,.0f}' for r in before)}"
-            f"); the one execution path runs at {ours / old:.2f}x its rate"
+            f"the same replay through the runner of git {base!r} (QS_BENCH_BASE_REF; in a "
+            f"subprocess on the same machine): {old:,.0f} bars/s (runs "
+            f"{', '.join(f'{r:,.0f}' for r in before)}); this checkout runs at {ours / old:.2f}x "
+            "its rate"
         )
         out.update({"base_ref": base, "base_bars_per_s": old})
     return out

@@ -95,3 +95,19 @@ def test_streaming_benchmark_quick_run(tmp_path):
     for feed in ("stream", "poll"):
         assert report[feed]["bars"] == 6 and report[feed]["to_decision_ms"]["median"] > 0
         assert report[feed]["bars_with_orders"] > 0
+
+
+@pytest.mark.slow
+def test_startup_benchmark_runs(tmp_path):
+    target = tmp_path / "startup.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_startup.py"), "--runs", "1",
+         "--json", target],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(target.read_text())
+    assert set(report) == {"warm", "lazy"}
+    assert all(
+        run["first_ms"] > 0 and run["open_s"] > 0 for runs in report.values() for run in runs
+    )
