@@ -30,7 +30,7 @@ on its own defences rather than on the lockbox's relook rule):
 - ``symbols``: the honest spec on eight random-walk symbols at once (the DSR in the portfolio's
   units).
 
-Run ``uv run python tests/test_research_noise.py --datasets 40`` for the table (about 4 min),
+Run ``uv run python tests/test_research_noise.py --datasets 40`` for the table (1 to 4 min),
 and ``... --dsr-only --datasets 1000`` for the DSR alone on ``honest`` and ``symbols`` with what
 it was deflated by (:func:`dsr_rows`, the same DSR values, about 0.7 s a data set).
 
