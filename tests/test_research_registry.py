@@ -97,6 +97,37 @@ def test_several_symbols_trial_sharpe_is_the_portfolio_per_bar_sharpe(registry):
     assert registry.count("ma_crossover") == 12 and registry.sharpes("ma_crossover").size == 6
 
 
+def test_several_symbols_winner_is_judged_in_its_trials_unit_on_the_portfolio(registry):
+    """The DSR compares the winner with its trials: on several symbols the winner's Sharpe is
+    its own registry trial's (the summed portfolio's per-bar Sharpe), and T, skew and kurtosis
+    are the portfolio's returns', not one symbol's (scipy on the pandas portfolio)."""
+    from scipy import stats
+
+    raw = {**RAW, "data": {"source": NOISE}}
+    report = run(parse_spec(raw, source="four.toml"), "optimize", track=False, plots=False)
+    s = report.summary
+    rows = registry.frame("ma_crossover", s["registry_data"])
+    mine = rows[[json.loads(p) == s["best_params"] for p in rows["params"]]]
+    assert len(mine) == 1 and (rows["n_symbols"] == 4).all()
+    assert s["is_sharpe_per_period"] == pytest.approx(mine["sharpe_per_bar"].iloc[0], rel=1e-12)
+    portfolio = report.parts["best"].equity.sum(axis=1)
+    returns = portfolio.pct_change()
+    returns.iloc[0] = portfolio.iloc[0] / (4 * 100_000.0) - 1.0
+    assert s["is_sharpe_per_period"] == pytest.approx(returns.mean() / returns.std(), rel=1e-10)
+    assert s["return_skew"] == pytest.approx(stats.skew(returns), rel=1e-9)
+    assert s["return_kurtosis"] == pytest.approx(stats.kurtosis(returns, fisher=False), rel=1e-9)
+    sharpes = rows["sharpe_per_bar"].to_numpy()
+    assert s["dsr_trials"] == len(rows) and s["dsr_trial_variance"] == pytest.approx(
+        np.var(sharpes), rel=1e-12
+    )
+    # The DSR is the PSR against the hurdle over the portfolio's T returns (Bailey & Lopez de
+    # Prado 2014, eq. 2 with eq. 11 of 2012), computed here with scipy's normal law.
+    sr, skew, kurt = s["is_sharpe_per_period"], s["return_skew"], s["return_kurtosis"]
+    z = (sr - s["dsr_hurdle_sharpe_per_bar"]) * math.sqrt(len(returns) - 1)
+    z /= math.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2)
+    assert s["dsr"] == pytest.approx(stats.norm.cdf(z), rel=1e-9)
+
+
 def test_cli_sweep_records_as_cli_sweep(registry):
     code, out = invoke(
         "sweep", "ma_crossover", "-g", "fast=4,8", "-g", "slow=20,30", "--data", BARS, "--json"

@@ -40,7 +40,11 @@ def dsr_report(
     per-bar Sharpe ratios of those registry trials (the study's own where the registry has
     none), in the unit the winner is judged on. The gate's ``dsr`` uses this N: the count of
     every trial, the conservative one. ``dsr_n_effective`` deflates by the effective number of
-    independent trials instead (:func:`research.registry.effective_trials`), reported only.
+    independent trials instead (:func:`research.registry.effective_trials`), reported only and
+    not a test at 5%: V is the spread of correlated trials, which already shrinks with what they
+    share, so a smaller N counts their correlation twice (on driftless random walks a grid of
+    MA crossovers clusters into N_eff = 1, hurdle 0, and ``dsr_n_effective`` >= 0.95 for about
+    a fifth of the data sets, while ``dsr`` stays under 5%: ``tests/test_research_noise.py``).
 
     Keys: ``dsr``, ``dsr_trials``, ``dsr_trial_variance``, ``dsr_hurdle_sharpe_per_bar``,
     ``registry_trials``, ``registry_data``, ``registry``, ``n_effective``,
