@@ -386,7 +386,7 @@ def _print_trials(summary: dict[str, Any]) -> None:
         ("per-bar Sharpe variance V", summary["sharpe_variance"]),
         ("DSR hurdle: E(max SR) per bar, N", summary["hurdle_sharpe_per_bar"]),
         ("effective N (clustered)", summary["n_effective"]),
-        ("DSR hurdle per bar, effective N", summary["hurdle_sharpe_per_bar_effective"]),
+        ("DSR hurdle per bar, effective N (not gated)", summary["hurdle_sharpe_per_bar_effective"]),
     )
     for label, value in rows:
         table.add_row(label, _trial_value(_json_ready(value)))
