@@ -20,3 +20,15 @@ def _trial_registry_per_module(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("QUANTSHIFT_REGISTRY_URL", f"sqlite:///{path}")
         yield
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """pyplot keeps every figure a test opened (reports, studies, Monte Carlo) until closed; a
+    worker running many test files would hold hundreds. Close them after each test."""
+    yield
+    import sys
+
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
