@@ -41,10 +41,20 @@ def venue(monkeypatch):
     fake = FakeAlpaca(replay=True, slippage_bps=SLIPPAGE_BPS).start()
     monkeypatch.setenv(KEY_ENV, fake.key_id)
     monkeypatch.setenv(SECRET_ENV, fake.secret_key)
-    # The runner's bars move the fake's market (a real venue's moves by itself).
-    monkeypatch.setattr(AlpacaBroker, "open_bar", lambda _self, ts, opens: fake.open_bar(ts, opens))
-    monkeypatch.setattr(AlpacaBroker, "trade_bar",
-                        lambda _self, ts, ranges: fake.trade_bar(ts, ranges))  # fmt: skip
+    # The runner's bars move the fake's market (a real venue's moves by itself); then the
+    # adapter's own hooks move folded trailing stops (live.alpaca.trailing).
+    real_open, real_trade = AlpacaBroker.open_bar, AlpacaBroker.trade_bar
+
+    def open_bar(self, ts_ns, opens):
+        fake.open_bar(ts_ns, opens)
+        real_open(self, ts_ns, opens)
+
+    def trade_bar(self, ts_ns, ranges):
+        fake.trade_bar(ts_ns, ranges)
+        real_trade(self, ts_ns, ranges)
+
+    monkeypatch.setattr(AlpacaBroker, "open_bar", open_bar)
+    monkeypatch.setattr(AlpacaBroker, "trade_bar", trade_bar)
     yield fake
     fake.stop()
 
@@ -55,6 +65,12 @@ LEVELS = [
     {"name": "reversion", "strategy": "rsi_reversion", "allocation": 0.5},  # stop and target
     {"name": "breakout", "strategy": "breakout_momentum", "allocation": 0.5},  # trailing stop
 ]
+
+
+TRAILING = [{"name": "breakout", "strategy": "breakout_momentum", "allocation": 1.0,
+             "stop_atr": 1.5, "params": {"trail_atr": 3.0, "volume_mult": 1.0,
+                                         "entry_window": 10}}]  # fmt: skip
+"""A trailing stop (3 ATRs) beside a fixed stop (1.5 ATRs): each binds in some trades."""
 
 
 def _config(tmp_path, venue, source: str, symbols: list[str], end: str, sleeves=SIGNALS,
@@ -148,22 +164,19 @@ def test_alpaca_rests_stops_targets_and_trailing_stops_and_trades_the_backtest(t
     assert oco and trailing and all(b["time_in_force"] == "gtc" for b in oco + trailing)
 
 
-def test_protection_alpaca_cannot_rest_is_watched_by_the_runner(tmp_path, venue, caplog):
-    """A trailing stop beside a stop cannot be one Alpaca order: the venue side refuses the
-    group before anything is sent, and the runner watches that position's levels after each
-    bar and exits with a market order (never a naked position, never a HALT)."""
-    sleeves = [{"name": "breakout", "strategy": "breakout_momentum", "allocation": 1.0,
-                "stop_atr": 2.0}]  # fmt: skip
-    config = _config(tmp_path, venue, "builtin:sp500", ["SP500"], "2013-01-01", sleeves,
-                     start="2011-06-01")  # fmt: skip
-    Runner(config).run()
-    assert "a trailing stop cannot rest beside a stop" in caplog.text
-    assert not [b for m, p, b in venue.requests if (m, p) == ("POST", "/v2/orders")
-                and b.get("type") != "market"]  # fmt: skip
-    with Store.open(config.store_url) as store:
-        assert store.active_halt() is None and reconcile(config, store).ok
-        watched = [i for i in store.intents() if i.order_type == "market"
-                   and i.details["reason"] in ("stop_loss", "trailing_stop")]  # fmt: skip
-        trades = store.trades()
-    assert watched and all(i.state == "FILLED" for i in watched)
-    assert {t.exit_reason for t in trades} & {"stop_loss", "trailing_stop"}
+def test_alpaca_folds_a_trailing_stop_beside_a_stop_and_trades_the_backtest(tmp_path, venue):
+    """A trailing stop beside a fixed stop cannot be one Alpaca order as it is (an OCO takes
+    no trailing leg): it rests as one stop order at the tighter level, moved by PATCH as the
+    trailing level follows the best price. Both kinds of stop exits occur and every trade is
+    the backtest's, exit reason included (a fill is the leg whose level the stop was at)."""
+    config = _config(tmp_path, venue, "builtin:sp500", ["SP500"], "2014-01-01", TRAILING,
+                     start="2012-01-01")  # fmt: skip
+    _run(config, venue)
+    trades = _assert_same_trades(config)
+    reasons = [t[-1] for t in trades]
+    assert {"stop_loss", "trailing_stop", "signal"} <= set(reasons), reasons
+    posts = [b for m, p, b in venue.requests if (m, p) == ("POST", "/v2/orders")]
+    assert not [b for b in posts if b.get("type") == "trailing_stop"]  # folded into the stop
+    assert [b for b in posts if b.get("type") == "stop" and b["time_in_force"] == "gtc"]
+    patches = [b for m, p, b in venue.requests if m == "PATCH"]
+    assert patches and all(set(b) == {"stop_price", "client_order_id"} for b in patches)
