@@ -22,7 +22,10 @@ the fill model's intrabar rules, so level exits match too.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+from numba import njit
 from test_live_runner import _backtest_trades, _store_trades
 
 from live.alpaca import AlpacaBroker
@@ -30,6 +33,9 @@ from live.config import parse_config
 from live.reconcile import reconcile
 from live.runner import Runner
 from live.store import Store
+from quantshift.strategies import Param, register
+from quantshift.strategies.breakout_momentum import STRATEGY as BREAKOUT
+from quantshift.strategies.breakout_momentum import signal_nb as breakout_nb
 from tests.fakes.alpaca_server import FakeAlpaca
 from tests.test_broker_alpaca import KEY_ENV, SECRET_ENV
 
@@ -71,6 +77,26 @@ TRAILING = [{"name": "breakout", "strategy": "breakout_momentum", "allocation": 
              "stop_atr": 1.5, "params": {"trail_atr": 3.0, "volume_mult": 1.0,
                                          "entry_window": 10}}]  # fmt: skip
 """A trailing stop (3 ATRs) beside a fixed stop (1.5 ATRs): each binds in some trades."""
+
+
+@njit
+def _breakout_with_target_nb(open_, high, low, close, volume, params, entries, exits,
+                             stop_dist, take_profit_dist, trail_dist):  # fmt: skip
+    """breakout_momentum's signals and trailing stop, and a target ``target_atr`` ATRs away
+    (the trailing distance is ``trail_atr`` ATRs)."""
+    breakout_nb(open_, high, low, close, volume, params, entries, exits, stop_dist,
+                       take_profit_dist, trail_dist)  # fmt: skip
+    for t in range(close.shape[0]):
+        take_profit_dist[t] = trail_dist[t] * params[6] / params[5]
+
+
+BREAKOUT_TARGET = register(dataclasses.replace(
+    BREAKOUT, name="breakout_target_parity", signal_nb=_breakout_with_target_nb,
+    params=(*BREAKOUT.params, Param(name="target_atr", default=3.0, low=0.5, high=20,
+                                    description="target in ATRs")),
+))  # fmt: skip
+"""No built-in strategy sets a trailing stop and a target: this one adds a target to
+breakout_momentum, so a position rests as an OCO (target, and a stop at the tighter level)."""
 
 
 def _config(tmp_path, venue, source: str, symbols: list[str], end: str, sleeves=SIGNALS,
@@ -178,5 +204,26 @@ def test_alpaca_folds_a_trailing_stop_beside_a_stop_and_trades_the_backtest(tmp_
     posts = [b for m, p, b in venue.requests if (m, p) == ("POST", "/v2/orders")]
     assert not [b for b in posts if b.get("type") == "trailing_stop"]  # folded into the stop
     assert [b for b in posts if b.get("type") == "stop" and b["time_in_force"] == "gtc"]
+    patches = [b for m, p, b in venue.requests if m == "PATCH"]
+    assert patches and all(set(b) == {"stop_price", "client_order_id"} for b in patches)
+
+
+def test_alpaca_folds_a_trailing_stop_beside_a_stop_and_a_target_and_trades_the_backtest(
+    tmp_path, venue
+):
+    """A trailing stop beside a fixed stop and a target rests as one OCO order (the target
+    limit and a stop leg at the tighter level) whose stop leg is moved by PATCH: target, fixed
+    stop and trailing exits all occur, and every trade is the backtest's."""
+    sleeves = [dict(TRAILING[0], strategy=BREAKOUT_TARGET.name,
+                    params=dict(TRAILING[0]["params"], target_atr=3.0))]  # fmt: skip
+    config = _config(tmp_path, venue, "builtin:sp500", ["SP500"], "2014-01-01", sleeves,
+                     start="2010-01-01")  # fmt: skip
+    _run(config, venue)
+    trades = _assert_same_trades(config)
+    reasons = [t[-1] for t in trades]
+    assert {"stop_loss", "trailing_stop", "take_profit"} <= set(reasons), reasons
+    posts = [b for m, p, b in venue.requests if (m, p) == ("POST", "/v2/orders")]
+    oco = [b for b in posts if b.get("order_class") == "oco"]
+    assert oco and not [b for b in posts if b.get("type") not in ("market", "limit")]
     patches = [b for m, p, b in venue.requests if m == "PATCH"]
     assert patches and all(set(b) == {"stop_price", "client_order_id"} for b in patches)
