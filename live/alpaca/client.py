@@ -25,7 +25,7 @@ from alpaca.trading.requests import GetOrderByIdRequest, GetOrdersRequest
 
 from live.alpaca import trailing
 from live.alpaca.config import KEY_ID_NAME, SECRET_KEY_NAME, AlpacaConfig
-from live.alpaca.fills import Fills, FillStream, leg_kind
+from live.alpaca.fills import Fills, FillStream
 from live.alpaca.parse import (
     VENUE,
     MarketClock,
@@ -147,7 +147,7 @@ class AlpacaBroker(Broker):
         )
         self._fills = Fills(self._call)
         self._streams: list[FillStream] = []
-        self._trails = TrailGroups(self._patch, self._order_by_venue_id, self._fills.remember)
+        self._trails = TrailGroups(self, self._fills.remember)
 
     def __repr__(self) -> str:
         return f"AlpacaBroker(mode={self.config.mode!r}, key from {self._key_id.source})"
@@ -386,71 +386,8 @@ class AlpacaBroker(Broker):
         return self._leg(carrier, client_order_id)
 
     def _trail_legs(self, group) -> list[BrokerOrder]:
-        kinds = ["trailing_stop", *(["stop"] if group.stop is not None else []),
-                 *(["limit"] if group.target is not None else [])]  # fmt: skip
-        legs = (self._trail_leg(group, leg_id(group.key, k)) for k in kinds)
+        legs = (self._trail_leg(group, leg_id(group.key, k)) for k in group.kinds())
         return [leg for leg in legs if leg is not None]
-
-    def _recover(self, key: str):
-        """The folded group ``key`` from its orders at the venue (a fresh process: their ids
-        say what it needs, ``live.alpaca.trailing.decode``); None if it has none."""
-        start = trailing.prefix(key)
-        query = GetOrdersRequest(status=QueryOrderStatus.ALL, limit=500, nested=True)
-        found = self._call("orders", lambda: self._trading.get_orders(query))
-        with venue_answer(VENUE, f"orders of {key}"):
-            tops = [o for o in found if o.client_order_id.startswith(start)]
-            ours = [(o, trailing.decode(o.client_order_id))
-                    for top in tops for o in (top, *(top.legs or []))]  # fmt: skip
-            ours = [(o, d) for o, d in ours if d is not None and d["key"] == key]
-            carrier = next(
-                (o for o, d in ours if d["version"] == 0 and any(o is t for t in tops)), None
-            )
-            if carrier is None:
-                return None
-            newest, state = max(ours, key=lambda pair: pair[1]["version"])
-            if newest is carrier and carrier.legs:  # an OCO never moved: its stop leg rests
-                newest = next((leg for leg in carrier.legs
-                               if leg_kind(leg) == "stop"), carrier)  # fmt: skip
-            group = trailing.from_venue(state, order_from_model(carrier),
-                                        order_from_model(newest))  # fmt: skip
-        self._trails.groups[key] = group
-        self._fills.remember(group.stop_order_id, leg_id(key, group.at))
-        return group
-
-    def _order_by_venue_id(self, venue_order_id: str) -> BrokerOrder | None:
-        try:
-            found = self._call(f"order id {venue_order_id}",
-                               lambda: self._trading.get_order_by_id(venue_order_id))  # fmt: skip
-        except APIError as exc:
-            if exc.status_code == 404:
-                return None
-            raise BrokerUnavailableError(
-                VENUE, f"order id {venue_order_id}: HTTP {exc.status_code} {_venue_message(exc)}"
-            ) from None
-        with venue_answer(VENUE, f"order id {venue_order_id}"):
-            return order_from_model(found)
-
-    def _patch(self, venue_order_id: str, what: str, patch, cid: str) -> BrokerOrder | None:
-        """One PATCH of a resting order under the new client order id ``cid``: the
-        replacement; None if the order is final (filled before the PATCH landed)."""
-        try:
-            placed = self._call(
-                what, lambda: self._trading.replace_order_by_id(venue_order_id, patch), submit=True
-            )
-        except APIError as exc:
-            if exc.status_code == 422:
-                existing = self._order_model(cid)  # a PATCH that landed before (a redo)
-                if existing is not None:
-                    with venue_answer(VENUE, what):
-                        return order_from_model(existing)
-                ended = self._order_by_venue_id(venue_order_id)
-                if ended is not None and ended.is_final:
-                    return None
-            raise BrokerRejectedError(
-                VENUE, f"{what}: HTTP {exc.status_code} {_venue_message(exc)}"
-            ) from None
-        with venue_answer(VENUE, what, sends=True):
-            return order_from_model(placed)
 
     def open_bar(self, ts_ns: int, opens) -> None:
         """Folded trailing stops follow the bar's open (the fill model moves a trailing stop
@@ -545,7 +482,7 @@ class AlpacaBroker(Broker):
                 carrier = self._with_legs(carrier)
                 with venue_answer(VENUE, f"order {client_order_id}"):
                     return self._leg(carrier, client_order_id)
-            group = self._recover(leg[0])
+            group = self._trails.recover(leg[0])
             if group is not None:
                 return self._trail_leg(group, client_order_id)
         found = self._order_model(client_order_id)
@@ -599,7 +536,7 @@ class AlpacaBroker(Broker):
             for order in found:
                 folded = trailing.decode(order.client_order_id)
                 if folded is not None:  # a folded group's order: listed as its legs
-                    group = trails.get(folded["key"]) or self._recover(folded["key"])
+                    group = trails.get(folded["key"]) or self._trails.recover(folded["key"])
                     if group is not None and not group.done and group.key not in listed:
                         listed.add(group.key)
                         out.extend(self._trail_legs(group))

@@ -29,16 +29,23 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from alpaca.common.exceptions import APIError
 from alpaca.trading import requests as sdk_requests
+from alpaca.trading.enums import QueryOrderStatus
+from alpaca.trading.requests import GetOrdersRequest
 
+from live.alpaca.parse import VENUE, order_from_model
 from live.broker import (
     GROUP_CODE,
     LEG_CODES,
     BrokerError,
     BrokerOrder,
+    BrokerRejectedError,
+    BrokerUnavailableError,
     OrderRequest,
     OrderStatus,
     leg_id,
+    venue_answer,
 )
 
 log = logging.getLogger(__name__)
@@ -129,6 +136,11 @@ class TrailGroup:
             return trailing, "trailing_stop"
         return self.stop, "stop"
 
+    def kinds(self) -> list[str]:
+        """The group's legs."""
+        return ["trailing_stop", *(["stop"] if self.stop is not None else []),
+                *(["limit"] if self.target is not None else [])]  # fmt: skip
+
     def venue_id(self, version: int) -> str:
         """The client order id of the group's order of ``version`` at its binding level."""
         _, at = self.binding()
@@ -166,18 +178,34 @@ class TrailGroup:
         )  # fmt: skip
 
 
-def from_venue(found: dict, carrier: BrokerOrder, stop_order: BrokerOrder) -> TrailGroup:
-    """A group rebuilt from its orders at the venue: ``found`` (``decode``) of the newest id,
-    the ``carrier`` (first) order and the ``stop_order`` resting for it now."""
+def from_orders(key: str, orders: list) -> TrailGroup | None:
+    """Group ``key`` rebuilt from the venue's orders (alpaca-py ``Order``s, nested: an OCO's
+    legs under it) by their client order ids: the newest says the levels, the first (version
+    0) is the order that carries the target; None if the group has none."""
+    tops = [o for o in orders if o.client_order_id.startswith(prefix(key))]
+    ours = [(o, decode(o.client_order_id)) for top in tops for o in (top, *(top.legs or []))]
+    ours = [(o, d) for o, d in ours if d is not None and d["key"] == key]
+    carrier = next((o for o, d in ours if d["version"] == 0 and any(o is t for t in tops)), None)
+    if carrier is None:
+        return None
+    newest, found = max(ours, key=lambda pair: pair[1]["version"])
+    if newest is carrier and carrier.legs:  # an OCO never moved: its stop leg rests
+        newest = next((leg for leg in carrier.legs if _kind(leg) == "stop"), carrier)
+    first, stop_order = order_from_model(carrier), order_from_model(newest)
     group = TrailGroup(
-        key=found["key"], symbol=carrier.symbol, side=carrier.side, qty=carrier.qty,
-        stop=found["stop"], target=carrier.limit_price if carrier.order_type == "limit" else None,
+        key=key, symbol=first.symbol, side=first.side, qty=first.qty, stop=found["stop"],
+        target=first.limit_price if first.order_type == "limit" else None,
         trail=found["trail"], best=found["best"], version=found["version"],
-        carrier=carrier.client_order_id, stop_order_id=stop_order.venue_order_id,
+        carrier=first.client_order_id, stop_order_id=stop_order.venue_order_id,
         done=stop_order.is_final,
     )  # fmt: skip
     group.level, group.at = group.binding()
     return group
+
+
+def _kind(order) -> str:
+    kind = order.type or order.order_type
+    return str(getattr(kind, "value", kind))
 
 
 def group_of(requests: list[OrderRequest], key: str) -> TrailGroup:
@@ -205,24 +233,72 @@ def group_of(requests: list[OrderRequest], key: str) -> TrailGroup:
 
 
 class TrailGroups:
-    """The folded groups of one adapter, kept in memory.
+    """The folded groups of one adapter, kept in memory and rebuilt from the venue's orders.
 
     Parameters
     ----------
-    patch : callable
-        ``patch(venue_order_id, what, ReplaceOrderRequest, client_order_id) -> BrokerOrder |
-        None``: one PATCH of a resting order; the replacement as the venue has it, None if the
-        order is final (it filled first), ``BrokerError`` on another refusal.
-    lookup : callable
-        ``lookup(venue_order_id) -> BrokerOrder | None``: one venue order by its id.
+    broker : AlpacaBroker
+        The adapter: its SDK client and its policy for one call (``_call``).
     remember : callable
         ``remember(venue_order_id, client_order_id)``: fills of that venue order are that leg's.
     """
 
-    def __init__(self, patch: Callable, lookup: Callable, remember: Callable) -> None:
-        self._patch, self._lookup, self._remember = patch, lookup, remember
+    def __init__(self, broker, remember: Callable[[str, str], None]) -> None:
+        self._broker, self._remember = broker, remember
         self.groups: dict[str, TrailGroup] = {}
 
+    # ------------------------------------------------------------------ the venue
+    def recover(self, key: str) -> TrailGroup | None:
+        """Group ``key`` from its orders at the venue (a fresh process: their ids say what it
+        needs, ``decode``); None if it has none."""
+        trading = self._broker._trading
+        query = GetOrdersRequest(status=QueryOrderStatus.ALL, limit=500, nested=True)
+        found = self._broker._call("orders", lambda: trading.get_orders(query))
+        with venue_answer(VENUE, f"orders of {key}"):
+            group = from_orders(key, found)
+        if group is not None:
+            self.groups[key] = group
+            self._remember(group.stop_order_id, leg_id(key, group.at))
+        return group
+
+    def _lookup(self, venue_order_id: str) -> BrokerOrder | None:
+        trading = self._broker._trading
+        try:
+            found = self._broker._call(f"order id {venue_order_id}",
+                                       lambda: trading.get_order_by_id(venue_order_id))  # fmt: skip
+        except APIError as exc:
+            if exc.status_code == 404:
+                return None
+            raise BrokerUnavailableError(
+                VENUE, f"order id {venue_order_id}: HTTP {exc.status_code} {_message(exc)}"
+            ) from None
+        with venue_answer(VENUE, f"order id {venue_order_id}"):
+            return order_from_model(found)
+
+    def _patch(self, venue_order_id: str, what: str, patch, cid: str) -> BrokerOrder | None:
+        """One PATCH of a resting order under the new client order id ``cid``: the
+        replacement; None if the order is final (filled before the PATCH landed)."""
+        trading = self._broker._trading
+        try:
+            placed = self._broker._call(
+                what, lambda: trading.replace_order_by_id(venue_order_id, patch), submit=True
+            )
+        except APIError as exc:
+            if exc.status_code == 422:
+                existing = self._broker._order_model(cid)  # a PATCH that landed before (a redo)
+                if existing is not None:
+                    with venue_answer(VENUE, what):
+                        return order_from_model(existing)
+                ended = self._lookup(venue_order_id)
+                if ended is not None and ended.is_final:
+                    return None
+            raise BrokerRejectedError(
+                VENUE, f"{what}: HTTP {exc.status_code} {_message(exc)}"
+            ) from None
+        with venue_answer(VENUE, what, sends=True):
+            return order_from_model(placed)
+
+    # ------------------------------------------------------------------ the groups
     def rested(self, group: TrailGroup, stop_order: BrokerOrder) -> None:
         """``stop_order`` now rests for ``group`` at its binding level."""
         group.level, group.at = group.binding()
@@ -273,3 +349,9 @@ class TrailGroups:
         group.version += 1
         self.rested(group, placed)
         return 1
+
+
+def _message(exc: APIError) -> str:
+    from live.alpaca.client import _venue_message  # the adapter's (it imports this module)
+
+    return _venue_message(exc)
