@@ -340,8 +340,8 @@ class RestingProtection:
         return out
 
     def refused(self, state: PortfolioState) -> set[tuple[str, str]]:
-        """(sleeve, symbol) of the positions whose protection the venue refused (e.g. Alpaca:
-        a trailing stop beside a stop or a target): the runner watches their levels instead."""
+        """(sleeve, symbol) of the positions whose protection the venue refused (e.g. legs it
+        cannot rest as one order): the runner watches their levels instead."""
         out = set()
         for position in state.positions():
             for leg in legs_of(position):

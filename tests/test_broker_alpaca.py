@@ -729,6 +729,9 @@ def test_replay_trails_a_stop_from_the_best_price_bar_by_bar(replay):
         ((("stop", 95.0), ("limit", 110.0)), 94.0, "stop"),  # the OCO's child: its own ids
         ((("stop", 95.0), ("limit", 110.0)), 111.0, "limit"),  # the OCO's parent
         ((("trailing_stop", 2.0),), 97.5, "trailing_stop"),  # a lone trailing stop
+        # folded (live.alpaca.trailing): the stop rests at the tighter level, for its leg
+        ((("stop", 95.0), ("trailing_stop", 2.0), ("limit", 110.0)), 97.5, "trailing_stop"),
+        ((("stop", 99.0), ("trailing_stop", 5.0)), 98.5, "stop"),
     ],
 )
 @pytest.mark.parametrize("restarted", [False, True])
@@ -746,7 +749,8 @@ def test_a_streamed_fill_of_a_protective_leg_is_attributed_to_its_leg_id_at_once
     group = "qs" + "0123456789abcdef" * 2
     field = {"stop": "stop_price", "limit": "limit_price", "trailing_stop": "trail_amount"}
     sender.submit_protection([
-        _closing(leg_id(group, kind), kind, oco_group=group, **{field[kind]: level})
+        _closing(leg_id(group, kind), kind, oco_group=group, **{field[kind]: level},
+                 **({"trail_from_price": 100.0} if kind == "trailing_stop" else {}))
         for kind, level in levels
     ])  # fmt: skip
     got = []
@@ -769,3 +773,95 @@ def test_a_streamed_fill_of_a_protective_leg_is_attributed_to_its_leg_id_at_once
         assert sender.order(leg_id(group, filled)).status == OrderStatus.FILLED
     finally:
         stop()
+
+
+# ----------------------------------------------------------------------------- folded trailing
+GROUP = "qs" + "fedcba9876543210" * 2
+
+
+def _folded(levels: dict, best: float = 100.0) -> list[OrderRequest]:
+    field = {"stop": "stop_price", "limit": "limit_price", "trailing_stop": "trail_amount"}
+    return [_closing(leg_id(GROUP, kind), kind, oco_group=GROUP, **{field[kind]: level},
+                     **({"trail_from_price": best} if kind == "trailing_stop" else {}))
+            for kind, level in levels.items()]  # fmt: skip
+
+
+def _resting_stop(fake) -> dict:
+    (order,) = [o for o in fake.orders.values() if o["type"] == "stop"
+                and o["status"] not in ("filled", "canceled", "replaced")]  # fmt: skip
+    return order
+
+
+def test_a_trailing_stop_beside_a_stop_and_a_target_rests_as_one_oco_that_follows(fake, make):
+    """Alpaca's OCO takes no trailing leg: the trailing stop is folded into the OCO's stop leg
+    at the tighter level, moved by PATCH as the best price rises (never lowered), and a fresh
+    adapter (a restart) finds the group from the venue's order ids and goes on with it."""
+    broker = make()
+    _long(fake, broker)
+    legs = broker.submit_protection(_folded({"stop": 95.0, "trailing_stop": 3.0,
+                                             "limit": 110.0}))  # fmt: skip
+    assert [leg.status for leg in legs] == [OrderStatus.OPEN] * 3
+    (post,) = [b for m, p, b in fake.requests if (m, p) == ("POST", "/v2/orders")
+               and b.get("side") == "sell"]  # fmt: skip
+    assert post["order_class"] == "oco" and float(post["stop_loss"]["stop_price"]) == 97.0
+    assert float(post["take_profit"]["limit_price"]) == 110.0
+    broker.trade_bar(1, {SYMBOL: (100.0, 99.0, 98.0)})  # no new best: nothing moves
+    fake.set_price(SYMBOL, 104.0)  # the fake's market: its quote (a real one moves itself)
+    broker.trade_bar(2, {SYMBOL: (100.0, 104.0, 99.0)})
+    assert float(_resting_stop(fake)["stop_price"]) == 101.0
+    assert len([r for r in fake.requests if r[0] == "PATCH"]) == 1
+    trail = broker.order(leg_id(GROUP, "trailing_stop"))
+    assert (trail.stop_price, trail.trail_best_price, trail.trail_amount) == (101.0, 104.0, 3.0)
+    assert broker.order(leg_id(GROUP, "stop")).stop_price == 95.0
+    assert broker.order(leg_id(GROUP, "limit")).limit_price == 110.0
+    assert {o.client_order_id for o in broker.open_orders() if o.side == "sell"} == {
+        leg_id(GROUP, k) for k in ("stop", "trailing_stop", "limit")}  # fmt: skip
+
+    fresh = make()  # a restarted runner's adapter: nothing in memory
+    found = fresh.order(leg_id(GROUP, "trailing_stop"))
+    assert (found.stop_price, found.trail_best_price, found.status) == (101.0, 104.0, "open")
+    fake.set_price(SYMBOL, 103.5)
+    fresh.trade_bar(3, {SYMBOL: (103.0, 103.5, 102.0)})  # below the best: never lowered
+    assert float(_resting_stop(fake)["stop_price"]) == 101.0
+    fake.set_price(SYMBOL, 106.0)
+    fresh.trade_bar(4, {SYMBOL: (103.0, 106.0, 102.0)})
+    assert float(_resting_stop(fake)["stop_price"]) == 103.0
+    fake.set_price(SYMBOL, 102.5)  # the stop fills where the trailing level is: that leg's
+    statuses = {k: fresh.order(leg_id(GROUP, k)).status for k in ("stop", "trailing_stop",
+                                                                   "limit")}  # fmt: skip
+    assert statuses == {"stop": OrderStatus.CANCELLED, "trailing_stop": OrderStatus.FILLED,
+                        "limit": OrderStatus.CANCELLED}  # fmt: skip
+    sold = [f for f in make().fills() if f.side == "sell"]
+    assert [f.client_order_id for f in sold] == [leg_id(GROUP, "trailing_stop")]
+    assert fresh.positions() == {}
+
+
+def test_a_trailing_stop_looser_than_its_stop_rests_as_the_stop_until_it_is_tighter(fake, broker):
+    """Without a target the folded group is one stop order: at the fixed stop while the
+    trailing level is looser (a new best then moves nothing), at the trailing level once it
+    is tighter; a fill is the leg whose level the stop was at."""
+    _long(fake, broker)
+    broker.submit_protection(_folded({"stop": 97.0, "trailing_stop": 5.0}))
+    assert float(_resting_stop(fake)["stop_price"]) == 97.0
+    fake.set_price(SYMBOL, 101.5)
+    broker.trade_bar(1, {SYMBOL: (100.0, 101.5, 99.0)})  # trailing 96.5: the stop binds
+    assert not [r for r in fake.requests if r[0] == "PATCH"]
+    assert broker.order(leg_id(GROUP, "trailing_stop")).trail_best_price == 101.5
+    fake.set_price(SYMBOL, 103.0)
+    broker.open_bar(2, {SYMBOL: 103.0})  # the open is a new best: trailing 98 is tighter
+    assert float(_resting_stop(fake)["stop_price"]) == 98.0
+    fake.set_price(SYMBOL, 97.5)
+    assert broker.order(leg_id(GROUP, "trailing_stop")).status == OrderStatus.FILLED
+    assert broker.order(leg_id(GROUP, "stop")).status == OrderStatus.CANCELLED
+    assert broker.trade_bar(3, {SYMBOL: (120.0, 130.0, 119.0)}) is None  # filled: nothing moves
+    assert len([r for r in fake.requests if r[0] == "PATCH"]) == 1
+
+
+def test_a_trailing_stop_beside_a_stop_needs_the_price_to_trail_from(fake, broker):
+    _long(fake, broker)
+    legs = _folded({"stop": 95.0, "trailing_stop": 3.0})
+    legs[1] = _closing(leg_id(GROUP, "trailing_stop"), "trailing_stop", oco_group=GROUP,
+                       trail_amount=3.0)  # fmt: skip
+    with pytest.raises(BrokerRejectedError, match="needs trail_from_price"):
+        broker.submit_protection(legs)
+    assert not [b for m, p, b in fake.requests if m == "POST" and b.get("side") == "sell"]

@@ -22,7 +22,10 @@ the fill model's intrabar rules, so level exits match too.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+from numba import njit
 from test_live_runner import _backtest_trades, _store_trades
 
 from live.alpaca import AlpacaBroker
@@ -30,6 +33,9 @@ from live.config import parse_config
 from live.reconcile import reconcile
 from live.runner import Runner
 from live.store import Store
+from quantshift.strategies import Param, register
+from quantshift.strategies.breakout_momentum import STRATEGY as BREAKOUT
+from quantshift.strategies.breakout_momentum import signal_nb as breakout_nb
 from tests.fakes.alpaca_server import FakeAlpaca
 from tests.test_broker_alpaca import KEY_ENV, SECRET_ENV
 
@@ -41,10 +47,20 @@ def venue(monkeypatch):
     fake = FakeAlpaca(replay=True, slippage_bps=SLIPPAGE_BPS).start()
     monkeypatch.setenv(KEY_ENV, fake.key_id)
     monkeypatch.setenv(SECRET_ENV, fake.secret_key)
-    # The runner's bars move the fake's market (a real venue's moves by itself).
-    monkeypatch.setattr(AlpacaBroker, "open_bar", lambda _self, ts, opens: fake.open_bar(ts, opens))
-    monkeypatch.setattr(AlpacaBroker, "trade_bar",
-                        lambda _self, ts, ranges: fake.trade_bar(ts, ranges))  # fmt: skip
+    # The runner's bars move the fake's market (a real venue's moves by itself); then the
+    # adapter's own hooks move folded trailing stops (live.alpaca.trailing).
+    real_open, real_trade = AlpacaBroker.open_bar, AlpacaBroker.trade_bar
+
+    def open_bar(self, ts_ns, opens):
+        fake.open_bar(ts_ns, opens)
+        real_open(self, ts_ns, opens)
+
+    def trade_bar(self, ts_ns, ranges):
+        fake.trade_bar(ts_ns, ranges)
+        real_trade(self, ts_ns, ranges)
+
+    monkeypatch.setattr(AlpacaBroker, "open_bar", open_bar)
+    monkeypatch.setattr(AlpacaBroker, "trade_bar", trade_bar)
     yield fake
     fake.stop()
 
@@ -55,6 +71,32 @@ LEVELS = [
     {"name": "reversion", "strategy": "rsi_reversion", "allocation": 0.5},  # stop and target
     {"name": "breakout", "strategy": "breakout_momentum", "allocation": 0.5},  # trailing stop
 ]
+
+
+TRAILING = [{"name": "breakout", "strategy": "breakout_momentum", "allocation": 1.0,
+             "stop_atr": 1.5, "params": {"trail_atr": 3.0, "volume_mult": 1.0,
+                                         "entry_window": 10}}]  # fmt: skip
+"""A trailing stop (3 ATRs) beside a fixed stop (1.5 ATRs): each binds in some trades."""
+
+
+@njit
+def _breakout_with_target_nb(open_, high, low, close, volume, params, entries, exits,
+                             stop_dist, take_profit_dist, trail_dist):  # fmt: skip
+    """breakout_momentum's signals and trailing stop, and a target ``target_atr`` ATRs away
+    (the trailing distance is ``trail_atr`` ATRs)."""
+    breakout_nb(open_, high, low, close, volume, params, entries, exits, stop_dist,
+                       take_profit_dist, trail_dist)  # fmt: skip
+    for t in range(close.shape[0]):
+        take_profit_dist[t] = trail_dist[t] * params[6] / params[5]
+
+
+BREAKOUT_TARGET = register(dataclasses.replace(
+    BREAKOUT, name="breakout_target_parity", signal_nb=_breakout_with_target_nb,
+    params=(*BREAKOUT.params, Param(name="target_atr", default=3.0, low=0.5, high=20,
+                                    description="target in ATRs")),
+))  # fmt: skip
+"""No built-in strategy sets a trailing stop and a target: this one adds a target to
+breakout_momentum, so a position rests as an OCO (target, and a stop at the tighter level)."""
 
 
 def _config(tmp_path, venue, source: str, symbols: list[str], end: str, sleeves=SIGNALS,
@@ -148,22 +190,40 @@ def test_alpaca_rests_stops_targets_and_trailing_stops_and_trades_the_backtest(t
     assert oco and trailing and all(b["time_in_force"] == "gtc" for b in oco + trailing)
 
 
-def test_protection_alpaca_cannot_rest_is_watched_by_the_runner(tmp_path, venue, caplog):
-    """A trailing stop beside a stop cannot be one Alpaca order: the venue side refuses the
-    group before anything is sent, and the runner watches that position's levels after each
-    bar and exits with a market order (never a naked position, never a HALT)."""
-    sleeves = [{"name": "breakout", "strategy": "breakout_momentum", "allocation": 1.0,
-                "stop_atr": 2.0}]  # fmt: skip
-    config = _config(tmp_path, venue, "builtin:sp500", ["SP500"], "2013-01-01", sleeves,
-                     start="2011-06-01")  # fmt: skip
-    Runner(config).run()
-    assert "a trailing stop cannot rest beside a stop" in caplog.text
-    assert not [b for m, p, b in venue.requests if (m, p) == ("POST", "/v2/orders")
-                and b.get("type") != "market"]  # fmt: skip
-    with Store.open(config.store_url) as store:
-        assert store.active_halt() is None and reconcile(config, store).ok
-        watched = [i for i in store.intents() if i.order_type == "market"
-                   and i.details["reason"] in ("stop_loss", "trailing_stop")]  # fmt: skip
-        trades = store.trades()
-    assert watched and all(i.state == "FILLED" for i in watched)
-    assert {t.exit_reason for t in trades} & {"stop_loss", "trailing_stop"}
+def test_alpaca_folds_a_trailing_stop_beside_a_stop_and_trades_the_backtest(tmp_path, venue):
+    """A trailing stop beside a fixed stop cannot be one Alpaca order as it is (an OCO takes
+    no trailing leg): it rests as one stop order at the tighter level, moved by PATCH as the
+    trailing level follows the best price. Both kinds of stop exits occur and every trade is
+    the backtest's, exit reason included (a fill is the leg whose level the stop was at)."""
+    config = _config(tmp_path, venue, "builtin:sp500", ["SP500"], "2014-01-01", TRAILING,
+                     start="2012-01-01")  # fmt: skip
+    _run(config, venue)
+    trades = _assert_same_trades(config)
+    reasons = [t[-1] for t in trades]
+    assert {"stop_loss", "trailing_stop", "signal"} <= set(reasons), reasons
+    posts = [b for m, p, b in venue.requests if (m, p) == ("POST", "/v2/orders")]
+    assert not [b for b in posts if b.get("type") == "trailing_stop"]  # folded into the stop
+    assert [b for b in posts if b.get("type") == "stop" and b["time_in_force"] == "gtc"]
+    patches = [b for m, p, b in venue.requests if m == "PATCH"]
+    assert patches and all(set(b) == {"stop_price", "client_order_id"} for b in patches)
+
+
+def test_alpaca_folds_a_trailing_stop_beside_a_stop_and_a_target_and_trades_the_backtest(
+    tmp_path, venue
+):
+    """A trailing stop beside a fixed stop and a target rests as one OCO order (the target
+    limit and a stop leg at the tighter level) whose stop leg is moved by PATCH: target, fixed
+    stop and trailing exits all occur, and every trade is the backtest's."""
+    sleeves = [dict(TRAILING[0], strategy=BREAKOUT_TARGET.name,
+                    params=dict(TRAILING[0]["params"], target_atr=3.0))]  # fmt: skip
+    config = _config(tmp_path, venue, "builtin:sp500", ["SP500"], "2014-01-01", sleeves,
+                     start="2010-01-01")  # fmt: skip
+    _run(config, venue)
+    trades = _assert_same_trades(config)
+    reasons = [t[-1] for t in trades]
+    assert {"stop_loss", "trailing_stop", "take_profit"} <= set(reasons), reasons
+    posts = [b for m, p, b in venue.requests if (m, p) == ("POST", "/v2/orders")]
+    oco = [b for b in posts if b.get("order_class") == "oco"]
+    assert oco and not [b for b in posts if b.get("type") not in ("market", "limit")]
+    patches = [b for m, p, b in venue.requests if m == "PATCH"]
+    assert patches and all(set(b) == {"stop_price", "client_order_id"} for b in patches)

@@ -23,6 +23,7 @@ from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.models import Order
 from alpaca.trading.requests import GetOrderByIdRequest, GetOrdersRequest
 
+from live.alpaca import trailing
 from live.alpaca.config import KEY_ID_NAME, SECRET_KEY_NAME, AlpacaConfig
 from live.alpaca.fills import Fills, FillStream
 from live.alpaca.parse import (
@@ -39,6 +40,7 @@ from live.alpaca.parse import (
     protection_to_sdk,
     replace_request_to_sdk,
 )
+from live.alpaca.trailing import STOP_KINDS, TrailGroups, group_of, needs_folding
 from live.broker import (
     LEG_CODES,
     Account,
@@ -119,7 +121,9 @@ class AlpacaBroker(Broker):
     )
     supports_resting_protection = True
     """A position's protection rests as the one closing order Alpaca takes for its shares
-    (``submit_protection``): stop and target as an OCO order, or a lone trailing stop. Alpaca
+    (``submit_protection``): stop and target as an OCO order, a lone leg as itself, and a
+    trailing stop beside a stop or a target folded into the stop (``live.alpaca.trailing``;
+    ``open_bar`` and ``trade_bar`` move that stop as the trailing level follows). Alpaca
     rests fractional quantities as DAY orders only, so a sleeve with levels trades whole
     shares (``[costs] whole_units``; the runner checks at start)."""
     protection_needs_whole_units = True
@@ -143,6 +147,7 @@ class AlpacaBroker(Broker):
         )
         self._fills = Fills(self._call)
         self._streams: list[FillStream] = []
+        self._trails = TrailGroups(self, self._fills.remember)
 
     def __repr__(self) -> str:
         return f"AlpacaBroker(mode={self.config.mode!r}, key from {self._key_id.source})"
@@ -299,13 +304,17 @@ class AlpacaBroker(Broker):
         """Send a position's protective legs as the one closing order Alpaca takes for its
         shares (it refuses a second with "insufficient qty available"): a stop and a target as
         one OCO order, a single leg as itself, under the group's id (``leg_id(group,
-        "group")``); each leg is then found by its own id (``order``).
+        "group")``); each leg is then found by its own id (``order``). A trailing stop beside
+        a stop or a target is folded into the stop at the tighter level (an OCO with the
+        target, else a stop order), moved as the trailing level follows (``open_bar``,
+        ``trade_bar``; ``live.alpaca.trailing``).
 
         Raises
         ------
         BrokerRejectedError
-            If the legs cannot be one Alpaca order (a trailing stop beside a stop or a
-            target) or Alpaca refuses it.
+            If the legs cannot be one Alpaca order (legs of different symbols, sides or
+            quantities, a trailing stop beside others without ``trail_from_price``) or Alpaca
+            refuses it.
         """
         found = leg_of(requests[0].client_order_id)
         if found is None or any(
@@ -314,9 +323,18 @@ class AlpacaBroker(Broker):
             raise BrokerRejectedError(
                 VENUE, f"order {requests[0].client_order_id}: protective legs need leg_id ids"
             )
-        venue_id = leg_id(found[0], "group")
+        venue_id, trail = leg_id(found[0], "group"), None
+        sent = requests
         try:
-            sdk_request = protection_to_sdk(venue_id, requests)
+            if needs_folding(requests):
+                known = self._trails.groups.get(found[0])
+                if known is not None:  # a redo: the group rests (and may have moved) already
+                    return [self._trail_leg(known, r.client_order_id) for r in requests]
+                trail = group_of(requests, found[0])
+                sent = [trail.stop_request(),
+                        *(r for r in requests if r.order_type == "limit")]  # fmt: skip
+                venue_id = trail.carrier
+            sdk_request = protection_to_sdk(venue_id, sent)
         except ValueError as exc:
             raise BrokerRejectedError(VENUE, str(exc)) from None
         placed = self._send(venue_id, sdk_request)
@@ -327,7 +345,11 @@ class AlpacaBroker(Broker):
                 VENUE, f"{exc}; order {venue_id} was sent, look its legs up by id"
             ) from None
         with venue_answer(VENUE, f"submit {venue_id}", sends=True):
-            legs = [self._leg(placed, r.client_order_id) for r in requests]
+            if trail is not None:
+                self._trails.rested(trail, leg_from_model(placed, "stop", venue_id))
+                legs = [self._trail_leg(trail, r.client_order_id, placed) for r in requests]
+            else:
+                legs = [self._leg(placed, r.client_order_id) for r in requests]
         if any(leg is None for leg in legs):
             raise BrokerRejectedError(
                 VENUE, f"order {venue_id}: the venue holds other legs for this group"
@@ -346,6 +368,37 @@ class AlpacaBroker(Broker):
         return self._call(
             f"order id {order.id}", lambda: self._trading.get_order_by_id(order.id, query)
         )
+
+    def _trail_leg(self, group, client_order_id: str, carrier: Order | None = None
+                   ) -> BrokerOrder | None:  # fmt: skip
+        """Leg ``client_order_id`` of a folded group (``live.alpaca.trailing``): the target
+        from the OCO order that carries it, the stop and the trailing stop from the stop order
+        resting for them now."""
+        kind = leg_of(client_order_id)[1]
+        if kind in STOP_KINDS:
+            stop = self._trails.stop_order(group)
+            return None if stop is None else group.view(kind, client_order_id, stop)
+        if carrier is None:
+            carrier = self._order_model(group.carrier)
+            if carrier is None:
+                return None
+            carrier = self._with_legs(carrier)
+        return self._leg(carrier, client_order_id)
+
+    def _trail_legs(self, group) -> list[BrokerOrder]:
+        legs = (self._trail_leg(group, leg_id(group.key, k)) for k in group.kinds())
+        return [leg for leg in legs if leg is not None]
+
+    def open_bar(self, ts_ns: int, opens) -> None:
+        """Folded trailing stops follow the bar's open (the fill model moves a trailing stop
+        to a better open before it checks the bar)."""
+        self._trails.follow(dict(opens))
+
+    def trade_bar(self, ts_ns: int, ranges) -> None:
+        """Folded trailing stops follow the bar's best price once it has traded: its high for
+        a long's, its low for a short's."""
+        self._trails.follow({s: r[1] for s, r in ranges.items()}, side="sell")
+        self._trails.follow({s: r[2] for s, r in ranges.items()}, side="buy")
 
     def _leg(self, order: Order, client_order_id: str) -> BrokerOrder | None:
         leg = leg_from_model(order, leg_of(client_order_id)[1], client_order_id)
@@ -421,12 +474,17 @@ class AlpacaBroker(Broker):
         """Look an order up by client order id; a protective leg through the venue order that
         carries its group (``submit_protection``)."""
         leg = leg_of(client_order_id)
+        if leg is not None and leg[1] != "group" and leg[0] in self._trails.groups:
+            return self._trail_leg(self._trails.groups[leg[0]], client_order_id)
         if leg is not None and leg[1] != "group":
             carrier = self._order_model(leg_id(leg[0], "group"))
             if carrier is not None:
                 carrier = self._with_legs(carrier)
                 with venue_answer(VENUE, f"order {client_order_id}"):
                     return self._leg(carrier, client_order_id)
+            group = self._trails.recover(leg[0])
+            if group is not None:
+                return self._trail_leg(group, client_order_id)
         found = self._order_model(client_order_id)
         if found is None:
             return None
@@ -473,8 +531,16 @@ class AlpacaBroker(Broker):
         query = GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500, nested=True)
         found = self._call("open orders", lambda: self._trading.get_orders(query))
         out: list[BrokerOrder] = []
+        trails, listed = self._trails.groups, set()
         with venue_answer(VENUE, "open orders"):
             for order in found:
+                folded = trailing.decode(order.client_order_id)
+                if folded is not None:  # a folded group's order: listed as its legs
+                    group = trails.get(folded["key"]) or self._trails.recover(folded["key"])
+                    if group is not None and not group.done and group.key not in listed:
+                        listed.add(group.key)
+                        out.extend(self._trail_legs(group))
+                    continue
                 carrier = leg_of(order.client_order_id)
                 if carrier is None or carrier[1] != "group":
                     out.append(order_from_model(order))

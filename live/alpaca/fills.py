@@ -18,6 +18,7 @@ from alpaca.trading.requests import GetOrdersRequest
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect as ws_connect
 
+from live.alpaca import trailing
 from live.alpaca.parse import VENUE, fill_from_activity, fill_from_trade_update, to_datetime
 from live.broker import LEG_CODES, BrokerError, BrokerFill, leg_id, leg_of, venue_answer
 
@@ -67,7 +68,10 @@ class Fills:
         if known is None:
             known = order.client_order_id
             carrier = leg_of(known)
-            if carrier is not None and carrier[1] == "group":
+            folded = trailing.owner(known, leg_kind(order))
+            if folded is not None:
+                known = folded
+            elif carrier is not None and carrier[1] == "group":
                 kind = leg_kind(order)
                 known = leg_id(carrier[0], kind) if kind else known
             elif carrier is None and not known.startswith("qs"):
@@ -90,6 +94,11 @@ class Fills:
         protection (nested: a child order is listed under its parent's ``legs``)."""
         query = GetOrdersRequest(status=QueryOrderStatus.ALL, limit=500, nested=True)
         for order in self._call("orders", lambda: client.get_orders(query)):
+            if trailing.decode(order.client_order_id) is not None:  # a folded group's OCO
+                for leg in order.legs or []:
+                    if str(leg.id) == venue_order_id:
+                        return trailing.owner(order.client_order_id, leg_kind(leg) or "")
+                continue
             carrier = leg_of(order.client_order_id)
             if carrier is None or carrier[1] != "group":
                 continue

@@ -293,7 +293,8 @@ def protection_to_sdk(venue_id: str, requests: list[OrderRequest]) -> sdk_reques
     ------
     ValueError
         If the legs cannot be one Alpaca order: a trailing stop beside a stop or a target (it
-        cannot join an OCO), or legs of different symbols, sides or quantities.
+        cannot join an OCO; the adapter folds it into the stop first, ``live.alpaca.trailing``),
+        or legs of different symbols, sides or quantities.
     """
     first = requests[0]
     by_kind = {r.order_type: r for r in requests}
