@@ -757,6 +757,9 @@ def test_a_streamed_fill_of_a_protective_leg_is_attributed_to_its_leg_id_at_once
     stop = streamer.stream_fills(got.append)
     try:
         until(lambda: fake.stream_connects)
+        # The backfill at connect has run once the entry it brings is here: its poll counted
+        # before the price moves (reading the count at connect raced that poll).
+        until(lambda: [f for f in got if f.side == "buy"])
         polls = fake.calls("GET", "/v2/account/activities/FILL")
         fake.set_price(SYMBOL, 99.0 if filled == "trailing_stop" else 100.0)
         fake.set_price(SYMBOL, price)
