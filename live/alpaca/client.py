@@ -492,16 +492,20 @@ class AlpacaBroker(Broker):
             return order_from_model(found)
 
     def _order_model(self, client_order_id: str) -> Order | None:
+        return self._found(
+            f"order {client_order_id}",
+            lambda: self._trading.get_order_by_client_id(client_order_id),
+        )
+
+    def _found(self, what: str, call) -> Order | None:
+        """The order ``call`` reads, or None when the venue has no such order (HTTP 404)."""
         try:
-            return self._call(
-                f"order {client_order_id}",
-                lambda: self._trading.get_order_by_client_id(client_order_id),
-            )
+            return self._call(what, call)
         except APIError as exc:
             if exc.status_code == 404:
                 return None
             raise BrokerUnavailableError(
-                VENUE, f"order {client_order_id}: HTTP {exc.status_code} {_venue_message(exc)}"
+                VENUE, f"{what}: HTTP {exc.status_code} {_venue_message(exc)}"
             ) from None
 
     def cancel(self, client_order_id: str) -> BrokerOrder | None:

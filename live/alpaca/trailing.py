@@ -41,7 +41,6 @@ from live.broker import (
     BrokerError,
     BrokerOrder,
     BrokerRejectedError,
-    BrokerUnavailableError,
     OrderRequest,
     OrderStatus,
     leg_id,
@@ -263,16 +262,11 @@ class TrailGroups:
 
     def _lookup(self, venue_order_id: str) -> BrokerOrder | None:
         trading = self._broker._trading
-        try:
-            found = self._broker._call(f"order id {venue_order_id}",
-                                       lambda: trading.get_order_by_id(venue_order_id))  # fmt: skip
-        except APIError as exc:
-            if exc.status_code == 404:
-                return None
-            raise BrokerUnavailableError(
-                VENUE, f"order id {venue_order_id}: HTTP {exc.status_code} {_message(exc)}"
-            ) from None
-        with venue_answer(VENUE, f"order id {venue_order_id}"):
+        what = f"order id {venue_order_id}"
+        found = self._broker._found(what, lambda: trading.get_order_by_id(venue_order_id))
+        if found is None:
+            return None
+        with venue_answer(VENUE, what):
             return order_from_model(found)
 
     def _patch(self, venue_order_id: str, what: str, patch, cid: str) -> BrokerOrder | None:
