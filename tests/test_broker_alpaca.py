@@ -404,9 +404,8 @@ def test_a_whole_session_never_logs_the_secret(fake, make, caplog):
 # ----------------------------------------------------------------------------- stream
 def test_the_stream_delivers_each_fill_once_despite_duplicates_and_reordering(fake, broker):
     got = []
-    stop = broker.stream_fills(got.append)
+    stop = connect_backfilled(fake, broker, got.append)
     try:
-        until(lambda: fake.stream_connects)
         fake.set_price(SYMBOL, 100.0)
         fake.duplicate_events, fake.hold_events, fake.fill_parts = 2, True, 3
         broker.submit(buy("qsstream"))
@@ -421,11 +420,22 @@ def test_the_stream_delivers_each_fill_once_despite_duplicates_and_reordering(fa
         stop()
 
 
+def connect_backfilled(fake, broker, on_fill):
+    """Start ``broker``'s fill stream and wait until its backfill at connect has polled the
+    activities: the fake answers under its lock, so nothing that fills afterwards can come by
+    that backfill (a fill that did made a test's reconnect look unnecessary)."""
+    before = fake.calls("GET", "/v2/account/activities/FILL")
+    stop = broker.stream_fills(on_fill)
+    until(
+        lambda: fake.stream_connects and fake.calls("GET", "/v2/account/activities/FILL") > before
+    )
+    return stop
+
+
 def test_stream_silence_reconnects_and_backfills(fake, broker):
     got = []
-    stop = broker.stream_fills(got.append)
+    stop = connect_backfilled(fake, broker, got.append)
     try:
-        until(lambda: fake.stream_connects)
         fake.mute_stream()
         fake.set_price(SYMBOL, 100.0)
         broker.submit(buy("qssilent"))
