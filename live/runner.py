@@ -13,6 +13,7 @@ import logging
 import socket
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,20 +110,16 @@ class Runner(RunnerParts):
         finished first; nothing of it is lost either way)."""
         summary = RunSummary()
         self._open()
-        signals = StopSignals(self.stop_event).__enter__()  # SIGTERM stops, SIGUSR1 dumps stacks
-        lock = self.store.single_runner_lock() if self.config.lease.redis_url is None else None
-        try:
-            if lock is not None:
-                lock.__enter__()
-            self._loop(summary)
-        except BrokerAuthError as exc:  # keys revoked mid-run
-            note_auth_failure(self.store, self.config, self.host, exc)
-            raise
-        finally:
-            if lock is not None:
-                lock.__exit__(None, None, None)
-            signals.__exit__(None, None, None)
-            self._close()
+        with ExitStack() as stack:  # left in reverse: the lock, the signals, then the parts
+            stack.callback(self._close)
+            stack.enter_context(StopSignals(self.stop_event))  # SIGTERM stops, SIGUSR1 dumps
+            if self.config.lease.redis_url is None:
+                stack.enter_context(self.store.single_runner_lock())
+            try:
+                self._loop(summary)
+            except BrokerAuthError as exc:  # keys revoked mid-run
+                note_auth_failure(self.store, self.config, self.host, exc)
+                raise
         return summary
 
     def _loop(self, summary: RunSummary) -> None:
