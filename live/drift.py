@@ -109,8 +109,9 @@ class DriftExport:
             )
         except Exception as exc:  # a metric must not stop the trading loop
             log.warning("drift from the backtest not computed: %s", exc, extra={"cycle": bar_ts_ns})
-            self._last_s, self._stale = self.clock(), False
             return None
-        self._last_s, self._stale = self.clock(), False
-        self.computations += 1
-        return report
+        else:
+            self.computations += 1
+            return report
+        finally:
+            self._last_s, self._stale = self.clock(), False

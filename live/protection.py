@@ -19,7 +19,7 @@ from live.broker import (
     OrderStatus,
     leg_id,
 )
-from live.execution import PROTECTIVE, VenueExecution, WorkingOrder, decision_id
+from live.execution import _TOLERANCE, PROTECTIVE, VenueExecution, WorkingOrder, decision_id
 from live.failpoints import failpoint
 from live.store import Store
 from live.store.records import TERMINAL_STATES
@@ -37,7 +37,6 @@ log = logging.getLogger("quantshift.live")
 LEGS = ("stop", "limit", "trailing_stop")
 """A position's protective legs: its stop-loss, take-profit and trailing stop."""
 _REASON = {"stop": "stop_loss", "limit": "take_profit", "trailing_stop": "trailing_stop"}
-_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -174,14 +173,14 @@ class RestingProtection:
                     part = leg, found  # filled in part, the rest no longer rests
                 elif leg.kind == "trailing_stop" and found.trail_best_price is not None:
                     best[(position.sleeve, position.symbol)] = found.trail_best_price
+            if filled is None and part is None:
+                continue
+            leg, found = filled or part
             strategy = layout.strategies[layout.sleeves.index(position.sleeve)]
+            order = _exit_order(position, strategy, leg.kind, ts_ns, found.avg_fill_price)
             if filled is not None:
-                leg, found = filled
-                order = _exit_order(position, strategy, leg.kind, ts_ns, found.avg_fill_price)
                 executions.append((order, found.filled_qty, found.avg_fill_price, found.fees))
-            elif part is not None:
-                leg, found = part
-                order = _exit_order(position, strategy, leg.kind, ts_ns, found.avg_fill_price)
+            else:
                 self._exit_rest(position, leg, found, order, epoch)
         return apply_executions(_with_best_prices(state, layout, best), executions, ts_ns,
                                 portfolio)  # fmt: skip
@@ -236,6 +235,8 @@ class RestingProtection:
         """Send the rest of a position whose leg ``found`` filled in part and rests no more:
         ``order`` (the exit) at market for the units the leg left, as a working exit that
         already holds the leg's execution (closing the position at the average of both)."""
+        if self.on_working is None or self.store.intent(_rest_id(position)) is not None:
+            return  # no one to hand it to (a lookup), or handed off before (a redo)
         filled, price = found.filled_qty, found.avg_fill_price
         working = WorkingOrder(
             order=order, halt_exempt=PROTECTIVE, units=abs(position.units),
@@ -243,8 +244,6 @@ class RestingProtection:
             notional=filled * price, fees=found.fees, price=price,
         )  # fmt: skip
         rest = abs(position.units) - filled
-        if self.on_working is None or self.store.intent(_rest_id(position)) is not None:
-            return  # no one to hand it to (a lookup), or handed off before (a redo)
         # Under the position's entry time: one id per position, whichever cycle sends it.
         if self.execution.send_rest(working, rest, position.entry_ts_ns, epoch, True):
             log.warning(
