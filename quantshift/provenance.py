@@ -123,8 +123,8 @@ def code_fingerprint(strategy: str | Strategy) -> dict[str, Any]:
     """
     from quantshift import __version__
 
-    release = installed_distribution()
-    commit, dirty, pinned, pinned_by = _core_state(release)
+    release, state = _installed_release()
+    commit, dirty, pinned, pinned_by = state or _core_state(None)
     source = strategy_source(strategy)
     file = source["strategy_file"]
     shipped = file is not None and (_ROOT / file).resolve().is_relative_to(_PACKAGE)
@@ -159,7 +159,17 @@ def core_pin() -> tuple[bool, str]:
     install, whose RECORD lists no sources), a clean git checkout pins it: ``(True, "git")``.
     Otherwise ``(False, why)``, naming the files that differ or what to do.
     """
-    return _core_state(installed_distribution())[2:]
+    state = _installed_release()[1]
+    return (state or _core_state(None))[2:]
+
+
+@cache
+def _installed_release():
+    """(the installed release or None, its ``_core_state`` or None), found and hashed once per
+    process: like :func:`package_digest`, the code as first loaded (a fingerprint per sleeve
+    rehashed every installed file). A git checkout's state is read afresh each time."""
+    dist = installed_distribution()
+    return dist, None if dist is None else _core_state(dist)
 
 
 def _core_state(dist) -> tuple[str | None, bool | None, bool, str]:
