@@ -20,6 +20,7 @@ from live.store.db import resolve_sqlite_url
 from quantshift.errors import ConfigError, QuantShiftError
 from quantshift.portfolio import PortfolioConfig
 from quantshift.portfolio.config import OVERLAY_TABLES
+from quantshift.sentiment import DEFAULT_LOOKBACK, DEFAULT_TTL_S, SCORERS
 from quantshift.strategies import add_strategy_path, get_strategy
 from quantshift.strategies.loading import (
     absolute_reference,
@@ -82,8 +83,8 @@ class NewsConfig:
     file: str | None = None
     scorer: str = "lexicon"
     finbert_path: str | None = None
-    ttl_s: float = 3600.0
-    lookback: str = "1D"
+    ttl_s: float = DEFAULT_TTL_S
+    lookback: str = DEFAULT_LOOKBACK
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -385,10 +386,10 @@ def _overlay_sources(top: Table, portfolio: PortfolioConfig, base: Path | None, 
         news = NewsConfig(
             source=kind,
             file=None if file is None else str(resolve_path(file, base)),
-            scorer=news_table.choice("scorer", ("lexicon", "finbert"), "lexicon"),
+            scorer=news_table.choice("scorer", SCORERS, "lexicon"),
             finbert_path=None if weights is None else str(resolve_path(weights, base)),
-            ttl_s=news_table.seconds("ttl_s", 3600.0, "0: no cache"),
-            lookback=news_table.string("lookback") or "1D",
+            ttl_s=news_table.seconds("ttl_s", DEFAULT_TTL_S, "0: no cache"),
+            lookback=news_table.string("lookback") or DEFAULT_LOOKBACK,
         )
     for table, needed, made, what in (
         ("regimes", portfolio.regimes, regime_model, "[regime_model] name and version"),

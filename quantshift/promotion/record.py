@@ -331,7 +331,7 @@ class PromotionRecord:
             uri = model.get("tracking_uri")
             sha = model.get("model_sha256")
             out.append(
-                f"  overlay: regime model {model['name']} version {model['version']} "
+                f"  overlay: regime model {_model_pin(model)} "
                 + (f"in {mask_secrets(uri)}" if uri else "(in the runner's MLflow store)")
                 + (f", model file {sha[:12]}" if sha else "")
             )

@@ -23,7 +23,7 @@ from quantshift.engine.metrics import equity_metrics
 from quantshift.portfolio import PortfolioConfig, portfolio_backtest
 from quantshift.portfolio.overlay import RegimeOverlay, SectorMap, SentimentFilter
 from quantshift.regime_features import FEATURES, NO_REGIME
-from quantshift.sentiment import SCORERS
+from quantshift.sentiment import DEFAULT_LOOKBACK, DEFAULT_TTL_S, SCORERS
 from quantshift.tables import read_toml
 from quantshift.urls import mask_secrets
 from research.regime.evidence import measure_checks
@@ -62,8 +62,8 @@ class NewsSpec:
     file: Path
     scorer: str = "lexicon"
     finbert_path: str | None = None
-    ttl_s: float = 3600.0
-    lookback: str = "1D"
+    ttl_s: float = DEFAULT_TTL_S
+    lookback: str = DEFAULT_LOOKBACK
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,8 +172,8 @@ def _news(top, path: Path) -> tuple[NewsSpec | None, SentimentFilter | None]:
         file=file,
         scorer=news_table.choice("scorer", SCORERS, "lexicon"),
         finbert_path=None if weights is None else str(path.parent / weights),
-        ttl_s=news_table.seconds("ttl_s", 3600.0, "0: no cache"),
-        lookback=news_table.string("lookback") or "1D",
+        ttl_s=news_table.seconds("ttl_s", DEFAULT_TTL_S, "0: no cache"),
+        lookback=news_table.string("lookback") or DEFAULT_LOOKBACK,
     )
     return news, rules.build(SentimentFilter)
 
