@@ -55,6 +55,28 @@ def leg_of(client_order_id: str) -> tuple[str, str] | None:
 _HEX = frozenset("0123456789abcdef")
 
 
+def trailing_level(side: str, best: float | None, trail: float | None) -> float | None:
+    """The level of a trailing stop whose legs ``side`` (``"sell"`` protects a long) trailing
+    ``trail`` behind the best price ``best``; None without both."""
+    if trail is None or best is None:
+        return None
+    return best - (1.0 if side == "sell" else -1.0) * trail
+
+
+def binding_stop(
+    side: str, stop: float | None, trailing: float | None
+) -> tuple[float | None, str | None]:
+    """The stop level a venue order rests at for a position's fixed ``stop`` and trailing
+    level ``trailing`` (legs that ``side``), and the leg it belongs to: the tighter of the two;
+    on a tie the fixed stop, as the fill model names the exit
+    (``quantshift.engine.simulate._stop_reason_nb``)."""
+    if trailing is None:
+        return stop, ("stop" if stop is not None else None)
+    if stop is None or (1.0 if side == "sell" else -1.0) * (trailing - stop) > 0:
+        return trailing, "trailing_stop"
+    return stop, "stop"
+
+
 class OrderStatus:
     """Normalised order status (the venues' own names are mapped in each ``parse`` module)."""
 

@@ -18,6 +18,7 @@ from live.broker import (
     OrderRequest,
     OrderStatus,
     leg_id,
+    trailing_level,
 )
 from live.execution import _TOLERANCE, PROTECTIVE, VenueExecution, WorkingOrder, decision_id
 from live.failpoints import failpoint
@@ -387,7 +388,7 @@ def _level(position: Position, trade) -> float:
     """The stop level a stop exit of ``position`` went through (for the log)."""
     if trade.exit_reason == _REASON["stop"] or position.trail_distance is None:
         return position.stop_price
-    return position.best_price - (1.0 if position.units > 0 else -1.0) * position.trail_distance
+    return trailing_level(_closing_side(position), position.best_price, position.trail_distance)
 
 
 def _with_best_prices(state: PortfolioState, layout, best: dict) -> PortfolioState:

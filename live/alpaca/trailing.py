@@ -43,7 +43,9 @@ from live.broker import (
     BrokerRejectedError,
     OrderRequest,
     OrderStatus,
+    binding_stop,
     leg_id,
+    trailing_level,
     venue_answer,
 )
 
@@ -125,15 +127,12 @@ class TrailGroup:
         return 1.0 if self.side == "sell" else -1.0
 
     def trailing_level(self) -> float:
-        return self.best - self.sign * self.trail
+        return trailing_level(self.side, self.best, self.trail)
 
     def binding(self) -> tuple[float, str]:
-        """The tighter of the fixed and the trailing stop and its leg; on a tie the fixed stop
-        (``quantshift.engine.simulate._stop_reason_nb``)."""
-        trailing = self.trailing_level()
-        if self.stop is None or self.sign * (trailing - self.stop) > 0:
-            return trailing, "trailing_stop"
-        return self.stop, "stop"
+        """The tighter of the fixed and the trailing stop and its leg
+        (``live.broker.binding_stop``)."""
+        return binding_stop(self.side, self.stop, self.trailing_level())
 
     def kinds(self) -> list[str]:
         """The group's legs."""

@@ -26,17 +26,18 @@ from live.broker import (
     BrokerRejectedError,
     OrderRequest,
     OrderStatus,
+    binding_stop,
+    trailing_level,
 )
 from live.coinbase import parse
+from live.coinbase.transport import VENUE
 
 logger = logging.getLogger(__name__)
-VENUE = "coinbase"
 
 KINDS = ("stop", "limit", "trailing_stop")
 """A group's legs: the fixed stop, the target (take-profit) and the trailing stop."""
-BRACKET_STOP_LIMIT = 0.05
-"""When a trigger bracket's stop triggers, Coinbase places a stop-limit 5% beyond the trigger
-(lower for a sell, higher for a buy): the worst price the stop leg of a bracket fills at."""
+# When a trigger bracket's stop triggers, Coinbase places a stop-limit 5% beyond the trigger
+# (lower for a sell, higher for a buy): the worst price the stop leg of a bracket fills at.
 PREFIX_LEN = 16
 """Characters of each leg's client order id kept in an incarnation's id, with its last one
 (``"qs"`` and 14 hex digits of its OCO group's SHA-256, which no two groups of an account share,
@@ -77,20 +78,12 @@ class Group:
         return 1.0 if self.side == "sell" else -1.0
 
     def trailing_level(self) -> float | None:
-        if self.trail is None or self.best is None:
-            return None
-        return self.best - self.sign * self.trail
+        return trailing_level(self.side, self.best, self.trail)
 
     def stop_level(self) -> tuple[float | None, str | None]:
-        """The binding stop level and the leg it belongs to: the tighter of the fixed and the
-        trailing stop; on a tie the fixed stop (as the fill model names the exit)."""
+        """The binding stop level and the leg it belongs to (``live.broker.binding_stop``)."""
         trailing = self.trailing_level() if "trailing_stop" in self.ids else None
-        fixed = self.stop if "stop" in self.ids else None
-        if trailing is None:
-            return fixed, ("stop" if fixed is not None else None)
-        if fixed is None or self.sign * (trailing - fixed) > 0:
-            return trailing, "trailing_stop"
-        return fixed, "stop"
+        return binding_stop(self.side, self.stop if "stop" in self.ids else None, trailing)
 
     def levels(self) -> tuple:
         """What the group's order rests at: its stop level and its target."""
