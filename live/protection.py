@@ -299,19 +299,20 @@ class RestingProtection:
         return True
 
     def stranded(self, before: PortfolioState, after: PortfolioState, bars, t: int,
-                 portfolio, epoch: int) -> set[tuple[str, str]]:  # fmt: skip
+                 portfolio, epoch: int, refused: set) -> set[tuple[str, str]]:  # fmt: skip
         """(sleeve, symbol) of the positions whose stop bar ``t`` went through while their
         protection still rests unfilled at a venue where that can happen
         (``Broker.triggered_stops_may_rest``: a Coinbase stop-limit a gap took past its limit).
         ``before`` is the state the bar's levels were checked from (the fill model's
         ``check_stops``), ``after`` the state once the venue's executions of the bar were
-        settled. Their protection is cancelled (logged and counted as ``market_fallback``) and
-        the runner exits them at market, so no position stays open past its stop for more
-        than one cycle. A stop that had filled in part sends its rest itself (``release``), and
-        one that filled in full before its cancel is left to the next settlement."""
+        settled; ``refused`` the positions of ``after`` whose protection the venue refused
+        (``refused``: the runner watches those). Their protection is cancelled (logged and
+        counted as ``market_fallback``) and the runner exits them at market, so no position
+        stays open past its stop for more than one cycle. A stop that had filled in part sends
+        its rest itself (``release``), and one that filled in full before its cancel is left to
+        the next settlement."""
         if not self.broker.triggered_stops_may_rest:
             return set()
-        refused = self.refused(after)  # nothing rests for them: the runner watches them
         held = {(p.sleeve, p.symbol): p for p in after.positions()
                 if (p.sleeve, p.symbol) not in refused}  # fmt: skip
         ts_ns = int(bars.ts_ns[t])

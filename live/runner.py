@@ -450,10 +450,11 @@ class Runner(RunnerParts):
         summary.orders += len(settled.trades)
         summary.trades += self._record(settled.trades, epoch)
         self.resting.cancel_orphans(settled.state, epoch)
-        stranded = self.resting.stranded(state, settled.state, bars, t, self.portfolio, epoch)
+        refused = self.resting.refused(settled.state)
+        stranded = self.resting.stranded(state, settled.state, bars, t, self.portfolio, epoch,
+                                         refused)  # fmt: skip
         if stranded:  # a stop the bar went through rests unfilled: exit at market, cancelled
             self._watch_protection(t, state, epoch, only=stranded)
-        refused = self.resting.refused(settled.state)
         if refused:  # the venue would not rest their protection: watch it after the close
             self._watch_protection(t, settled.state, epoch, only=refused)
         return settled.state
