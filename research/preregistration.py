@@ -109,8 +109,8 @@ class Registration:
             text += " child of " + " <- ".join(s.spec_hash for s in self.chain[1:])
         return text + ("; walk-forward on the root's space" if self.narrowed else "")
 
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready: the hashes, the lineage and where the walk-forward's space comes from."""
+    def lineage_summary(self) -> dict[str, Any]:
+        """JSON-ready: the spec's hash, lineage, data key and its chain of parents."""
         return {
             "spec_hash": self.spec.spec_hash,
             "lineage": self.spec.lineage,
@@ -118,6 +118,12 @@ class Registration:
             "parent_hash": self.spec.parent_hash,
             "chain": [s.spec_hash for s in self.chain],
             "root_hash": self.root.spec_hash,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: the hashes, the lineage and where the walk-forward's space comes from."""
+        return {
+            **self.lineage_summary(),
             "walk_forward_space": "root" if self.narrowed else "own",
             "walk_forward_space_note": (
                 f"the walk-forward searches the root spec {self.root.spec_hash}'s space, "
@@ -259,11 +265,20 @@ def register_study(spec: ExperimentSpec, bars, url: str | None = None) -> Regist
     """Register ``spec`` (studying ``bars``, the lockbox already cut off) before its first
     trial in the trial registry's database (default ``research.registry.registry_url()``);
     see :meth:`SpecRegistry.register`."""
+    lineage, data_key = study_keys(spec, bars)
+    return register_spec(canonical_spec(spec), lineage, data_key, url)
+
+
+def register_spec(
+    canonical: dict[str, Any], lineage: str, data_key: str, url: str | None = None
+) -> Registration:
+    """Register the canonical spec ``canonical`` of ``lineage`` on ``data_key`` in the trial
+    registry's database (default ``research.registry.registry_url()``); see
+    :meth:`SpecRegistry.register`."""
     from research.registry import registry_url
 
-    lineage, data_key = study_keys(spec, bars)
     registry = SpecRegistry(registry_url(url))
     try:
-        return registry.register(canonical_spec(spec), lineage=lineage, data_key=data_key)
+        return registry.register(canonical, lineage=lineage, data_key=data_key)
     finally:
         registry.close()

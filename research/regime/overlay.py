@@ -33,7 +33,6 @@ from research.regime.trials import (
     deflate,
     record_variants,
     register_overlay,
-    registration_summary,
 )
 
 VARIANTS = (
@@ -296,7 +295,7 @@ def run_overlay(
     report.summary = _overlay_summary(report, bars, first, deflation["registry_trials"])
     report.summary.update(
         dsr_trial_variance=deflation["registry_sharpe_variance"],
-        preregistration=registration_summary(registration),
+        preregistration=registration.lineage_summary(),
         **_promotable(spec, regime_report, bars),
     )
     promoted = [v[0] for v in variants].index(report.summary["promoted_variant"])

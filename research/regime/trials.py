@@ -17,13 +17,12 @@ import numpy as np
 import pandas as pd
 
 from quantshift.data import Bars
-from research.preregistration import Registration, SpecRegistry
+from research.preregistration import Registration, register_spec
 from research.registry import (
     COUNTED_STATES,
     DataKey,
     TrialBatch,
     default_registry,
-    registry_url,
     return_signature,
     source_hash,
 )
@@ -52,27 +51,7 @@ def register_overlay(
 ) -> Registration:
     """Register the overlay spec (``canonical``) for its lineage on the out-of-sample bars
     ``oos`` before its variants run; an edited spec is a child of the lineage's last one."""
-    registry = SpecRegistry(registry_url())
-    try:
-        return registry.register(
-            canonical, lineage=overlay_lineage(strategies), data_key=str(DataKey.of(oos))
-        )
-    finally:
-        registry.close()
-
-
-def registration_summary(registration: Registration) -> dict[str, Any]:
-    """JSON-ready, as a study's ``preregistration``: the spec's hash, lineage, data key and its
-    chain of parents (an overlay spec searches no space, so there is none to compare)."""
-    spec = registration.spec
-    return {
-        "spec_hash": spec.spec_hash,
-        "lineage": spec.lineage,
-        "data": spec.data_key,
-        "parent_hash": spec.parent_hash,
-        "chain": [s.spec_hash for s in registration.chain],
-        "root_hash": registration.root.spec_hash,
-    }
+    return register_spec(canonical, overlay_lineage(strategies), str(DataKey.of(oos)))
 
 
 def record_variants(
