@@ -99,6 +99,10 @@ def _venue_message(exc: APIError) -> str:
         return text[:200]
 
 
+_UNREAD = object()
+"""``_trail_leg``'s stop order when the caller has not read it."""
+
+
 class AlpacaBroker(Broker):
     """Alpaca (equities) through alpaca-py.
 
@@ -329,7 +333,7 @@ class AlpacaBroker(Broker):
             if needs_folding(requests):
                 known = self._trails.groups.get(found[0])
                 if known is not None:  # a redo: the group rests (and may have moved) already
-                    return [self._trail_leg(known, r.client_order_id) for r in requests]
+                    return self._trail_legs(known, [r.client_order_id for r in requests])
                 trail = group_of(requests, found[0])
                 sent = [trail.stop_request(),
                         *(r for r in requests if r.order_type == "limit")]  # fmt: skip
@@ -347,7 +351,7 @@ class AlpacaBroker(Broker):
         with venue_answer(VENUE, f"submit {venue_id}", sends=True):
             if trail is not None:
                 self._trails.rested(trail, leg_from_model(placed, "stop", venue_id))
-                legs = [self._trail_leg(trail, r.client_order_id, placed) for r in requests]
+                legs = self._trail_legs(trail, [r.client_order_id for r in requests], placed)
             else:
                 legs = [self._leg(placed, r.client_order_id) for r in requests]
         if any(leg is None for leg in legs):
@@ -369,14 +373,15 @@ class AlpacaBroker(Broker):
             f"order id {order.id}", lambda: self._trading.get_order_by_id(order.id, query)
         )
 
-    def _trail_leg(self, group, client_order_id: str, carrier: Order | None = None
-                   ) -> BrokerOrder | None:  # fmt: skip
+    def _trail_leg(self, group, client_order_id: str, carrier: Order | None = None,
+                   stop=_UNREAD) -> BrokerOrder | None:  # fmt: skip
         """Leg ``client_order_id`` of a folded group (``live.alpaca.trailing``): the target
         from the OCO order that carries it, the stop and the trailing stop from the stop order
-        resting for them now."""
+        resting for them now (``stop``, when the caller has read it)."""
         kind = leg_of(client_order_id)[1]
         if kind in STOP_KINDS:
-            stop = self._trails.stop_order(group)
+            if stop is _UNREAD:
+                stop = self._trails.stop_order(group)
             return None if stop is None else group.view(kind, client_order_id, stop)
         if carrier is None:
             carrier = self._order_model(group.carrier)
@@ -385,9 +390,15 @@ class AlpacaBroker(Broker):
             carrier = self._with_legs(carrier)
         return self._leg(carrier, client_order_id)
 
-    def _trail_legs(self, group) -> list[BrokerOrder]:
-        legs = (self._trail_leg(group, leg_id(group.key, k)) for k in group.kinds())
-        return [leg for leg in legs if leg is not None]
+    def _trail_legs(self, group, client_order_ids=None, carrier: Order | None = None
+                    ) -> list[BrokerOrder | None]:  # fmt: skip
+        """Legs ``client_order_ids`` (default: all the group's) of a folded group, its stop
+        order read once for the stop and the trailing stop."""
+        ids = client_order_ids or [leg_id(group.key, k) for k in group.kinds()]
+        stop = _UNREAD
+        if any(leg_of(cid)[1] in STOP_KINDS for cid in ids):
+            stop = self._trails.stop_order(group)
+        return [self._trail_leg(group, cid, carrier, stop) for cid in ids]
 
     def open_bar(self, ts_ns: int, opens) -> None:
         """Folded trailing stops follow the bar's open (the fill model moves a trailing stop
@@ -543,7 +554,7 @@ class AlpacaBroker(Broker):
                     group = trails.get(folded["key"]) or self._trails.recover(folded["key"])
                     if group is not None and not group.done and group.key not in listed:
                         listed.add(group.key)
-                        out.extend(self._trail_legs(group))
+                        out.extend(leg for leg in self._trail_legs(group) if leg is not None)
                     continue
                 carrier = leg_of(order.client_order_id)
                 if carrier is None or carrier[1] != "group":
