@@ -28,7 +28,7 @@ from live.broker import (
 )
 from live.coinbase import parse
 from live.coinbase.config import CoinbaseConfig
-from live.coinbase.groups import ProtectiveGroups
+from live.coinbase.groups import ProtectiveGroups, is_group_id
 from live.coinbase.stream import FillStream
 from live.coinbase.transport import (
     VENUE,
@@ -421,8 +421,8 @@ class CoinbaseBroker(Broker):
         filled (the group's order carries an id of its own)."""
         group = next((g for g in self.groups.groups.values()
                       if g.current == fill.client_order_id), None)  # fmt: skip
-        if group is None and "-" not in fill.client_order_id:
-            return fill
+        if group is None and not is_group_id(fill.client_order_id):
+            return fill  # not a group's order (e.g. placed by hand): no lookup needed
         order = self._get(venue_order_id)
         group = group or self.groups.adopt(fill.client_order_id, order)
         if group is None:

@@ -237,12 +237,19 @@ def add_leg(group: Group, request: OrderRequest) -> None:
     group.qty = float(request.qty)
 
 
+def is_group_id(client_order_id: str) -> bool:
+    """Whether ``client_order_id`` has the shape of a group's order id (seven parts, the last
+    its version; a venue's own UUID has five)."""
+    parts = client_order_id.split("-")
+    return len(parts) == 7 and parts[6].isdigit()
+
+
 def decode(client_order_id: str, order: BrokerOrder) -> Group | None:
     """Rebuild a group from the client order id and configuration of one of its venue orders
     (a fresh process after a restart); None if the order is not a group's."""
-    parts = client_order_id.split("-")
-    if len(parts) != 7 or not parts[6].isdigit():
+    if not is_group_id(client_order_id):
         return None
+    parts = client_order_id.split("-")
     try:
         stop, trail, best = (_text_number(p) for p in parts[3:6])
     except ValueError:
